@@ -1,4 +1,11 @@
-//! The `warden` subcommands, one module each.
+//! The `warden` subcommands, one module each. `main` parses, this module dispatches and maps
+//! every outcome to an exit code.
+
+mod admin;
+mod agent;
+mod ca;
+mod policy;
+mod svid;
 
 use std::process::ExitCode;
 
@@ -13,8 +20,88 @@ pub(crate) struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {}
+enum Command {
+    /// Run and initialise the certificate authority.
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
+    /// Create join tokens for node agents (admin API).
+    #[command(subcommand)]
+    Token(admin::TokenCommand),
+    /// Manage registration entries (admin API).
+    #[command(subcommand)]
+    Entry(admin::EntryCommand),
+    /// List, evict and ban attested agents (admin API).
+    #[command(subcommand)]
+    Node(admin::NodeCommand),
+    /// Show the trust domain's bundle and manage federated bundles (admin API).
+    #[command(subcommand)]
+    Bundle(admin::BundleCommand),
+    /// Read and verify the CA's hash-chained audit log (admin API).
+    #[command(subcommand)]
+    Audit(admin::AuditCommand),
+    /// Run the node agent.
+    #[command(subcommand)]
+    Agent(agent::AgentCommand),
+    /// Fetch SVIDs from the Workload API.
+    #[command(subcommand)]
+    Svid(svid::SvidCommand),
+    /// Validate, format, test, evaluate and diff Cedar policy sets.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
+}
+
+/// Warden's exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Exit {
+    /// Everything worked.
+    Ok = 0,
+    /// Something failed; the message says what.
+    Error = 1,
+    /// A request or a test case was denied / failed.
+    Denied = 2,
+    /// A policy set or a configuration file is invalid.
+    Invalid = 3,
+    /// The command line was wrong.
+    #[allow(dead_code)]
+    Usage = 64,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> Self {
+        ExitCode::from(e as u8)
+    }
+}
 
 pub(crate) fn run(cli: Cli) -> ExitCode {
-    match cli.command {}
+    let result = match cli.command {
+        Command::Ca(c) => ca::run(c),
+        Command::Token(c) => admin::run_token(c),
+        Command::Entry(c) => admin::run_entry(c),
+        Command::Node(c) => admin::run_node(c),
+        Command::Bundle(c) => admin::run_bundle(c),
+        Command::Audit(c) => admin::run_audit(c),
+        Command::Agent(c) => agent::run(c),
+        Command::Svid(c) => svid::run(c),
+        Command::Policy(c) => policy::run(c),
+    };
+    match result {
+        Ok(exit) => exit.into(),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            Exit::Error.into()
+        }
+    }
+}
+
+/// A multi-threaded tokio runtime for the async commands.
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+/// Installs the tracing subscriber: human-readable lines on stderr, filtered by `WARDEN_LOG`
+/// (default `info`).
+pub(crate) fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }

@@ -1,0 +1,1 @@
+//! placeholder: agent_api
