@@ -1,1 +1,7 @@
-//! placeholder
+//! Warden's node agent: attests its node to the CA, keeps the SVIDs of the workloads it may
+//! serve in a cache (synced, pre-fetched in batches, rotated at half-life), attests workloads
+//! from their Unix-socket credentials and serves them the SPIFFE Workload API.
+
+mod workload_attestor;
+
+pub use workload_attestor::{AttestError, PeerCredentials, WorkloadAttestor};

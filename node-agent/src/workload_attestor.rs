@@ -1,0 +1,230 @@
+//! Workload attestation: turns the kernel-reported credentials of a Unix-socket peer
+//! (SO_PEERCRED) and what `/proc` says about that process into selectors
+//! (`unix:uid`, `unix:gid`, `unix:user`, `unix:group`, `unix:path`, `unix:sha256`,
+//! `docker:id`, `k8s:pod-uid`).
+//!
+//! PID reuse: the process start time is read when the connection is accepted and again
+//! before and after the selectors are collected; if any reading differs, or the process is
+//! gone, or `/proc` reports another owner than the socket credentials, attestation fails and
+//! no identity is handed out.
+
+mod cgroup;
+mod process;
+
+use std::path::PathBuf;
+
+use nix::unistd::{Gid, Group, Uid, User};
+use warden_identity::Selector;
+
+use process::ProcReader;
+
+/// The credentials of a Unix-socket peer, captured when the connection was accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCredentials {
+    /// Process id of the connecting process.
+    pub pid: i32,
+    /// Effective uid at `connect()` time.
+    pub uid: u32,
+    /// Effective gid at `connect()` time.
+    pub gid: u32,
+    /// The process start time (ticks since boot) read right after `accept()`, if it could be.
+    pub start_time: Option<u64>,
+}
+
+/// Why a workload could not be attested.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AttestError {
+    /// The process exited before attestation finished.
+    #[error("process {0} exited before it could be attested")]
+    ProcessGone(i32),
+    /// The PID now belongs to another process.
+    #[error("process {0} was replaced during attestation (pid reuse)")]
+    PidReused(i32),
+    /// `/proc` reports another owner than the socket credentials.
+    #[error("process {pid} is owned by uid {proc_uid}, but connected as uid {peer_uid}")]
+    OwnerMismatch {
+        /// The process.
+        pid: i32,
+        /// Uid from `/proc/PID/status`.
+        proc_uid: u32,
+        /// Uid from SO_PEERCRED.
+        peer_uid: u32,
+    },
+    /// A `/proc` file could not be parsed.
+    #[error("cannot parse /proc/{pid}/{file}")]
+    BadProcFile {
+        /// The process.
+        pid: i32,
+        /// The file under `/proc/PID/`.
+        file: &'static str,
+    },
+    /// The connection carried no peer credentials.
+    #[error("the connection carries no peer credentials")]
+    NoCredentials,
+}
+
+/// Attests workloads on this host.
+#[derive(Debug)]
+pub struct WorkloadAttestor {
+    proc: ProcReader,
+}
+
+// === impl WorkloadAttestor ===
+
+impl Default for WorkloadAttestor {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl WorkloadAttestor {
+    /// An attestor reading the real `/proc`.
+    pub fn new() -> Self {
+        Self { proc: ProcReader::new("/proc") }
+    }
+
+    /// An attestor reading another `/proc`-like tree (tests).
+    pub fn with_proc_root(root: impl Into<PathBuf>) -> Self {
+        Self { proc: ProcReader::new(root) }
+    }
+
+    /// The start time of `pid`, read as soon as a connection is accepted.
+    pub fn start_time(&self, pid: i32) -> Option<u64> {
+        self.proc.start_time(pid).ok()
+    }
+
+    /// The selectors of the peer, or an error if the peer cannot be attested safely.
+    pub fn attest(&self, peer: &PeerCredentials) -> Result<Vec<Selector>, AttestError> {
+        let pid = peer.pid;
+        if pid <= 0 {
+            return Err(AttestError::NoCredentials);
+        }
+        let before = self.proc.start_time(pid)?;
+        if peer.start_time.is_some_and(|at_accept| at_accept != before) {
+            return Err(AttestError::PidReused(pid));
+        }
+        let (proc_uid, _proc_gid) = self.proc.owner(pid)?;
+        if proc_uid != peer.uid {
+            return Err(AttestError::OwnerMismatch { pid, proc_uid, peer_uid: peer.uid });
+        }
+
+        let mut selectors = Vec::with_capacity(8);
+        let mut push = |kind: &str, key: &str, value: &str| {
+            if let Ok(s) = Selector::new(kind, key, value) {
+                selectors.push(s);
+            }
+        };
+        push("unix", "uid", &peer.uid.to_string());
+        push("unix", "gid", &peer.gid.to_string());
+        if let Ok(Some(user)) = User::from_uid(Uid::from_raw(peer.uid)) {
+            push("unix", "user", &user.name);
+        }
+        if let Ok(Some(group)) = Group::from_gid(Gid::from_raw(peer.gid)) {
+            push("unix", "group", &group.name);
+        }
+        if let Some(path) = self.proc.exe_path(pid) {
+            push("unix", "path", &path.to_string_lossy());
+        }
+        if let Some(digest) = self.proc.exe_sha256(pid) {
+            push("unix", "sha256", &digest);
+        }
+        let container = cgroup::parse_cgroup_file(&self.proc.cgroup(pid)?);
+        if let Some(id) = &container.container_id {
+            push("docker", "id", id);
+        }
+        if let Some(uid) = &container.pod_uid {
+            push("k8s", "pod-uid", uid);
+        }
+
+        // INVARIANT: every selector above describes the process whose start time is `before`;
+        // upheld by this second reading (upheld here, checked by the caller's error path).
+        let after = self.proc.start_time(pid).map_err(|_| AttestError::ProcessGone(pid))?;
+        if after != before {
+            return Err(AttestError::PidReused(pid));
+        }
+        selectors.sort();
+        selectors.dedup();
+        Ok(selectors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn me() -> PeerCredentials {
+        PeerCredentials {
+            pid: i32::try_from(std::process::id()).unwrap(),
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+            start_time: None,
+        }
+    }
+
+    #[test]
+    fn attests_own_process_with_unix_selectors() {
+        let attestor = WorkloadAttestor::new();
+        let peer = PeerCredentials { start_time: attestor.start_time(me().pid), ..me() };
+        let selectors = attestor.attest(&peer).unwrap();
+        let has = |s: String| selectors.contains(&s.parse().unwrap());
+        assert!(has(format!("unix:uid:{}", peer.uid)));
+        assert!(has(format!("unix:gid:{}", peer.gid)));
+        let exe = std::env::current_exe().unwrap();
+        assert!(has(format!("unix:path:{}", exe.display())));
+        assert!(selectors.iter().any(|s| s.key() == "sha256" && s.value().len() == 64));
+        if let Ok(Some(user)) = User::from_uid(Uid::from_raw(peer.uid)) {
+            assert!(has(format!("unix:user:{}", user.name)));
+        }
+    }
+
+    #[test]
+    fn refuses_when_start_time_changed_since_accept() {
+        let attestor = WorkloadAttestor::new();
+        let real = attestor.start_time(me().pid).unwrap();
+        let peer = PeerCredentials { start_time: Some(real + 1), ..me() };
+        assert_eq!(attestor.attest(&peer), Err(AttestError::PidReused(peer.pid)));
+    }
+
+    #[test]
+    fn refuses_when_process_exited() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        child.wait().unwrap();
+        let peer = PeerCredentials { pid, ..me() };
+        let err = WorkloadAttestor::new().attest(&peer).unwrap_err();
+        assert!(matches!(err, AttestError::ProcessGone(p) if p == pid), "{err}");
+    }
+
+    #[test]
+    fn refuses_when_proc_owner_differs_from_socket_credentials() {
+        let peer = PeerCredentials { uid: me().uid.wrapping_add(4242), ..me() };
+        let err = WorkloadAttestor::new().attest(&peer).unwrap_err();
+        assert!(matches!(err, AttestError::OwnerMismatch { .. }), "{err}");
+    }
+
+    #[test]
+    fn refuses_missing_credentials() {
+        let peer = PeerCredentials { pid: 0, ..me() };
+        assert_eq!(WorkloadAttestor::new().attest(&peer), Err(AttestError::NoCredentials));
+    }
+
+    #[test]
+    fn reads_container_selectors_from_a_proc_tree() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_dir = dir.path().join("77");
+        std::fs::create_dir(&pid_dir).unwrap();
+        let stat = "77 (app) S 1 77 77 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 5555 1 1";
+        std::fs::write(pid_dir.join("stat"), stat).unwrap();
+        std::fs::write(pid_dir.join("status"), "Uid:\t1234\t1234\t1234\t1234\nGid:\t99\t99\t99\t99\n")
+            .unwrap();
+        let id = "a".repeat(64);
+        let pod = "0b6ab7c2-4cd1-4f47-9b3a-0c8d4a8e2f11";
+        std::fs::write(pid_dir.join("cgroup"), format!("0::/kubepods/pod{pod}/{id}\n")).unwrap();
+        let peer = PeerCredentials { pid: 77, uid: 1234, gid: 99, start_time: Some(5555) };
+        let selectors = WorkloadAttestor::with_proc_root(dir.path()).attest(&peer).unwrap();
+        assert!(selectors.contains(&format!("docker:id:{id}").parse().unwrap()));
+        assert!(selectors.contains(&format!("k8s:pod-uid:{pod}").parse().unwrap()));
+        assert!(selectors.contains(&"unix:uid:1234".parse().unwrap()));
+    }
+}
