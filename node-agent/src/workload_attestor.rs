@@ -81,12 +81,16 @@ impl Default for WorkloadAttestor {
 impl WorkloadAttestor {
     /// An attestor reading the real `/proc`.
     pub fn new() -> Self {
-        Self { proc: ProcReader::new("/proc") }
+        Self {
+            proc: ProcReader::new("/proc"),
+        }
     }
 
     /// An attestor reading another `/proc`-like tree (tests).
     pub fn with_proc_root(root: impl Into<PathBuf>) -> Self {
-        Self { proc: ProcReader::new(root) }
+        Self {
+            proc: ProcReader::new(root),
+        }
     }
 
     /// The start time of `pid`, read as soon as a connection is accepted.
@@ -106,7 +110,11 @@ impl WorkloadAttestor {
         }
         let (proc_uid, _proc_gid) = self.proc.owner(pid)?;
         if proc_uid != peer.uid {
-            return Err(AttestError::OwnerMismatch { pid, proc_uid, peer_uid: peer.uid });
+            return Err(AttestError::OwnerMismatch {
+                pid,
+                proc_uid,
+                peer_uid: peer.uid,
+            });
         }
 
         let mut selectors = Vec::with_capacity(8);
@@ -139,7 +147,10 @@ impl WorkloadAttestor {
 
         // INVARIANT: every selector above describes the process whose start time is `before`;
         // upheld by this second reading (upheld here, checked by the caller's error path).
-        let after = self.proc.start_time(pid).map_err(|_| AttestError::ProcessGone(pid))?;
+        let after = self
+            .proc
+            .start_time(pid)
+            .map_err(|_| AttestError::ProcessGone(pid))?;
         if after != before {
             return Err(AttestError::PidReused(pid));
         }
@@ -165,14 +176,21 @@ mod tests {
     #[test]
     fn attests_own_process_with_unix_selectors() {
         let attestor = WorkloadAttestor::new();
-        let peer = PeerCredentials { start_time: attestor.start_time(me().pid), ..me() };
+        let peer = PeerCredentials {
+            start_time: attestor.start_time(me().pid),
+            ..me()
+        };
         let selectors = attestor.attest(&peer).unwrap();
         let has = |s: String| selectors.contains(&s.parse().unwrap());
         assert!(has(format!("unix:uid:{}", peer.uid)));
         assert!(has(format!("unix:gid:{}", peer.gid)));
         let exe = std::env::current_exe().unwrap();
         assert!(has(format!("unix:path:{}", exe.display())));
-        assert!(selectors.iter().any(|s| s.key() == "sha256" && s.value().len() == 64));
+        assert!(
+            selectors
+                .iter()
+                .any(|s| s.key() == "sha256" && s.value().len() == 64)
+        );
         if let Ok(Some(user)) = User::from_uid(Uid::from_raw(peer.uid)) {
             assert!(has(format!("unix:user:{}", user.name)));
         }
@@ -182,8 +200,14 @@ mod tests {
     fn refuses_when_start_time_changed_since_accept() {
         let attestor = WorkloadAttestor::new();
         let real = attestor.start_time(me().pid).unwrap();
-        let peer = PeerCredentials { start_time: Some(real + 1), ..me() };
-        assert_eq!(attestor.attest(&peer), Err(AttestError::PidReused(peer.pid)));
+        let peer = PeerCredentials {
+            start_time: Some(real + 1),
+            ..me()
+        };
+        assert_eq!(
+            attestor.attest(&peer),
+            Err(AttestError::PidReused(peer.pid))
+        );
     }
 
     #[test]
@@ -193,12 +217,18 @@ mod tests {
         child.wait().unwrap();
         let peer = PeerCredentials { pid, ..me() };
         let err = WorkloadAttestor::new().attest(&peer).unwrap_err();
-        assert!(matches!(err, AttestError::ProcessGone(p) if p == pid), "{err}");
+        assert!(
+            matches!(err, AttestError::ProcessGone(p) if p == pid),
+            "{err}"
+        );
     }
 
     #[test]
     fn refuses_when_proc_owner_differs_from_socket_credentials() {
-        let peer = PeerCredentials { uid: me().uid.wrapping_add(4242), ..me() };
+        let peer = PeerCredentials {
+            uid: me().uid.wrapping_add(4242),
+            ..me()
+        };
         let err = WorkloadAttestor::new().attest(&peer).unwrap_err();
         assert!(matches!(err, AttestError::OwnerMismatch { .. }), "{err}");
     }
@@ -206,7 +236,10 @@ mod tests {
     #[test]
     fn refuses_missing_credentials() {
         let peer = PeerCredentials { pid: 0, ..me() };
-        assert_eq!(WorkloadAttestor::new().attest(&peer), Err(AttestError::NoCredentials));
+        assert_eq!(
+            WorkloadAttestor::new().attest(&peer),
+            Err(AttestError::NoCredentials)
+        );
     }
 
     #[test]
@@ -216,13 +249,27 @@ mod tests {
         std::fs::create_dir(&pid_dir).unwrap();
         let stat = "77 (app) S 1 77 77 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 5555 1 1";
         std::fs::write(pid_dir.join("stat"), stat).unwrap();
-        std::fs::write(pid_dir.join("status"), "Uid:\t1234\t1234\t1234\t1234\nGid:\t99\t99\t99\t99\n")
-            .unwrap();
+        std::fs::write(
+            pid_dir.join("status"),
+            "Uid:\t1234\t1234\t1234\t1234\nGid:\t99\t99\t99\t99\n",
+        )
+        .unwrap();
         let id = "a".repeat(64);
         let pod = "0b6ab7c2-4cd1-4f47-9b3a-0c8d4a8e2f11";
-        std::fs::write(pid_dir.join("cgroup"), format!("0::/kubepods/pod{pod}/{id}\n")).unwrap();
-        let peer = PeerCredentials { pid: 77, uid: 1234, gid: 99, start_time: Some(5555) };
-        let selectors = WorkloadAttestor::with_proc_root(dir.path()).attest(&peer).unwrap();
+        std::fs::write(
+            pid_dir.join("cgroup"),
+            format!("0::/kubepods/pod{pod}/{id}\n"),
+        )
+        .unwrap();
+        let peer = PeerCredentials {
+            pid: 77,
+            uid: 1234,
+            gid: 99,
+            start_time: Some(5555),
+        };
+        let selectors = WorkloadAttestor::with_proc_root(dir.path())
+            .attest(&peer)
+            .unwrap();
         assert!(selectors.contains(&format!("docker:id:{id}").parse().unwrap()));
         assert!(selectors.contains(&format!("k8s:pod-uid:{pod}").parse().unwrap()));
         assert!(selectors.contains(&"unix:uid:1234".parse().unwrap()));

@@ -18,7 +18,8 @@ pub(crate) fn parse_cgroup_file(text: &str) -> ContainerInfo {
     let mut info = ContainerInfo::default();
     for line in text.lines() {
         let mut parts = line.splitn(3, ':');
-        let (Some(_id), Some(_controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        let (Some(_id), Some(_controllers), Some(path)) =
+            (parts.next(), parts.next(), parts.next())
         else {
             continue;
         };
@@ -46,7 +47,9 @@ fn container_id_from_path(path: &str) -> Option<String> {
 }
 
 fn is_container_id(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// The pod UID in a cgroup path: a segment `pod<uid>` (cgroupfs driver, dashes) or
@@ -70,7 +73,9 @@ fn is_uuid(s: &str) -> bool {
     let lens = [8, 4, 4, 4, 12];
     groups.len() == lens.len()
         && groups.iter().zip(lens).all(|(g, n)| {
-            g.len() == n && g.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            g.len() == n
+                && g.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         })
 }
 
@@ -127,9 +132,8 @@ mod tests {
     #[test]
     fn parses_guaranteed_pod_in_cgroup_v1_systemd_driver() {
         let underscored = POD.replace('-', "_");
-        let text = format!(
-            "9:memory:/kubepods.slice/kubepods-pod{underscored}.slice/crio-{ID}.scope\n"
-        );
+        let text =
+            format!("9:memory:/kubepods.slice/kubepods-pod{underscored}.slice/crio-{ID}.scope\n");
         let info = parse_cgroup_file(&text);
         assert_eq!(info.pod_uid.as_deref(), Some(POD));
         assert_eq!(info.container_id.as_deref(), Some(ID));

@@ -36,7 +36,10 @@ struct FileKey {
 
 impl ProcReader {
     pub(crate) fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into(), digests: Mutex::new(HashMap::new()) }
+        Self {
+            root: root.into(),
+            digests: Mutex::new(HashMap::new()),
+        }
     }
 
     fn pid_dir(&self, pid: i32) -> PathBuf {
@@ -54,7 +57,10 @@ impl ProcReader {
     pub(crate) fn owner(&self, pid: i32) -> Result<(u32, u32), AttestError> {
         let status = std::fs::read_to_string(self.pid_dir(pid).join("status"))
             .map_err(|_| AttestError::ProcessGone(pid))?;
-        parse_owner(&status).ok_or(AttestError::BadProcFile { pid, file: "status" })
+        parse_owner(&status).ok_or(AttestError::BadProcFile {
+            pid,
+            file: "status",
+        })
     }
 
     /// The text of `/proc/PID/cgroup` (empty when the kernel has no cgroups).
@@ -203,7 +209,13 @@ mod tests {
     fn vanished_process_is_reported_as_gone() {
         let reader = ProcReader::new("/proc");
         // PIDs above pid_max never exist.
-        assert!(matches!(reader.start_time(i32::MAX), Err(AttestError::ProcessGone(_))));
-        assert!(matches!(reader.owner(i32::MAX), Err(AttestError::ProcessGone(_))));
+        assert!(matches!(
+            reader.start_time(i32::MAX),
+            Err(AttestError::ProcessGone(_))
+        ));
+        assert!(matches!(
+            reader.owner(i32::MAX),
+            Err(AttestError::ProcessGone(_))
+        ));
     }
 }

@@ -1,0 +1,115 @@
+//! The SPIFFE Workload API server on the agent's Unix socket.
+//!
+//! Every call must carry `workload.spiffe.io: true` (W-2, else InvalidArgument); the caller is
+//! attested from SO_PEERCRED and `/proc` (W-3: no TLS, no client authentication); a caller that
+//! matches no entry gets PermissionDenied `no identity issued`; while the agent has not synced
+//! once, calls get Unavailable (W-5). The WIT-SVID profile is not implemented, so its methods
+//! answer Unimplemented (W-15).
+
+mod jwt;
+mod listener;
+mod responses;
+mod service;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::UnixListenerStream;
+use warden_api::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
+
+pub use jwt::{JwtMinter, MintError, MintFuture, MintedJwt};
+
+use crate::cache::CacheState;
+use crate::metrics::Metrics;
+use crate::workload_attestor::WorkloadAttestor;
+
+/// Why the Workload API could not be served.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkloadApiError {
+    /// The socket could not be bound.
+    #[error("cannot bind the workload api socket `{path}`: {source}")]
+    Bind {
+        /// The socket path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("workload api server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// The Workload API listener: bound by [`WorkloadApi::new`], served by [`WorkloadApi::run`].
+#[derive(Debug)]
+pub struct WorkloadApi {
+    listener: UnixListener,
+    path: PathBuf,
+    service: service::Service,
+    attestor: Arc<WorkloadAttestor>,
+    closing: watch::Sender<bool>,
+}
+
+// === impl WorkloadApi ===
+
+impl WorkloadApi {
+    /// Binds the socket at `path`.
+    pub fn new(
+        path: &Path,
+        state: watch::Receiver<Arc<CacheState>>,
+        minter: Arc<dyn JwtMinter>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, WorkloadApiError> {
+        let listener = listener::bind(path).map_err(|source| WorkloadApiError::Bind {
+            path: path.to_owned(),
+            source,
+        })?;
+        let attestor = Arc::new(WorkloadAttestor::new());
+        let (closing, closing_rx) = watch::channel(false);
+        let service = service::Service::new(service::Inner {
+            state,
+            attestor: Arc::clone(&attestor),
+            jwt: jwt::JwtCache::new(minter),
+            metrics,
+            closing: closing_rx,
+        });
+        Ok(Self {
+            listener,
+            path: path.to_owned(),
+            service,
+            attestor,
+            closing,
+        })
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Serves until `shutdown` completes, then removes the socket.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), WorkloadApiError> {
+        let attestor = self.attestor;
+        let closing = self.closing;
+        let shutdown = async move {
+            shutdown.await;
+            // End open streams so the graceful shutdown does not wait for clients.
+            closing.send_replace(true);
+        };
+        let incoming = UnixListenerStream::new(self.listener)
+            .map(move |conn| conn.map(|s| listener::PeerStream::new(s, &attestor)));
+        let result = tonic::transport::Server::builder()
+            .add_service(SpiffeWorkloadApiServer::new(self.service))
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await;
+        let _ = std::fs::remove_file(&self.path);
+        Ok(result?)
+    }
+}

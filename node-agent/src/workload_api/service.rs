@@ -1,0 +1,301 @@
+//! The `SpiffeWorkloadAPI` gRPC service: attests each caller, answers from the cache, and keeps
+//! streams open, sending a complete new message whenever the caller's view changes.
+
+use std::collections::BTreeSet;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use futures::Stream;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use tracing::{debug, warn};
+use warden_api::WORKLOAD_API_HEADER;
+use warden_api::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
+use warden_api::workload::{
+    JwtBundlesRequest, JwtBundlesResponse, JwtsvidRequest, JwtsvidResponse, ValidateJwtsvidRequest,
+    ValidateJwtsvidResponse, X509BundlesRequest, X509BundlesResponse, X509svidRequest,
+    X509svidResponse,
+};
+use warden_identity::{Selector, SpiffeId};
+
+use super::jwt::JwtCache;
+use super::listener::PeerInfo;
+use super::responses;
+use crate::cache::CacheState;
+use crate::jwt_validate::validate_jwt_svid;
+use crate::metrics::{AttestationResult, Metrics};
+use crate::workload_attestor::WorkloadAttestor;
+
+/// The message SPIFFE client libraries recognise as "no identity for this caller" (W-5, W-7).
+pub(crate) const NO_IDENTITY: &str = "no identity issued";
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// Shared state of the service.
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) state: watch::Receiver<Arc<CacheState>>,
+    pub(crate) attestor: Arc<WorkloadAttestor>,
+    pub(crate) jwt: JwtCache,
+    pub(crate) metrics: Arc<Metrics>,
+    /// Becomes `true` when the server shuts down; open streams then end.
+    pub(crate) closing: watch::Receiver<bool>,
+}
+
+/// The Workload API service.
+#[derive(Debug, Clone)]
+pub(crate) struct Service {
+    inner: Arc<Inner>,
+}
+
+// === impl Service ===
+
+impl Service {
+    pub(crate) fn new(inner: Inner) -> Self {
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Checks the security header (W-2), attests the caller and returns its selectors.
+    fn attest<T>(&self, req: &Request<T>) -> Result<BTreeSet<Selector>, Status> {
+        check_header(req)?;
+        let peer = req
+            .extensions()
+            .get::<PeerInfo>()
+            .and_then(|p| p.0)
+            .ok_or_else(|| {
+                self.inner.metrics.attestation(AttestationResult::Error);
+                Status::permission_denied("caller could not be attested: no peer credentials")
+            })?;
+        match self.inner.attestor.attest(&peer) {
+            Ok(selectors) => {
+                debug!(pid = peer.pid, uid = peer.uid, selectors = ?selectors, "workload attested");
+                Ok(selectors.into_iter().collect())
+            }
+            Err(err) => {
+                self.inner.metrics.attestation(AttestationResult::Error);
+                warn!(pid = peer.pid, error = %err, "workload attestation failed");
+                Err(Status::permission_denied(format!(
+                    "caller could not be attested: {err}"
+                )))
+            }
+        }
+    }
+
+    /// The current state, or Unavailable while the agent is initializing (W-5).
+    fn ready_state(&self) -> Result<Arc<CacheState>, Status> {
+        let state = Arc::clone(&self.inner.state.borrow());
+        if !state.ready {
+            return Err(Status::unavailable("agent is initializing"));
+        }
+        Ok(state)
+    }
+
+    /// Counts the attestation and fails with PermissionDenied when nothing matched.
+    fn require_identity(
+        &self,
+        state: &CacheState,
+        selectors: &BTreeSet<Selector>,
+    ) -> Result<(), Status> {
+        if state.matching(selectors).is_empty() {
+            self.inner
+                .metrics
+                .attestation(AttestationResult::NoIdentity);
+            return Err(Status::permission_denied(NO_IDENTITY));
+        }
+        self.inner.metrics.attestation(AttestationResult::Success);
+        Ok(())
+    }
+
+    /// Streams `first` now, then a new message after every cache change that changes it;
+    /// ends with PermissionDenied when the caller no longer has any identity (W-6).
+    fn stream<T, F>(&self, selectors: BTreeSet<Selector>, first: T, build: F) -> BoxStream<T>
+    where
+        T: PartialEq + Clone + Send + Sync + 'static,
+        F: Fn(&CacheState, &BTreeSet<Selector>) -> Option<T> + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel(4);
+        let mut state_rx = self.inner.state.clone();
+        state_rx.borrow_and_update();
+        let mut closing = self.inner.closing.clone();
+        tokio::spawn(async move {
+            if tx.send(Ok(first.clone())).await.is_err() {
+                return;
+            }
+            let mut last = first;
+            loop {
+                tokio::select! {
+                    changed = state_rx.changed() => if changed.is_err() {
+                        let _ = tx.send(Err(Status::unavailable("agent is shutting down"))).await;
+                        return;
+                    },
+                    () = tx.closed() => return,
+                    _ = closing.changed() => {
+                        let _ = tx.send(Err(Status::unavailable("agent is shutting down"))).await;
+                        return;
+                    }
+                }
+                let state = Arc::clone(&state_rx.borrow_and_update());
+                match build(&state, &selectors) {
+                    Some(msg) if msg == last => {}
+                    Some(msg) => {
+                        last = msg.clone();
+                        if tx.send(Ok(msg)).await.is_err() {
+                            return;
+                        }
+                    }
+                    None => {
+                        let _ = tx.send(Err(Status::permission_denied(NO_IDENTITY))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Box::pin(ReceiverStream::new(rx))
+    }
+}
+
+fn check_header<T>(req: &Request<T>) -> Result<(), Status> {
+    match req.metadata().get(WORKLOAD_API_HEADER).map(|v| v.to_str()) {
+        Some(Ok("true")) => Ok(()),
+        _ => Err(Status::invalid_argument(format!(
+            "security header missing from request: `{WORKLOAD_API_HEADER}: true` is required"
+        ))),
+    }
+}
+
+#[tonic::async_trait]
+impl SpiffeWorkloadApi for Service {
+    type FetchX509SVIDStream = BoxStream<X509svidResponse>;
+    type FetchX509BundlesStream = BoxStream<X509BundlesResponse>;
+    type FetchJWTBundlesStream = BoxStream<JwtBundlesResponse>;
+
+    async fn fetch_x509svid(
+        &self,
+        req: Request<X509svidRequest>,
+    ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
+        let selectors = self.attest(&req)?;
+        let state = self.ready_state()?;
+        self.require_identity(&state, &selectors)?;
+        let first = responses::x509_svids(&state, &selectors)
+            .ok_or_else(|| Status::permission_denied(NO_IDENTITY))?;
+        Ok(Response::new(self.stream(
+            selectors,
+            first,
+            responses::x509_svids,
+        )))
+    }
+
+    async fn fetch_x509_bundles(
+        &self,
+        req: Request<X509BundlesRequest>,
+    ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
+        let selectors = self.attest(&req)?;
+        let state = self.ready_state()?;
+        self.require_identity(&state, &selectors)?;
+        let first = responses::x509_bundles(&state, &selectors)
+            .ok_or_else(|| Status::permission_denied(NO_IDENTITY))?;
+        Ok(Response::new(self.stream(
+            selectors,
+            first,
+            responses::x509_bundles,
+        )))
+    }
+
+    async fn fetch_jwt_bundles(
+        &self,
+        req: Request<JwtBundlesRequest>,
+    ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
+        let selectors = self.attest(&req)?;
+        let state = self.ready_state()?;
+        self.require_identity(&state, &selectors)?;
+        let first = responses::jwt_bundles(&state, &selectors)
+            .ok_or_else(|| Status::permission_denied(NO_IDENTITY))?;
+        Ok(Response::new(self.stream(
+            selectors,
+            first,
+            responses::jwt_bundles,
+        )))
+    }
+
+    async fn fetch_jwtsvid(
+        &self,
+        req: Request<JwtsvidRequest>,
+    ) -> Result<Response<JwtsvidResponse>, Status> {
+        let selectors = self.attest(&req)?;
+        let body = req.get_ref();
+        if body.audience.is_empty() || body.audience.iter().any(String::is_empty) {
+            return Err(Status::invalid_argument("audience must be specified"));
+        }
+        let filter: Option<SpiffeId> = if body.spiffe_id.is_empty() {
+            None
+        } else {
+            Some(body.spiffe_id.parse().map_err(|e| {
+                Status::invalid_argument(format!("invalid spiffe_id `{}`: {e}", body.spiffe_id))
+            })?)
+        };
+        let state = self.ready_state()?;
+        self.require_identity(&state, &selectors)?;
+        let now = SystemTime::now();
+        let mut svids = Vec::new();
+        let mut seen_hints = std::collections::HashSet::new();
+        for identity in state.matching(&selectors) {
+            let entry = &identity.entry;
+            if filter.as_ref().is_some_and(|f| *f != entry.spiffe_id) {
+                continue;
+            }
+            if !entry.hint.is_empty() && !seen_hints.insert(entry.hint.clone()) {
+                continue;
+            }
+            let minted = self
+                .inner
+                .jwt
+                .get(entry, &body.audience, now)
+                .await
+                .map_err(|e| {
+                    Status::unavailable(format!(
+                        "cannot mint a jwt-svid for `{}`: {e}",
+                        entry.spiffe_id
+                    ))
+                })?;
+            svids.push(warden_api::workload::Jwtsvid {
+                spiffe_id: entry.spiffe_id.to_string(),
+                svid: minted.token,
+                hint: entry.hint.clone(),
+            });
+        }
+        if svids.is_empty() {
+            return Err(Status::permission_denied(NO_IDENTITY));
+        }
+        Ok(Response::new(JwtsvidResponse { svids }))
+    }
+
+    async fn validate_jwtsvid(
+        &self,
+        req: Request<ValidateJwtsvidRequest>,
+    ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
+        check_header(&req)?;
+        let body = req.get_ref();
+        if body.audience.is_empty() {
+            return Err(Status::invalid_argument("audience must be specified"));
+        }
+        if body.svid.is_empty() {
+            return Err(Status::invalid_argument("svid must be specified"));
+        }
+        let state = self.ready_state()?;
+        let valid = validate_jwt_svid(
+            &body.svid,
+            &body.audience,
+            &state.bundles,
+            SystemTime::now(),
+        )
+        .map_err(|e| Status::invalid_argument(format!("invalid jwt-svid: {e}")))?;
+        Ok(Response::new(ValidateJwtsvidResponse {
+            spiffe_id: valid.spiffe_id.to_string(),
+            claims: Some(responses::json_to_struct(&valid.claims)),
+        }))
+    }
+}
