@@ -14,7 +14,7 @@ use warden_identity::{Selector, SpiffeId, TrustDomain};
 
 use crate::trust::BundleSet;
 
-pub use svid::{Svid, SvidError, refresh_at};
+pub use svid::{Svid, SvidError, refresh_at, spiffe_id_of};
 
 /// A registration entry the agent may mint SVIDs for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -275,6 +275,11 @@ impl Cache {
     /// Marks the cache as filled.
     pub fn set_ready(&mut self) {
         self.ready = true;
+    }
+
+    /// Whether an SVID is held for the entry.
+    pub fn has_svid(&self, entry_id: &str) -> bool {
+        self.svids.contains_key(entry_id)
     }
 
     /// Number of SVIDs held.

@@ -149,6 +149,13 @@ pub fn refresh_at(not_before: SystemTime, not_after: SystemTime, jitter: f64) ->
     not_before + life.mul_f64(fraction)
 }
 
+/// The single SPIFFE ID of a DER certificate.
+pub fn spiffe_id_of(der: &[u8]) -> Result<SpiffeId, SvidError> {
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| SvidError::BadCertificate(e.to_string()))?;
+    single_spiffe_id(&cert)
+}
+
 fn single_spiffe_id(cert: &X509Certificate<'_>) -> Result<SpiffeId, SvidError> {
     let mut uris = cert
         .extensions()
