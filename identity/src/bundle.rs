@@ -122,7 +122,11 @@ pub struct BundleSet {
 impl JwtAuthority {
     /// A JWT authority: key id, DER SubjectPublicKeyInfo and optional expiry.
     pub fn new(kid: impl Into<String>, spki_der: Vec<u8>, expires_at: Option<SystemTime>) -> Self {
-        Self { kid: kid.into(), public_key: spki_der, expires_at }
+        Self {
+            kid: kid.into(),
+            public_key: spki_der,
+            expires_at,
+        }
     }
 
     /// The key id (`kid`).
@@ -224,7 +228,8 @@ impl Bundle {
     /// Removes an X.509 authority; whether it was present.
     pub fn remove_x509_authority(&mut self, cert: &CertificateDer<'_>) -> bool {
         let before = self.x509_authorities.len();
-        self.x509_authorities.retain(|c| c.as_ref() != cert.as_ref());
+        self.x509_authorities
+            .retain(|c| c.as_ref() != cert.as_ref());
         before != self.x509_authorities.len()
     }
 
@@ -274,7 +279,10 @@ impl Bundle {
         let mut bundle = Self::new(trust_domain);
         for (index, block) in blocks.into_iter().enumerate() {
             if block.tag() != "CERTIFICATE" {
-                return Err(BundleError::PemLabel { index, label: block.tag().to_owned() });
+                return Err(BundleError::PemLabel {
+                    index,
+                    label: block.tag().to_owned(),
+                });
             }
             let der = block.into_contents();
             if !is_certificate(&der) {
@@ -287,7 +295,10 @@ impl Bundle {
 
     /// The X.509 authorities as concatenated DER, as the Workload API carries them.
     pub fn x509_authorities_der(&self) -> Vec<u8> {
-        self.x509_authorities.iter().flat_map(|c| c.as_ref().iter().copied()).collect()
+        self.x509_authorities
+            .iter()
+            .flat_map(|c| c.as_ref().iter().copied())
+            .collect()
     }
 }
 

@@ -5,7 +5,10 @@
 use std::sync::OnceLock;
 use std::time::{Duration, UNIX_EPOCH};
 
-use crate::{Bundle, BundleSet, JwtAuthority, Selector, SpiffeId, TrustDomain};
+use crate::{
+    Bundle, BundleSet, JwtAuthority, JwtError, JwtSigner, JwtSvidClaims, Selector, SpiffeId,
+    TrustDomain,
+};
 
 /// Trust domain of the fixed bundle [`jwt_svid`] validates against.
 pub const FUZZ_TRUST_DOMAIN: &str = "example.org";
@@ -16,14 +19,18 @@ pub const FUZZ_AUDIENCE: &str = "fuzz-audience";
 /// The validation time [`jwt_svid`] uses (2026-01-01T00:00:00Z).
 pub const FUZZ_NOW_UNIX: u64 = 1_767_225_600;
 
-/// A fixed P-256 public key (SubjectPublicKeyInfo DER) for the fuzzing bundle.
-const FUZZ_SPKI: [u8; 91] = [
-    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
-    0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00, 0x04, 0x6b, 0x17, 0xd1, 0xf2, 0xe1,
-    0x2c, 0x42, 0x47, 0xf8, 0xbc, 0xe6, 0xe5, 0x63, 0xa4, 0x40, 0xf2, 0x77, 0x03, 0x7d, 0x81, 0x2d,
-    0xeb, 0x33, 0xa0, 0xf4, 0xa1, 0x39, 0x45, 0xd8, 0x98, 0xc2, 0x96, 0x4f, 0xe3, 0x42, 0xe2, 0xfe,
-    0x1a, 0x7f, 0x9b, 0x8e, 0xe7, 0xeb, 0x4a, 0x7c, 0x0f, 0x9e, 0x16, 0x2b, 0xce, 0x33, 0x57, 0x6b,
-    0x31, 0x5e, 0xce, 0xcb, 0xb6, 0x40, 0x68, 0x37, 0xbf, 0x51, 0xf5,
+/// A fixed P-256 private key (PKCS#8) that signs the JWT-SVID seeds in
+/// `fuzz/corpus/jwt_svid`. It is public test material: never trust it anywhere else.
+const FUZZ_KEY_PKCS8: [u8; 138] = [
+    0x30, 0x81, 0x87, 0x02, 0x01, 0x00, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02,
+    0x01, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x04, 0x6d, 0x30, 0x6b, 0x02,
+    0x01, 0x01, 0x04, 0x20, 0xef, 0x48, 0x40, 0x74, 0x62, 0xce, 0x04, 0xa1, 0x15, 0x85, 0x3a, 0xed,
+    0x6d, 0xb5, 0x6b, 0x4f, 0xf4, 0x73, 0x1b, 0x69, 0x63, 0x86, 0x25, 0x3b, 0x89, 0x2d, 0x6e, 0x89,
+    0x7a, 0x3c, 0x58, 0xe6, 0xa1, 0x44, 0x03, 0x42, 0x00, 0x04, 0x78, 0x93, 0x1d, 0x42, 0x36, 0xc6,
+    0x00, 0xa3, 0xfc, 0xa0, 0xb0, 0xd7, 0x7a, 0xa3, 0x27, 0x89, 0x35, 0xb1, 0xf4, 0x2b, 0xae, 0x01,
+    0xe1, 0x83, 0xe8, 0x2d, 0x1f, 0x49, 0x59, 0x91, 0xa7, 0x19, 0xbc, 0x7b, 0x59, 0x9b, 0x85, 0xb2,
+    0xb2, 0xbf, 0x0b, 0x1b, 0x96, 0x53, 0x61, 0xbd, 0x86, 0xa9, 0x38, 0x37, 0x30, 0xf3, 0x15, 0x28,
+    0xc1, 0x60, 0x41, 0x7e, 0xd0, 0x3d, 0x46, 0x59, 0x38, 0x48,
 ];
 
 /// Parses `data` as a SPIFFE ID; a parsed ID must print and re-parse to itself.
@@ -36,7 +43,11 @@ pub fn spiffe_id(data: &[u8]) {
         assert_eq!(again.as_ref(), Ok(&id), "spiffe id does not round-trip");
         assert!(id.as_str().len() <= crate::MAX_SPIFFE_ID_LEN);
         let td = TrustDomain::new(id.trust_domain_name());
-        assert_eq!(td.as_ref(), Ok(&id.trust_domain()), "trust domain does not round-trip");
+        assert_eq!(
+            td.as_ref(),
+            Ok(&id.trust_domain()),
+            "trust domain does not round-trip"
+        );
         let _ = id.prefixes();
     }
     let _ = TrustDomain::new(s);
@@ -53,15 +64,23 @@ pub fn selector(data: &[u8]) {
     }
 }
 
-/// Validates `data` as a JWT-SVID against a fixed bundle; must not panic, and (having no
-/// private key for the bundle's key) must never accept.
+/// Validates `data` as a JWT-SVID against a fixed bundle; must not panic, and whatever it
+/// accepts must satisfy rules J-5..J-8.
 pub fn jwt_svid(data: &[u8]) {
-    let Ok(token) = std::str::from_utf8(data) else {
-        return;
-    };
+    if let Ok(claims) = jwt_svid_validate(data) {
+        let now = UNIX_EPOCH + Duration::from_secs(FUZZ_NOW_UNIX);
+        assert_eq!(claims.spiffe_id().trust_domain_name(), FUZZ_TRUST_DOMAIN);
+        assert!(claims.audience().iter().any(|a| a == FUZZ_AUDIENCE));
+        assert!(claims.expires_at() + crate::JWT_LEEWAY > now);
+    }
+}
+
+/// The validation [`jwt_svid`] runs: `data` as a token, for audience [`FUZZ_AUDIENCE`] at
+/// [`FUZZ_NOW_UNIX`], against a bundle for [`FUZZ_TRUST_DOMAIN`] holding the fuzzing key.
+pub fn jwt_svid_validate(data: &[u8]) -> Result<JwtSvidClaims, JwtError> {
+    let token = std::str::from_utf8(data).map_err(|_| JwtError::NotCompact)?;
     let now = UNIX_EPOCH + Duration::from_secs(FUZZ_NOW_UNIX);
-    let result = crate::validate_jwt_svid(token, FUZZ_AUDIENCE, fuzz_bundles(), now);
-    assert!(result.is_err(), "a token was accepted without a valid signature");
+    crate::validate_jwt_svid(token, FUZZ_AUDIENCE, fuzz_bundles(), now)
 }
 
 /// Parses `data` as a SPIFFE bundle; a parsed bundle must encode and re-parse to itself.
@@ -83,7 +102,10 @@ fn fuzz_bundles() -> &'static BundleSet {
         let mut set = BundleSet::new();
         if let Ok(td) = TrustDomain::new(FUZZ_TRUST_DOMAIN) {
             let mut bundle = Bundle::new(td);
-            bundle.add_jwt_authority(JwtAuthority::new(FUZZ_KID, FUZZ_SPKI.to_vec(), None));
+            if let Ok(signer) = JwtSigner::from_pkcs8(FUZZ_KID, &FUZZ_KEY_PKCS8) {
+                let spki = signer.public_key_spki_der();
+                bundle.add_jwt_authority(JwtAuthority::new(FUZZ_KID, spki, None));
+            }
             set.insert(bundle);
         }
         set

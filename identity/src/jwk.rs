@@ -24,8 +24,9 @@ const P384_SPKI_PREFIX: &[u8] = &[
     0x81, 0x04, 0x00, 0x22, 0x03, 0x62, 0x00,
 ];
 /// The same for Ed25519.
-const ED25519_SPKI_PREFIX: &[u8] =
-    &[0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
+const ED25519_SPKI_PREFIX: &[u8] = &[
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
 /// DER of `AlgorithmIdentifier { rsaEncryption, NULL }`.
 const RSA_ALGORITHM_ID: &[u8] = &[
     0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
@@ -44,9 +45,16 @@ pub(crate) enum Curve {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum PublicKey {
     /// Coordinates are fixed-length big-endian.
-    Ec { curve: Curve, x: Vec<u8>, y: Vec<u8> },
+    Ec {
+        curve: Curve,
+        x: Vec<u8>,
+        y: Vec<u8>,
+    },
     /// Modulus and exponent without leading zero bytes.
-    Rsa { n: Vec<u8>, e: Vec<u8> },
+    Rsa {
+        n: Vec<u8>,
+        e: Vec<u8>,
+    },
     Ed25519(Vec<u8>),
 }
 
@@ -80,7 +88,11 @@ impl PublicKey {
         }
         let alg = &spki.algorithm.algorithm;
         if *alg == OID_KEY_TYPE_EC_PUBLIC_KEY {
-            let curve_oid = spki.algorithm.parameters.as_ref().and_then(|p| p.as_oid().ok());
+            let curve_oid = spki
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.as_oid().ok());
             let curve = match curve_oid {
                 Some(oid) if oid == OID_EC_P256 => Curve::P256,
                 Some(oid) if oid == OID_NIST_EC_P384 => Curve::P384,
@@ -91,7 +103,11 @@ impl PublicKey {
             match point.split_first() {
                 Some((0x04, xy)) if xy.len() == 2 * len => {
                     let (x, y) = xy.split_at(len);
-                    Ok(Self::Ec { curve, x: x.to_vec(), y: y.to_vec() })
+                    Ok(Self::Ec {
+                        curve,
+                        x: x.to_vec(),
+                        y: y.to_vec(),
+                    })
                 }
                 _ => Err("elliptic curve point is not an uncompressed point".to_owned()),
             }
@@ -132,7 +148,10 @@ impl PublicKey {
                 let rsa_key = der_tlv(0x30, &[der_uint(n), der_uint(e)].concat());
                 let mut bits = vec![0u8];
                 bits.extend_from_slice(&rsa_key);
-                der_tlv(0x30, &[RSA_ALGORITHM_ID.to_vec(), der_tlv(0x03, &bits)].concat())
+                der_tlv(
+                    0x30,
+                    &[RSA_ALGORITHM_ID.to_vec(), der_tlv(0x03, &bits)].concat(),
+                )
             }
             Self::Ed25519(raw) => [ED25519_SPKI_PREFIX, raw.as_slice()].concat(),
         }
@@ -204,7 +223,10 @@ impl PublicKey {
                 if n.is_empty() || e.is_empty() || n.len() > MAX_RSA_MODULUS_LEN || e.len() > 8 {
                     return Err("rsa `n` or `e` has an invalid length".to_owned());
                 }
-                Ok(Some(Self::Rsa { n: n.to_vec(), e: e.to_vec() }))
+                Ok(Some(Self::Rsa {
+                    n: n.to_vec(),
+                    e: e.to_vec(),
+                }))
             }
             "OKP" => {
                 if str_member(jwk, "crv")? != "Ed25519" {
@@ -273,7 +295,11 @@ mod tests {
 
     #[test]
     fn ec_key_round_trips_through_spki_and_jwk() {
-        let key = PublicKey::Ec { curve: Curve::P256, x: vec![1; 32], y: vec![2; 32] };
+        let key = PublicKey::Ec {
+            curve: Curve::P256,
+            x: vec![1; 32],
+            y: vec![2; 32],
+        };
         let spki = key.to_spki();
         assert_eq!(PublicKey::from_spki(&spki).unwrap(), key);
         let mut jwk = Map::new();
@@ -285,7 +311,10 @@ mod tests {
     fn rsa_key_round_trips_through_spki_and_jwk() {
         let mut n = vec![0xc5; 256];
         n[255] = 0x01;
-        let key = PublicKey::Rsa { n, e: vec![1, 0, 1] };
+        let key = PublicKey::Rsa {
+            n,
+            e: vec![1, 0, 1],
+        };
         let spki = key.to_spki();
         assert_eq!(PublicKey::from_spki(&spki).unwrap(), key);
         let mut jwk = Map::new();

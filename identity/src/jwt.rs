@@ -132,7 +132,12 @@ impl JwtSigner {
         let rng = SystemRandom::new();
         let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der, &rng)
             .map_err(|_| JwtError::BadKey)?;
-        Ok(Self { kid: kid.into(), key, pkcs8: der.to_vec(), rng })
+        Ok(Self {
+            kid: kid.into(),
+            key,
+            pkcs8: der.to_vec(),
+            rng,
+        })
     }
 
     /// The key as PKCS#8 DER, for storing (with file mode 0600).
@@ -143,8 +148,16 @@ impl JwtSigner {
     /// The public key as a DER SubjectPublicKeyInfo, for [`crate::JwtAuthority`].
     pub fn public_key_spki_der(&self) -> Vec<u8> {
         let point = self.key.public_key().as_ref();
-        let (x, y) = point.get(1..).unwrap_or_default().split_at(point.len().saturating_sub(1) / 2);
-        PublicKey::Ec { curve: Curve::P256, x: x.to_vec(), y: y.to_vec() }.to_spki()
+        let (x, y) = point
+            .get(1..)
+            .unwrap_or_default()
+            .split_at(point.len().saturating_sub(1) / 2);
+        PublicKey::Ec {
+            curve: Curve::P256,
+            x: x.to_vec(),
+            y: y.to_vec(),
+        }
+        .to_spki()
     }
 
     /// The key id.
@@ -179,9 +192,14 @@ impl JwtSigner {
             URL_SAFE_NO_PAD.encode(header.to_string()),
             URL_SAFE_NO_PAD.encode(claims.to_string())
         );
-        let sig =
-            self.key.sign(&self.rng, signing_input.as_bytes()).map_err(|_| JwtError::Signing)?;
-        Ok(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref())))
+        let sig = self
+            .key
+            .sign(&self.rng, signing_input.as_bytes())
+            .map_err(|_| JwtError::Signing)?;
+        Ok(format!(
+            "{signing_input}.{}",
+            URL_SAFE_NO_PAD.encode(sig.as_ref())
+        ))
     }
 }
 
@@ -195,7 +213,9 @@ impl fmt::Debug for JwtSigner {
 }
 
 fn unix_secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
 }
 
 // === impl JwtSvidClaims ===

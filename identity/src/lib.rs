@@ -19,7 +19,9 @@ pub use bundle::{Bundle, BundleError, BundleSet, JwtAuthority};
 pub use jwt::{JWT_LEEWAY, JwtError, JwtSigner, JwtSvidClaims, MAX_JWT_LEN, validate_jwt_svid};
 pub use rotation::{MAX_JITTER, random_jitter, refresh_at};
 pub use selector::{MAX_SELECTOR_LEN, Selector, SelectorError};
-pub use spiffe_id::{MAX_SPIFFE_ID_LEN, MAX_TRUST_DOMAIN_LEN, SpiffeId, SpiffeIdError, TrustDomain};
+pub use spiffe_id::{
+    MAX_SPIFFE_ID_LEN, MAX_TRUST_DOMAIN_LEN, SpiffeId, SpiffeIdError, TrustDomain,
+};
 pub use tls::{
     Authorize, BundleSource, SharedBundles, SpiffeClientCertVerifier, SpiffeServerCertVerifier,
     SvidCertResolver, TlsVerifyError, crypto_provider, peer_spiffe_id,

@@ -18,7 +18,11 @@ pub fn refresh_at(not_before: SystemTime, not_after: SystemTime, jitter: f64) ->
     if lifetime < Duration::from_nanos(2) {
         return not_before;
     }
-    let jitter = if jitter.is_nan() { 0.0 } else { jitter.clamp(-MAX_JITTER, MAX_JITTER) };
+    let jitter = if jitter.is_nan() {
+        0.0
+    } else {
+        jitter.clamp(-MAX_JITTER, MAX_JITTER)
+    };
     let offset = lifetime.mul_f64(0.5 + jitter);
     let offset = offset.clamp(Duration::from_nanos(1), lifetime - Duration::from_nanos(1));
     not_before + offset

@@ -83,7 +83,11 @@ impl FromStr for Selector {
         if value.chars().any(|c| c.is_control() || c.is_whitespace()) {
             return Err(SelectorError::BadValue(s.escape_debug().to_string()));
         }
-        Ok(Self { kind: kind.to_owned(), key: key.to_owned(), value: value.to_owned() })
+        Ok(Self {
+            kind: kind.to_owned(),
+            key: key.to_owned(),
+            value: value.to_owned(),
+        })
     }
 }
 
@@ -119,17 +123,35 @@ mod tests {
     #[test]
     fn parses_selectors_with_colons_in_value() {
         let s: Selector = "docker:label:app:web".parse().unwrap();
-        assert_eq!((s.kind(), s.key(), s.value()), ("docker", "label", "app:web"));
+        assert_eq!(
+            (s.kind(), s.key(), s.value()),
+            ("docker", "label", "app:web")
+        );
         assert_eq!(s.to_string(), "docker:label:app:web");
     }
 
     #[test]
     fn rejects_malformed_selectors() {
-        assert!(matches!("unix:uid".parse::<Selector>(), Err(SelectorError::Shape(_))));
-        assert!(matches!("unix::1".parse::<Selector>(), Err(SelectorError::Shape(_))));
-        assert!(matches!("Unix:uid:1".parse::<Selector>(), Err(SelectorError::BadName(_))));
-        assert!(matches!("unix:uid:1 2".parse::<Selector>(), Err(SelectorError::BadValue(_))));
+        assert!(matches!(
+            "unix:uid".parse::<Selector>(),
+            Err(SelectorError::Shape(_))
+        ));
+        assert!(matches!(
+            "unix::1".parse::<Selector>(),
+            Err(SelectorError::Shape(_))
+        ));
+        assert!(matches!(
+            "Unix:uid:1".parse::<Selector>(),
+            Err(SelectorError::BadName(_))
+        ));
+        assert!(matches!(
+            "unix:uid:1 2".parse::<Selector>(),
+            Err(SelectorError::BadValue(_))
+        ));
         let long = format!("unix:path:{}", "a".repeat(2000));
-        assert!(matches!(long.parse::<Selector>(), Err(SelectorError::TooLong(_))));
+        assert!(matches!(
+            long.parse::<Selector>(),
+            Err(SelectorError::TooLong(_))
+        ));
     }
 }

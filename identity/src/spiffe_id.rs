@@ -159,7 +159,9 @@ impl SpiffeId {
 
     /// The trust domain name as a string slice.
     pub fn trust_domain_name(&self) -> &str {
-        self.uri.get(SCHEME_PREFIX.len()..self.path_start).unwrap_or_default()
+        self.uri
+            .get(SCHEME_PREFIX.len()..self.path_start)
+            .unwrap_or_default()
     }
 
     /// The path, starting with `/`, or empty for a trust domain's own ID.
@@ -184,10 +186,17 @@ impl SpiffeId {
         if path.is_empty() {
             return Vec::new();
         }
-        let ends = std::iter::once(0)
-            .chain(path.char_indices().skip(1).filter(|(_, c)| *c == '/').map(|(i, _)| i));
+        let ends = std::iter::once(0).chain(
+            path.char_indices()
+                .skip(1)
+                .filter(|(_, c)| *c == '/')
+                .map(|(i, _)| i),
+        );
         ends.filter_map(|i| self.uri.get(..self.path_start + i))
-            .map(|uri| Self { uri: uri.to_owned(), path_start: self.path_start })
+            .map(|uri| Self {
+                uri: uri.to_owned(),
+                path_start: self.path_start,
+            })
             .collect()
     }
 
@@ -251,9 +260,7 @@ impl<'de> serde::Deserialize<'de> for SpiffeId {
 /// at all, `Err(WrongScheme)` when it has another one.
 fn strip_scheme(s: &str) -> Result<Option<&str>, SpiffeIdError> {
     match s.get(..SCHEME_PREFIX.len()) {
-        Some(head) if head.eq_ignore_ascii_case(SCHEME_PREFIX) => {
-            Ok(s.get(SCHEME_PREFIX.len()..))
-        }
+        Some(head) if head.eq_ignore_ascii_case(SCHEME_PREFIX) => Ok(s.get(SCHEME_PREFIX.len()..)),
         _ if s.contains("://") || s.contains(':') => Err(SpiffeIdError::WrongScheme),
         _ => Ok(None),
     }
@@ -315,7 +322,10 @@ mod tests {
         let id: SpiffeId = "spiffe://example.org/ns/prod/sa/api".parse().unwrap();
         assert_eq!(id.trust_domain_name(), "example.org");
         assert_eq!(id.path(), "/ns/prod/sa/api");
-        assert_eq!(id.segments().collect::<Vec<_>>(), ["ns", "prod", "sa", "api"]);
+        assert_eq!(
+            id.segments().collect::<Vec<_>>(),
+            ["ns", "prod", "sa", "api"]
+        );
     }
 
     #[test]
@@ -333,33 +343,63 @@ mod tests {
     #[test]
     fn rejects_missing_trust_domain_port_and_userinfo_id2() {
         assert_eq!(err("spiffe:///path"), SpiffeIdError::MissingTrustDomain);
-        assert_eq!(err("spiffe://example.org:8080/x"), SpiffeIdError::BadTrustDomainChar(':'));
-        assert_eq!(err("spiffe://user@example.org/x"), SpiffeIdError::BadTrustDomainChar('@'));
+        assert_eq!(
+            err("spiffe://example.org:8080/x"),
+            SpiffeIdError::BadTrustDomainChar(':')
+        );
+        assert_eq!(
+            err("spiffe://user@example.org/x"),
+            SpiffeIdError::BadTrustDomainChar('@')
+        );
     }
 
     #[test]
     fn rejects_bad_trust_domain_characters_id3() {
-        assert_eq!(err("spiffe://exa%41mple.org"), SpiffeIdError::BadTrustDomainChar('%'));
-        assert_eq!(err("spiffe://[::1]/x"), SpiffeIdError::BadTrustDomainChar('['));
+        assert_eq!(
+            err("spiffe://exa%41mple.org"),
+            SpiffeIdError::BadTrustDomainChar('%')
+        );
+        assert_eq!(
+            err("spiffe://[::1]/x"),
+            SpiffeIdError::BadTrustDomainChar('[')
+        );
         assert!("spiffe://10.0.0.1/x".parse::<SpiffeId>().is_ok());
     }
 
     #[test]
     fn rejects_query_and_fragment_id4() {
-        assert_eq!(err("spiffe://example.org/x?a=b"), SpiffeIdError::BadPathChar('?'));
-        assert_eq!(err("spiffe://example.org/x#f"), SpiffeIdError::BadPathChar('#'));
-        assert_eq!(err("spiffe://example.org?a"), SpiffeIdError::BadTrustDomainChar('?'));
+        assert_eq!(
+            err("spiffe://example.org/x?a=b"),
+            SpiffeIdError::BadPathChar('?')
+        );
+        assert_eq!(
+            err("spiffe://example.org/x#f"),
+            SpiffeIdError::BadPathChar('#')
+        );
+        assert_eq!(
+            err("spiffe://example.org?a"),
+            SpiffeIdError::BadTrustDomainChar('?')
+        );
     }
 
     #[test]
     fn rejects_bad_paths_id5() {
-        assert_eq!(err("spiffe://example.org/a//b"), SpiffeIdError::EmptySegment);
+        assert_eq!(
+            err("spiffe://example.org/a//b"),
+            SpiffeIdError::EmptySegment
+        );
         assert_eq!(err("spiffe://example.org/a/./b"), SpiffeIdError::DotSegment);
         assert_eq!(err("spiffe://example.org/a/.."), SpiffeIdError::DotSegment);
         assert_eq!(err("spiffe://example.org/a/"), SpiffeIdError::TrailingSlash);
         assert_eq!(err("spiffe://example.org/"), SpiffeIdError::TrailingSlash);
-        assert_eq!(err("spiffe://example.org/a%20b"), SpiffeIdError::BadPathChar('%'));
-        assert_eq!(err("spiffe://example.org/é"), SpiffeIdError::BadPathChar('é'));
+        assert_eq!(
+            err("spiffe://example.org/a%20b"),
+            SpiffeIdError::BadPathChar('%')
+        );
+        assert_eq!(
+            err("spiffe://example.org/é"),
+            SpiffeIdError::BadPathChar('é')
+        );
     }
 
     #[test]
@@ -376,8 +416,14 @@ mod tests {
 
     #[test]
     fn trust_domain_accepts_bare_name_and_id() {
-        assert_eq!(TrustDomain::new("Example.org").unwrap().name(), "example.org");
-        assert_eq!(TrustDomain::new("spiffe://example.org").unwrap().name(), "example.org");
+        assert_eq!(
+            TrustDomain::new("Example.org").unwrap().name(),
+            "example.org"
+        );
+        assert_eq!(
+            TrustDomain::new("spiffe://example.org").unwrap().name(),
+            "example.org"
+        );
         assert!(TrustDomain::new("spiffe://example.org/x").is_err());
         assert!(TrustDomain::new("").is_err());
     }
@@ -390,7 +436,8 @@ mod tests {
     }
 
     fn segment() -> impl Strategy<Value = String> {
-        "[a-zA-Z0-9_-][a-zA-Z0-9._-]{0,11}".prop_filter("no dot segments", |s| s != "." && s != "..")
+        "[a-zA-Z0-9_-][a-zA-Z0-9._-]{0,11}"
+            .prop_filter("no dot segments", |s| s != "." && s != "..")
     }
 
     proptest! {

@@ -33,6 +33,8 @@ pub enum BadLeaf {
     NoUriSan,
     /// A SPIFFE ID without a path.
     IdWithoutPath,
+    /// A URI SAN that is not a SPIFFE ID (`https://`).
+    NonSpiffeUri,
     /// Empty subject and a non-critical SAN extension.
     NonCriticalSanWithEmptySubject,
     /// BasicConstraints `cA=true`.
@@ -99,29 +101,49 @@ impl TestCa {
         let trust_domain = TrustDomain::new(trust_domain).expect("valid test trust domain");
         let key = KeyPair::generate().expect("generate p-256 key");
         let params = ca_params(&trust_domain, "root", IsCa::Ca(constraints), None);
-        let cert = params.self_signed(&key).expect("self-sign test root").der().clone();
-        Self { trust_domain, key, params, root: cert.clone(), cert, chain: Vec::new() }
+        let cert = params
+            .self_signed(&key)
+            .expect("self-sign test root")
+            .der()
+            .clone();
+        Self {
+            trust_domain,
+            key,
+            params,
+            root: cert.clone(),
+            cert,
+            chain: Vec::new(),
+        }
     }
 
     /// An intermediate CA signed by this one (SPIFFE ID `spiffe://<td>`).
     pub fn intermediate(&self) -> Self {
-        self.make_intermediate(None)
+        self.make_intermediate(None, BasicConstraints::Unconstrained)
+    }
+
+    /// An intermediate CA whose path length constraint is `path_len` (rule X-10).
+    pub fn intermediate_with_path_len(&self, path_len: u8) -> Self {
+        self.make_intermediate(None, BasicConstraints::Constrained(path_len))
     }
 
     /// An intermediate CA signed by this one that breaks the profile in one way.
     pub fn bad_intermediate(&self, bad: BadCa) -> Self {
-        self.make_intermediate(Some(bad))
+        self.make_intermediate(Some(bad), BasicConstraints::Unconstrained)
     }
 
-    fn make_intermediate(&self, bad: Option<BadCa>) -> Self {
+    fn make_intermediate(&self, bad: Option<BadCa>, constraints: BasicConstraints) -> Self {
         let key = KeyPair::generate().expect("generate p-256 key");
         let is_ca = match bad {
             Some(BadCa::NotCa) => IsCa::ExplicitNoCa,
-            _ => IsCa::Ca(BasicConstraints::Unconstrained),
+            _ => IsCa::Ca(constraints),
         };
         let params = ca_params(&self.trust_domain, "intermediate", is_ca, bad);
         let issuer = Issuer::from_params(&self.params, &self.key);
-        let cert = params.signed_by(&key, &issuer).expect("sign intermediate").der().clone();
+        let cert = params
+            .signed_by(&key, &issuer)
+            .expect("sign intermediate")
+            .der()
+            .clone();
         let mut chain = vec![cert.clone()];
         chain.extend(self.chain.iter().cloned());
         Self {
@@ -174,7 +196,15 @@ impl TestCa {
         not_before: SystemTime,
         not_after: SystemTime,
     ) -> X509Svid {
-        let (chain, key) = self.leaf(id.as_str(), not_before, not_after, None);
+        let (chain, key) = self.leaf(id.as_str(), not_before, not_after, None, true);
+        X509Svid::new(chain, key).expect("test svid is well formed")
+    }
+
+    /// A valid X.509-SVID for `id` without the (optional, rule X-8) extended key usage
+    /// extension.
+    pub fn issue_svid_without_eku(&self, id: &SpiffeId, ttl: Duration) -> X509Svid {
+        let now = SystemTime::now();
+        let (chain, key) = self.leaf(id.as_str(), now - BACKDATE, now + ttl, None, false);
         X509Svid::new(chain, key).expect("test svid is well formed")
     }
 
@@ -187,17 +217,22 @@ impl TestCa {
     ) -> (Vec<CertificateDer<'static>>, PrivatePkcs8KeyDer<'static>) {
         let now = SystemTime::now();
         let (nb, na) = match bad {
-            BadLeaf::Expired => (now - Duration::from_secs(7200), now - Duration::from_secs(3600)),
-            BadLeaf::NotYetValid => {
-                (now + Duration::from_secs(3600), now + Duration::from_secs(7200))
-            }
+            BadLeaf::Expired => (
+                now - Duration::from_secs(7200),
+                now - Duration::from_secs(3600),
+            ),
+            BadLeaf::NotYetValid => (
+                now + Duration::from_secs(3600),
+                now + Duration::from_secs(7200),
+            ),
             _ => (now - BACKDATE, now + Duration::from_secs(3600)),
         };
         let uri = match bad {
             BadLeaf::IdWithoutPath => id.trust_domain().id_string(),
+            BadLeaf::NonSpiffeUri => format!("https://{}{}", id.trust_domain_name(), id.path()),
             _ => id.to_string(),
         };
-        self.leaf(&uri, nb, na, Some(bad))
+        self.leaf(&uri, nb, na, Some(bad), true)
     }
 
     fn leaf(
@@ -206,6 +241,7 @@ impl TestCa {
         not_before: SystemTime,
         not_after: SystemTime,
         bad: Option<BadLeaf>,
+        with_eku: bool,
     ) -> (Vec<CertificateDer<'static>>, PrivatePkcs8KeyDer<'static>) {
         let key = KeyPair::generate().expect("generate p-256 key");
         let mut params = CertificateParams::default();
@@ -216,23 +252,38 @@ impl TestCa {
         params.use_authority_key_identifier_extension = true;
         params.subject_alt_names = vec![uri_san(uri)];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages =
-            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        if with_eku {
+            params.extended_key_usages = vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ];
+        }
         match bad {
-            None | Some(BadLeaf::Expired | BadLeaf::NotYetValid | BadLeaf::IdWithoutPath) => {}
+            None
+            | Some(
+                BadLeaf::Expired
+                | BadLeaf::NotYetValid
+                | BadLeaf::IdWithoutPath
+                | BadLeaf::NonSpiffeUri,
+            ) => {}
             Some(BadLeaf::TwoUriSans) => {
-                params.subject_alt_names.push(uri_san(&format!("{uri}/second")));
+                params
+                    .subject_alt_names
+                    .push(uri_san(&format!("{uri}/second")));
             }
             Some(BadLeaf::NoUriSan) => {
-                params.subject_alt_names =
-                    vec![SanType::DnsName("svc.example".try_into().expect("dns name"))];
+                params.subject_alt_names = vec![SanType::DnsName(
+                    "svc.example".try_into().expect("dns name"),
+                )];
             }
             Some(BadLeaf::NonCriticalSanWithEmptySubject) => {
                 params.subject_alt_names = Vec::new();
-                params.custom_extensions.push(CustomExtension::from_oid_content(
-                    OID_SUBJECT_ALT_NAME,
-                    san_der(uri),
-                ));
+                params
+                    .custom_extensions
+                    .push(CustomExtension::from_oid_content(
+                        OID_SUBJECT_ALT_NAME,
+                        san_der(uri),
+                    ));
             }
             Some(BadLeaf::CaLeaf) => {
                 params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -241,10 +292,12 @@ impl TestCa {
             Some(BadLeaf::NonCriticalKeyUsage) => {
                 params.key_usages = Vec::new();
                 // BIT STRING, 7 unused bits, digitalSignature set.
-                params.custom_extensions.push(CustomExtension::from_oid_content(
-                    OID_KEY_USAGE,
-                    vec![0x03, 0x02, 0x07, 0x80],
-                ));
+                params
+                    .custom_extensions
+                    .push(CustomExtension::from_oid_content(
+                        OID_KEY_USAGE,
+                        vec![0x03, 0x02, 0x07, 0x80],
+                    ));
             }
             Some(BadLeaf::NoDigitalSignature) => {
                 params.key_usages = vec![KeyUsagePurpose::KeyAgreement];
@@ -256,7 +309,11 @@ impl TestCa {
             }
         }
         let issuer = Issuer::from_params(&self.params, &self.key);
-        let cert = params.signed_by(&key, &issuer).expect("sign test leaf").der().clone();
+        let cert = params
+            .signed_by(&key, &issuer)
+            .expect("sign test leaf")
+            .der()
+            .clone();
         let mut chain = vec![cert];
         chain.extend(self.chain.iter().cloned());
         (chain, PrivatePkcs8KeyDer::from(key.serialize_der()))
@@ -268,7 +325,10 @@ fn ca_params(td: &TrustDomain, role: &str, is_ca: IsCa, bad: Option<BadCa>) -> C
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "Warden test");
-    dn.push(DnType::CommonName, format!("{td} test {role} {}", unique_suffix()));
+    dn.push(
+        DnType::CommonName,
+        format!("{td} test {role} {}", unique_suffix()),
+    );
     params.distinguished_name = dn;
     params.not_before = (now - Duration::from_secs(3600)).into();
     params.not_after = (now + CA_LIFETIME).into();
@@ -289,7 +349,10 @@ fn ca_params(td: &TrustDomain, role: &str, is_ca: IsCa, bad: Option<BadCa>) -> C
 
 /// Distinguishes CAs made in the same test, so path building never confuses two of them.
 fn unique_suffix() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default()
 }
 
 fn uri_san(uri: &str) -> SanType {
@@ -323,7 +386,10 @@ pub fn webpki_verify(
     let ee = webpki::EndEntityCert::try_from(leaf)?;
     let time = UnixTime::since_unix_epoch(now.duration_since(UNIX_EPOCH).unwrap_or_default());
     let algs = webpki::ALL_VERIFICATION_ALGS;
-    for usage in [webpki::KeyUsage::client_auth(), webpki::KeyUsage::server_auth()] {
+    for usage in [
+        webpki::KeyUsage::client_auth(),
+        webpki::KeyUsage::server_auth(),
+    ] {
         ee.verify_for_usage(algs, &anchors, intermediates, time, usage, None, None)?;
     }
     Ok(())

@@ -22,14 +22,18 @@ use crate::SpiffeId;
 /// The process-wide rustls crypto provider: ring, never aws-lc-rs.
 pub fn crypto_provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
-    PROVIDER.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider())).clone()
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .clone()
 }
 
 /// The SPIFFE ID of a peer from the certificates rustls hands back after a handshake
 /// (`peer_certificates()`), leaf first. Only meaningful on a connection whose verifier is one
 /// of this module's; `None` when there is no certificate or no single SPIFFE URI SAN.
 pub fn peer_spiffe_id(certs: &[CertificateDer<'_>]) -> Option<SpiffeId> {
-    certs.first().and_then(|leaf| crate::spiffe_id_from_cert(leaf.as_ref()).ok())
+    certs
+        .first()
+        .and_then(|leaf| crate::spiffe_id_from_cert(leaf.as_ref()).ok())
 }
 
 /// A server config: presents the SVID from `resolver`, requires a client SVID accepted by
@@ -40,10 +44,12 @@ pub fn server_config(
     authorize: Authorize,
 ) -> Result<rustls::ServerConfig, rustls::Error> {
     let verifier = Arc::new(SpiffeClientCertVerifier::new(bundles, authorize));
-    Ok(rustls::ServerConfig::builder_with_provider(crypto_provider())
-        .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(verifier)
-        .with_cert_resolver(resolver))
+    Ok(
+        rustls::ServerConfig::builder_with_provider(crypto_provider())
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(resolver),
+    )
 }
 
 /// A client config: presents the SVID from `resolver`, accepts a server SVID accepted by
@@ -54,9 +60,11 @@ pub fn client_config(
     authorize: Authorize,
 ) -> Result<rustls::ClientConfig, rustls::Error> {
     let verifier = Arc::new(SpiffeServerCertVerifier::new(bundles, authorize));
-    Ok(rustls::ClientConfig::builder_with_provider(crypto_provider())
-        .with_safe_default_protocol_versions()?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_client_cert_resolver(resolver))
+    Ok(
+        rustls::ClientConfig::builder_with_provider(crypto_provider())
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_client_cert_resolver(resolver),
+    )
 }

@@ -151,8 +151,8 @@ impl X509Svid {
     ) -> Result<Self, SvidError> {
         let leaf = cert_chain.first().ok_or(SvidError::EmptyChain)?;
         let spiffe_id = spiffe_id_from_cert(leaf.as_ref())?;
-        let (_, parsed) =
-            X509Certificate::from_der(leaf.as_ref()).map_err(|_| SvidError::BadCertificate { index: 0 })?;
+        let (_, parsed) = X509Certificate::from_der(leaf.as_ref())
+            .map_err(|_| SvidError::BadCertificate { index: 0 })?;
         let not_after = to_system_time(parsed.validity().not_after.timestamp());
         let signing_key = crate::tls::crypto_provider()
             .key_provider
@@ -160,7 +160,12 @@ impl X509Svid {
             .map_err(|_| SvidError::BadPrivateKey)?;
         let certified = rustls::sign::CertifiedKey::new(vec![leaf.clone()], signing_key);
         certified.keys_match().map_err(|_| SvidError::KeyMismatch)?;
-        Ok(Self { spiffe_id, cert_chain, private_key, not_after })
+        Ok(Self {
+            spiffe_id,
+            cert_chain,
+            private_key,
+            not_after,
+        })
     }
 
     /// Parses a PEM certificate chain (leaf first) and a PEM `PRIVATE KEY` (PKCS#8).
@@ -197,7 +202,10 @@ impl X509Svid {
     }
 
     /// The leaf certificate.
-    #[expect(clippy::indexing_slicing, reason = "INVARIANT upheld by `new`: the chain is not empty")]
+    #[expect(
+        clippy::indexing_slicing,
+        reason = "INVARIANT upheld by `new`: the chain is not empty"
+    )]
     pub fn leaf(&self) -> &CertificateDer<'static> {
         &self.cert_chain[0]
     }
@@ -209,7 +217,10 @@ impl X509Svid {
 
     /// The chain as concatenated DER, as the Workload API carries it.
     pub fn cert_chain_der(&self) -> Vec<u8> {
-        self.cert_chain.iter().flat_map(|c| c.as_ref().iter().copied()).collect()
+        self.cert_chain
+            .iter()
+            .flat_map(|c| c.as_ref().iter().copied())
+            .collect()
     }
 
     /// The chain as PEM `CERTIFICATE` blocks, leaf first.
@@ -224,7 +235,10 @@ impl X509Svid {
 
     /// The private key as a PEM `PRIVATE KEY` block. Write it to a file with mode 0600.
     pub fn private_key_pem(&self) -> String {
-        pem::encode(&pem::Pem::new("PRIVATE KEY", self.private_key.secret_pkcs8_der().to_vec()))
+        pem::encode(&pem::Pem::new(
+            "PRIVATE KEY",
+            self.private_key.secret_pkcs8_der().to_vec(),
+        ))
     }
 
     /// When the leaf expires.
@@ -238,7 +252,10 @@ impl X509Svid {
             .key_provider
             .load_private_key(PrivateKeyDer::Pkcs8(self.private_key.clone_key()))
             .map_err(|_| SvidError::BadPrivateKey)?;
-        Ok(Arc::new(rustls::sign::CertifiedKey::new(self.cert_chain.clone(), key)))
+        Ok(Arc::new(rustls::sign::CertifiedKey::new(
+            self.cert_chain.clone(),
+            key,
+        )))
     }
 }
 

@@ -31,7 +31,10 @@ pub(super) fn encode(bundle: &Bundle, with_x509: bool, with_spiffe_members: bool
                     continue;
                 }
             }
-            jwk.insert("x5c".into(), Value::Array(vec![STANDARD.encode(cert.as_ref()).into()]));
+            jwk.insert(
+                "x5c".into(),
+                Value::Array(vec![STANDARD.encode(cert.as_ref()).into()]),
+            );
             keys.push(Value::Object(jwk));
         }
     }
@@ -77,8 +80,9 @@ pub(super) fn decode(trust_domain: TrustDomain, json: &[u8]) -> Result<Bundle, B
     match doc.get("spiffe_refresh_hint") {
         None => {}
         Some(v) => {
-            bundle.refresh_hint =
-                Some(Duration::from_secs(v.as_u64().ok_or(BundleError::BadRefreshHint)?));
+            bundle.refresh_hint = Some(Duration::from_secs(
+                v.as_u64().ok_or(BundleError::BadRefreshHint)?,
+            ));
         }
     }
     let mut kids = BTreeSet::new();
@@ -129,15 +133,22 @@ fn decode_x509_authority(
             Some(first) => first,
         },
         Some(_) => {
-            return Err(BundleError::BadX5c { index, reason: "is not an array".to_owned() });
+            return Err(BundleError::BadX5c {
+                index,
+                reason: "is not an array".to_owned(),
+            });
         }
     };
     let Value::String(b64) = first else {
-        return Err(BundleError::BadX5c { index, reason: "value is not a string".to_owned() });
+        return Err(BundleError::BadX5c {
+            index,
+            reason: "value is not a string".to_owned(),
+        });
     };
-    let der = STANDARD
-        .decode(b64)
-        .map_err(|_| BundleError::BadX5c { index, reason: "value is not base64".to_owned() })?;
+    let der = STANDARD.decode(b64).map_err(|_| BundleError::BadX5c {
+        index,
+        reason: "value is not base64".to_owned(),
+    })?;
     if !is_certificate(&der) {
         return Err(BundleError::BadX5c {
             index,
@@ -158,7 +169,10 @@ fn decode_jwt_authority(
     match PublicKey::from_jwk(jwk).map_err(|reason| BundleError::BadJwk { index, reason })? {
         Some(key) => Ok(Some(JwtAuthority::new(kid, key.to_spki(), None))),
         None => {
-            tracing::debug!(index, "ignoring jwt-svid bundle key with unknown `kty` or curve");
+            tracing::debug!(
+                index,
+                "ignoring jwt-svid bundle key with unknown `kty` or curve"
+            );
             Ok(None)
         }
     }
@@ -166,7 +180,10 @@ fn decode_jwt_authority(
 
 /// Whether `kty` names a key type this implementation knows (rule B-4).
 fn known_kty(jwk: &Map<String, Value>) -> bool {
-    matches!(jwk.get("kty").and_then(Value::as_str), Some("EC" | "RSA" | "OKP"))
+    matches!(
+        jwk.get("kty").and_then(Value::as_str),
+        Some("EC" | "RSA" | "OKP")
+    )
 }
 
 fn spki_of(cert: &CertificateDer<'_>) -> Result<Vec<u8>, String> {

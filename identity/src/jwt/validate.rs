@@ -66,10 +66,14 @@ pub fn validate_jwt_svid(
     };
     let header = decode_object(header_b64, "header")?;
     let claims = decode_object(claims_b64, "claims")?;
-    let signature =
-        URL_SAFE_NO_PAD.decode(sig_b64).map_err(|_| JwtError::BadBase64("signature"))?;
+    let signature = URL_SAFE_NO_PAD
+        .decode(sig_b64)
+        .map_err(|_| JwtError::BadBase64("signature"))?;
 
-    if let Some(name) = header.keys().find(|k| !ALLOWED_HEADERS.contains(&k.as_str())) {
+    if let Some(name) = header
+        .keys()
+        .find(|k| !ALLOWED_HEADERS.contains(&k.as_str()))
+    {
         return Err(JwtError::UnexpectedHeader(name.clone()));
     }
     let alg = match header.get("alg") {
@@ -88,9 +92,9 @@ pub fn validate_jwt_svid(
     };
 
     let spiffe_id = match claims.get("sub") {
-        Some(Value::String(sub)) => {
-            sub.parse::<SpiffeId>().map_err(|_| JwtError::BadSubject(sub.clone()))?
-        }
+        Some(Value::String(sub)) => sub
+            .parse::<SpiffeId>()
+            .map_err(|_| JwtError::BadSubject(sub.clone()))?,
         Some(other) => return Err(JwtError::BadSubject(other.to_string())),
         None => return Err(JwtError::MissingSubject),
     };
@@ -109,22 +113,32 @@ pub fn validate_jwt_svid(
         None => authorities.iter().collect(),
     };
     let signing_input = header_b64.len() + 1 + claims_b64.len();
-    let signed = token.get(..signing_input).ok_or(JwtError::NotCompact)?.as_bytes();
+    let signed = token
+        .get(..signing_input)
+        .ok_or(JwtError::NotCompact)?
+        .as_bytes();
     verify_signature(alg, &candidates, signed, &signature)?;
 
-    let exp = claims.get("exp").and_then(Value::as_f64).ok_or(JwtError::MissingExpiry)?;
+    let exp = claims
+        .get("exp")
+        .and_then(Value::as_f64)
+        .ok_or(JwtError::MissingExpiry)?;
     let expires_at = to_time(exp);
     if expires_at + JWT_LEEWAY <= now {
         return Err(JwtError::Expired);
     }
-    if let Some(nbf) = claims.get("nbf").and_then(Value::as_f64) {
-        if to_time(nbf) > now + JWT_LEEWAY {
-            return Err(JwtError::NotYetValid);
-        }
+    if let Some(nbf) = claims.get("nbf").and_then(Value::as_f64)
+        && to_time(nbf) > now + JWT_LEEWAY
+    {
+        return Err(JwtError::NotYetValid);
     }
     let audiences: Vec<String> = match claims.get("aud") {
         Some(Value::String(aud)) => vec![aud.clone()],
-        Some(Value::Array(auds)) => auds.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+        Some(Value::Array(auds)) => auds
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
         _ => Vec::new(),
     };
     if audiences.is_empty() {
@@ -133,11 +147,18 @@ pub fn validate_jwt_svid(
     if !audiences.iter().any(|a| a == audience) {
         return Err(JwtError::AudienceMismatch(audience.to_owned()));
     }
-    Ok(JwtSvidClaims { spiffe_id, audience: audiences, expires_at, claims })
+    Ok(JwtSvidClaims {
+        spiffe_id,
+        audience: audiences,
+        expires_at,
+        claims,
+    })
 }
 
 fn decode_object(part: &str, name: &'static str) -> Result<Map<String, Value>, JwtError> {
-    let bytes = URL_SAFE_NO_PAD.decode(part).map_err(|_| JwtError::BadBase64(name))?;
+    let bytes = URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| JwtError::BadBase64(name))?;
     match serde_json::from_slice(&bytes) {
         Ok(Value::Object(map)) => Ok(map),
         _ => Err(JwtError::BadJson(name)),
@@ -213,12 +234,18 @@ impl Alg {
     /// The ring algorithm for this `alg` and key, or `None` when the key cannot verify it.
     fn ring_algorithm(self, key: &PublicKey) -> Option<&'static dyn VerificationAlgorithm> {
         match (self, key) {
-            (Self::Es256, PublicKey::Ec { curve: Curve::P256, .. }) => {
-                Some(&signature::ECDSA_P256_SHA256_FIXED)
-            }
-            (Self::Es384, PublicKey::Ec { curve: Curve::P384, .. }) => {
-                Some(&signature::ECDSA_P384_SHA384_FIXED)
-            }
+            (
+                Self::Es256,
+                PublicKey::Ec {
+                    curve: Curve::P256, ..
+                },
+            ) => Some(&signature::ECDSA_P256_SHA256_FIXED),
+            (
+                Self::Es384,
+                PublicKey::Ec {
+                    curve: Curve::P384, ..
+                },
+            ) => Some(&signature::ECDSA_P384_SHA384_FIXED),
             (Self::Rs256, PublicKey::Rsa { .. }) => Some(&signature::RSA_PKCS1_2048_8192_SHA256),
             (Self::Rs384, PublicKey::Rsa { .. }) => Some(&signature::RSA_PKCS1_2048_8192_SHA384),
             (Self::Rs512, PublicKey::Rsa { .. }) => Some(&signature::RSA_PKCS1_2048_8192_SHA512),

@@ -50,7 +50,9 @@ mod tests {
         assert!(Authorize::AnyTrusted.allows(&y));
         assert!(Authorize::AnyInTrustDomain(td.clone()).allows(&x));
         assert!(!Authorize::AnyInTrustDomain(td.clone()).allows(&y));
-        assert!(Authorize::AnyInTrustDomains(vec![td, TrustDomain::new("b.org").unwrap()]).allows(&y));
+        assert!(
+            Authorize::AnyInTrustDomains(vec![td, TrustDomain::new("b.org").unwrap()]).allows(&y)
+        );
         assert!(Authorize::Exactly(x.clone()).allows(&x));
         assert!(!Authorize::Exactly(x.clone()).allows(&id("spiffe://a.org/x/y")));
         assert!(Authorize::AnyOf(vec![x.clone(), y.clone()]).allows(&y));

@@ -48,16 +48,23 @@ impl SvidCertResolver {
 
     /// The key presented now.
     pub fn current(&self) -> Option<Arc<CertifiedKey>> {
-        self.current.read().unwrap_or_else(PoisonError::into_inner).clone()
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
 impl fmt::Debug for SvidCertResolver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let peer = self
-            .current()
-            .and_then(|k| k.cert.first().and_then(|c| crate::spiffe_id_from_cert(c).ok()));
-        f.debug_struct("SvidCertResolver").field("spiffe_id", &peer).finish_non_exhaustive()
+        let peer = self.current().and_then(|k| {
+            k.cert
+                .first()
+                .and_then(|c| crate::spiffe_id_from_cert(c).ok())
+        });
+        f.debug_struct("SvidCertResolver")
+            .field("spiffe_id", &peer)
+            .finish_non_exhaustive()
     }
 }
 
@@ -74,10 +81,7 @@ impl ResolvesClientCert for SvidCertResolver {
         sigschemes: &[SignatureScheme],
     ) -> Option<Arc<CertifiedKey>> {
         let key = self.current()?;
-        match key.key.choose_scheme(sigschemes) {
-            Some(_) => Some(key),
-            None => None,
-        }
+        key.key.choose_scheme(sigschemes).map(|_| key)
     }
 
     fn has_certs(&self) -> bool {

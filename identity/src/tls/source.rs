@@ -23,7 +23,9 @@ pub struct SharedBundles {
 impl SharedBundles {
     /// A source holding `bundles`.
     pub fn new(bundles: BundleSet) -> Self {
-        Self { current: RwLock::new(Arc::new(bundles)) }
+        Self {
+            current: RwLock::new(Arc::new(bundles)),
+        }
     }
 
     /// Replaces the bundles; handshakes from now on use the new ones.
@@ -34,7 +36,10 @@ impl SharedBundles {
 
 impl BundleSource for SharedBundles {
     fn bundles(&self) -> Arc<BundleSet> {
-        self.current.read().unwrap_or_else(PoisonError::into_inner).clone()
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 

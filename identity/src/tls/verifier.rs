@@ -8,7 +8,9 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme,
+};
 
 use super::{Authorize, BundleSource};
 use crate::{SpiffeId, SvidError};
@@ -61,7 +63,11 @@ struct Verifier {
 impl Verifier {
     fn new(bundles: Arc<dyn BundleSource>, authorize: Authorize) -> Self {
         let algorithms = super::crypto_provider().signature_verification_algorithms;
-        Self { bundles, authorize, algorithms }
+        Self {
+            bundles,
+            authorize,
+            algorithms,
+        }
     }
 
     fn verify(
@@ -120,7 +126,9 @@ fn to_rustls_error(err: TlsVerifyError) -> rustls::Error {
 impl SpiffeClientCertVerifier {
     /// A verifier reading bundles from `bundles` and accepting clients allowed by `authorize`.
     pub fn new(bundles: Arc<dyn BundleSource>, authorize: Authorize) -> Self {
-        Self { inner: Verifier::new(bundles, authorize) }
+        Self {
+            inner: Verifier::new(bundles, authorize),
+        }
     }
 }
 
@@ -175,7 +183,9 @@ impl ClientCertVerifier for SpiffeClientCertVerifier {
 impl SpiffeServerCertVerifier {
     /// A verifier reading bundles from `bundles` and accepting servers allowed by `authorize`.
     pub fn new(bundles: Arc<dyn BundleSource>, authorize: Authorize) -> Self {
-        Self { inner: Verifier::new(bundles, authorize) }
+        Self {
+            inner: Verifier::new(bundles, authorize),
+        }
     }
 }
 
@@ -214,4 +224,3 @@ impl ServerCertVerifier for SpiffeServerCertVerifier {
         self.inner.algorithms.supported_schemes()
     }
 }
-

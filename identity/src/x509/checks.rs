@@ -15,7 +15,9 @@ pub(super) fn single_uri_san(
     cert: &X509Certificate<'_>,
     index: usize,
 ) -> Result<Option<SpiffeId>, SvidError> {
-    let san = cert.subject_alternative_name().map_err(|_| SvidError::BadCertificate { index })?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|_| SvidError::BadCertificate { index })?;
     let Some(san) = san else {
         return Ok(None);
     };
@@ -32,7 +34,10 @@ pub(super) fn single_uri_san(
         [] => Ok(None),
         [uri] => SpiffeId::from_str(uri)
             .map(Some)
-            .map_err(|source| SvidError::BadSpiffeId { uri: (*uri).to_owned(), source }),
+            .map_err(|source| SvidError::BadSpiffeId {
+                uri: (*uri).to_owned(),
+                source,
+            }),
         many => Err(SvidError::MultipleUriSans(many.len())),
     }
 }
@@ -45,11 +50,15 @@ pub(super) fn check_leaf(cert: &X509Certificate<'_>) -> Result<SpiffeId, SvidErr
         return Err(SvidError::LeafIdWithoutPath(id.to_string()));
     }
     check_san_criticality(cert, INDEX)?;
-    let basic = cert.basic_constraints().map_err(|_| SvidError::BadCertificate { index: INDEX })?;
+    let basic = cert
+        .basic_constraints()
+        .map_err(|_| SvidError::BadCertificate { index: INDEX })?;
     if basic.is_some_and(|b| b.value.ca) {
         return Err(SvidError::LeafIsCa);
     }
-    let ku = cert.key_usage().map_err(|_| SvidError::BadCertificate { index: INDEX })?;
+    let ku = cert
+        .key_usage()
+        .map_err(|_| SvidError::BadCertificate { index: INDEX })?;
     let ku = ku.ok_or(SvidError::MissingKeyUsage { index: INDEX })?;
     if !ku.critical {
         return Err(SvidError::KeyUsageNotCritical { index: INDEX });
@@ -63,11 +72,13 @@ pub(super) fn check_leaf(cert: &X509Certificate<'_>) -> Result<SpiffeId, SvidErr
     if ku.value.crl_sign() {
         return Err(SvidError::LeafWithCrlSign);
     }
-    let eku = cert.extended_key_usage().map_err(|_| SvidError::BadCertificate { index: INDEX })?;
-    if let Some(eku) = eku {
-        if !(eku.value.server_auth && eku.value.client_auth) {
-            return Err(SvidError::EkuWithoutServerAndClientAuth);
-        }
+    let eku = cert
+        .extended_key_usage()
+        .map_err(|_| SvidError::BadCertificate { index: INDEX })?;
+    if let Some(eku) = eku
+        && !(eku.value.server_auth && eku.value.client_auth)
+    {
+        return Err(SvidError::EkuWithoutServerAndClientAuth);
     }
     Ok(id)
 }
@@ -78,11 +89,15 @@ pub(super) fn check_signing_cert(
     cert: &X509Certificate<'_>,
     index: usize,
 ) -> Result<(), SvidError> {
-    let basic = cert.basic_constraints().map_err(|_| SvidError::BadCertificate { index })?;
+    let basic = cert
+        .basic_constraints()
+        .map_err(|_| SvidError::BadCertificate { index })?;
     if !basic.is_some_and(|b| b.value.ca) {
         return Err(SvidError::SigningCertNotCa { index });
     }
-    let ku = cert.key_usage().map_err(|_| SvidError::BadCertificate { index })?;
+    let ku = cert
+        .key_usage()
+        .map_err(|_| SvidError::BadCertificate { index })?;
     let ku = ku.ok_or(SvidError::MissingKeyUsage { index })?;
     if !ku.critical {
         return Err(SvidError::KeyUsageNotCritical { index });
@@ -90,10 +105,13 @@ pub(super) fn check_signing_cert(
     if !ku.value.key_cert_sign() {
         return Err(SvidError::SigningCertWithoutKeyCertSign { index });
     }
-    if let Some(id) = single_uri_san(cert, index)? {
-        if !id.path().is_empty() {
-            return Err(SvidError::SigningCertIdWithPath { index, id: id.to_string() });
-        }
+    if let Some(id) = single_uri_san(cert, index)?
+        && !id.path().is_empty()
+    {
+        return Err(SvidError::SigningCertIdWithPath {
+            index,
+            id: id.to_string(),
+        });
     }
     check_san_criticality(cert, index)
 }
@@ -104,7 +122,9 @@ fn check_san_criticality(cert: &X509Certificate<'_>, index: usize) -> Result<(),
     if !subject_empty {
         return Ok(());
     }
-    let san = cert.subject_alternative_name().map_err(|_| SvidError::BadCertificate { index })?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|_| SvidError::BadCertificate { index })?;
     match san {
         Some(san) if !san.critical => Err(SvidError::NonCriticalSanWithEmptySubject { index }),
         _ => Ok(()),

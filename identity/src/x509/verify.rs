@@ -29,7 +29,8 @@ struct SpiffeEku;
 ///   path length, name constraints) against the X.509 authorities of the bundle for the
 ///   **leaf's** trust domain only; no bundle means untrusted;
 /// - every intermediate on the validated path is a CA with a critical key usage that has
-///   `keyCertSign`, and its SPIFFE ID, if any, has no path.
+///   `keyCertSign`, and its SPIFFE ID, if any, has no path;
+/// - the path length constraint of the bundle authority that anchors the path.
 ///
 /// Not checked: revocation (SPIFFE relies on short lifetimes); the key usage and SPIFFE ID of
 /// the bundle's own authorities (they are configured trust); whether intermediates are in
@@ -45,18 +46,20 @@ pub fn verify_x509_svid(
 
     let trust_domain = id.trust_domain();
     let bundle = bundles.get(&trust_domain);
-    let anchors: Vec<TrustAnchor<'_>> = bundle
-        .map(|b| b.x509_authorities())
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|cert| match webpki::anchor_from_trusted_cert(cert) {
-            Ok(anchor) => Some(anchor),
+    // Bundle certificates and the trust anchors made from them, in the same order.
+    let mut anchor_certs = Vec::new();
+    let mut anchors: Vec<TrustAnchor<'_>> = Vec::new();
+    for cert in bundle.map(|b| b.x509_authorities()).unwrap_or_default() {
+        match webpki::anchor_from_trusted_cert(cert) {
+            Ok(anchor) => {
+                anchor_certs.push(cert);
+                anchors.push(anchor);
+            }
             Err(err) => {
                 tracing::warn!(trust_domain = %trust_domain, error = %err, "unusable x509 authority in bundle");
-                None
             }
-        })
-        .collect();
+        }
+    }
     if anchors.is_empty() {
         return Err(SvidError::NoBundle(trust_domain));
     }
@@ -64,7 +67,9 @@ pub fn verify_x509_svid(
     let end_entity =
         EndEntityCert::try_from(leaf_der).map_err(|_| SvidError::BadCertificate { index: 0 })?;
     let time = UnixTime::since_unix_epoch(now.duration_since(UNIX_EPOCH).unwrap_or_default());
-    let algs = crate::tls::crypto_provider().signature_verification_algorithms.all;
+    let algs = crate::tls::crypto_provider()
+        .signature_verification_algorithms
+        .all;
     let path = end_entity
         .verify_for_usage(algs, &anchors, intermediates, time, SpiffeEku, None, None)
         .map_err(|err| match err {
@@ -76,6 +81,25 @@ pub fn verify_x509_svid(
                 reason: webpki_reason(&other),
             },
         })?;
+
+    // webpki keeps only the name and key of a trust anchor, so the bundle authority's own
+    // path length constraint (rule X-10) is enforced here.
+    let used_anchor = anchors.iter().position(|a| std::ptr::eq(a, path.anchor()));
+    if let Some(anchor_cert) = used_anchor.and_then(|i| anchor_certs.get(i)) {
+        let intermediates_on_path = path.intermediate_certificates().count();
+        let anchor = parse(anchor_cert, chain.len())?;
+        let path_len = anchor
+            .basic_constraints()
+            .ok()
+            .flatten()
+            .and_then(|bc| bc.value.path_len_constraint);
+        if path_len.is_some_and(|max| intermediates_on_path > max as usize) {
+            return Err(SvidError::Untrusted {
+                trust_domain,
+                reason: "path length constraint of the bundle authority violated".to_owned(),
+            });
+        }
+    }
 
     for cert in path.intermediate_certificates() {
         let der = cert.der();
@@ -91,7 +115,7 @@ pub fn verify_x509_svid(
 
 fn parse<'a>(der: &'a CertificateDer<'_>, index: usize) -> Result<X509Certificate<'a>, SvidError> {
     match X509Certificate::from_der(der.as_ref()) {
-        Ok((rest, cert)) if rest.is_empty() => Ok(cert),
+        Ok(([], cert)) => Ok(cert),
         _ => Err(SvidError::BadCertificate { index }),
     }
 }
@@ -100,9 +124,7 @@ fn parse<'a>(der: &'a CertificateDer<'_>, index: usize) -> Result<X509Certificat
 fn webpki_reason(err: &webpki::Error) -> String {
     match err {
         webpki::Error::UnknownIssuer => "issuer is not a known authority".to_owned(),
-        webpki::Error::InvalidSignatureForPublicKey => {
-            "a signature does not verify".to_owned()
-        }
+        webpki::Error::InvalidSignatureForPublicKey => "a signature does not verify".to_owned(),
         webpki::Error::PathLenConstraintViolated => "path length constraint violated".to_owned(),
         webpki::Error::NameConstraintViolation => "name constraint violated".to_owned(),
         webpki::Error::EndEntityUsedAsCa => "an end-entity certificate signed another".to_owned(),

@@ -1,0 +1,6 @@
+//! Fuzz target: `warden_identity::fuzzing::bundle_jwks` must never panic on any input.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    warden_identity::fuzzing::bundle_jwks(data);
+});

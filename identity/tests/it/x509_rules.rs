@@ -1,0 +1,323 @@
+//! X.509-SVID verification, one test per rule X-1..X-12 (and more where a rule has parts).
+
+use std::time::{Duration, SystemTime};
+
+use warden_identity::test_util::{BadCa, BadLeaf, TestCa, webpki_verify};
+use warden_identity::{Bundle, BundleSet, SvidError, TrustDomain, verify_x509_svid};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::support::{TD, WORKLOAD, id, verify_err, verify_valid};
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn bad_leaf_error(bad: BadLeaf) -> SvidError {
+    let ca = TestCa::new(TD);
+    let (chain, _key) = ca.issue_bad_leaf(&id(WORKLOAD), bad);
+    verify_err(&chain, &TestCa::bundle_set(&[&ca]))
+}
+
+fn bad_intermediate_error(bad: BadCa) -> SvidError {
+    let root = TestCa::new(TD);
+    let intermediate = root.bad_intermediate(bad);
+    let svid = intermediate.issue_svid(&id(WORKLOAD), HOUR);
+    verify_err(svid.cert_chain(), &TestCa::bundle_set(&[&root]))
+}
+
+#[test]
+fn valid_svid_signed_by_root_verifies_with_both_verifiers() {
+    let ca = TestCa::new(TD);
+    let svid = ca.issue_svid(&id(WORKLOAD), HOUR);
+    assert_eq!(
+        verify_valid(&svid, &ca, &TestCa::bundle_set(&[&ca])),
+        id(WORKLOAD)
+    );
+}
+
+#[test]
+fn valid_svid_through_two_intermediates_verifies_with_both_verifiers() {
+    let root = TestCa::new(TD);
+    let leaf_ca = root.intermediate().intermediate();
+    let svid = leaf_ca.issue_svid(&id(WORKLOAD), HOUR);
+    assert_eq!(svid.cert_chain().len(), 3);
+    assert_eq!(
+        verify_valid(&svid, &root, &TestCa::bundle_set(&[&root])),
+        id(WORKLOAD)
+    );
+}
+
+#[test]
+fn leaf_with_two_uri_sans_is_rejected_x1() {
+    assert_eq!(
+        bad_leaf_error(BadLeaf::TwoUriSans),
+        SvidError::MultipleUriSans(2)
+    );
+}
+
+#[test]
+fn leaf_without_uri_san_is_rejected_x1() {
+    assert_eq!(bad_leaf_error(BadLeaf::NoUriSan), SvidError::NoUriSan);
+}
+
+#[test]
+fn leaf_id_without_path_is_rejected_x2() {
+    assert_eq!(
+        bad_leaf_error(BadLeaf::IdWithoutPath),
+        SvidError::LeafIdWithoutPath("spiffe://example.org".to_owned())
+    );
+}
+
+#[test]
+fn leaf_uri_san_that_is_not_spiffe_is_rejected_x2() {
+    let err = bad_leaf_error(BadLeaf::NonSpiffeUri);
+    assert!(
+        matches!(err, SvidError::BadSpiffeId { ref uri, .. } if uri.starts_with("https://")),
+        "{err}"
+    );
+}
+
+#[test]
+fn empty_subject_with_non_critical_san_is_rejected_x3() {
+    assert_eq!(
+        bad_leaf_error(BadLeaf::NonCriticalSanWithEmptySubject),
+        SvidError::NonCriticalSanWithEmptySubject { index: 0 }
+    );
+}
+
+#[test]
+fn empty_subject_with_critical_san_is_accepted_x3() {
+    let ca = TestCa::new(TD);
+    let svid = ca.issue_svid(&id(WORKLOAD), HOUR);
+    let (_, cert) = X509Certificate::from_der(svid.leaf().as_ref()).unwrap();
+    assert!(
+        cert.subject().iter().next().is_none(),
+        "test leaf has an empty subject"
+    );
+    assert!(cert.subject_alternative_name().unwrap().unwrap().critical);
+    verify_valid(&svid, &ca, &TestCa::bundle_set(&[&ca]));
+}
+
+#[test]
+fn ca_leaf_is_rejected_x4() {
+    assert_eq!(bad_leaf_error(BadLeaf::CaLeaf), SvidError::LeafIsCa);
+}
+
+#[test]
+fn intermediate_that_is_not_a_ca_is_rejected_x4() {
+    let err = bad_intermediate_error(BadCa::NotCa);
+    assert!(matches!(err, SvidError::Untrusted { .. }), "{err}");
+}
+
+#[test]
+fn leaf_without_key_usage_is_rejected_x5() {
+    assert_eq!(
+        bad_leaf_error(BadLeaf::MissingKeyUsage),
+        SvidError::MissingKeyUsage { index: 0 }
+    );
+}
+
+#[test]
+fn leaf_with_non_critical_key_usage_is_rejected_x5() {
+    assert_eq!(
+        bad_leaf_error(BadLeaf::NonCriticalKeyUsage),
+        SvidError::KeyUsageNotCritical { index: 0 }
+    );
+}
+
+#[test]
+fn intermediate_without_key_usage_is_rejected_x5() {
+    assert_eq!(
+        bad_intermediate_error(BadCa::MissingKeyUsage),
+        SvidError::MissingKeyUsage { index: 1 }
+    );
+}
+
+#[test]
+fn leaf_without_digital_signature_is_rejected_x6() {
+    assert_eq!(
+        bad_leaf_error(BadLeaf::NoDigitalSignature),
+        SvidError::LeafWithoutDigitalSignature
+    );
+}
+
+#[test]
+fn leaf_with_key_cert_sign_is_rejected_x6() {
+    assert_eq!(
+        bad_leaf_error(BadLeaf::KeyCertSign),
+        SvidError::LeafWithKeyCertSign
+    );
+}
+
+#[test]
+fn leaf_with_crl_sign_is_rejected_x6() {
+    assert_eq!(bad_leaf_error(BadLeaf::CrlSign), SvidError::LeafWithCrlSign);
+}
+
+#[test]
+fn intermediate_without_key_cert_sign_is_rejected_x7() {
+    assert_eq!(
+        bad_intermediate_error(BadCa::NoKeyCertSign),
+        SvidError::SigningCertWithoutKeyCertSign { index: 1 }
+    );
+}
+
+#[test]
+fn leaf_eku_without_client_auth_is_rejected_x8() {
+    assert_eq!(
+        bad_leaf_error(BadLeaf::ServerAuthOnlyEku),
+        SvidError::EkuWithoutServerAndClientAuth
+    );
+}
+
+#[test]
+fn leaf_without_eku_is_accepted_x8() {
+    let ca = TestCa::new(TD);
+    let svid = ca.issue_svid_without_eku(&id(WORKLOAD), HOUR);
+    let (_, cert) = X509Certificate::from_der(svid.leaf().as_ref()).unwrap();
+    assert!(cert.extended_key_usage().unwrap().is_none());
+    verify_valid(&svid, &ca, &TestCa::bundle_set(&[&ca]));
+}
+
+#[test]
+fn intermediate_id_with_path_is_rejected_x9() {
+    assert_eq!(
+        bad_intermediate_error(BadCa::IdWithPath),
+        SvidError::SigningCertIdWithPath {
+            index: 1,
+            id: "spiffe://example.org/ca".to_owned()
+        }
+    );
+}
+
+#[test]
+fn bundle_authority_path_length_constraint_is_enforced_x10() {
+    let root = TestCa::with_path_len(TD, 0);
+    let bundles = TestCa::bundle_set(&[&root]);
+    // Directly under the root: allowed.
+    verify_valid(&root.issue_svid(&id(WORKLOAD), HOUR), &root, &bundles);
+    // Under an intermediate: the root allows no intermediate CA.
+    let svid = root.intermediate().issue_svid(&id(WORKLOAD), HOUR);
+    let err = verify_err(svid.cert_chain(), &bundles);
+    assert!(
+        matches!(err, SvidError::Untrusted { ref reason, .. } if reason.contains("path length")),
+        "{err}"
+    );
+}
+
+#[test]
+fn intermediate_path_length_constraint_is_enforced_x10() {
+    let root = TestCa::new(TD);
+    let bundles = TestCa::bundle_set(&[&root]);
+    let constrained = root.intermediate_with_path_len(0);
+    verify_valid(
+        &constrained.issue_svid(&id(WORKLOAD), HOUR),
+        &root,
+        &bundles,
+    );
+    let svid = constrained.intermediate().issue_svid(&id(WORKLOAD), HOUR);
+    let err = verify_err(svid.cert_chain(), &bundles);
+    assert!(matches!(err, SvidError::Untrusted { .. }), "{err}");
+    assert!(webpki_verify(svid.cert_chain(), &root.bundle(), SystemTime::now()).is_err());
+}
+
+#[test]
+fn leaf_is_checked_against_its_own_trust_domain_bundle_x11() {
+    let a = TestCa::new("a.org");
+    let b = TestCa::new("b.org");
+    // a.org's CA signs an SVID claiming to be in b.org.
+    let svid = a.issue_svid(&id("spiffe://b.org/impostor"), HOUR);
+    let err = verify_err(svid.cert_chain(), &TestCa::bundle_set(&[&a, &b]));
+    assert!(
+        matches!(err, SvidError::Untrusted { ref trust_domain, .. } if trust_domain.name() == "b.org"),
+        "{err}"
+    );
+}
+
+#[test]
+fn leaf_without_bundle_for_its_trust_domain_is_untrusted_x11() {
+    let a = TestCa::new("a.org");
+    let b = TestCa::new("b.org");
+    let svid = b.issue_svid(&id("spiffe://b.org/w"), HOUR);
+    let err = verify_err(svid.cert_chain(), &TestCa::bundle_set(&[&a]));
+    assert_eq!(err, SvidError::NoBundle(TrustDomain::new("b.org").unwrap()));
+}
+
+#[test]
+fn leaf_signed_by_unknown_authority_of_same_trust_domain_is_untrusted_x11() {
+    let trusted = TestCa::new(TD);
+    let rogue = TestCa::new(TD);
+    let svid = rogue.issue_svid(&id(WORKLOAD), HOUR);
+    let err = verify_err(svid.cert_chain(), &TestCa::bundle_set(&[&trusted]));
+    assert!(matches!(err, SvidError::Untrusted { .. }), "{err}");
+}
+
+#[test]
+fn empty_bundle_trusts_nothing_x11_b1() {
+    let ca = TestCa::new(TD);
+    let svid = ca.issue_svid(&id(WORKLOAD), HOUR);
+    let bundles: BundleSet = [Bundle::new(TrustDomain::new(TD).unwrap())]
+        .into_iter()
+        .collect();
+    assert_eq!(
+        verify_err(svid.cert_chain(), &bundles),
+        SvidError::NoBundle(TrustDomain::new(TD).unwrap())
+    );
+}
+
+#[test]
+fn signing_certificate_cannot_authenticate_x12() {
+    let root = TestCa::new(TD);
+    let intermediate = root.intermediate();
+    let bundles = TestCa::bundle_set(&[&root]);
+    // The intermediate's own certificate presented as a peer certificate.
+    let err = verify_err(&[intermediate.cert().clone()], &bundles);
+    assert!(
+        matches!(err, SvidError::LeafIdWithoutPath(_) | SvidError::LeafIsCa),
+        "{err}"
+    );
+    // A CA certificate that does carry a workload path.
+    assert_eq!(bad_leaf_error(BadLeaf::CaLeaf), SvidError::LeafIsCa);
+}
+
+#[test]
+fn expired_leaf_is_rejected() {
+    assert_eq!(bad_leaf_error(BadLeaf::Expired), SvidError::Expired);
+}
+
+#[test]
+fn not_yet_valid_leaf_is_rejected() {
+    assert_eq!(bad_leaf_error(BadLeaf::NotYetValid), SvidError::NotYetValid);
+}
+
+#[test]
+fn svid_is_rejected_after_its_not_after() {
+    let ca = TestCa::new(TD);
+    let svid = ca.issue_svid(&id(WORKLOAD), HOUR);
+    let bundles = TestCa::bundle_set(&[&ca]);
+    let later = svid.not_after() + Duration::from_secs(1);
+    assert_eq!(
+        verify_x509_svid(svid.cert_chain(), &bundles, later),
+        Err(SvidError::Expired)
+    );
+}
+
+#[test]
+fn empty_chain_and_garbage_certificates_are_rejected() {
+    let bundles = BundleSet::new();
+    assert_eq!(verify_err(&[], &bundles), SvidError::EmptyChain);
+    let garbage = warden_identity::CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x01]);
+    assert_eq!(
+        verify_err(&[garbage], &bundles),
+        SvidError::BadCertificate { index: 0 }
+    );
+}
+
+#[test]
+fn error_messages_are_lowercase_and_name_the_problem() {
+    let err = bad_leaf_error(BadLeaf::TwoUriSans).to_string();
+    assert_eq!(
+        err,
+        "leaf certificate has 2 uri sans; exactly one is allowed"
+    );
+    let err = SvidError::NoBundle(TrustDomain::new("b.org").unwrap()).to_string();
+    assert_eq!(err, "no x.509 bundle for trust domain `b.org`");
+}
