@@ -1,10 +1,213 @@
-//! `warden policy`: placeholder until its issue lands.
+//! `warden policy`: validate, format, test, evaluate and diff Cedar policy sets.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use warden_policy::{Decision, LoadError, PolicySet, RequestSpec};
 
 use super::Exit;
 
 #[derive(Debug, clap::Subcommand)]
-pub(crate) enum PolicyCommand {}
+pub(crate) enum PolicyCommand {
+    /// Load a policy directory and validate it against its schema in strict mode.
+    Validate {
+        /// The policy directory (`*.cedar`, one `*.cedarschema`, optional `entities.json`, `links.json`).
+        dir: PathBuf,
+    },
+    /// Rewrite every `.cedar` file in canonical format (or, with `--check`, list the ones that differ).
+    Fmt {
+        /// Only check; exit 1 if a file is not formatted.
+        #[arg(long)]
+        check: bool,
+        /// The policy directory.
+        dir: PathBuf,
+    },
+    /// Run the `*.test.toml` policy tests of a directory.
+    Test {
+        /// The policy directory.
+        dir: PathBuf,
+    },
+    /// Decide one request and explain why.
+    Eval {
+        /// The policy directory.
+        dir: PathBuf,
+        /// The caller's SPIFFE ID, or `anonymous`.
+        #[arg(long)]
+        principal: String,
+        /// `GET`, `POST`, … , `grpc` or `connect`.
+        #[arg(long)]
+        action: String,
+        /// The service name.
+        #[arg(long)]
+        resource: String,
+        /// Request path.
+        #[arg(long, default_value = "")]
+        path: String,
+        /// Query string, without `?`.
+        #[arg(long, default_value = "")]
+        query: String,
+        /// A header, `name=value` (repeatable).
+        #[arg(long = "header", value_parser = parse_header)]
+        headers: Vec<(String, String)>,
+        /// The caller's IP address.
+        #[arg(long, default_value = "127.0.0.1")]
+        source: IpAddr,
+        /// TLS version of the session (default `TLSv1.3` for a SPIFFE caller).
+        #[arg(long)]
+        tls_version: Option<String>,
+        /// Request time, `YYYY-MM-DDThh:mm:ss[.sss]Z` (default: now).
+        #[arg(long)]
+        time: Option<String>,
+    },
+    /// Replay recorded requests against two policy sets and list every changed decision.
+    Diff {
+        /// The policy set in force.
+        old_dir: PathBuf,
+        /// The candidate policy set.
+        new_dir: PathBuf,
+        /// Decision log of the sidecar (JSON lines).
+        #[arg(long)]
+        requests: PathBuf,
+    },
+}
 
 pub(crate) fn run(cmd: PolicyCommand) -> anyhow::Result<Exit> {
-    match cmd {}
+    super::init_tracing();
+    match cmd {
+        PolicyCommand::Validate { dir } => Ok(match PolicySet::load(&dir) {
+            Ok(set) => {
+                println!("ok: {} policies, version {}", set.policies().len(), set.version());
+                Exit::Ok
+            }
+            Err(e) => report(&e, Exit::Error),
+        }),
+        PolicyCommand::Fmt { check, dir } => fmt(&dir, check),
+        PolicyCommand::Test { dir } => test(&dir),
+        PolicyCommand::Eval { dir, principal, action, resource, path, query, headers, source, tls_version, time } => {
+            let spec = RequestSpec { principal, action, resource, path, query, headers, source, tls_version, time };
+            eval(&dir, &spec)
+        }
+        PolicyCommand::Diff { old_dir, new_dir, requests } => diff(&old_dir, &new_dir, &requests),
+    }
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    let (name, value) = s.split_once('=').ok_or_else(|| format!("header `{s}` is not `name=value`"))?;
+    if name.is_empty() {
+        return Err(format!("header `{s}` has an empty name"));
+    }
+    Ok((name.to_ascii_lowercase(), value.to_owned()))
+}
+
+/// Prints every problem on stderr and returns `exit`.
+fn report(e: &LoadError, exit: Exit) -> Exit {
+    for p in e.problems() {
+        eprintln!("error: {p}");
+    }
+    eprintln!("{} error(s)", e.problems().len());
+    exit
+}
+
+fn load(dir: &Path) -> Result<PolicySet, Exit> {
+    PolicySet::load(dir).map_err(|e| report(&e, Exit::Invalid))
+}
+
+fn fmt(dir: &Path, check: bool) -> anyhow::Result<Exit> {
+    let files = match warden_policy::format_dir(dir) {
+        Ok(f) => f,
+        Err(e) => return Ok(report(&e, Exit::Error)),
+    };
+    let mut unformatted = 0;
+    for f in files.iter().filter(|f| f.changed()) {
+        unformatted += 1;
+        if check {
+            println!("not formatted: {}", f.path().display());
+        } else {
+            std::fs::write(f.path(), f.formatted())
+                .map_err(|e| anyhow::anyhow!("cannot write `{}`: {e}", f.path().display()))?;
+            println!("formatted: {}", f.path().display());
+        }
+    }
+    Ok(if check && unformatted > 0 { Exit::Error } else { Exit::Ok })
+}
+
+fn test(dir: &Path) -> anyhow::Result<Exit> {
+    let set = match load(dir) {
+        Ok(s) => s,
+        Err(exit) => return Ok(exit),
+    };
+    let report_ = match warden_policy::run_tests(&set, dir) {
+        Ok(r) => r,
+        Err(e) => return Ok(report(&e, Exit::Error)),
+    };
+    for r in report_.results().iter().filter(|r| !r.passed()) {
+        println!("FAIL {} ({})", r.name(), r.file().display());
+        let expected_ids = r.expected_policies().map(|p| format!(" by [{}]", p.join(", "))).unwrap_or_default();
+        println!("  expected: {}{expected_ids}", r.expected());
+        println!("  got:      {} by [{}]", r.decision().outcome(), r.decision().policy_ids().join(", "));
+        for e in r.decision().errors() {
+            println!("  error:    {e}");
+        }
+    }
+    println!("{} passed, {} failed", report_.passed(), report_.failed());
+    Ok(if report_.failed() > 0 { Exit::Denied } else { Exit::Ok })
+}
+
+fn eval(dir: &Path, spec: &RequestSpec) -> anyhow::Result<Exit> {
+    let set = match load(dir) {
+        Ok(s) => s,
+        Err(exit) => return Ok(exit),
+    };
+    let time = spec.parsed_time().map_err(|e| anyhow::anyhow!(e))?;
+    let headers = spec.header_refs();
+    let decision = set.decide(&spec.request(&headers, time));
+    print_decision(&set, &decision, "");
+    Ok(if decision.is_allowed() { Exit::Ok } else { Exit::Denied })
+}
+
+fn print_decision(set: &PolicySet, decision: &Decision, indent: &str) {
+    println!("{indent}decision: {}", decision.outcome());
+    println!("{indent}version:  {}", set.version());
+    if decision.policy_ids().is_empty() {
+        println!("{indent}policies: none (default deny)");
+    }
+    for id in decision.policy_ids() {
+        let location = set.policy(id).and_then(|p| p.location()).map(ToString::to_string).unwrap_or_default();
+        println!("{indent}policy:   {id} ({location})");
+    }
+    for e in decision.errors() {
+        println!("{indent}error:    {e}");
+    }
+}
+
+fn diff(old_dir: &Path, new_dir: &Path, requests: &Path) -> anyhow::Result<Exit> {
+    let (old, new) = match (load(old_dir), load(new_dir)) {
+        (Ok(old), Ok(new)) => (old, new),
+        (Err(exit), _) | (_, Err(exit)) => return Ok(exit),
+    };
+    let report_ = match warden_policy::diff(&old, &new, requests) {
+        Ok(r) => r,
+        Err(e) => return Ok(report(&e, Exit::Error)),
+    };
+    for c in report_.changes() {
+        let r = c.record();
+        let who = r.peer_spiffe_id.as_deref().unwrap_or("anonymous");
+        println!(
+            "{}:{}: {who} {} {} {}: {} -> {}",
+            requests.display(),
+            c.line(),
+            r.action,
+            r.resource,
+            r.path,
+            c.old().outcome(),
+            c.new_decision().outcome()
+        );
+        println!("  old: [{}]", c.old().policy_ids().join(", "));
+        println!("  new: [{}]", c.new_decision().policy_ids().join(", "));
+        for e in c.new_decision().errors() {
+            println!("  error: {e}");
+        }
+    }
+    println!("{} requests replayed, {} decisions change", report_.replayed(), report_.changes().len());
+    Ok(Exit::Ok)
 }

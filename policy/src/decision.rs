@@ -1,0 +1,88 @@
+//! A decision: allow or deny, the policies that determined it, evaluation errors, time taken and
+//! the version of the policy set that made it. Only the engine constructs one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Allow or deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// A `permit` applied and no `forbid` did (nor errored).
+    Allow,
+    /// Anything else: no `permit`, a `forbid`, an error in a `forbid`, or a bad request.
+    Deny,
+}
+
+/// The result of one [`crate::PolicySet::decide`] call.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    outcome: Outcome,
+    policy_ids: Vec<String>,
+    errors: Vec<String>,
+    eval_time: Duration,
+    version: Arc<str>,
+}
+
+// === impl Outcome ===
+
+impl Outcome {
+    /// `allow` or `deny`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+// === impl Decision ===
+
+impl Decision {
+    pub(crate) fn new(
+        outcome: Outcome,
+        policy_ids: Vec<String>,
+        errors: Vec<String>,
+        eval_time: Duration,
+        version: Arc<str>,
+    ) -> Self {
+        Self { outcome, policy_ids, errors, eval_time, version }
+    }
+
+    /// Allow or deny.
+    pub fn outcome(&self) -> Outcome {
+        self.outcome
+    }
+
+    /// Whether the request is allowed.
+    pub fn is_allowed(&self) -> bool {
+        self.outcome == Outcome::Allow
+    }
+
+    /// Ids (from `@id`) of the policies that determined the outcome, sorted: the permits that
+    /// allowed it, or the forbids that denied it (empty for a default deny).
+    pub fn policy_ids(&self) -> &[String] {
+        &self.policy_ids
+    }
+
+    /// Evaluation and request errors, each naming its policy where there is one.
+    pub fn errors(&self) -> &[String] {
+        &self.errors
+    }
+
+    /// Time from the request's parts to this decision.
+    pub fn eval_time(&self) -> Duration {
+        self.eval_time
+    }
+
+    /// The policy set's version (content digest).
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+}

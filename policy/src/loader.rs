@@ -1,0 +1,510 @@
+//! Loading a policy directory: every `.cedar` file, the one `.cedarschema`, the optional
+//! `entities.json` and `links.json`. Files are parsed one by one so that every error names its
+//! file, line and column; policies are renamed from their `@id("…")` annotations; the whole set
+//! is validated in strict mode.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use cedar_policy as cedar;
+use sha2::{Digest, Sha256};
+use warden_identity::SpiffeId;
+
+use crate::error::{LoadError, Problem, from_diagnostic};
+use crate::model::{Types, UNAUTHENTICATED_ID, WORKLOAD_TYPE};
+use crate::source::{Location, SourceFile, statement_starts};
+
+/// Name of the optional entities file.
+pub const ENTITIES_FILE: &str = "entities.json";
+/// Name of the optional template-links file.
+pub const LINKS_FILE: &str = "links.json";
+
+/// What the loader knows about one policy, template or template-linked policy.
+#[derive(Debug, Clone)]
+pub struct PolicyInfo {
+    id: String,
+    location: Option<Location>,
+    effect: cedar::Effect,
+    kind: PolicyKind,
+}
+
+/// Whether a policy is static, a template, or linked from a template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyKind {
+    /// A policy with no slots.
+    Static,
+    /// A template with `?principal` and/or `?resource` slots.
+    Template,
+    /// A policy linked from the named template by `links.json`.
+    Linked {
+        /// The template's id.
+        template: String,
+    },
+}
+
+/// A parsed and validated directory, before indexing.
+#[derive(Debug)]
+pub(crate) struct Loaded {
+    pub(crate) dir: PathBuf,
+    pub(crate) version: String,
+    pub(crate) schema: cedar::Schema,
+    pub(crate) policies: cedar::PolicySet,
+    pub(crate) info: HashMap<cedar::PolicyId, PolicyInfo>,
+    pub(crate) links: HashMap<cedar::PolicyId, (cedar::PolicyId, HashMap<cedar::SlotId, cedar::EntityUid>)>,
+    pub(crate) entities: cedar::Entities,
+    pub(crate) types: Types,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLink {
+    id: String,
+    template: String,
+    values: HashMap<String, String>,
+}
+
+/// The files of a policy directory, read but not parsed.
+#[derive(Debug)]
+struct Files {
+    schema: Option<SourceFile>,
+    policies: Vec<SourceFile>,
+    entities: Option<SourceFile>,
+    links: Option<SourceFile>,
+}
+
+// === impl PolicyInfo ===
+
+impl PolicyInfo {
+    /// The id from `@id("…")` (or from `links.json` for a linked policy).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Where the policy (or, for a linked policy, its template) starts.
+    pub fn location(&self) -> Option<&Location> {
+        self.location.as_ref()
+    }
+
+    /// `permit` or `forbid`.
+    pub fn effect(&self) -> cedar::Effect {
+        self.effect
+    }
+
+    /// Static, template or linked.
+    pub fn kind(&self) -> &PolicyKind {
+        &self.kind
+    }
+}
+
+// === impl Loaded ===
+
+/// Reads, parses and validates a policy directory.
+pub(crate) fn load(dir: &Path) -> Result<Loaded, LoadError> {
+    let mut problems = Vec::new();
+    let files = read_files(dir, &mut problems)?;
+    let version = digest(&files);
+    let types = Types::new().map_err(|e| LoadError::new(vec![Problem::in_file(dir, e.to_string())]))?;
+
+    let schema = files.schema.as_ref().and_then(|f| parse_schema(f, &mut problems));
+    let mut policies = cedar::PolicySet::new();
+    let mut info = HashMap::new();
+    let mut first_seen: HashMap<String, Location> = HashMap::new();
+    for file in &files.policies {
+        parse_policy_file(file, &mut policies, &mut info, &mut first_seen, &mut problems);
+    }
+    let links = match &files.links {
+        Some(file) => link(file, &mut policies, &mut info, &mut first_seen, &mut problems),
+        None => HashMap::new(),
+    };
+    let entities = schema.as_ref().and_then(|schema| match &files.entities {
+        Some(file) => parse_entities(file, schema, &types, &mut problems),
+        None => cedar::Entities::empty().add_entities([unauthenticated(&types)], Some(schema)).ok().and_then(|e| {
+            with_actions(e, schema, dir, &mut problems)
+        }),
+    });
+    if let Some(schema) = &schema {
+        validate(schema, &policies, &info, &files.policies, &mut problems);
+    }
+    match (schema, entities) {
+        (Some(schema), Some(entities)) if problems.is_empty() => Ok(Loaded {
+            dir: dir.to_owned(),
+            version,
+            schema,
+            policies,
+            info,
+            links,
+            entities,
+            types,
+        }),
+        _ => {
+            if problems.is_empty() {
+                problems.push(Problem::in_file(dir, "policy set is invalid".to_owned()));
+            }
+            Err(LoadError::new(problems))
+        }
+    }
+}
+
+fn read_files(dir: &Path, problems: &mut Vec<Problem>) -> Result<Files, LoadError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        LoadError::new(vec![Problem::in_file(dir, format!("cannot read policy directory: {e}"))])
+    })?;
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    let mut files = Files { schema: None, policies: Vec::new(), entities: None, links: None };
+    let mut schemas = Vec::new();
+    for path in paths {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or_default().to_owned();
+        let wanted = matches!(ext.as_str(), "cedar" | "cedarschema") || name == ENTITIES_FILE || name == LINKS_FILE;
+        if !wanted || !path.is_file() {
+            continue;
+        }
+        let text = match std::fs::read(&path).map(String::from_utf8) {
+            Ok(Ok(text)) => text,
+            Ok(Err(_)) => {
+                problems.push(Problem::in_file(&path, "file is not valid utf-8".to_owned()));
+                continue;
+            }
+            Err(e) => {
+                problems.push(Problem::in_file(&path, format!("cannot read file: {e}")));
+                continue;
+            }
+        };
+        let file = SourceFile::new(path, text);
+        match ext.as_str() {
+            "cedar" => files.policies.push(file),
+            "cedarschema" => schemas.push(file),
+            _ if name == ENTITIES_FILE => files.entities = Some(file),
+            _ => files.links = Some(file),
+        }
+    }
+    if files.policies.is_empty() && problems.is_empty() {
+        problems.push(Problem::in_file(dir, "directory has no `.cedar` policy files".to_owned()));
+    }
+    match schemas.len() {
+        0 => problems.push(Problem::in_file(dir, "directory has no `.cedarschema` schema file".to_owned())),
+        1 => files.schema = schemas.pop(),
+        _ => {
+            let names: Vec<String> = schemas.iter().map(|f| format!("`{}`", f.path().display())).collect();
+            problems.push(Problem::in_file(
+                dir,
+                format!("directory has more than one schema file: {}", names.join(", ")),
+            ));
+        }
+    }
+    Ok(files)
+}
+
+/// The set's version: SHA-256 over every file's name and content, in name order.
+fn digest(files: &Files) -> String {
+    let mut hasher = Sha256::new();
+    let all = files.schema.iter().chain(&files.policies).chain(&files.entities).chain(&files.links);
+    let mut all: Vec<&SourceFile> = all.collect();
+    all.sort_by(|a, b| a.path().file_name().cmp(&b.path().file_name()));
+    for f in all {
+        let name = f.path().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        hasher.update((name.len() as u64).to_be_bytes());
+        hasher.update(name.as_bytes());
+        hasher.update((f.text().len() as u64).to_be_bytes());
+        hasher.update(f.text().as_bytes());
+    }
+    format!("sha256:{}", hex::encode(hasher.finalize()))
+}
+
+fn parse_schema(file: &SourceFile, problems: &mut Vec<Problem>) -> Option<cedar::Schema> {
+    match cedar::Schema::from_cedarschema_str(file.text()) {
+        Ok((schema, warnings)) => {
+            for w in warnings {
+                tracing::warn!(file = %file.path().display(), warning = %w, "schema warning");
+            }
+            for ty in [WORKLOAD_TYPE, crate::model::UNAUTHENTICATED_TYPE, crate::model::SERVICE_TYPE] {
+                if !schema.entity_types().any(|t| t.to_string() == ty) {
+                    problems.push(Problem::in_file(
+                        file.path(),
+                        format!("schema has no `{ty}` entity type, which the mesh needs"),
+                    ));
+                }
+            }
+            Some(schema)
+        }
+        Err(e) => {
+            problems.push(from_diagnostic(&e, file, 0, "schema error: "));
+            None
+        }
+    }
+}
+
+fn parse_policy_file(
+    file: &SourceFile,
+    set: &mut cedar::PolicySet,
+    info: &mut HashMap<cedar::PolicyId, PolicyInfo>,
+    first_seen: &mut HashMap<String, Location>,
+    problems: &mut Vec<Problem>,
+) {
+    let parsed = match cedar::PolicySet::from_str(file.text()) {
+        Ok(parsed) => parsed,
+        Err(errors) => {
+            for e in errors.iter() {
+                problems.push(from_diagnostic(e, file, 0, ""));
+            }
+            return;
+        }
+    };
+    let starts = statement_starts(file.text());
+    let statement_start = |cedar_id: &cedar::PolicyId| -> usize {
+        // Cedar names the nth statement of a file `policy<n>`.
+        cedar_id
+            .to_string()
+            .strip_prefix("policy")
+            .and_then(|n| n.parse::<usize>().ok())
+            .and_then(|n| starts.get(n).copied())
+            .unwrap_or(0)
+    };
+    let mut claim = |annotation: Option<&str>, offset: usize, problems: &mut Vec<Problem>| -> Option<cedar::PolicyId> {
+        let location = file.location(offset);
+        let Some(id) = annotation else {
+            problems.push(Problem::at(
+                file,
+                offset,
+                "policy has no `@id(\"…\")` annotation".to_owned(),
+                Some("every policy needs a unique `@id(\"…\")` so decisions can name it".to_owned()),
+            ));
+            return None;
+        };
+        if id.trim().is_empty() {
+            problems.push(Problem::at(file, offset, "policy id `` is empty".to_owned(), None));
+            return None;
+        }
+        if let Some(first) = first_seen.get(id) {
+            problems.push(Problem::at(
+                file,
+                offset,
+                format!("duplicate policy id `{id}`: also defined at {first}"),
+                None,
+            ));
+            return None;
+        }
+        first_seen.insert(id.to_owned(), location);
+        Some(cedar::PolicyId::new(id))
+    };
+    let mut policies: Vec<&cedar::Policy> = parsed.policies().collect();
+    policies.sort_by_key(|p| statement_start(p.id()));
+    for p in policies {
+        let offset = statement_start(p.id());
+        let Some(id) = claim(p.annotation("id"), offset, problems) else { continue };
+        let kind = PolicyKind::Static;
+        info.insert(id.clone(), PolicyInfo { id: id.to_string(), location: Some(file.location(offset)), effect: p.effect(), kind });
+        if let Err(e) = set.add(p.new_id(id)) {
+            problems.push(Problem::at(file, offset, e.to_string(), None));
+        }
+    }
+    let mut templates: Vec<&cedar::Template> = parsed.templates().collect();
+    templates.sort_by_key(|t| statement_start(t.id()));
+    for t in templates {
+        let offset = statement_start(t.id());
+        let Some(id) = claim(t.annotation("id"), offset, problems) else { continue };
+        info.insert(
+            id.clone(),
+            PolicyInfo { id: id.to_string(), location: Some(file.location(offset)), effect: t.effect(), kind: PolicyKind::Template },
+        );
+        if let Err(e) = set.add_template(t.new_id(id)) {
+            problems.push(Problem::at(file, offset, e.to_string(), None));
+        }
+    }
+}
+
+type Links = HashMap<cedar::PolicyId, (cedar::PolicyId, HashMap<cedar::SlotId, cedar::EntityUid>)>;
+
+fn link(
+    file: &SourceFile,
+    set: &mut cedar::PolicySet,
+    info: &mut HashMap<cedar::PolicyId, PolicyInfo>,
+    first_seen: &mut HashMap<String, Location>,
+    problems: &mut Vec<Problem>,
+) -> Links {
+    let mut links = HashMap::new();
+    let raw: Vec<RawLink> = match serde_json::from_str(file.text()) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let offset = line_col_offset(file.text(), e.line(), e.column());
+            problems.push(Problem::at(file, offset, format!("invalid links file: {e}"), None));
+            return links;
+        }
+    };
+    for l in raw {
+        let offset = file.text().find(&format!("\"{}\"", l.id)).unwrap_or(0);
+        if let Some(first) = first_seen.get(&l.id) {
+            problems.push(Problem::at(file, offset, format!("duplicate policy id `{}`: also defined at {first}", l.id), None));
+            continue;
+        }
+        let template_id = cedar::PolicyId::new(&l.template);
+        let Some(template_info) = info.get(&template_id).filter(|i| i.kind == PolicyKind::Template).cloned() else {
+            problems.push(Problem::at(file, offset, format!("link `{}` names `{}`, which is not a template", l.id, l.template), None));
+            continue;
+        };
+        let mut values = HashMap::new();
+        for (slot, value) in &l.values {
+            let slot_id = match slot.as_str() {
+                "?principal" => cedar::SlotId::principal(),
+                "?resource" => cedar::SlotId::resource(),
+                other => {
+                    problems.push(Problem::at(file, offset, format!("link `{}` has unknown slot `{other}` (expected `?principal` or `?resource`)", l.id), None));
+                    continue;
+                }
+            };
+            match cedar::EntityUid::from_str(value) {
+                Ok(uid) => {
+                    values.insert(slot_id, uid);
+                }
+                Err(e) => problems.push(Problem::at(file, offset, format!("link `{}`: `{value}` is not an entity uid: {e}", l.id), None)),
+            }
+        }
+        let id = cedar::PolicyId::new(&l.id);
+        match set.link(template_id.clone(), id.clone(), values.clone()) {
+            Ok(()) => {
+                first_seen.insert(l.id.clone(), file.location(offset));
+                info.insert(
+                    id.clone(),
+                    PolicyInfo {
+                        id: l.id.clone(),
+                        location: template_info.location.clone(),
+                        effect: template_info.effect,
+                        kind: PolicyKind::Linked { template: l.template.clone() },
+                    },
+                );
+                links.insert(id, (template_id, values));
+            }
+            Err(e) => problems.push(Problem::at(file, offset, format!("link `{}`: {e}", l.id), None)),
+        }
+    }
+    links
+}
+
+fn line_col_offset(text: &str, line: usize, column: usize) -> usize {
+    let line_start: usize = text.split_inclusive('\n').take(line.saturating_sub(1)).map(str::len).sum();
+    line_start + column.saturating_sub(1)
+}
+
+fn unauthenticated(types: &Types) -> cedar::Entity {
+    cedar::Entity::with_uid(Types::uid(&types.unauthenticated, UNAUTHENTICATED_ID))
+}
+
+fn with_actions(
+    entities: cedar::Entities,
+    schema: &cedar::Schema,
+    path: &Path,
+    problems: &mut Vec<Problem>,
+) -> Option<cedar::Entities> {
+    let actions = match schema.action_entities() {
+        Ok(a) => a,
+        Err(e) => {
+            problems.push(Problem::in_file(path, format!("cannot build action entities: {e}")));
+            return None;
+        }
+    };
+    let actions: Vec<cedar::Entity> = actions.iter().filter(|a| entities.get(&a.uid()).is_none()).cloned().collect();
+    entities
+        .add_entities(actions, None)
+        .map_err(|e| problems.push(Problem::in_file(path, format!("cannot add action entities: {e}"))))
+        .ok()
+}
+
+/// Parses `entities.json`. Workload entries get their derived parents and attributes first.
+fn parse_entities(
+    file: &SourceFile,
+    schema: &cedar::Schema,
+    types: &Types,
+    problems: &mut Vec<Problem>,
+) -> Option<cedar::Entities> {
+    let mut value: serde_json::Value = match serde_json::from_str(file.text()) {
+        Ok(v) => v,
+        Err(e) => {
+            let offset = line_col_offset(file.text(), e.line(), e.column());
+            problems.push(Problem::at(file, offset, format!("invalid entities file: {e}"), None));
+            return None;
+        }
+    };
+    let Some(list) = value.as_array_mut() else {
+        problems.push(Problem::at(file, 0, "entities file must be a json array of entities".to_owned(), None));
+        return None;
+    };
+    for entry in list.iter_mut() {
+        let Some(uid) = entry.get("uid") else { continue };
+        if uid.get("type").and_then(|t| t.as_str()) != Some(WORKLOAD_TYPE) {
+            continue;
+        }
+        let raw_id = uid.get("id").and_then(|i| i.as_str()).unwrap_or_default().to_owned();
+        let offset = file.text().find(&format!("\"{raw_id}\"")).unwrap_or(0);
+        let id = match SpiffeId::from_str(&raw_id) {
+            Ok(id) => id,
+            Err(e) => {
+                problems.push(Problem::at(file, offset, format!("workload id `{raw_id}` is not a spiffe id: {e}"), None));
+                continue;
+            }
+        };
+        if let Some(obj) = entry.as_object_mut() {
+            obj.insert(
+                "attrs".to_owned(),
+                serde_json::json!({"trust_domain": id.trust_domain_name(), "path": id.path()}),
+            );
+            let mut parents = obj.get("parents").and_then(|p| p.as_array()).cloned().unwrap_or_default();
+            for p in types.derived_parents(&id) {
+                parents.push(serde_json::json!({"type": p.type_name().to_string(), "id": p.id().unescaped()}));
+            }
+            obj.insert("parents".to_owned(), serde_json::Value::Array(parents));
+        }
+    }
+    // Parents named only implicitly (trust domains, namespaces) need no entries of their own.
+    let entities = match cedar::Entities::from_json_value(value, Some(schema)) {
+        Ok(e) => e,
+        Err(e) => {
+            problems.push(from_diagnostic(&e, file, 0, "invalid entities file: "));
+            return None;
+        }
+    };
+    let entities = if entities.get(&unauthenticated(types).uid()).is_none() {
+        match entities.add_entities([unauthenticated(types)], Some(schema)) {
+            Ok(e) => e,
+            Err(e) => {
+                problems.push(Problem::in_file(file.path(), format!("invalid entities file: {e}")));
+                return None;
+            }
+        }
+    } else {
+        entities
+    };
+    with_actions(entities, schema, file.path(), problems)
+}
+
+fn validate(
+    schema: &cedar::Schema,
+    policies: &cedar::PolicySet,
+    info: &HashMap<cedar::PolicyId, PolicyInfo>,
+    files: &[SourceFile],
+    problems: &mut Vec<Problem>,
+) {
+    let validator = cedar::Validator::new(schema.clone());
+    let result = validator.validate(policies, cedar::ValidationMode::Strict);
+    for e in result.validation_errors() {
+        let info = info.get(e.policy_id());
+        let location = info.and_then(PolicyInfo::location);
+        let file = location.and_then(|l| files.iter().find(|f| f.path() == l.file()));
+        let prefix = format!("policy `{}`: ", e.policy_id());
+        match (file, location) {
+            (Some(file), Some(loc)) => {
+                let fallback = offset_of(file, loc);
+                problems.push(from_diagnostic(e, file, fallback, &prefix));
+            }
+            _ => problems.push(Problem::in_file(Path::new("."), format!("{prefix}{e}"))),
+        }
+    }
+    for w in result.validation_warnings() {
+        tracing::warn!(policy.id = %w.policy_id(), warning = %w, "policy warning");
+    }
+}
+
+fn offset_of(file: &SourceFile, loc: &Location) -> usize {
+    line_col_offset(file.text(), loc.line(), loc.column())
+}

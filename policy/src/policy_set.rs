@@ -1,0 +1,287 @@
+//! A loaded, validated and indexed policy set, and the decision path the sidecar calls for every
+//! request: parts in, [`Decision`] out.
+//!
+//! The hot path does no JSON and clones no entity store: action entities are prebuilt at load,
+//! each (caller, resource) pair gets its entity store and per-action candidate policy sets built
+//! once and cached, and the context is built from values.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Instant;
+
+use cedar_policy as cedar;
+use warden_identity::SpiffeId;
+
+use crate::decision::{Decision, Outcome};
+use crate::error::LoadError;
+use crate::index::{Scope, ScopeIndex};
+use crate::loader::{Loaded, PolicyInfo, load};
+use crate::model::{Types, UNAUTHENTICATED_ID};
+use crate::request::{Caller, Request, RequestError};
+
+/// Most cached (caller, resource) pairs; past it the cache starts over.
+pub const MAX_CACHED_PEERS: usize = 4096;
+
+/// How a decision selects the policies to evaluate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Evaluation {
+    /// Only the policies the scope index says can apply (the default).
+    Indexed,
+    /// Every policy, as plain Cedar does; for comparison and benchmarks.
+    Plain,
+}
+
+/// A validated, indexed policy set.
+#[derive(Debug)]
+pub struct PolicySet {
+    loaded: Loaded,
+    version: Arc<str>,
+    index: ScopeIndex,
+    authorizer: cedar::Authorizer,
+    actions: HashMap<String, ActionInfo>,
+    peers: RwLock<HashMap<String, HashMap<String, Arc<PeerEntry>>>>,
+}
+
+#[derive(Debug)]
+struct ActionInfo {
+    slot: usize,
+    uid: cedar::EntityUid,
+    ancestors: Vec<cedar::EntityUid>,
+}
+
+/// Everything about one (caller, resource) pair that does not change between requests.
+#[derive(Debug)]
+struct PeerEntry {
+    principal: cedar::EntityUid,
+    principal_ancestors: Vec<cedar::EntityUid>,
+    resource: cedar::EntityUid,
+    resource_ancestors: Vec<cedar::EntityUid>,
+    entities: Arc<cedar::Entities>,
+    candidates: Vec<OnceLock<Result<Arc<cedar::PolicySet>, String>>>,
+}
+
+// === impl PolicySet ===
+
+impl PolicySet {
+    /// Loads, validates and indexes a policy directory.
+    pub fn load(dir: &Path) -> Result<Self, LoadError> {
+        Ok(Self::from_loaded(load(dir)?))
+    }
+
+    fn from_loaded(loaded: Loaded) -> Self {
+        let index = ScopeIndex::new(&loaded.policies);
+        let mut actions = HashMap::new();
+        for uid in loaded.schema.actions() {
+            let ancestors = loaded.entities.ancestors(uid).map(|a| a.cloned().collect()).unwrap_or_default();
+            let slot = actions.len();
+            actions.insert(uid.id().unescaped().to_owned(), ActionInfo { slot, uid: uid.clone(), ancestors });
+        }
+        let version = Arc::from(loaded.version.as_str());
+        tracing::info!(
+            policy.version = %version,
+            policies = index.len(),
+            dir = %loaded.dir.display(),
+            "policy set loaded"
+        );
+        Self { loaded, version, index, authorizer: cedar::Authorizer::new(), actions, peers: RwLock::default() }
+    }
+
+    /// The content digest of the set (`sha256:<hex>`).
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// The directory the set was loaded from.
+    pub fn dir(&self) -> &Path {
+        &self.loaded.dir
+    }
+
+    /// What the loader knows about a policy id: location, effect, kind.
+    pub fn policy(&self, id: &str) -> Option<&PolicyInfo> {
+        self.loaded.info.get(&cedar::PolicyId::new(id))
+    }
+
+    /// Every policy, template and linked policy, sorted by id.
+    pub fn policies(&self) -> Vec<&PolicyInfo> {
+        let mut all: Vec<&PolicyInfo> = self.loaded.info.values().collect();
+        all.sort_by(|a, b| a.id().cmp(b.id()));
+        all
+    }
+
+    /// Decides a request using the scope index.
+    pub fn decide(&self, request: &Request<'_>) -> Decision {
+        self.decide_with(request, Evaluation::Indexed)
+    }
+
+    /// Decides a request, selecting policies as `evaluation` says. Both ways give the same
+    /// decision; [`Evaluation::Plain`] exists to prove that and to measure the difference.
+    pub fn decide_with(&self, request: &Request<'_>, evaluation: Evaluation) -> Decision {
+        let start = Instant::now();
+        let (outcome, ids, errors) = match self.evaluate(request, evaluation) {
+            Ok(result) => result,
+            Err(e) => (Outcome::Deny, Vec::new(), vec![e.to_string()]),
+        };
+        Decision::new(outcome, ids, errors, start.elapsed(), Arc::clone(&self.version))
+    }
+
+    fn evaluate(
+        &self,
+        request: &Request<'_>,
+        evaluation: Evaluation,
+    ) -> Result<(Outcome, Vec<String>, Vec<String>), RequestError> {
+        let action_name = request.operation.action_name();
+        let action = self.actions.get(action_name).ok_or_else(|| RequestError::UnknownAction(action_name.to_owned()))?;
+        let peer = self.peer(request.caller, request.resource)?;
+        let context = request.context()?;
+        let cedar_request = cedar::Request::new(
+            peer.principal.clone(),
+            action.uid.clone(),
+            peer.resource.clone(),
+            context,
+            Some(&self.loaded.schema),
+        )
+        .map_err(|e| RequestError::Rejected(e.to_string()))?;
+        let response = match evaluation {
+            Evaluation::Plain => self.authorizer.is_authorized(&cedar_request, &self.loaded.policies, &peer.entities),
+            Evaluation::Indexed => {
+                let set = peer
+                    .candidates
+                    .get(action.slot)
+                    .ok_or_else(|| RequestError::UnknownAction(action_name.to_owned()))?
+                    .get_or_init(|| self.candidate_set(&peer, action).map(Arc::new))
+                    .as_ref()
+                    .map_err(|e| RequestError::Rejected(e.clone()))?;
+                self.authorizer.is_authorized(&cedar_request, set, &peer.entities)
+            }
+        };
+        Ok(self.outcome(&response))
+    }
+
+    /// Turns Cedar's response into an outcome, failing closed on an error in a `forbid`.
+    fn outcome(&self, response: &cedar::Response) -> (Outcome, Vec<String>, Vec<String>) {
+        let mut errors = Vec::new();
+        let mut forbid_failed = Vec::new();
+        for cedar::AuthorizationError::PolicyEvaluationError(e) in response.diagnostics().errors() {
+            errors.push(e.to_string());
+            let is_forbid = self.loaded.info.get(e.policy_id()).is_none_or(|i| i.effect() == cedar::Effect::Forbid);
+            if is_forbid {
+                forbid_failed.push(e.policy_id().to_string());
+            }
+        }
+        let mut ids: Vec<String> = response.diagnostics().reason().map(ToString::to_string).collect();
+        if !forbid_failed.is_empty() {
+            // A forbid that could not be evaluated might have applied: deny, and name it.
+            ids = forbid_failed;
+            ids.sort();
+            return (Outcome::Deny, ids, errors);
+        }
+        ids.sort();
+        let outcome = match response.decision() {
+            cedar::Decision::Allow => Outcome::Allow,
+            cedar::Decision::Deny => Outcome::Deny,
+        };
+        (outcome, ids, errors)
+    }
+
+    /// The cached entry of a (caller, resource) pair, built on first use.
+    fn peer(&self, caller: Caller<'_>, resource: &str) -> Result<Arc<PeerEntry>, RequestError> {
+        let key = match caller {
+            Caller::Spiffe(id) => id,
+            Caller::Unauthenticated => "",
+        };
+        if let Ok(peers) = self.peers.read()
+            && let Some(entry) = peers.get(resource).and_then(|m| m.get(key))
+        {
+            return Ok(Arc::clone(entry));
+        }
+        let entry = Arc::new(self.build_peer(caller, resource)?);
+        if let Ok(mut peers) = self.peers.write() {
+            if peers.values().map(HashMap::len).sum::<usize>() >= MAX_CACHED_PEERS {
+                peers.clear();
+            }
+            peers.entry(resource.to_owned()).or_default().insert(key.to_owned(), Arc::clone(&entry));
+        }
+        Ok(entry)
+    }
+
+    fn build_peer(&self, caller: Caller<'_>, resource: &str) -> Result<PeerEntry, RequestError> {
+        if resource.is_empty() {
+            return Err(RequestError::EmptyResource);
+        }
+        let types = &self.loaded.types;
+        let base = &self.loaded.entities;
+        let mut extra = Vec::new();
+        let principal = match caller {
+            Caller::Unauthenticated => Types::uid(&types.unauthenticated, UNAUTHENTICATED_ID),
+            Caller::Spiffe(raw) => {
+                let id: SpiffeId = raw
+                    .parse()
+                    .map_err(|e: warden_identity::SpiffeIdError| RequestError::BadSpiffeId { id: raw.to_owned(), reason: e.to_string() })?;
+                let uid = types.workload_uid(&id);
+                if base.get(&uid).is_none() {
+                    extra.push(types.workload_entity(&id, []).map_err(|e| RequestError::Rejected(e.to_string()))?);
+                }
+                uid
+            }
+        };
+        let resource_uid = Types::uid(&types.service, resource);
+        if base.get(&resource_uid).is_none() {
+            extra.push(cedar::Entity::with_uid(resource_uid.clone()));
+        }
+        let entities = if extra.is_empty() {
+            base.clone()
+        } else {
+            base.clone()
+                .add_entities(extra, Some(&self.loaded.schema))
+                .map_err(|e| RequestError::Rejected(e.to_string()))?
+        };
+        let ancestors = |uid: &cedar::EntityUid| -> Vec<cedar::EntityUid> {
+            entities.ancestors(uid).map(|a| a.cloned().collect()).unwrap_or_default()
+        };
+        Ok(PeerEntry {
+            principal_ancestors: ancestors(&principal),
+            resource_ancestors: ancestors(&resource_uid),
+            principal,
+            resource: resource_uid,
+            candidates: (0..self.actions.len()).map(|_| OnceLock::new()).collect(),
+            entities: Arc::new(entities),
+        })
+    }
+
+    /// The policies that may apply to this peer and action, as a Cedar policy set.
+    fn candidate_set(&self, peer: &PeerEntry, action: &ActionInfo) -> Result<cedar::PolicySet, String> {
+        let scope = Scope {
+            principal: &peer.principal,
+            principal_ancestors: peer.principal_ancestors.iter().collect(),
+            action: &action.uid,
+            action_ancestors: action.ancestors.iter().collect(),
+            resource: &peer.resource,
+            resource_ancestors: peer.resource_ancestors.iter().collect(),
+        };
+        let mut set = cedar::PolicySet::new();
+        for id in self.index.candidates(&scope) {
+            match self.loaded.links.get(id) {
+                Some((template, values)) => {
+                    if set.template(template).is_none() {
+                        let t = self.loaded.policies.template(template).ok_or_else(|| format!("template `{template}` is missing"))?;
+                        set.add_template(t.clone()).map_err(|e| e.to_string())?;
+                    }
+                    set.link(template.clone(), id.clone(), values.clone()).map_err(|e| e.to_string())?;
+                }
+                None => {
+                    let p = self.loaded.policies.policy(id).ok_or_else(|| format!("policy `{id}` is missing"))?;
+                    set.add(p.clone()).map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        Ok(set)
+    }
+
+    /// How many policies a request evaluates with the index (for tests and benchmarks).
+    pub fn candidate_count(&self, request: &Request<'_>) -> Option<usize> {
+        let action = self.actions.get(request.operation.action_name())?;
+        let peer = self.peer(request.caller, request.resource).ok()?;
+        self.candidate_set(&peer, action).ok().map(|s| s.policies().count())
+    }
+}

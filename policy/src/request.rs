@@ -1,0 +1,250 @@
+//! The parts of a request the sidecar sees, and their Cedar context, built directly from values
+//! (no JSON) so the decision path stays cheap.
+
+use std::net::IpAddr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use cedar_policy as cedar;
+use cedar_policy::RestrictedExpression as Expr;
+
+use crate::model::{CONNECT_ACTION, GRPC_ACTION};
+
+/// Who is calling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller<'a> {
+    /// A peer authenticated by mutual TLS, by its SPIFFE ID (parsed by the engine; an ID that does
+    /// not parse denies the request).
+    Spiffe(&'a str),
+    /// A plaintext caller in permissive mode (`Mesh::Unauthenticated::"anonymous"`).
+    Unauthenticated,
+}
+
+/// What the caller does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation<'a> {
+    /// An HTTP request with this method (`GET`, `POST`, …); the action is named after the method.
+    Http(&'a str),
+    /// A gRPC call; service and method come from the path `/package.Service/Method`.
+    Grpc,
+    /// An opaque TCP connection.
+    Connect,
+}
+
+/// Facts about the mutual-TLS session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsFacts<'a> {
+    /// Negotiated protocol version, e.g. `TLSv1.3`.
+    pub version: &'a str,
+    /// The trust domain of the peer's SPIFFE ID.
+    pub peer_trust_domain: &'a str,
+}
+
+/// One request, as the sidecar sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// The caller.
+    pub caller: Caller<'a>,
+    /// The operation.
+    pub operation: Operation<'a>,
+    /// The service behind the sidecar (`Mesh::Service::"<resource>"`).
+    pub resource: &'a str,
+    /// Request path (HTTP and gRPC).
+    pub path: &'a str,
+    /// Query string without `?` (HTTP).
+    pub query: &'a str,
+    /// Header names and values; names are matched lowercase.
+    pub headers: &'a [(&'a str, &'a str)],
+    /// The caller's address.
+    pub source: IpAddr,
+    /// TLS facts; `None` for plaintext.
+    pub tls: Option<TlsFacts<'a>>,
+    /// When the request arrived.
+    pub time: SystemTime,
+}
+
+/// Why a request could not be turned into a Cedar request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// The caller's SPIFFE ID does not parse.
+    #[error("caller `{id}` is not a spiffe id: {reason}")]
+    BadSpiffeId {
+        /// The ID as given.
+        id: String,
+        /// Why it does not parse.
+        reason: String,
+    },
+    /// No action in the schema for this method.
+    #[error("method `{0}` has no action in the schema")]
+    UnknownAction(String),
+    /// A gRPC path that is not `/package.Service/Method`.
+    #[error("grpc path `{0}` is not `/package.Service/Method`")]
+    BadGrpcPath(String),
+    /// The resource name is empty.
+    #[error("resource name is empty")]
+    EmptyResource,
+    /// Cedar or the schema rejected the request.
+    #[error("request rejected: {0}")]
+    Rejected(String),
+}
+
+// === impl Operation ===
+
+impl<'a> Operation<'a> {
+    /// Parses an action name as written on the command line or in a test: `grpc`, `connect`, or
+    /// an HTTP method.
+    pub fn from_name(name: &'a str) -> Self {
+        match name {
+            GRPC_ACTION => Self::Grpc,
+            CONNECT_ACTION => Self::Connect,
+            method => Self::Http(method),
+        }
+    }
+
+    /// The Cedar action id.
+    pub fn action_name(&self) -> &'a str {
+        match self {
+            Self::Http(method) => method,
+            Self::Grpc => GRPC_ACTION,
+            Self::Connect => CONNECT_ACTION,
+        }
+    }
+}
+
+// === impl Request ===
+
+impl Request<'_> {
+    /// The Cedar context of this request.
+    pub(crate) fn context(&self) -> Result<cedar::Context, RequestError> {
+        let mut pairs: Vec<(String, Expr)> = Vec::with_capacity(8);
+        pairs.push(("source_address".to_owned(), Expr::new_ip(self.source.to_string())));
+        pairs.push(("time".to_owned(), Expr::new_datetime(rfc3339_millis(self.time))));
+        if let Some(tls) = self.tls {
+            let record = Expr::new_record([
+                ("version".to_owned(), Expr::new_string(tls.version.to_owned())),
+                ("peer_trust_domain".to_owned(), Expr::new_string(tls.peer_trust_domain.to_owned())),
+            ])
+            .map_err(|e| RequestError::Rejected(e.to_string()))?;
+            pairs.push(("tls".to_owned(), record));
+        }
+        let method = match self.operation {
+            Operation::Connect => None,
+            Operation::Http(method) => Some(method),
+            Operation::Grpc => Some("POST"),
+        };
+        if let Some(method) = method {
+            pairs.push(("method".to_owned(), Expr::new_string(method.to_owned())));
+            pairs.push(("path".to_owned(), Expr::new_string(self.path.to_owned())));
+            pairs.push(("query".to_owned(), Expr::new_string(self.query.to_owned())));
+            let headers = self
+                .headers
+                .iter()
+                .map(|(name, value)| {
+                    Expr::new_record([
+                        ("name".to_owned(), Expr::new_string(name.to_ascii_lowercase())),
+                        ("value".to_owned(), Expr::new_string((*value).to_owned())),
+                    ])
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| RequestError::Rejected(e.to_string()))?;
+            pairs.push(("headers".to_owned(), Expr::new_set(headers)));
+        }
+        if self.operation == Operation::Grpc {
+            let (service, method) = grpc_parts(self.path).ok_or_else(|| RequestError::BadGrpcPath(self.path.to_owned()))?;
+            let record = Expr::new_record([
+                ("service".to_owned(), Expr::new_string(service.to_owned())),
+                ("method".to_owned(), Expr::new_string(method.to_owned())),
+            ])
+            .map_err(|e| RequestError::Rejected(e.to_string()))?;
+            pairs.push(("grpc".to_owned(), record));
+        }
+        cedar::Context::from_pairs(pairs).map_err(|e| RequestError::Rejected(e.to_string()))
+    }
+}
+
+/// `/package.Service/Method` → (`package.Service`, `Method`).
+fn grpc_parts(path: &str) -> Option<(&str, &str)> {
+    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+    (!service.is_empty() && !method.is_empty() && !method.contains('/')).then_some((service, method))
+}
+
+/// Formats a time as `YYYY-MM-DDThh:mm:ss.sssZ`, the form Cedar's `datetime` accepts.
+pub(crate) fn rfc3339_millis(time: SystemTime) -> String {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60,
+        since.subsec_millis()
+    )
+}
+
+/// Parses `YYYY-MM-DDThh:mm:ss[.sss]Z` (what [`rfc3339_millis`] writes and decision logs hold).
+pub fn parse_time(s: &str) -> Option<SystemTime> {
+    let s = s.strip_suffix('Z')?;
+    let (date, clock) = s.split_once('T')?;
+    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (year, month, day) = (d.next()??, d.next()??, d.next()??);
+    let (clock, millis) = match clock.split_once('.') {
+        Some((c, m)) if m.len() == 3 => (c, m.parse::<u64>().ok()?),
+        Some(_) => return None,
+        None => (clock, 0),
+    };
+    let mut c = clock.splitn(3, ':').map(|p| p.parse::<i64>().ok());
+    let (h, mi, sec) = (c.next()??, c.next()??, c.next()??);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    // days_from_civil.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = if month > 2 { month - 3 } else { month + 9 };
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = u64::try_from(days * 86_400 + h * 3600 + mi * 60 + sec).ok()?;
+    Some(UNIX_EPOCH + std::time::Duration::from_secs(secs) + std::time::Duration::from_millis(millis))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_formats_and_parses_round_trip() {
+        let t = UNIX_EPOCH + std::time::Duration::from_millis(1_764_100_000_123);
+        let s = rfc3339_millis(t);
+        assert_eq!(s, "2025-11-25T19:46:40.123Z");
+        assert_eq!(parse_time(&s), Some(t));
+        assert_eq!(rfc3339_millis(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn parse_time_rejects_malformed_times() {
+        for bad in ["", "2025-11-25", "2025-13-01T00:00:00Z", "2025-11-25T25:00:00Z", "2025-11-25T00:00:00.1Z", "x-y-zT1:2:3Z"] {
+            assert_eq!(parse_time(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn grpc_path_splits_into_service_and_method() {
+        assert_eq!(grpc_parts("/shop.Orders/Get"), Some(("shop.Orders", "Get")));
+        assert_eq!(grpc_parts("/shop.Orders"), None);
+        assert_eq!(grpc_parts("/shop.Orders/Get/x"), None);
+        assert_eq!(grpc_parts("//Get"), None);
+    }
+}

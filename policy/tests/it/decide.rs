@@ -1,0 +1,172 @@
+//! Decisions: default deny, forbid wins, fail closed, determining policy ids from `@id`, and the
+//! shipped example's own policy tests.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use warden_policy::{Caller, Evaluation, Operation, Outcome, PolicySet, Request, run_tests};
+
+use crate::support::{dir_with, http, shipped};
+
+#[test]
+fn shipped_example_passes_its_policy_tests() {
+    let set = PolicySet::load(&shipped()).unwrap();
+    let report = run_tests(&set, &shipped()).unwrap();
+    for r in report.results().iter().filter(|r| !r.passed()) {
+        eprintln!("{}: expected {} got {:?}", r.name(), r.expected(), r.decision());
+    }
+    assert_eq!(report.failed(), 0);
+    assert!(report.passed() >= 20);
+}
+
+#[test]
+fn no_permit_means_deny_with_no_policies() {
+    let dir = dir_with(&[("a.cedar", "@id(\"only-api\")\npermit(principal, action, resource == Mesh::Service::\"api\");")]);
+    let set = PolicySet::load(dir.path()).unwrap();
+    let d = set.decide(&http("spiffe://example.org/a", "GET", "db", "/"));
+    assert_eq!(d.outcome(), Outcome::Deny);
+    assert!(d.policy_ids().is_empty());
+    assert_eq!(d.version(), set.version());
+}
+
+#[test]
+fn decision_names_policies_by_their_id_annotation() {
+    let dir = dir_with(&[("a.cedar", "@id(\"reads\")\npermit(principal, action in Mesh::Action::\"read\", resource);\n@id(\"gets\")\npermit(principal, action == Mesh::Action::\"GET\", resource);")]);
+    let set = PolicySet::load(dir.path()).unwrap();
+    let d = set.decide(&http("spiffe://example.org/a", "GET", "api", "/"));
+    assert_eq!(d.outcome(), Outcome::Allow);
+    assert_eq!(d.policy_ids(), ["gets", "reads"]);
+}
+
+#[test]
+fn forbid_wins_over_permit() {
+    let dir = dir_with(&[("a.cedar", "@id(\"p\")\npermit(principal, action, resource);\n@id(\"f\")\nforbid(principal, action == Mesh::Action::\"DELETE\", resource);")]);
+    let set = PolicySet::load(dir.path()).unwrap();
+    let d = set.decide(&http("spiffe://example.org/a", "DELETE", "api", "/"));
+    assert_eq!((d.outcome(), d.policy_ids()), (Outcome::Deny, &["f".to_owned()][..]));
+}
+
+#[test]
+fn error_in_a_forbid_denies_and_is_reported() {
+    // An overflow is a runtime error, which Cedar answers by skipping the policy.
+    let dir = dir_with(&[(
+        "a.cedar",
+        "@id(\"p\")\npermit(principal, action, resource);\n@id(\"f\")\nforbid(principal, action == Mesh::Action::\"GET\", resource) when { 9223372036854775807 + 1 > 0 };",
+    )]);
+    let set = PolicySet::load(dir.path()).unwrap();
+    let d = set.decide(&http("spiffe://example.org/a", "GET", "api", "/"));
+    assert_eq!(d.outcome(), Outcome::Deny);
+    assert_eq!(d.policy_ids(), ["f"]);
+    assert!(d.errors().iter().any(|e| e.contains("overflow")), "{:?}", d.errors());
+}
+
+#[test]
+fn error_in_a_permit_skips_it_and_is_reported() {
+    let dir = dir_with(&[(
+        "a.cedar",
+        "@id(\"p\")\npermit(principal, action, resource) when { 9223372036854775807 + 1 > 0 };",
+    )]);
+    let set = PolicySet::load(dir.path()).unwrap();
+    let d = set.decide(&http("spiffe://example.org/a", "GET", "api", "/"));
+    assert_eq!(d.outcome(), Outcome::Deny);
+    assert_eq!(d.errors().len(), 1);
+}
+
+#[test]
+fn spiffe_id_that_does_not_parse_is_denied_with_the_reason() {
+    let dir = dir_with(&[("a.cedar", "@id(\"p\")\npermit(principal, action, resource);")]);
+    let set = PolicySet::load(dir.path()).unwrap();
+    for bad in ["spiffe://Example.org/a b", "https://example.org/a", "spiffe://example.org/a/../b", ""] {
+        let d = set.decide(&http(bad, "GET", "api", "/"));
+        assert_eq!(d.outcome(), Outcome::Deny, "{bad}");
+        assert!(d.errors()[0].contains("is not a spiffe id"), "{:?}", d.errors());
+    }
+}
+
+#[test]
+fn unknown_method_is_denied_with_the_reason() {
+    let dir = dir_with(&[("a.cedar", "@id(\"p\")\npermit(principal, action, resource);")]);
+    let set = PolicySet::load(dir.path()).unwrap();
+    let d = set.decide(&http("spiffe://example.org/a", "BREW", "api", "/"));
+    assert_eq!(d.outcome(), Outcome::Deny);
+    assert_eq!(d.errors(), ["method `BREW` has no action in the schema"]);
+}
+
+#[test]
+fn bad_grpc_path_and_empty_resource_are_denied() {
+    let dir = dir_with(&[("a.cedar", "@id(\"p\")\npermit(principal, action, resource);")]);
+    let set = PolicySet::load(dir.path()).unwrap();
+    let d = set.decide(&http("spiffe://example.org/a", "grpc", "api", "/not-grpc"));
+    assert!(!d.is_allowed() && d.errors()[0].contains("grpc path"), "{:?}", d.errors());
+    let d = set.decide(&http("spiffe://example.org/a", "GET", "", "/"));
+    assert!(!d.is_allowed() && d.errors()[0].contains("resource name is empty"), "{:?}", d.errors());
+}
+
+#[test]
+fn principal_in_namespace_matches_every_workload_below_it() {
+    let dir = dir_with(&[("a.cedar", "@id(\"prod\")\npermit(principal in Mesh::Namespace::\"spiffe://example.org/ns/prod\", action, resource);\n@id(\"td\")\npermit(principal in Mesh::TrustDomain::\"other.org\", action, resource);")]);
+    let set = PolicySet::load(dir.path()).unwrap();
+    let allow = |id: &str| set.decide(&http(id, "GET", "api", "/")).policy_ids().to_vec();
+    assert_eq!(allow("spiffe://example.org/ns/prod/sa/api"), ["prod"]);
+    assert_eq!(allow("spiffe://example.org/ns/prod"), Vec::<String>::new());
+    assert_eq!(allow("spiffe://example.org/ns/production/sa/api"), Vec::<String>::new());
+    assert_eq!(allow("spiffe://other.org/x"), ["td"]);
+}
+
+#[test]
+fn workload_attributes_and_headers_reach_policies() {
+    let dir = dir_with(&[(
+        "a.cedar",
+        "@id(\"p\")\npermit(principal is Mesh::Workload, action, resource) when { principal.path like \"*/sa/api\" && context has headers && context.headers.contains({name: \"x-env\", value: \"prod\"}) };",
+    )]);
+    let set = PolicySet::load(dir.path()).unwrap();
+    let headers = [("X-Env", "prod")];
+    let mut req = http("spiffe://example.org/ns/prod/sa/api", "GET", "api", "/");
+    assert!(!set.decide(&req).is_allowed());
+    req.headers = &headers;
+    assert!(set.decide(&req).is_allowed(), "header names are matched lowercase");
+}
+
+#[test]
+fn unauthenticated_caller_is_its_own_principal() {
+    let dir = dir_with(&[("a.cedar", "@id(\"anon-reads\")\npermit(principal == Mesh::Unauthenticated::\"anonymous\", action in Mesh::Action::\"read\", resource) when { !(context has tls) };")]);
+    let set = PolicySet::load(dir.path()).unwrap();
+    let req = Request {
+        caller: Caller::Unauthenticated,
+        operation: Operation::Http("GET"),
+        resource: "api",
+        path: "/",
+        query: "",
+        headers: &[],
+        source: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        tls: None,
+        time: std::time::SystemTime::now(),
+    };
+    assert_eq!(set.decide(&req).policy_ids(), ["anon-reads"]);
+    assert!(!set.decide(&http("spiffe://example.org/a", "GET", "api", "/")).is_allowed());
+}
+
+#[test]
+fn request_time_reaches_policies_as_a_datetime() {
+    let dir = dir_with(&[("a.cedar", "@id(\"business-hours\")\npermit(principal, action, resource) when { context.time.toTime() >= duration(\"9h\") && context.time.toTime() < duration(\"17h\") };")]);
+    let set = PolicySet::load(dir.path()).unwrap();
+    let mut req = http("spiffe://example.org/a", "GET", "api", "/");
+    // T0 is 2025-11-24T16:00:00Z.
+    assert!(set.decide(&req).is_allowed());
+    req.time += std::time::Duration::from_secs(2 * 3600);
+    assert!(!set.decide(&req).is_allowed());
+}
+
+#[test]
+fn indexed_and_plain_agree_on_the_shipped_example() {
+    let set = PolicySet::load(&shipped()).unwrap();
+    let callers = ["spiffe://example.org/ns/prod/sa/frontend", "spiffe://example.org/ns/prod/sa/api", "spiffe://example.org/ns/admin/sa/ops", "spiffe://example.org/ns/batch/sa/reconciler", "anonymous"];
+    for caller in callers {
+        for method in ["GET", "POST", "DELETE", "connect"] {
+            for resource in ["api", "database", "frontend"] {
+                let req = http(caller, method, resource, "/v1/orders");
+                let (a, b) = (set.decide_with(&req, Evaluation::Indexed), set.decide_with(&req, Evaluation::Plain));
+                assert_eq!((a.outcome(), a.policy_ids()), (b.outcome(), b.policy_ids()), "{caller} {method} {resource}");
+            }
+        }
+    }
+}
