@@ -7,6 +7,8 @@
     reason = "test support code outside #[test] functions; a failure is a test failure"
 )]
 
+mod agent_sync;
 mod support;
+mod test_ca;
 mod workload_api;
 mod workload_api_streams;

@@ -82,6 +82,58 @@ impl TestCa {
         Svid::new(chain, pkcs8, &key.subject_public_key_info()).unwrap()
     }
 
+    /// Leaf parameters for `id`, valid from 10 s ago for `ttl`.
+    fn leaf_params(id: &str, ttl: Duration) -> CertificateParams {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = vec![SanType::URI(id.try_into().unwrap())];
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::seconds(10);
+        params.not_after = now + time::Duration::try_from(ttl).unwrap();
+        params
+    }
+
+    /// Signs the public key of a DER CSR as `id` (the CSR's own extensions are ignored).
+    pub(crate) fn sign_csr(&self, csr: &[u8], id: &str, ttl: Duration) -> Result<Vec<u8>, String> {
+        let der = rustls_pki_types::CertificateSigningRequestDer::from(csr.to_vec());
+        let req = rcgen::CertificateSigningRequestParams::from_der(&der)
+            .map_err(|e| format!("malformed csr: {e}"))?;
+        let cert = Self::leaf_params(id, ttl)
+            .signed_by(&req.public_key, &self.issuer)
+            .map_err(|e| e.to_string())?;
+        Ok(cert.der().to_vec())
+    }
+
+    /// A server certificate and key for `id`.
+    pub(crate) fn server_cert(
+        &self,
+        id: &str,
+        ttl: Duration,
+    ) -> (CertificateDer<'static>, PrivatePkcs8KeyDer<'static>) {
+        let key = KeyPair::generate().unwrap();
+        let cert = Self::leaf_params(id, ttl)
+            .signed_by(&key, &self.issuer)
+            .unwrap();
+        (
+            cert.der().clone(),
+            PrivatePkcs8KeyDer::from(key.serialize_der()),
+        )
+    }
+
+    pub(crate) fn jwt_signer(&self) -> Arc<EcdsaKeyPair> {
+        Arc::clone(&self.jwt_key)
+    }
+
+    pub(crate) fn root_pem(&self) -> String {
+        pem::encode(&pem::Pem::new("CERTIFICATE", self.root.to_vec()))
+    }
+
     pub(crate) fn bundle(&self) -> TrustBundle {
         let mut b = TrustBundle::from_authorities(self.td.clone(), vec![self.root.clone()]);
         b.add_jwt_key(JwtKey {
