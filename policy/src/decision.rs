@@ -71,7 +71,7 @@ impl Decision {
         &self.policy_ids
     }
 
-    /// Evaluation and request errors, each naming its policy where there is one.
+    /// Evaluation and request errors, each naming its policy where there is one, sorted.
     pub fn errors(&self) -> &[String] {
         &self.errors
     }

@@ -112,5 +112,15 @@ pub(crate) fn from_diagnostic(
 ) -> Problem {
     let offset = diag.labels().and_then(|mut l| l.next()).map_or(fallback, |l| l.offset());
     let help = diag.help().map(|h| h.to_string());
-    Problem::at(file, offset, format!("{prefix}{}", diag), help)
+    let mut message = format!("{prefix}{diag}");
+    let mut source = diag.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = s.source();
+    }
+    Problem::at(file, offset, message, help)
 }

@@ -169,6 +169,7 @@ impl PolicySet {
                 forbid_failed.push(e.policy_id().to_string());
             }
         }
+        errors.sort();
         let mut ids: Vec<String> = response.diagnostics().reason().map(ToString::to_string).collect();
         if !forbid_failed.is_empty() {
             // A forbid that could not be evaluated might have applied: deny, and name it.

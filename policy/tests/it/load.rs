@@ -206,3 +206,12 @@ fn every_problem_in_a_directory_is_reported() {
     ]);
     assert!(err.problems().len() >= 2, "{err}");
 }
+
+#[test]
+fn entities_file_with_a_parent_cycle_says_so() {
+    let (_d, err) = load_err(&[
+        ("a.cedar", "@id(\"a\")\npermit(principal, action, resource);"),
+        ("entities.json", r#"[{"uid": {"type": "Mesh::Team", "id": "t"}, "attrs": {}, "parents": [{"type": "Mesh::Team", "id": "t"}]}]"#),
+    ]);
+    assert!(err.to_string().contains("Mesh::Team::\"t\""), "{err}");
+}
