@@ -251,8 +251,11 @@ impl Bundle {
     /// Parses a SPIFFE bundle document for `trust_domain`. JWKs with an unknown or missing
     /// `use` or an unknown `kty` are ignored (rule B-4), as are `x509-svid` keys without
     /// `x5c` (rule B-5); anything else malformed rejects the whole document.
-    pub fn from_jwks(trust_domain: TrustDomain, json: &[u8]) -> Result<Self, BundleError> {
-        jwks::decode(trust_domain, json)
+    pub fn from_jwks(
+        trust_domain: TrustDomain,
+        json: impl AsRef<[u8]>,
+    ) -> Result<Self, BundleError> {
+        jwks::decode(trust_domain, json.as_ref())
     }
 
     /// A JWKS holding only the `jwt-svid` keys, for `FetchJWTBundles` (rule W-10).
@@ -271,8 +274,12 @@ impl Bundle {
     }
 
     /// Parses PEM `CERTIFICATE` blocks into a bundle of X.509 authorities.
-    pub fn from_pem(trust_domain: TrustDomain, pem_text: &[u8]) -> Result<Self, BundleError> {
-        let blocks = pem::parse_many(pem_text).map_err(|e| BundleError::Pem(e.to_string()))?;
+    pub fn from_pem(
+        trust_domain: TrustDomain,
+        pem_text: impl AsRef<[u8]>,
+    ) -> Result<Self, BundleError> {
+        let blocks =
+            pem::parse_many(pem_text.as_ref()).map_err(|e| BundleError::Pem(e.to_string()))?;
         if blocks.is_empty() {
             return Err(BundleError::NoCertificates);
         }

@@ -51,6 +51,9 @@ pub enum SpiffeIdError {
     /// The trust domain is longer than 255 bytes.
     #[error("trust domain is {0} bytes long; the limit is 255")]
     TrustDomainTooLong(usize),
+    /// A trust domain was given as a SPIFFE ID with a path.
+    #[error("trust domain `{0}` must not have a path")]
+    TrustDomainHasPath(String),
 }
 
 /// A SPIFFE trust domain name such as `example.org`.
@@ -77,7 +80,7 @@ impl TrustDomain {
         if let Some(rest) = strip_scheme(name)? {
             let id = SpiffeId::parse_parts(rest)?;
             if !id.path().is_empty() {
-                return Err(SpiffeIdError::BadTrustDomainChar('/'));
+                return Err(SpiffeIdError::TrustDomainHasPath(id.to_string()));
             }
             return Ok(id.trust_domain());
         }
@@ -424,7 +427,16 @@ mod tests {
             TrustDomain::new("spiffe://example.org").unwrap().name(),
             "example.org"
         );
-        assert!(TrustDomain::new("spiffe://example.org/x").is_err());
+        assert_eq!(
+            TrustDomain::new("spiffe://example.org/x"),
+            Err(SpiffeIdError::TrustDomainHasPath(
+                "spiffe://example.org/x".to_owned()
+            ))
+        );
+        assert_eq!(
+            TrustDomain::new("https://example.org"),
+            Err(SpiffeIdError::WrongScheme)
+        );
         assert!(TrustDomain::new("").is_err());
     }
 

@@ -169,8 +169,12 @@ impl X509Svid {
     }
 
     /// Parses a PEM certificate chain (leaf first) and a PEM `PRIVATE KEY` (PKCS#8).
-    pub fn from_pem(cert_pem: &[u8], key_pem: &[u8]) -> Result<Self, SvidError> {
-        let blocks = pem::parse_many(cert_pem).map_err(|e| SvidError::Pem(e.to_string()))?;
+    pub fn from_pem(
+        cert_pem: impl AsRef<[u8]>,
+        key_pem: impl AsRef<[u8]>,
+    ) -> Result<Self, SvidError> {
+        let blocks =
+            pem::parse_many(cert_pem.as_ref()).map_err(|e| SvidError::Pem(e.to_string()))?;
         let mut chain = Vec::with_capacity(blocks.len());
         for block in blocks {
             if block.tag() != "CERTIFICATE" {
@@ -181,7 +185,7 @@ impl X509Svid {
             }
             chain.push(CertificateDer::from(block.into_contents()));
         }
-        let key = pem::parse(key_pem).map_err(|e| SvidError::Pem(e.to_string()))?;
+        let key = pem::parse(key_pem.as_ref()).map_err(|e| SvidError::Pem(e.to_string()))?;
         if key.tag() != "PRIVATE KEY" {
             return Err(SvidError::Pem(format!(
                 "key pem is a `{}` block; expected an unencrypted pkcs#8 `PRIVATE KEY`",

@@ -155,7 +155,13 @@ fn decode_x509_authority(
             reason: "value is not a der x.509 certificate".to_owned(),
         });
     }
-    Ok(Some(CertificateDer::from(der)))
+    let cert = CertificateDer::from(der);
+    // A key type this implementation cannot express is an unknown `kty` in effect (rule B-4).
+    if let Err(err) = spki_of(&cert).and_then(|spki| PublicKey::from_spki(&spki)) {
+        tracing::debug!(index, error = %err, "ignoring x509-svid bundle key with unsupported key type");
+        return Ok(None);
+    }
+    Ok(Some(cert))
 }
 
 fn decode_jwt_authority(

@@ -87,12 +87,19 @@ pub fn verify_x509_svid(
     let used_anchor = anchors.iter().position(|a| std::ptr::eq(a, path.anchor()));
     if let Some(anchor_cert) = used_anchor.and_then(|i| anchor_certs.get(i)) {
         let intermediates_on_path = path.intermediate_certificates().count();
-        let anchor = parse(anchor_cert, chain.len())?;
-        let path_len = anchor
-            .basic_constraints()
-            .ok()
-            .flatten()
-            .and_then(|bc| bc.value.path_len_constraint);
+        let path_len = match X509Certificate::from_der(anchor_cert.as_ref()) {
+            Ok((_, anchor)) => anchor
+                .basic_constraints()
+                .ok()
+                .flatten()
+                .and_then(|bc| bc.value.path_len_constraint),
+            Err(_) => {
+                return Err(SvidError::Untrusted {
+                    trust_domain,
+                    reason: "bundle authority is not a valid certificate".to_owned(),
+                });
+            }
+        };
         if path_len.is_some_and(|max| intermediates_on_path > max as usize) {
             return Err(SvidError::Untrusted {
                 trust_domain,
