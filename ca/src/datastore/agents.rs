@@ -1,0 +1,172 @@
+//! Attested node agents: upsert on attestation and renewal, eviction (delete; it may attest
+//! again) and banning (kept with `banned`, refused forever).
+
+use serde_json::json;
+use warden_identity::{Selector, SpiffeId};
+
+use super::Datastore;
+use super::error::DatastoreError;
+use super::model::AgentRecord;
+
+const AGENT_COLUMNS: &str =
+    "spiffe_id, attestor, selectors, serial, expires_at, banned, attested_at, renewed_at";
+
+type AgentRow = (String, String, String, String, i64, bool, i64, i64);
+
+/// Audit kinds [`Datastore::upsert_agent`] accepts.
+const UPSERT_KINDS: [&str; 2] = ["agent.attested", "agent.renewed"];
+
+// === impl Datastore ===
+
+impl Datastore {
+    /// Inserts or replaces an agent's record, auditing `audit_kind` (`agent.attested` or
+    /// `agent.renewed`) with the agent as actor. A banned agent is never overwritten:
+    /// [`DatastoreError::AgentBanned`].
+    pub async fn upsert_agent(
+        &self,
+        a: &AgentRecord,
+        audit_kind: &str,
+    ) -> Result<(), DatastoreError> {
+        if !UPSERT_KINDS.contains(&audit_kind) {
+            return Err(DatastoreError::Invalid(format!(
+                "agent audit kind `{audit_kind}` is not `agent.attested` or `agent.renewed`"
+            )));
+        }
+        let id = a.spiffe_id.to_string();
+        let selectors = encode_selectors(&a.selectors)?;
+        in_tx!(self, |tx, audit| {
+            let done = sqlx::query(
+                "INSERT INTO agents (spiffe_id, attestor, selectors, serial, expires_at, banned, attested_at, renewed_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 ON CONFLICT (spiffe_id) DO UPDATE SET attestor = excluded.attestor, \
+                 selectors = excluded.selectors, serial = excluded.serial, expires_at = excluded.expires_at, \
+                 attested_at = excluded.attested_at, renewed_at = excluded.renewed_at \
+                 WHERE agents.banned = $9",
+            )
+            .bind(id.clone())
+            .bind(a.attestor.clone())
+            .bind(selectors)
+            .bind(a.serial.clone())
+            .bind(a.expires_at)
+            .bind(a.banned)
+            .bind(a.attested_at)
+            .bind(a.renewed_at)
+            .bind(false)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() != 1 {
+                return Err(DatastoreError::AgentBanned(id.clone()));
+            }
+            audit.record(
+                audit_kind,
+                &id,
+                &id,
+                json!({
+                    "attestor": a.attestor,
+                    "selectors": a.selectors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "serial": a.serial,
+                    "expires_at": a.expires_at,
+                }),
+            )?;
+        });
+        tracing::info!(spiffe_id = %id, kind = audit_kind, "agent recorded");
+        Ok(())
+    }
+
+    /// The agent's record, if it ever attested and was not evicted.
+    pub async fn get_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, DatastoreError> {
+        let row: Option<AgentRow> = on_pool!(self, pool => {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {AGENT_COLUMNS} FROM agents WHERE spiffe_id = $1")))
+                .bind(id.to_string())
+                .fetch_optional(pool)
+                .await?
+        });
+        row.map(from_row).transpose()
+    }
+
+    /// Every agent, banned ones included, ordered by SPIFFE ID.
+    pub async fn list_agents(&self) -> Result<Vec<AgentRecord>, DatastoreError> {
+        let rows: Vec<AgentRow> = on_pool!(self, pool => {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {AGENT_COLUMNS} FROM agents ORDER BY spiffe_id")))
+                .fetch_all(pool)
+                .await?
+        });
+        rows.into_iter().map(from_row).collect()
+    }
+
+    /// Deletes the agent's record (auditing `agent.evicted`): its SVID is no longer renewed and it
+    /// may mint nothing until it attests again.
+    pub async fn evict_agent(&self, id: &SpiffeId, actor: &str) -> Result<(), DatastoreError> {
+        let id = id.to_string();
+        in_tx!(self, |tx, audit| {
+            let done = sqlx::query("DELETE FROM agents WHERE spiffe_id = $1")
+                .bind(id.clone())
+                .execute(&mut *tx)
+                .await?;
+            if done.rows_affected() != 1 {
+                return Err(DatastoreError::NotFound {
+                    what: "agent",
+                    id: id.clone(),
+                });
+            }
+            audit.record("agent.evicted", actor, &id, json!({}))?;
+        });
+        tracing::info!(spiffe_id = %id, "agent evicted");
+        Ok(())
+    }
+
+    /// Marks the agent banned (auditing `agent.banned`): it is refused forever, even with a valid
+    /// SVID or a new attestation for the same ID.
+    pub async fn ban_agent(&self, id: &SpiffeId, actor: &str) -> Result<(), DatastoreError> {
+        let id = id.to_string();
+        in_tx!(self, |tx, audit| {
+            let done = sqlx::query("UPDATE agents SET banned = $1 WHERE spiffe_id = $2")
+                .bind(true)
+                .bind(id.clone())
+                .execute(&mut *tx)
+                .await?;
+            if done.rows_affected() != 1 {
+                return Err(DatastoreError::NotFound {
+                    what: "agent",
+                    id: id.clone(),
+                });
+            }
+            audit.record("agent.banned", actor, &id, json!({}))?;
+        });
+        tracing::info!(spiffe_id = %id, "agent banned");
+        Ok(())
+    }
+}
+
+fn encode_selectors(selectors: &[Selector]) -> Result<String, DatastoreError> {
+    let list: Vec<String> = selectors.iter().map(ToString::to_string).collect();
+    serde_json::to_string(&list)
+        .map_err(|e| DatastoreError::Invalid(format!("cannot encode selectors: {e}")))
+}
+
+fn from_row(row: AgentRow) -> Result<AgentRecord, DatastoreError> {
+    let (spiffe_id, attestor, selectors, serial, expires_at, banned, attested_at, renewed_at) = row;
+    let corrupt = |detail: String| DatastoreError::Corrupt {
+        what: "agent",
+        id: spiffe_id.clone(),
+        detail,
+    };
+    let selectors = serde_json::from_str::<Vec<String>>(&selectors)
+        .map_err(|e| corrupt(format!("selectors: {e}")))?
+        .iter()
+        .map(|s| s.parse::<Selector>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| corrupt(e.to_string()))?;
+    Ok(AgentRecord {
+        spiffe_id: spiffe_id
+            .parse()
+            .map_err(|e| corrupt(format!("spiffe_id: {e}")))?,
+        attestor,
+        selectors,
+        serial,
+        expires_at,
+        banned,
+        attested_at,
+        renewed_at,
+    })
+}

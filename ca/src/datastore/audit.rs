@@ -1,0 +1,353 @@
+//! The append-only, hash-chained audit log.
+//!
+//! `hash_n = SHA-256(hash_{n-1} || canonical(seq, at, kind, actor, subject, detail))` with
+//! `hash_0` = 32 zero bytes. The canonical encoding is a version tag, then the 32-byte previous
+//! hash, `seq` (u64 big-endian), `at` (i64 big-endian) and each text field as a u64 big-endian
+//! byte length followed by its UTF-8 bytes; `detail` is hashed exactly as stored, so verifying
+//! never depends on how a JSON library re-serialises it. The chain head (last seq and hash) is
+//! kept in `audit_head`, updated in the same transaction as every append, so that deleting the
+//! newest records is detected as well.
+
+use sha2::{Digest, Sha256};
+
+use super::error::DatastoreError;
+use super::model::{AuditEvent, AuditRecord, AuditVerification, BadAuditRecord};
+use super::{Datastore, now_unix};
+
+/// Rows per multi-row `INSERT` (7 parameters each; well under SQLite's and PostgreSQL's limits).
+pub(crate) const INSERT_CHUNK: usize = 500;
+/// Default and largest page for [`Datastore::list_audit`].
+const DEFAULT_LIST_LIMIT: u32 = 100;
+const MAX_LIST_LIMIT: u32 = 1000;
+/// Records read per query while verifying.
+const VERIFY_PAGE: u32 = 1000;
+const HASH_DOMAIN: &[u8] = b"warden-audit-v1\0";
+
+type AuditRow = (i64, i64, String, String, String, String, String);
+
+/// Audit records pushed during a write transaction, chained from the locked head; written by
+/// `in_tx!` just before commit.
+#[derive(Debug)]
+pub(crate) struct AuditBatch {
+    seq: u64,
+    hash: [u8; 32],
+    at: i64,
+    rows: Vec<AuditRecord>,
+}
+
+// === impl AuditBatch ===
+
+impl AuditBatch {
+    /// Starts a batch at the chain head `(seq, hex hash)` read from `audit_head`.
+    pub(crate) fn from_head(head: (i64, String)) -> Result<Self, DatastoreError> {
+        let (seq, hash) = head;
+        let corrupt = |detail: &str| DatastoreError::Corrupt {
+            what: "audit head",
+            id: "1".into(),
+            detail: detail.into(),
+        };
+        let seq = u64::try_from(seq).map_err(|_| corrupt("negative sequence number"))?;
+        let hash = decode_hash(&hash).ok_or_else(|| corrupt("hash is not 64 hex characters"))?;
+        Ok(Self {
+            seq,
+            hash,
+            at: now_unix(),
+            rows: Vec::new(),
+        })
+    }
+
+    /// Chains `ev` onto the batch and returns its sequence number.
+    pub(crate) fn push(&mut self, ev: &AuditEvent) -> Result<u64, DatastoreError> {
+        let detail = serde_json::to_string(&ev.detail).map_err(|e| {
+            DatastoreError::Invalid(format!("audit detail is not serialisable: {e}"))
+        })?;
+        let seq = self.seq + 1;
+        let hash = chain_hash(
+            &self.hash,
+            seq,
+            self.at,
+            &ev.kind,
+            &ev.actor,
+            &ev.subject,
+            &detail,
+        );
+        self.rows.push(AuditRecord {
+            seq,
+            at: self.at,
+            kind: ev.kind.clone(),
+            actor: ev.actor.clone(),
+            subject: ev.subject.clone(),
+            detail,
+            hash: hex::encode(hash),
+        });
+        self.seq = seq;
+        self.hash = hash;
+        Ok(seq)
+    }
+
+    /// Shorthand for [`push`](Self::push) of a freshly built event.
+    pub(crate) fn record(
+        &mut self,
+        kind: &str,
+        actor: &str,
+        subject: &str,
+        detail: serde_json::Value,
+    ) -> Result<u64, DatastoreError> {
+        self.push(&AuditEvent {
+            kind: kind.into(),
+            actor: actor.into(),
+            subject: subject.into(),
+            detail,
+        })
+    }
+
+    /// The records to insert.
+    pub(crate) fn rows(&self) -> &[AuditRecord] {
+        &self.rows
+    }
+
+    /// The new head `(seq, hex hash)`, if anything was pushed.
+    pub(crate) fn new_head(&self) -> Option<(i64, String)> {
+        if self.rows.is_empty() {
+            return None;
+        }
+        Some((seq_to_i64(self.seq), hex::encode(self.hash)))
+    }
+}
+
+/// Writes a batch's rows and the new chain head inside the open transaction `$tx`.
+macro_rules! flush_audit {
+    ($tx:ident, $audit:ident) => {{
+        for chunk in $audit.rows().chunks($crate::datastore::audit::INSERT_CHUNK) {
+            let mut qb = sqlx::QueryBuilder::new(
+                "INSERT INTO audit_log (seq, at, kind, actor, subject, detail, hash) ",
+            );
+            qb.push_values(chunk, |mut b, r| {
+                b.push_bind($crate::datastore::audit::seq_to_i64(r.seq))
+                    .push_bind(r.at)
+                    .push_bind(r.kind.clone())
+                    .push_bind(r.actor.clone())
+                    .push_bind(r.subject.clone())
+                    .push_bind(r.detail.clone())
+                    .push_bind(r.hash.clone());
+            });
+            qb.build().execute(&mut *$tx).await?;
+        }
+        if let Some((seq, hash)) = $audit.new_head() {
+            sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+                .bind(seq)
+                .bind(hash)
+                .execute(&mut *$tx)
+                .await?;
+        }
+    }};
+}
+pub(crate) use flush_audit;
+
+/// Sequence numbers are stored as BIGINT; they never come near `i64::MAX`.
+pub(crate) fn seq_to_i64(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+fn decode_hash(text: &str) -> Option<[u8; 32]> {
+    let bytes = hex::decode(text).ok()?;
+    <[u8; 32]>::try_from(bytes.as_slice()).ok()
+}
+
+/// One link of the chain (see the module doc for the encoding).
+pub(crate) fn chain_hash(
+    prev: &[u8; 32],
+    seq: u64,
+    at: i64,
+    kind: &str,
+    actor: &str,
+    subject: &str,
+    detail: &str,
+) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(HASH_DOMAIN);
+    h.update(prev);
+    h.update(seq.to_be_bytes());
+    h.update(at.to_be_bytes());
+    for field in [kind, actor, subject, detail] {
+        h.update((field.len() as u64).to_be_bytes());
+        h.update(field.as_bytes());
+    }
+    h.finalize().into()
+}
+
+fn to_record(row: AuditRow) -> AuditRecord {
+    let (seq, at, kind, actor, subject, detail, hash) = row;
+    AuditRecord {
+        seq: u64::try_from(seq).unwrap_or(0),
+        at,
+        kind,
+        actor,
+        subject,
+        detail,
+        hash,
+    }
+}
+
+// === impl Datastore ===
+
+impl Datastore {
+    /// Appends one audit record in its own transaction and returns its sequence number.
+    pub async fn append_audit(&self, ev: &AuditEvent) -> Result<u64, DatastoreError> {
+        Ok(in_tx!(self, |tx, audit| audit.push(ev)?))
+    }
+
+    /// Records with `seq > after`, oldest first; `limit` 0 means 100, at most 1000.
+    pub async fn list_audit(
+        &self,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<AuditRecord>, DatastoreError> {
+        let limit = match limit {
+            0 => DEFAULT_LIST_LIMIT,
+            n => n.min(MAX_LIST_LIMIT),
+        };
+        let rows: Vec<AuditRow> = on_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT seq, at, kind, actor, subject, detail, hash FROM audit_log \
+                 WHERE seq > $1 ORDER BY seq LIMIT $2",
+            )
+            .bind(seq_to_i64(after))
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?
+        });
+        Ok(rows.into_iter().map(to_record).collect())
+    }
+
+    /// Recomputes the whole chain and names the first record that was edited, deleted or
+    /// inserted out of order, and detects deletion of the newest records through the chain head.
+    pub async fn verify_audit(&self) -> Result<AuditVerification, DatastoreError> {
+        let mut prev = [0u8; 32];
+        let mut expected_seq: u64 = 1;
+        let mut checked: u64 = 0;
+        loop {
+            let page = self.list_audit(expected_seq - 1, VERIFY_PAGE).await?;
+            if page.is_empty() {
+                break;
+            }
+            for r in page {
+                if r.seq != expected_seq {
+                    return Ok(bad(
+                        checked,
+                        expected_seq,
+                        format!(
+                            "record {expected_seq} is missing (deleted): the next stored record is {}",
+                            r.seq
+                        ),
+                    ));
+                }
+                let computed =
+                    chain_hash(&prev, r.seq, r.at, &r.kind, &r.actor, &r.subject, &r.detail);
+                if decode_hash(&r.hash) != Some(computed) {
+                    return Ok(bad(
+                        checked,
+                        r.seq,
+                        format!(
+                            "record {} was edited: its hash does not match its contents and the record before it",
+                            r.seq
+                        ),
+                    ));
+                }
+                prev = computed;
+                checked += 1;
+                expected_seq += 1;
+            }
+        }
+        let head: (i64, String) = on_pool!(self, pool => {
+            sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1").fetch_one(pool).await?
+        });
+        let head_seq = u64::try_from(head.0).unwrap_or(0);
+        if head_seq > checked {
+            return Ok(bad(
+                checked,
+                checked + 1,
+                format!(
+                    "records {}..={head_seq} are missing (deleted from the end of the log)",
+                    checked + 1
+                ),
+            ));
+        }
+        if head_seq != checked || decode_hash(&head.1) != Some(prev) {
+            return Ok(bad(
+                checked,
+                checked,
+                format!(
+                    "the chain head (record {head_seq}) does not match the last record {checked}"
+                ),
+            ));
+        }
+        Ok(AuditVerification {
+            records: checked,
+            first_bad: None,
+        })
+    }
+}
+
+fn bad(records: u64, seq: u64, problem: String) -> AuditVerification {
+    AuditVerification {
+        records,
+        first_bad: Some(BadAuditRecord { seq, problem }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_hash_depends_on_every_field_and_the_previous_hash() {
+        let base = chain_hash(&[0; 32], 1, 10, "k", "a", "s", "{}");
+        assert_ne!(base, chain_hash(&[1; 32], 1, 10, "k", "a", "s", "{}"));
+        assert_ne!(base, chain_hash(&[0; 32], 2, 10, "k", "a", "s", "{}"));
+        assert_ne!(base, chain_hash(&[0; 32], 1, 11, "k", "a", "s", "{}"));
+        assert_ne!(base, chain_hash(&[0; 32], 1, 10, "kx", "a", "s", "{}"));
+        assert_ne!(base, chain_hash(&[0; 32], 1, 10, "k", "ax", "s", "{}"));
+        assert_ne!(base, chain_hash(&[0; 32], 1, 10, "k", "a", "sx", "{}"));
+        assert_ne!(base, chain_hash(&[0; 32], 1, 10, "k", "a", "s", "{ }"));
+    }
+
+    #[test]
+    fn chain_hash_is_unambiguous_across_field_boundaries() {
+        // Length prefixes: moving a byte from one field to the next changes the hash.
+        assert_ne!(
+            chain_hash(&[0; 32], 1, 1, "ab", "c", "", ""),
+            chain_hash(&[0; 32], 1, 1, "a", "bc", "", "")
+        );
+    }
+
+    #[test]
+    fn batch_chains_records_from_the_head() {
+        let mut b = AuditBatch::from_head((0, "00".repeat(32))).unwrap();
+        let ev = AuditEvent {
+            kind: "k".into(),
+            actor: "a".into(),
+            subject: "s".into(),
+            detail: serde_json::json!({"x": 1}),
+        };
+        assert_eq!(b.push(&ev).unwrap(), 1);
+        assert_eq!(b.push(&ev).unwrap(), 2);
+        let rows = b.rows();
+        let h1 = chain_hash(&[0; 32], 1, rows[0].at, "k", "a", "s", "{\"x\":1}");
+        assert_eq!(rows[0].hash, hex::encode(h1));
+        assert_eq!(
+            rows[1].hash,
+            hex::encode(chain_hash(&h1, 2, rows[1].at, "k", "a", "s", "{\"x\":1}"))
+        );
+        assert_eq!(b.new_head(), Some((2, rows[1].hash.clone())));
+    }
+
+    #[test]
+    fn corrupt_head_is_named() {
+        let err = AuditBatch::from_head((0, "zz".into())).unwrap_err();
+        assert!(
+            err.to_string().contains("stored audit head `1` is corrupt"),
+            "{err}"
+        );
+    }
+}

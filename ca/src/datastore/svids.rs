@@ -1,0 +1,68 @@
+//! The issued-SVID log: every X.509-SVID the CA signs, written in one batched transaction per
+//! signing request together with one `svid.issued` audit record per SVID.
+
+use serde_json::json;
+use warden_identity::SpiffeId;
+
+use super::Datastore;
+use super::audit::INSERT_CHUNK;
+use super::error::DatastoreError;
+use super::model::IssuedSvid;
+
+// === impl Datastore ===
+
+impl Datastore {
+    /// Logs SVIDs issued to `agent` (one transaction, multi-row inserts) and audits each as
+    /// `svid.issued` (serial, SPIFFE ID, entry, expiry) with the agent as actor. A serial that
+    /// was already logged fails the whole batch with [`DatastoreError::AlreadyExists`].
+    pub async fn record_issued_svids(
+        &self,
+        svids: &[IssuedSvid],
+        agent: &SpiffeId,
+    ) -> Result<(), DatastoreError> {
+        if svids.is_empty() {
+            return Ok(());
+        }
+        let agent_id = agent.to_string();
+        in_tx!(self, |tx, audit| {
+            for chunk in svids.chunks(INSERT_CHUNK) {
+                let mut qb = sqlx::QueryBuilder::new(
+                    "INSERT INTO issued_svids (serial, spiffe_id, entry_id, agent_id, issued_at, expires_at) ",
+                );
+                qb.push_values(chunk, |mut b, s| {
+                    b.push_bind(s.serial.clone())
+                        .push_bind(s.spiffe_id.to_string())
+                        .push_bind(s.entry_id.clone())
+                        .push_bind(agent_id.clone())
+                        .push_bind(s.issued_at)
+                        .push_bind(s.expires_at);
+                });
+                qb.build()
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|err| match &err {
+                        sqlx::Error::Database(db) if db.is_unique_violation() => {
+                            DatastoreError::AlreadyExists {
+                                what: "issued svid serial",
+                                id: chunk
+                                    .iter()
+                                    .map(|s| s.serial.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", "),
+                            }
+                        }
+                        _ => DatastoreError::Query(err),
+                    })?;
+            }
+            for s in svids {
+                audit.record(
+                    "svid.issued",
+                    &agent_id,
+                    s.spiffe_id.as_str(),
+                    json!({ "serial": s.serial, "entry_id": s.entry_id, "expires_at": s.expires_at }),
+                )?;
+            }
+        });
+        Ok(())
+    }
+}

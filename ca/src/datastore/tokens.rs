@@ -1,0 +1,93 @@
+//! Join tokens: stored only as their SHA-256, single use even under concurrent consumption.
+
+use serde_json::json;
+
+use super::error::{DatastoreError, TokenError};
+use super::{Datastore, now_unix};
+
+// === impl Datastore ===
+
+impl Datastore {
+    /// Stores a join token's hash with its expiry (unix seconds), auditing `token.created`
+    /// (with the first 16 hex characters of the hash, never the token).
+    pub async fn create_join_token(
+        &self,
+        token_hash: &[u8; 32],
+        expires_at: i64,
+        actor: &str,
+    ) -> Result<(), DatastoreError> {
+        let hash = hex::encode(token_hash);
+        let token_id = token_id(&hash);
+        let now = now_unix();
+        in_tx!(self, |tx, audit| {
+            sqlx::query(
+                "INSERT INTO join_tokens (token_hash, expires_at, created_at) VALUES ($1, $2, $3)",
+            )
+            .bind(hash.clone())
+            .bind(expires_at)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(|err| match &err {
+                sqlx::Error::Database(db) if db.is_unique_violation() => {
+                    DatastoreError::AlreadyExists {
+                        what: "join token",
+                        id: token_id.to_owned(),
+                    }
+                }
+                _ => DatastoreError::Query(err),
+            })?;
+            audit.record(
+                "token.created",
+                actor,
+                token_id,
+                json!({ "expires_at": expires_at }),
+            )?;
+        });
+        Ok(())
+    }
+
+    /// Marks the token used if it exists, is unexpired at `now` and unused, auditing
+    /// `token.used`. Exactly one of any number of concurrent calls for one token succeeds: the
+    /// check and the update are one conditional `UPDATE` inside a serialised transaction.
+    pub async fn consume_join_token(
+        &self,
+        token_hash: &[u8; 32],
+        now: i64,
+    ) -> Result<(), TokenError> {
+        let hash = hex::encode(token_hash);
+        let token_id = token_id(&hash);
+        in_tx!(self, |tx, audit| {
+            let done = sqlx::query(
+                "UPDATE join_tokens SET used_at = $1 \
+                 WHERE token_hash = $2 AND used_at IS NULL AND expires_at > $1",
+            )
+            .bind(now)
+            .bind(hash.clone())
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() != 1 {
+                let row: Option<(i64, Option<i64>)> = sqlx::query_as(
+                    "SELECT expires_at, used_at FROM join_tokens WHERE token_hash = $1",
+                )
+                .bind(hash.clone())
+                .fetch_optional(&mut *tx)
+                .await?;
+                return Err(match row {
+                    None => TokenError::Unknown,
+                    Some((_, Some(_))) => TokenError::AlreadyUsed,
+                    Some((_, None)) => TokenError::Expired,
+                });
+            }
+            audit.record("token.used", "ca", token_id, json!({ "used_at": now }))?;
+        });
+        tracing::info!(token.id = %token_id, "join token used");
+        Ok(())
+    }
+}
+
+/// A short, non-secret name for a token: the first 16 hex characters of its SHA-256 (the same
+/// as the last segment of the agent ID it yields).
+fn token_id(hash_hex: &str) -> &str {
+    hash_hex.get(..16).unwrap_or(hash_hex)
+}

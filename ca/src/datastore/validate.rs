@@ -1,0 +1,183 @@
+//! Checks on registration entries beyond what their types already guarantee: selectors present,
+//! TTLs in range, DNS names well formed, hint short enough. Returns the entry normalised
+//! (selectors sorted and deduplicated, DNS names lowercased).
+
+use super::error::EntryError;
+use super::model::NewEntry;
+
+/// Smallest non-default SVID TTL, seconds.
+pub const MIN_SVID_TTL: u32 = 5;
+/// Largest X.509-SVID TTL, seconds (30 days).
+pub const MAX_X509_SVID_TTL: u32 = 30 * 24 * 3600;
+/// Largest JWT-SVID TTL, seconds (1 day).
+pub const MAX_JWT_SVID_TTL: u32 = 24 * 3600;
+/// Longest hint, bytes (W-13).
+pub const MAX_HINT_LEN: usize = 1024;
+
+const MAX_DNS_NAME_LEN: usize = 253;
+const MAX_DNS_LABEL_LEN: usize = 63;
+
+/// Validates and normalises an entry.
+pub(crate) fn validate_entry(e: &NewEntry) -> Result<NewEntry, EntryError> {
+    let mut e = e.clone();
+    if e.spiffe_id.path().is_empty() {
+        return Err(EntryError::RootId(e.spiffe_id.to_string()));
+    }
+    if e.spiffe_id == e.parent_id {
+        return Err(EntryError::OwnParent(e.spiffe_id.to_string()));
+    }
+    e.selectors.sort();
+    e.selectors.dedup();
+    if e.selectors.is_empty() {
+        return Err(EntryError::NoSelectors(e.spiffe_id.to_string()));
+    }
+    check_ttl("x509_svid_ttl", e.x509_svid_ttl, MAX_X509_SVID_TTL)?;
+    check_ttl("jwt_svid_ttl", e.jwt_svid_ttl, MAX_JWT_SVID_TTL)?;
+    let mut dns = Vec::with_capacity(e.dns_names.len());
+    for name in &e.dns_names {
+        dns.push(check_dns_name(name)?);
+    }
+    dns.dedup();
+    e.dns_names = dns;
+    e.federates_with.sort();
+    e.federates_with.dedup();
+    if e.hint.len() > MAX_HINT_LEN {
+        return Err(EntryError::HintTooLong(e.hint.len()));
+    }
+    Ok(e)
+}
+
+fn check_ttl(field: &'static str, value: u32, max: u32) -> Result<(), EntryError> {
+    if value == 0 || (MIN_SVID_TTL..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(EntryError::TtlOutOfRange {
+            field,
+            value,
+            min: MIN_SVID_TTL,
+            max,
+        })
+    }
+}
+
+/// A DNS host name (RFC 1123), optionally with a leading `*.` wildcard label; lowercased.
+fn check_dns_name(name: &str) -> Result<String, EntryError> {
+    let bad = |reason| EntryError::BadDnsName {
+        name: name.to_owned(),
+        reason,
+    };
+    if name.is_empty() {
+        return Err(bad("it is empty"));
+    }
+    if name.len() > MAX_DNS_NAME_LEN {
+        return Err(bad("it is longer than 253 bytes"));
+    }
+    let lower = name.to_ascii_lowercase();
+    let rest = lower.strip_prefix("*.").unwrap_or(&lower);
+    for label in rest.split('.') {
+        if label.is_empty() {
+            return Err(bad("it has an empty label"));
+        }
+        if label.len() > MAX_DNS_LABEL_LEN {
+            return Err(bad("a label is longer than 63 bytes"));
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(bad(
+                "only letters, digits, `-` and `.` are allowed (and a leading `*.`)",
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(bad("a label starts or ends with `-`"));
+        }
+    }
+    Ok(lower)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> NewEntry {
+        NewEntry {
+            spiffe_id: "spiffe://example.org/web".parse().unwrap(),
+            parent_id: "spiffe://example.org/agent/join_token/abc".parse().unwrap(),
+            selectors: vec![
+                "unix:uid:1000".parse().unwrap(),
+                "unix:uid:1000".parse().unwrap(),
+            ],
+            x509_svid_ttl: 0,
+            jwt_svid_ttl: 300,
+            dns_names: vec!["Web.Example.org".into(), "*.svc.local".into()],
+            federates_with: vec![],
+            hint: String::new(),
+        }
+    }
+
+    #[test]
+    fn normalises_selectors_and_dns_names() {
+        let e = validate_entry(&entry()).unwrap();
+        assert_eq!(e.selectors.len(), 1);
+        assert_eq!(
+            e.dns_names,
+            vec!["web.example.org".to_owned(), "*.svc.local".to_owned()]
+        );
+    }
+
+    #[test]
+    fn rejects_ttl_below_minimum_and_above_maximum() {
+        let mut e = entry();
+        e.x509_svid_ttl = 1;
+        assert!(matches!(
+            validate_entry(&e),
+            Err(EntryError::TtlOutOfRange {
+                field: "x509_svid_ttl",
+                ..
+            })
+        ));
+        e.x509_svid_ttl = 0;
+        e.jwt_svid_ttl = MAX_JWT_SVID_TTL + 1;
+        let err = validate_entry(&e).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("jwt_svid_ttl `86401` is out of range"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn rejects_bad_dns_names() {
+        for name in ["", "a..b", "-a.b", "a_b.c", "a.*.b", &"x".repeat(64), "a b"] {
+            let mut e = entry();
+            e.dns_names = vec![name.to_owned()];
+            assert!(
+                matches!(validate_entry(&e), Err(EntryError::BadDnsName { .. })),
+                "{name:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_no_selectors_root_id_own_parent_and_long_hint() {
+        let mut e = entry();
+        e.selectors.clear();
+        assert!(matches!(
+            validate_entry(&e),
+            Err(EntryError::NoSelectors(_))
+        ));
+        let mut e = entry();
+        e.spiffe_id = "spiffe://example.org".parse().unwrap();
+        assert!(matches!(validate_entry(&e), Err(EntryError::RootId(_))));
+        let mut e = entry();
+        e.parent_id = e.spiffe_id.clone();
+        assert!(matches!(validate_entry(&e), Err(EntryError::OwnParent(_))));
+        let mut e = entry();
+        e.hint = "h".repeat(MAX_HINT_LEN + 1);
+        assert!(matches!(
+            validate_entry(&e),
+            Err(EntryError::HintTooLong(1025))
+        ));
+    }
+}
