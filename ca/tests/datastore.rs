@@ -1,0 +1,15 @@
+//! The datastore and admin API suite. Every test runs on SQLite (a real file in a temp dir) and,
+//! when `WARDEN_TEST_POSTGRES_URL` is set, on PostgreSQL too (a fresh database per test; see
+//! `scripts/postgres.sh`). Without the variable the PostgreSQL half prints that it is skipped.
+
+mod datastore {
+    pub(crate) mod harness;
+
+    mod admin;
+    mod agents;
+    mod audit;
+    mod bundles;
+    mod ca_journal;
+    mod entries;
+    mod tokens;
+}

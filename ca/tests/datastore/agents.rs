@@ -1,0 +1,117 @@
+//! Agents: attestation upsert, renewal, eviction and bans.
+
+use warden_ca::datastore::{AgentRecord, DatastoreError};
+
+use super::harness::{ADMIN, AGENT, backends};
+
+fn agent(serial: &str) -> AgentRecord {
+    AgentRecord {
+        spiffe_id: AGENT.parse().unwrap(),
+        attestor: "join_token".into(),
+        selectors: vec!["x509pop:subject:cn:web".parse().unwrap()],
+        serial: serial.into(),
+        expires_at: 2_000,
+        banned: false,
+        attested_at: 1_000,
+        renewed_at: 1_000,
+    }
+}
+
+#[tokio::test]
+async fn agent_upsert_renew_and_list_round_trip() {
+    for b in backends().await {
+        let ds = &b.ds;
+        let id = AGENT.parse().unwrap();
+        assert_eq!(ds.get_agent(&id).await.unwrap(), None);
+        ds.upsert_agent(&agent("01"), "agent.attested")
+            .await
+            .unwrap();
+        let mut renewed = agent("02");
+        renewed.renewed_at = 1_500;
+        ds.upsert_agent(&renewed, "agent.renewed").await.unwrap();
+        assert_eq!(
+            ds.get_agent(&id).await.unwrap(),
+            Some(renewed.clone()),
+            "{}",
+            b.name
+        );
+        assert_eq!(ds.list_agents().await.unwrap(), vec![renewed]);
+        let audit = ds.list_audit(0, 0).await.unwrap();
+        assert_eq!(
+            audit.iter().map(|r| r.kind.as_str()).collect::<Vec<_>>(),
+            ["agent.attested", "agent.renewed"]
+        );
+        assert!(audit.iter().all(|r| r.actor == AGENT && r.subject == AGENT));
+        let err = ds
+            .upsert_agent(&agent("03"), "agent.whatever")
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("`agent.whatever`"), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn banned_agent_is_kept_and_refused_forever_and_evicted_agent_is_gone() {
+    for b in backends().await {
+        let ds = &b.ds;
+        let id = AGENT.parse().unwrap();
+        ds.upsert_agent(&agent("01"), "agent.attested")
+            .await
+            .unwrap();
+        ds.ban_agent(&id, ADMIN).await.unwrap();
+        assert!(
+            ds.get_agent(&id).await.unwrap().unwrap().banned,
+            "{}",
+            b.name
+        );
+        let err = ds
+            .upsert_agent(&agent("02"), "agent.renewed")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, DatastoreError::AgentBanned(_)), "{err}");
+        assert_eq!(err.to_string(), format!("agent `{AGENT}` is banned"));
+        assert_eq!(
+            ds.get_agent(&id).await.unwrap().unwrap().serial,
+            "01",
+            "the banned row is unchanged"
+        );
+
+        let other = "spiffe://example.org/agent/x509pop/abcd".parse().unwrap();
+        let mut rec = agent("05");
+        rec.spiffe_id = other;
+        rec.attestor = "x509pop".into();
+        ds.upsert_agent(&rec, "agent.attested").await.unwrap();
+        ds.evict_agent(&rec.spiffe_id, ADMIN).await.unwrap();
+        assert_eq!(ds.get_agent(&rec.spiffe_id).await.unwrap(), None);
+        // An evicted agent may attest again.
+        ds.upsert_agent(&rec, "agent.attested").await.unwrap();
+
+        let unknown = "spiffe://example.org/agent/x509pop/none".parse().unwrap();
+        let err = ds.evict_agent(&unknown, ADMIN).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "agent `spiffe://example.org/agent/x509pop/none` not found"
+        );
+        assert!(matches!(
+            ds.ban_agent(&unknown, ADMIN).await,
+            Err(DatastoreError::NotFound { .. })
+        ));
+        let kinds: Vec<String> = ds
+            .list_audit(0, 0)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.kind)
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "agent.attested",
+                "agent.banned",
+                "agent.attested",
+                "agent.evicted",
+                "agent.attested"
+            ]
+        );
+    }
+}

@@ -1,0 +1,113 @@
+//! Join tokens: hashed storage, single use under concurrency, expiry, unknown tokens.
+
+use warden_ca::datastore::{TokenError, join_token_agent_id, join_token_hash};
+
+use super::harness::{ADMIN, backends};
+
+#[tokio::test]
+async fn join_token_is_single_use_under_concurrent_consumption() {
+    for b in backends().await {
+        let hash = join_token_hash("token-concurrent");
+        b.ds.create_join_token(&hash, i64::MAX / 2, ADMIN)
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for _ in 0..16 {
+            let ds = b.ds.clone();
+            tasks.push(tokio::spawn(async move {
+                ds.consume_join_token(&hash, 1_000).await
+            }));
+        }
+        let mut wins = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(()) => wins += 1,
+                Err(TokenError::AlreadyUsed) => {}
+                Err(other) => panic!("{}: unexpected {other}", b.name),
+            }
+        }
+        assert_eq!(wins, 1, "exactly one concurrent consumer wins ({})", b.name);
+        let used =
+            b.ds.list_audit(0, 0)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|r| r.kind == "token.used")
+                .count();
+        assert_eq!(used, 1);
+    }
+}
+
+#[tokio::test]
+async fn expired_reused_and_unknown_tokens_are_refused_by_name() {
+    for b in backends().await {
+        let ds = &b.ds;
+        let expired = join_token_hash("expired");
+        ds.create_join_token(&expired, 100, ADMIN).await.unwrap();
+        let err = ds.consume_join_token(&expired, 100).await.unwrap_err();
+        assert!(matches!(err, TokenError::Expired), "{}: {err}", b.name);
+        assert_eq!(err.to_string(), "join token expired");
+
+        let fresh = join_token_hash("fresh");
+        ds.create_join_token(&fresh, 200, ADMIN).await.unwrap();
+        ds.consume_join_token(&fresh, 150).await.unwrap();
+        let err = ds.consume_join_token(&fresh, 150).await.unwrap_err();
+        assert!(matches!(err, TokenError::AlreadyUsed), "{err}");
+        assert_eq!(err.to_string(), "join token was already used");
+
+        let err = ds
+            .consume_join_token(&join_token_hash("never"), 150)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, TokenError::Unknown), "{err}");
+        assert_eq!(err.to_string(), "join token is unknown");
+    }
+}
+
+#[tokio::test]
+async fn token_is_stored_and_audited_only_as_a_hash() {
+    for b in backends().await {
+        let token = "s3cr3t-join-token-value";
+        b.ds.create_join_token(&join_token_hash(token), 500, ADMIN)
+            .await
+            .unwrap();
+        b.ds.consume_join_token(&join_token_hash(token), 10)
+            .await
+            .unwrap();
+        let audit = b.ds.list_audit(0, 0).await.unwrap();
+        assert_eq!(audit.len(), 2);
+        let td = "example.org".parse().unwrap();
+        let agent = join_token_agent_id(&td, token);
+        let short = agent.as_str().rsplit('/').next().unwrap();
+        assert_eq!(short.len(), 16);
+        for r in &audit {
+            assert!(
+                !format!("{r:?}").contains(token),
+                "{}: token leaked into {r:?}",
+                b.name
+            );
+            assert_eq!(r.subject, short, "audit names the token by its hash prefix");
+        }
+        if b.name == "sqlite" {
+            let file = std::fs::read(b.url.trim_start_matches("sqlite:")).unwrap();
+            let wal = std::fs::read(format!("{}-wal", b.url.trim_start_matches("sqlite:")))
+                .unwrap_or_default();
+            let needle = token.as_bytes();
+            assert!(
+                !file.windows(needle.len()).any(|w| w == needle)
+                    && !wal.windows(needle.len()).any(|w| w == needle)
+            );
+        }
+    }
+}
+
+#[test]
+fn join_token_agent_id_uses_the_first_16_hex_chars_of_the_token_hash() {
+    let td = "example.org".parse().unwrap();
+    let id = join_token_agent_id(&td, "abc");
+    let expected = &hex::encode(join_token_hash("abc"))[..16];
+    assert_eq!(
+        id.as_str(),
+        format!("spiffe://example.org/agent/join_token/{expected}")
+    );
+}
