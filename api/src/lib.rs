@@ -19,3 +19,5 @@ pub mod v1 {
 
 /// The gRPC metadata key every Workload API call must carry with the value `true` (rule W-2).
 pub const WORKLOAD_API_HEADER: &str = "workload.spiffe.io";
+
+pub mod transport;
