@@ -444,3 +444,41 @@ fn tampered_claims_fail_signature_verification() {
         JwtError::BadSignature
     );
 }
+
+#[test]
+fn malformed_header_and_claims_are_rejected_with_named_errors() {
+    let signer = JwtSigner::generate("k1").unwrap();
+    let bundles = bundles_for(&signer, TD);
+    let token = sign_raw(&signer, header(&signer), good_claims());
+    let parts: Vec<&str> = token.split('.').collect();
+    let with = |h: &str, c: &str| format!("{h}.{c}.{}", parts[2]);
+    let not_object = URL_SAFE_NO_PAD.encode("[1]");
+    assert_eq!(
+        validate(&with(&not_object, parts[1]), &bundles).unwrap_err(),
+        JwtError::BadJson("header")
+    );
+    assert_eq!(
+        validate(&with(parts[0], &not_object), &bundles).unwrap_err(),
+        JwtError::BadJson("claims")
+    );
+    assert_eq!(
+        validate(&with(parts[0], "***"), &bundles).unwrap_err(),
+        JwtError::BadBase64("claims")
+    );
+    let token = sign_raw(&signer, json!({"alg": "ES256", "kid": 7}), good_claims());
+    assert_eq!(validate(&token, &bundles).unwrap_err(), JwtError::BadKid);
+    let token = sign_raw(&signer, json!({"alg": "ES256", "typ": 1}), good_claims());
+    assert_eq!(validate(&token, &bundles).unwrap_err(), JwtError::BadTyp);
+}
+
+#[test]
+fn jwt_error_messages_name_the_problem_without_secrets() {
+    assert_eq!(
+        JwtError::DisallowedAlg("none".to_owned()).to_string(),
+        "token algorithm `none` is not allowed"
+    );
+    assert_eq!(
+        JwtError::UnknownKid("k9".to_owned()).to_string(),
+        "no jwt authority with `kid` `k9` in the subject's trust domain"
+    );
+}

@@ -313,3 +313,19 @@ fn empty_resolver_fails_closed() {
     assert!(resolver.current().is_none());
     assert!(!rustls::client::ResolvesClientCert::has_certs(&resolver));
 }
+
+#[test]
+fn bundle_sources_serve_the_latest_bundles() {
+    let a = TestCa::new("a.org");
+    let b = TestCa::new("b.org");
+    let shared = SharedBundles::new(TestCa::bundle_set(&[&a]));
+    assert!(shared.bundles().get(&td("a.org")).is_some());
+    shared.set(TestCa::bundle_set(&[&b]));
+    assert!(shared.bundles().get(&td("a.org")).is_none());
+    assert!(shared.bundles().get(&td("b.org")).is_some());
+
+    let (tx, rx) = tokio::sync::watch::channel(Arc::new(TestCa::bundle_set(&[&a])));
+    assert_eq!(BundleSource::bundles(&rx).len(), 1);
+    tx.send(Arc::new(TestCa::bundle_set(&[&a, &b]))).unwrap();
+    assert_eq!(BundleSource::bundles(&rx).len(), 2);
+}
