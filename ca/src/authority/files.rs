@@ -1,0 +1,131 @@
+//! Key and certificate files in the data dir: keys are written with mode 0600 (created that
+//! way, never chmod-ed after the fact), directories 0700. Errors name the file, never the key.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use rcgen::KeyPair;
+use rustls_pki_types::CertificateDer;
+
+use super::{AuthorityError, ROOT_CERT_FILE, ROOT_KEY_FILE};
+
+/// Creates `dir` (and parents) with mode 0700, or tightens an existing one to 0700.
+pub(crate) fn ensure_private_dir(dir: &Path) -> Result<(), AuthorityError> {
+    let io = |source| AuthorityError::Io {
+        action: "create",
+        path: dir.to_path_buf(),
+        source,
+    };
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io)
+}
+
+/// Writes a secret file with mode 0600 (replacing any existing file).
+pub(crate) fn write_secret(path: &Path, contents: &[u8]) -> Result<(), AuthorityError> {
+    let io = |source| AuthorityError::Io {
+        action: "write",
+        path: path.to_path_buf(),
+        source,
+    };
+    let tmp = path.with_extension("tmp");
+    let _ = fs::remove_file(&tmp);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io)?;
+    f.write_all(contents).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    fs::rename(&tmp, path).map_err(io)
+}
+
+/// Writes a public file (certificate) with mode 0644.
+pub(crate) fn write_public(path: &Path, contents: &[u8]) -> Result<(), AuthorityError> {
+    fs::write(path, contents).map_err(|source| AuthorityError::Io {
+        action: "write",
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Reads a file.
+pub(crate) fn read(path: &Path) -> Result<Vec<u8>, AuthorityError> {
+    fs::read(path).map_err(|source| AuthorityError::Io {
+        action: "read",
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Parses a PEM file holding exactly one `CERTIFICATE` (the first one is used).
+pub(crate) fn read_cert_pem(path: &Path) -> Result<CertificateDer<'static>, AuthorityError> {
+    let bytes = read(path)?;
+    let bad = |reason: String| AuthorityError::BadFile {
+        what: "certificate",
+        path: path.to_path_buf(),
+        reason,
+    };
+    let blocks = pem::parse_many(&bytes).map_err(|e| bad(e.to_string()))?;
+    let block = blocks
+        .into_iter()
+        .find(|b| b.tag() == "CERTIFICATE")
+        .ok_or_else(|| bad("no `CERTIFICATE` pem block".into()))?;
+    let der = CertificateDer::from(block.into_contents());
+    x509_parser::parse_x509_certificate(der.as_ref())
+        .map_err(|e| bad(format!("does not parse: {e}")))?;
+    Ok(der)
+}
+
+/// Parses a PEM private key file (PKCS#8, or SEC1 EC keys). The key is never shown in errors.
+pub(crate) fn read_key_pem(path: &Path) -> Result<KeyPair, AuthorityError> {
+    let bytes = read(path)?;
+    let text = String::from_utf8(bytes).map_err(|_| AuthorityError::BadFile {
+        what: "private key",
+        path: path.to_path_buf(),
+        reason: "not pem text".into(),
+    })?;
+    KeyPair::from_pem(&text).map_err(|e| AuthorityError::BadFile {
+        what: "private key",
+        path: path.to_path_buf(),
+        reason: format!("not a supported pkcs#8 private key ({e})"),
+    })
+}
+
+/// The root (or upstream) certificate and key from the data dir.
+pub(crate) fn read_root(
+    data_dir: &Path,
+) -> Result<(CertificateDer<'static>, KeyPair), AuthorityError> {
+    let cert_path = data_dir.join(ROOT_CERT_FILE);
+    if !cert_path.exists() {
+        return Err(AuthorityError::NotInitialized(data_dir.to_path_buf()));
+    }
+    let cert = read_cert_pem(&cert_path)?;
+    let key = read_key_pem(&data_dir.join(ROOT_KEY_FILE))?;
+    super::keys::check_key_matches(&cert, &key).map_err(|reason| AuthorityError::BadFile {
+        what: "private key",
+        path: data_dir.join(ROOT_KEY_FILE),
+        reason,
+    })?;
+    Ok((cert, key))
+}
+
+/// The trust domain the CA in `data_dir` was initialised for.
+pub fn read_trust_domain(data_dir: &Path) -> Result<warden_identity::TrustDomain, AuthorityError> {
+    let path = data_dir.join(super::TRUST_DOMAIN_FILE);
+    if !path.exists() {
+        return Err(AuthorityError::NotInitialized(data_dir.to_path_buf()));
+    }
+    let text = String::from_utf8_lossy(&read(&path)?).trim().to_owned();
+    text.parse().map_err(|e| AuthorityError::BadFile {
+        what: "trust domain",
+        path,
+        reason: format!("{e}"),
+    })
+}
