@@ -5,7 +5,12 @@
 //!
 //! Run: `cargo bench -p warden-node-agent --bench workload_api`
 
-#![allow(clippy::unwrap_used, clippy::indexing_slicing, missing_docs, reason = "benchmark code")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    missing_docs,
+    reason = "benchmark code"
+)]
 
 #[path = "../tests/it/support.rs"]
 #[allow(dead_code, unreachable_pub)]
@@ -33,22 +38,44 @@ fn rss_kib() -> u64 {
 
 async fn first_response(client: &mut SpiffeWorkloadApiClient<tonic::transport::Channel>) {
     let mut req = tonic::Request::new(X509svidRequest {});
-    req.metadata_mut().insert(WORKLOAD_API_HEADER, "true".parse().unwrap());
+    req.metadata_mut()
+        .insert(WORKLOAD_API_HEADER, "true".parse().unwrap());
     let mut stream = client.fetch_x509svid(req).await.unwrap().into_inner();
     let msg = stream.message().await.unwrap().unwrap();
     assert_eq!(msg.svids.len(), 1);
 }
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let rss_before = rss_kib();
     let ca = TestCa::new(TD);
     // One entry matches this process; 999 belong to other workloads.
-    let mut entries = vec![entry("mine", &format!("spiffe://{TD}/mine"), &uid_selector(), 0, "")];
+    let mut entries = vec![entry(
+        "mine",
+        &format!("spiffe://{TD}/mine"),
+        &uid_selector(),
+        0,
+        "",
+    )];
     for i in 1..ENTRIES {
-        entries.push(entry(&format!("e{i}"), &format!("spiffe://{TD}/w{i}"), &format!("unix:uid:{}", 100_000 + i), 1, ""));
+        entries.push(entry(
+            &format!("e{i}"),
+            &format!("spiffe://{TD}/w{i}"),
+            &format!("unix:uid:{}", 100_000 + i),
+            1,
+            "",
+        ));
     }
-    let agent = rt.block_on(TestAgent::start(&ca, entries, Duration::from_secs(3600), vec![]));
+    let agent = rt.block_on(TestAgent::start(
+        &ca,
+        entries,
+        Duration::from_secs(3600),
+        vec![],
+    ));
     let mut client = rt.block_on(async { SpiffeWorkloadApiClient::new(agent.raw_channel().await) });
     rt.block_on(first_response(&mut client)); // warm: digest cache, connection
     let rss_after = rss_kib();
@@ -77,9 +104,12 @@ fn bench(c: &mut Criterion) {
         samples[samples.len() - 1]
     );
 
-    c.bench_function("fetch_x509svid_first_response_warm_cache_1000_entries", |b| {
-        b.iter(|| rt.block_on(first_response(&mut client)));
-    });
+    c.bench_function(
+        "fetch_x509svid_first_response_warm_cache_1000_entries",
+        |b| {
+            b.iter(|| rt.block_on(first_response(&mut client)));
+        },
+    );
     rt.block_on(agent.stop());
 }
 

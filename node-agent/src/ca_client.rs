@@ -21,7 +21,7 @@ use warden_api::v1::{
 use warden_identity::{SpiffeId, TrustDomain};
 
 use crate::cache::{Entry, Svid, SvidError};
-use crate::trust::{BundleSet, TrustError};
+use crate::trust::{BundleSet, TrustError, bundles_from_proto};
 
 /// Most CSRs sent in one `SignX509Svids` call.
 pub const SIGN_BATCH: usize = 500;
@@ -270,7 +270,7 @@ impl CaClient {
             .map_err(|s| self.err(s))?
             .into_inner();
         let svid = svid_from_proto(resp.svid.as_ref(), &key, Some(id))?;
-        let bundles = BundleSet::from_proto(&resp.bundles.unwrap_or_default())?;
+        let bundles = bundles_from_proto(&resp.bundles.unwrap_or_default())?;
         Ok((svid, bundles))
     }
 
@@ -305,7 +305,7 @@ impl CaClient {
             .await
             .map_err(|s| self.err(s))?
             .into_inner();
-        Ok(BundleSet::from_proto(&resp)?)
+        Ok(bundles_from_proto(&resp)?)
     }
 
     /// Signs X.509-SVIDs for `entries` in batches of [`SIGN_BATCH`]; returns `(entry id, svid)`.
@@ -371,7 +371,7 @@ impl CaClient {
 
 fn attest_answer(resp: &AttestResponse, key: &KeyPair) -> Result<(Svid, BundleSet), CaError> {
     let svid = svid_from_proto(resp.svid.as_ref(), key, None)?;
-    let bundles = BundleSet::from_proto(&resp.bundles.clone().unwrap_or_default())?;
+    let bundles = bundles_from_proto(&resp.bundles.clone().unwrap_or_default())?;
     if bundles.get(&svid.spiffe_id().trust_domain()).is_none() {
         return Err(CaError::BadAnswer(
             "no bundle for the agent's trust domain".into(),

@@ -11,7 +11,6 @@ pub mod cache;
 pub mod client;
 pub mod config;
 pub mod http;
-mod jwt_validate;
 pub mod metrics;
 pub mod store;
 pub mod trust;
@@ -20,5 +19,4 @@ mod workload_attestor;
 
 pub use agent::{AgentError, run};
 pub use config::{Config, ConfigError, RawConfig};
-pub use jwt_validate::{JwtValidationError, ValidatedJwt, validate_jwt_svid};
 pub use workload_attestor::{AttestError, PeerCredentials, WorkloadAttestor};

@@ -24,7 +24,6 @@ use super::jwt::JwtCache;
 use super::listener::PeerInfo;
 use super::responses;
 use crate::cache::CacheState;
-use crate::jwt_validate::validate_jwt_svid;
 use crate::metrics::{AttestationResult, Metrics};
 use crate::workload_attestor::WorkloadAttestor;
 
@@ -286,7 +285,7 @@ impl SpiffeWorkloadApi for Service {
             return Err(Status::invalid_argument("svid must be specified"));
         }
         let state = self.ready_state()?;
-        let valid = validate_jwt_svid(
+        let valid = warden_identity::validate_jwt_svid(
             &body.svid,
             &body.audience,
             &state.bundles,
@@ -294,8 +293,8 @@ impl SpiffeWorkloadApi for Service {
         )
         .map_err(|e| Status::invalid_argument(format!("invalid jwt-svid: {e}")))?;
         Ok(Response::new(ValidateJwtsvidResponse {
-            spiffe_id: valid.spiffe_id.to_string(),
-            claims: Some(responses::json_to_struct(&valid.claims)),
+            spiffe_id: valid.spiffe_id().to_string(),
+            claims: Some(responses::json_to_struct(valid.claims())),
         }))
     }
 }

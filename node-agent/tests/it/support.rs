@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 use warden_identity::TrustDomain;
 use warden_node_agent::cache::{Cache, Entry, Svid};
 use warden_node_agent::metrics::Metrics;
-use warden_node_agent::trust::{BundleSet, JwtKey, TrustBundle};
+use warden_node_agent::trust::{Bundle, BundleSet, JwtAuthority};
 use warden_node_agent::workload_api::{JwtMinter, MintFuture, MintedJwt, WorkloadApi};
 
 pub(crate) const TD: &str = "example.org";
@@ -134,12 +134,14 @@ impl TestCa {
         pem::encode(&pem::Pem::new("CERTIFICATE", self.root.to_vec()))
     }
 
-    pub(crate) fn bundle(&self) -> TrustBundle {
-        let mut b = TrustBundle::from_authorities(self.td.clone(), vec![self.root.clone()]);
-        b.add_jwt_key(JwtKey {
-            kid: self.kid.clone(),
-            public_key: self.jwt_spki.clone(),
-        });
+    pub(crate) fn bundle(&self) -> Bundle {
+        let mut b = Bundle::new(self.td.clone());
+        b.add_x509_authority(self.root.clone());
+        b.add_jwt_authority(JwtAuthority::new(
+            self.kid.clone(),
+            self.jwt_spki.clone(),
+            None,
+        ));
         b
     }
 
@@ -241,7 +243,7 @@ impl TestAgent {
         ca: &TestCa,
         entries: Vec<Entry>,
         ttl: Duration,
-        extra: Vec<TrustBundle>,
+        extra: Vec<Bundle>,
     ) -> Self {
         Self::start_with(ca, entries, ttl, extra, ca.minter(), true).await
     }
@@ -250,7 +252,7 @@ impl TestAgent {
         ca: &TestCa,
         entries: Vec<Entry>,
         ttl: Duration,
-        extra: Vec<TrustBundle>,
+        extra: Vec<Bundle>,
         minter: Arc<dyn JwtMinter>,
         ready: bool,
     ) -> Self {

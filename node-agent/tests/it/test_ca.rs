@@ -185,11 +185,11 @@ fn bundles(ca: &TestCa) -> Bundles {
             trust_domain: TD.into(),
             x509_authorities: vec![ca.root().to_vec()],
             jwt_authorities: b
-                .jwt_keys()
+                .jwt_authorities()
                 .iter()
                 .map(|k| JwtKey {
-                    kid: k.kid.clone(),
-                    public_key: k.public_key.clone(),
+                    kid: k.kid().to_owned(),
+                    public_key: k.public_key().to_vec(),
                     expires_at: 0,
                 })
                 .collect(),
