@@ -3,6 +3,7 @@
 //! of every trust domain a workload trusts, never merged across trust domains (rule B-8).
 
 mod jwks;
+mod map;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -91,6 +92,28 @@ pub enum BundleError {
     /// The PEM text holds no certificate.
     #[error("bundle pem holds no certificate")]
     NoCertificates,
+    /// A bundle map has no `trust_domains` member (rule B-7).
+    #[error("bundle map has no `trust_domains` member")]
+    MissingTrustDomains,
+    /// A bundle map names a trust domain twice (rule B-7).
+    #[error("bundle map has trust domain `{0}` twice")]
+    DuplicateTrustDomain(String),
+    /// A bundle map key is not a trust domain.
+    #[error("bundle map key `{name}` is not a trust domain: {reason}")]
+    BadTrustDomain {
+        /// The key.
+        name: String,
+        /// Why it is not a trust domain.
+        reason: String,
+    },
+    /// A member bundle of a bundle map is malformed.
+    #[error("bundle map member `{trust_domain}`: {reason}")]
+    MemberBundle {
+        /// The member's trust domain.
+        trust_domain: String,
+        /// What was wrong with it.
+        reason: String,
+    },
 }
 
 /// A key that signs JWT-SVIDs for a trust domain.
@@ -245,7 +268,7 @@ impl Bundle {
 
     /// The bundle in the SPIFFE bundle format (rules B-1..B-6).
     pub fn to_jwks(&self) -> String {
-        jwks::encode(self, true, true)
+        jwks::encode(self, true, true, true)
     }
 
     /// Parses a SPIFFE bundle document for `trust_domain`. JWKs with an unknown or missing
@@ -260,7 +283,7 @@ impl Bundle {
 
     /// A JWKS holding only the `jwt-svid` keys, for `FetchJWTBundles` (rule W-10).
     pub fn jwt_jwks(&self) -> String {
-        jwks::encode(self, false, false)
+        jwks::encode(self, false, false, false)
     }
 
     /// The X.509 authorities as concatenated PEM `CERTIFICATE` blocks.
@@ -366,6 +389,18 @@ impl BundleSet {
     /// Whether the set is empty.
     pub fn is_empty(&self) -> bool {
         self.bundles.is_empty()
+    }
+
+    /// The set as a SPIFFE bundle map, `{"trust_domains": {"<td>": <bundle>}}`; member
+    /// bundles leave out the refresh hint (rule B-7).
+    pub fn to_bundle_map(&self) -> String {
+        map::encode(self)
+    }
+
+    /// Parses a SPIFFE bundle map. `trust_domains` must be present and must not name a trust
+    /// domain twice (rule B-7); keys may be bare names or `spiffe://` IDs.
+    pub fn from_bundle_map(json: impl AsRef<[u8]>) -> Result<Self, BundleError> {
+        map::decode(json.as_ref())
     }
 }
 

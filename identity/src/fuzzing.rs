@@ -84,7 +84,16 @@ pub fn jwt_svid_validate(data: &[u8]) -> Result<JwtSvidClaims, JwtError> {
 }
 
 /// Parses `data` as a SPIFFE bundle; a parsed bundle must encode and re-parse to itself.
+/// Also parses it as a bundle map (rule B-7), which must not panic.
 pub fn bundle_jwks(data: &[u8]) {
+    if let Ok(set) = BundleSet::from_bundle_map(data) {
+        let again = BundleSet::from_bundle_map(set.to_bundle_map());
+        assert_eq!(
+            again.map(|s| s.len()),
+            Ok(set.len()),
+            "bundle map does not round-trip"
+        );
+    }
     let Ok(td) = TrustDomain::new(FUZZ_TRUST_DOMAIN) else {
         return;
     };

@@ -16,9 +16,24 @@ use crate::jwk::PublicKey;
 const USE_X509: &str = "x509-svid";
 const USE_JWT: &str = "jwt-svid";
 
-/// Encodes `bundle`; `with_x509` adds the X.509 authorities, `with_spiffe_members` the
-/// sequence and refresh hint.
-pub(super) fn encode(bundle: &Bundle, with_x509: bool, with_spiffe_members: bool) -> String {
+/// Encodes `bundle`; `with_x509` adds the X.509 authorities, `with_sequence` the sequence,
+/// `with_hint` the refresh hint (when set).
+pub(super) fn encode(
+    bundle: &Bundle,
+    with_x509: bool,
+    with_sequence: bool,
+    with_hint: bool,
+) -> String {
+    encode_value(bundle, with_x509, with_sequence, with_hint).to_string()
+}
+
+/// [`encode`], as a JSON value.
+pub(super) fn encode_value(
+    bundle: &Bundle,
+    with_x509: bool,
+    with_sequence: bool,
+    with_hint: bool,
+) -> Value {
     let mut keys = Vec::new();
     if with_x509 {
         for cert in &bundle.x509_authorities {
@@ -53,13 +68,13 @@ pub(super) fn encode(bundle: &Bundle, with_x509: bool, with_spiffe_members: bool
     }
     let mut doc = Map::new();
     doc.insert("keys".into(), Value::Array(keys));
-    if with_spiffe_members {
+    if with_sequence {
         doc.insert("spiffe_sequence".into(), bundle.sequence.into());
-        if let Some(hint) = bundle.refresh_hint {
-            doc.insert("spiffe_refresh_hint".into(), hint.as_secs().into());
-        }
     }
-    Value::Object(doc).to_string()
+    if let Some(hint) = bundle.refresh_hint.filter(|_| with_hint) {
+        doc.insert("spiffe_refresh_hint".into(), hint.as_secs().into());
+    }
+    Value::Object(doc)
 }
 
 pub(super) fn decode(trust_domain: TrustDomain, json: &[u8]) -> Result<Bundle, BundleError> {

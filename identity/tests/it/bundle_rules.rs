@@ -325,3 +325,65 @@ fn pem_with_wrong_label_or_bad_certificate_is_rejected() {
         Err(BundleError::NoCertificates)
     );
 }
+
+#[test]
+fn bundle_map_round_trips_and_omits_member_refresh_hints_b7() {
+    let a = TestCa::new("a.org");
+    let b = TestCa::new("b.org");
+    let mut a_bundle = a.bundle();
+    a_bundle.set_refresh_hint(Duration::from_secs(60));
+    a_bundle.set_sequence(3);
+    let set: BundleSet = [a_bundle.clone(), b.bundle()].into_iter().collect();
+    let text = set.to_bundle_map();
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    assert!(
+        doc["trust_domains"]["a.org"]
+            .get("spiffe_refresh_hint")
+            .is_none()
+    );
+    let again = BundleSet::from_bundle_map(&text).unwrap();
+    assert_eq!(again.len(), 2);
+    assert_eq!(
+        again
+            .get(&TrustDomain::new("a.org").unwrap())
+            .unwrap()
+            .sequence(),
+        3
+    );
+    assert_eq!(
+        again
+            .get(&TrustDomain::new("b.org").unwrap())
+            .unwrap()
+            .x509_authorities(),
+        b.bundle().x509_authorities()
+    );
+}
+
+#[test]
+fn bundle_map_requires_trust_domains_and_rejects_duplicates_b7() {
+    assert_eq!(
+        BundleSet::from_bundle_map(r#"{"keys": []}"#),
+        Err(BundleError::MissingTrustDomains)
+    );
+    let dup = r#"{"trust_domains": {"a.org": {"keys": []}, "a.org": {"keys": []}}}"#;
+    assert_eq!(
+        BundleSet::from_bundle_map(dup),
+        Err(BundleError::DuplicateTrustDomain("a.org".to_owned()))
+    );
+    let folded = r#"{"trust_domains": {"a.org": {"keys": []}, "spiffe://A.org": {"keys": []}}}"#;
+    assert_eq!(
+        BundleSet::from_bundle_map(folded),
+        Err(BundleError::DuplicateTrustDomain("a.org".to_owned()))
+    );
+    let bad_key = r#"{"trust_domains": {"a org": {"keys": []}}}"#;
+    assert!(matches!(
+        BundleSet::from_bundle_map(bad_key),
+        Err(BundleError::BadTrustDomain { .. })
+    ));
+    let bad_member = r#"{"trust_domains": {"a.org": {"nokeys": []}}}"#;
+    let err = BundleSet::from_bundle_map(bad_member).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "bundle map member `a.org`: bundle has no `keys` member"
+    );
+}
