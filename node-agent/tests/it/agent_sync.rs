@@ -534,3 +534,52 @@ async fn jwt_svids_are_minted_by_the_ca_and_validate_with_served_bundles() {
     agent.stop().await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x509pop_attestation_proves_the_node_key_and_gets_a_fingerprint_id() {
+    let (ca, server) = ca_with(1, Duration::from_secs(3600), Duration::from_secs(3600), &[]).await;
+    let node_ca = TestCa::new("nodes.test");
+    server.state.lock().unwrap().node_ca = Some(node_ca.root().clone());
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_pem, key_pem) = node_ca.node_cert_pem("node-1");
+    std::fs::write(dir.path().join("node.pem"), &cert_pem).unwrap();
+    std::fs::write(dir.path().join("node.key"), &key_pem).unwrap();
+    let mut cfg = config(&server.addr.to_string(), dir.path(), &ca.root_pem(), None);
+    cfg.attestation = Some(NodeAttestation::X509Pop {
+        cert: dir.path().join("node.pem"),
+        key: dir.path().join("node.key"),
+    });
+    let agent = RunningAgent::start(cfg);
+    agent.first_svid().await;
+    let stored = std::fs::read(dir.path().join("data/agent.pem")).unwrap();
+    let der = pem::parse(&stored).unwrap();
+    let id = warden_node_agent::cache::spiffe_id_of(der.contents()).unwrap();
+    let leaf = pem::parse(cert_pem.as_bytes()).unwrap();
+    let fp = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, leaf.contents());
+    assert_eq!(
+        id.to_string(),
+        format!("spiffe://{TD}/agent/x509pop/{}", hex::encode(fp.as_ref()))
+    );
+    agent.stop().await;
+
+    // A node certificate from another CA is refused, and the agent says why.
+    let stranger = TestCa::new("strangers.test");
+    let (cert_pem, key_pem) = stranger.node_cert_pem("intruder");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("node.pem"), &cert_pem).unwrap();
+    std::fs::write(dir.path().join("node.key"), &key_pem).unwrap();
+    let mut cfg = config(&server.addr.to_string(), dir.path(), &ca.root_pem(), None);
+    cfg.attestation = Some(NodeAttestation::X509Pop {
+        cert: dir.path().join("node.pem"),
+        key: dir.path().join("node.key"),
+    });
+    let err = tokio::time::timeout(WAIT, warden_node_agent::run(cfg, std::future::pending()))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("does not chain to a node ca"),
+        "{err}"
+    );
+    server.stop().await;
+}

@@ -126,6 +126,20 @@ impl TestCa {
         )
     }
 
+    /// A node certificate (no SPIFFE ID, CN `cn`) and its PKCS#8 key, both PEM, for x509pop.
+    pub(crate) fn node_cert_pem(&self, cn: &str) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
     pub(crate) fn jwt_signer(&self) -> Arc<EcdsaKeyPair> {
         Arc::clone(&self.jwt_key)
     }

@@ -35,6 +35,10 @@ pub(crate) struct CaState {
     pub(crate) svid_ttl: Duration,
     pub(crate) agent_ttl: Duration,
     pub(crate) signed: usize,
+    /// Trust anchors for x509pop node certificates.
+    pub(crate) node_ca: Option<CertificateDer<'static>>,
+    /// challenge id -> (leaf DER, nonce)
+    pub(crate) challenges: HashMap<String, (Vec<u8>, Vec<u8>)>,
     pub(crate) renewals: usize,
 }
 
@@ -266,16 +270,79 @@ impl AgentApi for Service {
 
     async fn x509_pop_challenge(
         &self,
-        _: Request<X509PopChallengeRequest>,
+        req: Request<X509PopChallengeRequest>,
     ) -> Result<Response<X509PopChallengeResponse>, Status> {
-        Err(Status::unimplemented("x509pop is not part of the test ca"))
+        let chain = req.into_inner().cert_chain;
+        let leaf = chain
+            .first()
+            .cloned()
+            .ok_or_else(|| Status::invalid_argument("empty chain"))?;
+        let anchor = self
+            .state
+            .lock()
+            .unwrap()
+            .node_ca
+            .clone()
+            .ok_or_else(|| Status::failed_precondition("no node ca"))?;
+        let anchors = vec![
+            webpki::anchor_from_trusted_cert(&anchor)
+                .unwrap()
+                .to_owned(),
+        ];
+        let leaf_der = CertificateDer::from(leaf.clone());
+        let cert = webpki::EndEntityCert::try_from(&leaf_der)
+            .map_err(|_| Status::invalid_argument("bad certificate"))?;
+        cert.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &anchors,
+            &[],
+            rustls_pki_types::UnixTime::now(),
+            webpki::KeyUsage::client_auth(),
+            None,
+            None,
+        )
+        .map_err(|_| Status::permission_denied("node certificate does not chain to a node ca"))?;
+        let nonce: Vec<u8> = (0..32).map(|_| rand::random::<u8>()).collect();
+        let id = format!("{:x}", rand::random::<u64>());
+        self.state
+            .lock()
+            .unwrap()
+            .challenges
+            .insert(id.clone(), (leaf, nonce.clone()));
+        Ok(Response::new(X509PopChallengeResponse {
+            challenge_id: id,
+            nonce,
+        }))
     }
 
     async fn attest_x509_pop(
         &self,
-        _: Request<AttestX509PopRequest>,
+        req: Request<AttestX509PopRequest>,
     ) -> Result<Response<AttestResponse>, Status> {
-        Err(Status::unimplemented("x509pop is not part of the test ca"))
+        let body = req.into_inner();
+        let (leaf, nonce, ttl) = {
+            let mut st = self.state.lock().unwrap();
+            let (leaf, nonce) = st
+                .challenges
+                .remove(&body.challenge_id)
+                .ok_or_else(|| Status::permission_denied("unknown challenge"))?;
+            (leaf, nonce, st.agent_ttl)
+        };
+        let (_, cert) = x509_parser::parse_x509_certificate(&leaf).unwrap();
+        let spki = cert.public_key().subject_public_key.data.to_vec();
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, spki)
+            .verify(&nonce, &body.signature)
+            .map_err(|_| Status::permission_denied("x509pop signature does not verify"))?;
+        let fp = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &leaf);
+        let id = format!("spiffe://{TD}/agent/x509pop/{}", hex::encode(fp.as_ref()));
+        let der = self
+            .ca
+            .sign_csr(&body.csr, &id, ttl)
+            .map_err(Status::invalid_argument)?;
+        Ok(Response::new(AttestResponse {
+            svid: Some(svid(&id, der, ttl)),
+            bundles: Some(bundles(&self.ca)),
+        }))
     }
 
     async fn renew_agent(
