@@ -1,1 +1,414 @@
-//! placeholder: agent_api
+//! The agent API (`warden.v1.AgentApi`): node attestation (join token, x509pop), agent SVID
+//! renewal, entry listing, batched X.509-SVID signing, JWT-SVID signing and bundle fetch.
+//!
+//! Served over TLS 1.3 (see [`crate::server`]); a client certificate is optional at the TLS
+//! layer. Attestation RPCs need none; every other RPC authenticates the caller from the peer
+//! certificates of its connection: a valid agent SVID of this trust domain (verified again here
+//! against the current bundle) whose agent is in the datastore and not banned, checked on every
+//! call. Failed calls leave the datastore unchanged (signing happens before any write).
+//!
+//! `FetchBundles` returns the own bundle and **all** federated bundles the CA stores.
+
+mod convert;
+mod x509pop;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tonic::{Request, Response, Status};
+use warden_api::transport::TlsConnectInfo;
+use warden_api::v1 as pb;
+use warden_api::v1::agent_api_server::AgentApi;
+use warden_identity::{BundleSet, Selector, SpiffeId};
+
+use crate::authority::Authority;
+use crate::datastore::{
+    AgentRecord, Datastore, IssuedSvid, join_token_agent_id, join_token_hash,
+};
+use crate::http::Metrics;
+
+pub use x509pop::CHALLENGE_TTL;
+
+/// Most CSRs accepted in one `SignX509Svids` call.
+pub const MAX_BATCH: usize = 500;
+/// Longest join token accepted.
+const MAX_TOKEN_LEN: usize = 1024;
+
+/// The agent API service.
+#[derive(Debug, Clone)]
+pub struct AgentService {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    authority: Arc<Authority>,
+    ds: Datastore,
+    agent_ttl: Duration,
+    pop: x509pop::X509Pop,
+    metrics: Arc<Metrics>,
+}
+
+// === impl AgentService ===
+
+impl AgentService {
+    /// A service issuing with `authority`, agent SVIDs living `agent_ttl`, accepting x509pop
+    /// nodes whose certificates chain to one of `node_cas` (none: x509pop disabled).
+    pub fn new(
+        authority: Arc<Authority>,
+        agent_ttl: Duration,
+        node_cas: Vec<rustls_pki_types::CertificateDer<'static>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let ds = authority.datastore().clone();
+        Self {
+            inner: Arc::new(Inner {
+                authority,
+                ds,
+                agent_ttl,
+                pop: x509pop::X509Pop::new(node_cas),
+                metrics,
+            }),
+        }
+    }
+
+    fn now(&self) -> std::time::SystemTime {
+        self.inner.authority.clock().now()
+    }
+
+    /// The verified, attested, unbanned agent calling over mutual TLS.
+    async fn caller<T>(&self, req: &Request<T>) -> Result<AgentRecord, Status> {
+        let certs = req
+            .extensions()
+            .get::<TlsConnectInfo>()
+            .and_then(|i| i.peer_certificates.clone())
+            .ok_or_else(|| {
+                Status::unauthenticated("this call requires mutual tls with an agent svid")
+            })?;
+        let mut bundles = BundleSet::new();
+        bundles.insert((*self.inner.authority.bundle()).clone());
+        let id = warden_identity::verify_x509_svid(&certs, &bundles, self.now())
+            .map_err(|e| Status::unauthenticated(format!("agent svid rejected: {e}")))?;
+        if !id.path().starts_with("/agent/") {
+            return Err(Status::permission_denied(format!(
+                "`{id}` is not an agent id"
+            )));
+        }
+        let agent = self
+            .inner
+            .ds
+            .get_agent(&id)
+            .await
+            .map_err(convert::ds_status)?
+            .ok_or_else(|| {
+                Status::permission_denied(format!(
+                    "unknown agent `{id}` (never attested, or evicted)"
+                ))
+            })?;
+        if agent.banned {
+            return Err(Status::permission_denied(format!("agent `{id}` is banned")));
+        }
+        Ok(agent)
+    }
+
+    /// Signs the agent SVID and records the agent (`agent.attested` or `agent.renewed`).
+    async fn issue_agent(
+        &self,
+        id: SpiffeId,
+        attestor: &str,
+        selectors: Vec<Selector>,
+        csr: &rcgen::CertificateSigningRequestParams,
+        audit_kind: &str,
+        attested_at: Option<i64>,
+    ) -> Result<pb::AttestResponse, Status> {
+        let signed = self
+            .inner
+            .authority
+            .sign_parsed(csr, &id, &[], self.inner.agent_ttl)
+            .map_err(convert::sign_status)?;
+        let now = convert::unix(signed.issued_at);
+        let record = AgentRecord {
+            spiffe_id: id.clone(),
+            attestor: attestor.to_owned(),
+            selectors,
+            serial: signed.serial.clone(),
+            expires_at: convert::unix(signed.not_after),
+            banned: false,
+            attested_at: attested_at.unwrap_or(now),
+            renewed_at: now,
+        };
+        self.inner
+            .ds
+            .upsert_agent(&record, audit_kind)
+            .await
+            .map_err(convert::ds_status)?;
+        let bundles = self.bundles().await?;
+        Ok(pb::AttestResponse {
+            svid: Some(convert::svid(&signed)),
+            bundles: Some(bundles),
+        })
+    }
+
+    async fn bundles(&self) -> Result<pb::Bundles, Status> {
+        let own = self.inner.authority.bundle();
+        let federated = self
+            .inner
+            .ds
+            .list_bundles()
+            .await
+            .map_err(convert::ds_status)?
+            .into_iter()
+            .filter(|b| b.trust_domain() != own.trust_domain())
+            .map(|b| convert::bundle(&b))
+            .collect();
+        Ok(pb::Bundles {
+            own: Some(convert::bundle(&own)),
+            federated,
+        })
+    }
+
+    fn count_attestation(&self, attestor: &str, ok: bool) {
+        self.inner.metrics.attestation(attestor, ok);
+    }
+}
+
+fn parse_csr(der: &[u8]) -> Result<rcgen::CertificateSigningRequestParams, Status> {
+    crate::authority::parse_csr(der).map_err(convert::sign_status)
+}
+
+#[tonic::async_trait]
+impl AgentApi for AgentService {
+    async fn attest_join_token(
+        &self,
+        request: Request<pb::AttestJoinTokenRequest>,
+    ) -> Result<Response<pb::AttestResponse>, Status> {
+        let result = async {
+            let req = request.get_ref();
+            if req.token.is_empty() {
+                return Err(Status::invalid_argument("join token is empty"));
+            }
+            if req.token.len() > MAX_TOKEN_LEN {
+                return Err(Status::invalid_argument(format!(
+                    "join token is longer than {MAX_TOKEN_LEN} bytes"
+                )));
+            }
+            let csr = parse_csr(&req.csr)?;
+            let hash = join_token_hash(&req.token);
+            self.inner
+                .ds
+                .consume_join_token(&hash, convert::unix(self.now()))
+                .await
+                .map_err(convert::token_status)?;
+            let id = join_token_agent_id(self.inner.authority.trust_domain(), &req.token);
+            tracing::info!(agent = %id, "agent attested with a join token");
+            self.issue_agent(id, "join_token", Vec::new(), &csr, "agent.attested", None)
+                .await
+        }
+        .await;
+        self.count_attestation("join_token", result.is_ok());
+        result.map(Response::new)
+    }
+
+    async fn x509_pop_challenge(
+        &self,
+        request: Request<pb::X509PopChallengeRequest>,
+    ) -> Result<Response<pb::X509PopChallengeResponse>, Status> {
+        let (challenge_id, nonce) = self
+            .inner
+            .pop
+            .challenge(&request.get_ref().cert_chain, self.now())?;
+        Ok(Response::new(pb::X509PopChallengeResponse {
+            challenge_id,
+            nonce: nonce.to_vec(),
+        }))
+    }
+
+    async fn attest_x509_pop(
+        &self,
+        request: Request<pb::AttestX509PopRequest>,
+    ) -> Result<Response<pb::AttestResponse>, Status> {
+        let result = async {
+            let req = request.get_ref();
+            let csr = parse_csr(&req.csr)?;
+            let node = self.inner.pop.answer(
+                self.inner.authority.trust_domain(),
+                &req.challenge_id,
+                &req.signature,
+                self.now(),
+            )?;
+            tracing::info!(agent = %node.agent_id, "agent attested with x509pop");
+            self.issue_agent(
+                node.agent_id,
+                "x509pop",
+                node.selectors,
+                &csr,
+                "agent.attested",
+                None,
+            )
+            .await
+        }
+        .await;
+        self.count_attestation("x509pop", result.is_ok());
+        result.map(Response::new)
+    }
+
+    async fn renew_agent(
+        &self,
+        request: Request<pb::RenewAgentRequest>,
+    ) -> Result<Response<pb::AttestResponse>, Status> {
+        let agent = self.caller(&request).await?;
+        let csr = parse_csr(&request.get_ref().csr)?;
+        let resp = self
+            .issue_agent(
+                agent.spiffe_id.clone(),
+                &agent.attestor,
+                agent.selectors.clone(),
+                &csr,
+                "agent.renewed",
+                Some(agent.attested_at),
+            )
+            .await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn list_entries(
+        &self,
+        request: Request<pb::ListEntriesRequest>,
+    ) -> Result<Response<pb::ListEntriesResponse>, Status> {
+        let agent = self.caller(&request).await?;
+        let entries = self
+            .inner
+            .ds
+            .entries_for_agent(&agent.spiffe_id, &agent.selectors)
+            .await
+            .map_err(convert::ds_status)?;
+        Ok(Response::new(pb::ListEntriesResponse {
+            entries: entries.iter().map(convert::entry).collect(),
+        }))
+    }
+
+    async fn sign_x509_svids(
+        &self,
+        request: Request<pb::SignX509SvidsRequest>,
+    ) -> Result<Response<pb::SignX509SvidsResponse>, Status> {
+        let agent = self.caller(&request).await?;
+        let csrs = request.into_inner().csrs;
+        if csrs.len() > MAX_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "{} csrs in one call; at most {MAX_BATCH}",
+                csrs.len()
+            )));
+        }
+        let entries = self
+            .inner
+            .ds
+            .entries_for_agent(&agent.spiffe_id, &agent.selectors)
+            .await
+            .map_err(convert::ds_status)?;
+        let by_id: HashMap<String, crate::datastore::Entry> =
+            entries.into_iter().map(|e| (e.id.clone(), e)).collect();
+        let mut jobs = Vec::with_capacity(csrs.len());
+        for c in csrs {
+            let entry = by_id.get(&c.entry_id).cloned().ok_or_else(|| {
+                Status::permission_denied(format!(
+                    "entry `{}` is not assigned to agent `{}`",
+                    c.entry_id.chars().take(128).collect::<String>(),
+                    agent.spiffe_id
+                ))
+            })?;
+            jobs.push((entry, c.csr));
+        }
+        let authority = Arc::clone(&self.inner.authority);
+        let metrics = Arc::clone(&self.inner.metrics);
+        let signed = tokio::task::spawn_blocking(move || {
+            jobs.into_iter()
+                .map(|(entry, csr)| {
+                    let started = Instant::now();
+                    let s = authority
+                        .sign_x509_svid(
+                            &csr,
+                            &entry.spiffe_id,
+                            &entry.dns_names,
+                            Duration::from_secs(u64::from(entry.x509_svid_ttl)),
+                        )
+                        .map_err(|e| {
+                            let status = convert::sign_status(e);
+                            Status::new(
+                                status.code(),
+                                format!("entry `{}`: {}", entry.id, status.message()),
+                            )
+                        })?;
+                    metrics.svid_signed(started.elapsed());
+                    Ok((entry.id, s))
+                })
+                .collect::<Result<Vec<_>, Status>>()
+        })
+        .await
+        .map_err(|_| Status::internal("signing task failed"))??;
+        let log: Vec<IssuedSvid> = signed
+            .iter()
+            .map(|(entry_id, s)| IssuedSvid {
+                serial: s.serial.clone(),
+                spiffe_id: s.spiffe_id.clone(),
+                entry_id: entry_id.clone(),
+                issued_at: convert::unix(s.issued_at),
+                expires_at: convert::unix(s.not_after),
+            })
+            .collect();
+        self.inner
+            .ds
+            .record_issued_svids(&log, &agent.spiffe_id)
+            .await
+            .map_err(convert::ds_status)?;
+        Ok(Response::new(pb::SignX509SvidsResponse {
+            svids: signed.iter().map(|(_, s)| convert::svid(s)).collect(),
+        }))
+    }
+
+    async fn sign_jwt_svid(
+        &self,
+        request: Request<pb::SignJwtSvidRequest>,
+    ) -> Result<Response<pb::SignJwtSvidResponse>, Status> {
+        let agent = self.caller(&request).await?;
+        let req = request.into_inner();
+        let entries = self
+            .inner
+            .ds
+            .entries_for_agent(&agent.spiffe_id, &agent.selectors)
+            .await
+            .map_err(convert::ds_status)?;
+        let entry = entries
+            .into_iter()
+            .find(|e| e.id == req.entry_id)
+            .ok_or_else(|| {
+                Status::permission_denied(format!(
+                    "entry `{}` is not assigned to agent `{}`",
+                    req.entry_id.chars().take(128).collect::<String>(),
+                    agent.spiffe_id
+                ))
+            })?;
+        let jwt = self
+            .inner
+            .authority
+            .sign_jwt_svid(
+                &entry.spiffe_id,
+                &req.audience,
+                Duration::from_secs(u64::from(entry.jwt_svid_ttl)),
+            )
+            .map_err(convert::sign_status)?;
+        Ok(Response::new(pb::SignJwtSvidResponse {
+            spiffe_id: jwt.spiffe_id.to_string(),
+            token: jwt.token,
+            expires_at: convert::unix(jwt.expires_at),
+        }))
+    }
+
+    async fn fetch_bundles(
+        &self,
+        request: Request<pb::FetchBundlesRequest>,
+    ) -> Result<Response<pb::Bundles>, Status> {
+        self.caller(&request).await?;
+        Ok(Response::new(self.bundles().await?))
+    }
+}

@@ -1,1 +1,304 @@
-//! placeholder: config
+//! `warden ca serve` configuration: a TOML file (every key optional, unknown keys rejected)
+//! overlaid by command-line flags, resolved into a typed [`Config`] with defaults.
+//!
+//! ```toml
+//! data_dir = "/var/lib/warden/ca"
+//! listen = "127.0.0.1:8081"          # agent API (gRPC over TLS 1.3)
+//! http_listen = "127.0.0.1:8082"     # /healthz /readyz /metrics /bundle
+//! admin_socket = "/var/lib/warden/ca/admin.sock"
+//! datastore = "postgres://warden@db/warden"   # default: DATA_DIR/datastore.sqlite3
+//! ca_ttl = "24h"                     # intermediate CA and JWT key lifetime
+//! svid_ttl = "1h"                    # default X.509-SVID lifetime
+//! jwt_ttl = "5m"                     # default JWT-SVID lifetime
+//! agent_ttl = "1h"                   # agent SVID lifetime
+//! node_ca = ["/etc/warden/node-ca.pem"]   # x509pop trust anchors
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::authority::Ttls;
+
+/// The configuration as written (file or flags): everything optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// CA data directory.
+    pub data_dir: Option<PathBuf>,
+    /// Agent API address.
+    pub listen: Option<String>,
+    /// HTTP address.
+    pub http_listen: Option<String>,
+    /// Admin API Unix socket.
+    pub admin_socket: Option<PathBuf>,
+    /// Datastore URL or SQLite path.
+    pub datastore: Option<String>,
+    /// Intermediate CA lifetime, e.g. `24h`.
+    pub ca_ttl: Option<String>,
+    /// Default X.509-SVID lifetime.
+    pub svid_ttl: Option<String>,
+    /// Default JWT-SVID lifetime.
+    pub jwt_ttl: Option<String>,
+    /// Agent SVID lifetime.
+    pub agent_ttl: Option<String>,
+    /// PEM files of node CAs for x509pop.
+    pub node_ca: Option<Vec<PathBuf>>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// CA data directory.
+    pub data_dir: PathBuf,
+    /// Agent API address (port 0: any free port).
+    pub listen: SocketAddr,
+    /// HTTP address (port 0: any free port).
+    pub http_listen: SocketAddr,
+    /// Admin API Unix socket.
+    pub admin_socket: PathBuf,
+    /// Datastore URL or SQLite path.
+    pub datastore: String,
+    /// CA, SVID and JWT lifetimes.
+    pub ttls: Ttls,
+    /// Agent SVID lifetime.
+    pub agent_ttl: Duration,
+    /// PEM files of x509pop node CAs.
+    pub node_cas: Vec<PathBuf>,
+}
+
+/// A configuration problem, naming the setting and the bad value.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The config file cannot be read.
+    #[error("cannot read the config file `{path}`: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML or has unknown keys.
+    #[error("invalid config file `{path}`: {reason}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        reason: String,
+    },
+    /// A setting has a bad value.
+    #[error("invalid `{key}` value `{value}`: {reason}")]
+    Value {
+        /// The setting.
+        key: &'static str,
+        /// The value given.
+        value: String,
+        /// Why it is bad.
+        reason: String,
+    },
+    /// A required setting is missing.
+    #[error("`{0}` is required (flag or config file)")]
+    Missing(&'static str),
+}
+
+// === impl RawConfig ===
+
+impl RawConfig {
+    /// Parses TOML text; `path` is only used in errors.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            reason: e.message().to_owned(),
+        })
+    }
+
+    /// Reads and parses a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// `self` with every setting of `over` replacing its own.
+    pub fn overlay(self, over: RawConfig) -> RawConfig {
+        RawConfig {
+            data_dir: over.data_dir.or(self.data_dir),
+            listen: over.listen.or(self.listen),
+            http_listen: over.http_listen.or(self.http_listen),
+            admin_socket: over.admin_socket.or(self.admin_socket),
+            datastore: over.datastore.or(self.datastore),
+            ca_ttl: over.ca_ttl.or(self.ca_ttl),
+            svid_ttl: over.svid_ttl.or(self.svid_ttl),
+            jwt_ttl: over.jwt_ttl.or(self.jwt_ttl),
+            agent_ttl: over.agent_ttl.or(self.agent_ttl),
+            node_ca: over.node_ca.or(self.node_ca),
+        }
+    }
+
+    /// Applies defaults and checks every value.
+    pub fn resolve(self) -> Result<Config, ConfigError> {
+        let data_dir = self.data_dir.ok_or(ConfigError::Missing("data_dir"))?;
+        let listen = addr("listen", self.listen.as_deref().unwrap_or("127.0.0.1:8081"))?;
+        let http_listen = addr(
+            "http_listen",
+            self.http_listen.as_deref().unwrap_or("127.0.0.1:8082"),
+        )?;
+        let ca = ttl("ca_ttl", self.ca_ttl.as_deref(), "24h", Duration::from_secs(6))?;
+        let x509_svid = ttl("svid_ttl", self.svid_ttl.as_deref(), "1h", Duration::from_secs(1))?;
+        let jwt_svid = ttl("jwt_ttl", self.jwt_ttl.as_deref(), "5m", Duration::from_secs(1))?;
+        let agent_ttl = ttl("agent_ttl", self.agent_ttl.as_deref(), "1h", Duration::from_secs(1))?;
+        let datastore = match self.datastore {
+            Some(d) if d.trim().is_empty() => {
+                return Err(ConfigError::Value {
+                    key: "datastore",
+                    value: d,
+                    reason: "empty".into(),
+                });
+            }
+            Some(d) => d,
+            None => crate::authority::default_datastore(&data_dir),
+        };
+        let admin_socket = self
+            .admin_socket
+            .unwrap_or_else(|| data_dir.join("admin.sock"));
+        Ok(Config {
+            data_dir,
+            listen,
+            http_listen,
+            admin_socket,
+            datastore,
+            ttls: Ttls {
+                ca,
+                x509_svid,
+                jwt_svid,
+            },
+            agent_ttl,
+            node_cas: self.node_ca.unwrap_or_default(),
+        })
+    }
+}
+
+/// Loads `file` (if any), overlays `flags`, resolves.
+pub fn load(file: Option<&Path>, flags: RawConfig) -> Result<Config, ConfigError> {
+    let base = match file {
+        Some(f) => RawConfig::from_file(f)?,
+        None => RawConfig::default(),
+    };
+    base.overlay(flags).resolve()
+}
+
+fn addr(key: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|_| ConfigError::Value {
+        key,
+        value: value.to_owned(),
+        reason: "expected ip:port, e.g. 127.0.0.1:8081".into(),
+    })
+}
+
+fn ttl(
+    key: &'static str,
+    value: Option<&str>,
+    default: &str,
+    min: Duration,
+) -> Result<Duration, ConfigError> {
+    let text = value.unwrap_or(default);
+    let d = humantime::parse_duration(text).map_err(|e| ConfigError::Value {
+        key,
+        value: text.to_owned(),
+        reason: format!("not a duration like `24h` or `90s` ({e})"),
+    })?;
+    if d < min {
+        return Err(ConfigError::Value {
+            key,
+            value: text.to_owned(),
+            reason: format!("shorter than the minimum {}", humantime::format_duration(min)),
+        });
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags_with_dir() -> RawConfig {
+        RawConfig {
+            data_dir: Some("/tmp/ca".into()),
+            ..RawConfig::default()
+        }
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let c = flags_with_dir().resolve().unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8081".parse().unwrap());
+        assert_eq!(c.http_listen, "127.0.0.1:8082".parse().unwrap());
+        assert_eq!(c.ttls.ca, Duration::from_secs(86_400));
+        assert_eq!(c.ttls.x509_svid, Duration::from_secs(3600));
+        assert_eq!(c.ttls.jwt_svid, Duration::from_secs(300));
+        assert_eq!(c.admin_socket, PathBuf::from("/tmp/ca/admin.sock"));
+        assert_eq!(c.datastore, "/tmp/ca/datastore.sqlite3");
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let file = RawConfig::from_toml(
+            "data_dir = \"/a\"\nca_ttl = \"2h\"\nlisten = \"127.0.0.1:1\"",
+            Path::new("ca.toml"),
+        )
+        .unwrap();
+        let flags = RawConfig {
+            ca_ttl: Some("3h".into()),
+            ..RawConfig::default()
+        };
+        let c = file.overlay(flags).resolve().unwrap();
+        assert_eq!(c.ttls.ca, Duration::from_secs(3 * 3600));
+        assert_eq!(c.listen, "127.0.0.1:1".parse().unwrap());
+        assert_eq!(c.data_dir, PathBuf::from("/a"));
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_naming_it() {
+        let err = RawConfig::from_toml("data_dir = \"/a\"\nca_tll = \"1h\"", Path::new("ca.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ca_tll"), "{err}");
+        assert!(err.contains("ca.toml"), "{err}");
+    }
+
+    #[test]
+    fn bad_duration_names_key_and_value() {
+        let mut raw = flags_with_dir();
+        raw.svid_ttl = Some("soon".into());
+        let err = raw.resolve().unwrap_err().to_string();
+        assert!(err.contains("`svid_ttl`") && err.contains("`soon`"), "{err}");
+    }
+
+    #[test]
+    fn too_short_ca_ttl_is_rejected() {
+        let mut raw = flags_with_dir();
+        raw.ca_ttl = Some("2s".into());
+        let err = raw.resolve().unwrap_err().to_string();
+        assert!(err.contains("`ca_ttl`"), "{err}");
+    }
+
+    #[test]
+    fn bad_listen_address_is_rejected() {
+        let mut raw = flags_with_dir();
+        raw.listen = Some("localhost".into());
+        let err = raw.resolve().unwrap_err().to_string();
+        assert!(err.contains("`listen`") && err.contains("`localhost`"), "{err}");
+    }
+
+    #[test]
+    fn missing_data_dir_is_an_error() {
+        let err = RawConfig::default().resolve().unwrap_err().to_string();
+        assert!(err.contains("data_dir"), "{err}");
+    }
+}

@@ -1,1 +1,296 @@
-//! placeholder: server
+//! `warden ca serve`: wires the datastore, the authority, the agent API (gRPC over TLS 1.3),
+//! the HTTP listener and the rotation loop, and shuts them down together.
+//!
+//! [`start`] returns a [`Running`] handle with the bound addresses (listen on port 0 in tests);
+//! [`run`] starts, logs a line per listener and runs until `shutdown` resolves.
+
+mod tls;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use warden_api::transport::tls_incoming;
+use warden_api::v1::agent_api_server::AgentApiServer;
+use warden_identity::{BundleSet, SharedBundles, SvidCertResolver};
+
+use crate::agent_api::AgentService;
+use crate::authority::{Authority, AuthorityError, Clock, SystemClock, read_trust_domain};
+use crate::config::Config;
+use crate::datastore::{Datastore, DatastoreError};
+use crate::http::Metrics;
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The CA could not be loaded.
+    #[error(transparent)]
+    Authority(#[from] AuthorityError),
+    /// The datastore could not be opened.
+    #[error(transparent)]
+    Datastore(#[from] DatastoreError),
+    /// A listener could not be bound.
+    #[error("cannot listen on `{addr}` ({what}): {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// `agent api`, `http`.
+        what: &'static str,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A node CA file is unusable.
+    #[error("invalid node ca file `{path}`: {reason}")]
+    NodeCa {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// TLS setup failed.
+    #[error("tls setup failed: {0}")]
+    Tls(String),
+    /// A listener failed while serving.
+    #[error("{what} server failed: {reason}")]
+    Serve {
+        /// `agent api`, `http`.
+        what: &'static str,
+        /// The error.
+        reason: String,
+    },
+}
+
+/// A started CA. Dropping it does not stop it: call [`Running::shutdown`].
+#[derive(Debug)]
+pub struct Running {
+    /// Where the agent API listens.
+    pub agent_addr: SocketAddr,
+    /// Where the HTTP listener listens.
+    pub http_addr: SocketAddr,
+    /// The authority (for inspection in tests and status output).
+    pub authority: Arc<Authority>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<(&'static str, JoinHandle<Result<(), String>>)>,
+}
+
+/// Starts the CA with the system clock.
+pub async fn start(config: &Config) -> Result<Running, ServerError> {
+    start_with_clock(config, Arc::new(SystemClock)).await
+}
+
+/// Starts the CA with `clock` (tests use a manual clock).
+pub async fn start_with_clock(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+) -> Result<Running, ServerError> {
+    let td = read_trust_domain(&config.data_dir)?;
+    let node_cas = read_node_cas(&config.node_cas)?;
+    let ds = Datastore::open(&config.datastore).await?;
+    let authority = Authority::load(&config.data_dir, td, ds, clock, config.ttls).await?;
+    let metrics = Arc::new(Metrics::new());
+
+    let bundles = Arc::new(SharedBundles::new(bundle_set(&authority)));
+    let svid = tls::issue_server_svid(&authority, config.agent_ttl).map_err(ServerError::Tls)?;
+    let resolver =
+        Arc::new(SvidCertResolver::from_svid(&svid).map_err(|e| ServerError::Tls(e.to_string()))?);
+    let tls_config = tls::server_config(&authority, Arc::clone(&resolver), bundles.clone())
+        .map_err(|e| ServerError::Tls(e.to_string()))?;
+
+    let agent_listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            what: "agent api",
+            source,
+        })?;
+    let agent_addr = local_addr(&agent_listener, config.listen, "agent api")?;
+    let http_listener = TcpListener::bind(config.http_listen)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: config.http_listen,
+            what: "http",
+            source,
+        })?;
+    let http_addr = local_addr(&http_listener, config.http_listen, "http")?;
+
+    let (stop, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+
+    let service = AgentService::new(
+        Arc::clone(&authority),
+        config.agent_ttl,
+        node_cas,
+        Arc::clone(&metrics),
+    );
+    let incoming = tls_incoming(agent_listener, tls_config);
+    let grpc = tonic::transport::Server::builder()
+        .add_service(AgentApiServer::new(service))
+        .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
+    tasks.push((
+        "agent api",
+        tokio::spawn(async move { grpc.await.map_err(|e| e.to_string()) }),
+    ));
+
+    let router = crate::http::router(Arc::clone(&authority), metrics);
+    let http = axum::serve(http_listener, router).with_graceful_shutdown(stopped(stop_rx.clone()));
+    tasks.push((
+        "http",
+        tokio::spawn(async move { http.await.map_err(|e| e.to_string()) }),
+    ));
+
+    tasks.push((
+        "rotation",
+        tokio::spawn(rotation_loop(
+            Arc::clone(&authority),
+            bundles,
+            resolver,
+            svid.not_after(),
+            config.agent_ttl,
+            stop_rx,
+        )),
+    ));
+
+    Ok(Running {
+        agent_addr,
+        http_addr,
+        authority,
+        stop,
+        tasks,
+    })
+}
+
+/// Runs the CA until `shutdown` resolves (e.g. SIGINT/SIGTERM), then stops every listener.
+pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    let running = start(config).await?;
+    tracing::info!(
+        addr = %running.agent_addr,
+        trust_domain = %running.authority.trust_domain(),
+        "agent api listening (grpc, tls 1.3)"
+    );
+    tracing::info!(addr = %running.http_addr, "http listening (/healthz /readyz /metrics /bundle)");
+    tracing::info!(
+        datastore = %running.authority.datastore().location(),
+        "datastore open"
+    );
+    shutdown.await;
+    tracing::info!("shutting down");
+    running.shutdown().await
+}
+
+impl Running {
+    /// Stops every listener and the rotation loop, waits for them, closes the datastore.
+    pub async fn shutdown(self) -> Result<(), ServerError> {
+        let _ = self.stop.send(true);
+        let mut first_err = None;
+        for (what, task) in self.tasks {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(reason)) => {
+                    first_err.get_or_insert(ServerError::Serve { what, reason });
+                }
+                Err(e) => {
+                    first_err.get_or_insert(ServerError::Serve {
+                        what,
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+        self.authority.datastore().close().await;
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+fn local_addr(
+    l: &TcpListener,
+    addr: SocketAddr,
+    what: &'static str,
+) -> Result<SocketAddr, ServerError> {
+    l.local_addr()
+        .map_err(|source| ServerError::Bind { addr, what, source })
+}
+
+fn bundle_set(authority: &Authority) -> BundleSet {
+    let mut set = BundleSet::new();
+    set.insert((*authority.bundle()).clone());
+    set
+}
+
+fn read_node_cas(
+    paths: &[std::path::PathBuf],
+) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, ServerError> {
+    let mut out = Vec::new();
+    for path in paths {
+        let bad = |reason: String| ServerError::NodeCa {
+            path: path.display().to_string(),
+            reason,
+        };
+        let bytes = std::fs::read(Path::new(path)).map_err(|e| bad(e.to_string()))?;
+        let blocks = pem::parse_many(&bytes).map_err(|e| bad(e.to_string()))?;
+        let before = out.len();
+        for b in blocks.into_iter().filter(|b| b.tag() == "CERTIFICATE") {
+            out.push(rustls_pki_types::CertificateDer::from(b.into_contents()));
+        }
+        if out.len() == before {
+            return Err(bad("no `CERTIFICATE` pem block".into()));
+        }
+    }
+    Ok(out)
+}
+
+/// Ticks the rotation schedule, republishes bundles to the TLS verifier and reissues the
+/// CA's own SVID at half its life or when the signing intermediate changed.
+async fn rotation_loop(
+    authority: Arc<Authority>,
+    bundles: Arc<SharedBundles>,
+    resolver: Arc<SvidCertResolver>,
+    mut svid_not_after: SystemTime,
+    svid_ttl: Duration,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let period = (authority.ttls().ca / 24).clamp(Duration::from_millis(200), Duration::from_secs(30));
+    let mut issued_at = authority.clock().now();
+    let mut active = authority.active_ca_not_after();
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+            () = tokio::time::sleep(period) => {}
+        }
+        match authority.tick().await {
+            Ok(true) => bundles.set(bundle_set(&authority)),
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "ca rotation failed; will retry"),
+        }
+        let now = authority.clock().now();
+        let half = svid_not_after
+            .duration_since(issued_at)
+            .unwrap_or_default()
+            / 2;
+        let current = authority.active_ca_not_after();
+        if now >= issued_at + half || current != active {
+            match tls::issue_server_svid(&authority, svid_ttl) {
+                Ok(svid) => match resolver.set(&svid) {
+                    Ok(()) => {
+                        issued_at = now;
+                        svid_not_after = svid.not_after();
+                        active = current;
+                        tracing::info!("ca server svid reissued");
+                    }
+                    Err(e) => tracing::error!(error = %e, "ca server svid unusable"),
+                },
+                Err(e) => tracing::error!(error = %e, "cannot reissue the ca server svid"),
+            }
+        }
+    }
+}

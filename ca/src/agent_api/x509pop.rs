@@ -1,0 +1,202 @@
+//! x509pop node attestation: the agent presents a certificate chain that chains to one of the
+//! configured node CAs, gets a 32-byte nonce (single use, valid 60 s, kept in memory) and signs
+//! it with the leaf's key (ECDSA P-256 SHA-256, ASN.1 DER signature).
+//!
+//! Agent ID: `spiffe://<td>/agent/x509pop/<sha1 hex of the leaf DER>`; node selectors
+//! `x509pop:subject:cn:<leaf CN>` and `x509pop:ca:fingerprint:<sha1 hex of the node CA DER>`.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use ring::digest::{SHA1_FOR_LEGACY_USE_ONLY, digest};
+use rustls_pki_types::{CertificateDer, UnixTime};
+use tonic::Status;
+use warden_identity::{Selector, SpiffeId, TrustDomain};
+
+/// How long a challenge may be answered.
+pub const CHALLENGE_TTL: Duration = Duration::from_secs(60);
+/// Most outstanding challenges kept (older ones are dropped first when full).
+const MAX_CHALLENGES: usize = 10_000;
+/// Most certificates in a presented chain.
+const MAX_CHAIN: usize = 8;
+/// Largest certificate accepted.
+const MAX_CERT_LEN: usize = 16 * 1024;
+
+/// Configured node CAs and outstanding challenges.
+#[derive(Debug)]
+pub(crate) struct X509Pop {
+    node_cas: Vec<CertificateDer<'static>>,
+    challenges: Mutex<HashMap<String, Challenge>>,
+}
+
+#[derive(Debug)]
+struct Challenge {
+    nonce: [u8; 32],
+    leaf: CertificateDer<'static>,
+    ca_fingerprint: String,
+    expires: SystemTime,
+}
+
+/// A node that proved possession of its key.
+#[derive(Debug)]
+pub(crate) struct PopIdentity {
+    pub(crate) agent_id: SpiffeId,
+    pub(crate) selectors: Vec<Selector>,
+}
+
+fn sha1_hex(der: &[u8]) -> String {
+    hex::encode(digest(&SHA1_FOR_LEGACY_USE_ONLY, der))
+}
+
+impl X509Pop {
+    pub(crate) fn new(node_cas: Vec<CertificateDer<'static>>) -> Self {
+        Self {
+            node_cas,
+            challenges: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Verifies `chain` against the node CAs and issues a challenge: `(id, nonce)`.
+    pub(crate) fn challenge(
+        &self,
+        chain: &[Vec<u8>],
+        now: SystemTime,
+    ) -> Result<(String, [u8; 32]), Status> {
+        if self.node_cas.is_empty() {
+            return Err(Status::failed_precondition(
+                "x509pop attestation is not enabled on this ca (no node ca configured)",
+            ));
+        }
+        if chain.is_empty() || chain.len() > MAX_CHAIN {
+            return Err(Status::invalid_argument(format!(
+                "x509pop certificate chain has {} certificates (1 to {MAX_CHAIN} allowed)",
+                chain.len()
+            )));
+        }
+        if chain.iter().any(|c| c.len() > MAX_CERT_LEN) {
+            return Err(Status::invalid_argument(
+                "x509pop certificate larger than 16 KiB",
+            ));
+        }
+        let certs: Vec<CertificateDer<'static>> =
+            chain.iter().map(|c| CertificateDer::from(c.clone())).collect();
+        let (leaf, intermediates) = certs
+            .split_first()
+            .ok_or_else(|| Status::invalid_argument("empty x509pop chain"))?;
+        let ee = webpki::EndEntityCert::try_from(leaf).map_err(|e| {
+            Status::invalid_argument(format!("x509pop leaf certificate does not parse: {e:?}"))
+        })?;
+        let anchors: Vec<_> = self
+            .node_cas
+            .iter()
+            .filter_map(|c| webpki::anchor_from_trusted_cert(c).ok())
+            .collect();
+        let secs = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let path = ee
+            .verify_for_usage(
+                warden_identity::crypto_provider()
+                    .signature_verification_algorithms
+                    .all,
+                &anchors,
+                intermediates,
+                UnixTime::since_unix_epoch(Duration::from_secs(secs)),
+                webpki::KeyUsage::client_auth(),
+                None,
+                None,
+            )
+            .map_err(|e| {
+                Status::permission_denied(format!(
+                    "x509pop certificate does not chain to a configured node ca: {e:?}"
+                ))
+            })?;
+        let anchor_subject = path.anchor().subject.as_ref().to_vec();
+        let ca = self
+            .node_cas
+            .iter()
+            .zip(&anchors)
+            .find(|(_, a)| a.subject.as_ref() == anchor_subject.as_slice())
+            .map(|(c, _)| sha1_hex(c))
+            .ok_or_else(|| Status::internal("node ca of the verified path not found"))?;
+        let nonce: [u8; 32] = rand::random();
+        let id = hex::encode(rand::random::<[u8; 16]>());
+        let mut map = self
+            .challenges
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.retain(|_, c| c.expires > now);
+        if map.len() >= MAX_CHALLENGES {
+            return Err(Status::resource_exhausted(
+                "too many outstanding x509pop challenges; retry later",
+            ));
+        }
+        map.insert(
+            id.clone(),
+            Challenge {
+                nonce,
+                leaf: leaf.clone(),
+                ca_fingerprint: ca,
+                expires: now + CHALLENGE_TTL,
+            },
+        );
+        Ok((id, nonce))
+    }
+
+    /// Consumes challenge `id` (single use) and checks `signature` over its nonce.
+    pub(crate) fn answer(
+        &self,
+        td: &TrustDomain,
+        id: &str,
+        signature: &[u8],
+        now: SystemTime,
+    ) -> Result<PopIdentity, Status> {
+        let challenge = self
+            .challenges
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(id)
+            .ok_or_else(|| {
+                Status::permission_denied(format!(
+                    "x509pop challenge `{}` is unknown or was already used",
+                    id.chars().take(64).collect::<String>()
+                ))
+            })?;
+        if challenge.expires <= now {
+            return Err(Status::permission_denied("x509pop challenge expired"));
+        }
+        let (_, cert) = x509_parser::parse_x509_certificate(challenge.leaf.as_ref())
+            .map_err(|_| Status::invalid_argument("x509pop leaf certificate does not parse"))?;
+        let point = cert.public_key().subject_public_key.data.as_ref();
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, point)
+            .verify(&challenge.nonce, signature)
+            .map_err(|_| {
+                Status::permission_denied(
+                    "x509pop signature over the nonce does not verify with the certificate's key",
+                )
+            })?;
+        let fp = sha1_hex(challenge.leaf.as_ref());
+        let agent_id = td
+            .id(&format!("/agent/x509pop/{fp}"))
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let mut selectors = Vec::new();
+        if let Some(cn) = cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            && let Ok(sel) = format!("x509pop:subject:cn:{cn}").parse::<Selector>()
+        {
+            selectors.push(sel);
+        }
+        if let Ok(sel) = format!("x509pop:ca:fingerprint:{}", challenge.ca_fingerprint).parse() {
+            selectors.push(sel);
+        }
+        Ok(PopIdentity {
+            agent_id,
+            selectors,
+        })
+    }
+}
