@@ -48,6 +48,15 @@ struct ActionInfo {
     slot: usize,
     uid: cedar::EntityUid,
     ancestors: Vec<cedar::EntityUid>,
+    /// Whether the schema accepts requests of each shape (caller kind × TLS present), checked
+    /// with the first such request.
+    ///
+    /// INVARIANT (upheld by `Request::context`, the only context builder): two requests with the
+    /// same action, caller kind and TLS presence have contexts with the same attributes and the
+    /// same types (strings, an `ipaddr`, a `datetime`, a set of header records), and the same
+    /// principal and resource entity types; so the schema accepts both or neither, and checking
+    /// one validates the shape.
+    shapes: [OnceLock<Result<(), String>>; 4],
 }
 
 /// Everything about one (caller, resource) pair that does not change between requests.
@@ -75,7 +84,8 @@ impl PolicySet {
         for uid in loaded.schema.actions() {
             let ancestors = loaded.entities.ancestors(uid).map(|a| a.cloned().collect()).unwrap_or_default();
             let slot = actions.len();
-            actions.insert(uid.id().unescaped().to_owned(), ActionInfo { slot, uid: uid.clone(), ancestors });
+            let shapes = std::array::from_fn(|_| OnceLock::new());
+            actions.insert(uid.id().unescaped().to_owned(), ActionInfo { slot, uid: uid.clone(), ancestors, shapes });
         }
         let version = Arc::from(loaded.version.as_str());
         tracing::info!(
@@ -134,14 +144,26 @@ impl PolicySet {
         let action = self.actions.get(action_name).ok_or_else(|| RequestError::UnknownAction(action_name.to_owned()))?;
         let peer = self.peer(request.caller, request.resource)?;
         let context = request.context()?;
-        let cedar_request = cedar::Request::new(
-            peer.principal.clone(),
-            action.uid.clone(),
-            peer.resource.clone(),
-            context,
-            Some(&self.loaded.schema),
-        )
-        .map_err(|e| RequestError::Rejected(e.to_string()))?;
+        let shape = usize::from(request.caller == Caller::Unauthenticated) * 2 + usize::from(request.tls.is_some());
+        let new_request = |context, schema| {
+            cedar::Request::new(peer.principal.clone(), action.uid.clone(), peer.resource.clone(), context, schema)
+        };
+        let checked = action.shapes.get(shape).ok_or_else(|| RequestError::Rejected("bad request shape".to_owned()))?;
+        let cedar_request = match checked.get() {
+            // This shape passed the schema: the request needs no second check (see `shapes`).
+            Some(Ok(())) => new_request(context, None).map_err(|e| RequestError::Rejected(e.to_string()))?,
+            Some(Err(e)) => return Err(RequestError::Rejected(e.clone())),
+            None => match new_request(context, Some(&self.loaded.schema)) {
+                Ok(r) => {
+                    let _ = checked.set(Ok(()));
+                    r
+                }
+                Err(e) => {
+                    let _ = checked.set(Err(e.to_string()));
+                    return Err(RequestError::Rejected(e.to_string()));
+                }
+            },
+        };
         let response = match evaluation {
             Evaluation::Plain => self.authorizer.is_authorized(&cedar_request, &self.loaded.policies, &peer.entities),
             Evaluation::Indexed => {

@@ -114,7 +114,7 @@ impl<'a> Operation<'a> {
 
 impl Request<'_> {
     /// The Cedar context of this request.
-    pub(crate) fn context(&self) -> Result<cedar::Context, RequestError> {
+    pub fn context(&self) -> Result<cedar::Context, RequestError> {
         let mut pairs: Vec<(String, Expr)> = Vec::with_capacity(8);
         pairs.push(("source_address".to_owned(), Expr::new_ip(self.source.to_string())));
         pairs.push(("time".to_owned(), Expr::new_datetime(rfc3339_millis(self.time))));

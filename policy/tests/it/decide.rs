@@ -170,3 +170,19 @@ fn indexed_and_plain_agree_on_the_shipped_example() {
         }
     }
 }
+
+#[test]
+fn request_the_schema_rejects_is_denied_every_time() {
+    let schema = crate::support::schema().replacen("principal: [Workload, Unauthenticated],", "principal: [Workload],", 1);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mesh.cedarschema"), schema).unwrap();
+    std::fs::write(dir.path().join("a.cedar"), "@id(\"p\")\npermit(principal, action, resource);").unwrap();
+    let set = PolicySet::load(dir.path()).unwrap();
+    for _ in 0..2 {
+        let d = set.decide(&http("anonymous", "GET", "api", "/"));
+        assert_eq!(d.outcome(), Outcome::Deny);
+        assert!(d.errors()[0].starts_with("request rejected"), "{:?}", d.errors());
+        assert!(set.decide(&http("spiffe://example.org/a", "GET", "api", "/")).is_allowed());
+        assert!(set.decide(&http("anonymous", "POST", "api", "/")).is_allowed());
+    }
+}

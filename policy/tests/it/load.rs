@@ -215,3 +215,20 @@ fn entities_file_with_a_parent_cycle_says_so() {
     ]);
     assert!(err.to_string().contains("Mesh::Team::\"t\""), "{err}");
 }
+
+#[test]
+fn shipped_example_is_canonically_formatted() {
+    let files = warden_policy::format_dir(&shipped()).unwrap();
+    for f in &files {
+        assert!(!f.changed(), "{} is not formatted; canonical form:\n{}", f.path().display(), f.formatted());
+    }
+}
+
+#[test]
+fn linked_policy_is_located_at_its_template() {
+    let set = PolicySet::load(&shipped()).unwrap();
+    let loc = set.policy("payments-team-reads-api").unwrap().location().unwrap().to_string();
+    assert!(loc.ends_with("templates.cedar:4:1"), "{loc}");
+    let loc = set.policy("forbid-old-tls").unwrap().location().unwrap().to_string();
+    assert!(loc.ends_with("baseline.cedar:9:1"), "{loc}");
+}
