@@ -62,7 +62,8 @@ pub(crate) fn run(cmd: AgentCommand) -> anyhow::Result<Exit> {
     match cmd {
         AgentCommand::Run(args) => run_agent(args),
         AgentCommand::Healthcheck { http_listen } => {
-            let ready = super::runtime()?.block_on(warden_node_agent::client::healthcheck(&http_listen))?;
+            let ready =
+                super::runtime()?.block_on(warden_node_agent::client::healthcheck(&http_listen))?;
             if ready {
                 println!("ready");
                 Ok(Exit::Ok)
@@ -109,10 +110,11 @@ fn run_agent(args: RunArgs) -> anyhow::Result<Exit> {
     let rt = super::runtime()?;
     rt.block_on(async {
         let shutdown = async {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return std::future::pending().await,
-            };
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => return std::future::pending().await,
+                };
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}

@@ -28,7 +28,12 @@ pub(crate) enum SvidCommand {
 pub(crate) fn run(cmd: SvidCommand) -> anyhow::Result<Exit> {
     use warden_node_agent::client;
     match cmd {
-        SvidCommand::Fetch { socket, write, jwt, audience } => {
+        SvidCommand::Fetch {
+            socket,
+            write,
+            jwt,
+            audience,
+        } => {
             let socket = client::socket_path(socket.as_deref())?;
             let rt = super::runtime()?;
             if jwt {
