@@ -1,0 +1,291 @@
+//! Every refusal of the agent API: a gRPC status naming the problem, datastore unchanged.
+
+use std::time::Duration;
+
+use tonic::Code;
+use warden_api::v1::{
+    AttestJoinTokenRequest, ListEntriesRequest, RenewAgentRequest, SignJwtSvidRequest,
+    SignX509SvidsRequest, SvidCsr,
+};
+use warden_ca::datastore::{join_token_agent_id, join_token_hash};
+
+use super::support::*;
+
+async fn attest_err(ca: &TestCa, token: &str, csr: Vec<u8>) -> tonic::Status {
+    ca.anon()
+        .await
+        .attest_join_token(AttestJoinTokenRequest {
+            token: token.into(),
+            csr,
+        })
+        .await
+        .unwrap_err()
+}
+
+#[tokio::test]
+async fn reused_token_is_refused_and_the_first_agent_is_unchanged() {
+    let ca = start_ca().await;
+    let _ = ca.attest("tok-reuse").await;
+    let id = join_token_agent_id(&td(), "tok-reuse");
+    let before = ca.ds().get_agent(&id).await.unwrap();
+    let (_, csr) = key_and_csr(None);
+    let err = attest_err(&ca, "tok-reuse", csr).await;
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("already used"), "{}", err.message());
+    assert_eq!(ca.ds().get_agent(&id).await.unwrap(), before);
+}
+
+#[tokio::test]
+async fn unknown_and_expired_tokens_are_refused() {
+    let ca = start_ca().await;
+    let (_, csr) = key_and_csr(None);
+    let err = attest_err(&ca, "never-created", csr.clone()).await;
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("unknown"), "{}", err.message());
+    ca.ds()
+        .create_join_token(&join_token_hash("tok-old"), warden_ca_now() - 1, "test")
+        .await
+        .unwrap();
+    let err = attest_err(&ca, "tok-old", csr.clone()).await;
+    assert!(err.message().contains("expired"), "{}", err.message());
+    let err = attest_err(&ca, "", csr).await;
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(ca.ds().list_agents().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn malformed_csr_is_refused_without_consuming_the_token() {
+    let ca = start_ca().await;
+    ca.token("tok-bad-csr").await;
+    let err = attest_err(&ca, "tok-bad-csr", b"not a csr".to_vec()).await;
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("malformed csr"), "{}", err.message());
+    // Bad signature: flip the last byte (inside the signature).
+    let (_, mut csr) = key_and_csr(None);
+    let last = csr.len() - 1;
+    csr[last] ^= 0x01;
+    let err = attest_err(&ca, "tok-bad-csr", csr).await;
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("malformed csr"), "{}", err.message());
+    // Oversize.
+    let err = attest_err(&ca, "tok-bad-csr", vec![0x30; 16 * 1024 + 1]).await;
+    assert!(err.message().contains("oversize csr"), "{}", err.message());
+    assert!(ca.ds().list_agents().await.unwrap().is_empty());
+    // The token is still usable.
+    let (_, csr) = key_and_csr(None);
+    ca.anon()
+        .await
+        .attest_join_token(AttestJoinTokenRequest {
+            token: "tok-bad-csr".into(),
+            csr,
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn concurrent_attestation_with_one_token_succeeds_exactly_once() {
+    let ca = std::sync::Arc::new(start_ca().await);
+    ca.token("tok-race").await;
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let ca = ca.clone();
+        tasks.push(tokio::spawn(async move {
+            let (_, csr) = key_and_csr(None);
+            ca.anon()
+                .await
+                .attest_join_token(AttestJoinTokenRequest {
+                    token: "tok-race".into(),
+                    csr,
+                })
+                .await
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(e) => assert!(e.message().contains("already used"), "{}", e.message()),
+        }
+    }
+    assert_eq!(ok, 1);
+}
+
+#[tokio::test]
+async fn calls_without_an_agent_svid_are_unauthenticated() {
+    let ca = start_ca().await;
+    let mut c = ca.anon().await;
+    let err = c.list_entries(ListEntriesRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(err.message().contains("mutual tls"), "{}", err.message());
+    let (_, csr) = key_and_csr(None);
+    let err = c.renew_agent(RenewAgentRequest { csr }).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn banned_and_evicted_agents_are_refused_on_their_next_call() {
+    let ca = start_ca().await;
+    let a = ca.attest("tok-ban").await;
+    let mut c = ca.as_agent(&a).await;
+    c.list_entries(ListEntriesRequest {}).await.unwrap();
+    ca.ds().ban_agent(a.spiffe_id(), "test").await.unwrap();
+    let err = c.list_entries(ListEntriesRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("banned"), "{}", err.message());
+    let (_, csr) = key_and_csr(None);
+    let err = c.renew_agent(RenewAgentRequest { csr }).await.unwrap_err();
+    assert!(err.message().contains("banned"), "{}", err.message());
+
+    let b = ca.attest("tok-evict").await;
+    let mut c = ca.as_agent(&b).await;
+    ca.ds().evict_agent(b.spiffe_id(), "test").await.unwrap();
+    let err = c.list_entries(ListEntriesRequest {}).await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("unknown agent"), "{}", err.message());
+}
+
+#[tokio::test]
+async fn signing_refusals_name_the_entry_and_write_nothing() {
+    let ca = start_ca().await;
+    let a = ca.attest("tok-sign").await;
+    let other = ca.attest("tok-other").await;
+    let mine = ca
+        .entry("spiffe://example.org/mine", a.spiffe_id(), &[])
+        .await;
+    let theirs = ca
+        .entry("spiffe://example.org/theirs", other.spiffe_id(), &[])
+        .await;
+    let mut c = ca.as_agent(&a).await;
+    let audit_before = ca.ds().verify_audit().await.unwrap().records;
+
+    // Entry of another agent, after a valid one: the whole batch is refused.
+    let (_, ok_csr) = key_and_csr(None);
+    let (_, csr) = key_and_csr(None);
+    let err = c
+        .sign_x509_svids(SignX509SvidsRequest {
+            csrs: vec![
+                SvidCsr {
+                    entry_id: mine.clone(),
+                    csr: ok_csr,
+                },
+                SvidCsr {
+                    entry_id: theirs.clone(),
+                    csr,
+                },
+            ],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains(&theirs), "{}", err.message());
+
+    // CSR asking for another ID.
+    let (_, csr) = key_and_csr(Some("spiffe://example.org/admin"));
+    let err = c
+        .sign_x509_svids(SignX509SvidsRequest {
+            csrs: vec![SvidCsr {
+                entry_id: mine.clone(),
+                csr,
+            }],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("csr id mismatch") && err.message().contains(&mine),
+        "{}",
+        err.message()
+    );
+
+    // Malformed and oversize CSRs in a batch.
+    let err = c
+        .sign_x509_svids(SignX509SvidsRequest {
+            csrs: vec![SvidCsr {
+                entry_id: mine.clone(),
+                csr: vec![1, 2, 3],
+            }],
+        })
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("malformed csr"), "{}", err.message());
+    let err = c
+        .sign_x509_svids(SignX509SvidsRequest {
+            csrs: vec![SvidCsr {
+                entry_id: mine.clone(),
+                csr: vec![0; 20_000],
+            }],
+        })
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("oversize csr"), "{}", err.message());
+
+    // Too many CSRs.
+    let (_, csr) = key_and_csr(None);
+    let many = (0..501)
+        .map(|_| SvidCsr {
+            entry_id: mine.clone(),
+            csr: csr.clone(),
+        })
+        .collect();
+    let err = c
+        .sign_x509_svids(SignX509SvidsRequest { csrs: many })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("at most 500"), "{}", err.message());
+
+    // JWT: entry of another agent; empty audience.
+    let err = c
+        .sign_jwt_svid(SignJwtSvidRequest {
+            entry_id: theirs.clone(),
+            audience: vec!["a".into()],
+        })
+        .await
+        .unwrap_err();
+    assert!(err.message().contains(&theirs), "{}", err.message());
+    let err = c
+        .sign_jwt_svid(SignJwtSvidRequest {
+            entry_id: mine.clone(),
+            audience: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("audience"), "{}", err.message());
+
+    // Nothing was logged or audited.
+    assert_eq!(ca.ds().verify_audit().await.unwrap().records, audit_before);
+}
+
+#[tokio::test]
+async fn id_from_another_trust_domain_is_refused() {
+    let ca = start_ca().await;
+    let (_, csr) = key_and_csr(None);
+    let err = ca
+        .running
+        .authority
+        .sign_x509_svid(
+            &csr,
+            &"spiffe://evil.org/x".parse().unwrap(),
+            &[],
+            Duration::ZERO,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("another trust domain") && err.contains("evil.org"),
+        "{err}"
+    );
+    let err = ca
+        .running
+        .authority
+        .sign_jwt_svid(
+            &"spiffe://evil.org/x".parse().unwrap(),
+            &["a".into()],
+            Duration::ZERO,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("another trust domain"), "{err}");
+}
