@@ -6,13 +6,25 @@
 //!   (`warden.v1.AdminApi`), with their shared messages.
 
 /// The SPIFFE Workload API.
-#[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic, missing_debug_implementations)]
+#[allow(
+    missing_docs,
+    unreachable_pub,
+    clippy::all,
+    clippy::pedantic,
+    missing_debug_implementations
+)]
 pub mod workload {
     tonic::include_proto!("_");
 }
 
 /// Warden's agent and admin APIs.
-#[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic, missing_debug_implementations)]
+#[allow(
+    missing_docs,
+    unreachable_pub,
+    clippy::all,
+    clippy::pedantic,
+    missing_debug_implementations
+)]
 pub mod v1 {
     tonic::include_proto!("warden.v1");
 }

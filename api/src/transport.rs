@@ -84,16 +84,20 @@ pub fn tls_incoming(
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
-                        let peer_certificates = stream
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .map(|c| Arc::new(c.iter().map(|d| d.clone().into_owned()).collect()));
+                        let peer_certificates =
+                            stream.get_ref().1.peer_certificates().map(|c| {
+                                Arc::new(c.iter().map(|d| d.clone().into_owned()).collect())
+                            });
                         let info = TlsConnectInfo {
                             remote_addr: Some(remote),
                             peer_certificates,
                         };
-                        let _ = tx.send(Ok(TlsConnection { inner: stream, info })).await;
+                        let _ = tx
+                            .send(Ok(TlsConnection {
+                                inner: stream,
+                                info,
+                            }))
+                            .await;
                     }
                     Ok(Err(err)) => {
                         tracing::info!(peer = %remote, error = %err, "tls handshake failed");

@@ -40,7 +40,9 @@ fn ttls() -> Ttls {
 
 fn csr() -> (KeyPair, Vec<u8>) {
     let key = KeyPair::generate().unwrap();
-    let csr = CertificateParams::default().serialize_request(&key).unwrap();
+    let csr = CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap();
     (key, csr.der().to_vec())
 }
 
@@ -76,7 +78,11 @@ fn authority_signing(c: &mut Criterion) {
     let mut g = c.benchmark_group("authority");
     g.throughput(Throughput::Elements(1));
     g.bench_function("sign_x509_svid", |b| {
-        b.iter(|| authority.sign_x509_svid(&csr, &id, &[], Duration::ZERO).unwrap())
+        b.iter(|| {
+            authority
+                .sign_x509_svid(&csr, &id, &[], Duration::ZERO)
+                .unwrap()
+        })
     });
     g.finish();
 }

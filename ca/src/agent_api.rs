@@ -23,9 +23,7 @@ use warden_api::v1::agent_api_server::AgentApi;
 use warden_identity::{BundleSet, Selector, SpiffeId};
 
 use crate::authority::Authority;
-use crate::datastore::{
-    AgentRecord, Datastore, IssuedSvid, join_token_agent_id, join_token_hash,
-};
+use crate::datastore::{AgentRecord, Datastore, IssuedSvid, join_token_agent_id, join_token_hash};
 use crate::http::Metrics;
 
 pub use x509pop::CHALLENGE_TTL;

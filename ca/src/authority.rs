@@ -228,6 +228,11 @@ impl Authority {
         &self.td
     }
 
+    /// The CA data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
     /// The TTLs in force.
     pub fn ttls(&self) -> Ttls {
         self.ttls

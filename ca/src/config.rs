@@ -149,10 +149,30 @@ impl RawConfig {
             "http_listen",
             self.http_listen.as_deref().unwrap_or("127.0.0.1:8082"),
         )?;
-        let ca = ttl("ca_ttl", self.ca_ttl.as_deref(), "24h", Duration::from_secs(6))?;
-        let x509_svid = ttl("svid_ttl", self.svid_ttl.as_deref(), "1h", Duration::from_secs(1))?;
-        let jwt_svid = ttl("jwt_ttl", self.jwt_ttl.as_deref(), "5m", Duration::from_secs(1))?;
-        let agent_ttl = ttl("agent_ttl", self.agent_ttl.as_deref(), "1h", Duration::from_secs(1))?;
+        let ca = ttl(
+            "ca_ttl",
+            self.ca_ttl.as_deref(),
+            "24h",
+            Duration::from_secs(6),
+        )?;
+        let x509_svid = ttl(
+            "svid_ttl",
+            self.svid_ttl.as_deref(),
+            "1h",
+            Duration::from_secs(1),
+        )?;
+        let jwt_svid = ttl(
+            "jwt_ttl",
+            self.jwt_ttl.as_deref(),
+            "5m",
+            Duration::from_secs(1),
+        )?;
+        let agent_ttl = ttl(
+            "agent_ttl",
+            self.agent_ttl.as_deref(),
+            "1h",
+            Duration::from_secs(1),
+        )?;
         let datastore = match self.datastore {
             Some(d) if d.trim().is_empty() => {
                 return Err(ConfigError::Value {
@@ -217,7 +237,10 @@ fn ttl(
         return Err(ConfigError::Value {
             key,
             value: text.to_owned(),
-            reason: format!("shorter than the minimum {}", humantime::format_duration(min)),
+            reason: format!(
+                "shorter than the minimum {}",
+                humantime::format_duration(min)
+            ),
         });
     }
     Ok(d)
@@ -277,7 +300,10 @@ mod tests {
         let mut raw = flags_with_dir();
         raw.svid_ttl = Some("soon".into());
         let err = raw.resolve().unwrap_err().to_string();
-        assert!(err.contains("`svid_ttl`") && err.contains("`soon`"), "{err}");
+        assert!(
+            err.contains("`svid_ttl`") && err.contains("`soon`"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -293,7 +319,10 @@ mod tests {
         let mut raw = flags_with_dir();
         raw.listen = Some("localhost".into());
         let err = raw.resolve().unwrap_err().to_string();
-        assert!(err.contains("`listen`") && err.contains("`localhost`"), "{err}");
+        assert!(
+            err.contains("`listen`") && err.contains("`localhost`"),
+            "{err}"
+        );
     }
 
     #[test]

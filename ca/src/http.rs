@@ -52,7 +52,11 @@ impl Metrics {
             attestations.clone(),
         );
         let svids_signed = Counter::default();
-        registry.register("svids_signed", "X.509-SVIDs signed for workloads", svids_signed.clone());
+        registry.register(
+            "svids_signed",
+            "X.509-SVIDs signed for workloads",
+            svids_signed.clone(),
+        );
         let signing_seconds = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
         registry.register(
             "svid_signing_seconds",

@@ -1,5 +1,5 @@
 //! `warden ca serve`: wires the datastore, the authority, the agent API (gRPC over TLS 1.3),
-//! the HTTP listener and the rotation loop, and shuts them down together.
+//! the admin API (Unix socket), the HTTP listener and the rotation loop, and shuts them down together.
 //!
 //! [`start`] returns a [`Running`] handle with the bound addresses (listen on port 0 in tests);
 //! [`run`] starts, logs a line per listener and runs until `shutdown` resolves.
@@ -103,13 +103,14 @@ pub async fn start_with_clock(
     let tls_config = tls::server_config(&authority, Arc::clone(&resolver), bundles.clone())
         .map_err(|e| ServerError::Tls(e.to_string()))?;
 
-    let agent_listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServerError::Bind {
-            addr: config.listen,
-            what: "agent api",
-            source,
-        })?;
+    let agent_listener =
+        TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: config.listen,
+                what: "agent api",
+                source,
+            })?;
     let agent_addr = local_addr(&agent_listener, config.listen, "agent api")?;
     let http_listener = TcpListener::bind(config.http_listen)
         .await
@@ -145,6 +146,22 @@ pub async fn start_with_clock(
         tokio::spawn(async move { http.await.map_err(|e| e.to_string()) }),
     ));
 
+    let admin = crate::admin::AdminService::new(
+        authority.datastore().clone(),
+        authority.trust_domain().clone(),
+        authority.subscribe(),
+    );
+    let admin_socket = config.admin_socket.clone();
+    let admin_stop = stopped(stop_rx.clone());
+    tasks.push((
+        "admin api",
+        tokio::spawn(async move {
+            crate::admin::serve(&admin_socket, admin, admin_stop)
+                .await
+                .map_err(|e| e.to_string())
+        }),
+    ));
+
     tasks.push((
         "rotation",
         tokio::spawn(rotation_loop(
@@ -175,6 +192,7 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> Result<
         "agent api listening (grpc, tls 1.3)"
     );
     tracing::info!(addr = %running.http_addr, "http listening (/healthz /readyz /metrics /bundle)");
+    tracing::info!(socket = %config.admin_socket.display(), "admin api listening (unix socket)");
     tracing::info!(
         datastore = %running.authority.datastore().location(),
         "datastore open"
@@ -259,7 +277,8 @@ async fn rotation_loop(
     svid_ttl: Duration,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
-    let period = (authority.ttls().ca / 24).clamp(Duration::from_millis(200), Duration::from_secs(30));
+    let period =
+        (authority.ttls().ca / 24).clamp(Duration::from_millis(200), Duration::from_secs(30));
     let mut issued_at = authority.clock().now();
     let mut active = authority.active_ca_not_after();
     loop {
@@ -273,10 +292,7 @@ async fn rotation_loop(
             Err(e) => tracing::error!(error = %e, "ca rotation failed; will retry"),
         }
         let now = authority.clock().now();
-        let half = svid_not_after
-            .duration_since(issued_at)
-            .unwrap_or_default()
-            / 2;
+        let half = svid_not_after.duration_since(issued_at).unwrap_or_default() / 2;
         let current = authority.active_ca_not_after();
         if now >= issued_at + half || current != active {
             match tls::issue_server_svid(&authority, svid_ttl) {

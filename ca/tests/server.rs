@@ -342,3 +342,57 @@ async fn upstream_ca_becomes_the_trust_anchor() {
     verify_both(&s.cert_chain, &set, &up_cert.der().clone());
     running.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn admin_socket_issues_a_join_token_that_attests_and_reports_the_own_bundle() {
+    use warden_api::v1::admin_api_client::AdminApiClient;
+    use warden_api::v1::{AttestJoinTokenRequest, CreateJoinTokenRequest, TrustDomainName};
+    let ca = start_ca().await;
+    let socket = ca.running.authority.data_dir().join("admin.sock");
+    // The admin listener is spawned by start(); poll (bounded) until the socket answers.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let channel = loop {
+        let endpoint =
+            tonic::transport::Endpoint::from_shared(format!("unix://{}", socket.display()))
+                .unwrap();
+        match endpoint.connect().await {
+            Ok(ch) => break ch,
+            Err(e) => {
+                assert!(tokio::time::Instant::now() < deadline, "admin socket: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let mut admin = AdminApiClient::new(channel);
+    let token = admin
+        .create_join_token(CreateJoinTokenRequest { ttl: 60 })
+        .await
+        .unwrap()
+        .into_inner();
+    let (key, csr) = key_and_csr(None);
+    let resp = ca
+        .anon()
+        .await
+        .attest_join_token(AttestJoinTokenRequest {
+            token: token.token.clone(),
+            csr,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let svid = svid_of(resp.svid.as_ref().unwrap(), &key);
+    assert_eq!(svid.spiffe_id().as_str(), token.agent_id);
+    let own = admin
+        .get_bundle(TrustDomainName {
+            trust_domain: TD.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        own.x509_authorities.len(),
+        ca.running.authority.bundle().x509_authorities().len()
+    );
+    ca.running.shutdown().await.unwrap();
+    assert!(!socket.exists(), "admin socket removed at shutdown");
+}

@@ -73,8 +73,12 @@ pub(crate) fn sign_status(e: SignError) -> Status {
 
 pub(crate) fn ds_status(e: DatastoreError) -> Status {
     match e {
-        DatastoreError::AgentBanned(id) => Status::permission_denied(format!("agent `{id}` is banned")),
-        DatastoreError::NotFound { what, id } => Status::not_found(format!("{what} `{id}` not found")),
+        DatastoreError::AgentBanned(id) => {
+            Status::permission_denied(format!("agent `{id}` is banned"))
+        }
+        DatastoreError::NotFound { what, id } => {
+            Status::not_found(format!("{what} `{id}` not found"))
+        }
         DatastoreError::Invalid(m) => Status::invalid_argument(m),
         other => {
             tracing::error!(error = %other, "datastore error");

@@ -79,8 +79,10 @@ impl X509Pop {
                 "x509pop certificate larger than 16 KiB",
             ));
         }
-        let certs: Vec<CertificateDer<'static>> =
-            chain.iter().map(|c| CertificateDer::from(c.clone())).collect();
+        let certs: Vec<CertificateDer<'static>> = chain
+            .iter()
+            .map(|c| CertificateDer::from(c.clone()))
+            .collect();
         let (leaf, intermediates) = certs
             .split_first()
             .ok_or_else(|| Status::invalid_argument("empty x509pop chain"))?;

@@ -87,14 +87,14 @@ pub(crate) fn server_config(
 }
 
 /// Issues the CA's own SVID (`spiffe://<td>/warden/ca`) with a fresh P-256 key.
-pub(crate) fn issue_server_svid(
-    authority: &Authority,
-    ttl: Duration,
-) -> Result<X509Svid, String> {
+pub(crate) fn issue_server_svid(authority: &Authority, ttl: Duration) -> Result<X509Svid, String> {
     let id = ca_spiffe_id(authority.trust_domain());
     let key = KeyPair::generate().map_err(|e| e.to_string())?;
     let mut params = CertificateParams::default();
-    let uri = id.to_string().try_into().map_err(|_| "ca id is not ia5".to_owned())?;
+    let uri = id
+        .to_string()
+        .try_into()
+        .map_err(|_| "ca id is not ia5".to_owned())?;
     params.subject_alt_names = vec![SanType::URI(uri)];
     let csr = params.serialize_request(&key).map_err(|e| e.to_string())?;
     let signed = authority

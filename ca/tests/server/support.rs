@@ -43,7 +43,11 @@ pub(crate) async fn init(dir: &std::path::Path) {
     .unwrap();
 }
 
-pub(crate) fn config(dir: &std::path::Path, ttls: Ttls, node_cas: Vec<std::path::PathBuf>) -> Config {
+pub(crate) fn config(
+    dir: &std::path::Path,
+    ttls: Ttls,
+    node_cas: Vec<std::path::PathBuf>,
+) -> Config {
     Config {
         data_dir: dir.to_path_buf(),
         listen: "127.0.0.1:0".parse().unwrap(),
