@@ -206,17 +206,23 @@ impl Cache {
         self.tx.subscribe()
     }
 
-    /// Replaces the entry set. Entries that disappeared lose their SVIDs; entries whose
-    /// revision or SPIFFE ID changed keep serving the old SVID only if the ID is unchanged.
-    /// Returns the ids of entries that need a (new) SVID.
+    /// Replaces the entry set. Entries that disappeared, changed SPIFFE ID or changed revision
+    /// lose their SVIDs. Returns the ids of entries that need a (new) SVID.
     pub fn set_entries(&mut self, entries: Vec<Entry>) -> Vec<String> {
         let mut next = BTreeMap::new();
         for e in entries {
             next.insert(e.id.clone(), Arc::new(e));
         }
+        let previous = &self.entries;
+        // Keep an SVID only for an entry that still exists unchanged (same ID and revision):
+        // an updated entry (DNS names, TTL...) gets a fresh SVID on this sync.
         self.svids.retain(|id, svid| {
-            next.get(id)
-                .is_some_and(|e| e.spiffe_id == *svid.spiffe_id())
+            next.get(id).is_some_and(|e| {
+                e.spiffe_id == *svid.spiffe_id()
+                    && previous
+                        .get(id)
+                        .is_none_or(|old| old.revision == e.revision)
+            })
         });
         self.entries = next;
         self.entries
@@ -309,5 +315,169 @@ impl Cache {
             identities: Arc::new(identities),
         };
         self.tx.send_replace(Arc::new(state));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rcgen::{CertificateParams, KeyPair, PublicKeyData, SanType};
+    use rustls_pki_types::PrivatePkcs8KeyDer;
+
+    use super::*;
+
+    fn svid(id: &str, life: Duration) -> Svid {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = vec![SanType::URI(id.try_into().unwrap())];
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::seconds(1);
+        params.not_after = now + time::Duration::try_from(life).unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Svid::new(
+            vec![cert.der().clone()],
+            PrivatePkcs8KeyDer::from(key.serialize_der()),
+            &key.subject_public_key_info(),
+        )
+        .unwrap()
+    }
+
+    fn entry(id: &str, path: &str, revision: u64, created_at: i64) -> Entry {
+        Entry::try_from(&v1::Entry {
+            id: id.into(),
+            spiffe_id: format!("spiffe://example.org/{path}"),
+            selectors: vec!["unix:uid:1000".into()],
+            revision,
+            created_at,
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    fn cache() -> (Cache, watch::Receiver<Arc<CacheState>>) {
+        Cache::new(TrustDomain::new("example.org").unwrap())
+    }
+
+    #[test]
+    fn deleted_or_updated_entries_lose_their_svids() {
+        let (mut c, rx) = cache();
+        assert_eq!(
+            c.set_entries(vec![entry("a", "a", 1, 1), entry("b", "b", 1, 2)]),
+            vec!["a", "b"]
+        );
+        assert!(c.set_svid("a", svid("spiffe://example.org/a", Duration::from_secs(60))));
+        assert!(c.set_svid("b", svid("spiffe://example.org/b", Duration::from_secs(60))));
+        c.publish();
+        assert_eq!(rx.borrow().identities.len(), 2);
+        // `b` deleted, `a` updated (revision 2): `a` needs a new SVID, `b` is gone.
+        assert_eq!(c.set_entries(vec![entry("a", "a", 2, 1)]), vec!["a"]);
+        c.publish();
+        assert!(rx.borrow().identities.is_empty());
+        assert!(!c.has_svid("b"));
+    }
+
+    #[test]
+    fn svid_for_another_id_or_unknown_entry_is_refused() {
+        let (mut c, _rx) = cache();
+        c.set_entries(vec![entry("a", "a", 1, 1)]);
+        assert!(!c.set_svid(
+            "a",
+            svid("spiffe://example.org/other", Duration::from_secs(60))
+        ));
+        assert!(!c.set_svid(
+            "zz",
+            svid("spiffe://example.org/a", Duration::from_secs(60))
+        ));
+        assert_eq!(c.svid_count(), 0);
+    }
+
+    #[test]
+    fn due_lists_missing_svids_and_those_past_half_life() {
+        let (mut c, _rx) = cache();
+        c.set_entries(vec![entry("a", "a", 1, 1), entry("b", "b", 1, 2)]);
+        c.set_svid(
+            "a",
+            svid("spiffe://example.org/a", Duration::from_secs(100)),
+        );
+        let now = SystemTime::now();
+        assert_eq!(c.due(now, |_| 0.0), vec!["b"]);
+        assert_eq!(
+            c.due(now + Duration::from_secs(60), |_| 0.0),
+            vec!["a", "b"]
+        );
+        let next = c.next_rotation(|_| 0.0).unwrap();
+        assert!(next > now + Duration::from_secs(40) && next < now + Duration::from_secs(60));
+    }
+
+    #[test]
+    fn oldest_matching_entry_is_served_first() {
+        let (mut c, rx) = cache();
+        c.set_entries(vec![entry("z", "new", 1, 50), entry("y", "old", 1, 10)]);
+        c.set_svid(
+            "z",
+            svid("spiffe://example.org/new", Duration::from_secs(60)),
+        );
+        c.set_svid(
+            "y",
+            svid("spiffe://example.org/old", Duration::from_secs(60)),
+        );
+        c.set_ready();
+        c.publish();
+        let state = rx.borrow();
+        let sel: BTreeSet<Selector> = ["unix:uid:1000".parse().unwrap()].into();
+        let ids: Vec<String> = state
+            .matching(&sel)
+            .iter()
+            .map(|i| i.entry.spiffe_id.to_string())
+            .collect();
+        assert_eq!(
+            ids,
+            vec!["spiffe://example.org/old", "spiffe://example.org/new"]
+        );
+        let other: BTreeSet<Selector> = ["unix:uid:1001".parse().unwrap()].into();
+        assert!(state.matching(&other).is_empty());
+    }
+
+    #[test]
+    fn entry_without_selectors_or_with_bad_fields_is_refused() {
+        let base = v1::Entry {
+            id: "e".into(),
+            spiffe_id: "spiffe://example.org/w".into(),
+            selectors: vec!["unix:uid:1".into()],
+            ..Default::default()
+        };
+        let none = v1::Entry {
+            selectors: vec![],
+            ..base.clone()
+        };
+        assert_eq!(
+            Entry::try_from(&none),
+            Err(EntryError::NoSelectors("e".into()))
+        );
+        let bad_sel = v1::Entry {
+            selectors: vec!["nope".into()],
+            ..base.clone()
+        };
+        assert!(matches!(
+            Entry::try_from(&bad_sel),
+            Err(EntryError::Selector { .. })
+        ));
+        let bad_id = v1::Entry {
+            spiffe_id: "http://x".into(),
+            ..base.clone()
+        };
+        assert!(matches!(
+            Entry::try_from(&bad_id),
+            Err(EntryError::SpiffeId { .. })
+        ));
+        let bad_td = v1::Entry {
+            federates_with: vec!["Bad TD".into()],
+            ..base
+        };
+        assert!(matches!(
+            Entry::try_from(&bad_td),
+            Err(EntryError::TrustDomain { .. })
+        ));
     }
 }

@@ -4,6 +4,7 @@
 //!
 //! The service surface is [`run`], [`Config`] and [`AgentError`]; the other public modules
 //! exist for the `warden` CLI, tests and benchmarks.
+#![doc = include_str!("../README.md")]
 
 mod agent;
 pub mod ca_client;
