@@ -16,8 +16,13 @@ use warden_identity::TrustDomain;
 const WAIT: Duration = Duration::from_secs(30);
 const TOKEN: &str = "e2e-join-token-0123456789abcdef";
 
+/// The binary under test; `WARDEN_BIN` may point at another build (e.g. release, for the
+/// memory measurement).
 fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_warden"))
+    std::env::var_os("WARDEN_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_warden")),
+        PathBuf::from,
+    )
 }
 
 fn free_port() -> u16 {
@@ -302,4 +307,98 @@ fn agent_serves_rotates_survives_restarts_and_outages_with_real_processes() {
         c == 0 && !o.contains("/web") && o.contains("/api")
     });
     drop(agent);
+}
+
+/// Measurement, not a test of behaviour: resident memory of a real `warden agent run` holding
+/// 1,000 entries and their X.509-SVIDs. Run with
+/// `cargo test -p warden --test agent_e2e -- --ignored --nocapture measure_agent_rss`.
+#[test]
+#[ignore = "measurement; prints the agent's VmRSS"]
+fn measure_agent_rss_with_1000_cached_entries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let uid = std::fs::metadata("/proc/self").unwrap().uid();
+    let ca_dir = tmp.path().join("ca");
+    let status = Command::new(bin())
+        .args(["ca", "init", "--trust-domain", "example.org", "--data-dir"])
+        .arg(&ca_dir)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let td = TrustDomain::new("example.org").unwrap();
+    let db_url = ca_dir
+        .join("datastore.sqlite3")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    rt().block_on(async {
+        let ds = Datastore::open(&db_url).await.unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        let expires = i64::try_from(now.as_secs()).unwrap() + 600;
+        ds.create_join_token(&join_token_hash(TOKEN), expires, "e2e")
+            .await
+            .unwrap();
+        ds.create_entry(&entry(&td, "/mine", uid), "e2e")
+            .await
+            .unwrap();
+        for i in 1..1000 {
+            ds.create_entry(&entry(&td, &format!("/w{i}"), 100_000 + i), "e2e")
+                .await
+                .unwrap();
+        }
+        ds.close().await;
+    });
+    let ca = Ca {
+        dir: ca_dir.clone(),
+        port: free_port(),
+        http: free_port(),
+    };
+    let _ca_proc = ca.serve();
+    let socket = tmp.path().join("agent.sock");
+    let agent_http = free_port();
+    let args = [
+        "agent".to_owned(),
+        "run".into(),
+        "--server".into(),
+        format!("127.0.0.1:{}", ca.port),
+        "--trust-bundle".into(),
+        ca_dir.join("root.crt.pem").display().to_string(),
+        "--data-dir".into(),
+        tmp.path().join("agent").display().to_string(),
+        "--socket".into(),
+        socket.display().to_string(),
+        "--http-listen".into(),
+        format!("127.0.0.1:{agent_http}"),
+        "--join-token".into(),
+        TOKEN.into(),
+    ];
+    let agent = spawn(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &tmp.path().join("agent.log"),
+    );
+    fetch_until(&socket, &[], "first svid", |c, o, _| {
+        c == 0 && o.contains("/mine")
+    });
+    // Wait for the whole cache: metrics report 1000 SVIDs.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", agent_http)).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        if text.contains("warden_agent_svids_cached 1000") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "cache never filled");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for _ in 0..100 {
+        fetch(&socket, &[]);
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.0.id())).unwrap();
+    let rss = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let hwm = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    println!("warden agent run with 1000 cached entries + svids: {rss}; peak {hwm}");
 }
