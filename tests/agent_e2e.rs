@@ -244,6 +244,20 @@ fn agent_serves_rotates_survives_restarts_and_outages_with_real_processes() {
     assert_eq!(agent_key_mode, 0o600);
     let first_pem = std::fs::read_to_string(out_dir.join("svid.pem")).unwrap();
 
+    // Another user reaches the socket and is attested as itself: no entry, no identity.
+    if uid == 0 && Path::new("/usr/sbin/runuser").exists() {
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+        let out = Command::new("/usr/sbin/runuser")
+            .args(["-u", "nobody", "--"])
+            .arg(bin())
+            .args(["svid", "fetch", "--socket"])
+            .arg(&socket)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("no identity issued"), "{err}");
+    }
+
     // JWT-SVID minted by the CA.
     let (code, jwt, err) = fetch(&socket, &["--jwt", "--audience", "backend"]);
     assert_eq!(code, 0, "{err}");

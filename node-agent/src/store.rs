@@ -1,5 +1,7 @@
 //! The agent's data directory: its SVID (`agent.pem`), key (`agent.key`, mode 0600) and the
-//! last trust bundle (`bundle.pem`). The directory is created with mode 0700.
+//! last trust bundle (`bundle.pem`). The directory gets mode 0711: other users cannot list it,
+//! but can reach the default Workload API socket inside it (`DATA_DIR/agent.sock`); the key
+//! stays readable by the agent's user only.
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -32,10 +34,10 @@ pub struct Store {
 // === impl Store ===
 
 impl Store {
-    /// Opens (creating, 0700) the data directory.
+    /// Opens (creating, 0711) the data directory.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Write(dir.to_owned(), e))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
             .map_err(|e| StoreError::Write(dir.to_owned(), e))?;
         Ok(Self {
             dir: dir.to_owned(),
@@ -111,7 +113,7 @@ mod tests {
             .permissions()
             .mode()
             & 0o777;
-        assert_eq!(mode, 0o700);
+        assert_eq!(mode, 0o711);
         std::fs::write(dir.path().join("data/agent.pem"), "garbage").unwrap();
         std::fs::write(dir.path().join("data/agent.key"), "garbage").unwrap();
         let err = store.load_agent().unwrap_err();
