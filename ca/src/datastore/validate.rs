@@ -33,11 +33,13 @@ pub(crate) fn validate_entry(e: &NewEntry) -> Result<NewEntry, EntryError> {
     }
     check_ttl("x509_svid_ttl", e.x509_svid_ttl, MAX_X509_SVID_TTL)?;
     check_ttl("jwt_svid_ttl", e.jwt_svid_ttl, MAX_JWT_SVID_TTL)?;
-    let mut dns = Vec::with_capacity(e.dns_names.len());
+    let mut dns: Vec<String> = Vec::with_capacity(e.dns_names.len());
     for name in &e.dns_names {
-        dns.push(check_dns_name(name)?);
+        let name = check_dns_name(name)?;
+        if !dns.contains(&name) {
+            dns.push(name);
+        }
     }
-    dns.dedup();
     e.dns_names = dns;
     e.federates_with.sort();
     e.federates_with.dedup();
@@ -110,7 +112,11 @@ mod tests {
             ],
             x509_svid_ttl: 0,
             jwt_svid_ttl: 300,
-            dns_names: vec!["Web.Example.org".into(), "*.svc.local".into()],
+            dns_names: vec![
+                "Web.Example.org".into(),
+                "*.svc.local".into(),
+                "web.example.org".into(),
+            ],
             federates_with: vec![],
             hint: String::new(),
         }
