@@ -18,5 +18,6 @@ mod datastore {
     mod bundles;
     mod ca_journal;
     mod entries;
+    mod open;
     mod tokens;
 }
