@@ -52,7 +52,13 @@ impl Decision {
         eval_time: Duration,
         version: Arc<str>,
     ) -> Self {
-        Self { outcome, policy_ids, errors, eval_time, version }
+        Self {
+            outcome,
+            policy_ids,
+            errors,
+            eval_time,
+            version,
+        }
     }
 
     /// Allow or deny.

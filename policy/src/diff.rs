@@ -66,8 +66,12 @@ impl DiffReport {
 /// Replays every record of `requests` against `old` and `new`. Blank lines are skipped; a line
 /// that is not a decision record is a located error.
 pub fn diff(old: &PolicySet, new: &PolicySet, requests: &Path) -> Result<DiffReport, LoadError> {
-    let text = std::fs::read_to_string(requests)
-        .map_err(|e| LoadError::new(vec![Problem::in_file(requests, format!("cannot read requests file: {e}"))]))?;
+    let text = std::fs::read_to_string(requests).map_err(|e| {
+        LoadError::new(vec![Problem::in_file(
+            requests,
+            format!("cannot read requests file: {e}"),
+        )])
+    })?;
     let file = SourceFile::new(requests.to_owned(), text);
     let mut problems = Vec::new();
     let mut report = DiffReport::default();
@@ -82,7 +86,12 @@ pub fn diff(old: &PolicySet, new: &PolicySet, requests: &Path) -> Result<DiffRep
             Ok(r) => r,
             Err(e) => {
                 let at = start + e.column().saturating_sub(1);
-                problems.push(Problem::at(&file, at, format!("line {} is not a decision record: {e}", n + 1), None));
+                problems.push(Problem::at(
+                    &file,
+                    at,
+                    format!("line {} is not a decision record: {e}", n + 1),
+                    None,
+                ));
                 continue;
             }
         };
@@ -105,8 +114,17 @@ pub fn diff(old: &PolicySet, new: &PolicySet, requests: &Path) -> Result<DiffRep
         let (before, after) = (old.decide(&request), new.decide(&request));
         report.replayed += 1;
         if before.outcome() != after.outcome() {
-            report.changes.push(Change { line: n + 1, record, old: before, new: after });
+            report.changes.push(Change {
+                line: n + 1,
+                record,
+                old: before,
+                new: after,
+            });
         }
     }
-    if problems.is_empty() { Ok(report) } else { Err(LoadError::new(problems)) }
+    if problems.is_empty() {
+        Ok(report)
+    } else {
+        Err(LoadError::new(problems))
+    }
 }

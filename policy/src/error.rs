@@ -25,7 +25,12 @@ pub struct LoadError {
 
 impl Problem {
     /// A problem at a byte offset of a source file.
-    pub(crate) fn at(file: &SourceFile, offset: usize, message: String, help: Option<String>) -> Self {
+    pub(crate) fn at(
+        file: &SourceFile,
+        offset: usize,
+        message: String,
+        help: Option<String>,
+    ) -> Self {
         let snippet = file.line_text(offset).trim_end().to_owned();
         Self {
             location: Some(file.location(offset)),
@@ -38,7 +43,13 @@ impl Problem {
 
     /// A problem with a whole file (or directory).
     pub(crate) fn in_file(path: &std::path::Path, message: String) -> Self {
-        Self { location: None, file: Some(path.to_owned()), message, snippet: None, help: None }
+        Self {
+            location: None,
+            file: Some(path.to_owned()),
+            message,
+            snippet: None,
+            help: None,
+        }
     }
 
     /// Where the problem is, when it has a line and column.
@@ -76,7 +87,15 @@ impl std::fmt::Display for Problem {
         }
         if let (Some(snippet), Some(loc)) = (&self.snippet, &self.location) {
             let width = loc.line().to_string().len();
-            write!(f, "\n {:width$} |\n {} | {snippet}\n {:width$} | {:>col$}", "", loc.line(), "", "^", col = loc.column())?;
+            write!(
+                f,
+                "\n {:width$} |\n {} | {snippet}\n {:width$} | {:>col$}",
+                "",
+                loc.line(),
+                "",
+                "^",
+                col = loc.column()
+            )?;
         }
         if let Some(help) = &self.help {
             write!(f, "\n  = help: {help}")?;
@@ -99,7 +118,11 @@ impl LoadError {
 }
 
 fn render(problems: &[Problem]) -> String {
-    problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Turns a Cedar diagnostic (parse, schema or validation error) into problems located in `file`.
@@ -110,7 +133,10 @@ pub(crate) fn from_diagnostic(
     fallback: usize,
     prefix: &str,
 ) -> Problem {
-    let offset = diag.labels().and_then(|mut l| l.next()).map_or(fallback, |l| l.offset());
+    let offset = diag
+        .labels()
+        .and_then(|mut l| l.next())
+        .map_or(fallback, |l| l.offset());
     let help = diag.help().map(|h| h.to_string());
     let mut message = format!("{prefix}{diag}");
     let mut source = diag.source();

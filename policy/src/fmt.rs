@@ -39,15 +39,22 @@ impl FormattedFile {
 /// Formats every `.cedar` file of `dir` (without writing). A file that does not parse is a
 /// located error.
 pub fn format_dir(dir: &Path) -> Result<Vec<FormattedFile>, LoadError> {
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| LoadError::new(vec![Problem::in_file(dir, format!("cannot read policy directory: {e}"))]))?;
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        LoadError::new(vec![Problem::in_file(
+            dir,
+            format!("cannot read policy directory: {e}"),
+        )])
+    })?;
     let mut paths: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|e| e == "cedar") && p.is_file())
         .collect();
     paths.sort();
     if paths.is_empty() {
-        return Err(LoadError::new(vec![Problem::in_file(dir, "directory has no `.cedar` policy files".to_owned())]));
+        return Err(LoadError::new(vec![Problem::in_file(
+            dir,
+            "directory has no `.cedar` policy files".to_owned(),
+        )]));
     }
     let config = cedar_policy_formatter::Config::default();
     let mut problems = Vec::new();
@@ -66,9 +73,17 @@ pub fn format_dir(dir: &Path) -> Result<Vec<FormattedFile>, LoadError> {
             continue;
         }
         match cedar_policy_formatter::policies_str_to_pretty(file.text(), &config) {
-            Ok(formatted) => out.push(FormattedFile { path, original: file.text().to_owned(), formatted }),
+            Ok(formatted) => out.push(FormattedFile {
+                path,
+                original: file.text().to_owned(),
+                formatted,
+            }),
             Err(e) => problems.push(Problem::in_file(&path, format!("cannot format: {e}"))),
         }
     }
-    if problems.is_empty() { Ok(out) } else { Err(LoadError::new(problems)) }
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(LoadError::new(problems))
+    }
 }

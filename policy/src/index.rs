@@ -84,8 +84,10 @@ impl ScopeIndex {
     /// Ids of every policy that may apply to `scope`, each once, in index order.
     pub(crate) fn candidates(&self, scope: &Scope<'_>) -> Vec<&cedar::PolicyId> {
         let mut hits: Vec<u32> = self.unscoped.clone();
-        let mut add = |bucket: Option<&Vec<u32>>| hits.extend(bucket.into_iter().flatten().copied());
-        for uid in std::iter::once(scope.principal).chain(scope.principal_ancestors.iter().copied()) {
+        let mut add =
+            |bucket: Option<&Vec<u32>>| hits.extend(bucket.into_iter().flatten().copied());
+        for uid in std::iter::once(scope.principal).chain(scope.principal_ancestors.iter().copied())
+        {
             add(self.by_principal.get(uid));
         }
         for uid in std::iter::once(scope.resource).chain(scope.resource_ancestors.iter().copied()) {
@@ -94,11 +96,17 @@ impl ScopeIndex {
         for uid in std::iter::once(scope.action).chain(scope.action_ancestors.iter().copied()) {
             add(self.by_action.get(uid));
         }
-        add(self.by_principal_type.get(&scope.principal.type_name().clone()));
-        add(self.by_resource_type.get(&scope.resource.type_name().clone()));
+        add(self
+            .by_principal_type
+            .get(&scope.principal.type_name().clone()));
+        add(self
+            .by_resource_type
+            .get(&scope.resource.type_name().clone()));
         hits.sort_unstable();
         hits.dedup();
-        hits.iter().filter_map(|&n| self.ids.get(n as usize)).collect()
+        hits.iter()
+            .filter_map(|&n| self.ids.get(n as usize))
+            .collect()
     }
 
     /// How many policies are indexed.

@@ -37,17 +37,17 @@ mod source;
 mod testing;
 
 pub use decision::{Decision, Outcome};
+pub use diff::{Change, DiffReport, diff};
 pub use error::{LoadError, Problem};
+pub use fmt::{FormattedFile, format_dir};
 pub use loader::{ENTITIES_FILE, LINKS_FILE, PolicyInfo, PolicyKind};
 pub use model::{
-    ACTION_TYPE, CONNECT_ACTION, GRPC_ACTION, NAMESPACE_TYPE, SERVICE_TYPE, TRUST_DOMAIN_TYPE, UNAUTHENTICATED_ID,
-    UNAUTHENTICATED_TYPE, WORKLOAD_TYPE,
+    ACTION_TYPE, CONNECT_ACTION, GRPC_ACTION, NAMESPACE_TYPE, SERVICE_TYPE, TRUST_DOMAIN_TYPE,
+    UNAUTHENTICATED_ID, UNAUTHENTICATED_TYPE, WORKLOAD_TYPE,
 };
 pub use policy_set::{Evaluation, MAX_CACHED_PEERS, PolicySet};
-pub use request::{Caller, Operation, Request, RequestError, TlsFacts, parse_time};
-pub use source::Location;
-pub use diff::{Change, DiffReport, diff};
-pub use fmt::{FormattedFile, format_dir};
 pub use record::{DEFAULT_TLS_VERSION, DecisionRecord, RequestSpec};
 pub use reload::{DEFAULT_POLL_INTERVAL, Engine, Reload};
+pub use request::{Caller, Operation, Request, RequestError, TlsFacts, parse_time};
+pub use source::Location;
 pub use testing::{CaseResult, TEST_FILE_SUFFIX, TestReport, run_tests};

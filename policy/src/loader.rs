@@ -51,7 +51,8 @@ pub(crate) struct Loaded {
     pub(crate) schema: cedar::Schema,
     pub(crate) policies: cedar::PolicySet,
     pub(crate) info: HashMap<cedar::PolicyId, PolicyInfo>,
-    pub(crate) links: HashMap<cedar::PolicyId, (cedar::PolicyId, HashMap<cedar::SlotId, cedar::EntityUid>)>,
+    pub(crate) links:
+        HashMap<cedar::PolicyId, (cedar::PolicyId, HashMap<cedar::SlotId, cedar::EntityUid>)>,
     pub(crate) entities: cedar::Entities,
     pub(crate) types: Types,
 }
@@ -104,24 +105,40 @@ pub(crate) fn load(dir: &Path) -> Result<Loaded, LoadError> {
     let mut problems = Vec::new();
     let files = read_files(dir, &mut problems)?;
     let version = digest(&files);
-    let types = Types::new().map_err(|e| LoadError::new(vec![Problem::in_file(dir, e.to_string())]))?;
+    let types = Types::new().map_err(|e| LoadError::new(vec![Problem::in_file(dir, e)]))?;
 
-    let schema = files.schema.as_ref().and_then(|f| parse_schema(f, &mut problems));
+    let schema = files
+        .schema
+        .as_ref()
+        .and_then(|f| parse_schema(f, &mut problems));
     let mut policies = cedar::PolicySet::new();
     let mut info = HashMap::new();
     let mut first_seen: HashMap<String, Location> = HashMap::new();
     for file in &files.policies {
-        parse_policy_file(file, &mut policies, &mut info, &mut first_seen, &mut problems);
+        parse_policy_file(
+            file,
+            &mut policies,
+            &mut info,
+            &mut first_seen,
+            &mut problems,
+        );
     }
     let links = match &files.links {
-        Some(file) => link(file, &mut policies, &mut info, &mut first_seen, &mut problems),
+        Some(file) => link(
+            file,
+            &mut policies,
+            &mut info,
+            &mut first_seen,
+            &mut problems,
+        ),
         None => HashMap::new(),
     };
     let entities = schema.as_ref().and_then(|schema| match &files.entities {
         Some(file) => parse_entities(file, schema, &types, &mut problems),
-        None => cedar::Entities::empty().add_entities([unauthenticated(&types)], Some(schema)).ok().and_then(|e| {
-            with_actions(e, schema, dir, &mut problems)
-        }),
+        None => cedar::Entities::empty()
+            .add_entities([unauthenticated(&types)], Some(schema))
+            .ok()
+            .and_then(|e| with_actions(e, schema, dir, &mut problems)),
     });
     if let Some(schema) = &schema {
         validate(schema, &policies, &info, &files.policies, &mut problems);
@@ -148,23 +165,44 @@ pub(crate) fn load(dir: &Path) -> Result<Loaded, LoadError> {
 
 fn read_files(dir: &Path, problems: &mut Vec<Problem>) -> Result<Files, LoadError> {
     let entries = std::fs::read_dir(dir).map_err(|e| {
-        LoadError::new(vec![Problem::in_file(dir, format!("cannot read policy directory: {e}"))])
+        LoadError::new(vec![Problem::in_file(
+            dir,
+            format!("cannot read policy directory: {e}"),
+        )])
     })?;
     let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
     paths.sort();
-    let mut files = Files { schema: None, policies: Vec::new(), entities: None, links: None };
+    let mut files = Files {
+        schema: None,
+        policies: Vec::new(),
+        entities: None,
+        links: None,
+    };
     let mut schemas = Vec::new();
     for path in paths {
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
-        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or_default().to_owned();
-        let wanted = matches!(ext.as_str(), "cedar" | "cedarschema") || name == ENTITIES_FILE || name == LINKS_FILE;
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        let wanted = matches!(ext.as_str(), "cedar" | "cedarschema")
+            || name == ENTITIES_FILE
+            || name == LINKS_FILE;
         if !wanted || !path.is_file() {
             continue;
         }
         let text = match std::fs::read(&path).map(String::from_utf8) {
             Ok(Ok(text)) => text,
             Ok(Err(_)) => {
-                problems.push(Problem::in_file(&path, "file is not valid utf-8".to_owned()));
+                problems.push(Problem::in_file(
+                    &path,
+                    "file is not valid utf-8".to_owned(),
+                ));
                 continue;
             }
             Err(e) => {
@@ -181,16 +219,28 @@ fn read_files(dir: &Path, problems: &mut Vec<Problem>) -> Result<Files, LoadErro
         }
     }
     if files.policies.is_empty() && problems.is_empty() {
-        problems.push(Problem::in_file(dir, "directory has no `.cedar` policy files".to_owned()));
+        problems.push(Problem::in_file(
+            dir,
+            "directory has no `.cedar` policy files".to_owned(),
+        ));
     }
     match schemas.len() {
-        0 => problems.push(Problem::in_file(dir, "directory has no `.cedarschema` schema file".to_owned())),
+        0 => problems.push(Problem::in_file(
+            dir,
+            "directory has no `.cedarschema` schema file".to_owned(),
+        )),
         1 => files.schema = schemas.pop(),
         _ => {
-            let names: Vec<String> = schemas.iter().map(|f| format!("`{}`", f.path().display())).collect();
+            let names: Vec<String> = schemas
+                .iter()
+                .map(|f| format!("`{}`", f.path().display()))
+                .collect();
             problems.push(Problem::in_file(
                 dir,
-                format!("directory has more than one schema file: {}", names.join(", ")),
+                format!(
+                    "directory has more than one schema file: {}",
+                    names.join(", ")
+                ),
             ));
         }
     }
@@ -200,11 +250,20 @@ fn read_files(dir: &Path, problems: &mut Vec<Problem>) -> Result<Files, LoadErro
 /// The set's version: SHA-256 over every file's name and content, in name order.
 fn digest(files: &Files) -> String {
     let mut hasher = Sha256::new();
-    let all = files.schema.iter().chain(&files.policies).chain(&files.entities).chain(&files.links);
+    let all = files
+        .schema
+        .iter()
+        .chain(&files.policies)
+        .chain(&files.entities)
+        .chain(&files.links);
     let mut all: Vec<&SourceFile> = all.collect();
     all.sort_by(|a, b| a.path().file_name().cmp(&b.path().file_name()));
     for f in all {
-        let name = f.path().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = f
+            .path()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         hasher.update((name.len() as u64).to_be_bytes());
         hasher.update(name.as_bytes());
         hasher.update((f.text().len() as u64).to_be_bytes());
@@ -219,7 +278,11 @@ fn parse_schema(file: &SourceFile, problems: &mut Vec<Problem>) -> Option<cedar:
             for w in warnings {
                 tracing::warn!(file = %file.path().display(), warning = %w, "schema warning");
             }
-            for ty in [WORKLOAD_TYPE, crate::model::UNAUTHENTICATED_TYPE, crate::model::SERVICE_TYPE] {
+            for ty in [
+                WORKLOAD_TYPE,
+                crate::model::UNAUTHENTICATED_TYPE,
+                crate::model::SERVICE_TYPE,
+            ] {
                 if !schema.entity_types().any(|t| t.to_string() == ty) {
                     problems.push(Problem::in_file(
                         file.path(),
@@ -262,19 +325,29 @@ fn parse_policy_file(
             .and_then(|n| starts.get(n).copied())
             .unwrap_or(0)
     };
-    let mut claim = |annotation: Option<&str>, offset: usize, problems: &mut Vec<Problem>| -> Option<cedar::PolicyId> {
+    let mut claim = |annotation: Option<&str>,
+                     offset: usize,
+                     problems: &mut Vec<Problem>|
+     -> Option<cedar::PolicyId> {
         let location = file.location(offset);
         let Some(id) = annotation else {
             problems.push(Problem::at(
                 file,
                 offset,
                 "policy has no `@id(\"…\")` annotation".to_owned(),
-                Some("every policy needs a unique `@id(\"…\")` so decisions can name it".to_owned()),
+                Some(
+                    "every policy needs a unique `@id(\"…\")` so decisions can name it".to_owned(),
+                ),
             ));
             return None;
         };
         if id.trim().is_empty() {
-            problems.push(Problem::at(file, offset, "policy id `` is empty".to_owned(), None));
+            problems.push(Problem::at(
+                file,
+                offset,
+                "policy id `` is empty".to_owned(),
+                None,
+            ));
             return None;
         }
         if let Some(first) = first_seen.get(id) {
@@ -293,9 +366,19 @@ fn parse_policy_file(
     policies.sort_by_key(|p| statement_start(p.id()));
     for p in policies {
         let offset = statement_start(p.id());
-        let Some(id) = claim(p.annotation("id"), offset, problems) else { continue };
+        let Some(id) = claim(p.annotation("id"), offset, problems) else {
+            continue;
+        };
         let kind = PolicyKind::Static;
-        info.insert(id.clone(), PolicyInfo { id: id.to_string(), location: Some(file.location(offset)), effect: p.effect(), kind });
+        info.insert(
+            id.clone(),
+            PolicyInfo {
+                id: id.to_string(),
+                location: Some(file.location(offset)),
+                effect: p.effect(),
+                kind,
+            },
+        );
         if let Err(e) = set.add(p.new_id(id)) {
             problems.push(Problem::at(file, offset, e.to_string(), None));
         }
@@ -304,10 +387,17 @@ fn parse_policy_file(
     templates.sort_by_key(|t| statement_start(t.id()));
     for t in templates {
         let offset = statement_start(t.id());
-        let Some(id) = claim(t.annotation("id"), offset, problems) else { continue };
+        let Some(id) = claim(t.annotation("id"), offset, problems) else {
+            continue;
+        };
         info.insert(
             id.clone(),
-            PolicyInfo { id: id.to_string(), location: Some(file.location(offset)), effect: t.effect(), kind: PolicyKind::Template },
+            PolicyInfo {
+                id: id.to_string(),
+                location: Some(file.location(offset)),
+                effect: t.effect(),
+                kind: PolicyKind::Template,
+            },
         );
         if let Err(e) = set.add_template(t.new_id(id)) {
             problems.push(Problem::at(file, offset, e.to_string(), None));
@@ -329,19 +419,41 @@ fn link(
         Ok(raw) => raw,
         Err(e) => {
             let offset = line_col_offset(file.text(), e.line(), e.column());
-            problems.push(Problem::at(file, offset, format!("invalid links file: {e}"), None));
+            problems.push(Problem::at(
+                file,
+                offset,
+                format!("invalid links file: {e}"),
+                None,
+            ));
             return links;
         }
     };
     for l in raw {
         let offset = file.text().find(&format!("\"{}\"", l.id)).unwrap_or(0);
         if let Some(first) = first_seen.get(&l.id) {
-            problems.push(Problem::at(file, offset, format!("duplicate policy id `{}`: also defined at {first}", l.id), None));
+            problems.push(Problem::at(
+                file,
+                offset,
+                format!("duplicate policy id `{}`: also defined at {first}", l.id),
+                None,
+            ));
             continue;
         }
         let template_id = cedar::PolicyId::new(&l.template);
-        let Some(template_info) = info.get(&template_id).filter(|i| i.kind == PolicyKind::Template).cloned() else {
-            problems.push(Problem::at(file, offset, format!("link `{}` names `{}`, which is not a template", l.id, l.template), None));
+        let Some(template_info) = info
+            .get(&template_id)
+            .filter(|i| i.kind == PolicyKind::Template)
+            .cloned()
+        else {
+            problems.push(Problem::at(
+                file,
+                offset,
+                format!(
+                    "link `{}` names `{}`, which is not a template",
+                    l.id, l.template
+                ),
+                None,
+            ));
             continue;
         };
         let mut values = HashMap::new();
@@ -358,7 +470,12 @@ fn link(
                 Ok(uid) => {
                     values.insert(slot_id, uid);
                 }
-                Err(e) => problems.push(Problem::at(file, offset, format!("link `{}`: `{value}` is not an entity uid: {e}", l.id), None)),
+                Err(e) => problems.push(Problem::at(
+                    file,
+                    offset,
+                    format!("link `{}`: `{value}` is not an entity uid: {e}", l.id),
+                    None,
+                )),
             }
         }
         let id = cedar::PolicyId::new(&l.id);
@@ -371,19 +488,30 @@ fn link(
                         id: l.id.clone(),
                         location: template_info.location.clone(),
                         effect: template_info.effect,
-                        kind: PolicyKind::Linked { template: l.template.clone() },
+                        kind: PolicyKind::Linked {
+                            template: l.template.clone(),
+                        },
                     },
                 );
                 links.insert(id, (template_id, values));
             }
-            Err(e) => problems.push(Problem::at(file, offset, format!("link `{}`: {e}", l.id), None)),
+            Err(e) => problems.push(Problem::at(
+                file,
+                offset,
+                format!("link `{}`: {e}", l.id),
+                None,
+            )),
         }
     }
     links
 }
 
 fn line_col_offset(text: &str, line: usize, column: usize) -> usize {
-    let line_start: usize = text.split_inclusive('\n').take(line.saturating_sub(1)).map(str::len).sum();
+    let line_start: usize = text
+        .split_inclusive('\n')
+        .take(line.saturating_sub(1))
+        .map(str::len)
+        .sum();
     line_start + column.saturating_sub(1)
 }
 
@@ -400,14 +528,26 @@ fn with_actions(
     let actions = match schema.action_entities() {
         Ok(a) => a,
         Err(e) => {
-            problems.push(Problem::in_file(path, format!("cannot build action entities: {e}")));
+            problems.push(Problem::in_file(
+                path,
+                format!("cannot build action entities: {e}"),
+            ));
             return None;
         }
     };
-    let actions: Vec<cedar::Entity> = actions.iter().filter(|a| entities.get(&a.uid()).is_none()).cloned().collect();
+    let actions: Vec<cedar::Entity> = actions
+        .iter()
+        .filter(|a| entities.get(&a.uid()).is_none())
+        .cloned()
+        .collect();
     entities
         .add_entities(actions, None)
-        .map_err(|e| problems.push(Problem::in_file(path, format!("cannot add action entities: {e}"))))
+        .map_err(|e| {
+            problems.push(Problem::in_file(
+                path,
+                format!("cannot add action entities: {e}"),
+            ))
+        })
         .ok()
 }
 
@@ -422,25 +562,46 @@ fn parse_entities(
         Ok(v) => v,
         Err(e) => {
             let offset = line_col_offset(file.text(), e.line(), e.column());
-            problems.push(Problem::at(file, offset, format!("invalid entities file: {e}"), None));
+            problems.push(Problem::at(
+                file,
+                offset,
+                format!("invalid entities file: {e}"),
+                None,
+            ));
             return None;
         }
     };
     let Some(list) = value.as_array_mut() else {
-        problems.push(Problem::at(file, 0, "entities file must be a json array of entities".to_owned(), None));
+        problems.push(Problem::at(
+            file,
+            0,
+            "entities file must be a json array of entities".to_owned(),
+            None,
+        ));
         return None;
     };
     for entry in list.iter_mut() {
-        let Some(uid) = entry.get("uid") else { continue };
+        let Some(uid) = entry.get("uid") else {
+            continue;
+        };
         if uid.get("type").and_then(|t| t.as_str()) != Some(WORKLOAD_TYPE) {
             continue;
         }
-        let raw_id = uid.get("id").and_then(|i| i.as_str()).unwrap_or_default().to_owned();
+        let raw_id = uid
+            .get("id")
+            .and_then(|i| i.as_str())
+            .unwrap_or_default()
+            .to_owned();
         let offset = file.text().find(&format!("\"{raw_id}\"")).unwrap_or(0);
         let id = match SpiffeId::from_str(&raw_id) {
             Ok(id) => id,
             Err(e) => {
-                problems.push(Problem::at(file, offset, format!("workload id `{raw_id}` is not a spiffe id: {e}"), None));
+                problems.push(Problem::at(
+                    file,
+                    offset,
+                    format!("workload id `{raw_id}` is not a spiffe id: {e}"),
+                    None,
+                ));
                 continue;
             }
         };
@@ -449,7 +610,11 @@ fn parse_entities(
                 "attrs".to_owned(),
                 serde_json::json!({"trust_domain": id.trust_domain_name(), "path": id.path()}),
             );
-            let mut parents = obj.get("parents").and_then(|p| p.as_array()).cloned().unwrap_or_default();
+            let mut parents = obj
+                .get("parents")
+                .and_then(|p| p.as_array())
+                .cloned()
+                .unwrap_or_default();
             for p in types.derived_parents(&id) {
                 parents.push(serde_json::json!({"type": p.type_name().to_string(), "id": p.id().unescaped()}));
             }
@@ -468,7 +633,10 @@ fn parse_entities(
         match entities.add_entities([unauthenticated(types)], Some(schema)) {
             Ok(e) => e,
             Err(e) => {
-                problems.push(Problem::in_file(file.path(), format!("invalid entities file: {e}")));
+                problems.push(Problem::in_file(
+                    file.path(),
+                    format!("invalid entities file: {e}"),
+                ));
                 return None;
             }
         }

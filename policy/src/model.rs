@@ -39,13 +39,14 @@ pub(crate) struct Types {
 // === impl Types ===
 
 impl Types {
-    pub(crate) fn new() -> Result<Self, cedar::ParseErrors> {
+    pub(crate) fn new() -> Result<Self, String> {
+        let parse = |name: &str| cedar::EntityTypeName::from_str(name).map_err(|e| e.to_string());
         Ok(Self {
-            workload: cedar::EntityTypeName::from_str(WORKLOAD_TYPE)?,
-            unauthenticated: cedar::EntityTypeName::from_str(UNAUTHENTICATED_TYPE)?,
-            service: cedar::EntityTypeName::from_str(SERVICE_TYPE)?,
-            trust_domain: cedar::EntityTypeName::from_str(TRUST_DOMAIN_TYPE)?,
-            namespace: cedar::EntityTypeName::from_str(NAMESPACE_TYPE)?,
+            workload: parse(WORKLOAD_TYPE)?,
+            unauthenticated: parse(UNAUTHENTICATED_TYPE)?,
+            service: parse(SERVICE_TYPE)?,
+            trust_domain: parse(TRUST_DOMAIN_TYPE)?,
+            namespace: parse(NAMESPACE_TYPE)?,
         })
     }
 
@@ -62,7 +63,12 @@ impl Types {
     pub(crate) fn derived_parents(&self, id: &SpiffeId) -> Vec<cedar::EntityUid> {
         let mut parents = vec![Self::uid(&self.trust_domain, id.trust_domain_name())];
         // The first prefix is the trust domain's own ID (`spiffe://td`), covered above.
-        parents.extend(id.prefixes().iter().skip(1).map(|p| Self::uid(&self.namespace, p.as_str())));
+        parents.extend(
+            id.prefixes()
+                .iter()
+                .skip(1)
+                .map(|p| Self::uid(&self.namespace, p.as_str())),
+        );
         parents
     }
 
@@ -72,16 +78,19 @@ impl Types {
         &self,
         id: &SpiffeId,
         extra: impl IntoIterator<Item = cedar::EntityUid>,
-    ) -> Result<cedar::Entity, cedar::EntityAttrEvaluationError> {
+    ) -> Result<cedar::Entity, String> {
         let parents: HashSet<_> = self.derived_parents(id).into_iter().chain(extra).collect();
         let attrs = HashMap::from([
             (
                 "trust_domain".to_owned(),
                 cedar::RestrictedExpression::new_string(id.trust_domain_name().to_owned()),
             ),
-            ("path".to_owned(), cedar::RestrictedExpression::new_string(id.path().to_owned())),
+            (
+                "path".to_owned(),
+                cedar::RestrictedExpression::new_string(id.path().to_owned()),
+            ),
         ]);
-        cedar::Entity::new(self.workload_uid(id), attrs, parents)
+        cedar::Entity::new(self.workload_uid(id), attrs, parents).map_err(|e| e.to_string())
     }
 }
 
@@ -93,7 +102,11 @@ mod tests {
     fn workload_parents_are_trust_domain_and_each_path_prefix() {
         let types = Types::new().unwrap();
         let id: SpiffeId = "spiffe://example.org/ns/prod/sa/api".parse().unwrap();
-        let parents: Vec<String> = types.derived_parents(&id).iter().map(ToString::to_string).collect();
+        let parents: Vec<String> = types
+            .derived_parents(&id)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         assert_eq!(
             parents,
             [

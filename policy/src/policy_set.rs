@@ -82,19 +82,38 @@ impl PolicySet {
         let index = ScopeIndex::new(&loaded.policies);
         let mut actions = HashMap::new();
         for uid in loaded.schema.actions() {
-            let ancestors = loaded.entities.ancestors(uid).map(|a| a.cloned().collect()).unwrap_or_default();
+            let ancestors = loaded
+                .entities
+                .ancestors(uid)
+                .map(|a| a.cloned().collect())
+                .unwrap_or_default();
             let slot = actions.len();
             let shapes = std::array::from_fn(|_| OnceLock::new());
-            actions.insert(uid.id().unescaped().to_owned(), ActionInfo { slot, uid: uid.clone(), ancestors, shapes });
+            actions.insert(
+                uid.id().unescaped().to_owned(),
+                ActionInfo {
+                    slot,
+                    uid: uid.clone(),
+                    ancestors,
+                    shapes,
+                },
+            );
         }
         let version = Arc::from(loaded.version.as_str());
-        tracing::info!(
+        tracing::debug!(
             policy.version = %version,
             policies = index.len(),
             dir = %loaded.dir.display(),
             "policy set loaded"
         );
-        Self { loaded, version, index, authorizer: cedar::Authorizer::new(), actions, peers: RwLock::default() }
+        Self {
+            loaded,
+            version,
+            index,
+            authorizer: cedar::Authorizer::new(),
+            actions,
+            peers: RwLock::default(),
+        }
     }
 
     /// The content digest of the set (`sha256:<hex>`).
@@ -132,7 +151,13 @@ impl PolicySet {
             Ok(result) => result,
             Err(e) => (Outcome::Deny, Vec::new(), vec![e.to_string()]),
         };
-        Decision::new(outcome, ids, errors, start.elapsed(), Arc::clone(&self.version))
+        Decision::new(
+            outcome,
+            ids,
+            errors,
+            start.elapsed(),
+            Arc::clone(&self.version),
+        )
     }
 
     fn evaluate(
@@ -141,17 +166,31 @@ impl PolicySet {
         evaluation: Evaluation,
     ) -> Result<(Outcome, Vec<String>, Vec<String>), RequestError> {
         let action_name = request.operation.action_name();
-        let action = self.actions.get(action_name).ok_or_else(|| RequestError::UnknownAction(action_name.to_owned()))?;
+        let action = self
+            .actions
+            .get(action_name)
+            .ok_or_else(|| RequestError::UnknownAction(action_name.to_owned()))?;
         let peer = self.peer(request.caller, request.resource)?;
         let context = request.context()?;
-        let shape = usize::from(request.caller == Caller::Unauthenticated) * 2 + usize::from(request.tls.is_some());
+        let shape = usize::from(request.caller == Caller::Unauthenticated) * 2
+            + usize::from(request.tls.is_some());
         let new_request = |context, schema| {
-            cedar::Request::new(peer.principal.clone(), action.uid.clone(), peer.resource.clone(), context, schema)
+            cedar::Request::new(
+                peer.principal.clone(),
+                action.uid.clone(),
+                peer.resource.clone(),
+                context,
+                schema,
+            )
+            .map_err(|e| e.to_string())
         };
-        let checked = action.shapes.get(shape).ok_or_else(|| RequestError::Rejected("bad request shape".to_owned()))?;
+        let checked = action
+            .shapes
+            .get(shape)
+            .ok_or_else(|| RequestError::Rejected("bad request shape".to_owned()))?;
         let cedar_request = match checked.get() {
             // This shape passed the schema: the request needs no second check (see `shapes`).
-            Some(Ok(())) => new_request(context, None).map_err(|e| RequestError::Rejected(e.to_string()))?,
+            Some(Ok(())) => new_request(context, None).map_err(RequestError::Rejected)?,
             Some(Err(e)) => return Err(RequestError::Rejected(e.clone())),
             None => match new_request(context, Some(&self.loaded.schema)) {
                 Ok(r) => {
@@ -159,13 +198,16 @@ impl PolicySet {
                     r
                 }
                 Err(e) => {
-                    let _ = checked.set(Err(e.to_string()));
-                    return Err(RequestError::Rejected(e.to_string()));
+                    let _ = checked.set(Err(e.clone()));
+                    return Err(RequestError::Rejected(e));
                 }
             },
         };
         let response = match evaluation {
-            Evaluation::Plain => self.authorizer.is_authorized(&cedar_request, &self.loaded.policies, &peer.entities),
+            Evaluation::Plain => {
+                self.authorizer
+                    .is_authorized(&cedar_request, &self.loaded.policies, &peer.entities)
+            }
             Evaluation::Indexed => {
                 let set = peer
                     .candidates
@@ -174,7 +216,8 @@ impl PolicySet {
                     .get_or_init(|| self.candidate_set(&peer, action).map(Arc::new))
                     .as_ref()
                     .map_err(|e| RequestError::Rejected(e.clone()))?;
-                self.authorizer.is_authorized(&cedar_request, set, &peer.entities)
+                self.authorizer
+                    .is_authorized(&cedar_request, set, &peer.entities)
             }
         };
         Ok(self.outcome(&response))
@@ -186,13 +229,21 @@ impl PolicySet {
         let mut forbid_failed = Vec::new();
         for cedar::AuthorizationError::PolicyEvaluationError(e) in response.diagnostics().errors() {
             errors.push(e.to_string());
-            let is_forbid = self.loaded.info.get(e.policy_id()).is_none_or(|i| i.effect() == cedar::Effect::Forbid);
+            let is_forbid = self
+                .loaded
+                .info
+                .get(e.policy_id())
+                .is_none_or(|i| i.effect() == cedar::Effect::Forbid);
             if is_forbid {
                 forbid_failed.push(e.policy_id().to_string());
             }
         }
         errors.sort();
-        let mut ids: Vec<String> = response.diagnostics().reason().map(ToString::to_string).collect();
+        let mut ids: Vec<String> = response
+            .diagnostics()
+            .reason()
+            .map(ToString::to_string)
+            .collect();
         if !forbid_failed.is_empty() {
             // A forbid that could not be evaluated might have applied: deny, and name it.
             ids = forbid_failed;
@@ -223,7 +274,10 @@ impl PolicySet {
             if peers.values().map(HashMap::len).sum::<usize>() >= MAX_CACHED_PEERS {
                 peers.clear();
             }
-            peers.entry(resource.to_owned()).or_default().insert(key.to_owned(), Arc::clone(&entry));
+            peers
+                .entry(resource.to_owned())
+                .or_default()
+                .insert(key.to_owned(), Arc::clone(&entry));
         }
         Ok(entry)
     }
@@ -238,12 +292,19 @@ impl PolicySet {
         let principal = match caller {
             Caller::Unauthenticated => Types::uid(&types.unauthenticated, UNAUTHENTICATED_ID),
             Caller::Spiffe(raw) => {
-                let id: SpiffeId = raw
-                    .parse()
-                    .map_err(|e: warden_identity::SpiffeIdError| RequestError::BadSpiffeId { id: raw.to_owned(), reason: e.to_string() })?;
+                let id: SpiffeId = raw.parse().map_err(|e: warden_identity::SpiffeIdError| {
+                    RequestError::BadSpiffeId {
+                        id: raw.to_owned(),
+                        reason: e.to_string(),
+                    }
+                })?;
                 let uid = types.workload_uid(&id);
                 if base.get(&uid).is_none() {
-                    extra.push(types.workload_entity(&id, []).map_err(|e| RequestError::Rejected(e.to_string()))?);
+                    extra.push(
+                        types
+                            .workload_entity(&id, [])
+                            .map_err(|e| RequestError::Rejected(e.to_string()))?,
+                    );
                 }
                 uid
             }
@@ -260,7 +321,10 @@ impl PolicySet {
                 .map_err(|e| RequestError::Rejected(e.to_string()))?
         };
         let ancestors = |uid: &cedar::EntityUid| -> Vec<cedar::EntityUid> {
-            entities.ancestors(uid).map(|a| a.cloned().collect()).unwrap_or_default()
+            entities
+                .ancestors(uid)
+                .map(|a| a.cloned().collect())
+                .unwrap_or_default()
         };
         Ok(PeerEntry {
             principal_ancestors: ancestors(&principal),
@@ -273,7 +337,11 @@ impl PolicySet {
     }
 
     /// The policies that may apply to this peer and action, as a Cedar policy set.
-    fn candidate_set(&self, peer: &PeerEntry, action: &ActionInfo) -> Result<cedar::PolicySet, String> {
+    fn candidate_set(
+        &self,
+        peer: &PeerEntry,
+        action: &ActionInfo,
+    ) -> Result<cedar::PolicySet, String> {
         let scope = Scope {
             principal: &peer.principal,
             principal_ancestors: peer.principal_ancestors.iter().collect(),
@@ -287,13 +355,22 @@ impl PolicySet {
             match self.loaded.links.get(id) {
                 Some((template, values)) => {
                     if set.template(template).is_none() {
-                        let t = self.loaded.policies.template(template).ok_or_else(|| format!("template `{template}` is missing"))?;
+                        let t = self
+                            .loaded
+                            .policies
+                            .template(template)
+                            .ok_or_else(|| format!("template `{template}` is missing"))?;
                         set.add_template(t.clone()).map_err(|e| e.to_string())?;
                     }
-                    set.link(template.clone(), id.clone(), values.clone()).map_err(|e| e.to_string())?;
+                    set.link(template.clone(), id.clone(), values.clone())
+                        .map_err(|e| e.to_string())?;
                 }
                 None => {
-                    let p = self.loaded.policies.policy(id).ok_or_else(|| format!("policy `{id}` is missing"))?;
+                    let p = self
+                        .loaded
+                        .policies
+                        .policy(id)
+                        .ok_or_else(|| format!("policy `{id}` is missing"))?;
                     set.add(p.clone()).map_err(|e| e.to_string())?;
                 }
             }
@@ -305,6 +382,8 @@ impl PolicySet {
     pub fn candidate_count(&self, request: &Request<'_>) -> Option<usize> {
         let action = self.actions.get(request.operation.action_name())?;
         let peer = self.peer(request.caller, request.resource).ok()?;
-        self.candidate_set(&peer, action).ok().map(|s| s.policies().count())
+        self.candidate_set(&peer, action)
+            .ok()
+            .map(|s| s.policies().count())
     }
 }

@@ -108,12 +108,17 @@ impl RequestSpec {
     pub fn parsed_time(&self) -> Result<SystemTime, String> {
         match &self.time {
             None => Ok(SystemTime::now()),
-            Some(t) => parse_time(t).ok_or_else(|| format!("time `{t}` is not `YYYY-MM-DDThh:mm:ss[.sss]Z`")),
+            Some(t) => parse_time(t)
+                .ok_or_else(|| format!("time `{t}` is not `YYYY-MM-DDThh:mm:ss[.sss]Z`")),
         }
     }
 
     /// Borrows this spec as a [`Request`]; `headers` must come from [`Self::header_refs`].
-    pub fn request<'a>(&'a self, headers: &'a [(&'a str, &'a str)], time: SystemTime) -> Request<'a> {
+    pub fn request<'a>(
+        &'a self,
+        headers: &'a [(&'a str, &'a str)],
+        time: SystemTime,
+    ) -> Request<'a> {
         let caller = if self.principal == UNAUTHENTICATED_ID {
             Caller::Unauthenticated
         } else {
@@ -141,7 +146,10 @@ impl RequestSpec {
 
     /// The headers as borrowed pairs.
     pub fn header_refs(&self) -> Vec<(&str, &str)> {
-        self.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+        self.headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
     }
 }
 
@@ -163,7 +171,10 @@ impl DecisionRecord {
             .or_else(|_| self.source_addr.parse::<IpAddr>())
             .map_err(|_| format!("source_addr `{}` is not an address", self.source_addr))?;
         Ok(RequestSpec {
-            principal: self.peer_spiffe_id.clone().unwrap_or_else(|| UNAUTHENTICATED_ID.to_owned()),
+            principal: self
+                .peer_spiffe_id
+                .clone()
+                .unwrap_or_else(|| UNAUTHENTICATED_ID.to_owned()),
             action: self.action.clone(),
             resource: self.resource.clone(),
             path: self.path.clone(),

@@ -54,8 +54,15 @@ impl Engine {
     pub fn new(dir: &Path) -> Result<Self, LoadError> {
         let seen = fingerprint(dir);
         let set = PolicySet::load(dir)?;
-        let inner = Inner { dir: dir.to_owned(), current: ArcSwap::from_pointee(set), seen: Mutex::new(seen) };
-        Ok(Self { inner: Arc::new(inner), watcher: None })
+        let inner = Inner {
+            dir: dir.to_owned(),
+            current: ArcSwap::from_pointee(set),
+            seen: Mutex::new(seen),
+        };
+        Ok(Self {
+            inner: Arc::new(inner),
+            watcher: None,
+        })
     }
 
     /// Loads `dir` and starts a thread that reloads it whenever a file changes, checking every
@@ -81,7 +88,10 @@ impl Engine {
                 }
             })
             .map_err(|e| {
-                LoadError::new(vec![crate::error::Problem::in_file(dir, format!("cannot start watcher: {e}"))])
+                LoadError::new(vec![crate::error::Problem::in_file(
+                    dir,
+                    format!("cannot start watcher: {e}"),
+                )])
             })?;
         engine.watcher = Some((stop, handle));
         Ok(engine)

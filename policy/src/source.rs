@@ -53,7 +53,11 @@ impl SourceFile {
         let line_starts = std::iter::once(0)
             .chain(text.match_indices('\n').map(|(i, _)| i + 1))
             .collect();
-        Self { path: Arc::new(path), text: text.into(), line_starts }
+        Self {
+            path: Arc::new(path),
+            text: text.into(),
+            line_starts,
+        }
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -67,17 +71,36 @@ impl SourceFile {
     /// The location of a byte offset (clamped to the end of the file).
     pub(crate) fn location(&self, offset: usize) -> Location {
         let offset = offset.min(self.text.len());
-        let line_idx = self.line_starts.partition_point(|&s| s <= offset).saturating_sub(1);
+        let line_idx = self
+            .line_starts
+            .partition_point(|&s| s <= offset)
+            .saturating_sub(1);
         let line_start = self.line_starts.get(line_idx).copied().unwrap_or(0);
-        let column = self.text.get(line_start..offset).map_or(0, |s| s.chars().count()) + 1;
-        Location { file: Arc::clone(&self.path), line: line_idx + 1, column }
+        let column = self
+            .text
+            .get(line_start..offset)
+            .map_or(0, |s| s.chars().count())
+            + 1;
+        Location {
+            file: Arc::clone(&self.path),
+            line: line_idx + 1,
+            column,
+        }
     }
 
     /// The text of the line holding `offset`, without its newline.
     pub(crate) fn line_text(&self, offset: usize) -> &str {
         let offset = offset.min(self.text.len());
-        let start = self.text.get(..offset).and_then(|s| s.rfind('\n')).map_or(0, |i| i + 1);
-        let end = self.text.get(offset..).and_then(|s| s.find('\n')).map_or(self.text.len(), |i| offset + i);
+        let start = self
+            .text
+            .get(..offset)
+            .and_then(|s| s.rfind('\n'))
+            .map_or(0, |i| i + 1);
+        let end = self
+            .text
+            .get(offset..)
+            .and_then(|s| s.find('\n'))
+            .map_or(self.text.len(), |i| offset + i);
         self.text.get(start..end).unwrap_or_default()
     }
 }

@@ -124,11 +124,19 @@ impl TestReport {
 /// Runs every `*.test.toml` file of `dir` against `set`. A test file that does not parse, or a
 /// case whose request is malformed (bad time), is a located error.
 pub fn run_tests(set: &PolicySet, dir: &Path) -> Result<TestReport, LoadError> {
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| LoadError::new(vec![Problem::in_file(dir, format!("cannot read policy directory: {e}"))]))?;
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        LoadError::new(vec![Problem::in_file(
+            dir,
+            format!("cannot read policy directory: {e}"),
+        )])
+    })?;
     let mut paths: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(TEST_FILE_SUFFIX)))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with(TEST_FILE_SUFFIX))
+        })
         .collect();
     paths.sort();
     if paths.is_empty() {
@@ -143,7 +151,10 @@ pub fn run_tests(set: &PolicySet, dir: &Path) -> Result<TestReport, LoadError> {
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) => {
-                problems.push(Problem::in_file(&path, format!("cannot read test file: {e}")));
+                problems.push(Problem::in_file(
+                    &path,
+                    format!("cannot read test file: {e}"),
+                ));
                 continue;
             }
         };
@@ -152,7 +163,12 @@ pub fn run_tests(set: &PolicySet, dir: &Path) -> Result<TestReport, LoadError> {
             Ok(p) => p,
             Err(e) => {
                 let offset = e.span().map_or(0, |s| s.start);
-                problems.push(Problem::at(&file, offset, format!("invalid test file: {}", e.message()), None));
+                problems.push(Problem::at(
+                    &file,
+                    offset,
+                    format!("invalid test file: {}", e.message()),
+                    None,
+                ));
                 continue;
             }
         };
@@ -162,7 +178,12 @@ pub fn run_tests(set: &PolicySet, dir: &Path) -> Result<TestReport, LoadError> {
             let time = match spec.parsed_time() {
                 Ok(t) => t,
                 Err(e) => {
-                    problems.push(Problem::at(&file, offset, format!("case `{}`: {e}", case.name), None));
+                    problems.push(Problem::at(
+                        &file,
+                        offset,
+                        format!("case `{}`: {e}", case.name),
+                        None,
+                    ));
                     continue;
                 }
             };
@@ -177,7 +198,11 @@ pub fn run_tests(set: &PolicySet, dir: &Path) -> Result<TestReport, LoadError> {
             });
         }
     }
-    if problems.is_empty() { Ok(report) } else { Err(LoadError::new(problems)) }
+    if problems.is_empty() {
+        Ok(report)
+    } else {
+        Err(LoadError::new(problems))
+    }
 }
 
 // === impl TestCase ===
@@ -190,7 +215,11 @@ impl TestCase {
             resource: self.resource.clone(),
             path: self.path.clone(),
             query: self.query.clone(),
-            headers: self.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            headers: self
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             source: self.source.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
             tls_version: self.tls_version.clone(),
             time: self.time.clone(),

@@ -76,23 +76,54 @@ pub(crate) fn run(cmd: PolicyCommand) -> anyhow::Result<Exit> {
     match cmd {
         PolicyCommand::Validate { dir } => Ok(match PolicySet::load(&dir) {
             Ok(set) => {
-                println!("ok: {} policies, version {}", set.policies().len(), set.version());
+                println!(
+                    "ok: {} policies, version {}",
+                    set.policies().len(),
+                    set.version()
+                );
                 Exit::Ok
             }
             Err(e) => report(&e, Exit::Error),
         }),
         PolicyCommand::Fmt { check, dir } => fmt(&dir, check),
         PolicyCommand::Test { dir } => test(&dir),
-        PolicyCommand::Eval { dir, principal, action, resource, path, query, headers, source, tls_version, time } => {
-            let spec = RequestSpec { principal, action, resource, path, query, headers, source, tls_version, time };
+        PolicyCommand::Eval {
+            dir,
+            principal,
+            action,
+            resource,
+            path,
+            query,
+            headers,
+            source,
+            tls_version,
+            time,
+        } => {
+            let spec = RequestSpec {
+                principal,
+                action,
+                resource,
+                path,
+                query,
+                headers,
+                source,
+                tls_version,
+                time,
+            };
             eval(&dir, &spec)
         }
-        PolicyCommand::Diff { old_dir, new_dir, requests } => diff(&old_dir, &new_dir, &requests),
+        PolicyCommand::Diff {
+            old_dir,
+            new_dir,
+            requests,
+        } => diff(&old_dir, &new_dir, &requests),
     }
 }
 
 fn parse_header(s: &str) -> Result<(String, String), String> {
-    let (name, value) = s.split_once('=').ok_or_else(|| format!("header `{s}` is not `name=value`"))?;
+    let (name, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("header `{s}` is not `name=value`"))?;
     if name.is_empty() {
         return Err(format!("header `{s}` has an empty name"));
     }
@@ -128,7 +159,11 @@ fn fmt(dir: &Path, check: bool) -> anyhow::Result<Exit> {
             println!("formatted: {}", f.path().display());
         }
     }
-    Ok(if check && unformatted > 0 { Exit::Error } else { Exit::Ok })
+    Ok(if check && unformatted > 0 {
+        Exit::Error
+    } else {
+        Exit::Ok
+    })
 }
 
 fn test(dir: &Path) -> anyhow::Result<Exit> {
@@ -142,15 +177,26 @@ fn test(dir: &Path) -> anyhow::Result<Exit> {
     };
     for r in report_.results().iter().filter(|r| !r.passed()) {
         println!("FAIL {} ({})", r.name(), r.file().display());
-        let expected_ids = r.expected_policies().map(|p| format!(" by [{}]", p.join(", "))).unwrap_or_default();
+        let expected_ids = r
+            .expected_policies()
+            .map(|p| format!(" by [{}]", p.join(", ")))
+            .unwrap_or_default();
         println!("  expected: {}{expected_ids}", r.expected());
-        println!("  got:      {} by [{}]", r.decision().outcome(), r.decision().policy_ids().join(", "));
+        println!(
+            "  got:      {} by [{}]",
+            r.decision().outcome(),
+            r.decision().policy_ids().join(", ")
+        );
         for e in r.decision().errors() {
             println!("  error:    {e}");
         }
     }
     println!("{} passed, {} failed", report_.passed(), report_.failed());
-    Ok(if report_.failed() > 0 { Exit::Denied } else { Exit::Ok })
+    Ok(if report_.failed() > 0 {
+        Exit::Denied
+    } else {
+        Exit::Ok
+    })
 }
 
 fn eval(dir: &Path, spec: &RequestSpec) -> anyhow::Result<Exit> {
@@ -162,7 +208,11 @@ fn eval(dir: &Path, spec: &RequestSpec) -> anyhow::Result<Exit> {
     let headers = spec.header_refs();
     let decision = set.decide(&spec.request(&headers, time));
     print_decision(&set, &decision, "");
-    Ok(if decision.is_allowed() { Exit::Ok } else { Exit::Denied })
+    Ok(if decision.is_allowed() {
+        Exit::Ok
+    } else {
+        Exit::Denied
+    })
 }
 
 fn print_decision(set: &PolicySet, decision: &Decision, indent: &str) {
@@ -172,7 +222,11 @@ fn print_decision(set: &PolicySet, decision: &Decision, indent: &str) {
         println!("{indent}policies: none (default deny)");
     }
     for id in decision.policy_ids() {
-        let location = set.policy(id).and_then(|p| p.location()).map(ToString::to_string).unwrap_or_default();
+        let location = set
+            .policy(id)
+            .and_then(|p| p.location())
+            .map(ToString::to_string)
+            .unwrap_or_default();
         println!("{indent}policy:   {id} ({location})");
     }
     for e in decision.errors() {
@@ -208,6 +262,10 @@ fn diff(old_dir: &Path, new_dir: &Path, requests: &Path) -> anyhow::Result<Exit>
             println!("  error: {e}");
         }
     }
-    println!("{} requests replayed, {} decisions change", report_.replayed(), report_.changes().len());
+    println!(
+        "{} requests replayed, {} decisions change",
+        report_.replayed(),
+        report_.changes().len()
+    );
     Ok(Exit::Ok)
 }

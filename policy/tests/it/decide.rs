@@ -12,7 +12,12 @@ fn shipped_example_passes_its_policy_tests() {
     let set = PolicySet::load(&shipped()).unwrap();
     let report = run_tests(&set, &shipped()).unwrap();
     for r in report.results().iter().filter(|r| !r.passed()) {
-        eprintln!("{}: expected {} got {:?}", r.name(), r.expected(), r.decision());
+        eprintln!(
+            "{}: expected {} got {:?}",
+            r.name(),
+            r.expected(),
+            r.decision()
+        );
     }
     assert_eq!(report.failed(), 0);
     assert!(report.passed() >= 20);
@@ -20,7 +25,10 @@ fn shipped_example_passes_its_policy_tests() {
 
 #[test]
 fn no_permit_means_deny_with_no_policies() {
-    let dir = dir_with(&[("a.cedar", "@id(\"only-api\")\npermit(principal, action, resource == Mesh::Service::\"api\");")]);
+    let dir = dir_with(&[(
+        "a.cedar",
+        "@id(\"only-api\")\npermit(principal, action, resource == Mesh::Service::\"api\");",
+    )]);
     let set = PolicySet::load(dir.path()).unwrap();
     let d = set.decide(&http("spiffe://example.org/a", "GET", "db", "/"));
     assert_eq!(d.outcome(), Outcome::Deny);
@@ -30,7 +38,10 @@ fn no_permit_means_deny_with_no_policies() {
 
 #[test]
 fn decision_names_policies_by_their_id_annotation() {
-    let dir = dir_with(&[("a.cedar", "@id(\"reads\")\npermit(principal, action in Mesh::Action::\"read\", resource);\n@id(\"gets\")\npermit(principal, action == Mesh::Action::\"GET\", resource);")]);
+    let dir = dir_with(&[(
+        "a.cedar",
+        "@id(\"reads\")\npermit(principal, action in Mesh::Action::\"read\", resource);\n@id(\"gets\")\npermit(principal, action == Mesh::Action::\"GET\", resource);",
+    )]);
     let set = PolicySet::load(dir.path()).unwrap();
     let d = set.decide(&http("spiffe://example.org/a", "GET", "api", "/"));
     assert_eq!(d.outcome(), Outcome::Allow);
@@ -39,10 +50,16 @@ fn decision_names_policies_by_their_id_annotation() {
 
 #[test]
 fn forbid_wins_over_permit() {
-    let dir = dir_with(&[("a.cedar", "@id(\"p\")\npermit(principal, action, resource);\n@id(\"f\")\nforbid(principal, action == Mesh::Action::\"DELETE\", resource);")]);
+    let dir = dir_with(&[(
+        "a.cedar",
+        "@id(\"p\")\npermit(principal, action, resource);\n@id(\"f\")\nforbid(principal, action == Mesh::Action::\"DELETE\", resource);",
+    )]);
     let set = PolicySet::load(dir.path()).unwrap();
     let d = set.decide(&http("spiffe://example.org/a", "DELETE", "api", "/"));
-    assert_eq!((d.outcome(), d.policy_ids()), (Outcome::Deny, &["f".to_owned()][..]));
+    assert_eq!(
+        (d.outcome(), d.policy_ids()),
+        (Outcome::Deny, &["f".to_owned()][..])
+    );
 }
 
 #[test]
@@ -56,7 +73,11 @@ fn error_in_a_forbid_denies_and_is_reported() {
     let d = set.decide(&http("spiffe://example.org/a", "GET", "api", "/"));
     assert_eq!(d.outcome(), Outcome::Deny);
     assert_eq!(d.policy_ids(), ["f"]);
-    assert!(d.errors().iter().any(|e| e.contains("overflow")), "{:?}", d.errors());
+    assert!(
+        d.errors().iter().any(|e| e.contains("overflow")),
+        "{:?}",
+        d.errors()
+    );
 }
 
 #[test]
@@ -73,18 +94,33 @@ fn error_in_a_permit_skips_it_and_is_reported() {
 
 #[test]
 fn spiffe_id_that_does_not_parse_is_denied_with_the_reason() {
-    let dir = dir_with(&[("a.cedar", "@id(\"p\")\npermit(principal, action, resource);")]);
+    let dir = dir_with(&[(
+        "a.cedar",
+        "@id(\"p\")\npermit(principal, action, resource);",
+    )]);
     let set = PolicySet::load(dir.path()).unwrap();
-    for bad in ["spiffe://Example.org/a b", "https://example.org/a", "spiffe://example.org/a/../b", ""] {
+    for bad in [
+        "spiffe://Example.org/a b",
+        "https://example.org/a",
+        "spiffe://example.org/a/../b",
+        "",
+    ] {
         let d = set.decide(&http(bad, "GET", "api", "/"));
         assert_eq!(d.outcome(), Outcome::Deny, "{bad}");
-        assert!(d.errors()[0].contains("is not a spiffe id"), "{:?}", d.errors());
+        assert!(
+            d.errors()[0].contains("is not a spiffe id"),
+            "{:?}",
+            d.errors()
+        );
     }
 }
 
 #[test]
 fn unknown_method_is_denied_with_the_reason() {
-    let dir = dir_with(&[("a.cedar", "@id(\"p\")\npermit(principal, action, resource);")]);
+    let dir = dir_with(&[(
+        "a.cedar",
+        "@id(\"p\")\npermit(principal, action, resource);",
+    )]);
     let set = PolicySet::load(dir.path()).unwrap();
     let d = set.decide(&http("spiffe://example.org/a", "BREW", "api", "/"));
     assert_eq!(d.outcome(), Outcome::Deny);
@@ -93,22 +129,43 @@ fn unknown_method_is_denied_with_the_reason() {
 
 #[test]
 fn bad_grpc_path_and_empty_resource_are_denied() {
-    let dir = dir_with(&[("a.cedar", "@id(\"p\")\npermit(principal, action, resource);")]);
+    let dir = dir_with(&[(
+        "a.cedar",
+        "@id(\"p\")\npermit(principal, action, resource);",
+    )]);
     let set = PolicySet::load(dir.path()).unwrap();
     let d = set.decide(&http("spiffe://example.org/a", "grpc", "api", "/not-grpc"));
-    assert!(!d.is_allowed() && d.errors()[0].contains("grpc path"), "{:?}", d.errors());
+    assert!(
+        !d.is_allowed() && d.errors()[0].contains("grpc path"),
+        "{:?}",
+        d.errors()
+    );
     let d = set.decide(&http("spiffe://example.org/a", "GET", "", "/"));
-    assert!(!d.is_allowed() && d.errors()[0].contains("resource name is empty"), "{:?}", d.errors());
+    assert!(
+        !d.is_allowed() && d.errors()[0].contains("resource name is empty"),
+        "{:?}",
+        d.errors()
+    );
 }
 
 #[test]
 fn principal_in_namespace_matches_every_workload_below_it() {
-    let dir = dir_with(&[("a.cedar", "@id(\"prod\")\npermit(principal in Mesh::Namespace::\"spiffe://example.org/ns/prod\", action, resource);\n@id(\"td\")\npermit(principal in Mesh::TrustDomain::\"other.org\", action, resource);")]);
+    let dir = dir_with(&[(
+        "a.cedar",
+        "@id(\"prod\")\npermit(principal in Mesh::Namespace::\"spiffe://example.org/ns/prod\", action, resource);\n@id(\"td\")\npermit(principal in Mesh::TrustDomain::\"other.org\", action, resource);",
+    )]);
     let set = PolicySet::load(dir.path()).unwrap();
-    let allow = |id: &str| set.decide(&http(id, "GET", "api", "/")).policy_ids().to_vec();
+    let allow = |id: &str| {
+        set.decide(&http(id, "GET", "api", "/"))
+            .policy_ids()
+            .to_vec()
+    };
     assert_eq!(allow("spiffe://example.org/ns/prod/sa/api"), ["prod"]);
     assert_eq!(allow("spiffe://example.org/ns/prod"), Vec::<String>::new());
-    assert_eq!(allow("spiffe://example.org/ns/production/sa/api"), Vec::<String>::new());
+    assert_eq!(
+        allow("spiffe://example.org/ns/production/sa/api"),
+        Vec::<String>::new()
+    );
     assert_eq!(allow("spiffe://other.org/x"), ["td"]);
 }
 
@@ -123,12 +180,18 @@ fn workload_attributes_and_headers_reach_policies() {
     let mut req = http("spiffe://example.org/ns/prod/sa/api", "GET", "api", "/");
     assert!(!set.decide(&req).is_allowed());
     req.headers = &headers;
-    assert!(set.decide(&req).is_allowed(), "header names are matched lowercase");
+    assert!(
+        set.decide(&req).is_allowed(),
+        "header names are matched lowercase"
+    );
 }
 
 #[test]
 fn unauthenticated_caller_is_its_own_principal() {
-    let dir = dir_with(&[("a.cedar", "@id(\"anon-reads\")\npermit(principal == Mesh::Unauthenticated::\"anonymous\", action in Mesh::Action::\"read\", resource) when { !(context has tls) };")]);
+    let dir = dir_with(&[(
+        "a.cedar",
+        "@id(\"anon-reads\")\npermit(principal == Mesh::Unauthenticated::\"anonymous\", action in Mesh::Action::\"read\", resource) when { !(context has tls) };",
+    )]);
     let set = PolicySet::load(dir.path()).unwrap();
     let req = Request {
         caller: Caller::Unauthenticated,
@@ -142,12 +205,18 @@ fn unauthenticated_caller_is_its_own_principal() {
         time: std::time::SystemTime::now(),
     };
     assert_eq!(set.decide(&req).policy_ids(), ["anon-reads"]);
-    assert!(!set.decide(&http("spiffe://example.org/a", "GET", "api", "/")).is_allowed());
+    assert!(
+        !set.decide(&http("spiffe://example.org/a", "GET", "api", "/"))
+            .is_allowed()
+    );
 }
 
 #[test]
 fn request_time_reaches_policies_as_a_datetime() {
-    let dir = dir_with(&[("a.cedar", "@id(\"business-hours\")\npermit(principal, action, resource) when { context.time.toTime() >= duration(\"9h\") && context.time.toTime() < duration(\"17h\") };")]);
+    let dir = dir_with(&[(
+        "a.cedar",
+        "@id(\"business-hours\")\npermit(principal, action, resource) when { context.time.toTime() >= duration(\"9h\") && context.time.toTime() < duration(\"17h\") };",
+    )]);
     let set = PolicySet::load(dir.path()).unwrap();
     let mut req = http("spiffe://example.org/a", "GET", "api", "/");
     // T0 is 2025-11-24T16:00:00Z.
@@ -159,13 +228,26 @@ fn request_time_reaches_policies_as_a_datetime() {
 #[test]
 fn indexed_and_plain_agree_on_the_shipped_example() {
     let set = PolicySet::load(&shipped()).unwrap();
-    let callers = ["spiffe://example.org/ns/prod/sa/frontend", "spiffe://example.org/ns/prod/sa/api", "spiffe://example.org/ns/admin/sa/ops", "spiffe://example.org/ns/batch/sa/reconciler", "anonymous"];
+    let callers = [
+        "spiffe://example.org/ns/prod/sa/frontend",
+        "spiffe://example.org/ns/prod/sa/api",
+        "spiffe://example.org/ns/admin/sa/ops",
+        "spiffe://example.org/ns/batch/sa/reconciler",
+        "anonymous",
+    ];
     for caller in callers {
         for method in ["GET", "POST", "DELETE", "connect"] {
             for resource in ["api", "database", "frontend"] {
                 let req = http(caller, method, resource, "/v1/orders");
-                let (a, b) = (set.decide_with(&req, Evaluation::Indexed), set.decide_with(&req, Evaluation::Plain));
-                assert_eq!((a.outcome(), a.policy_ids()), (b.outcome(), b.policy_ids()), "{caller} {method} {resource}");
+                let (a, b) = (
+                    set.decide_with(&req, Evaluation::Indexed),
+                    set.decide_with(&req, Evaluation::Plain),
+                );
+                assert_eq!(
+                    (a.outcome(), a.policy_ids()),
+                    (b.outcome(), b.policy_ids()),
+                    "{caller} {method} {resource}"
+                );
             }
         }
     }
@@ -173,16 +255,34 @@ fn indexed_and_plain_agree_on_the_shipped_example() {
 
 #[test]
 fn request_the_schema_rejects_is_denied_every_time() {
-    let schema = crate::support::schema().replacen("principal: [Workload, Unauthenticated],", "principal: [Workload],", 1);
+    let schema = crate::support::schema().replacen(
+        "principal: [Workload, Unauthenticated],",
+        "principal: [Workload],",
+        1,
+    );
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("mesh.cedarschema"), schema).unwrap();
-    std::fs::write(dir.path().join("a.cedar"), "@id(\"p\")\npermit(principal, action, resource);").unwrap();
+    std::fs::write(
+        dir.path().join("a.cedar"),
+        "@id(\"p\")\npermit(principal, action, resource);",
+    )
+    .unwrap();
     let set = PolicySet::load(dir.path()).unwrap();
     for _ in 0..2 {
         let d = set.decide(&http("anonymous", "GET", "api", "/"));
         assert_eq!(d.outcome(), Outcome::Deny);
-        assert!(d.errors()[0].starts_with("request rejected"), "{:?}", d.errors());
-        assert!(set.decide(&http("spiffe://example.org/a", "GET", "api", "/")).is_allowed());
-        assert!(set.decide(&http("anonymous", "POST", "api", "/")).is_allowed());
+        assert!(
+            d.errors()[0].starts_with("request rejected"),
+            "{:?}",
+            d.errors()
+        );
+        assert!(
+            set.decide(&http("spiffe://example.org/a", "GET", "api", "/"))
+                .is_allowed()
+        );
+        assert!(
+            set.decide(&http("anonymous", "POST", "api", "/"))
+                .is_allowed()
+        );
     }
 }

@@ -7,8 +7,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, UNIX_EPOCH};
 
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use rand::seq::IndexedRandom;
+use rand::{Rng, SeedableRng};
 use warden_policy::{Caller, Evaluation, Operation, PolicySet, Request, TlsFacts};
 
 use crate::support::dir_with;
@@ -30,13 +30,19 @@ const NAMESPACES: &[&str] = &[
 ];
 const TEAMS: &[&str] = &["t0", "t1", "t2"];
 const SERVICES: &[&str] = &["s0", "s1", "s2", "s3"];
-const ACTIONS: &[&str] = &["GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE", "grpc", "connect"];
+const ACTIONS: &[&str] = &[
+    "GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE", "grpc", "connect",
+];
 const GROUPS: &[&str] = &["read", "write", "http", "all"];
 
 fn entities() -> String {
     let mut out = String::from("[");
     for t in TEAMS {
-        let parents = if *t == "t0" { "" } else { r#"{"type": "Mesh::Team", "id": "t0"}"# };
+        let parents = if *t == "t0" {
+            ""
+        } else {
+            r#"{"type": "Mesh::Team", "id": "t0"}"#
+        };
         write!(out, r#"{{"uid": {{"type": "Mesh::Team", "id": "{t}"}}, "attrs": {{}}, "parents": [{parents}]}},"#).unwrap();
     }
     for (i, s) in SERVICES.iter().enumerate() {
@@ -58,18 +64,28 @@ fn principal_scope(rng: &mut StdRng) -> String {
         6 => format!("principal in Mesh::Team::\"{t}\""),
         7 => "principal in Mesh::TrustDomain::\"example.org\"".to_owned(),
         8 => format!("principal is Mesh::Workload in Mesh::Namespace::\"{ns}\""),
-        _ => ["principal is Mesh::Workload", "principal is Mesh::Unauthenticated", "principal == Mesh::Unauthenticated::\"anonymous\""]
-            .choose(rng)
-            .unwrap()
-            .to_string(),
+        _ => [
+            "principal is Mesh::Workload",
+            "principal is Mesh::Unauthenticated",
+            "principal == Mesh::Unauthenticated::\"anonymous\"",
+        ]
+        .choose(rng)
+        .unwrap()
+        .to_string(),
     }
 }
 
 fn action_scope(rng: &mut StdRng) -> String {
     match rng.random_range(0..5) {
         0 => "action".to_owned(),
-        1 | 2 => format!("action == Mesh::Action::\"{}\"", ACTIONS.choose(rng).unwrap()),
-        3 => format!("action in Mesh::Action::\"{}\"", GROUPS.choose(rng).unwrap()),
+        1 | 2 => format!(
+            "action == Mesh::Action::\"{}\"",
+            ACTIONS.choose(rng).unwrap()
+        ),
+        3 => format!(
+            "action in Mesh::Action::\"{}\"",
+            GROUPS.choose(rng).unwrap()
+        ),
         _ => format!(
             "action in [Mesh::Action::\"{}\", Mesh::Action::\"{}\"]",
             ACTIONS.choose(rng).unwrap(),
@@ -81,7 +97,10 @@ fn action_scope(rng: &mut StdRng) -> String {
 fn resource_scope(rng: &mut StdRng) -> String {
     match rng.random_range(0..6) {
         0 | 1 => "resource".to_owned(),
-        2 | 3 => format!("resource == Mesh::Service::\"{}\"", SERVICES.choose(rng).unwrap()),
+        2 | 3 => format!(
+            "resource == Mesh::Service::\"{}\"",
+            SERVICES.choose(rng).unwrap()
+        ),
         4 => format!("resource in Mesh::Team::\"{}\"", TEAMS.choose(rng).unwrap()),
         _ => "resource is Mesh::Service".to_owned(),
     }
@@ -97,7 +116,13 @@ fn condition(rng: &mut StdRng) -> &'static str {
         " when { context has tls }",
     ]
     .choose(rng)
-    .map_or("", |c| if rng.random_bool(0.02) { " when { 9223372036854775807 + 1 > 0 }" } else { c })
+    .map_or("", |c| {
+        if rng.random_bool(0.02) {
+            " when { 9223372036854775807 + 1 > 0 }"
+        } else {
+            c
+        }
+    })
 }
 
 /// A policy directory of `n` generated policies, a few of them templates with links.
@@ -105,14 +130,27 @@ fn generate(rng: &mut StdRng, n: usize) -> tempfile::TempDir {
     let mut policies = String::new();
     let mut links = Vec::new();
     for i in 0..n {
-        let effect = if rng.random_bool(0.03) { "forbid" } else { "permit" };
+        let effect = if rng.random_bool(0.03) {
+            "forbid"
+        } else {
+            "permit"
+        };
         if rng.random_bool(0.05) {
-            writeln!(policies, "@id(\"tpl{i}\")\n{effect}(principal in ?principal, {}, resource == ?resource){};", action_scope(rng), condition(rng)).unwrap();
+            writeln!(
+                policies,
+                "@id(\"tpl{i}\")\n{effect}(principal in ?principal, {}, resource == ?resource){};",
+                action_scope(rng),
+                condition(rng)
+            )
+            .unwrap();
             for l in 0..2 {
                 let principal = if rng.random_bool(0.5) {
                     format!("Mesh::Team::\\\"{}\\\"", TEAMS.choose(rng).unwrap())
                 } else {
-                    format!("Mesh::Namespace::\\\"{}\\\"", NAMESPACES.choose(rng).unwrap())
+                    format!(
+                        "Mesh::Namespace::\\\"{}\\\"",
+                        NAMESPACES.choose(rng).unwrap()
+                    )
                 };
                 links.push(format!(
                     r#"{{"id": "link{i}-{l}", "template": "tpl{i}", "values": {{"?principal": "{principal}", "?resource": "Mesh::Service::\"{}\""}}}}"#,
@@ -132,7 +170,11 @@ fn generate(rng: &mut StdRng, n: usize) -> tempfile::TempDir {
         }
     }
     let links = format!("[{}]", links.join(","));
-    dir_with(&[("gen.cedar", &policies), ("entities.json", &entities()), ("links.json", &links)])
+    dir_with(&[
+        ("gen.cedar", &policies),
+        ("entities.json", &entities()),
+        ("links.json", &links),
+    ])
 }
 
 #[test]
@@ -142,23 +184,41 @@ fn index_agrees_with_plain_cedar_on_generated_policies_and_requests() {
     for round in 0..20 {
         let n = 150;
         let dir = generate(&mut rng, n);
-        let set = PolicySet::load(dir.path()).unwrap_or_else(|e| panic!("generated set is invalid: {e}"));
+        let set =
+            PolicySet::load(dir.path()).unwrap_or_else(|e| panic!("generated set is invalid: {e}"));
         policies += n;
         let mut callers: Vec<&str> = WORKLOADS.to_vec();
-        callers.extend(["spiffe://example.org/ns/prod/sa/new", "spiffe://example.org/ns/dev/x/y", "anonymous"]);
+        callers.extend([
+            "spiffe://example.org/ns/prod/sa/new",
+            "spiffe://example.org/ns/dev/x/y",
+            "anonymous",
+        ]);
         for _ in 0..200 {
             let caller = *callers.choose(&mut rng).unwrap();
             let action = *ACTIONS.choose(&mut rng).unwrap();
-            let resource = *["s0", "s1", "s2", "s3", "unlisted"].choose(&mut rng).unwrap();
+            let resource = *["s0", "s1", "s2", "s3", "unlisted"]
+                .choose(&mut rng)
+                .unwrap();
             let path = match action {
                 "grpc" => "/shop.Orders/Get",
                 _ => *["/v1/orders", "/", "/v2/x"].choose(&mut rng).unwrap(),
             };
-            let source = IpAddr::V4(Ipv4Addr::new(if rng.random_bool(0.5) { 10 } else { 192 }, 0, 0, 1));
-            let tls = (caller != "anonymous" && rng.random_bool(0.9))
-                .then_some(TlsFacts { version: "TLSv1.3", peer_trust_domain: "example.org" });
+            let source = IpAddr::V4(Ipv4Addr::new(
+                if rng.random_bool(0.5) { 10 } else { 192 },
+                0,
+                0,
+                1,
+            ));
+            let tls = (caller != "anonymous" && rng.random_bool(0.9)).then_some(TlsFacts {
+                version: "TLSv1.3",
+                peer_trust_domain: "example.org",
+            });
             let request = Request {
-                caller: if caller == "anonymous" { Caller::Unauthenticated } else { Caller::Spiffe(caller) },
+                caller: if caller == "anonymous" {
+                    Caller::Unauthenticated
+                } else {
+                    Caller::Spiffe(caller)
+                },
                 operation: Operation::from_name(action),
                 resource,
                 path,
@@ -181,7 +241,10 @@ fn index_agrees_with_plain_cedar_on_generated_policies_and_requests() {
     }
     assert!(policies >= 3000 && requests >= 4000);
     // The generator must exercise both outcomes, or the comparison proves little.
-    assert!(allows > requests / 20 && allows < requests - requests / 20, "{allows} of {requests} allowed");
+    assert!(
+        allows > requests / 20 && allows < requests - requests / 20,
+        "{allows} of {requests} allowed"
+    );
 }
 
 #[test]

@@ -20,7 +20,10 @@ fn shipped_example_loads_and_validates_in_strict_mode() {
 
 #[test]
 fn syntax_error_is_reported_with_file_line_and_column() {
-    let (_d, err) = load_err(&[("a.cedar", "@id(\"a\")\npermit(principal, action, resource);\n\n@id(\"b\")\npermit(principal, action resource);\n")]);
+    let (_d, err) = load_err(&[(
+        "a.cedar",
+        "@id(\"a\")\npermit(principal, action, resource);\n\n@id(\"b\")\npermit(principal, action resource);\n",
+    )]);
     let p = &err.problems()[0];
     let loc = p.location().unwrap();
     assert!(loc.file().ends_with("a.cedar"));
@@ -31,13 +34,22 @@ fn syntax_error_is_reported_with_file_line_and_column() {
 #[test]
 fn unknown_entity_type_is_located_in_its_file() {
     let (_d, err) = load_err(&[
-        ("ok.cedar", "@id(\"ok\")\npermit(principal, action, resource);\n"),
-        ("bad.cedar", "\n\n@id(\"bad\")\npermit(principal == Mesh::Robot::\"r\", action, resource);\n"),
+        (
+            "ok.cedar",
+            "@id(\"ok\")\npermit(principal, action, resource);\n",
+        ),
+        (
+            "bad.cedar",
+            "\n\n@id(\"bad\")\npermit(principal == Mesh::Robot::\"r\", action, resource);\n",
+        ),
     ]);
     let p = &err.problems()[0];
     assert!(p.location().unwrap().file().ends_with("bad.cedar"), "{p}");
     assert_eq!(p.location().unwrap().line(), 4);
-    assert!(p.message().contains("bad") && p.message().contains("Mesh::Robot"), "{p}");
+    assert!(
+        p.message().contains("bad") && p.message().contains("Mesh::Robot"),
+        "{p}"
+    );
 }
 
 #[test]
@@ -71,7 +83,10 @@ fn optional_attribute_without_has_fails_strict_validation() {
 
 #[test]
 fn missing_id_names_the_file_and_line() {
-    let (_d, err) = load_err(&[("a.cedar", "// header\n\npermit(principal, action, resource);\n")]);
+    let (_d, err) = load_err(&[(
+        "a.cedar",
+        "// header\n\npermit(principal, action, resource);\n",
+    )]);
     let p = &err.problems()[0];
     assert!(p.message().contains("no `@id"), "{p}");
     assert_eq!(p.location().unwrap().line(), 3);
@@ -80,29 +95,50 @@ fn missing_id_names_the_file_and_line() {
 #[test]
 fn duplicate_id_names_both_files() {
     let (_d, err) = load_err(&[
-        ("a.cedar", "@id(\"same\")\npermit(principal, action, resource);\n"),
-        ("b.cedar", "@id(\"same\")\nforbid(principal, action, resource);\n"),
+        (
+            "a.cedar",
+            "@id(\"same\")\npermit(principal, action, resource);\n",
+        ),
+        (
+            "b.cedar",
+            "@id(\"same\")\nforbid(principal, action, resource);\n",
+        ),
     ]);
     let text = err.to_string();
-    assert!(text.contains("a.cedar") && text.contains("b.cedar") && text.contains("duplicate policy id `same`"), "{text}");
+    assert!(
+        text.contains("a.cedar")
+            && text.contains("b.cedar")
+            && text.contains("duplicate policy id `same`"),
+        "{text}"
+    );
 }
 
 #[test]
 fn directory_without_policies_is_an_error() {
     let (_d, err) = load_err(&[]);
-    assert!(err.to_string().contains("no `.cedar` policy files"), "{err}");
+    assert!(
+        err.to_string().contains("no `.cedar` policy files"),
+        "{err}"
+    );
 }
 
 #[test]
 fn missing_directory_is_an_error() {
     let err = PolicySet::load(std::path::Path::new("/nonexistent/policies")).unwrap_err();
-    assert!(err.to_string().contains("cannot read policy directory"), "{err}");
+    assert!(
+        err.to_string().contains("cannot read policy directory"),
+        "{err}"
+    );
 }
 
 #[test]
 fn directory_without_schema_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("a.cedar"), "@id(\"a\")\npermit(principal, action, resource);").unwrap();
+    std::fs::write(
+        dir.path().join("a.cedar"),
+        "@id(\"a\")\npermit(principal, action, resource);",
+    )
+    .unwrap();
     let err = PolicySet::load(dir.path()).unwrap_err();
     assert!(err.to_string().contains("no `.cedarschema`"), "{err}");
 }
@@ -110,11 +146,22 @@ fn directory_without_schema_is_an_error() {
 #[test]
 fn schema_syntax_error_is_located() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("mesh.cedarschema"), "namespace Mesh {\n  entity Workload = {\n    path: Strin g,\n  };\n}\n").unwrap();
-    std::fs::write(dir.path().join("a.cedar"), "@id(\"a\")\npermit(principal, action, resource);").unwrap();
+    std::fs::write(
+        dir.path().join("mesh.cedarschema"),
+        "namespace Mesh {\n  entity Workload = {\n    path: Strin g,\n  };\n}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("a.cedar"),
+        "@id(\"a\")\npermit(principal, action, resource);",
+    )
+    .unwrap();
     let err = PolicySet::load(dir.path()).unwrap_err();
     let p = &err.problems()[0];
-    assert!(p.location().unwrap().file().ends_with("mesh.cedarschema"), "{p}");
+    assert!(
+        p.location().unwrap().file().ends_with("mesh.cedarschema"),
+        "{p}"
+    );
     assert_eq!(p.location().unwrap().line(), 3, "{p}");
 }
 
@@ -122,7 +169,10 @@ fn schema_syntax_error_is_located() {
 #[test]
 fn unreadable_file_is_an_error() {
     use std::os::unix::fs::PermissionsExt;
-    let dir = dir_with(&[("a.cedar", "@id(\"a\")\npermit(principal, action, resource);")]);
+    let dir = dir_with(&[(
+        "a.cedar",
+        "@id(\"a\")\npermit(principal, action, resource);",
+    )]);
     let path = dir.path().join("a.cedar");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o000)).unwrap();
     if std::fs::read(&path).is_ok() {
@@ -143,8 +193,14 @@ fn non_utf8_file_is_an_error() {
 #[test]
 fn entities_file_with_bad_workload_id_is_located() {
     let (_d, err) = load_err(&[
-        ("a.cedar", "@id(\"a\")\npermit(principal, action, resource);"),
-        ("entities.json", "[\n {\"uid\": {\"type\": \"Mesh::Workload\", \"id\": \"http://x\"}, \"parents\": []}\n]"),
+        (
+            "a.cedar",
+            "@id(\"a\")\npermit(principal, action, resource);",
+        ),
+        (
+            "entities.json",
+            "[\n {\"uid\": {\"type\": \"Mesh::Workload\", \"id\": \"http://x\"}, \"parents\": []}\n]",
+        ),
     ]);
     let p = &err.problems()[0];
     assert!(p.message().contains("`http://x` is not a spiffe id"), "{p}");
@@ -154,41 +210,80 @@ fn entities_file_with_bad_workload_id_is_located() {
 #[test]
 fn entities_file_with_unknown_type_is_an_error() {
     let (_d, err) = load_err(&[
-        ("a.cedar", "@id(\"a\")\npermit(principal, action, resource);"),
-        ("entities.json", "[{\"uid\": {\"type\": \"Mesh::Robot\", \"id\": \"r\"}, \"attrs\": {}, \"parents\": []}]"),
+        (
+            "a.cedar",
+            "@id(\"a\")\npermit(principal, action, resource);",
+        ),
+        (
+            "entities.json",
+            "[{\"uid\": {\"type\": \"Mesh::Robot\", \"id\": \"r\"}, \"attrs\": {}, \"parents\": []}]",
+        ),
     ]);
-    assert!(err.to_string().contains("entities.json") && err.to_string().contains("Mesh::Robot"), "{err}");
+    assert!(
+        err.to_string().contains("entities.json") && err.to_string().contains("Mesh::Robot"),
+        "{err}"
+    );
 }
 
 #[test]
 fn entities_file_with_bad_json_is_located() {
-    let (_d, err) = load_err(&[("a.cedar", "@id(\"a\")\npermit(principal, action, resource);"), ("entities.json", "[\n  {,\n]")]);
+    let (_d, err) = load_err(&[
+        (
+            "a.cedar",
+            "@id(\"a\")\npermit(principal, action, resource);",
+        ),
+        ("entities.json", "[\n  {,\n]"),
+    ]);
     assert_eq!(err.problems()[0].location().unwrap().line(), 2, "{err}");
 }
 
 #[test]
 fn link_to_missing_template_is_an_error() {
     let (_d, err) = load_err(&[
-        ("a.cedar", "@id(\"a\")\npermit(principal, action, resource);"),
-        ("links.json", r#"[{"id": "l", "template": "a", "values": {"?principal": "Mesh::Team::\"x\""}}]"#),
+        (
+            "a.cedar",
+            "@id(\"a\")\npermit(principal, action, resource);",
+        ),
+        (
+            "links.json",
+            r#"[{"id": "l", "template": "a", "values": {"?principal": "Mesh::Team::\"x\""}}]"#,
+        ),
     ]);
-    assert!(err.to_string().contains("`a`, which is not a template"), "{err}");
+    assert!(
+        err.to_string().contains("`a`, which is not a template"),
+        "{err}"
+    );
 }
 
 #[test]
 fn link_id_clashing_with_a_policy_is_a_duplicate() {
     let (_d, err) = load_err(&[
-        ("a.cedar", "@id(\"a\")\npermit(principal in ?principal, action, resource);"),
-        ("links.json", r#"[{"id": "a", "template": "a", "values": {"?principal": "Mesh::Team::\"x\""}}]"#),
+        (
+            "a.cedar",
+            "@id(\"a\")\npermit(principal in ?principal, action, resource);",
+        ),
+        (
+            "links.json",
+            r#"[{"id": "a", "template": "a", "values": {"?principal": "Mesh::Team::\"x\""}}]"#,
+        ),
     ]);
     assert!(err.to_string().contains("duplicate policy id `a`"), "{err}");
 }
 
 #[test]
 fn version_changes_with_content_and_only_with_content() {
-    let a = dir_with(&[("a.cedar", "@id(\"a\")\npermit(principal, action, resource);")]);
-    let b = dir_with(&[("a.cedar", "@id(\"a\")\npermit(principal, action, resource);")]);
-    let c = dir_with(&[("a.cedar", "@id(\"a\")\nforbid(principal, action, resource);")]);
+    let a = dir_with(&[(
+        "a.cedar",
+        "@id(\"a\")\npermit(principal, action, resource);",
+    )]);
+    let b = dir_with(&[(
+        "a.cedar",
+        "@id(\"a\")\npermit(principal, action, resource);",
+    )]);
+    let c = dir_with(&[(
+        "a.cedar",
+        "@id(\"a\")\nforbid(principal, action, resource);",
+    )]);
     let (va, vb, vc) = (
         PolicySet::load(a.path()).unwrap().version().to_owned(),
         PolicySet::load(b.path()).unwrap().version().to_owned(),
@@ -210,8 +305,14 @@ fn every_problem_in_a_directory_is_reported() {
 #[test]
 fn entities_file_with_a_parent_cycle_says_so() {
     let (_d, err) = load_err(&[
-        ("a.cedar", "@id(\"a\")\npermit(principal, action, resource);"),
-        ("entities.json", r#"[{"uid": {"type": "Mesh::Team", "id": "t"}, "attrs": {}, "parents": [{"type": "Mesh::Team", "id": "t"}]}]"#),
+        (
+            "a.cedar",
+            "@id(\"a\")\npermit(principal, action, resource);",
+        ),
+        (
+            "entities.json",
+            r#"[{"uid": {"type": "Mesh::Team", "id": "t"}, "attrs": {}, "parents": [{"type": "Mesh::Team", "id": "t"}]}]"#,
+        ),
     ]);
     assert!(err.to_string().contains("Mesh::Team::\"t\""), "{err}");
 }
@@ -220,15 +321,30 @@ fn entities_file_with_a_parent_cycle_says_so() {
 fn shipped_example_is_canonically_formatted() {
     let files = warden_policy::format_dir(&shipped()).unwrap();
     for f in &files {
-        assert!(!f.changed(), "{} is not formatted; canonical form:\n{}", f.path().display(), f.formatted());
+        assert!(
+            !f.changed(),
+            "{} is not formatted; canonical form:\n{}",
+            f.path().display(),
+            f.formatted()
+        );
     }
 }
 
 #[test]
 fn linked_policy_is_located_at_its_template() {
     let set = PolicySet::load(&shipped()).unwrap();
-    let loc = set.policy("payments-team-reads-api").unwrap().location().unwrap().to_string();
-    assert!(loc.ends_with("templates.cedar:4:1"), "{loc}");
-    let loc = set.policy("forbid-old-tls").unwrap().location().unwrap().to_string();
-    assert!(loc.ends_with("baseline.cedar:9:1"), "{loc}");
+    let loc = set
+        .policy("payments-team-reads-api")
+        .unwrap()
+        .location()
+        .unwrap()
+        .to_string();
+    assert!(loc.ends_with("templates.cedar:3:1"), "{loc}");
+    let loc = set
+        .policy("forbid-old-tls")
+        .unwrap()
+        .location()
+        .unwrap()
+        .to_string();
+    assert!(loc.ends_with("baseline.cedar:8:1"), "{loc}");
 }

@@ -26,7 +26,9 @@ fn valid_new_set_replaces_the_old_one() {
     let req = http("spiffe://example.org/a", "GET", "api", "/");
     assert!(engine.decide(&req).is_allowed());
     write(dir.path(), FORBID);
-    let Reload::Replaced { old: was, new } = engine.reload().unwrap() else { panic!("not replaced") };
+    let Reload::Replaced { old: was, new } = engine.reload().unwrap() else {
+        panic!("not replaced")
+    };
     assert_eq!(was, old);
     let d = engine.decide(&req);
     assert_eq!((d.outcome(), d.version()), (Outcome::Deny, new.as_str()));
@@ -38,11 +40,18 @@ fn invalid_new_set_keeps_the_old_one_in_force() {
     let dir = dir_with(&[("set.cedar", PERMIT)]);
     let engine = Engine::new(dir.path()).unwrap();
     let version = engine.current().version().to_owned();
-    write(dir.path(), "@id(\"x\")\npermit(principal == Mesh::Nope::\"x\", action, resource);");
+    write(
+        dir.path(),
+        "@id(\"x\")\npermit(principal == Mesh::Nope::\"x\", action, resource);",
+    );
     let err = engine.reload().unwrap_err();
     assert!(err.to_string().contains("Mesh::Nope"), "{err}");
     assert_eq!(engine.current().version(), version);
-    assert!(engine.decide(&http("spiffe://example.org/a", "GET", "api", "/")).is_allowed());
+    assert!(
+        engine
+            .decide(&http("spiffe://example.org/a", "GET", "api", "/"))
+            .is_allowed()
+    );
 }
 
 #[test]
@@ -65,7 +74,11 @@ fn concurrent_decisions_never_mix_two_sets() {
     let stop = Arc::new(AtomicBool::new(false));
     let workers: Vec<_> = (0..2)
         .map(|_| {
-            let (engine, stop, permit_version) = (Arc::clone(&engine), Arc::clone(&stop), permit_version.clone());
+            let (engine, stop, permit_version) = (
+                Arc::clone(&engine),
+                Arc::clone(&stop),
+                permit_version.clone(),
+            );
             std::thread::spawn(move || {
                 let mut seen = 0;
                 while !stop.load(Ordering::Relaxed) {
@@ -100,10 +113,17 @@ fn watcher_picks_up_a_change_on_disk() {
     write(dir.path(), FORBID);
     let deadline = Instant::now() + Duration::from_secs(10);
     while engine.current().version() == old {
-        assert!(Instant::now() < deadline, "watcher did not reload within 10 s");
+        assert!(
+            Instant::now() < deadline,
+            "watcher did not reload within 10 s"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert!(!engine.decide(&http("spiffe://example.org/a", "GET", "api", "/")).is_allowed());
+    assert!(
+        !engine
+            .decide(&http("spiffe://example.org/a", "GET", "api", "/"))
+            .is_allowed()
+    );
 }
 
 #[derive(Debug, Clone)]
@@ -114,11 +134,17 @@ enum Op {
 }
 
 fn op() -> impl Strategy<Value = Op> {
-    prop_oneof![(0u8..4).prop_map(Op::WriteValid), (0u8..4).prop_map(Op::WriteInvalid), Just(Op::Reload)]
+    prop_oneof![
+        (0u8..4).prop_map(Op::WriteValid),
+        (0u8..4).prop_map(Op::WriteInvalid),
+        Just(Op::Reload)
+    ]
 }
 
 fn valid(n: u8) -> String {
-    format!("@id(\"p{n}\")\npermit(principal, action == Mesh::Action::\"GET\", resource == Mesh::Service::\"s{n}\");")
+    format!(
+        "@id(\"p{n}\")\npermit(principal, action == Mesh::Action::\"GET\", resource == Mesh::Service::\"s{n}\");"
+    )
 }
 
 fn invalid(n: u8) -> String {

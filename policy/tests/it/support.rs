@@ -26,17 +26,28 @@ pub(crate) fn dir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
 
 pub(crate) const T0: Duration = Duration::from_secs(1_764_000_000);
 
-pub(crate) fn http<'a>(caller: &'a str, method: &'a str, resource: &'a str, path: &'a str) -> Request<'a> {
+pub(crate) fn http<'a>(
+    caller: &'a str,
+    method: &'a str,
+    resource: &'a str,
+    path: &'a str,
+) -> Request<'a> {
     Request {
-        caller: if caller == "anonymous" { Caller::Unauthenticated } else { Caller::Spiffe(caller) },
+        caller: if caller == "anonymous" {
+            Caller::Unauthenticated
+        } else {
+            Caller::Spiffe(caller)
+        },
         operation: Operation::from_name(method),
         resource,
         path,
         query: "",
         headers: &[],
         source: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)),
-        tls: Some(TlsFacts { version: "TLSv1.3", peer_trust_domain: "example.org" }),
+        tls: Some(TlsFacts {
+            version: "TLSv1.3",
+            peer_trust_domain: "example.org",
+        }),
         time: UNIX_EPOCH + T0,
     }
 }
-

@@ -1,0 +1,329 @@
+//! End-to-end: `warden policy validate|fmt|test|eval|diff` driven as a security engineer would,
+//! against the shipped example and temporary copies of it.
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    reason = "test helpers fail fast, like the tests they serve"
+)]
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+
+fn shipped() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")
+}
+
+fn warden() -> Command {
+    Command::cargo_bin("warden").unwrap()
+}
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = warden().args(args).output().unwrap();
+    let code = out.status.code().unwrap_or(-1);
+    (
+        code,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A copy of the shipped example in a temporary directory.
+fn copy_of_shipped() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(shipped()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    dir
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn validate_accepts_the_shipped_example() {
+    let (code, out, err) = run(&["policy", "validate", s(&shipped())]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.starts_with("ok: ") && out.contains("version sha256:"),
+        "{out}"
+    );
+}
+
+#[test]
+fn validate_reports_a_type_error_with_file_line_and_column_and_exits_1() {
+    let dir = copy_of_shipped();
+    std::fs::write(
+        dir.path().join("broken.cedar"),
+        "// a typo\n@id(\"typo\")\npermit(principal, action == Mesh::Action::\"GET\", resource)\nwhen { context.paht == \"/\" };\n",
+    )
+    .unwrap();
+    let (code, _out, err) = run(&["policy", "validate", s(dir.path())]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("broken.cedar:4:"), "{err}");
+    assert!(
+        err.contains("paht") && err.contains("policy `typo`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn validate_rejects_an_empty_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _out, err) = run(&["policy", "validate", s(dir.path())]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no `.cedar` policy files"), "{err}");
+}
+
+#[test]
+fn test_runs_the_shipped_cases() {
+    let (code, out, err) = run(&["policy", "test", s(&shipped())]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.trim_end().ends_with(" passed, 0 failed"), "{out}");
+}
+
+#[test]
+fn test_prints_each_failing_case_and_exits_2() {
+    let dir = copy_of_shipped();
+    std::fs::write(
+        dir.path().join("extra.test.toml"),
+        "[[case]]\nname = \"monitoring may delete (wrong)\"\nprincipal = \"spiffe://example.org/ns/monitoring/sa/prometheus\"\naction = \"DELETE\"\nresource = \"api\"\nexpect = \"allow\"\npolicies = [\"monitoring-reads-metrics\"]\n",
+    )
+    .unwrap();
+    let (code, out, _err) = run(&["policy", "test", s(dir.path())]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("FAIL monitoring may delete (wrong)"), "{out}");
+    assert!(
+        out.contains("expected: allow by [monitoring-reads-metrics]")
+            && out.contains("got:      deny by []"),
+        "{out}"
+    );
+    assert!(out.contains(" passed, 1 failed"), "{out}");
+}
+
+#[test]
+fn test_reports_a_malformed_test_file_with_its_line() {
+    let dir = copy_of_shipped();
+    std::fs::write(
+        dir.path().join("bad.test.toml"),
+        "[[case]]\nname = \"x\"\nexpect = \"maybe\"\n",
+    )
+    .unwrap();
+    let (code, _out, err) = run(&["policy", "test", s(dir.path())]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("bad.test.toml:"), "{err}");
+}
+
+#[test]
+fn eval_explains_an_allow_with_policy_locations() {
+    let (code, out, err) = run(&[
+        "policy",
+        "eval",
+        s(&shipped()),
+        "--principal",
+        "spiffe://example.org/ns/prod/sa/frontend",
+        "--action",
+        "POST",
+        "--resource",
+        "api",
+        "--path",
+        "/v1/orders",
+        "--header",
+        "Content-Type=application/json",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("decision: allow"), "{out}");
+    assert!(
+        out.contains("policy:   frontend-places-orders (") && out.contains("frontend.cedar:"),
+        "{out}"
+    );
+}
+
+#[test]
+fn eval_exits_2_on_deny_and_names_the_forbid() {
+    let (code, out, _err) = run(&[
+        "policy",
+        "eval",
+        s(&shipped()),
+        "--principal",
+        "spiffe://example.org/ns/prod/sa/legacy-batch",
+        "--action",
+        "grpc",
+        "--resource",
+        "api",
+        "--path",
+        "/grpc.health.v1.Health/Check",
+    ]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("decision: deny")
+            && out.contains("quarantine-legacy-batch (")
+            && out.contains("operations.cedar:"),
+        "{out}"
+    );
+}
+
+#[test]
+fn eval_denies_a_bad_spiffe_id_with_the_reason() {
+    let (code, out, _err) = run(&[
+        "policy",
+        "eval",
+        s(&shipped()),
+        "--principal",
+        "spiffe://EXAMPLE.org/a b",
+        "--action",
+        "GET",
+        "--resource",
+        "api",
+    ]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("is not a spiffe id"), "{out}");
+}
+
+#[test]
+fn eval_on_an_invalid_set_exits_3() {
+    let dir = copy_of_shipped();
+    std::fs::write(
+        dir.path().join("x.cedar"),
+        "permit(principal, action, resource);",
+    )
+    .unwrap();
+    let (code, _out, err) = run(&[
+        "policy",
+        "eval",
+        s(dir.path()),
+        "--principal",
+        "anonymous",
+        "--action",
+        "GET",
+        "--resource",
+        "api",
+    ]);
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("x.cedar:1:1") && err.contains("no `@id"),
+        "{err}"
+    );
+}
+
+#[test]
+fn eval_rejects_a_header_without_equals() {
+    let out = warden()
+        .args([
+            "policy",
+            "eval",
+            s(&shipped()),
+            "--principal",
+            "anonymous",
+            "--action",
+            "GET",
+            "--resource",
+            "api",
+            "--header",
+            "novalue",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("header `novalue` is not `name=value`"));
+}
+
+#[test]
+fn fmt_check_lists_unformatted_files_and_fmt_fixes_them() {
+    let dir = copy_of_shipped();
+    std::fs::write(
+        dir.path().join("ugly.cedar"),
+        "@id(\"u\")   permit(principal,action,resource)  ;",
+    )
+    .unwrap();
+    let (code, out, _) = run(&["policy", "fmt", "--check", s(dir.path())]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("not formatted:") && out.contains("ugly.cedar"),
+        "{out}"
+    );
+    let (code, out, err) = run(&["policy", "fmt", s(dir.path())]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, _) = run(&["policy", "fmt", "--check", s(dir.path())]);
+    assert_eq!(code, 0, "{out}");
+    let (code, _, err) = run(&["policy", "validate", s(dir.path())]);
+    assert_eq!(code, 0, "formatting keeps the set valid: {err}");
+}
+
+#[test]
+fn fmt_reports_a_syntax_error_with_its_location() {
+    let dir = copy_of_shipped();
+    std::fs::write(
+        dir.path().join("bad.cedar"),
+        "@id(\"b\")\npermit(principal action, resource);",
+    )
+    .unwrap();
+    let (code, _, err) = run(&["policy", "fmt", "--check", s(dir.path())]);
+    assert_eq!(code, 1);
+    assert!(err.contains("bad.cedar:2:"), "{err}");
+}
+
+const LOG: &str = r#"{"time":"2026-01-05T14:00:00.000Z","decision_id":"1","peer_spiffe_id":"spiffe://example.org/ns/prod/sa/frontend","source_addr":"10.0.0.7:5000","resource":"api","method":"GET","path":"/v1/orders","headers":[],"action":"GET","tls_version":"TLSv1.3","decision":"allow","policy_ids":["frontend-reads-api"],"policy_version":"sha256:x","eval_time_us":3,"upstream_status":200,"latency_us":500}
+{"time":"2026-01-05T14:00:01.000Z","decision_id":"2","peer_spiffe_id":"spiffe://example.org/ns/prod/sa/legacy-batch","source_addr":"10.0.0.8:5000","resource":"api","method":"POST","path":"/grpc.health.v1.Health/Check","action":"grpc","tls_version":"TLSv1.3","decision":"deny","policy_ids":["quarantine-legacy-batch"],"policy_version":"sha256:x","eval_time_us":3,"latency_us":20}
+"#;
+
+#[test]
+fn diff_lists_requests_whose_decision_changes_with_the_policies_responsible() {
+    let new = copy_of_shipped();
+    let ops = std::fs::read_to_string(new.path().join("operations.cedar")).unwrap();
+    let cut = ops.find("// The legacy batch job").unwrap();
+    std::fs::write(new.path().join("operations.cedar"), &ops[..cut]).unwrap();
+    let log = new.path().join("decisions.jsonl");
+    std::fs::write(&log, LOG).unwrap();
+    let (code, out, err) = run(&[
+        "policy",
+        "diff",
+        s(&shipped()),
+        s(new.path()),
+        "--requests",
+        s(&log),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("decisions.jsonl:2: spiffe://example.org/ns/prod/sa/legacy-batch grpc api"),
+        "{out}"
+    );
+    assert!(out.contains("deny -> allow"), "{out}");
+    assert!(
+        out.contains("old: [quarantine-legacy-batch]")
+            && out.contains("new: [prod-checks-api-health]"),
+        "{out}"
+    );
+    assert!(
+        out.contains("2 requests replayed, 1 decisions change"),
+        "{out}"
+    );
+}
+
+#[test]
+fn diff_reports_a_malformed_log_line_with_its_location() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("d.jsonl");
+    std::fs::write(
+        &log,
+        format!("{}\n{{\"time\": 3}}\n", LOG.lines().next().unwrap()),
+    )
+    .unwrap();
+    let (code, _out, err) = run(&[
+        "policy",
+        "diff",
+        s(&shipped()),
+        s(&shipped()),
+        "--requests",
+        s(&log),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("d.jsonl:2:") && err.contains("not a decision record"),
+        "{err}"
+    );
+}
