@@ -97,6 +97,7 @@ pub(crate) struct ServeArgs {
 }
 
 pub(crate) fn run(cmd: CaCommand) -> anyhow::Result<Exit> {
+    super::init_tracing();
     match cmd {
         CaCommand::Init(args) => init(args),
         CaCommand::Serve(args) => serve(args),
