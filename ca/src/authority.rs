@@ -200,7 +200,7 @@ impl Authority {
                 reason: e.to_string(),
             }
         })?;
-        let (x509, jwt) = rotation::load_journal(data_dir, &ds, clock.now()).await?;
+        let (x509, jwt) = rotation::load_journal(data_dir, &ds, &root_cert, clock.now()).await?;
         let sequence = ds.get_bundle(&td).await?.map_or(0, |b| b.sequence());
         let mut bundle = Bundle::new(td.clone());
         bundle.set_sequence(sequence);

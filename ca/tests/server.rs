@@ -396,3 +396,61 @@ async fn admin_socket_issues_a_join_token_that_attests_and_reports_the_own_bundl
     ca.running.shutdown().await.unwrap();
     assert!(!socket.exists(), "admin socket removed at shutdown");
 }
+
+#[tokio::test]
+async fn init_force_replaces_the_root_and_drops_old_intermediates_from_the_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    init(dir.path()).await;
+    let running = warden_ca::server::start(&config(dir.path(), default_ttls(), vec![]))
+        .await
+        .unwrap();
+    let old_root = running.authority.root_cert().clone();
+    let old_int = running.authority.intermediates()[0].0.clone();
+    running.shutdown().await.unwrap();
+    let report = warden_ca::authority::init_ca(&warden_ca::authority::InitOptions {
+        trust_domain: td(),
+        data_dir: dir.path().to_path_buf(),
+        datastore: None,
+        upstream: None,
+        key_type: warden_ca::authority::KeyType::EcP384,
+        root_ttl: std::time::Duration::from_secs(86_400),
+        force: true,
+    })
+    .await
+    .unwrap();
+    let running = warden_ca::server::start(&config(dir.path(), default_ttls(), vec![]))
+        .await
+        .unwrap();
+    assert_ne!(running.authority.root_cert(), &old_root);
+    let ints = running.authority.intermediates();
+    assert!(!ints.iter().any(|(s, _)| *s == old_int), "{ints:?}");
+    assert_eq!(
+        running.authority.bundle().x509_authorities().len(),
+        2,
+        "new root + new intermediate"
+    );
+    let recs = running
+        .authority
+        .datastore()
+        .list_ca_records()
+        .await
+        .unwrap();
+    let old = recs.iter().find(|r| r.id == old_int).unwrap();
+    assert_eq!(old.state, warden_ca::datastore::CaRecordState::Retired);
+    let (_, csr) = key_and_csr(None);
+    let s = running
+        .authority
+        .sign_x509_svid(
+            &csr,
+            &"spiffe://example.org/x".parse().unwrap(),
+            &[],
+            std::time::Duration::ZERO,
+        )
+        .unwrap();
+    let mut set = warden_identity::BundleSet::new();
+    set.insert((*running.authority.bundle()).clone());
+    verify_both(&s.cert_chain, &set, &running.authority.root_cert().clone());
+    let (_, parsed) = X509Certificate::from_der(running.authority.root_cert()).unwrap();
+    assert_eq!(hex::encode(parsed.raw_serial()), report.root_serial);
+    running.shutdown().await.unwrap();
+}

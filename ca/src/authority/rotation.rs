@@ -112,10 +112,22 @@ fn jwt_key_path(data_dir: &Path, kid: &str) -> std::path::PathBuf {
 
 type Loaded = (Vec<(Arc<Intermediate>, Phase)>, Vec<(Arc<JwtKey>, Phase)>);
 
+/// Whether `der` was signed by the key of `root` (so it chains to the current root).
+fn issued_by(der: &[u8], root: &CertificateDer<'_>) -> bool {
+    let Ok((_, root)) = x509_parser::parse_x509_certificate(root.as_ref()) else {
+        return false;
+    };
+    x509_parser::parse_x509_certificate(der)
+        .is_ok_and(|(_, cert)| cert.verify_signature(Some(root.public_key())).is_ok())
+}
+
 /// Loads unexpired intermediates and JWT keys from the journal, with their keys when present.
+/// Intermediates not signed by `root` (left from a root replaced with `ca init --force`) are
+/// dropped: they must not stay trusted through the bundle.
 pub(crate) async fn load_journal(
     data_dir: &Path,
     ds: &Datastore,
+    root: &CertificateDer<'_>,
     now: SystemTime,
 ) -> Result<Loaded, AuthorityError> {
     let mut x509 = Vec::new();
@@ -129,6 +141,10 @@ pub(crate) async fn load_journal(
         match r.kind {
             CaRecordKind::Root => {}
             CaRecordKind::Intermediate => {
+                if !issued_by(&r.der, root) {
+                    tracing::warn!(serial = %r.id, "intermediate not issued by the current root; dropped from the bundle");
+                    continue;
+                }
                 let cert = CertificateDer::from(r.der.clone());
                 let path = intermediate_key_path(data_dir, &r.id);
                 let issuer = if phase == Phase::Retired {

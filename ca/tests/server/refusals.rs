@@ -289,3 +289,38 @@ async fn id_from_another_trust_domain_is_refused() {
         .to_string();
     assert!(err.contains("another trust domain"), "{err}");
 }
+
+/// CSRs made with `openssl req -new -newkey <type> -outform DER` (fixtures/).
+#[tokio::test]
+async fn csr_key_types_are_checked_ec_p256_p384_ed25519_rsa2048_only() {
+    let ca = start_ca().await;
+    let id = "spiffe://example.org/k".parse().unwrap();
+    let sign = |name: &str| {
+        let der = std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/server/fixtures")
+                .join(name),
+        )
+        .unwrap();
+        ca.running
+            .authority
+            .sign_x509_svid(&der, &id, &[], Duration::ZERO)
+    };
+    let root = ca.running.authority.root_cert().clone();
+    for ok in ["rsa2048.csr.der", "ed25519.csr.der"] {
+        let s = sign(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        verify_both(&s.cert_chain, &ca.bundles(), &root);
+    }
+    let err = sign("rsa1024.csr.der").unwrap_err().to_string();
+    assert!(
+        err.contains("key type not allowed") && err.contains("rsa 1024"),
+        "{err}"
+    );
+    for bad in ["p521.csr.der", "secp256k1.csr.der"] {
+        let err = sign(bad).unwrap_err().to_string();
+        assert!(
+            err.contains("key type not allowed") && err.contains("ec curve"),
+            "{bad}: {err}"
+        );
+    }
+}
