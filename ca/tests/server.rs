@@ -52,6 +52,10 @@ async fn join_token_attest_renew_list_sign_jwt_and_bundles_end_to_end() {
         .into_inner();
     let renewed = svid_of(renewed.svid.as_ref().unwrap(), &key);
     assert_eq!(renewed.spiffe_id(), &expected);
+    assert_eq!(
+        verify_both(renewed.cert_chain(), &ca.bundles(), &root),
+        expected
+    );
     assert_ne!(renewed.leaf(), agent.leaf());
     let after = ca.ds().get_agent(&expected).await.unwrap().unwrap();
     assert_ne!(after.serial, record.serial);

@@ -324,3 +324,20 @@ async fn csr_key_types_are_checked_ec_p256_p384_ed25519_rsa2048_only() {
         );
     }
 }
+
+#[tokio::test]
+async fn agent_svid_of_another_ca_is_rejected() {
+    let ca = start_ca().await;
+    let other = start_ca().await;
+    let foreign = other.attest("tok-foreign").await;
+    // Same trust domain name, different root: the TLS layer or the handler must refuse it.
+    let cfg_result = async {
+        let mut c = ca.as_agent_unchecked(&foreign).await?;
+        c.list_entries(ListEntriesRequest {})
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+    .await;
+    assert!(cfg_result.is_err(), "a foreign agent svid was accepted");
+}

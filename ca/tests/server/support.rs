@@ -134,6 +134,24 @@ impl TestCa {
         AgentApiClient::new(ch)
     }
 
+    /// Like [`as_agent`](Self::as_agent), returning connection errors instead of panicking.
+    pub(crate) async fn as_agent_unchecked(
+        &self,
+        svid: &X509Svid,
+    ) -> Result<AgentApiClient<Channel>, String> {
+        let cfg = self
+            .tls()
+            .with_client_auth_cert(
+                svid.cert_chain().to_vec(),
+                svid.private_key().clone_key().into(),
+            )
+            .map_err(|e| e.to_string())?;
+        let ch = connect_tls(&self.running.agent_addr.to_string(), Arc::new(cfg))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(AgentApiClient::new(ch))
+    }
+
     /// Attests with a fresh join token; returns the agent SVID.
     pub(crate) async fn attest(&self, token: &str) -> X509Svid {
         self.token(token).await;

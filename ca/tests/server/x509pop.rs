@@ -96,6 +96,11 @@ async fn x509pop_attests_a_node_once_per_challenge() {
         svid.spiffe_id().as_str(),
         format!("spiffe://example.org/agent/x509pop/{fp}")
     );
+    let root = ca.running.authority.root_cert().clone();
+    assert_eq!(
+        &verify_both(svid.cert_chain(), &ca.bundles(), &root),
+        svid.spiffe_id()
+    );
     let rec = ca.ds().get_agent(svid.spiffe_id()).await.unwrap().unwrap();
     let sels: Vec<String> = rec.selectors.iter().map(ToString::to_string).collect();
     let ca_fp = hex::encode(ring::digest::digest(
