@@ -9,11 +9,16 @@ use std::str::FromStr;
 
 use cedar_policy as cedar;
 use sha2::{Digest, Sha256};
-use warden_identity::SpiffeId;
 
 use crate::error::{LoadError, Problem, from_diagnostic};
-use crate::model::{Types, UNAUTHENTICATED_ID, WORKLOAD_TYPE};
+use crate::model::{Types, WORKLOAD_TYPE};
 use crate::source::{Location, SourceFile, statement_starts};
+
+mod entities;
+mod links;
+
+use entities::{parse_entities, unauthenticated, with_actions};
+use links::link;
 
 /// Name of the optional entities file.
 pub const ENTITIES_FILE: &str = "entities.json";
@@ -57,15 +62,6 @@ pub(crate) struct Loaded {
     pub(crate) types: Types,
 }
 
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawLink {
-    id: String,
-    template: String,
-    values: HashMap<String, String>,
-}
-
-/// The files of a policy directory, read but not parsed.
 #[derive(Debug)]
 struct Files {
     schema: Option<SourceFile>,
@@ -405,245 +401,13 @@ fn parse_policy_file(
     }
 }
 
-type Links = HashMap<cedar::PolicyId, (cedar::PolicyId, HashMap<cedar::SlotId, cedar::EntityUid>)>;
-
-fn link(
-    file: &SourceFile,
-    set: &mut cedar::PolicySet,
-    info: &mut HashMap<cedar::PolicyId, PolicyInfo>,
-    first_seen: &mut HashMap<String, Location>,
-    problems: &mut Vec<Problem>,
-) -> Links {
-    let mut links = HashMap::new();
-    let raw: Vec<RawLink> = match serde_json::from_str(file.text()) {
-        Ok(raw) => raw,
-        Err(e) => {
-            let offset = line_col_offset(file.text(), e.line(), e.column());
-            problems.push(Problem::at(
-                file,
-                offset,
-                format!("invalid links file: {e}"),
-                None,
-            ));
-            return links;
-        }
-    };
-    for l in raw {
-        let offset = file.text().find(&format!("\"{}\"", l.id)).unwrap_or(0);
-        if let Some(first) = first_seen.get(&l.id) {
-            problems.push(Problem::at(
-                file,
-                offset,
-                format!("duplicate policy id `{}`: also defined at {first}", l.id),
-                None,
-            ));
-            continue;
-        }
-        let template_id = cedar::PolicyId::new(&l.template);
-        let Some(template_info) = info
-            .get(&template_id)
-            .filter(|i| i.kind == PolicyKind::Template)
-            .cloned()
-        else {
-            problems.push(Problem::at(
-                file,
-                offset,
-                format!(
-                    "link `{}` names `{}`, which is not a template",
-                    l.id, l.template
-                ),
-                None,
-            ));
-            continue;
-        };
-        let mut values = HashMap::new();
-        for (slot, value) in &l.values {
-            let slot_id = match slot.as_str() {
-                "?principal" => cedar::SlotId::principal(),
-                "?resource" => cedar::SlotId::resource(),
-                other => {
-                    problems.push(Problem::at(file, offset, format!("link `{}` has unknown slot `{other}` (expected `?principal` or `?resource`)", l.id), None));
-                    continue;
-                }
-            };
-            match cedar::EntityUid::from_str(value) {
-                Ok(uid) => {
-                    values.insert(slot_id, uid);
-                }
-                Err(e) => problems.push(Problem::at(
-                    file,
-                    offset,
-                    format!("link `{}`: `{value}` is not an entity uid: {e}", l.id),
-                    None,
-                )),
-            }
-        }
-        let id = cedar::PolicyId::new(&l.id);
-        match set.link(template_id.clone(), id.clone(), values.clone()) {
-            Ok(()) => {
-                first_seen.insert(l.id.clone(), file.location(offset));
-                info.insert(
-                    id.clone(),
-                    PolicyInfo {
-                        id: l.id.clone(),
-                        location: template_info.location.clone(),
-                        effect: template_info.effect,
-                        kind: PolicyKind::Linked {
-                            template: l.template.clone(),
-                        },
-                    },
-                );
-                links.insert(id, (template_id, values));
-            }
-            Err(e) => problems.push(Problem::at(
-                file,
-                offset,
-                format!("link `{}`: {e}", l.id),
-                None,
-            )),
-        }
-    }
-    links
-}
-
-fn line_col_offset(text: &str, line: usize, column: usize) -> usize {
+pub(super) fn line_col_offset(text: &str, line: usize, column: usize) -> usize {
     let line_start: usize = text
         .split_inclusive('\n')
         .take(line.saturating_sub(1))
         .map(str::len)
         .sum();
     line_start + column.saturating_sub(1)
-}
-
-fn unauthenticated(types: &Types) -> cedar::Entity {
-    cedar::Entity::with_uid(Types::uid(&types.unauthenticated, UNAUTHENTICATED_ID))
-}
-
-fn with_actions(
-    entities: cedar::Entities,
-    schema: &cedar::Schema,
-    path: &Path,
-    problems: &mut Vec<Problem>,
-) -> Option<cedar::Entities> {
-    let actions = match schema.action_entities() {
-        Ok(a) => a,
-        Err(e) => {
-            problems.push(Problem::in_file(
-                path,
-                format!("cannot build action entities: {e}"),
-            ));
-            return None;
-        }
-    };
-    let actions: Vec<cedar::Entity> = actions
-        .iter()
-        .filter(|a| entities.get(&a.uid()).is_none())
-        .cloned()
-        .collect();
-    entities
-        .add_entities(actions, None)
-        .map_err(|e| {
-            problems.push(Problem::in_file(
-                path,
-                format!("cannot add action entities: {e}"),
-            ))
-        })
-        .ok()
-}
-
-/// Parses `entities.json`. Workload entries get their derived parents and attributes first.
-fn parse_entities(
-    file: &SourceFile,
-    schema: &cedar::Schema,
-    types: &Types,
-    problems: &mut Vec<Problem>,
-) -> Option<cedar::Entities> {
-    let mut value: serde_json::Value = match serde_json::from_str(file.text()) {
-        Ok(v) => v,
-        Err(e) => {
-            let offset = line_col_offset(file.text(), e.line(), e.column());
-            problems.push(Problem::at(
-                file,
-                offset,
-                format!("invalid entities file: {e}"),
-                None,
-            ));
-            return None;
-        }
-    };
-    let Some(list) = value.as_array_mut() else {
-        problems.push(Problem::at(
-            file,
-            0,
-            "entities file must be a json array of entities".to_owned(),
-            None,
-        ));
-        return None;
-    };
-    for entry in list.iter_mut() {
-        let Some(uid) = entry.get("uid") else {
-            continue;
-        };
-        if uid.get("type").and_then(|t| t.as_str()) != Some(WORKLOAD_TYPE) {
-            continue;
-        }
-        let raw_id = uid
-            .get("id")
-            .and_then(|i| i.as_str())
-            .unwrap_or_default()
-            .to_owned();
-        let offset = file.text().find(&format!("\"{raw_id}\"")).unwrap_or(0);
-        let id = match SpiffeId::from_str(&raw_id) {
-            Ok(id) => id,
-            Err(e) => {
-                problems.push(Problem::at(
-                    file,
-                    offset,
-                    format!("workload id `{raw_id}` is not a spiffe id: {e}"),
-                    None,
-                ));
-                continue;
-            }
-        };
-        if let Some(obj) = entry.as_object_mut() {
-            obj.insert(
-                "attrs".to_owned(),
-                serde_json::json!({"trust_domain": id.trust_domain_name(), "path": id.path()}),
-            );
-            let mut parents = obj
-                .get("parents")
-                .and_then(|p| p.as_array())
-                .cloned()
-                .unwrap_or_default();
-            for p in types.derived_parents(&id) {
-                parents.push(serde_json::json!({"type": p.type_name().to_string(), "id": p.id().unescaped()}));
-            }
-            obj.insert("parents".to_owned(), serde_json::Value::Array(parents));
-        }
-    }
-    // Parents named only implicitly (trust domains, namespaces) need no entries of their own.
-    let entities = match cedar::Entities::from_json_value(value, Some(schema)) {
-        Ok(e) => e,
-        Err(e) => {
-            problems.push(from_diagnostic(&e, file, 0, "invalid entities file: "));
-            return None;
-        }
-    };
-    let entities = if entities.get(&unauthenticated(types).uid()).is_none() {
-        match entities.add_entities([unauthenticated(types)], Some(schema)) {
-            Ok(e) => e,
-            Err(e) => {
-                problems.push(Problem::in_file(
-                    file.path(),
-                    format!("invalid entities file: {e}"),
-                ));
-                return None;
-            }
-        }
-    } else {
-        entities
-    };
-    with_actions(entities, schema, file.path(), problems)
 }
 
 fn validate(
