@@ -261,6 +261,13 @@ impl PolicySet {
     /// The cached entry of a (caller, resource) pair, built on first use.
     fn peer(&self, caller: Caller<'_>, resource: &str) -> Result<Arc<PeerEntry>, RequestError> {
         let key = match caller {
+            // INVARIANT: `""` keys the unauthenticated caller only; an empty ID never reaches the cache.
+            Caller::Spiffe("") => {
+                return Err(RequestError::BadSpiffeId {
+                    id: String::new(),
+                    reason: warden_identity::SpiffeIdError::Empty.to_string(),
+                });
+            }
             Caller::Spiffe(id) => id,
             Caller::Unauthenticated => "",
         };

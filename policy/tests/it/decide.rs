@@ -286,3 +286,23 @@ fn request_the_schema_rejects_is_denied_every_time() {
         );
     }
 }
+
+#[test]
+fn empty_spiffe_id_is_denied_even_after_an_unauthenticated_caller() {
+    let dir = dir_with(&[(
+        "a.cedar",
+        "@id(\"anon\")\npermit(principal == Mesh::Unauthenticated::\"anonymous\", action, resource);",
+    )]);
+    let set = PolicySet::load(dir.path()).unwrap();
+    assert!(
+        set.decide(&http("anonymous", "GET", "api", "/"))
+            .is_allowed()
+    );
+    let d = set.decide(&http("", "GET", "api", "/"));
+    assert_eq!(d.outcome(), Outcome::Deny);
+    assert!(
+        d.errors()[0].contains("is not a spiffe id"),
+        "{:?}",
+        d.errors()
+    );
+}
