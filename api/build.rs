@@ -3,7 +3,11 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     let fds = protox::compile(
-        ["workload.proto", "warden/v1/agent.proto", "warden/v1/admin.proto"],
+        [
+            "workload.proto",
+            "warden/v1/agent.proto",
+            "warden/v1/admin.proto",
+        ],
         ["proto"],
     )?;
     tonic_prost_build::configure()
