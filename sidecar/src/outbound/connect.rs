@@ -1,0 +1,401 @@
+//! Mutual TLS origination: the route's TLS client configuration, and the connector that dials
+//! the upstream, runs the handshake under timeouts and classifies failures.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::Uri;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::TokioIo;
+use rustls::client::Resumption;
+use rustls::{CertificateError, ClientConfig};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use warden_identity::tls::{
+    Authorize, BundleSource, SpiffeServerCertVerifier, SvidCertResolver, TlsVerifyError,
+};
+
+use super::OutboundHooks;
+use super::route::{Protocol, Upstream};
+
+/// ALPN protocols offered on HTTP routes, in order of preference (the server chooses).
+const ALPN_HTTP: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// Why a TLS handshake with an upstream failed; [`HandshakeFailure::as_str`] gives the metric
+/// label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum HandshakeFailure {
+    /// The upstream's SVID is valid but its SPIFFE ID is not one of the expected IDs.
+    UnexpectedId,
+    /// The upstream's certificate is not a valid X.509-SVID for the bundles in force (other
+    /// CA, other trust domain, not an SVID).
+    InvalidSvid,
+    /// The upstream's SVID has expired.
+    Expired,
+    /// The upstream's SVID is not valid yet.
+    NotYetValid,
+    /// The upstream aborted the handshake with an alert (for instance it refused our SVID).
+    PeerRejected,
+    /// This sidecar holds no SVID to present.
+    NoSvid,
+    /// The handshake did not finish within the handshake timeout.
+    Timeout,
+    /// The connection failed during the handshake.
+    Io,
+    /// Any other TLS protocol error.
+    Protocol,
+}
+
+/// Why a connection to the upstream could not be made.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConnectError {
+    #[error("upstream `{upstream}` could not be resolved: {source}")]
+    Resolve { upstream: String, source: io::Error },
+    #[error("upstream `{upstream}` is unreachable: {source}")]
+    Connect { upstream: String, source: io::Error },
+    #[error("connecting to upstream `{upstream}` timed out after {after:?}")]
+    ConnectTimeout { upstream: String, after: Duration },
+    #[error("tls handshake with upstream `{upstream}` failed: {detail}")]
+    Handshake {
+        upstream: String,
+        failure: HandshakeFailure,
+        detail: String,
+    },
+}
+
+/// Dials the route's upstream and runs the mutual TLS handshake. Cheap to clone; as a
+/// `tower::Service<Uri>` it ignores the URI (every request of a route goes to its upstream).
+#[derive(Debug, Clone)]
+pub(crate) struct MtlsConnector {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    upstream: Upstream,
+    tls: TlsConnector,
+    resolver: Arc<SvidCertResolver>,
+    hooks: Arc<dyn OutboundHooks>,
+    connect_timeout: Duration,
+    handshake_timeout: Duration,
+}
+
+/// A mutual TLS connection to the upstream.
+#[derive(Debug)]
+pub(crate) struct UpstreamStream {
+    tls: TlsStream<TcpStream>,
+}
+
+/// Builds the TLS client configuration of a route: TLS 1.3 only, ring, the client certificate
+/// from `resolver` at each handshake, the server verified by [`SpiffeServerCertVerifier`] with
+/// `authorize`, no session resumption (a resumed session would skip both the SVID swap and
+/// the upstream's re-verification), ALPN `h2` + `http/1.1` for HTTP routes.
+///
+/// This is `warden_identity::tls::client_config` restricted to TLS 1.3.
+pub(crate) fn client_config(
+    resolver: Arc<SvidCertResolver>,
+    bundles: Arc<dyn BundleSource>,
+    authorize: Authorize,
+    protocol: Protocol,
+) -> Result<ClientConfig, rustls::Error> {
+    let verifier = Arc::new(SpiffeServerCertVerifier::new(bundles, authorize));
+    let mut config = ClientConfig::builder_with_provider(warden_identity::crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_cert_resolver(resolver);
+    config.resumption = Resumption::disabled();
+    if protocol == Protocol::Http {
+        config.alpn_protocols = ALPN_HTTP.iter().map(|p| p.to_vec()).collect();
+    }
+    Ok(config)
+}
+
+// === impl HandshakeFailure ===
+
+impl HandshakeFailure {
+    /// A short snake_case label for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UnexpectedId => "unexpected_id",
+            Self::InvalidSvid => "invalid_svid",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::PeerRejected => "peer_rejected",
+            Self::NoSvid => "no_svid",
+            Self::Timeout => "timeout",
+            Self::Io => "io",
+            Self::Protocol => "protocol",
+        }
+    }
+
+    /// Classifies the error tokio-rustls returns from a failed handshake, with a message fit
+    /// for the local client (it names the problem, never key material).
+    fn classify(err: &io::Error) -> (Self, String) {
+        let Some(tls) = err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) else {
+            return (Self::Io, err.to_string());
+        };
+        let failure = match tls {
+            rustls::Error::InvalidCertificate(CertificateError::Expired) => Self::Expired,
+            rustls::Error::InvalidCertificate(CertificateError::NotValidYet) => Self::NotYetValid,
+            rustls::Error::InvalidCertificate(CertificateError::Other(other)) => {
+                match other.0.downcast_ref::<TlsVerifyError>() {
+                    Some(TlsVerifyError::NotAuthorized(_)) => Self::UnexpectedId,
+                    Some(verify) => return (Self::InvalidSvid, verify.to_string()),
+                    None => Self::InvalidSvid,
+                }
+            }
+            rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented => {
+                Self::InvalidSvid
+            }
+            rustls::Error::AlertReceived(_) => Self::PeerRejected,
+            _ => Self::Protocol,
+        };
+        let detail = match tls {
+            rustls::Error::InvalidCertificate(CertificateError::Other(other)) => {
+                match other.0.downcast_ref::<TlsVerifyError>() {
+                    Some(TlsVerifyError::NotAuthorized(id)) => {
+                        format!("upstream spiffe id `{id}` is not one of the expected ids")
+                    }
+                    _ => other.0.to_string(),
+                }
+            }
+            other => other.to_string(),
+        };
+        (failure, detail)
+    }
+}
+
+// === impl ConnectError ===
+
+impl ConnectError {
+    /// Whether a timeout caused it (the local client gets 504 rather than 502).
+    pub(crate) fn is_timeout(&self) -> bool {
+        matches!(
+            self,
+            Self::ConnectTimeout { .. }
+                | Self::Handshake {
+                    failure: HandshakeFailure::Timeout,
+                    ..
+                }
+        )
+    }
+}
+
+// === impl MtlsConnector ===
+
+impl MtlsConnector {
+    pub(crate) fn new(
+        upstream: Upstream,
+        tls: Arc<ClientConfig>,
+        resolver: Arc<SvidCertResolver>,
+        hooks: Arc<dyn OutboundHooks>,
+        connect_timeout: Duration,
+        handshake_timeout: Duration,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                upstream,
+                tls: TlsConnector::from(tls),
+                resolver,
+                hooks,
+                connect_timeout,
+                handshake_timeout,
+            }),
+        }
+    }
+
+    /// The upstream as configured, `host:port`.
+    pub(crate) fn upstream(&self) -> &str {
+        &self.inner.upstream.host_port
+    }
+
+    /// Connects and completes the mutual TLS handshake; a handshake failure is reported to the
+    /// hooks.
+    pub(crate) async fn connect(&self) -> Result<UpstreamStream, ConnectError> {
+        let inner = &*self.inner;
+        let tcp = inner.dial().await?;
+        match inner.handshake(tcp).await {
+            Ok(tls) => Ok(UpstreamStream { tls }),
+            Err(err) => {
+                if let ConnectError::Handshake { failure, .. } = &err {
+                    inner.hooks.handshake_failed(failure.as_str());
+                }
+                tracing::warn!(error = %err, "outbound handshake failed");
+                Err(err)
+            }
+        }
+    }
+}
+
+impl tower::Service<Uri> for MtlsConnector {
+    type Response = TokioIo<UpstreamStream>;
+    type Error = ConnectError;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<TokioIo<UpstreamStream>, ConnectError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _dst: Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move { this.connect().await.map(TokioIo::new) })
+    }
+}
+
+// === impl Inner ===
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MtlsConnector")
+            .field("upstream", &self.upstream.host_port)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Inner {
+    async fn dial(&self) -> Result<TcpStream, ConnectError> {
+        let upstream = &self.upstream;
+        let connect = async {
+            let stream = match upstream.addr {
+                Some(addr) => TcpStream::connect(addr).await,
+                None => {
+                    let addrs = tokio::net::lookup_host(&upstream.host_port)
+                        .await
+                        .map_err(|source| ConnectError::Resolve {
+                            upstream: upstream.host_port.clone(),
+                            source,
+                        })?;
+                    connect_first(addrs).await
+                }
+            };
+            stream.map_err(|source| ConnectError::Connect {
+                upstream: upstream.host_port.clone(),
+                source,
+            })
+        };
+        let tcp = tokio::time::timeout(self.connect_timeout, connect)
+            .await
+            .map_err(|_| ConnectError::ConnectTimeout {
+                upstream: upstream.host_port.clone(),
+                after: self.connect_timeout,
+            })??;
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %err, "outbound upstream nodelay");
+        }
+        Ok(tcp)
+    }
+
+    async fn handshake(&self, tcp: TcpStream) -> Result<TlsStream<TcpStream>, ConnectError> {
+        let failed = |failure, detail| ConnectError::Handshake {
+            upstream: self.upstream.host_port.clone(),
+            failure,
+            detail,
+        };
+        if self.resolver.current().is_none() {
+            return Err(failed(
+                HandshakeFailure::NoSvid,
+                "this sidecar holds no svid yet".to_owned(),
+            ));
+        }
+        let server_name = self.upstream.server_name.clone();
+        match tokio::time::timeout(
+            self.handshake_timeout,
+            self.tls.connect(server_name, tcp),
+        )
+        .await
+        {
+            Ok(Ok(tls)) => Ok(tls),
+            Ok(Err(err)) => {
+                let (failure, detail) = HandshakeFailure::classify(&err);
+                Err(failed(failure, detail))
+            }
+            Err(_) => Err(failed(
+                HandshakeFailure::Timeout,
+                format!("no answer within {:?}", self.handshake_timeout),
+            )),
+        }
+    }
+}
+
+/// Tries each resolved address in turn; the error of the last one if none connects.
+async fn connect_first(
+    addrs: impl Iterator<Item = std::net::SocketAddr>,
+) -> io::Result<TcpStream> {
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address resolved");
+    for addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(stream) => return Ok(stream),
+            Err(err) => last = err,
+        }
+    }
+    Err(last)
+}
+
+// === impl UpstreamStream ===
+
+impl UpstreamStream {
+    /// Whether ALPN chose HTTP/2.
+    pub(crate) fn is_h2(&self) -> bool {
+        self.tls.get_ref().1.alpn_protocol() == Some(b"h2")
+    }
+}
+
+impl Connection for UpstreamStream {
+    fn connected(&self) -> Connected {
+        let connected = Connected::new();
+        match self.is_h2() {
+            true => connected.negotiated_h2(),
+            false => connected,
+        }
+    }
+}
+
+impl AsyncRead for UpstreamStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tls).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for UpstreamStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.tls).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.tls).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tls.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tls).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tls).poll_shutdown(cx)
+    }
+}

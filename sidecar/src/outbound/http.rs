@@ -1,0 +1,330 @@
+//! The HTTP side of an outbound route: each local request is forwarded over the pooled mutual
+//! TLS client with only hop-by-hop headers (and any local `x-forwarded-client-cert`) removed;
+//! bodies and trailers stream through. When the upstream cannot be reached the sidecar answers
+//! itself: 502 (504 on a timeout) with a one-line body, or for gRPC a trailers-only
+//! `UNAVAILABLE` status.
+
+use std::convert::Infallible;
+use std::error::Error as StdError;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use super::connect::{ConnectError, MtlsConnector};
+use super::{OutboundHooks, OutboundLimits};
+
+/// The body of a response to the local client: the upstream's, streamed, or the sidecar's own.
+pub(crate) type ResponseBody = Either<Incoming, Full<Bytes>>;
+
+/// Headers that describe one connection (RFC 9110 §7.6.1) and are never forwarded, plus the
+/// client-certificate header only the inbound sidecar may set.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+];
+const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+/// gRPC status code `UNAVAILABLE`.
+const GRPC_UNAVAILABLE: HeaderValue = HeaderValue::from_static("14");
+
+/// Forwards local requests to the route's upstream.
+#[derive(Debug)]
+pub(crate) struct HttpProxy {
+    client: Client<MtlsConnector, Incoming>,
+    /// `:authority` for requests that name none (HTTP/1.0 without `Host`).
+    upstream_authority: Option<Authority>,
+    upstream: String,
+    hooks: Arc<dyn OutboundHooks>,
+}
+
+// === impl HttpProxy ===
+
+impl HttpProxy {
+    pub(crate) fn new(
+        connector: MtlsConnector,
+        hooks: Arc<dyn OutboundHooks>,
+        limits: &OutboundLimits,
+    ) -> Self {
+        let upstream = connector.upstream().to_owned();
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(limits.idle_timeout)
+            .http2_keep_alive_interval(limits.idle_timeout / 2)
+            .http2_keep_alive_timeout(limits.handshake_timeout)
+            .build(connector);
+        Self {
+            client,
+            upstream_authority: upstream.parse().ok(),
+            upstream,
+            hooks,
+        }
+    }
+
+    /// Serves one local request; never fails (errors become responses).
+    pub(crate) async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<Response<ResponseBody>, Infallible> {
+        let started = Instant::now();
+        let (response, status) = self.forward(req).await;
+        self.hooks
+            .request_done(Some(status.as_u16()), started.elapsed());
+        Ok(response)
+    }
+
+    /// The response, and the status to report (the sidecar's own status for a local reply,
+    /// also when gRPC carries it as `grpc-status`).
+    async fn forward(&self, mut req: Request<Incoming>) -> (Response<ResponseBody>, StatusCode) {
+        let grpc = is_grpc(req.headers());
+        if req.method() == Method::CONNECT {
+            return local_reply(
+                StatusCode::METHOD_NOT_ALLOWED,
+                grpc,
+                "outbound listeners do not support connect".to_owned(),
+            );
+        }
+        let uri = match self.upstream_uri(&req) {
+            Ok(uri) => uri,
+            Err(message) => return local_reply(StatusCode::BAD_REQUEST, grpc, message),
+        };
+        *req.uri_mut() = uri;
+        let local_version = req.version();
+        if local_version == Version::HTTP_2 {
+            // The pooled connection decides the wire version: h2 ignores this field, and an
+            // HTTP/1.1 connection refuses requests marked HTTP/2.
+            *req.version_mut() = Version::HTTP_11;
+        }
+        strip_hop_by_hop(req.headers_mut(), true);
+        req.headers_mut().remove(XFCC);
+
+        match self.client.request(req).await {
+            Ok(response) => {
+                let mut response = response.map(Either::Left);
+                strip_hop_by_hop(response.headers_mut(), false);
+                if local_version != Version::HTTP_2 {
+                    *response.version_mut() = Version::HTTP_11;
+                }
+                let status = response.status();
+                (response, status)
+            }
+            Err(err) => {
+                let (status, message) = self.failure(&err);
+                tracing::warn!(upstream = %self.upstream, error = %message, "outbound request failed");
+                local_reply(status, grpc, message)
+            }
+        }
+    }
+
+    /// The request's target with scheme `https`; the authority is the request's own (from its
+    /// target or `Host`), so the upstream sees what the local client asked for.
+    fn upstream_uri(&self, req: &Request<Incoming>) -> Result<Uri, String> {
+        let authority = match req.uri().authority() {
+            Some(authority) => Some(authority.clone()),
+            None => match req.headers().get(header::HOST) {
+                Some(host) => Some(Authority::try_from(host.as_bytes()).map_err(|_| {
+                    format!(
+                        "host header `{}` is not a valid authority",
+                        String::from_utf8_lossy(host.as_bytes())
+                    )
+                })?),
+                None => self.upstream_authority.clone(),
+            },
+        };
+        let authority = authority.ok_or_else(|| "the request names no host".to_owned())?;
+        let path = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        Uri::builder()
+            .scheme(Scheme::HTTPS)
+            .authority(authority)
+            .path_and_query(path)
+            .build()
+            .map_err(|err| format!("invalid request target: {err}"))
+    }
+
+    /// The status and message for a request the upstream did not answer.
+    fn failure(
+        &self,
+        err: &hyper_util::client::legacy::Error,
+    ) -> (StatusCode, String) {
+        let mut source: Option<&(dyn StdError + 'static)> = Some(err);
+        while let Some(current) = source {
+            if let Some(connect) = current.downcast_ref::<ConnectError>() {
+                let status = match connect.is_timeout() {
+                    true => StatusCode::GATEWAY_TIMEOUT,
+                    false => StatusCode::BAD_GATEWAY,
+                };
+                return (status, connect.to_string());
+            }
+            source = current.source();
+        }
+        let mut message = format!("upstream `{}` failed before responding", self.upstream);
+        let mut source = err.source();
+        while let Some(current) = source {
+            message.push_str(": ");
+            message.push_str(&current.to_string());
+            source = current.source();
+        }
+        (StatusCode::BAD_GATEWAY, message)
+    }
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// Removes connection-specific headers, and those the `Connection` header names. `TE` stays on
+/// requests when it is exactly `trailers` (gRPC needs it); it never goes back to a client.
+fn strip_hop_by_hop(headers: &mut HeaderMap, request: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    let keep_te = request
+        && headers
+            .get(header::TE)
+            .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    if !keep_te {
+        headers.remove(header::TE);
+    }
+}
+
+/// A response made by the sidecar. gRPC clients get HTTP 200 with `grpc-status: 14`
+/// (`UNAVAILABLE`) and the message in `grpc-message`, as gRPC requires; others get `status`
+/// and the message as a plain-text body.
+fn local_reply(
+    status: StatusCode,
+    grpc: bool,
+    message: String,
+) -> (Response<ResponseBody>, StatusCode) {
+    let mut response = if grpc {
+        let mut response = Response::new(Either::Right(Full::new(Bytes::new())));
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        headers.insert(GRPC_STATUS, GRPC_UNAVAILABLE);
+        if let Ok(value) = HeaderValue::from_str(&grpc_percent_encode(&message)) {
+            headers.insert(GRPC_MESSAGE, value);
+        }
+        response
+    } else {
+        let mut body = message;
+        body.push('\n');
+        let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        response
+    };
+    response.headers_mut().insert(
+        HeaderName::from_static("x-warden-outbound-status"),
+        HeaderValue::from(status.as_u16()),
+    );
+    (response, status)
+}
+
+/// `grpc-message` encoding: printable ASCII except `%` as is, everything else `%XX`.
+fn grpc_percent_encode(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for byte in message.bytes() {
+        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_removed() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "keep-alive, x-session"),
+            ("keep-alive", "timeout=5"),
+            ("x-session", "abc"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy-authorization", "basic x"),
+            ("te", "trailers"),
+            ("x-kept", "1"),
+            ("authorization", "bearer kept"),
+        ] {
+            headers.append(name, HeaderValue::from_static(value));
+        }
+        let mut request = headers.clone();
+        strip_hop_by_hop(&mut request, true);
+        let names: Vec<&str> = request.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["te", "x-kept", "authorization"]);
+
+        strip_hop_by_hop(&mut headers, false);
+        let names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept", "authorization"]);
+    }
+
+    #[test]
+    fn te_other_than_trailers_is_removed_from_requests() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::TE, HeaderValue::from_static("gzip"));
+        strip_hop_by_hop(&mut headers, true);
+        assert!(headers.is_empty());
+    }
+
+    #[test]
+    fn grpc_messages_are_percent_encoded() {
+        assert_eq!(
+            grpc_percent_encode("upstream `a` 100% down\né"),
+            "upstream `a` 100%25 down%0A%C3%A9"
+        );
+    }
+
+    #[test]
+    fn grpc_requests_get_a_trailers_only_unavailable_reply() {
+        let (response, status) = local_reply(StatusCode::BAD_GATEWAY, true, "no way".to_owned());
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()[GRPC_STATUS], "14");
+        assert_eq!(response.headers()[GRPC_MESSAGE], "no way");
+        assert_eq!(response.headers()["x-warden-outbound-status"], "502");
+        let (response, _) = local_reply(StatusCode::GATEWAY_TIMEOUT, false, "slow".to_owned());
+        assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert!(response.headers().get(GRPC_STATUS).is_none());
+    }
+}

@@ -1,0 +1,170 @@
+//! The accept loop of an outbound route: a bounded number of local connections at a time, each
+//! served on its own task, and a drain on shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+
+use super::connect::MtlsConnector;
+use super::http::HttpProxy;
+use super::route::Protocol;
+use super::tcp::TcpProxy;
+use super::{Outbound, OutboundError, OutboundLimits};
+
+/// How long to pause after a failed `accept` (such as EMFILE) before trying again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// hyper's smallest allowed HTTP/1 read buffer.
+const MIN_H1_BUF: usize = 8192;
+
+/// What serves one accepted local connection.
+#[derive(Clone)]
+enum Handler {
+    Http {
+        proxy: Arc<HttpProxy>,
+        server: Arc<auto::Builder<TokioExecutor>>,
+    },
+    Tcp(Arc<TcpProxy>),
+}
+
+/// Runs the accept loop until `shutdown`, then drains.
+pub(super) async fn serve(
+    outbound: Outbound,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), OutboundError> {
+    let Outbound {
+        route,
+        upstream,
+        tls,
+        resolver,
+        hooks,
+        limits,
+    } = outbound;
+    let connector = MtlsConnector::new(
+        upstream,
+        tls,
+        resolver,
+        hooks.clone(),
+        limits.connect_timeout,
+        limits.handshake_timeout,
+    );
+    let handler = match route.protocol {
+        Protocol::Http => Handler::Http {
+            proxy: Arc::new(HttpProxy::new(connector, hooks, &limits)),
+            server: Arc::new(server_builder(&limits)),
+        },
+        Protocol::Tcp => Handler::Tcp(Arc::new(TcpProxy::new(connector, hooks))),
+    };
+    let listen = listener.local_addr().unwrap_or(route.listen);
+    tracing::info!(
+        listen = %listen,
+        upstream = %route.upstream,
+        protocol = ?route.protocol,
+        "outbound listening"
+    );
+
+    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let (drain_tx, drain_rx) = watch::channel(());
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            permit = permits.clone().acquire_owned() => permit,
+        };
+        let Ok(permit) = permit else { break };
+        let (stream, peer) = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    tracing::warn!(listen = %listen, error = %err, "outbound accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        let handler = handler.clone();
+        let drain = drain_rx.clone();
+        tokio::spawn(async move {
+            handler.serve_connection(stream, peer, drain).await;
+            drop(permit);
+        });
+    }
+
+    drop(listener);
+    drain_tx.send_replace(());
+    drop(drain_rx);
+    if tokio::time::timeout(limits.drain_timeout, drain_tx.closed())
+        .await
+        .is_err()
+    {
+        tracing::info!(listen = %listen, "outbound drain timed out; closing open connections");
+    }
+    tracing::info!(listen = %listen, "outbound stopped");
+    Ok(())
+}
+
+/// The local HTTP/1.1 + h2c server, configured once per route.
+fn server_builder(limits: &OutboundLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.idle_timeout)
+        .max_buf_size(limits.max_header_bytes.max(MIN_H1_BUF))
+        .max_headers(limits.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(limits.idle_timeout / 2)
+        .keep_alive_timeout(limits.handshake_timeout);
+    builder
+}
+
+// === impl Handler ===
+
+impl Handler {
+    async fn serve_connection(
+        self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        mut drain: watch::Receiver<()>,
+    ) {
+        if let Err(err) = stream.set_nodelay(true) {
+            tracing::debug!(error = %err, "outbound local nodelay");
+        }
+        match self {
+            Self::Http { proxy, server } => {
+                let service = service_fn(move |req| proxy.clone().handle(req));
+                let conn = server.serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(conn);
+                let result = tokio::select! {
+                    result = conn.as_mut() => result,
+                    _ = drain.changed() => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                };
+                if let Err(err) = result {
+                    tracing::debug!(src.addr = %peer, error = %err, "outbound local connection error");
+                }
+            }
+            Self::Tcp(proxy) => {
+                tokio::select! {
+                    () = proxy.serve(stream, peer) => {}
+                    _ = drain.changed() => {}
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! The `[[outbound]]` configuration of one route, and the parsed upstream address.
+
+use std::net::{IpAddr, SocketAddr};
+
+use rustls_pki_types::ServerName;
+use warden_identity::SpiffeId;
+
+use super::OutboundError;
+
+/// One `[[outbound]]` table of `sidecar.toml`: a local plaintext listener mapped to an upstream
+/// and the SPIFFE IDs that upstream may have.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// The local listener; must be a loopback address.
+    pub listen: SocketAddr,
+    /// The upstream, `host:port` (an IP literal, `[v6]:port`, or a DNS name resolved at each
+    /// new connection).
+    pub upstream: String,
+    /// The upstream's SVID must carry one of these SPIFFE IDs; must not be empty.
+    pub expected_ids: Vec<SpiffeId>,
+    /// What is proxied (default `http`).
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+/// What an outbound route proxies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP/1.1, HTTP/2 (h2c prior knowledge) and gRPC, pooled upstream connections.
+    #[default]
+    Http,
+    /// Opaque bytes, one upstream connection per local connection.
+    Tcp,
+}
+
+/// A parsed `host:port` upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Upstream {
+    /// The address when `host` is an IP literal (no resolution needed).
+    pub(crate) addr: Option<SocketAddr>,
+    /// `host:port` as configured, for DNS resolution and messages.
+    pub(crate) host_port: String,
+    /// The TLS server name (a DNS name is sent as SNI; the verifier ignores it).
+    pub(crate) server_name: ServerName<'static>,
+}
+
+// === impl Route ===
+
+impl Route {
+    /// Checks what serde cannot: `listen` is a loopback address, `expected_ids` is not empty,
+    /// and `upstream` is `host:port`.
+    pub fn validate(&self) -> Result<(), OutboundError> {
+        if !self.listen.ip().is_loopback() {
+            return Err(OutboundError::ListenNotLoopback(self.listen));
+        }
+        if self.expected_ids.is_empty() {
+            return Err(OutboundError::NoExpectedIds(self.listen));
+        }
+        self.validate_upstream().map(|_| ())
+    }
+
+    pub(crate) fn validate_upstream(&self) -> Result<Upstream, OutboundError> {
+        Upstream::parse(&self.upstream).map_err(|reason| OutboundError::InvalidUpstream {
+            upstream: self.upstream.clone(),
+            reason,
+        })
+    }
+}
+
+// === impl Upstream ===
+
+impl Upstream {
+    fn parse(s: &str) -> Result<Self, &'static str> {
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            if addr.port() == 0 {
+                return Err("port 0 is not a port to connect to");
+            }
+            return Ok(Self {
+                addr: Some(addr),
+                host_port: s.to_owned(),
+                server_name: ServerName::IpAddress(addr.ip().into()),
+            });
+        }
+        let (host, port) = s.rsplit_once(':').ok_or("expected `host:port`")?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| "the port is not a number from 1 to 65535")?;
+        if port == 0 {
+            return Err("port 0 is not a port to connect to");
+        }
+        if host.is_empty() {
+            return Err("the host is empty");
+        }
+        if host.starts_with('[') || host.parse::<IpAddr>().is_ok() {
+            return Err("an ipv6 address must be written `[address]:port`");
+        }
+        let server_name = ServerName::try_from(host.to_owned())
+            .map_err(|_| "the host is neither an ip address nor a dns name")?;
+        Ok(Self {
+            addr: None,
+            host_port: s.to_owned(),
+            server_name,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(listen: &str, upstream: &str, ids: &[&str]) -> Route {
+        Route {
+            listen: listen.parse().unwrap(),
+            upstream: upstream.to_owned(),
+            expected_ids: ids.iter().map(|s| s.parse().unwrap()).collect(),
+            protocol: Protocol::Http,
+        }
+    }
+
+    #[test]
+    fn route_with_loopback_listen_ids_and_upstream_is_valid() {
+        for upstream in ["127.0.0.1:15443", "[::1]:443", "api.example.org:8443"] {
+            route("127.0.0.1:15001", upstream, &["spiffe://a.org/x"])
+                .validate()
+                .unwrap();
+        }
+        route("[::1]:15001", "127.0.0.1:1", &["spiffe://a.org/x"])
+            .validate()
+            .unwrap();
+    }
+
+    #[test]
+    fn non_loopback_listen_is_refused() {
+        for listen in ["0.0.0.0:15001", "10.0.0.1:15001", "[::]:15001"] {
+            let err = route(listen, "127.0.0.1:1", &["spiffe://a.org/x"])
+                .validate()
+                .unwrap_err();
+            assert!(matches!(err, OutboundError::ListenNotLoopback(_)), "{err}");
+            assert_eq!(
+                err.to_string(),
+                format!("outbound listen address `{listen}` is not a loopback address")
+            );
+        }
+    }
+
+    #[test]
+    fn empty_expected_ids_are_refused() {
+        let err = route("127.0.0.1:15001", "127.0.0.1:1", &[])
+            .validate()
+            .unwrap_err();
+        assert!(matches!(err, OutboundError::NoExpectedIds(_)), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "outbound route `127.0.0.1:15001` has no expected upstream spiffe ids"
+        );
+    }
+
+    #[test]
+    fn malformed_upstreams_are_refused_with_the_value_named() {
+        for (upstream, reason) in [
+            ("127.0.0.1", "expected `host:port`"),
+            ("", "expected `host:port`"),
+            (":80", "the host is empty"),
+            ("host:http", "the port is not a number from 1 to 65535"),
+            ("host:70000", "the port is not a number from 1 to 65535"),
+            ("host:0", "port 0 is not a port to connect to"),
+            ("127.0.0.1:0", "port 0 is not a port to connect to"),
+            ("::1:443", "an ipv6 address must be written `[address]:port`"),
+            ("[::1:443", "an ipv6 address must be written `[address]:port`"),
+            (
+                "bad host:80",
+                "the host is neither an ip address nor a dns name",
+            ),
+        ] {
+            let err = route("127.0.0.1:15001", upstream, &["spiffe://a.org/x"])
+                .validate()
+                .unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("outbound upstream `{upstream}` is invalid: {reason}"),
+            );
+        }
+    }
+
+    #[test]
+    fn route_parses_from_toml_with_http_default_and_rejects_unknown_keys() {
+        let parsed: Route = toml::from_str(
+            "listen = \"127.0.0.1:15001\"\nupstream = \"127.0.0.1:15443\"\n\
+             expected_ids = [\"spiffe://a.org/api\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            parsed,
+            route("127.0.0.1:15001", "127.0.0.1:15443", &["spiffe://a.org/api"])
+        );
+        let tcp: Route = toml::from_str(
+            "listen = \"127.0.0.1:15001\"\nupstream = \"db:5432\"\n\
+             expected_ids = [\"spiffe://a.org/db\"]\nprotocol = \"tcp\"\n",
+        )
+        .unwrap();
+        assert_eq!(tcp.protocol, Protocol::Tcp);
+
+        let err = toml::from_str::<Route>(
+            "listen = \"127.0.0.1:15001\"\nupstream = \"h:1\"\nexpected_ids = []\nretries = 3\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown field `retries`"), "{err}");
+        let err = toml::from_str::<Route>(
+            "listen = \"127.0.0.1:15001\"\nupstream = \"h:1\"\nexpected_ids = []\nprotocol = \"udp\"\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown variant `udp`"), "{err}");
+        let err = toml::from_str::<Route>(
+            "listen = \"127.0.0.1:15001\"\nupstream = \"h:1\"\nexpected_ids = [\"http://a.org/x\"]\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("http://a.org/x"), "{err}");
+    }
+}
