@@ -4,8 +4,10 @@
 mod admin;
 mod agent;
 mod ca;
+mod demo_app;
 mod policy;
 mod svid;
+mod up;
 
 use std::process::ExitCode;
 
@@ -48,6 +50,13 @@ enum Command {
     /// Validate, format, test, evaluate and diff Cedar policy sets.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Run a whole local mesh (CA, agent, demo apps behind sidecars) in the foreground.
+    Up(up::UpArgs),
+    /// A tiny demo HTTP service to put behind a sidecar.
+    DemoApp(demo_app::DemoAppArgs),
+    /// Internal: how `warden up` starts its children.
+    #[command(name = "__up-child", hide = true)]
+    UpChild(up::ChildArgs),
 }
 
 /// Warden's exit codes.
@@ -83,6 +92,9 @@ pub(crate) fn run(cli: Cli) -> ExitCode {
         Command::Agent(c) => agent::run(c),
         Command::Svid(c) => svid::run(c),
         Command::Policy(c) => policy::run(c),
+        Command::Up(c) => up::run(c),
+        Command::DemoApp(c) => demo_app::run(c),
+        Command::UpChild(c) => up::exec_child(c),
     };
     match result {
         Ok(exit) => exit.into(),
