@@ -138,7 +138,10 @@ impl HandshakeFailure {
     /// Classifies the error tokio-rustls returns from a failed handshake, with a message fit
     /// for the local client (it names the problem, never key material).
     fn classify(err: &io::Error) -> (Self, String) {
-        let Some(tls) = err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) else {
+        let Some(tls) = err
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<rustls::Error>())
+        else {
             return (Self::Io, err.to_string());
         };
         let failure = match tls {
@@ -220,8 +223,20 @@ impl MtlsConnector {
     /// hooks.
     pub(crate) async fn connect(&self) -> Result<UpstreamStream, ConnectError> {
         let inner = &*self.inner;
-        let tcp = inner.dial().await?;
-        match inner.handshake(tcp).await {
+        let result = match inner.resolver.current() {
+            // Fail closed without dialing: a handshake without a client certificate would
+            // only be refused by the upstream.
+            None => Err(ConnectError::Handshake {
+                upstream: inner.upstream.host_port.clone(),
+                failure: HandshakeFailure::NoSvid,
+                detail: "this sidecar holds no svid yet".to_owned(),
+            }),
+            Some(_) => match inner.dial().await {
+                Ok(tcp) => inner.handshake(tcp).await,
+                Err(err) => return Err(err),
+            },
+        };
+        match result {
             Ok(tls) => Ok(UpstreamStream { tls }),
             Err(err) => {
                 if let ConnectError::Handshake { failure, .. } = &err {
@@ -269,12 +284,13 @@ impl Inner {
             let stream = match upstream.addr {
                 Some(addr) => TcpStream::connect(addr).await,
                 None => {
-                    let addrs = tokio::net::lookup_host(&upstream.host_port)
-                        .await
-                        .map_err(|source| ConnectError::Resolve {
-                            upstream: upstream.host_port.clone(),
-                            source,
-                        })?;
+                    let addrs =
+                        tokio::net::lookup_host(&upstream.host_port)
+                            .await
+                            .map_err(|source| ConnectError::Resolve {
+                                upstream: upstream.host_port.clone(),
+                                source,
+                            })?;
                     connect_first(addrs).await
                 }
             };
@@ -301,18 +317,8 @@ impl Inner {
             failure,
             detail,
         };
-        if self.resolver.current().is_none() {
-            return Err(failed(
-                HandshakeFailure::NoSvid,
-                "this sidecar holds no svid yet".to_owned(),
-            ));
-        }
         let server_name = self.upstream.server_name.clone();
-        match tokio::time::timeout(
-            self.handshake_timeout,
-            self.tls.connect(server_name, tcp),
-        )
-        .await
+        match tokio::time::timeout(self.handshake_timeout, self.tls.connect(server_name, tcp)).await
         {
             Ok(Ok(tls)) => Ok(tls),
             Ok(Err(err)) => {
@@ -328,9 +334,7 @@ impl Inner {
 }
 
 /// Tries each resolved address in turn; the error of the last one if none connects.
-async fn connect_first(
-    addrs: impl Iterator<Item = std::net::SocketAddr>,
-) -> io::Result<TcpStream> {
+async fn connect_first(addrs: impl Iterator<Item = std::net::SocketAddr>) -> io::Result<TcpStream> {
     let mut last = io::Error::new(io::ErrorKind::NotFound, "no address resolved");
     for addr in addrs {
         match TcpStream::connect(addr).await {

@@ -167,8 +167,14 @@ mod tests {
             ("host:70000", "the port is not a number from 1 to 65535"),
             ("host:0", "port 0 is not a port to connect to"),
             ("127.0.0.1:0", "port 0 is not a port to connect to"),
-            ("::1:443", "an ipv6 address must be written `[address]:port`"),
-            ("[::1:443", "an ipv6 address must be written `[address]:port`"),
+            (
+                "::1:443",
+                "an ipv6 address must be written `[address]:port`",
+            ),
+            (
+                "[::1:443",
+                "an ipv6 address must be written `[address]:port`",
+            ),
             (
                 "bad host:80",
                 "the host is neither an ip address nor a dns name",
@@ -193,7 +199,11 @@ mod tests {
         .unwrap();
         assert_eq!(
             parsed,
-            route("127.0.0.1:15001", "127.0.0.1:15443", &["spiffe://a.org/api"])
+            route(
+                "127.0.0.1:15001",
+                "127.0.0.1:15443",
+                &["spiffe://a.org/api"]
+            )
         );
         let tcp: Route = toml::from_str(
             "listen = \"127.0.0.1:15001\"\nupstream = \"db:5432\"\n\

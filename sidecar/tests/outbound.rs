@@ -1,0 +1,25 @@
+//! Integration tests of the outbound side: real sockets, real TLS (SVIDs minted by the
+//! identity crate's `TestCa`), an upstream that is a rustls mutual TLS server in front of a small
+//! hyper app (and a tonic Workload API service for gRPC), local clients speaking HTTP/1.1, h2c and
+//! gRPC to the outbound listener.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test helpers outside #[test] functions: a failure there is a test failure"
+)]
+
+#[path = "outbound/support.rs"]
+mod support;
+
+#[path = "outbound/failures.rs"]
+mod failures;
+#[path = "outbound/grpc.rs"]
+mod grpc;
+#[path = "outbound/http.rs"]
+mod http;
+#[path = "outbound/rotation.rs"]
+mod rotation;
+#[path = "outbound/tcp.rs"]
+mod tcp;

@@ -1,0 +1,315 @@
+//! Upstreams that must be refused or cannot be reached: the local client gets a 502 (504 on a
+//! timeout) naming the problem, nothing reaches the upstream app, and the hooks count it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use warden_identity::X509Svid;
+use warden_identity::test_util::{BadLeaf, TestCa};
+use warden_identity::tls::SvidCertResolver;
+use warden_sidecar::outbound::{Outbound, OutboundError, OutboundLimits, Protocol, Route};
+
+use crate::support::*;
+
+const OTHER_ID: &str = "spiffe://example.org/ns/prod/sa/other";
+
+async fn get_once(proxy: &Proxy) -> Reply {
+    LocalClient::h1(proxy.addr).await.get(proxy.addr, "/").await
+}
+
+#[tokio::test]
+async fn unexpected_upstream_id_gets_502_and_nothing_reaches_the_app() {
+    let pki = Pki::new();
+    let upstream = Upstream::http(&pki).await;
+    let proxy = Proxy::start(ProxyOptions {
+        expected_ids: &[OTHER_ID],
+        ..ProxyOptions::http(&pki, &upstream)
+    })
+    .await;
+
+    for _ in 0..2 {
+        let reply = get_once(&proxy).await;
+        assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+        assert_eq!(
+            reply.body,
+            format!(
+                "tls handshake with upstream `{}` failed: upstream spiffe id `{SERVER_ID}` is \
+                 not one of the expected ids\n",
+                upstream.addr
+            )
+        );
+        assert_eq!(reply.header("x-warden-outbound-status"), "502");
+    }
+    assert_eq!(upstream.requests(), 0);
+    assert_eq!(upstream.connections(), 0);
+    assert_eq!(
+        proxy.hooks.handshake_failures(),
+        ["unexpected_id", "unexpected_id"]
+    );
+    assert_eq!(proxy.hooks.statuses(), [Some(502), Some(502)]);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn one_of_several_expected_ids_is_accepted() {
+    let pki = Pki::new();
+    let upstream = Upstream::http(&pki).await;
+    let proxy = Proxy::start(ProxyOptions {
+        expected_ids: &[OTHER_ID, SERVER_ID],
+        ..ProxyOptions::http(&pki, &upstream)
+    })
+    .await;
+    assert_eq!(get_once(&proxy).await.status, StatusCode::OK);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn upstream_from_another_ca_of_the_same_trust_domain_is_refused() {
+    let pki = Pki::new();
+    let rogue = TestCa::new(TD);
+    let upstream = Upstream::start(
+        resolver_from(&rogue, SERVER_ID),
+        pki.bundles(),
+        &[b"h2"],
+        App::Http { barrier: None },
+    )
+    .await;
+    let proxy = Proxy::http(&pki, &upstream).await;
+
+    let reply = get_once(&proxy).await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert!(
+        reply.body.starts_with(&format!(
+            "tls handshake with upstream `{}` failed: peer x509-svid rejected: ",
+            upstream.addr
+        )),
+        "{}",
+        reply.body
+    );
+    assert_eq!(upstream.requests(), 0);
+    assert_eq!(proxy.hooks.handshake_failures(), ["invalid_svid"]);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn upstream_from_an_untrusted_trust_domain_is_refused_even_when_its_id_is_expected() {
+    let pki = Pki::new();
+    let foreign = TestCa::new("other.org");
+    let foreign_id = "spiffe://other.org/api";
+    let upstream = Upstream::start(
+        resolver_from(&foreign, foreign_id),
+        pki.bundles(),
+        &[b"h2"],
+        App::Http { barrier: None },
+    )
+    .await;
+    let proxy = Proxy::start(ProxyOptions {
+        expected_ids: &[foreign_id],
+        ..ProxyOptions::http(&pki, &upstream)
+    })
+    .await;
+
+    let reply = get_once(&proxy).await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert!(
+        reply.body.contains("peer x509-svid rejected"),
+        "{}",
+        reply.body
+    );
+    assert_eq!(upstream.requests(), 0);
+    assert_eq!(proxy.hooks.handshake_failures(), ["invalid_svid"]);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn expired_upstream_svid_is_refused() {
+    let pki = Pki::new();
+    let (chain, key) = pki
+        .ca
+        .issue_bad_leaf(&spiffe_id(SERVER_ID), BadLeaf::Expired);
+    let expired =
+        Arc::new(SvidCertResolver::from_svid(&X509Svid::new(chain, key).unwrap()).unwrap());
+    let upstream = Upstream::start(
+        expired,
+        pki.bundles(),
+        &[b"h2"],
+        App::Http { barrier: None },
+    )
+    .await;
+    let proxy = Proxy::http(&pki, &upstream).await;
+
+    let reply = get_once(&proxy).await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert!(reply.body.contains("failed: "), "{}", reply.body);
+    assert_eq!(upstream.requests(), 0);
+    assert_eq!(proxy.hooks.handshake_failures(), ["expired"]);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn upstream_that_refuses_our_svid_gets_502_and_sees_no_request() {
+    let pki = Pki::new();
+    let elsewhere = TestCa::new(TD);
+    // The upstream trusts another CA only, so it refuses our client SVID.
+    let upstream = Upstream::start(
+        pki.resolver(SERVER_ID),
+        Arc::new(Arc::new(TestCa::bundle_set(&[&elsewhere]))),
+        &[b"h2", b"http/1.1"],
+        App::Http { barrier: None },
+    )
+    .await;
+    let proxy = Proxy::http(&pki, &upstream).await;
+
+    let reply = get_once(&proxy).await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert!(
+        reply
+            .body
+            .starts_with(&format!("upstream `{}` ", upstream.addr)),
+        "{}",
+        reply.body
+    );
+    assert_eq!(upstream.requests(), 0);
+    assert_eq!(upstream.connections(), 0);
+    assert_eq!(upstream.failed_handshakes(), 1);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn sidecar_without_an_svid_connects_nowhere_and_answers_502() {
+    let pki = Pki::new();
+    let upstream = Upstream::http(&pki).await;
+    let resolver = Arc::new(SvidCertResolver::new());
+    let proxy = Proxy::start(ProxyOptions {
+        resolver,
+        ..ProxyOptions::http(&pki, &upstream)
+    })
+    .await;
+
+    let reply = get_once(&proxy).await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        reply.body,
+        format!(
+            "tls handshake with upstream `{}` failed: this sidecar holds no svid yet\n",
+            upstream.addr
+        )
+    );
+    assert_eq!(upstream.failed_handshakes(), 0);
+    assert_eq!(proxy.hooks.handshake_failures(), ["no_svid"]);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn unreachable_upstream_gets_502_naming_it() {
+    let pki = Pki::new();
+    let port = closed_port().await;
+    let proxy = Proxy::start(ProxyOptions {
+        upstream: port.to_string(),
+        ..ProxyOptions::http(&pki, &Upstream::http(&pki).await)
+    })
+    .await;
+
+    for mut client in [
+        LocalClient::h1(proxy.addr).await,
+        LocalClient::h2(proxy.addr).await,
+    ] {
+        let reply = client.get(proxy.addr, "/").await;
+        assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+        assert!(
+            reply
+                .body
+                .starts_with(&format!("upstream `{port}` is unreachable: ")),
+            "{}",
+            reply.body
+        );
+        assert_eq!(reply.headers["content-type"], "text/plain; charset=utf-8");
+    }
+    assert_eq!(proxy.hooks.statuses(), [Some(502), Some(502)]);
+    assert!(proxy.hooks.handshake_failures().is_empty());
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn silent_upstream_hits_the_handshake_timeout_and_gets_504() {
+    let pki = Pki::new();
+    let upstream = Upstream::start(
+        pki.resolver(SERVER_ID),
+        pki.bundles(),
+        &[b"h2"],
+        App::Silent,
+    )
+    .await;
+    let mut limits = OutboundLimits::default();
+    limits.handshake_timeout = Duration::from_millis(300);
+    let proxy = Proxy::start(ProxyOptions {
+        limits,
+        ..ProxyOptions::http(&pki, &upstream)
+    })
+    .await;
+
+    let reply = get_once(&proxy).await;
+    assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(
+        reply.body,
+        format!(
+            "tls handshake with upstream `{}` failed: no answer within 300ms\n",
+            upstream.addr
+        )
+    );
+    assert_eq!(proxy.hooks.handshake_failures(), ["timeout"]);
+    assert_eq!(proxy.hooks.statuses(), [Some(504)]);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn upstream_named_by_dns_name_is_resolved() {
+    let pki = Pki::new();
+    let upstream = Upstream::http(&pki).await;
+    let proxy = Proxy::start(ProxyOptions {
+        upstream: format!("localhost:{}", upstream.addr.port()),
+        ..ProxyOptions::http(&pki, &upstream)
+    })
+    .await;
+    let reply = get_once(&proxy).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.header("x-peer-id"), CLIENT_ID);
+    proxy.stop().await;
+}
+
+#[test]
+fn outbound_new_refuses_invalid_routes() {
+    let pki = Pki::new();
+    let route = |listen: &str, ids: &[&str], upstream: &str| Route {
+        listen: listen.parse().unwrap(),
+        upstream: upstream.to_owned(),
+        expected_ids: ids.iter().map(|s| spiffe_id(s)).collect(),
+        protocol: Protocol::Http,
+    };
+    let new = |route: Route| {
+        Outbound::new(
+            route,
+            pki.resolver(CLIENT_ID),
+            pki.bundles(),
+            Arc::new(warden_sidecar::outbound::NoHooks),
+        )
+        .unwrap_err()
+    };
+    let err = new(route("0.0.0.0:15001", &[SERVER_ID], "127.0.0.1:15443"));
+    assert!(matches!(err, OutboundError::ListenNotLoopback(_)));
+    assert_eq!(
+        err.to_string(),
+        "outbound listen address `0.0.0.0:15001` is not a loopback address"
+    );
+    let err = new(route("127.0.0.1:15001", &[], "127.0.0.1:15443"));
+    assert_eq!(
+        err.to_string(),
+        "outbound route `127.0.0.1:15001` has no expected upstream spiffe ids"
+    );
+    let err = new(route("127.0.0.1:15001", &[SERVER_ID], "upstream"));
+    assert_eq!(
+        err.to_string(),
+        "outbound upstream `upstream` is invalid: expected `host:port`"
+    );
+}

@@ -1,0 +1,310 @@
+//! HTTP/1.1 and h2c through an outbound route: identity, pooling, multiplexing, headers,
+//! streaming.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use tokio::sync::Barrier;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn http1_request_passes_and_upstream_sees_the_client_spiffe_id() {
+    let pki = Pki::new();
+    let upstream = Upstream::http(&pki).await;
+    let proxy = Proxy::http(&pki, &upstream).await;
+
+    let mut client = LocalClient::h1(proxy.addr).await;
+    let reply = client.get(proxy.addr, "/hello?x=1").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body, "ok");
+    assert_eq!(reply.header("x-peer-id"), CLIENT_ID);
+    assert_eq!(upstream.requests(), 1);
+    assert_eq!(proxy.hooks.statuses(), [Some(200)]);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn h2c_request_passes_and_upstream_sees_the_client_spiffe_id() {
+    let pki = Pki::new();
+    let upstream = Upstream::http(&pki).await;
+    let proxy = Proxy::http(&pki, &upstream).await;
+
+    let mut client = LocalClient::h2(proxy.addr).await;
+    let reply = client
+        .call(
+            proxy.addr,
+            Request::post("/echo").body(body_of("over h2c")).unwrap(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body, "over h2c");
+    assert_eq!(reply.header("x-peer-id"), CLIENT_ID);
+    assert_eq!(reply.header("x-version"), "HTTP/2.0");
+    assert_eq!(reply.header("x-host"), proxy.addr.to_string());
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn sequential_requests_share_one_h2_upstream_connection() {
+    let pki = Pki::new();
+    let upstream = Upstream::http(&pki).await;
+    let proxy = Proxy::http(&pki, &upstream).await;
+
+    // Several local connections, one after another, HTTP/1.1 and h2c.
+    for round in 0..3 {
+        let mut h1 = LocalClient::h1(proxy.addr).await;
+        let mut h2 = LocalClient::h2(proxy.addr).await;
+        for _ in 0..5 {
+            let reply = h1.get(proxy.addr, "/").await;
+            assert_eq!(reply.status, StatusCode::OK, "round {round}");
+            assert_eq!(reply.header("x-version"), "HTTP/2.0");
+            assert_eq!(reply.header("x-conn"), "1");
+            let reply = h2.get(proxy.addr, "/").await;
+            assert_eq!(reply.header("x-conn"), "1");
+        }
+    }
+    assert_eq!(upstream.requests(), 30);
+    assert_eq!(upstream.connections(), 1);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn sequential_requests_reuse_one_http1_keep_alive_connection() {
+    let pki = Pki::new();
+    let upstream = Upstream::start(
+        pki.resolver(SERVER_ID),
+        pki.bundles(),
+        &[b"http/1.1"],
+        App::Http { barrier: None },
+    )
+    .await;
+    let proxy = Proxy::http(&pki, &upstream).await;
+
+    for _ in 0..3 {
+        let mut client = LocalClient::h1(proxy.addr).await;
+        for _ in 0..5 {
+            let reply = client
+                .call(
+                    proxy.addr,
+                    Request::post("/echo").body(body_of("ping")).unwrap(),
+                )
+                .await;
+            assert_eq!(reply.status, StatusCode::OK);
+            assert_eq!(reply.body, "ping");
+            assert_eq!(reply.header("x-version"), "HTTP/1.1");
+            assert_eq!(reply.header("x-peer-id"), CLIENT_ID);
+        }
+    }
+    assert_eq!(upstream.requests(), 15);
+    assert_eq!(upstream.connections(), 1);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_requests_multiplex_over_one_h2_upstream_connection() {
+    const N: usize = 8;
+    let pki = Pki::new();
+    let barrier = Arc::new(Barrier::new(N));
+    let upstream = Upstream::start(
+        pki.resolver(SERVER_ID),
+        pki.bundles(),
+        &[b"h2", b"http/1.1"],
+        App::Http {
+            barrier: Some(barrier),
+        },
+    )
+    .await;
+    let proxy = Proxy::http(&pki, &upstream).await;
+    // The first connection is made by one request; later ones find it in the pool.
+    assert_eq!(
+        LocalClient::h1(proxy.addr)
+            .await
+            .get(proxy.addr, "/")
+            .await
+            .status,
+        StatusCode::OK
+    );
+
+    // N local HTTP/1.1 connections, each with a request the upstream holds until all N have
+    // arrived: they can only all succeed if they are in flight at once.
+    let addr = proxy.addr;
+    let calls = (0..N).map(|_| async move {
+        let mut client = LocalClient::h1(addr).await;
+        client.get(addr, "/wait").await
+    });
+    let replies = futures::future::join_all(calls).await;
+    for reply in replies {
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.body, "waited");
+        assert_eq!(reply.header("x-conn"), "1");
+    }
+    assert_eq!(upstream.connections(), 1);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn local_client_cert_header_and_hop_by_hop_headers_are_not_forwarded() {
+    let pki = Pki::new();
+    let upstream = Upstream::http(&pki).await;
+    let proxy = Proxy::http(&pki, &upstream).await;
+
+    for mut client in [
+        LocalClient::h1(proxy.addr).await,
+        LocalClient::h2(proxy.addr).await,
+    ] {
+        let mut req = Request::get("/headers")
+            .header(
+                "x-forwarded-client-cert",
+                "By=spiffe://evil/x;URI=spiffe://evil/y",
+            )
+            .header("authorization", "Bearer end-to-end")
+            .header("x-custom", "kept")
+            .body(empty())
+            .unwrap();
+        if let LocalClient::H1(_) = client {
+            let headers = req.headers_mut();
+            headers.insert("host", "api.internal:8080".parse().unwrap());
+            headers.insert("connection", "keep-alive, x-conn-only".parse().unwrap());
+            headers.insert("x-conn-only", "1".parse().unwrap());
+            headers.insert("keep-alive", "timeout=5".parse().unwrap());
+            headers.insert("proxy-connection", "keep-alive".parse().unwrap());
+        }
+        let h1 = matches!(client, LocalClient::H1(_));
+        let reply = client.call(proxy.addr, req).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        let seen: Vec<&str> = reply.header("x-seen-headers").split(',').collect();
+        for absent in [
+            "x-forwarded-client-cert",
+            "connection",
+            "x-conn-only",
+            "keep-alive",
+            "proxy-connection",
+        ] {
+            assert!(!seen.contains(&absent), "{absent} forwarded: {seen:?}");
+        }
+        for present in ["authorization", "x-custom"] {
+            assert!(seen.contains(&present), "{present} missing: {seen:?}");
+        }
+        if h1 {
+            assert_eq!(reply.header("x-host"), "api.internal:8080");
+        }
+    }
+    assert_eq!(upstream.requests(), 2);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn bodies_stream_both_ways_without_buffering() {
+    let pki = Pki::new();
+    for alpn in [&[b"h2".as_slice()][..], &[b"http/1.1".as_slice()][..]] {
+        let upstream = Upstream::start(
+            pki.resolver(SERVER_ID),
+            pki.bundles(),
+            alpn,
+            App::Http { barrier: None },
+        )
+        .await;
+        let proxy = Proxy::http(&pki, &upstream).await;
+        for mut client in [
+            LocalClient::h1(proxy.addr).await,
+            LocalClient::h2(proxy.addr).await,
+        ] {
+            let (tx, body) = channel_body();
+            let response = client
+                .send(proxy.addr, Request::post("/echo").body(body).unwrap())
+                .await;
+            assert_eq!(response.status(), StatusCode::OK);
+            let mut body = response.into_body();
+            // Each chunk comes back before the next one is sent: nothing waits for the
+            // whole body in either direction.
+            for i in 0..5 {
+                let chunk = Bytes::from(format!("chunk {i};"));
+                tx.send(chunk.clone()).await.unwrap();
+                let mut got = Vec::new();
+                while got.len() < chunk.len() {
+                    let frame = tokio::time::timeout(WAIT, body.frame())
+                        .await
+                        .unwrap()
+                        .unwrap()
+                        .unwrap();
+                    got.extend_from_slice(frame.data_ref().unwrap());
+                }
+                assert_eq!(got, chunk);
+            }
+            drop(tx);
+            let rest = tokio::time::timeout(WAIT, body.collect())
+                .await
+                .unwrap()
+                .unwrap()
+                .to_bytes();
+            assert!(rest.is_empty());
+        }
+        proxy.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn large_bodies_pass_intact() {
+    let pki = Pki::new();
+    let upstream = Upstream::http(&pki).await;
+    let proxy = Proxy::http(&pki, &upstream).await;
+    let payload: String = (0..200_000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    for mut client in [
+        LocalClient::h1(proxy.addr).await,
+        LocalClient::h2(proxy.addr).await,
+    ] {
+        let reply = client
+            .call(
+                proxy.addr,
+                Request::post("/echo")
+                    .body(body_of(payload.clone()))
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.body.len(), payload.len());
+        assert!(reply.body == payload);
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_host_header_gets_400_naming_it() {
+    let pki = Pki::new();
+    let upstream = Upstream::http(&pki).await;
+    let proxy = Proxy::http(&pki, &upstream).await;
+
+    let mut client = LocalClient::h1(proxy.addr).await;
+    let req = Request::get("/")
+        .header("host", "bad host")
+        .body(empty())
+        .unwrap();
+    let reply = client.call(proxy.addr, req).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        reply.body,
+        "host header `bad host` is not a valid authority\n"
+    );
+    assert_eq!(upstream.requests(), 0);
+    assert_eq!(proxy.hooks.statuses(), [Some(400)]);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn serve_returns_after_shutdown_and_the_port_stops_accepting() {
+    let pki = Pki::new();
+    let upstream = Upstream::http(&pki).await;
+    let proxy = Proxy::http(&pki, &upstream).await;
+    let addr = proxy.addr;
+    assert_eq!(
+        LocalClient::h1(addr).await.get(addr, "/").await.status,
+        StatusCode::OK
+    );
+    proxy.stop().await;
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}

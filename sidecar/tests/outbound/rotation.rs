@@ -1,0 +1,135 @@
+//! SVID and bundle rotation: new connections use what is in force at their handshake;
+//! established connections are not dropped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use tokio::io::AsyncBufReadExt;
+use tokio::net::TcpStream;
+use warden_identity::test_util::TestCa;
+use warden_sidecar::outbound::Protocol;
+
+use crate::support::*;
+
+const ROTATED_ID: &str = "spiffe://example.org/ns/prod/sa/client-v2";
+
+#[tokio::test]
+async fn rotated_svid_is_presented_on_new_connections_and_old_ones_stay_up() {
+    let pki = Pki::new();
+    let upstream = Upstream::start(
+        pki.resolver(SERVER_ID),
+        pki.bundles(),
+        &[b"http/1.1"],
+        App::Http { barrier: None },
+    )
+    .await;
+    let resolver = pki.resolver(CLIENT_ID);
+    let proxy = Proxy::start(ProxyOptions {
+        resolver: resolver.clone(),
+        ..ProxyOptions::http(&pki, &upstream)
+    })
+    .await;
+    let mut client = LocalClient::h1(proxy.addr).await;
+
+    let reply = client.get(proxy.addr, "/").await;
+    assert_eq!(
+        (reply.header("x-peer-id"), reply.header("x-conn")),
+        (CLIENT_ID, "1")
+    );
+
+    let rotated = pki
+        .ca
+        .issue_svid(&spiffe_id(ROTATED_ID), Duration::from_secs(3600));
+    resolver.set(&rotated).unwrap();
+
+    // The pooled connection made before the rotation keeps working.
+    let reply = client.get(proxy.addr, "/").await;
+    assert_eq!(
+        (reply.header("x-peer-id"), reply.header("x-conn")),
+        (CLIENT_ID, "1")
+    );
+    // The upstream closes it ...
+    let reply = client.get(proxy.addr, "/close").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    // ... and the next connection presents the rotated SVID.
+    let reply = client.get(proxy.addr, "/").await;
+    assert_eq!(
+        (reply.header("x-peer-id"), reply.header("x-conn")),
+        (ROTATED_ID, "2")
+    );
+    assert_eq!(upstream.connections(), 2);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn rotated_svid_is_presented_on_the_next_tcp_connection() {
+    let pki = Pki::new();
+    let upstream = Upstream::start(pki.resolver(SERVER_ID), pki.bundles(), &[], App::Echo).await;
+    let resolver = pki.resolver(CLIENT_ID);
+    let proxy = Proxy::start(ProxyOptions {
+        protocol: Protocol::Tcp,
+        resolver: resolver.clone(),
+        ..ProxyOptions::http(&pki, &upstream)
+    })
+    .await;
+
+    let first_line = |addr| async move {
+        let mut local = tokio::io::BufReader::new(TcpStream::connect(addr).await.unwrap());
+        let mut line = String::new();
+        tokio::time::timeout(WAIT, local.read_line(&mut line))
+            .await
+            .unwrap()
+            .unwrap();
+        (local, line)
+    };
+    let (open, line) = first_line(proxy.addr).await;
+    assert_eq!(line, format!("peer={CLIENT_ID}\n"));
+    resolver
+        .set(
+            &pki.ca
+                .issue_svid(&spiffe_id(ROTATED_ID), Duration::from_secs(3600)),
+        )
+        .unwrap();
+    let (_, line) = first_line(proxy.addr).await;
+    assert_eq!(line, format!("peer={ROTATED_ID}\n"));
+
+    // The connection opened before the rotation still carries bytes.
+    let mut open = open;
+    tokio::io::AsyncWriteExt::write_all(open.get_mut(), b"still here\n")
+        .await
+        .unwrap();
+    let mut echoed = String::new();
+    tokio::time::timeout(WAIT, open.read_line(&mut echoed))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(echoed, "still here\n");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn bundle_update_applies_to_the_next_handshake() {
+    let pki = Pki::new();
+    let new_ca = TestCa::new(TD);
+    // The upstream moved to a new CA; it still trusts our (old) one for client SVIDs.
+    let upstream = Upstream::start(
+        resolver_from(&new_ca, SERVER_ID),
+        Arc::new(Arc::new(TestCa::bundle_set(&[&pki.ca]))),
+        &[b"h2"],
+        App::Http { barrier: None },
+    )
+    .await;
+    let proxy = Proxy::http(&pki, &upstream).await;
+
+    let mut client = LocalClient::h1(proxy.addr).await;
+    assert_eq!(
+        client.get(proxy.addr, "/").await.status,
+        StatusCode::BAD_GATEWAY
+    );
+    pki.bundles.set(TestCa::bundle_set(&[&pki.ca, &new_ca]));
+    let reply = client.get(proxy.addr, "/").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.header("x-peer-id"), CLIENT_ID);
+    proxy.stop().await;
+}

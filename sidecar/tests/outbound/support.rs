@@ -1,0 +1,619 @@
+//! Test fixtures: a PKI, an upstream mutual TLS server with an app that reports what it saw,
+//! an outbound route under test with recording hooks, and local clients.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Barrier, oneshot};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use warden_api::workload::spiffe_workload_api_server::{
+    SpiffeWorkloadApi, SpiffeWorkloadApiServer,
+};
+use warden_api::workload::{
+    JwtBundlesRequest, JwtBundlesResponse, Jwtsvid, JwtsvidRequest, JwtsvidResponse,
+    ValidateJwtsvidRequest, ValidateJwtsvidResponse, X509BundlesRequest, X509BundlesResponse,
+    X509svid, X509svidRequest, X509svidResponse,
+};
+use warden_identity::test_util::TestCa;
+use warden_identity::tls::{Authorize, SharedBundles, SvidCertResolver};
+use warden_identity::{BundleSource, SpiffeId};
+use warden_sidecar::outbound::{Outbound, OutboundHooks, OutboundLimits, Protocol, Route};
+
+pub(crate) const TD: &str = "example.org";
+pub(crate) const CLIENT_ID: &str = "spiffe://example.org/ns/prod/sa/client";
+pub(crate) const SERVER_ID: &str = "spiffe://example.org/ns/prod/sa/api";
+/// Bound on every wait in these tests.
+pub(crate) const WAIT: Duration = Duration::from_secs(10);
+
+type BoxBody = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// A trust domain's CA and the bundles both ends verify with.
+pub(crate) struct Pki {
+    pub(crate) ca: TestCa,
+    pub(crate) bundles: Arc<SharedBundles>,
+}
+
+impl Pki {
+    pub(crate) fn new() -> Self {
+        let ca = TestCa::new(TD);
+        let bundles = Arc::new(SharedBundles::new(TestCa::bundle_set(&[&ca])));
+        Self { ca, bundles }
+    }
+
+    /// A resolver presenting a fresh SVID for `id` from this CA.
+    pub(crate) fn resolver(&self, id: &str) -> Arc<SvidCertResolver> {
+        resolver_from(&self.ca, id)
+    }
+
+    pub(crate) fn bundles(&self) -> Arc<dyn BundleSource> {
+        self.bundles.clone()
+    }
+}
+
+pub(crate) fn resolver_from(ca: &TestCa, id: &str) -> Arc<SvidCertResolver> {
+    let svid = ca.issue_svid(&spiffe_id(id), Duration::from_secs(3600));
+    Arc::new(SvidCertResolver::from_svid(&svid).unwrap())
+}
+
+pub(crate) fn spiffe_id(s: &str) -> SpiffeId {
+    s.parse().unwrap()
+}
+
+// === upstream ===
+
+/// What the upstream's app does.
+#[derive(Clone)]
+pub(crate) enum App {
+    /// The HTTP app (see [`http_app`]), plus the gRPC Workload API service for
+    /// `application/grpc` requests.
+    Http { barrier: Option<Arc<Barrier>> },
+    /// TCP: writes `peer=<spiffe id>\n`, then echoes.
+    Echo,
+    /// Accepts TCP and never answers (for handshake timeouts).
+    Silent,
+}
+
+/// Counters the upstream keeps.
+#[derive(Default, Debug)]
+pub(crate) struct Stats {
+    /// TLS handshakes that completed.
+    pub(crate) connections: AtomicUsize,
+    /// TLS handshakes that failed.
+    pub(crate) failed_handshakes: AtomicUsize,
+    /// HTTP requests (gRPC included) that reached the app.
+    pub(crate) requests: AtomicUsize,
+}
+
+/// An upstream sidecar stand-in: a rustls mutual TLS server (`server_config` from the identity
+/// crate, any trusted client) in front of an [`App`].
+pub(crate) struct Upstream {
+    pub(crate) addr: SocketAddr,
+    pub(crate) stats: Arc<Stats>,
+    task: JoinHandle<()>,
+}
+
+impl Upstream {
+    /// Starts an upstream presenting `resolver`'s SVID, trusting `bundles`, offering `alpn`.
+    pub(crate) async fn start(
+        resolver: Arc<SvidCertResolver>,
+        bundles: Arc<dyn BundleSource>,
+        alpn: &[&[u8]],
+        app: App,
+    ) -> Self {
+        let mut config =
+            warden_identity::tls::server_config(resolver, bundles, Authorize::AnyTrusted).unwrap();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stats = Arc::new(Stats::default());
+        let task = tokio::spawn(accept_loop(listener, acceptor, app, stats.clone()));
+        Self { addr, stats, task }
+    }
+
+    /// The common case: the PKI's server SVID, ALPN h2 + http/1.1, the HTTP app.
+    pub(crate) async fn http(pki: &Pki) -> Self {
+        Self::start(
+            pki.resolver(SERVER_ID),
+            pki.bundles(),
+            &[b"h2", b"http/1.1"],
+            App::Http { barrier: None },
+        )
+        .await
+    }
+
+    pub(crate) fn connections(&self) -> usize {
+        self.stats.connections.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn requests(&self) -> usize {
+        self.stats.requests.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn failed_handshakes(&self) -> usize {
+        self.stats.failed_handshakes.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, app: App, stats: Arc<Stats>) {
+    let mut index = 0usize;
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            return;
+        };
+        index += 1;
+        let (acceptor, app, stats) = (acceptor.clone(), app.clone(), stats.clone());
+        tokio::spawn(async move {
+            if let App::Silent = app {
+                tokio::time::sleep(WAIT).await;
+                drop(tcp);
+                return;
+            }
+            let mut tls = match acceptor.accept(tcp).await {
+                Ok(tls) => tls,
+                Err(_) => {
+                    stats.failed_handshakes.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
+            };
+            stats.connections.fetch_add(1, Ordering::SeqCst);
+            let peer = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(warden_identity::peer_spiffe_id)
+                .map(|id| id.to_string())
+                .unwrap_or_default();
+            match app {
+                App::Echo => {
+                    let _ = tls.write_all(format!("peer={peer}\n").as_bytes()).await;
+                    let (mut r, mut w) = tokio::io::split(tls);
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                    let _ = w.shutdown().await;
+                }
+                App::Http { barrier } => {
+                    let grpc = SpiffeWorkloadApiServer::new(GrpcApp);
+                    let conn = ConnInfo {
+                        peer,
+                        index,
+                        barrier,
+                    };
+                    let service = service_fn(move |req| {
+                        stats.requests.fetch_add(1, Ordering::SeqCst);
+                        http_app(conn.clone(), grpc.clone(), req)
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                }
+                App::Silent => {}
+            }
+        });
+    }
+}
+
+#[derive(Clone)]
+struct ConnInfo {
+    peer: String,
+    index: usize,
+    barrier: Option<Arc<Barrier>>,
+}
+
+/// The caller's SPIFFE ID, handed to the gRPC service in request extensions.
+#[derive(Clone)]
+struct PeerId(String);
+
+/// The HTTP app. Every response carries `x-peer-id` (the client's SPIFFE ID from the TLS
+/// handshake), `x-conn` (which upstream connection), `x-version`, `x-seen-headers` (the request
+/// header names) and `x-host` (`Host`, or the `:authority`). Paths: `/echo` streams the request
+/// body back; `/wait` answers once the test's barrier is full; `/close` answers with
+/// `connection: close`; anything else answers `ok`.
+async fn http_app(
+    conn: ConnInfo,
+    grpc: SpiffeWorkloadApiServer<GrpcApp>,
+    mut req: Request<Incoming>,
+) -> Result<Response<BoxBody>, std::convert::Infallible> {
+    if req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
+    {
+        req.extensions_mut().insert(PeerId(conn.peer.clone()));
+        let response = tower::ServiceExt::oneshot(grpc, req).await?;
+        return Ok(response.map(|b| b.map_err(Into::into).boxed_unsync()));
+    }
+    let seen: Vec<String> = req.headers().keys().map(|k| k.to_string()).collect();
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    let mut builder = Response::builder()
+        .header("x-peer-id", conn.peer.as_str())
+        .header("x-conn", conn.index)
+        .header("x-version", format!("{:?}", req.version()))
+        .header("x-seen-headers", seen.join(","))
+        .header("x-host", host);
+    let body: BoxBody = match req.uri().path() {
+        "/echo" => req.into_body().map_err(Into::into).boxed_unsync(),
+        "/wait" => {
+            let barrier = conn.barrier.clone().unwrap();
+            if tokio::time::timeout(WAIT, barrier.wait()).await.is_err() {
+                builder = builder.status(StatusCode::INTERNAL_SERVER_ERROR);
+            }
+            full("waited")
+        }
+        "/close" => {
+            builder = builder.header(http::header::CONNECTION, "close");
+            full("closing")
+        }
+        _ => full("ok"),
+    };
+    Ok(builder.body(body).unwrap())
+}
+
+fn full(s: &'static str) -> BoxBody {
+    Full::new(Bytes::from_static(s.as_bytes()))
+        .map_err(Into::into)
+        .boxed_unsync()
+}
+
+/// The gRPC test service: the Workload API's shape, answering with the caller's SPIFFE ID.
+/// `FetchX509SVID` streams three responses (hints `0`, `1`, `2`); `FetchJWTSVID` answers
+/// unary, or `PERMISSION_DENIED` for the audience `deny`.
+#[derive(Clone, Copy)]
+pub(crate) struct GrpcApp;
+
+type GrpcStream<T> = Pin<Box<dyn futures::Stream<Item = Result<T, tonic::Status>> + Send>>;
+
+#[tonic::async_trait]
+impl SpiffeWorkloadApi for GrpcApp {
+    type FetchX509SVIDStream = GrpcStream<X509svidResponse>;
+    type FetchX509BundlesStream = GrpcStream<X509BundlesResponse>;
+    type FetchJWTBundlesStream = GrpcStream<JwtBundlesResponse>;
+
+    async fn fetch_x509svid(
+        &self,
+        request: tonic::Request<X509svidRequest>,
+    ) -> Result<tonic::Response<Self::FetchX509SVIDStream>, tonic::Status> {
+        let peer = request.extensions().get::<PeerId>().unwrap().0.clone();
+        let items = (0..3).map(move |i| {
+            Ok(X509svidResponse {
+                svids: vec![X509svid {
+                    spiffe_id: peer.clone(),
+                    hint: i.to_string(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+        });
+        Ok(tonic::Response::new(Box::pin(futures::stream::iter(items))))
+    }
+
+    async fn fetch_x509_bundles(
+        &self,
+        _request: tonic::Request<X509BundlesRequest>,
+    ) -> Result<tonic::Response<Self::FetchX509BundlesStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in this test"))
+    }
+
+    async fn fetch_jwtsvid(
+        &self,
+        request: tonic::Request<JwtsvidRequest>,
+    ) -> Result<tonic::Response<JwtsvidResponse>, tonic::Status> {
+        let peer = request.extensions().get::<PeerId>().unwrap().0.clone();
+        let audience = request.into_inner().audience.join(",");
+        if audience == "deny" {
+            return Err(tonic::Status::permission_denied("denied by the test app"));
+        }
+        Ok(tonic::Response::new(JwtsvidResponse {
+            svids: vec![Jwtsvid {
+                spiffe_id: peer,
+                svid: "not-a-token".to_owned(),
+                hint: audience,
+            }],
+        }))
+    }
+
+    async fn fetch_jwt_bundles(
+        &self,
+        _request: tonic::Request<JwtBundlesRequest>,
+    ) -> Result<tonic::Response<Self::FetchJWTBundlesStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in this test"))
+    }
+
+    async fn validate_jwtsvid(
+        &self,
+        _request: tonic::Request<ValidateJwtsvidRequest>,
+    ) -> Result<tonic::Response<ValidateJwtsvidResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in this test"))
+    }
+}
+
+// === outbound under test ===
+
+/// What the route reported through its hooks.
+#[derive(Debug, Default)]
+pub(crate) struct Recorder {
+    pub(crate) statuses: Mutex<Vec<Option<u16>>>,
+    pub(crate) handshake_failures: Mutex<Vec<String>>,
+    pub(crate) tcp: Mutex<Vec<(u64, u64)>>,
+}
+
+impl OutboundHooks for Recorder {
+    fn request_done(&self, status: Option<u16>, _latency: Duration) {
+        self.statuses.lock().unwrap().push(status);
+    }
+
+    fn handshake_failed(&self, reason: &str) {
+        self.handshake_failures
+            .lock()
+            .unwrap()
+            .push(reason.to_owned());
+    }
+
+    fn tcp_connection_done(&self, sent: u64, received: u64, _duration: Duration) {
+        self.tcp.lock().unwrap().push((sent, received));
+    }
+}
+
+impl Recorder {
+    pub(crate) fn statuses(&self) -> Vec<Option<u16>> {
+        self.statuses.lock().unwrap().clone()
+    }
+
+    pub(crate) fn handshake_failures(&self) -> Vec<String> {
+        self.handshake_failures.lock().unwrap().clone()
+    }
+}
+
+/// A running outbound route on `127.0.0.1:<ephemeral>`.
+pub(crate) struct Proxy {
+    pub(crate) addr: SocketAddr,
+    pub(crate) hooks: Arc<Recorder>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), warden_sidecar::outbound::OutboundError>>>,
+}
+
+/// Options of [`Proxy::start`].
+pub(crate) struct ProxyOptions<'a> {
+    pub(crate) protocol: Protocol,
+    pub(crate) upstream: String,
+    pub(crate) expected_ids: &'a [&'a str],
+    pub(crate) resolver: Arc<SvidCertResolver>,
+    pub(crate) bundles: Arc<dyn BundleSource>,
+    pub(crate) limits: OutboundLimits,
+}
+
+impl<'a> ProxyOptions<'a> {
+    /// HTTP to `upstream`, expecting [`SERVER_ID`], presenting [`CLIENT_ID`].
+    pub(crate) fn http(pki: &Pki, upstream: &Upstream) -> Self {
+        Self {
+            protocol: Protocol::Http,
+            upstream: upstream.addr.to_string(),
+            expected_ids: &[SERVER_ID],
+            resolver: pki.resolver(CLIENT_ID),
+            bundles: pki.bundles(),
+            limits: OutboundLimits::default(),
+        }
+    }
+}
+
+impl Proxy {
+    pub(crate) async fn start(options: ProxyOptions<'_>) -> Self {
+        let route = Route {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            upstream: options.upstream,
+            expected_ids: options.expected_ids.iter().map(|s| spiffe_id(s)).collect(),
+            protocol: options.protocol,
+        };
+        let hooks = Arc::new(Recorder::default());
+        let outbound = Outbound::new(route, options.resolver, options.bundles, hooks.clone())
+            .unwrap()
+            .with_limits(options.limits);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(outbound.serve(listener, async move {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            hooks,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub(crate) async fn http(pki: &Pki, upstream: &Upstream) -> Self {
+        Self::start(ProxyOptions::http(pki, upstream)).await
+    }
+
+    /// Signals shutdown and waits (bounded) for `serve` to return.
+    pub(crate) async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(WAIT, task)
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+// === local clients ===
+
+/// A response with its body read.
+pub(crate) struct Reply {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: http::HeaderMap,
+    pub(crate) body: String,
+}
+
+impl Reply {
+    pub(crate) fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap())
+            .unwrap_or_default()
+    }
+}
+
+/// One local connection to the outbound listener, HTTP/1.1 or h2c.
+pub(crate) enum LocalClient {
+    H1(hyper::client::conn::http1::SendRequest<BoxBody>),
+    H2(hyper::client::conn::http2::SendRequest<BoxBody>),
+}
+
+impl LocalClient {
+    pub(crate) async fn h1(addr: SocketAddr) -> Self {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        Self::H1(send)
+    }
+
+    pub(crate) async fn h2(addr: SocketAddr) -> Self {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        Self::H2(send)
+    }
+
+    /// Sends `req` (an origin-form path; HTTP/1.1 gets `Host: <addr>`, h2 an absolute URI).
+    pub(crate) async fn send(
+        &mut self,
+        addr: SocketAddr,
+        req: Request<BoxBody>,
+    ) -> Response<Incoming> {
+        let (mut parts, body) = req.into_parts();
+        let response = match self {
+            Self::H1(send) => {
+                if !parts.headers.contains_key(http::header::HOST) {
+                    parts
+                        .headers
+                        .insert(http::header::HOST, addr.to_string().parse().unwrap());
+                }
+                send.ready().await.unwrap();
+                let fut = send.send_request(Request::from_parts(parts, body));
+                tokio::time::timeout(WAIT, fut).await
+            }
+            Self::H2(send) => {
+                parts.uri = format!("http://{addr}{}", parts.uri).parse().unwrap();
+                parts.version = http::Version::HTTP_2;
+                send.ready().await.unwrap();
+                let fut = send.send_request(Request::from_parts(parts, body));
+                tokio::time::timeout(WAIT, fut).await
+            }
+        };
+        response.unwrap().unwrap()
+    }
+
+    /// Sends `req` and reads the whole body.
+    pub(crate) async fn call(&mut self, addr: SocketAddr, req: Request<BoxBody>) -> Reply {
+        let response = self.send(addr, req).await;
+        read(response).await
+    }
+
+    /// `GET path`.
+    pub(crate) async fn get(&mut self, addr: SocketAddr, path: &str) -> Reply {
+        self.call(addr, get(path)).await
+    }
+}
+
+pub(crate) async fn read(response: Response<Incoming>) -> Reply {
+    let (parts, body) = response.into_parts();
+    let body = tokio::time::timeout(WAIT, body.collect())
+        .await
+        .unwrap()
+        .unwrap()
+        .to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8(body.to_vec()).unwrap(),
+    }
+}
+
+pub(crate) fn get(path: &str) -> Request<BoxBody> {
+    Request::get(path).body(empty()).unwrap()
+}
+
+pub(crate) fn empty() -> BoxBody {
+    Full::new(Bytes::new()).map_err(Into::into).boxed_unsync()
+}
+
+pub(crate) fn body_of(bytes: impl Into<Bytes>) -> BoxBody {
+    Full::new(bytes.into()).map_err(Into::into).boxed_unsync()
+}
+
+/// A body fed chunk by chunk from the returned sender.
+pub(crate) fn channel_body() -> (tokio::sync::mpsc::Sender<Bytes>, BoxBody) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| {
+            (
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(hyper::body::Frame::data(chunk)),
+                rx,
+            )
+        })
+    });
+    (tx, http_body_util::StreamBody::new(stream).boxed_unsync())
+}
+
+/// A port with nothing listening (bound, then released).
+pub(crate) async fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    addr
+}
+
+/// Polls `get` until `done` holds (bounded by [`WAIT`]).
+pub(crate) async fn wait_for<T>(mut get: impl FnMut() -> T, done: impl Fn(&T) -> bool) -> T {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let value = get();
+        if done(&value) || tokio::time::Instant::now() > deadline {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
