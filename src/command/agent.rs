@@ -29,6 +29,9 @@ pub(crate) struct RunArgs {
     /// TOML config file; flags override its values.
     #[arg(long, env = "WARDEN_AGENT_CONFIG")]
     config: Option<PathBuf>,
+    /// Check the configuration (file and flags), print a one-line summary, then exit.
+    #[arg(long)]
+    check_config: bool,
     /// The CA's agent API, `HOST:PORT`.
     #[arg(long)]
     server: Option<String>,
@@ -106,6 +109,19 @@ fn run_agent(args: RunArgs) -> anyhow::Result<Exit> {
             return Ok(Exit::Invalid);
         }
     };
+    if args.check_config {
+        let attestation = match &config.attestation {
+            Some(warden_node_agent::config::NodeAttestation::JoinToken(_)) => "join token",
+            Some(warden_node_agent::config::NodeAttestation::X509Pop { .. }) => "x509pop",
+            None => "stored agent svid",
+        };
+        println!(
+            "configuration ok: ca `{}`, attestation by {attestation}, workload api `{}`",
+            config.server,
+            config.socket.display()
+        );
+        return Ok(Exit::Ok);
+    }
     tracing::info!(config = ?config, "starting agent");
     let rt = super::runtime()?;
     rt.block_on(async {
