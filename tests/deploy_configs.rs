@@ -2,6 +2,14 @@
 //! broken copy fails naming the bad key, and the systemd units pass `systemd-analyze verify`
 //! (when it is installed) with their hardening in place.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test helpers fail fast, like the tests they serve"
+)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

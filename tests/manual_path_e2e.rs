@@ -9,6 +9,14 @@
 //! `api.example.org`, and `--resolve api.example.org:PORT:127.0.0.1` lets curl verify the whole
 //! chain against `bundle.pem` *and* the name, instead of `-k`, which would verify nothing.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "test helpers fail fast, like the tests they serve"
+)]
+
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};

@@ -14,7 +14,7 @@ pub(crate) enum AgentCommand {
     /// `socket`, `data_dir`, `http_listen`, `sync_interval`); flags override the file.
     /// The agent stores its SVID and key in the data dir (key mode 0600) and reuses them after a
     /// restart while they are valid, so a join token is needed only the first time.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Exit 0 if the agent at `--http-listen` is ready (attested, cache filled), else 1.
     Healthcheck {
         /// The agent's health listener.
@@ -63,7 +63,7 @@ pub(crate) struct RunArgs {
 
 pub(crate) fn run(cmd: AgentCommand) -> anyhow::Result<Exit> {
     match cmd {
-        AgentCommand::Run(args) => run_agent(args),
+        AgentCommand::Run(args) => run_agent(*args),
         AgentCommand::Healthcheck { http_listen } => {
             let ready =
                 super::runtime()?.block_on(warden_node_agent::client::healthcheck(&http_listen))?;

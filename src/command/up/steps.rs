@@ -306,7 +306,10 @@ async fn create_token(plan: &Plan) -> Result<(String, String, String), StepError
     .await?;
     let mut evicted = 0;
     for a in agents.as_array().into_iter().flatten() {
-        let (Some(id), Some(false)) = (a["spiffe_id"].as_str(), a["banned"].as_bool()) else {
+        let (Some(id), Some(false)) = (
+            a.get("spiffe_id").and_then(Value::as_str),
+            a.get("banned").and_then(Value::as_bool),
+        ) else {
             continue;
         };
         run_json(
@@ -321,7 +324,10 @@ async fn create_token(plan: &Plan) -> Result<(String, String, String), StepError
         &[&["token", "create", "--ttl", "10m"], &conn[..]].concat(),
     )
     .await?;
-    let (Some(token), Some(agent_id)) = (t["token"].as_str(), t["agent_id"].as_str()) else {
+    let (Some(token), Some(agent_id)) = (
+        t.get("token").and_then(Value::as_str),
+        t.get("agent_id").and_then(Value::as_str),
+    ) else {
         return Err(StepError::new("`warden token create` printed no token"));
     };
     let note = if evicted > 0 {
@@ -347,7 +353,7 @@ async fn register(plan: &Plan, agent_id: &str) -> Result<String, StepError> {
         )
         .await?;
         for e in existing.as_array().into_iter().flatten() {
-            if let Some(id) = e["id"].as_str() {
+            if let Some(id) = e.get("id").and_then(Value::as_str) {
                 run_json(
                     "`warden entry delete`",
                     &[&["entry", "delete", id], &conn[..]].concat(),
