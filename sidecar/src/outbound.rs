@@ -5,11 +5,13 @@
 //! to, mapped to one upstream address (normally the upstream sidecar's inbound listener).
 //!
 //! - **HTTP** ([`Protocol::Http`]): the listener speaks HTTP/1.1 and HTTP/2 with prior knowledge
-//!   (h2c, which is what gRPC clients use). Requests go out over a pool of mutual TLS connections
-//!   offering ALPN `h2` and `http/1.1`: HTTP/1.1 connections are kept alive and reused, and an
-//!   `h2` connection carries many requests at once. Only hop-by-hop headers are removed, and a
-//!   local `x-forwarded-client-cert` header is never forwarded. Bodies and trailers stream
-//!   through without buffering.
+//!   (h2c, which is what gRPC clients use). Each request keeps its protocol upstream, as the
+//!   HAProxy and Istio pairs do: HTTP/1.x goes over a keep-alive pool of mutual TLS connections
+//!   negotiated with ALPN `http/1.1` (reused one request at a time), HTTP/2 over one mutual TLS
+//!   connection negotiated with ALPN `h2` that multiplexes every local stream (an upstream that
+//!   cannot speak `h2` refuses it at the handshake, and h2c requests then get 502). Only
+//!   hop-by-hop headers are removed, and a local `x-forwarded-client-cert` header is never
+//!   forwarded. Bodies and trailers stream through without buffering.
 //! - **TCP** ([`Protocol::Tcp`]): each local connection gets its own mutual TLS connection
 //!   upstream, and bytes are copied both ways.
 //!
@@ -161,7 +163,7 @@ impl Outbound {
         let upstream = route.validate_upstream()?;
         route.validate()?;
         let authorize = Authorize::AnyOf(route.expected_ids.clone());
-        let tls = connect::client_config(resolver.clone(), bundles, authorize, route.protocol)?;
+        let tls = connect::client_config(resolver.clone(), bundles, authorize)?;
         Ok(Self {
             route,
             upstream,

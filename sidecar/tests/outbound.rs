@@ -10,6 +10,10 @@
     reason = "test helpers outside #[test] functions: a failure there is a test failure"
 )]
 
+#[path = "outbound/client.rs"]
+mod client;
+#[path = "outbound/grpc_app.rs"]
+mod grpc_app;
 #[path = "outbound/support.rs"]
 mod support;
 

@@ -22,10 +22,12 @@ use warden_identity::tls::{
 };
 
 use super::OutboundHooks;
-use super::route::{Protocol, Upstream};
+use super::route::Upstream;
 
-/// ALPN protocols offered on HTTP routes, in order of preference (the server chooses).
-const ALPN_HTTP: [&[u8]; 2] = [b"h2", b"http/1.1"];
+/// ALPN of the upstream connections that carry local HTTP/1.x requests.
+pub(crate) const ALPN_HTTP1: &[u8] = b"http/1.1";
+/// ALPN of the upstream connections that carry local HTTP/2 (h2c, gRPC) requests.
+pub(crate) const ALPN_H2: &[u8] = b"h2";
 
 /// Why a TLS handshake with an upstream failed; [`HandshakeFailure::as_str`] gives the metric
 /// label.
@@ -95,14 +97,13 @@ pub(crate) struct UpstreamStream {
 /// Builds the TLS client configuration of a route: TLS 1.3 only, ring, the client certificate
 /// from `resolver` at each handshake, the server verified by [`SpiffeServerCertVerifier`] with
 /// `authorize`, no session resumption (a resumed session would skip both the SVID swap and
-/// the upstream's re-verification), ALPN `h2` + `http/1.1` for HTTP routes.
+/// the upstream's re-verification), no ALPN (see [`with_alpn`]).
 ///
 /// This is `warden_identity::tls::client_config` restricted to TLS 1.3.
 pub(crate) fn client_config(
     resolver: Arc<SvidCertResolver>,
     bundles: Arc<dyn BundleSource>,
     authorize: Authorize,
-    protocol: Protocol,
 ) -> Result<ClientConfig, rustls::Error> {
     let verifier = Arc::new(SpiffeServerCertVerifier::new(bundles, authorize));
     let mut config = ClientConfig::builder_with_provider(warden_identity::crypto_provider())
@@ -111,10 +112,14 @@ pub(crate) fn client_config(
         .with_custom_certificate_verifier(verifier)
         .with_client_cert_resolver(resolver);
     config.resumption = Resumption::disabled();
-    if protocol == Protocol::Http {
-        config.alpn_protocols = ALPN_HTTP.iter().map(|p| p.to_vec()).collect();
-    }
     Ok(config)
+}
+
+/// `config` offering the single ALPN protocol `alpn`.
+pub(crate) fn with_alpn(config: &ClientConfig, alpn: &[u8]) -> Arc<ClientConfig> {
+    let mut config = config.clone();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Arc::new(config)
 }
 
 // === impl HandshakeFailure ===

@@ -41,10 +41,13 @@ const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 /// gRPC status code `UNAVAILABLE`.
 const GRPC_UNAVAILABLE: HeaderValue = HeaderValue::from_static("14");
 
-/// Forwards local requests to the route's upstream.
+/// Forwards local requests to the route's upstream, keeping their protocol: HTTP/1.x over a
+/// keep-alive pool of `http/1.1` connections (one request at a time on each), HTTP/2 over a
+/// single `h2` connection that multiplexes every stream.
 #[derive(Debug)]
 pub(crate) struct HttpProxy {
-    client: Client<MtlsConnector, Incoming>,
+    http1: Client<MtlsConnector, Incoming>,
+    h2: Client<MtlsConnector, Incoming>,
     /// `:authority` for requests that name none (HTTP/1.0 without `Host`).
     upstream_authority: Option<Authority>,
     upstream: String,
@@ -54,21 +57,30 @@ pub(crate) struct HttpProxy {
 // === impl HttpProxy ===
 
 impl HttpProxy {
+    /// `http1` must offer ALPN `http/1.1` and `h2` ALPN `h2`.
     pub(crate) fn new(
-        connector: MtlsConnector,
+        http1: MtlsConnector,
+        h2: MtlsConnector,
         hooks: Arc<dyn OutboundHooks>,
         limits: &OutboundLimits,
     ) -> Self {
-        let upstream = connector.upstream().to_owned();
-        let client = Client::builder(TokioExecutor::new())
+        let upstream = http1.upstream().to_owned();
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(limits.idle_timeout)
+            .pool_idle_timeout(limits.idle_timeout);
+        let http1 = builder.build(http1);
+        // HTTP/2 only: the pool then dials one connection at a time and shares it, instead of
+        // racing one handshake per waiting request.
+        let h2 = builder
+            .http2_only(true)
             .http2_keep_alive_interval(limits.idle_timeout / 2)
             .http2_keep_alive_timeout(limits.handshake_timeout)
-            .build(connector);
+            .build(h2);
         Self {
-            client,
+            http1,
+            h2,
             upstream_authority: upstream.parse().ok(),
             upstream,
             hooks,
@@ -103,22 +115,17 @@ impl HttpProxy {
             Err(message) => return local_reply(StatusCode::BAD_REQUEST, grpc, message),
         };
         *req.uri_mut() = uri;
-        let local_version = req.version();
-        if local_version == Version::HTTP_2 {
-            // The pooled connection decides the wire version: h2 ignores this field, and an
-            // HTTP/1.1 connection refuses requests marked HTTP/2.
-            *req.version_mut() = Version::HTTP_11;
-        }
         strip_hop_by_hop(req.headers_mut(), true);
         req.headers_mut().remove(XFCC);
+        let client = match req.version() {
+            Version::HTTP_2 => &self.h2,
+            _ => &self.http1,
+        };
 
-        match self.client.request(req).await {
+        match client.request(req).await {
             Ok(response) => {
                 let mut response = response.map(Either::Left);
                 strip_hop_by_hop(response.headers_mut(), false);
-                if local_version != Version::HTTP_2 {
-                    *response.version_mut() = Version::HTTP_11;
-                }
                 let status = response.status();
                 (response, status)
             }

@@ -12,7 +12,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
-use super::connect::MtlsConnector;
+use super::connect::{ALPN_H2, ALPN_HTTP1, MtlsConnector, with_alpn};
 use super::http::HttpProxy;
 use super::route::Protocol;
 use super::tcp::TcpProxy;
@@ -47,20 +47,29 @@ pub(super) async fn serve(
         hooks,
         limits,
     } = outbound;
-    let connector = MtlsConnector::new(
-        upstream,
-        tls,
-        resolver,
-        hooks.clone(),
-        limits.connect_timeout,
-        limits.handshake_timeout,
-    );
+    let connector = |tls| {
+        MtlsConnector::new(
+            upstream.clone(),
+            tls,
+            resolver.clone(),
+            hooks.clone(),
+            limits.connect_timeout,
+            limits.handshake_timeout,
+        )
+    };
     let handler = match route.protocol {
-        Protocol::Http => Handler::Http {
-            proxy: Arc::new(HttpProxy::new(connector, hooks, &limits)),
-            server: Arc::new(server_builder(&limits)),
-        },
-        Protocol::Tcp => Handler::Tcp(Arc::new(TcpProxy::new(connector, hooks))),
+        Protocol::Http => {
+            let http1 = connector(with_alpn(&tls, ALPN_HTTP1));
+            let h2 = connector(with_alpn(&tls, ALPN_H2));
+            Handler::Http {
+                proxy: Arc::new(HttpProxy::new(http1, h2, hooks.clone(), &limits)),
+                server: Arc::new(server_builder(&limits)),
+            }
+        }
+        Protocol::Tcp => Handler::Tcp(Arc::new(TcpProxy::new(
+            connector(tls.clone()),
+            hooks.clone(),
+        ))),
     };
     let listen = listener.local_addr().unwrap_or(route.listen);
     tracing::info!(

@@ -10,6 +10,7 @@ use warden_identity::test_util::{BadLeaf, TestCa};
 use warden_identity::tls::SvidCertResolver;
 use warden_sidecar::outbound::{Outbound, OutboundError, OutboundLimits, Protocol, Route};
 
+use crate::client::*;
 use crate::support::*;
 
 const OTHER_ID: &str = "spiffe://example.org/ns/prod/sa/other";
@@ -71,7 +72,7 @@ async fn upstream_from_another_ca_of_the_same_trust_domain_is_refused() {
     let upstream = Upstream::start(
         resolver_from(&rogue, SERVER_ID),
         pki.bundles(),
-        &[b"h2"],
+        ALPN_BOTH,
         App::Http { barrier: None },
     )
     .await;
@@ -100,7 +101,7 @@ async fn upstream_from_an_untrusted_trust_domain_is_refused_even_when_its_id_is_
     let upstream = Upstream::start(
         resolver_from(&foreign, foreign_id),
         pki.bundles(),
-        &[b"h2"],
+        ALPN_BOTH,
         App::Http { barrier: None },
     )
     .await;
@@ -133,7 +134,7 @@ async fn expired_upstream_svid_is_refused() {
     let upstream = Upstream::start(
         expired,
         pki.bundles(),
-        &[b"h2"],
+        ALPN_BOTH,
         App::Http { barrier: None },
     )
     .await;
@@ -173,6 +174,36 @@ async fn upstream_that_refuses_our_svid_gets_502_and_sees_no_request() {
     assert_eq!(upstream.requests(), 0);
     assert_eq!(upstream.connections(), 0);
     assert_eq!(upstream.failed_handshakes(), 1);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn h2c_request_to_an_upstream_without_h2_gets_502() {
+    let pki = Pki::new();
+    let upstream = Upstream::start(
+        pki.resolver(SERVER_ID),
+        pki.bundles(),
+        &[b"http/1.1"],
+        App::Http { barrier: None },
+    )
+    .await;
+    let proxy = Proxy::http(&pki, &upstream).await;
+
+    let reply = LocalClient::h2(proxy.addr).await.get(proxy.addr, "/").await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert!(
+        reply.body.starts_with(&format!(
+            "tls handshake with upstream `{}` failed: ",
+            upstream.addr
+        )),
+        "{}",
+        reply.body
+    );
+    assert_eq!(proxy.hooks.handshake_failures(), ["peer_rejected"]);
+    // HTTP/1.1 still works.
+    let reply = LocalClient::h1(proxy.addr).await.get(proxy.addr, "/").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(upstream.requests(), 1);
     proxy.stop().await;
 }
 
@@ -237,7 +268,7 @@ async fn silent_upstream_hits_the_handshake_timeout_and_gets_504() {
     let upstream = Upstream::start(
         pki.resolver(SERVER_ID),
         pki.bundles(),
-        &[b"h2"],
+        ALPN_BOTH,
         App::Silent,
     )
     .await;

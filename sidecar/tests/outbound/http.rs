@@ -8,6 +8,7 @@ use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use tokio::sync::Barrier;
 
+use crate::client::*;
 use crate::support::*;
 
 #[tokio::test]
@@ -21,6 +22,7 @@ async fn http1_request_passes_and_upstream_sees_the_client_spiffe_id() {
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.body, "ok");
     assert_eq!(reply.header("x-peer-id"), CLIENT_ID);
+    assert_eq!(reply.header("x-version"), "HTTP/1.1");
     assert_eq!(upstream.requests(), 1);
     assert_eq!(proxy.hooks.statuses(), [Some(200)]);
     proxy.stop().await;
@@ -48,41 +50,12 @@ async fn h2c_request_passes_and_upstream_sees_the_client_spiffe_id() {
 }
 
 #[tokio::test]
-async fn sequential_requests_share_one_h2_upstream_connection() {
+async fn sequential_http1_requests_reuse_one_keep_alive_upstream_connection() {
     let pki = Pki::new();
     let upstream = Upstream::http(&pki).await;
     let proxy = Proxy::http(&pki, &upstream).await;
 
-    // Several local connections, one after another, HTTP/1.1 and h2c.
-    for round in 0..3 {
-        let mut h1 = LocalClient::h1(proxy.addr).await;
-        let mut h2 = LocalClient::h2(proxy.addr).await;
-        for _ in 0..5 {
-            let reply = h1.get(proxy.addr, "/").await;
-            assert_eq!(reply.status, StatusCode::OK, "round {round}");
-            assert_eq!(reply.header("x-version"), "HTTP/2.0");
-            assert_eq!(reply.header("x-conn"), "1");
-            let reply = h2.get(proxy.addr, "/").await;
-            assert_eq!(reply.header("x-conn"), "1");
-        }
-    }
-    assert_eq!(upstream.requests(), 30);
-    assert_eq!(upstream.connections(), 1);
-    proxy.stop().await;
-}
-
-#[tokio::test]
-async fn sequential_requests_reuse_one_http1_keep_alive_connection() {
-    let pki = Pki::new();
-    let upstream = Upstream::start(
-        pki.resolver(SERVER_ID),
-        pki.bundles(),
-        &[b"http/1.1"],
-        App::Http { barrier: None },
-    )
-    .await;
-    let proxy = Proxy::http(&pki, &upstream).await;
-
+    // Several local connections, one after another.
     for _ in 0..3 {
         let mut client = LocalClient::h1(proxy.addr).await;
         for _ in 0..5 {
@@ -95,7 +68,7 @@ async fn sequential_requests_reuse_one_http1_keep_alive_connection() {
             assert_eq!(reply.status, StatusCode::OK);
             assert_eq!(reply.body, "ping");
             assert_eq!(reply.header("x-version"), "HTTP/1.1");
-            assert_eq!(reply.header("x-peer-id"), CLIENT_ID);
+            assert_eq!(reply.header("x-conn"), "1");
         }
     }
     assert_eq!(upstream.requests(), 15);
@@ -104,44 +77,87 @@ async fn sequential_requests_reuse_one_http1_keep_alive_connection() {
 }
 
 #[tokio::test]
-async fn concurrent_requests_multiplex_over_one_h2_upstream_connection() {
-    const N: usize = 8;
+async fn h2c_requests_from_several_local_connections_share_one_h2_upstream_connection() {
     let pki = Pki::new();
-    let barrier = Arc::new(Barrier::new(N));
-    let upstream = Upstream::start(
+    let upstream = Upstream::http(&pki).await;
+    let proxy = Proxy::http(&pki, &upstream).await;
+
+    for _ in 0..3 {
+        let mut client = LocalClient::h2(proxy.addr).await;
+        for _ in 0..5 {
+            let reply = client.get(proxy.addr, "/").await;
+            assert_eq!(reply.status, StatusCode::OK);
+            assert_eq!(reply.header("x-version"), "HTTP/2.0");
+            assert_eq!(reply.header("x-conn"), "1");
+        }
+    }
+    assert_eq!(upstream.requests(), 15);
+    assert_eq!(upstream.connections(), 1);
+    proxy.stop().await;
+}
+
+/// An upstream holding each `/wait` request until `n` have arrived.
+async fn barrier_upstream(pki: &Pki, n: usize) -> Upstream {
+    Upstream::start(
         pki.resolver(SERVER_ID),
         pki.bundles(),
-        &[b"h2", b"http/1.1"],
+        ALPN_BOTH,
         App::Http {
-            barrier: Some(barrier),
+            barrier: Some(Arc::new(Barrier::new(n))),
         },
     )
-    .await;
-    let proxy = Proxy::http(&pki, &upstream).await;
-    // The first connection is made by one request; later ones find it in the pool.
-    assert_eq!(
-        LocalClient::h1(proxy.addr)
-            .await
-            .get(proxy.addr, "/")
-            .await
-            .status,
-        StatusCode::OK
-    );
+    .await
+}
 
-    // N local HTTP/1.1 connections, each with a request the upstream holds until all N have
-    // arrived: they can only all succeed if they are in flight at once.
+#[tokio::test]
+async fn concurrent_h2c_requests_multiplex_over_one_upstream_connection() {
+    const N: usize = 8;
+    let pki = Pki::new();
+    let upstream = barrier_upstream(&pki, N).await;
+    let proxy = Proxy::http(&pki, &upstream).await;
+
+    // N local h2c connections, each with a request the upstream holds until all N have
+    // arrived: they can only all succeed if they are in flight at once. Nothing was pooled
+    // before: the burst itself dials a single connection.
     let addr = proxy.addr;
     let calls = (0..N).map(|_| async move {
-        let mut client = LocalClient::h1(addr).await;
+        let mut client = LocalClient::h2(addr).await;
         client.get(addr, "/wait").await
     });
-    let replies = futures::future::join_all(calls).await;
-    for reply in replies {
+    for reply in futures::future::join_all(calls).await {
         assert_eq!(reply.status, StatusCode::OK);
         assert_eq!(reply.body, "waited");
         assert_eq!(reply.header("x-conn"), "1");
     }
     assert_eq!(upstream.connections(), 1);
+    assert_eq!(upstream.failed_handshakes(), 0);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_http1_requests_each_take_a_pooled_connection_and_leave_it_for_reuse() {
+    const N: usize = 4;
+    let pki = Pki::new();
+    let upstream = barrier_upstream(&pki, N).await;
+    let proxy = Proxy::http(&pki, &upstream).await;
+
+    let addr = proxy.addr;
+    let mut clients = Vec::new();
+    for _ in 0..N {
+        clients.push(LocalClient::h1(addr).await);
+    }
+    for round in 0..3 {
+        let calls = clients
+            .iter_mut()
+            .map(|client| async move { client.get(addr, "/wait").await });
+        for reply in futures::future::join_all(calls).await {
+            assert_eq!(reply.status, StatusCode::OK, "round {round}");
+            assert_eq!(reply.header("x-version"), "HTTP/1.1");
+        }
+        // HTTP/1.1 carries one request at a time: N in flight need N connections, and
+        // later rounds reuse them.
+        assert_eq!(upstream.connections(), N, "round {round}");
+    }
     proxy.stop().await;
 }
 
@@ -199,14 +215,8 @@ async fn local_client_cert_header_and_hop_by_hop_headers_are_not_forwarded() {
 #[tokio::test]
 async fn bodies_stream_both_ways_without_buffering() {
     let pki = Pki::new();
-    for alpn in [&[b"h2".as_slice()][..], &[b"http/1.1".as_slice()][..]] {
-        let upstream = Upstream::start(
-            pki.resolver(SERVER_ID),
-            pki.bundles(),
-            alpn,
-            App::Http { barrier: None },
-        )
-        .await;
+    {
+        let upstream = Upstream::http(&pki).await;
         let proxy = Proxy::http(&pki, &upstream).await;
         for mut client in [
             LocalClient::h1(proxy.addr).await,

@@ -10,6 +10,7 @@ use tokio::net::TcpStream;
 use warden_identity::test_util::TestCa;
 use warden_sidecar::outbound::Protocol;
 
+use crate::client::*;
 use crate::support::*;
 
 const ROTATED_ID: &str = "spiffe://example.org/ns/prod/sa/client-v2";
@@ -116,7 +117,7 @@ async fn bundle_update_applies_to_the_next_handshake() {
     let upstream = Upstream::start(
         resolver_from(&new_ca, SERVER_ID),
         Arc::new(Arc::new(TestCa::bundle_set(&[&pki.ca]))),
-        &[b"h2"],
+        ALPN_BOTH,
         App::Http { barrier: None },
     )
     .await;

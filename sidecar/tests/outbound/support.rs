@@ -1,8 +1,7 @@
 //! Test fixtures: a PKI, an upstream mutual TLS server with an app that reports what it saw,
-//! an outbound route under test with recording hooks, and local clients.
+//! and an outbound route under test with recording hooks.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,30 +14,27 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{Barrier, oneshot};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
-use warden_api::workload::spiffe_workload_api_server::{
-    SpiffeWorkloadApi, SpiffeWorkloadApiServer,
-};
-use warden_api::workload::{
-    JwtBundlesRequest, JwtBundlesResponse, Jwtsvid, JwtsvidRequest, JwtsvidResponse,
-    ValidateJwtsvidRequest, ValidateJwtsvidResponse, X509BundlesRequest, X509BundlesResponse,
-    X509svid, X509svidRequest, X509svidResponse,
-};
+use warden_api::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 use warden_identity::test_util::TestCa;
 use warden_identity::tls::{Authorize, SharedBundles, SvidCertResolver};
 use warden_identity::{BundleSource, SpiffeId};
 use warden_sidecar::outbound::{Outbound, OutboundHooks, OutboundLimits, Protocol, Route};
 
+use crate::grpc_app::{GrpcApp, PeerId};
+
 pub(crate) const TD: &str = "example.org";
 pub(crate) const CLIENT_ID: &str = "spiffe://example.org/ns/prod/sa/client";
 pub(crate) const SERVER_ID: &str = "spiffe://example.org/ns/prod/sa/api";
+/// What a Warden inbound offers.
+pub(crate) const ALPN_BOTH: &[&[u8]] = &[b"h2", b"http/1.1"];
 /// Bound on every wait in these tests.
 pub(crate) const WAIT: Duration = Duration::from_secs(10);
 
-type BoxBody = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+pub(crate) type BoxBody = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 /// A trust domain's CA and the bundles both ends verify with.
 pub(crate) struct Pki {
@@ -129,7 +125,7 @@ impl Upstream {
         Self::start(
             pki.resolver(SERVER_ID),
             pki.bundles(),
-            &[b"h2", b"http/1.1"],
+            ALPN_BOTH,
             App::Http { barrier: None },
         )
         .await
@@ -218,10 +214,6 @@ struct ConnInfo {
     barrier: Option<Arc<Barrier>>,
 }
 
-/// The caller's SPIFFE ID, handed to the gRPC service in request extensions.
-#[derive(Clone)]
-struct PeerId(String);
-
 /// The HTTP app. Every response carries `x-peer-id` (the client's SPIFFE ID from the TLS
 /// handshake), `x-conn` (which upstream connection), `x-version`, `x-seen-headers` (the request
 /// header names) and `x-host` (`Host`, or the `:authority`). Paths: `/echo` streams the request
@@ -277,78 +269,6 @@ fn full(s: &'static str) -> BoxBody {
     Full::new(Bytes::from_static(s.as_bytes()))
         .map_err(Into::into)
         .boxed_unsync()
-}
-
-/// The gRPC test service: the Workload API's shape, answering with the caller's SPIFFE ID.
-/// `FetchX509SVID` streams three responses (hints `0`, `1`, `2`); `FetchJWTSVID` answers
-/// unary, or `PERMISSION_DENIED` for the audience `deny`.
-#[derive(Clone, Copy)]
-pub(crate) struct GrpcApp;
-
-type GrpcStream<T> = Pin<Box<dyn futures::Stream<Item = Result<T, tonic::Status>> + Send>>;
-
-#[tonic::async_trait]
-impl SpiffeWorkloadApi for GrpcApp {
-    type FetchX509SVIDStream = GrpcStream<X509svidResponse>;
-    type FetchX509BundlesStream = GrpcStream<X509BundlesResponse>;
-    type FetchJWTBundlesStream = GrpcStream<JwtBundlesResponse>;
-
-    async fn fetch_x509svid(
-        &self,
-        request: tonic::Request<X509svidRequest>,
-    ) -> Result<tonic::Response<Self::FetchX509SVIDStream>, tonic::Status> {
-        let peer = request.extensions().get::<PeerId>().unwrap().0.clone();
-        let items = (0..3).map(move |i| {
-            Ok(X509svidResponse {
-                svids: vec![X509svid {
-                    spiffe_id: peer.clone(),
-                    hint: i.to_string(),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            })
-        });
-        Ok(tonic::Response::new(Box::pin(futures::stream::iter(items))))
-    }
-
-    async fn fetch_x509_bundles(
-        &self,
-        _request: tonic::Request<X509BundlesRequest>,
-    ) -> Result<tonic::Response<Self::FetchX509BundlesStream>, tonic::Status> {
-        Err(tonic::Status::unimplemented("not in this test"))
-    }
-
-    async fn fetch_jwtsvid(
-        &self,
-        request: tonic::Request<JwtsvidRequest>,
-    ) -> Result<tonic::Response<JwtsvidResponse>, tonic::Status> {
-        let peer = request.extensions().get::<PeerId>().unwrap().0.clone();
-        let audience = request.into_inner().audience.join(",");
-        if audience == "deny" {
-            return Err(tonic::Status::permission_denied("denied by the test app"));
-        }
-        Ok(tonic::Response::new(JwtsvidResponse {
-            svids: vec![Jwtsvid {
-                spiffe_id: peer,
-                svid: "not-a-token".to_owned(),
-                hint: audience,
-            }],
-        }))
-    }
-
-    async fn fetch_jwt_bundles(
-        &self,
-        _request: tonic::Request<JwtBundlesRequest>,
-    ) -> Result<tonic::Response<Self::FetchJWTBundlesStream>, tonic::Status> {
-        Err(tonic::Status::unimplemented("not in this test"))
-    }
-
-    async fn validate_jwtsvid(
-        &self,
-        _request: tonic::Request<ValidateJwtsvidRequest>,
-    ) -> Result<tonic::Response<ValidateJwtsvidResponse>, tonic::Status> {
-        Err(tonic::Status::unimplemented("not in this test"))
-    }
 }
 
 // === outbound under test ===
@@ -471,131 +391,6 @@ impl Drop for Proxy {
             task.abort();
         }
     }
-}
-
-// === local clients ===
-
-/// A response with its body read.
-pub(crate) struct Reply {
-    pub(crate) status: StatusCode,
-    pub(crate) headers: http::HeaderMap,
-    pub(crate) body: String,
-}
-
-impl Reply {
-    pub(crate) fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .map(|v| v.to_str().unwrap())
-            .unwrap_or_default()
-    }
-}
-
-/// One local connection to the outbound listener, HTTP/1.1 or h2c.
-pub(crate) enum LocalClient {
-    H1(hyper::client::conn::http1::SendRequest<BoxBody>),
-    H2(hyper::client::conn::http2::SendRequest<BoxBody>),
-}
-
-impl LocalClient {
-    pub(crate) async fn h1(addr: SocketAddr) -> Self {
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        Self::H1(send)
-    }
-
-    pub(crate) async fn h2(addr: SocketAddr) -> Self {
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        let (send, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
-        Self::H2(send)
-    }
-
-    /// Sends `req` (an origin-form path; HTTP/1.1 gets `Host: <addr>`, h2 an absolute URI).
-    pub(crate) async fn send(
-        &mut self,
-        addr: SocketAddr,
-        req: Request<BoxBody>,
-    ) -> Response<Incoming> {
-        let (mut parts, body) = req.into_parts();
-        let response = match self {
-            Self::H1(send) => {
-                if !parts.headers.contains_key(http::header::HOST) {
-                    parts
-                        .headers
-                        .insert(http::header::HOST, addr.to_string().parse().unwrap());
-                }
-                send.ready().await.unwrap();
-                let fut = send.send_request(Request::from_parts(parts, body));
-                tokio::time::timeout(WAIT, fut).await
-            }
-            Self::H2(send) => {
-                parts.uri = format!("http://{addr}{}", parts.uri).parse().unwrap();
-                parts.version = http::Version::HTTP_2;
-                send.ready().await.unwrap();
-                let fut = send.send_request(Request::from_parts(parts, body));
-                tokio::time::timeout(WAIT, fut).await
-            }
-        };
-        response.unwrap().unwrap()
-    }
-
-    /// Sends `req` and reads the whole body.
-    pub(crate) async fn call(&mut self, addr: SocketAddr, req: Request<BoxBody>) -> Reply {
-        let response = self.send(addr, req).await;
-        read(response).await
-    }
-
-    /// `GET path`.
-    pub(crate) async fn get(&mut self, addr: SocketAddr, path: &str) -> Reply {
-        self.call(addr, get(path)).await
-    }
-}
-
-pub(crate) async fn read(response: Response<Incoming>) -> Reply {
-    let (parts, body) = response.into_parts();
-    let body = tokio::time::timeout(WAIT, body.collect())
-        .await
-        .unwrap()
-        .unwrap()
-        .to_bytes();
-    Reply {
-        status: parts.status,
-        headers: parts.headers,
-        body: String::from_utf8(body.to_vec()).unwrap(),
-    }
-}
-
-pub(crate) fn get(path: &str) -> Request<BoxBody> {
-    Request::get(path).body(empty()).unwrap()
-}
-
-pub(crate) fn empty() -> BoxBody {
-    Full::new(Bytes::new()).map_err(Into::into).boxed_unsync()
-}
-
-pub(crate) fn body_of(bytes: impl Into<Bytes>) -> BoxBody {
-    Full::new(bytes.into()).map_err(Into::into).boxed_unsync()
-}
-
-/// A body fed chunk by chunk from the returned sender.
-pub(crate) fn channel_body() -> (tokio::sync::mpsc::Sender<Bytes>, BoxBody) {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|chunk| {
-            (
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(hyper::body::Frame::data(chunk)),
-                rx,
-            )
-        })
-    });
-    (tx, http_body_util::StreamBody::new(stream).boxed_unsync())
 }
 
 /// A port with nothing listening (bound, then released).
