@@ -359,6 +359,20 @@ fn up_serves_the_readme_requests_and_ctrl_c_leaves_nothing_behind() {
     let fetched = String::from_utf8_lossy(&fetch.stdout);
     assert!(!fetched.contains("spiffe://"), "{fetched}");
 
+    // One `up` per state directory, even on other ports.
+    let second = Command::new(bin())
+        .current_dir(repo())
+        .arg("up")
+        .arg("--dir")
+        .arg(&dir)
+        .arg("--base-port")
+        .arg(free_base(5).to_string())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{err}");
+    assert!(err.contains("another `warden up` is running"), "{err}");
+
     up.signal(Signal::SIGINT);
     let (code, out) = up.wait_exit(STOP);
     assert_eq!(code, Some(0), "{out}");

@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 pub(crate) use self::supervisor::{ChildArgs, exec_child};
@@ -109,10 +111,19 @@ pub(crate) fn run(args: UpArgs) -> anyhow::Result<Exit> {
             return Ok(Exit::Error);
         }
     }
-    if let Err(e) = prepare_dir(plan.layout.root(), args.reset) {
-        eprintln!("error: {e:#}");
-        return Ok(Exit::Error);
-    }
+    // Held until `up` exits: one `up` per state directory.
+    let lock = lock_dir(&plan.layout).and_then(|early| {
+        prepare_dir(plan.layout.root(), args.reset)?;
+        drop(early);
+        lock_dir(&plan.layout)
+    });
+    let _lock = match lock {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Ok(Exit::Error);
+        }
+    };
     // A current-thread runtime: every child is spawned from this (the main) thread, which the
     // children's parent-death signal is tied to.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -137,6 +148,11 @@ fn plan(args: &UpArgs) -> Result<Plan, String> {
              --policies)",
             args.policies.display()
         ));
+    }
+    for (flag, path) in [("--dir", &root), ("--policies", &policies)] {
+        if path.to_str().is_none() {
+            return Err(format!("{flag} `{}` is not valid UTF-8", path.display()));
+        }
     }
     let layout = Layout::new(root);
     for sock in layout.sockets() {
@@ -195,6 +211,25 @@ fn prepare_dir(root: &Path, reset: bool) -> anyhow::Result<()> {
     )
     .with_context(|| format!("cannot write `{}`", layout.marker().display()))?;
     Ok(())
+}
+
+/// An exclusive lock on the dir's marker file (none while there is no marker yet); fails if
+/// another `warden up` holds it.
+fn lock_dir(layout: &Layout) -> anyhow::Result<Option<Flock<std::fs::File>>> {
+    let marker = layout.marker();
+    let file = match std::fs::OpenOptions::new().read(true).open(&marker) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => anyhow::bail!("cannot open `{}`: {e}", marker.display()),
+    };
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(Some(lock)),
+        Err((_, Errno::EWOULDBLOCK)) => anyhow::bail!(
+            "another `warden up` is running with `{}`: stop it first (Ctrl-C in its terminal)",
+            layout.root().display()
+        ),
+        Err((_, e)) => anyhow::bail!("cannot lock `{}`: {e}", marker.display()),
+    }
 }
 
 /// Starts everything, prints the summary, then waits for a signal or a child's death.
