@@ -6,6 +6,7 @@ mod agent;
 mod ca;
 mod demo_app;
 mod policy;
+mod sidecar;
 mod svid;
 mod up;
 
@@ -50,6 +51,9 @@ enum Command {
     /// Validate, format, test, evaluate and diff Cedar policy sets.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Run the enforcing mTLS sidecar in front of a service.
+    #[command(subcommand)]
+    Sidecar(sidecar::SidecarCommand),
     /// Run a whole local mesh (CA, agent, demo apps behind sidecars) in the foreground.
     Up(up::UpArgs),
     /// A tiny demo HTTP service to put behind a sidecar.
@@ -92,6 +96,7 @@ pub(crate) fn run(cli: Cli) -> ExitCode {
         Command::Agent(c) => agent::run(c),
         Command::Svid(c) => svid::run(c),
         Command::Policy(c) => policy::run(c),
+        Command::Sidecar(c) => sidecar::run(c),
         Command::Up(c) => up::run(c),
         Command::DemoApp(c) => demo_app::run(c),
         Command::UpChild(c) => up::exec_child(c),

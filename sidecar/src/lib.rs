@@ -1,8 +1,61 @@
+#![doc = include_str!("../README.md")]
 //! Warden's enforcing sidecar: terminates SPIFFE mutual TLS in front of a local app, decides every
 //! request with the Cedar policy engine, and originates mutual TLS for the app's outbound calls.
 //!
-//! Module ownership while it is being built: `outbound` (outbound listeners, mTLS origination,
-//! connection pools); everything else (config, identity source, inbound, decision log, metrics,
-//! `run`).
+//! - [`config`]: `sidecar.toml` and its command-line overrides.
+//! - `identity_source`: the SVID and bundles, streamed from the agent's Workload API.
+//! - `inbound`: mTLS termination, HTTP/gRPC/TCP proxying to the app, authorization.
+//! - [`outbound`]: local plaintext listeners, mTLS origination, connection pools.
+//! - `decision_log`, `metrics`, `admin`: one JSON line per decision, Prometheus metrics,
+//!   `/healthz` `/readyz` `/metrics`.
 
+mod admin;
+pub mod config;
+mod decision_log;
+mod identity_source;
+mod inbound;
+mod metrics;
 pub mod outbound;
+mod runner;
+
+use std::net::SocketAddr;
+
+pub use config::{Config, ConfigError, Env, Mode, Mtls, Overrides, ProcessEnv, Protocol};
+pub use runner::{Bound, Sidecar, run};
+
+/// Why the sidecar could not start, or stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The policy directory does not load.
+    #[error("policy: {0}")]
+    Policy(String),
+    /// A listener cannot be bound.
+    #[error("cannot bind the {what} listener on `{addr}`: {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TLS configuration cannot be built.
+    #[error("tls configuration: {0}")]
+    Tls(String),
+    /// The decision log cannot be opened.
+    #[error("{0}")]
+    DecisionLog(String),
+    /// The Workload API refused us for good.
+    #[error("{0}")]
+    WorkloadApi(String),
+    /// An outbound route cannot be set up.
+    #[error("outbound: {0}")]
+    Outbound(String),
+    /// A background task failed unexpectedly.
+    #[error("internal error: {0}")]
+    Internal(String),
+}

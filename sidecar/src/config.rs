@@ -1,0 +1,330 @@
+//! The sidecar's configuration: `sidecar.toml` (see `sidecar/README.md`) parsed strictly
+//! (unknown keys are errors naming the key), command-line [`Overrides`] applied on top, then
+//! validated into a typed [`Config`].
+
+mod raw;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use warden_identity::SpiffeId;
+
+pub use raw::Overrides;
+
+use crate::outbound::Route;
+
+/// The standard environment variable naming the Workload API socket (rule W-4).
+pub const SPIFFE_ENDPOINT_SOCKET: &str = "SPIFFE_ENDPOINT_SOCKET";
+/// Default admin listener.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:15090";
+/// Default inbound listener.
+pub const DEFAULT_INBOUND_LISTEN: &str = "0.0.0.0:15443";
+/// Default policy directory.
+pub const DEFAULT_POLICY_DIR: &str = "policies";
+/// Default decision-log rotation size.
+pub const DEFAULT_LOG_MAX_BYTES: u64 = 100 * 1024 * 1024;
+/// Default number of rotated decision-log files kept.
+pub const DEFAULT_LOG_KEEP: u32 = 5;
+/// Default TLS handshake timeout (also the time a client has to send a request's headers).
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default idle timeout of a connection with no bytes moving either way.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default limit of concurrent inbound connections.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default limit of a request's header bytes.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 65_536;
+/// Default limit of a request's header count.
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// The smallest `max_header_bytes` accepted (HTTP/1 read buffers cannot be smaller).
+pub const MIN_HEADER_BYTES: usize = 8192;
+
+/// Reads environment variables; tests pass a map instead of the process environment.
+pub trait Env {
+    /// The value of `name`, if set.
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessEnv;
+
+/// A configuration problem, naming the file and the key.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read config `{path}`: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, has an unknown key, or a value of the wrong type.
+    #[error("invalid config `{file}`: {message}")]
+    Parse {
+        /// The file (or `flags`).
+        file: String,
+        /// What the TOML parser reported (it names the key and the line).
+        message: String,
+    },
+    /// A value is well-formed TOML but not acceptable.
+    #[error("invalid config `{file}`: key `{key}`: {message}")]
+    Invalid {
+        /// The file (or `flags`).
+        file: String,
+        /// The key, dotted (`inbound.app`).
+        key: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// Which traffic the inbound listener carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP/1.1, HTTP/2 and gRPC, decided per request.
+    Http,
+    /// Opaque TCP, decided once per connection with action `connect`.
+    Tcp,
+}
+
+/// Whether the inbound listener also accepts plaintext.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mtls {
+    /// Mutual TLS only.
+    Strict,
+    /// Mutual TLS, and plaintext on the same port (principal `Mesh::Unauthenticated`).
+    Permissive,
+}
+
+/// What a deny does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Denied requests are refused.
+    Enforce,
+    /// Every decision is made and logged, and every request is forwarded.
+    DryRun,
+}
+
+/// Where decision-log lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogTarget {
+    /// Standard output (`-`).
+    Stdout,
+    /// A file (mode 0600), rotated by size.
+    File(PathBuf),
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub(crate) workload_api_socket: PathBuf,
+    pub(crate) spiffe_id: Option<SpiffeId>,
+    pub(crate) worker_threads: usize,
+    pub(crate) inbound: Option<InboundConfig>,
+    pub(crate) policy: PolicyConfig,
+    pub(crate) outbound: Vec<Route>,
+    pub(crate) admin_listen: SocketAddr,
+    pub(crate) decision_log: DecisionLogConfig,
+    pub(crate) limits: Limits,
+}
+
+/// The `[inbound]` table.
+#[derive(Debug, Clone)]
+pub struct InboundConfig {
+    pub(crate) listen: SocketAddr,
+    pub(crate) app: SocketAddr,
+    pub(crate) protocol: Protocol,
+    pub(crate) service: String,
+    pub(crate) mtls: Mtls,
+    pub(crate) tls12: bool,
+}
+
+/// The `[policy]` table.
+#[derive(Debug, Clone)]
+pub struct PolicyConfig {
+    pub(crate) dir: PathBuf,
+    pub(crate) mode: Mode,
+}
+
+/// The `[decision_log]` table.
+#[derive(Debug, Clone)]
+pub struct DecisionLogConfig {
+    pub(crate) target: LogTarget,
+    pub(crate) max_bytes: u64,
+    pub(crate) keep: u32,
+}
+
+/// The `[limits]` table.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) max_connections: usize,
+    pub(crate) max_header_bytes: usize,
+    pub(crate) max_headers: usize,
+}
+
+// === impl Protocol, Mtls, Mode ===
+
+impl std::str::FromStr for Protocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "http" => Ok(Self::Http),
+            "tcp" => Ok(Self::Tcp),
+            _ => Err(format!("`{s}` is not `http` or `tcp`")),
+        }
+    }
+}
+
+impl std::str::FromStr for Mtls {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "strict" => Ok(Self::Strict),
+            "permissive" => Ok(Self::Permissive),
+            _ => Err(format!("`{s}` is not `strict` or `permissive`")),
+        }
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "enforce" => Ok(Self::Enforce),
+            "dry-run" => Ok(Self::DryRun),
+            _ => Err(format!("`{s}` is not `enforce` or `dry-run`")),
+        }
+    }
+}
+
+// === impl ProcessEnv ===
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl<S: std::hash::BuildHasher> Env for std::collections::HashMap<String, String, S> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Reads `file` (if any), applies `overrides` on top, and validates the result.
+    pub fn load(
+        file: Option<&Path>,
+        overrides: &Overrides,
+        env: &dyn Env,
+    ) -> Result<Self, ConfigError> {
+        let (text, name) = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                (text, path.display().to_string())
+            }
+            None => (String::new(), "flags".to_owned()),
+        };
+        Self::from_toml(&text, &name, overrides, env)
+    }
+
+    /// Parses TOML `text` (named `file` in errors), applies `overrides`, validates.
+    pub fn from_toml(
+        text: &str,
+        file: &str,
+        overrides: &Overrides,
+        env: &dyn Env,
+    ) -> Result<Self, ConfigError> {
+        let mut raw: raw::RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            file: file.to_owned(),
+            message: one_line(&e.to_string()),
+        })?;
+        overrides.apply(&mut raw, file)?;
+        raw.validate(file, env)
+    }
+
+    /// Tokio worker threads (0 = one per core).
+    pub fn worker_threads(&self) -> usize {
+        self.worker_threads
+    }
+
+    /// The policy directory, when there is an inbound listener to enforce it.
+    pub fn policy_dir(&self) -> Option<&Path> {
+        self.inbound.as_ref().map(|_| self.policy.dir.as_path())
+    }
+
+    /// A one-line summary of what this config runs.
+    pub fn summary(&self) -> String {
+        let inbound = match &self.inbound {
+            Some(i) => format!(
+                "inbound {} -> {} ({:?}, mtls {:?}, service `{}`, policy `{}` {:?})",
+                i.listen,
+                i.app,
+                i.protocol,
+                i.mtls,
+                i.service,
+                self.policy.dir.display(),
+                self.policy.mode
+            )
+            .to_lowercase(),
+            None => "no inbound".to_owned(),
+        };
+        let id = self
+            .spiffe_id
+            .as_ref()
+            .map_or_else(|| "the default svid".to_owned(), |id| format!("`{id}`"));
+        format!(
+            "{inbound}; {} outbound; admin {}; identity {id} from `{}`",
+            self.outbound.len(),
+            self.admin_listen,
+            self.workload_api_socket.display()
+        )
+    }
+}
+
+/// Parses a Workload API address: a path or `unix:///path` (rule W-4).
+pub(crate) fn socket_path(value: &str) -> Result<PathBuf, String> {
+    match value.strip_prefix("unix://") {
+        Some(p) if p.starts_with('/') => Ok(PathBuf::from(p)),
+        Some(_) => Err(format!("`{value}` is not `unix:///absolute/path`")),
+        None if value.contains("://") => Err(format!(
+            "`{value}` is not a unix socket (`unix:///path` or a path)"
+        )),
+        None if value.is_empty() => Err("the socket path is empty".to_owned()),
+        None => Ok(PathBuf::from(value)),
+    }
+}
+
+/// The TOML error without its source snippet: "at line N, column M" and the message.
+fn one_line(s: &str) -> String {
+    s.lines()
+        .map(str::trim)
+        .filter(|l| {
+            let snippet = l.starts_with('|')
+                || l.split_once(" |")
+                    .is_some_and(|(n, _)| n.chars().all(|c| c.is_ascii_digit()));
+            !l.is_empty() && !snippet
+        })
+        .map(|l| l.trim_start_matches("TOML parse error "))
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,377 @@
+//! The sidecar's identity: a `FetchX509SVID` stream from the local agent's Workload API. Each
+//! message replaces the presented SVID (in the shared [`SvidCertResolver`]) and the trust
+//! bundles (own and federated, in the shared [`SharedBundles`]), so new handshakes use them
+//! while established connections carry on. The stream is reopened with backoff when it fails.
+//!
+//! Fail-closed: until the first usable SVID arrives nothing is published, and the caller binds
+//! no listener.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+use tonic::transport::Endpoint;
+use warden_api::WORKLOAD_API_HEADER;
+use warden_api::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use warden_api::workload::{X509svid, X509svidRequest, X509svidResponse};
+use warden_identity::tls::{SharedBundles, SvidCertResolver};
+use warden_identity::{
+    Bundle, BundleSet, CertificateDer, PrivatePkcs8KeyDer, SpiffeId, TrustDomain, X509Svid,
+};
+
+/// First delay before reopening a failed stream.
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest delay between attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Connect timeout to the agent socket.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the sidecar presents now; published on every change.
+#[derive(Debug, Clone)]
+pub(crate) struct Current {
+    /// Our SPIFFE ID.
+    pub(crate) spiffe_id: SpiffeId,
+    /// When the leaf expires.
+    pub(crate) not_after: SystemTime,
+}
+
+/// Why a Workload API message could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum UpdateError {
+    #[error("the workload api returned no svids")]
+    NoSvids,
+    #[error("the workload api returned no svid for `{0}`")]
+    NotEntitled(SpiffeId),
+    #[error("svid for `{id}` is unusable: {reason}")]
+    BadSvid { id: String, reason: String },
+    #[error("bundle for `{td}` is unusable: {reason}")]
+    BadBundle { td: String, reason: String },
+}
+
+/// Why the stream stopped for good.
+#[derive(Debug, thiserror::Error)]
+#[error("the workload api at `{socket}` refused the request: {message}")]
+pub(crate) struct FatalError {
+    socket: String,
+    message: String,
+}
+
+/// The identity source: owns the resolver and bundles the TLS configs read.
+#[derive(Debug)]
+pub(crate) struct IdentitySource {
+    socket: PathBuf,
+    want: Option<SpiffeId>,
+    resolver: Arc<SvidCertResolver>,
+    bundles: Arc<SharedBundles>,
+    current: watch::Sender<Option<Current>>,
+}
+
+// === impl IdentitySource ===
+
+impl IdentitySource {
+    pub(crate) fn new(socket: &Path, want: Option<SpiffeId>) -> Self {
+        let (current, _) = watch::channel(None);
+        Self {
+            socket: socket.to_owned(),
+            want,
+            resolver: Arc::new(SvidCertResolver::new()),
+            bundles: Arc::new(SharedBundles::default()),
+            current,
+        }
+    }
+
+    pub(crate) fn resolver(&self) -> Arc<SvidCertResolver> {
+        Arc::clone(&self.resolver)
+    }
+
+    pub(crate) fn bundles(&self) -> Arc<SharedBundles> {
+        Arc::clone(&self.bundles)
+    }
+
+    /// Published on every applied update; `None` until the first one.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Option<Current>> {
+        self.current.subscribe()
+    }
+
+    /// Streams updates until a fatal refusal (InvalidArgument: the request itself is wrong and
+    /// must not be retried, rule W-5). Every other failure is retried with backoff.
+    #[tracing::instrument(name = "workload_api", skip_all, fields(socket = %self.socket.display()))]
+    pub(crate) async fn run(self: Arc<Self>) -> Result<(), FatalError> {
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            match self.stream_once().await {
+                Ok(()) => tracing::warn!("workload api stream ended; reopening"),
+                Err(Failure::Fatal(message)) => {
+                    return Err(FatalError {
+                        socket: self.socket.display().to_string(),
+                        message,
+                    });
+                }
+                Err(Failure::Retry {
+                    message,
+                    progressed,
+                }) => {
+                    if progressed {
+                        backoff = MIN_BACKOFF;
+                    }
+                    tracing::warn!(error = %message, retry_in = ?backoff, "workload api unavailable");
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    async fn stream_once(&self) -> Result<(), Failure> {
+        let addr = format!("unix://{}", self.socket.display());
+        let retry = |message: String| Failure::Retry {
+            message,
+            progressed: false,
+        };
+        let channel = Endpoint::from_shared(addr)
+            .map_err(|e| Failure::Fatal(e.to_string()))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .connect()
+            .await
+            .map_err(|e| retry(format!("cannot connect: {e}")))?;
+        let mut client = SpiffeWorkloadApiClient::new(channel);
+        let mut request = tonic::Request::new(X509svidRequest {});
+        request.metadata_mut().insert(
+            WORKLOAD_API_HEADER,
+            tonic::metadata::MetadataValue::from_static("true"),
+        );
+        let mut stream = client
+            .fetch_x509svid(request)
+            .await
+            .map_err(status_failure)?
+            .into_inner();
+        let mut progressed = false;
+        loop {
+            match stream.message().await {
+                Ok(Some(msg)) => match self.apply(&msg) {
+                    Ok(id) => {
+                        progressed = true;
+                        tracing::info!(spiffe_id = %id, "svid and bundles updated");
+                    }
+                    // The agent sent something unusable: keep what we have and wait for the
+                    // next message (every message is complete state, rule W-6).
+                    Err(e) => tracing::error!(error = %e, "workload api update ignored"),
+                },
+                Ok(None) => return Ok(()),
+                Err(status) => {
+                    return Err(match status_failure(status) {
+                        Failure::Retry { message, .. } => Failure::Retry {
+                            message,
+                            progressed,
+                        },
+                        fatal => fatal,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Applies one message: picks our SVID, rebuilds the bundle set, then swaps both.
+    pub(crate) fn apply(&self, msg: &X509svidResponse) -> Result<SpiffeId, UpdateError> {
+        let (svid, bundles) = parse_update(msg, self.want.as_ref())?;
+        // Bundles first, so that a peer issued by a new authority is trusted by the time the
+        // new SVID (which may chain to it) is presented.
+        self.bundles.set(bundles);
+        self.resolver.set(&svid).map_err(|e| UpdateError::BadSvid {
+            id: svid.spiffe_id().to_string(),
+            reason: e.to_string(),
+        })?;
+        let id = svid.spiffe_id().clone();
+        self.current.send_replace(Some(Current {
+            spiffe_id: id.clone(),
+            not_after: svid.not_after(),
+        }));
+        Ok(id)
+    }
+}
+
+enum Failure {
+    Fatal(String),
+    Retry { message: String, progressed: bool },
+}
+
+fn status_failure(status: tonic::Status) -> Failure {
+    let message = format!("{:?}: {}", status.code(), status.message());
+    match status.code() {
+        tonic::Code::InvalidArgument => Failure::Fatal(message),
+        _ => Failure::Retry {
+            message,
+            progressed: false,
+        },
+    }
+}
+
+/// Our SVID (the wanted one, or the first = default, rule W-7) and the bundle set (its own
+/// trust domain's bundle plus every federated one; bundles are never merged, rule B-8).
+pub(crate) fn parse_update(
+    msg: &X509svidResponse,
+    want: Option<&SpiffeId>,
+) -> Result<(X509Svid, BundleSet), UpdateError> {
+    let chosen: &X509svid = match want {
+        Some(id) => msg
+            .svids
+            .iter()
+            .find(|s| s.spiffe_id == id.as_str())
+            .ok_or_else(|| UpdateError::NotEntitled(id.clone()))?,
+        None => msg.svids.first().ok_or(UpdateError::NoSvids)?,
+    };
+    let bad_svid = |reason: String| UpdateError::BadSvid {
+        id: chosen.spiffe_id.clone(),
+        reason,
+    };
+    let chain = split_der(&chosen.x509_svid).map_err(bad_svid)?;
+    let key = PrivatePkcs8KeyDer::from(chosen.x509_svid_key.clone());
+    let svid = X509Svid::new(chain, key).map_err(|e| bad_svid(e.to_string()))?;
+    if svid.spiffe_id().as_str() != chosen.spiffe_id {
+        return Err(bad_svid(format!(
+            "the certificate is for `{}`",
+            svid.spiffe_id()
+        )));
+    }
+    let own_td = svid.spiffe_id().trust_domain().clone();
+    let mut set = BundleSet::new();
+    set.insert(bundle_from_der(own_td, &chosen.bundle)?);
+    for (key, der) in &msg.federated_bundles {
+        // Keys are the trust domain's SPIFFE ID (`spiffe://td`, rule W-12); accept a bare name.
+        let name = key.strip_prefix("spiffe://").unwrap_or(key);
+        let td = TrustDomain::new(name).map_err(|e| UpdateError::BadBundle {
+            td: key.clone(),
+            reason: e.to_string(),
+        })?;
+        if td == svid.spiffe_id().trust_domain() {
+            continue;
+        }
+        set.insert(bundle_from_der(td, der)?);
+    }
+    Ok((svid, set))
+}
+
+fn bundle_from_der(td: TrustDomain, der: &[u8]) -> Result<Bundle, UpdateError> {
+    let certs = split_der(der).map_err(|reason| UpdateError::BadBundle {
+        td: td.to_string(),
+        reason,
+    })?;
+    let mut bundle = Bundle::new(td);
+    for cert in certs {
+        bundle.add_x509_authority(cert);
+    }
+    Ok(bundle)
+}
+
+/// Splits concatenated DER certificates (the Workload API's encoding).
+fn split_der(mut der: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    let mut out = Vec::new();
+    while !der.is_empty() {
+        let (rest, _) = x509_parser::parse_x509_certificate(der)
+            .map_err(|_| format!("certificate {} is not der x.509", out.len()))?;
+        let used = der.len() - rest.len();
+        let cert = der
+            .get(..used)
+            .ok_or_else(|| "truncated certificate".to_owned())?;
+        out.push(CertificateDer::from(cert.to_vec()));
+        der = rest;
+    }
+    if out.is_empty() {
+        return Err("no certificates".to_owned());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use warden_identity::test_util::TestCa;
+
+    use super::*;
+
+    fn response(ca: &TestCa, ids: &[&str]) -> X509svidResponse {
+        X509svidResponse {
+            svids: ids
+                .iter()
+                .map(|id| {
+                    let svid = ca.issue_svid(&id.parse().unwrap(), Duration::from_secs(600));
+                    X509svid {
+                        spiffe_id: (*id).to_owned(),
+                        x509_svid: svid.cert_chain_der(),
+                        x509_svid_key: svid.private_key().secret_pkcs8_der().to_vec(),
+                        bundle: ca.bundle().x509_authorities_der(),
+                        hint: String::new(),
+                    }
+                })
+                .collect(),
+            crl: vec![],
+            federated_bundles: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn picks_the_first_svid_by_default_and_the_wanted_one_when_configured_w7() {
+        let ca = TestCa::new("example.org");
+        let msg = response(&ca, &["spiffe://example.org/a", "spiffe://example.org/b"]);
+        let (svid, set) = parse_update(&msg, None).unwrap();
+        assert_eq!(svid.spiffe_id().as_str(), "spiffe://example.org/a");
+        assert_eq!(set.len(), 1);
+        let want: SpiffeId = "spiffe://example.org/b".parse().unwrap();
+        let (svid, _) = parse_update(&msg, Some(&want)).unwrap();
+        assert_eq!(svid.spiffe_id(), &want);
+        let missing: SpiffeId = "spiffe://example.org/c".parse().unwrap();
+        assert_eq!(
+            parse_update(&msg, Some(&missing)).unwrap_err(),
+            UpdateError::NotEntitled(missing)
+        );
+    }
+
+    #[test]
+    fn federated_bundles_are_added_per_trust_domain_b8_w12() {
+        let ca = TestCa::new("example.org");
+        let other = TestCa::new("partner.org");
+        let mut msg = response(&ca, &["spiffe://example.org/a"]);
+        msg.federated_bundles.insert(
+            "spiffe://partner.org".to_owned(),
+            other.bundle().x509_authorities_der(),
+        );
+        let (_, set) = parse_update(&msg, None).unwrap();
+        assert_eq!(set.len(), 2);
+        assert!(set.get(other.trust_domain()).is_some());
+    }
+
+    #[test]
+    fn unusable_messages_are_rejected_with_a_reason() {
+        let ca = TestCa::new("example.org");
+        let empty = X509svidResponse::default();
+        assert_eq!(
+            parse_update(&empty, None).unwrap_err(),
+            UpdateError::NoSvids
+        );
+        let mut msg = response(&ca, &["spiffe://example.org/a"]);
+        if let Some(s) = msg.svids.first_mut() {
+            s.x509_svid.truncate(10);
+        }
+        assert!(matches!(
+            parse_update(&msg, None),
+            Err(UpdateError::BadSvid { .. })
+        ));
+        let mut msg = response(&ca, &["spiffe://example.org/a"]);
+        if let Some(s) = msg.svids.first_mut() {
+            s.spiffe_id = "spiffe://example.org/other".to_owned();
+        }
+        assert!(matches!(
+            parse_update(&msg, None),
+            Err(UpdateError::BadSvid { .. })
+        ));
+        let mut msg = response(&ca, &["spiffe://example.org/a"]);
+        msg.federated_bundles
+            .insert("spiffe://partner.org".to_owned(), vec![1, 2, 3]);
+        assert!(matches!(
+            parse_update(&msg, None),
+            Err(UpdateError::BadBundle { .. })
+        ));
+    }
+}

@@ -1,0 +1,256 @@
+//! The inbound listener: accepts connections (up to `max_connections`, refusing beyond),
+//! terminates mutual TLS with the sidecar's SVID (client SVIDs verified by SPIFFE rules; the
+//! Cedar policy decides who may do what), and hands each connection to the HTTP proxy or the
+//! TCP proxy. In permissive mode the first byte tells TLS (0x16) from plaintext.
+
+mod forward;
+mod handshake;
+mod http;
+mod idle;
+mod record;
+mod tcp;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use warden_identity::SpiffeId;
+use warden_identity::tls::BundleSource;
+use warden_identity::tls::SvidCertResolver;
+use warden_policy::Engine;
+
+pub(crate) use record::DecisionIds;
+
+use crate::config::{InboundConfig, Limits, Mode, Mtls, Protocol};
+use crate::decision_log::DecisionLog;
+use crate::identity_source::Current;
+use crate::metrics::{Direction, HandshakeFailure, Metrics};
+
+/// The first byte of a TLS record carrying a handshake message.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// Everything a connection needs, shared by all of them.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: InboundConfig,
+    pub(crate) limits: Limits,
+    pub(crate) mode: Mode,
+    pub(crate) engine: Arc<Engine>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) log: DecisionLog,
+    pub(crate) ids: DecisionIds,
+    pub(crate) identity: watch::Receiver<Option<Current>>,
+    pub(crate) app: forward::App,
+    pub(crate) http: http::Server,
+    tls: Arc<rustls::ServerConfig>,
+}
+
+/// What is known about a connection once it is established.
+#[derive(Debug)]
+pub(crate) struct ConnInfo {
+    /// The caller's address.
+    pub(crate) source: SocketAddr,
+    /// The verified peer; `None` for a plaintext connection (permissive mode).
+    pub(crate) peer: Option<Peer>,
+    /// `TLSv1.3` / `TLSv1.2`; `None` for plaintext.
+    pub(crate) tls_version: Option<&'static str>,
+    /// Our own SPIFFE ID when the connection was accepted (XFCC `By`).
+    pub(crate) own_id: Option<SpiffeId>,
+}
+
+/// A peer whose X.509-SVID the TLS verifier accepted.
+#[derive(Debug)]
+pub(crate) struct Peer {
+    pub(crate) id: SpiffeId,
+    /// SHA-256 of the peer's leaf certificate, lowercase hex (XFCC `Hash`).
+    pub(crate) leaf_hash: String,
+}
+
+/// The bound inbound listener.
+#[derive(Debug)]
+pub(crate) struct Inbound {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    slots: Arc<Semaphore>,
+}
+
+/// Inputs to [`Inbound::new`].
+#[derive(Debug)]
+pub(crate) struct InboundInputs {
+    pub(crate) config: InboundConfig,
+    pub(crate) limits: Limits,
+    pub(crate) mode: Mode,
+    pub(crate) engine: Arc<Engine>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) log: DecisionLog,
+    pub(crate) identity: watch::Receiver<Option<Current>>,
+    pub(crate) resolver: Arc<SvidCertResolver>,
+    pub(crate) bundles: Arc<dyn BundleSource>,
+}
+
+// === impl Inbound ===
+
+impl Inbound {
+    /// Builds the TLS config and the app client, and binds the listener.
+    pub(crate) async fn new(inputs: InboundInputs) -> Result<Self, crate::Error> {
+        let tls = handshake::server_config(
+            inputs.resolver,
+            inputs.bundles,
+            inputs.config.tls12,
+            inputs.config.protocol,
+        )
+        .map_err(|e| crate::Error::Tls(e.to_string()))?;
+        let listener = TcpListener::bind(inputs.config.listen)
+            .await
+            .map_err(|source| crate::Error::Bind {
+                what: "inbound",
+                addr: inputs.config.listen,
+                source,
+            })?;
+        let app = forward::App::new(inputs.config.app, inputs.limits.idle_timeout);
+        let http = http::Server::new(&inputs.limits);
+        let slots = Arc::new(Semaphore::new(inputs.limits.max_connections));
+        let shared = Shared {
+            config: inputs.config,
+            limits: inputs.limits,
+            mode: inputs.mode,
+            engine: inputs.engine,
+            metrics: inputs.metrics,
+            log: inputs.log,
+            ids: DecisionIds::new(),
+            identity: inputs.identity,
+            app,
+            http,
+            tls: Arc::new(tls),
+        };
+        Ok(Self {
+            listener,
+            shared: Arc::new(shared),
+            slots,
+        })
+    }
+
+    /// The bound address.
+    pub(crate) fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accepts connections until `shutdown` completes.
+    #[tracing::instrument(name = "inbound", skip_all, fields(listen = ?self.listener.local_addr().ok()))]
+    pub(crate) async fn run(self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, source) = tokio::select! {
+                () = &mut shutdown => return,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: pause instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() else {
+                self.shared.metrics.connection_refused();
+                tracing::warn!(src.addr = %source, "connection refused: max_connections reached");
+                drop(stream);
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let shared = Arc::clone(&self.shared);
+            tokio::spawn(async move {
+                serve_connection(shared, stream, source).await;
+                drop(permit);
+            });
+        }
+    }
+}
+
+async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, source: SocketAddr) {
+    let own_id = shared
+        .identity
+        .borrow()
+        .as_ref()
+        .map(|c| c.spiffe_id.clone());
+    if shared.config.mtls == Mtls::Permissive {
+        let mut first = [0u8; 1];
+        let peeked =
+            tokio::time::timeout(shared.limits.handshake_timeout, stream.peek(&mut first)).await;
+        match peeked {
+            Ok(Ok(1)) if first[0] != TLS_HANDSHAKE_RECORD => {
+                let info = ConnInfo {
+                    source,
+                    peer: None,
+                    tls_version: None,
+                    own_id,
+                };
+                return serve_io(&shared, stream, info).await;
+            }
+            Ok(Ok(1)) => {}
+            Ok(_) => return,
+            Err(_) => {
+                shared
+                    .metrics
+                    .handshake_failed(Direction::Inbound, HandshakeFailure::Timeout.as_str());
+                return;
+            }
+        }
+    }
+    let started = Instant::now();
+    let accepted = tokio::time::timeout(
+        shared.limits.handshake_timeout,
+        tokio_rustls::TlsAcceptor::from(Arc::clone(&shared.tls)).accept(stream),
+    )
+    .await;
+    let tls = match accepted {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            let reason = handshake::classify(&e);
+            shared
+                .metrics
+                .handshake_failed(Direction::Inbound, reason.as_str());
+            tracing::info!(src.addr = %source, reason = reason.as_str(), error = %e, "tls handshake failed");
+            return;
+        }
+        Err(_) => {
+            shared
+                .metrics
+                .handshake_failed(Direction::Inbound, HandshakeFailure::Timeout.as_str());
+            tracing::info!(src.addr = %source, "tls handshake timed out");
+            return;
+        }
+    };
+    let (_, session) = tls.get_ref();
+    let Some(peer) = handshake::peer(session) else {
+        // Unreachable with a verifier that requires a client SVID; refuse rather than assume.
+        shared
+            .metrics
+            .handshake_failed(Direction::Inbound, HandshakeFailure::Other.as_str());
+        return;
+    };
+    let info = ConnInfo {
+        source,
+        peer: Some(peer),
+        tls_version: handshake::version(session),
+        own_id,
+    };
+    tracing::debug!(src.addr = %source, took = ?started.elapsed(), "tls established");
+    serve_io(&shared, tls, info).await;
+}
+
+async fn serve_io<I>(shared: &Arc<Shared>, io: I, info: ConnInfo)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (io, activity) = idle::IdleIo::new(io);
+    let idle = activity.expired(shared.limits.idle_timeout);
+    match shared.config.protocol {
+        Protocol::Http => http::serve(Arc::clone(shared), io, info, idle).await,
+        Protocol::Tcp => tcp::serve(shared, io, info, idle).await,
+    }
+}

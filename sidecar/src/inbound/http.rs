@@ -1,0 +1,276 @@
+//! The inbound HTTP proxy: HTTP/1.1 and HTTP/2 (hyper-util's auto server) on an established
+//! connection. Every request is decided by the policy engine; a denied one is answered here
+//! (403, or gRPC PERMISSION_DENIED) and nothing of it reaches the app; an allowed one goes to
+//! the app with the caller's identity in `x-forwarded-client-cert` (any such header the caller
+//! sent is removed first).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use warden_policy::Operation;
+
+use super::forward::AppError;
+use super::record::{self, RequestParts, XFCC};
+use super::{ConnInfo, Shared};
+use crate::config::{Limits, Mode};
+use crate::metrics::{DecisionLabel, Direction};
+
+/// Response bodies: the app's, streamed, or one the sidecar made.
+pub(crate) type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// gRPC status PERMISSION_DENIED.
+const GRPC_PERMISSION_DENIED: &str = "7";
+/// gRPC status UNAVAILABLE.
+const GRPC_UNAVAILABLE: &str = "14";
+/// Most concurrent HTTP/2 streams per connection.
+const MAX_CONCURRENT_STREAMS: u32 = 256;
+
+/// The configured hyper server (HTTP/1.1 + HTTP/2), shared by every connection.
+#[derive(Debug, Clone)]
+pub(crate) struct Server {
+    builder: auto::Builder<TokioExecutor>,
+}
+
+// === impl Server ===
+
+impl Server {
+    pub(crate) fn new(limits: &Limits) -> Self {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            // A client has the handshake timeout to send each request's headers: a slow
+            // client cannot hold a connection slot forever.
+            .header_read_timeout(limits.handshake_timeout)
+            .max_buf_size(limits.max_header_bytes.max(crate::config::MIN_HEADER_BYTES))
+            .max_headers(limits.max_headers);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+            .keep_alive_interval(Some(limits.idle_timeout))
+            .keep_alive_timeout(limits.handshake_timeout);
+        Self { builder }
+    }
+}
+
+/// Serves one connection until it ends or `idle` completes.
+pub(super) async fn serve<I>(
+    shared: Arc<Shared>,
+    io: I,
+    info: ConnInfo,
+    idle: impl Future<Output = ()>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = Arc::new(info);
+    let xfcc = record::xfcc(&conn);
+    let svc_shared = Arc::clone(&shared);
+    let svc_conn = Arc::clone(&conn);
+    let service = hyper::service::service_fn(move |req| {
+        let shared = Arc::clone(&svc_shared);
+        let conn = Arc::clone(&svc_conn);
+        let xfcc = xfcc.clone();
+        async move { Ok::<_, Infallible>(handle(&shared, &conn, xfcc, req).await) }
+    });
+    let served = shared
+        .http
+        .builder
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(served);
+    tokio::pin!(idle);
+    tokio::select! {
+        result = &mut served => {
+            if let Err(e) = result {
+                tracing::debug!(src.addr = %conn.source, error = %e, "connection ended with an error");
+            }
+        }
+        () = &mut idle => {
+            tracing::debug!(src.addr = %conn.source, "idle timeout");
+        }
+    }
+}
+
+async fn handle(
+    shared: &Shared,
+    conn: &ConnInfo,
+    xfcc: Option<HeaderValue>,
+    mut req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let start = Instant::now();
+    let time = SystemTime::now();
+    // The caller never speaks for the sidecar: drop its XFCC before anything looks at it.
+    req.headers_mut().remove(XFCC);
+    let grpc = is_grpc(&req);
+    let (decision, allowed, decision_id, mut record) = {
+        let headers: Vec<(&str, &str)> = req
+            .headers()
+            .iter()
+            .filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str(), v)))
+            .collect();
+        let method = req.method().as_str();
+        let parts = RequestParts {
+            operation: if grpc {
+                Operation::Grpc
+            } else {
+                Operation::Http(method)
+            },
+            method: if grpc { "POST" } else { method },
+            path: req.uri().path(),
+            query: req.uri().query().unwrap_or(""),
+            headers: &headers,
+            time,
+        };
+        let policy_request = record::policy_request(conn, &shared.config.service, &parts);
+        let decision = shared.engine.decide(&policy_request);
+        shared.metrics.authorization(decision.eval_time());
+        let allowed = decision.is_allowed() || shared.mode == Mode::DryRun;
+        let id = shared.ids.next();
+        // The record is completed once the upstream status is known.
+        let record = record::decision_record(
+            String::new(),
+            conn,
+            &shared.config.service,
+            &parts,
+            &decision,
+            None,
+            std::time::Duration::ZERO,
+        );
+        (decision, allowed, id, record)
+    };
+    let label = if decision.is_allowed() {
+        DecisionLabel::Allow
+    } else {
+        DecisionLabel::Deny
+    };
+    tracing::debug!(
+        target: "decision",
+        decision_id = %decision_id,
+        src.addr = %conn.source,
+        src.id = conn.peer.as_ref().map(|p| p.id.as_str()),
+        decision = %decision.outcome(),
+        policy.ids = ?decision.policy_ids(),
+        dry_run = shared.mode == Mode::DryRun,
+        "decision"
+    );
+    let response = if allowed {
+        if let Some(v) = xfcc {
+            req.headers_mut().insert(XFCC, v);
+        }
+        match shared.app.send(req).await {
+            Ok(resp) => resp.map(Either::Left),
+            Err(e) => app_error(e, grpc),
+        }
+    } else {
+        drop(req);
+        denied(&decision_id, grpc)
+    };
+    let latency = start.elapsed();
+    let status = response.status().as_u16();
+    record.decision_id = decision_id;
+    record.upstream_status = allowed.then_some(status);
+    record.latency_us = record::micros(latency);
+    shared.log.record(record);
+    shared
+        .metrics
+        .request(Direction::Inbound, label, Some(status), latency);
+    response
+}
+
+fn is_grpc(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// 403 with a body naming the decision; for gRPC a trailers-only PERMISSION_DENIED.
+fn denied(decision_id: &str, grpc: bool) -> Response<ProxyBody> {
+    let message = format!("denied by policy (decision {decision_id})");
+    if grpc {
+        return grpc_status(GRPC_PERMISSION_DENIED, &message);
+    }
+    plain(StatusCode::FORBIDDEN, format!("{message}\n"))
+}
+
+fn app_error(err: AppError, grpc: bool) -> Response<ProxyBody> {
+    let (status, message) = match err {
+        AppError::Refused => (StatusCode::BAD_GATEWAY, "app refused the connection"),
+        AppError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "app unavailable"),
+    };
+    if grpc {
+        return grpc_status(GRPC_UNAVAILABLE, message);
+    }
+    plain(status, format!("{message}\n"))
+}
+
+fn plain(status: StatusCode, body: String) -> Response<ProxyBody> {
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// A trailers-only gRPC response: HTTP 200, `grpc-status` and `grpc-message` in the headers,
+/// no body.
+fn grpc_status(code: &'static str, message: &str) -> Response<ProxyBody> {
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::new())));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", HeaderValue::from_static(code));
+    if let Ok(v) = HeaderValue::try_from(percent_encode(message)) {
+        h.insert("grpc-message", v);
+    }
+    resp
+}
+
+/// gRPC's `grpc-message` encoding: percent-encode outside printable ASCII and `%`.
+fn percent_encode(s: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_denial_is_trailers_only_permission_denied() {
+        let resp = denied("abc-1", true);
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()["grpc-status"], "7");
+        assert_eq!(
+            resp.headers()["grpc-message"],
+            "denied by policy (decision abc-1)"
+        );
+        let resp = denied("abc-1", false);
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    }
+
+    #[test]
+    fn grpc_message_is_percent_encoded() {
+        assert_eq!(percent_encode("a%b\né"), "a%25b%0A%C3%A9");
+    }
+}

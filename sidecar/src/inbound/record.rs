@@ -1,0 +1,228 @@
+//! From a request to the policy engine and the decision log: decision ids, the
+//! [`warden_policy::Request`] of an HTTP request or a TCP connection, the decision-log
+//! [`DecisionRecord`], and the `x-forwarded-client-cert` value.
+
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::HeaderValue;
+use warden_policy::{Caller, Decision, DecisionRecord, Operation, Request, TlsFacts};
+
+use super::ConnInfo;
+
+/// Header values never written to the decision log.
+const REDACTED_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "x-api-key",
+];
+/// What a redacted value becomes.
+pub(crate) const REDACTED: &str = "<redacted>";
+/// The header carrying the caller's identity to the app (Envoy's format).
+pub(crate) const XFCC: &str = "x-forwarded-client-cert";
+
+/// Unique decision ids: a random per-process prefix and a counter.
+#[derive(Debug)]
+pub(crate) struct DecisionIds {
+    prefix: u64,
+    next: AtomicU64,
+}
+
+/// The parts of one request the decision needs, borrowed from the request.
+#[derive(Debug)]
+pub(crate) struct RequestParts<'a> {
+    pub(crate) operation: Operation<'a>,
+    pub(crate) method: &'a str,
+    pub(crate) path: &'a str,
+    pub(crate) query: &'a str,
+    pub(crate) headers: &'a [(&'a str, &'a str)],
+    pub(crate) time: SystemTime,
+}
+
+// === impl DecisionIds ===
+
+impl DecisionIds {
+    pub(crate) fn new() -> Self {
+        // Not a secret, only unique: the std hasher's per-process random keys and the clock.
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos(),
+        );
+        h.write_u32(std::process::id());
+        Self {
+            prefix: h.finish(),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    pub(crate) fn next(&self) -> String {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        format!("{:016x}-{n:x}", self.prefix)
+    }
+}
+
+/// The policy request of `parts` on the connection `conn`, for the service `resource`.
+pub(crate) fn policy_request<'a>(
+    conn: &'a ConnInfo,
+    resource: &'a str,
+    parts: &RequestParts<'a>,
+) -> Request<'a> {
+    let (caller, tls) = match &conn.peer {
+        Some(peer) => (
+            Caller::Spiffe(peer.id.as_str()),
+            conn.tls_version.map(|version| TlsFacts {
+                version,
+                peer_trust_domain: peer.id.trust_domain_name(),
+            }),
+        ),
+        None => (Caller::Unauthenticated, None),
+    };
+    Request {
+        caller,
+        operation: parts.operation,
+        resource,
+        path: parts.path,
+        query: parts.query,
+        headers: parts.headers,
+        source: conn.source.ip(),
+        tls,
+        time: parts.time,
+    }
+}
+
+/// The decision-log line of one decision.
+pub(crate) fn decision_record(
+    id: String,
+    conn: &ConnInfo,
+    resource: &str,
+    parts: &RequestParts<'_>,
+    decision: &Decision,
+    upstream_status: Option<u16>,
+    latency: Duration,
+) -> DecisionRecord {
+    DecisionRecord {
+        time: humantime::format_rfc3339_millis(parts.time).to_string(),
+        decision_id: id,
+        peer_spiffe_id: conn.peer.as_ref().map(|p| p.id.to_string()),
+        source_addr: conn.source.to_string(),
+        resource: resource.to_owned(),
+        method: parts.method.to_owned(),
+        path: parts.path.to_owned(),
+        query: parts.query.to_owned(),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(name, value)| {
+                let value = if REDACTED_HEADERS.contains(name) {
+                    REDACTED
+                } else {
+                    value
+                };
+                ((*name).to_owned(), value.to_owned())
+            })
+            .collect(),
+        action: parts.operation.action_name().to_owned(),
+        tls_version: conn.tls_version.map(str::to_owned),
+        decision: decision.outcome(),
+        policy_ids: decision.policy_ids().to_vec(),
+        policy_version: decision.version().to_owned(),
+        eval_time_us: micros(decision.eval_time()),
+        upstream_status,
+        latency_us: micros(latency),
+        errors: decision.errors().to_vec(),
+    }
+}
+
+/// `By=<our id>;Hash=<sha-256 of the peer leaf>;URI=<peer id>`, Envoy's
+/// `x-forwarded-client-cert` format; `None` for a plaintext caller.
+pub(crate) fn xfcc(conn: &ConnInfo) -> Option<HeaderValue> {
+    let peer = conn.peer.as_ref()?;
+    let value = match &conn.own_id {
+        Some(own) => format!("By={own};Hash={};URI={}", peer.leaf_hash, peer.id),
+        None => format!("Hash={};URI={}", peer.leaf_hash, peer.id),
+    };
+    // SPIFFE IDs and hex digests are visible ASCII without `,;=` or quotes.
+    HeaderValue::try_from(value).ok()
+}
+
+pub(crate) fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::super::Peer;
+    use super::*;
+
+    fn conn() -> ConnInfo {
+        ConnInfo {
+            source: "10.0.0.7:4000".parse::<SocketAddr>().unwrap(),
+            peer: Some(Peer {
+                id: "spiffe://example.org/ns/prod/sa/web".parse().unwrap(),
+                leaf_hash: "ab12".to_owned(),
+            }),
+            tls_version: Some("TLSv1.3"),
+            own_id: Some("spiffe://example.org/ns/prod/sa/api".parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn xfcc_has_envoy_by_hash_uri_format() {
+        let v = xfcc(&conn()).unwrap();
+        assert_eq!(
+            v.to_str().unwrap(),
+            "By=spiffe://example.org/ns/prod/sa/api;Hash=ab12;URI=spiffe://example.org/ns/prod/sa/web"
+        );
+        let plain = ConnInfo {
+            peer: None,
+            tls_version: None,
+            ..conn()
+        };
+        assert!(xfcc(&plain).is_none());
+    }
+
+    #[test]
+    fn policy_request_carries_peer_tls_and_source() {
+        let c = conn();
+        let headers = [("accept", "*/*")];
+        let parts = RequestParts {
+            operation: Operation::Http("GET"),
+            method: "GET",
+            path: "/x",
+            query: "a=1",
+            headers: &headers,
+            time: SystemTime::now(),
+        };
+        let r = policy_request(&c, "api", &parts);
+        assert_eq!(
+            r.caller,
+            Caller::Spiffe("spiffe://example.org/ns/prod/sa/web")
+        );
+        assert_eq!(
+            r.tls,
+            Some(TlsFacts {
+                version: "TLSv1.3",
+                peer_trust_domain: "example.org"
+            })
+        );
+        assert_eq!(r.source.to_string(), "10.0.0.7");
+        assert_eq!(r.resource, "api");
+    }
+
+    #[test]
+    fn decision_ids_are_unique() {
+        let ids = DecisionIds::new();
+        let a = ids.next();
+        let b = ids.next();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 18);
+    }
+}

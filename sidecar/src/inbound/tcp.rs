@@ -1,0 +1,97 @@
+//! The inbound TCP proxy (`protocol = "tcp"`): one decision per connection with action
+//! `connect`; an allowed connection is joined to a new connection to the app and bytes are
+//! copied both ways until either side closes or the connection idles out. A denied one is
+//! closed before any byte reaches the app.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use warden_policy::Operation;
+
+use super::record::{self, RequestParts};
+use super::{ConnInfo, Shared};
+use crate::config::Mode;
+use crate::metrics::{DecisionLabel, Direction};
+
+pub(super) async fn serve<I>(
+    shared: &Arc<Shared>,
+    mut io: I,
+    conn: ConnInfo,
+    idle: impl Future<Output = ()>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let start = Instant::now();
+    let parts = RequestParts {
+        operation: Operation::Connect,
+        method: "",
+        path: "",
+        query: "",
+        headers: &[],
+        time: SystemTime::now(),
+    };
+    let decision = shared.engine.decide(&record::policy_request(
+        &conn,
+        &shared.config.service,
+        &parts,
+    ));
+    shared.metrics.authorization(decision.eval_time());
+    let allowed = decision.is_allowed() || shared.mode == Mode::DryRun;
+    let id = shared.ids.next();
+    tracing::debug!(
+        target: "decision",
+        decision_id = %id,
+        src.addr = %conn.source,
+        src.id = conn.peer.as_ref().map(|p| p.id.as_str()),
+        decision = %decision.outcome(),
+        policy.ids = ?decision.policy_ids(),
+        dry_run = shared.mode == Mode::DryRun,
+        "connect decision"
+    );
+    let label = if decision.is_allowed() {
+        DecisionLabel::Allow
+    } else {
+        DecisionLabel::Deny
+    };
+    let app = if allowed {
+        match TcpStream::connect(shared.config.app).await {
+            Ok(s) => {
+                let _ = s.set_nodelay(true);
+                Some(s)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, app = %shared.config.app, "cannot connect to the app");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let latency = start.elapsed();
+    shared.log.record(record::decision_record(
+        id,
+        &conn,
+        &shared.config.service,
+        &parts,
+        &decision,
+        None,
+        latency,
+    ));
+    shared
+        .metrics
+        .request(Direction::Inbound, label, None, latency);
+    let Some(mut app) = app else {
+        return;
+    };
+    tokio::select! {
+        result = tokio::io::copy_bidirectional(&mut io, &mut app) => {
+            if let Err(e) = result {
+                tracing::debug!(src.addr = %conn.source, error = %e, "tcp proxy ended with an error");
+            }
+        }
+        () = idle => tracing::debug!(src.addr = %conn.source, "idle timeout"),
+    }
+}

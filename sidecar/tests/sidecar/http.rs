@@ -1,0 +1,215 @@
+//! HTTP/1.1 and HTTP/2 through the inbound listener: decisions, XFCC, hot reload, bad input.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::*;
+
+#[tokio::test]
+async fn allowed_http1_request_reaches_app_with_xfcc() {
+    let f = Fixture::start(Options::default()).await;
+    let web = f.client(WEB_ID).http1();
+    let (status, _, body) = web.request(f.inbound, get("/orders?id=7")).await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.starts_with("HTTP/1.1 "), "{body}");
+    assert!(
+        body.contains(&format!("xfcc=By={SIDECAR_ID};Hash="))
+            && body.contains(&format!(";URI={WEB_ID}")),
+        "{body}"
+    );
+    assert_eq!(f.app.seen(), 1);
+    let records = f.decisions(1).await;
+    let r = &records[0];
+    assert_eq!(r.decision, warden_policy::Outcome::Allow);
+    assert_eq!(r.peer_spiffe_id.as_deref(), Some(WEB_ID));
+    assert_eq!(r.path, "/orders");
+    assert_eq!(r.query, "id=7");
+    assert_eq!(r.action, "GET");
+    assert_eq!(r.upstream_status, Some(200));
+    assert_eq!(r.tls_version.as_deref(), Some("TLSv1.3"));
+    assert_eq!(r.policy_ids, ["web-reads-api"]);
+    // The record replays as the same request (`warden policy diff`).
+    let spec = r.to_spec().unwrap();
+    assert_eq!(spec.principal, WEB_ID);
+}
+
+#[tokio::test]
+async fn denied_request_gets_403_naming_the_decision_and_never_reaches_app() {
+    let f = Fixture::start(Options::default()).await;
+    let other = f.client(OTHER_ID);
+    let (status, _, body) = other.request(f.inbound, get("/orders")).await.unwrap();
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let records = f.decisions(1).await;
+    assert!(body.contains(&records[0].decision_id), "{body}");
+    assert_eq!(records[0].decision, warden_policy::Outcome::Deny);
+    assert_eq!(records[0].upstream_status, None);
+    // A denied write with a body: the body never reaches the app either.
+    let web = f.client(WEB_ID);
+    let post = Request::post("/orders")
+        .header("host", "api")
+        .body(Full::new(Bytes::from_static(b"secret payload")))
+        .unwrap();
+    let (status, _, _) = web.request(f.inbound, post).await.unwrap();
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(f.app.seen(), 0);
+    let m = wait_for_metric(&f, r#"decision="deny",status_class="4xx"} 2"#).await;
+    assert!(m.contains(r#"warden_sidecar_requests_total{direction="inbound",decision="deny",status_class="4xx"} 2"#), "{m}");
+}
+
+#[tokio::test]
+async fn http2_requests_are_decided_and_forwarded_as_h2c() {
+    let f = Fixture::start(Options::default()).await;
+    let web = f.client(WEB_ID);
+    let (status, _, body) = web.request(f.inbound, get_h2("/a")).await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.starts_with("HTTP/2.0 "), "{body}");
+    assert!(body.contains(&format!("URI={WEB_ID}")), "{body}");
+    let other = f.client(OTHER_ID);
+    let (status, _, _) = other.request(f.inbound, get_h2("/a")).await.unwrap();
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(f.app.seen(), 1);
+}
+
+#[tokio::test]
+async fn http2_connection_multiplexes_many_requests_to_the_app_pool() {
+    let f = Fixture::start(Options::default()).await;
+    let web = f.client(WEB_ID);
+    let tls = web.connect(f.inbound).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let mut s = sender.clone();
+        tasks.push(tokio::spawn(async move {
+            s.send_request(get_h2(&format!("/m/{i}")))
+                .await
+                .unwrap()
+                .status()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(f.app.seen(), 50);
+}
+
+#[tokio::test]
+async fn spoofed_xfcc_from_the_caller_is_replaced() {
+    let f = Fixture::start(Options::default()).await;
+    let web = f.client(WEB_ID);
+    let req = Request::get("/x")
+        .header("host", "api")
+        .header(
+            "x-forwarded-client-cert",
+            "By=spiffe://example.org/api;URI=spiffe://example.org/admin",
+        )
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (status, _, body) = web.request(f.inbound, req).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert!(!body.contains("admin"), "{body}");
+    assert!(body.contains(&format!("URI={WEB_ID}")), "{body}");
+    assert_eq!(body.matches("URI=").count(), 1, "{body}");
+}
+
+#[tokio::test]
+async fn editing_the_policy_file_changes_decisions_without_restart() {
+    let f = Fixture::start(Options::default()).await;
+    let other = f.client(OTHER_ID);
+    let (status, _, _) = other.request(f.inbound, get("/x")).await.unwrap();
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let extra = format!(
+        "{POLICIES}\n@id(\"other-reads\")\npermit (principal == Mesh::Workload::\"{OTHER_ID}\", action == Mesh::Action::\"GET\", resource);\n"
+    );
+    std::fs::write(f.policies.join("test.cedar"), extra).unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, _, _) = other.request(f.inbound, get("/x")).await.unwrap();
+        if status == StatusCode::OK {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "policy change not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A broken edit keeps the set in force.
+    std::fs::write(
+        f.policies.join("test.cedar"),
+        "permit (principal, action, resource",
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (status, _, _) = other.request(f.inbound, get("/x")).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn malformed_http_gets_400() {
+    let f = Fixture::start(Options::default()).await;
+    let web = f.client(WEB_ID);
+    let mut tls = web.connect(f.inbound).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    drop(tls);
+    tls = web.http1().connect(f.inbound).await.unwrap();
+    tls.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\nbad header line\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(WAIT, tls.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert_eq!(f.app.seen(), 0);
+}
+
+#[tokio::test]
+async fn too_many_or_too_large_headers_get_431() {
+    let f = Fixture::start(Options::default()).await;
+    let web = f.client(WEB_ID);
+    let mut req = get("/x");
+    for i in 0..120 {
+        req.headers_mut().insert(
+            http::HeaderName::try_from(format!("x-h{i}")).unwrap(),
+            http::HeaderValue::from_static("1"),
+        );
+    }
+    let c = web.http1();
+    let (status, _, _) = c.request(f.inbound, req).await.unwrap();
+    assert_eq!(status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    let mut req = get("/x");
+    req.headers_mut().insert(
+        "x-big",
+        http::HeaderValue::try_from("a".repeat(70_000)).unwrap(),
+    );
+    let (status, _, _) = c.request(f.inbound, req).await.unwrap();
+    assert_eq!(status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert_eq!(f.app.seen(), 0);
+}
+
+#[tokio::test]
+async fn app_down_gets_502() {
+    // Reserve a port, then free it: nothing listens there.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = l.local_addr().unwrap();
+    drop(l);
+    let f = Fixture::start(Options {
+        app_addr: Some(dead),
+        ..Options::default()
+    })
+    .await;
+    let web = f.client(WEB_ID);
+    let (status, _, body) = web.request(f.inbound, get("/x")).await.unwrap();
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    let records = f.decisions(1).await;
+    assert_eq!(records[0].upstream_status, Some(502));
+}

@@ -1,0 +1,255 @@
+//! Readiness, SVID rotation under load, limits (slow clients, idle and connection limits).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use warden_identity::test_util::TestCa;
+use warden_sidecar::{Config, Overrides, Sidecar};
+
+use crate::support::*;
+
+fn free_port() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+#[tokio::test]
+async fn no_listener_and_not_ready_until_the_first_svid_arrives() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(TD);
+    let api = WorkloadApi::start(dir.path()).await;
+    let app = App::start().await;
+    let policies = policy_dir(dir.path(), POLICIES);
+    let inbound = free_port();
+    let text = format!(
+        "workload_api_socket = \"{}\"\n[inbound]\nlisten = \"{inbound}\"\napp = \"{}\"\nservice = \"api\"\n[policy]\ndir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[decision_log]\npath = \"{}\"\n",
+        api.socket.display(),
+        app.addr,
+        policies.display(),
+        dir.path().join("d.log").display()
+    );
+    let config = Config::from_toml(
+        &text,
+        "t",
+        &Overrides::default(),
+        &HashMap::<String, String>::new(),
+    )
+    .unwrap();
+    let sidecar = Sidecar::start(config).await.unwrap();
+    let (status, body) = admin_get(sidecar.admin_addr(), "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("no svid"), "{body}");
+    assert_eq!(admin_get(sidecar.admin_addr(), "/healthz").await.0, 200);
+    assert!(
+        TcpStream::connect(inbound).await.is_err(),
+        "inbound bound before any svid"
+    );
+    api.set(
+        &ca.issue_svid(&id(SIDECAR_ID), Duration::from_secs(600)),
+        &ca,
+        &[],
+    );
+    let bound = tokio::time::timeout(WAIT, sidecar.bound())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(bound.inbound, Some(inbound));
+    assert_eq!(admin_get(sidecar.admin_addr(), "/readyz").await.0, 200);
+    let m = admin_get(sidecar.admin_addr(), "/metrics").await.1;
+    assert!(m.contains("warden_sidecar_svid_expiry_seconds 5"), "{m}");
+    sidecar.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn svid_rotation_under_continuous_load_loses_no_request() {
+    let f = Fixture::start(Options::default()).await;
+    let web = Arc::new(f.client(WEB_ID));
+    let first_leaf = {
+        let tls = web.connect(f.inbound).await.unwrap();
+        tls.get_ref().1.peer_certificates().unwrap()[0].clone()
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for w in 0..4 {
+        let (web, stop, ok, addr) = (
+            Arc::clone(&web),
+            Arc::clone(&stop),
+            Arc::clone(&ok),
+            f.inbound,
+        );
+        workers.push(tokio::spawn(async move {
+            // Half the workers keep one HTTP/2 connection (it must survive rotation), half
+            // open a new connection per request (each must get the current SVID).
+            let mut failures = Vec::new();
+            if w % 2 == 0 {
+                let tls = web.connect(addr).await.unwrap();
+                let (mut sender, conn) = hyper::client::conn::http2::handshake(
+                    hyper_util::rt::TokioExecutor::new(),
+                    hyper_util::rt::TokioIo::new(tls),
+                )
+                .await
+                .unwrap();
+                tokio::spawn(conn);
+                while !stop.load(Ordering::SeqCst) {
+                    match sender.send_request(get_h2("/load")).await {
+                        Ok(r) if r.status() == StatusCode::OK => {
+                            ok.fetch_add(1, Ordering::SeqCst);
+                        }
+                        other => failures.push(format!("{other:?}")),
+                    }
+                }
+            } else {
+                while !stop.load(Ordering::SeqCst) {
+                    match web.request(addr, get("/load")).await {
+                        Ok((StatusCode::OK, _, _)) => {
+                            ok.fetch_add(1, Ordering::SeqCst);
+                        }
+                        other => failures.push(format!("{other:?}")),
+                    }
+                }
+            }
+            failures
+        }));
+    }
+    let mut last = first_leaf.clone();
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        f.api.set(
+            &f.ca.issue_svid(&id(SIDECAR_ID), Duration::from_secs(600)),
+            &f.ca,
+            &[],
+        );
+        // New handshakes see the new SVID soon after it is published.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let tls = web.connect(f.inbound).await.unwrap();
+            let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+            if leaf != last {
+                last = leaf;
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "new svid never presented"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    for w in workers {
+        let failures = w.await.unwrap();
+        assert!(
+            failures.is_empty(),
+            "requests failed during rotation: {failures:?}"
+        );
+    }
+    assert!(
+        ok.load(Ordering::SeqCst) > 20,
+        "too little load: {}",
+        ok.load(Ordering::SeqCst)
+    );
+    assert_ne!(last, first_leaf);
+}
+
+#[tokio::test]
+async fn silent_and_slow_clients_are_disconnected() {
+    let f = Fixture::start_with_limits("handshake_timeout = \"1s\"\nidle_timeout = \"2s\"\n").await;
+    // No ClientHello at all.
+    let mut tcp = TcpStream::connect(f.inbound).await.unwrap();
+    let mut buf = Vec::new();
+    let r = tokio::time::timeout(WAIT, tcp.read_to_end(&mut buf)).await;
+    assert!(r.is_ok(), "silent client kept its connection");
+    let m = wait_for_metric(&f, r#"reason="timeout"} 1"#).await;
+    assert!(m.contains(r#"reason="timeout"} 1"#), "{m}");
+    // A TLS client that sends half a request head.
+    let web = f.client(WEB_ID);
+    let c = web.http1();
+    let mut tls = c.connect(f.inbound).await.unwrap();
+    tls.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let r = tokio::time::timeout(WAIT, tls.read_to_end(&mut buf)).await;
+    assert!(r.is_ok(), "slow client kept its connection");
+    // An idle HTTP/2 connection is closed after idle_timeout.
+    let tls = web.connect(f.inbound).await.unwrap();
+    let (_sender, conn) =
+        hyper::client::conn::http2::handshake::<_, _, http_body_util::Full<bytes::Bytes>>(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tls),
+        )
+        .await
+        .unwrap();
+    let r = tokio::time::timeout(WAIT, conn).await;
+    assert!(r.is_ok(), "idle connection kept open");
+    assert_eq!(f.app.seen(), 0);
+}
+
+#[tokio::test]
+async fn connections_beyond_max_connections_are_refused_and_counted() {
+    let f = Fixture::start_with_limits("max_connections = 2\n").await;
+    let web = f.client(WEB_ID);
+    let held1 = web.connect(f.inbound).await.unwrap();
+    let held2 = web.connect(f.inbound).await.unwrap();
+    let mut third = TcpStream::connect(f.inbound).await.unwrap();
+    let mut buf = Vec::new();
+    let r = tokio::time::timeout(WAIT, third.read_to_end(&mut buf)).await;
+    assert!(r.is_ok() && buf.is_empty(), "third connection was served");
+    let m = wait_for_metric(&f, "warden_sidecar_connections_refused_total 1").await;
+    assert!(
+        m.contains("warden_sidecar_connections_refused_total 1"),
+        "{m}"
+    );
+    drop(held1);
+    drop(held2);
+    // Slots are released when connections end.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Ok((StatusCode::OK, _, _)) = web.request(f.inbound, get("/x")).await {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "slot never released"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn workload_api_stream_loss_is_retried_and_established_connections_stay() {
+    let f = Fixture::start(Options::default()).await;
+    let web = f.client(WEB_ID);
+    let leaf = |tls: &tokio_rustls::client::TlsStream<TcpStream>| {
+        tls.get_ref().1.peer_certificates().unwrap()[0].clone()
+    };
+    let tls = web.connect(f.inbound).await.unwrap();
+    let first = leaf(&tls);
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    // The agent goes away and comes back with a new SVID.
+    f.api.break_streams();
+    f.api.set(&f.ca.issue_svid(&id(SIDECAR_ID), Duration::from_secs(600)), &f.ca, &[]);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let tls = web.connect(f.inbound).await.unwrap();
+        if leaf(&tls) != first {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "sidecar never reconnected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let resp = sender.send_request(get_h2("/still-here")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}

@@ -1,0 +1,18 @@
+//! Integration tests of the sidecar with real sockets, real TLS and real gRPC: an in-test
+//! Workload API server, apps that count what reaches them, and mTLS clients.
+
+// Test fixtures fail loudly: a panic is the test failing.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod support;
+
+mod grpc;
+mod http;
+mod lifecycle;
+mod modes;
+mod tls;
