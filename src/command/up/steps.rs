@@ -273,7 +273,6 @@ async fn start_ca(plan: &Plan, sup: &mut Supervisor) -> Result<String, StepError
     let _ = std::fs::remove_file(&admin);
     write_config(&l.ca_config(), &layout::ca_toml(l, plan.ports))?;
     let child = sup.start(
-        "ca",
         "the CA",
         &me()?,
         &os(&["ca", "serve", "--config", p(&l.ca_config())]),
@@ -430,7 +429,6 @@ async fn start_agent(plan: &Plan, sup: &mut Supervisor, token: &str) -> Result<S
     write_config(&l.agent_config(), &layout::agent_toml(l, plan.ports))?;
     let socket = l.agent_socket();
     let child = sup.start(
-        "agent",
         "the node agent",
         &me()?,
         &os(&["agent", "run", "--config", p(&l.agent_config())]),
@@ -454,7 +452,6 @@ async fn start_apps(plan: &Plan, sup: &mut Supervisor) -> Result<String, StepErr
     for w in &plan.workloads {
         let listen = format!("127.0.0.1:{}", w.app_port);
         let child = sup.start(
-            &format!("app-{}", w.name),
             &format!("the {} demo app", w.name),
             &exe,
             &os(&["demo-app", "--listen", &listen, "--name", w.name]),
@@ -476,7 +473,6 @@ async fn start_sidecar(
     let config = l.sidecar_config(w.name);
     write_config(&config, &layout::sidecar_toml(l, w, &plan.policies))?;
     let child = sup.start(
-        &format!("sidecar-{}", w.name),
         &format!("the {} sidecar", w.name),
         &l.sidecar_exe(w.name),
         &os(&["sidecar", "run", "--config", p(&config)]),

@@ -5,7 +5,8 @@
 
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::{Read as _, Seek as _, SeekFrom};
+use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -48,8 +49,6 @@ pub(crate) struct ChildArgs {
 /// A long-running child process.
 #[derive(Debug)]
 pub(crate) struct Running {
-    /// Short name: `ca`, `agent`, `app-api`, `sidecar-frontend`...
-    pub(crate) name: String,
     /// What it is, for messages: "the CA", "the api sidecar".
     pub(crate) what: String,
     child: Child,
@@ -128,14 +127,18 @@ impl Running {
         let _ = killpg(pgid, Signal::SIGTERM);
         let deadline = Instant::now() + STOP_GRACE;
         while Instant::now() < deadline {
+            // Once reaped, its pid (= the group id) may be reused: no signal after this.
             if self.exited().is_some() {
-                // Anything else left in its group (it starts none) goes too.
-                let _ = killpg(pgid, Signal::SIGKILL);
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        tracing::warn!(child = %self.name, "did not stop after SIGTERM; killing it");
+        super::say!(
+            "  {} did not stop within {} s of SIGTERM: killing it",
+            self.what,
+            STOP_GRACE.as_secs()
+        );
+        // Not reaped yet, so the group id is still this child's.
         let _ = killpg(pgid, Signal::SIGKILL);
         let _ = self.child.wait();
     }
@@ -156,7 +159,6 @@ impl Supervisor {
     /// forked, not the process); `up` drives everything from a current-thread runtime.
     pub(crate) fn start(
         &mut self,
-        name: &str,
         what: &str,
         exe: &Path,
         args: &[OsString],
@@ -167,6 +169,7 @@ impl Supervisor {
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(log)
             .with_context(|| format!("cannot open the log file `{}`", log.display()))?;
         let log_start = file.seek(SeekFrom::End(0)).unwrap_or(0);
@@ -198,7 +201,6 @@ impl Supervisor {
             .spawn()
             .with_context(|| format!("cannot start {what}"))?;
         self.children.push(Running {
-            name: name.to_owned(),
             what: what.to_owned(),
             child,
             log: log.to_path_buf(),
