@@ -56,9 +56,8 @@ impl Server {
             .http2()
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-            .keep_alive_interval(Some(limits.idle_timeout))
-            .keep_alive_timeout(limits.handshake_timeout);
+            // No keep-alive pings: they would count as traffic and defeat the idle timeout.
+            .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
         Self { builder }
     }
 }

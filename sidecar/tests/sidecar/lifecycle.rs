@@ -18,28 +18,33 @@ fn free_port() -> std::net::SocketAddr {
     l.local_addr().unwrap()
 }
 
-#[tokio::test]
-async fn no_listener_and_not_ready_until_the_first_svid_arrives() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new(TD);
-    let api = WorkloadApi::start(dir.path()).await;
+/// A config for `api` with the inbound listener on `inbound`.
+async fn config(dir: &std::path::Path, api: &WorkloadApi, inbound: std::net::SocketAddr) -> Config {
     let app = App::start().await;
-    let policies = policy_dir(dir.path(), POLICIES);
-    let inbound = free_port();
+    let policies = policy_dir(dir, POLICIES);
     let text = format!(
         "workload_api_socket = \"{}\"\n[inbound]\nlisten = \"{inbound}\"\napp = \"{}\"\nservice = \"api\"\n[policy]\ndir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[decision_log]\npath = \"{}\"\n",
         api.socket.display(),
         app.addr,
         policies.display(),
-        dir.path().join("d.log").display()
+        dir.join("d.log").display()
     );
-    let config = Config::from_toml(
+    Config::from_toml(
         &text,
         "t",
         &Overrides::default(),
         &HashMap::<String, String>::new(),
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test]
+async fn no_listener_and_not_ready_until_the_first_svid_arrives() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(TD);
+    let api = WorkloadApi::start(dir.path()).await;
+    let inbound = free_port();
+    let config = config(dir.path(), &api, inbound).await;
     let sidecar = Sidecar::start(config).await.unwrap();
     let (status, body) = admin_get(sidecar.admin_addr(), "/readyz").await;
     assert_eq!(status, 503, "{body}");
@@ -63,6 +68,19 @@ async fn no_listener_and_not_ready_until_the_first_svid_arrives() {
     let m = admin_get(sidecar.admin_addr(), "/metrics").await.1;
     assert!(m.contains("warden_sidecar_svid_expiry_seconds 5"), "{m}");
     sidecar.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn invalid_argument_from_the_workload_api_stops_the_sidecar_without_retry_w5() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = WorkloadApi::start_with(dir.path(), Some(tonic::Code::InvalidArgument)).await;
+    let config = config(dir.path(), &api, free_port()).await;
+    let sidecar = Sidecar::start(config).await.unwrap();
+    let err = tokio::time::timeout(WAIT, sidecar.wait())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(err.to_string().contains("refused"), "{err}");
 }
 
 #[tokio::test]
@@ -240,14 +258,21 @@ async fn workload_api_stream_loss_is_retried_and_established_connections_stay() 
     tokio::spawn(conn);
     // The agent goes away and comes back with a new SVID.
     f.api.break_streams();
-    f.api.set(&f.ca.issue_svid(&id(SIDECAR_ID), Duration::from_secs(600)), &f.ca, &[]);
+    f.api.set(
+        &f.ca.issue_svid(&id(SIDECAR_ID), Duration::from_secs(600)),
+        &f.ca,
+        &[],
+    );
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let tls = web.connect(f.inbound).await.unwrap();
         if leaf(&tls) != first {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "sidecar never reconnected");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "sidecar never reconnected"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let resp = sender.send_request(get_h2("/still-here")).await.unwrap();

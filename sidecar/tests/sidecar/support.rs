@@ -96,6 +96,8 @@ type State = (u64, Option<X509svidResponse>);
 #[derive(Clone)]
 struct WorkloadService {
     rx: watch::Receiver<State>,
+    /// Answer every call with this code instead (e.g. InvalidArgument).
+    refuse: Option<tonic::Code>,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, tonic::Status>> + Send>>;
@@ -110,6 +112,9 @@ impl SpiffeWorkloadApi for WorkloadService {
         &self,
         request: tonic::Request<X509svidRequest>,
     ) -> Result<tonic::Response<Self::FetchX509SVIDStream>, tonic::Status> {
+        if let Some(code) = self.refuse {
+            return Err(tonic::Status::new(code, "refused by the test"));
+        }
         if request
             .metadata()
             .get("workload.spiffe.io")
@@ -165,10 +170,15 @@ impl SpiffeWorkloadApi for WorkloadService {
 impl WorkloadApi {
     /// Serves on `dir/agent.sock`; sends nothing until [`WorkloadApi::set`].
     pub(crate) async fn start(dir: &Path) -> Self {
+        Self::start_with(dir, None).await
+    }
+
+    /// Serves on `dir/agent.sock`, answering every call with `refuse` when it is set.
+    pub(crate) async fn start_with(dir: &Path, refuse: Option<tonic::Code>) -> Self {
         let socket = dir.join("agent.sock");
         let listener = UnixListener::bind(&socket).unwrap();
         let (tx, rx) = watch::channel((0, None));
-        let service = SpiffeWorkloadApiServer::new(WorkloadService { rx });
+        let service = SpiffeWorkloadApiServer::new(WorkloadService { rx, refuse });
         tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_service(service)
