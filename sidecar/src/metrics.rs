@@ -210,10 +210,7 @@ impl Metrics {
     }
 
     pub(crate) fn handshake_failed(&self, direction: Direction, reason: &'static str) {
-        let labels = [
-            ("direction", direction.as_str()),
-            ("reason", reason),
-        ];
+        let labels = [("direction", direction.as_str()), ("reason", reason)];
         self.handshake_failures.get_or_create(&labels).inc();
     }
 
