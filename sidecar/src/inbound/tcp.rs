@@ -1,11 +1,12 @@
 //! The inbound TCP proxy (`protocol = "tcp"`): one decision per connection with action
 //! `connect`; an allowed connection is joined to a new connection to the app and bytes are
 //! copied both ways until either side closes or the connection idles out. A denied one is
-//! closed before any byte reaches the app.
+//! closed before any byte reaches the app. When the policy set changes, each open connection is
+//! decided again and closed if it is no longer allowed.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -16,6 +17,9 @@ use super::{ConnInfo, Shared};
 use crate::config::Mode;
 use crate::metrics::{DecisionLabel, Direction};
 
+/// How often an open connection looks for a new policy version.
+const RECHECK_INTERVAL: Duration = Duration::from_secs(1);
+
 pub(super) async fn serve<I>(
     shared: &Arc<Shared>,
     mut io: I,
@@ -25,14 +29,7 @@ pub(super) async fn serve<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let start = Instant::now();
-    let parts = RequestParts {
-        operation: Operation::Connect,
-        method: "",
-        path: "",
-        query: "",
-        headers: &[],
-        time: SystemTime::now(),
-    };
+    let parts = connect_parts();
     let decision = shared.engine.decide(&record::policy_request(
         &conn,
         &shared.config.service,
@@ -86,6 +83,7 @@ pub(super) async fn serve<I>(
     let Some(mut app) = app else {
         return;
     };
+    let version = decision.version().to_owned();
     tokio::select! {
         result = tokio::io::copy_bidirectional(&mut io, &mut app) => {
             if let Err(e) = result {
@@ -93,5 +91,51 @@ pub(super) async fn serve<I>(
             }
         }
         () = idle => tracing::debug!(src.addr = %conn.source, "idle timeout"),
+        () = revoked(shared, &conn, version) => {}
+    }
+}
+
+/// Completes when a new policy set no longer allows the connection (enforce mode): the
+/// connection is decided again with each new policy version, and the new decision is logged.
+async fn revoked(shared: &Shared, conn: &ConnInfo, mut version: String) {
+    let mut tick = tokio::time::interval(RECHECK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let set = shared.engine.current();
+        if set.version() == version {
+            continue;
+        }
+        version = set.version().to_owned();
+        let parts = connect_parts();
+        let decision = set.decide(&record::policy_request(
+            conn,
+            &shared.config.service,
+            &parts,
+        ));
+        shared.log.record(record::decision_record(
+            shared.ids.next(),
+            conn,
+            &shared.config.service,
+            &parts,
+            &decision,
+            None,
+            std::time::Duration::ZERO,
+        ));
+        if !decision.is_allowed() && shared.mode == Mode::Enforce {
+            tracing::info!(src.addr = %conn.source, policy.version = %version, "connection closed: no longer allowed");
+            return;
+        }
+    }
+}
+
+fn connect_parts() -> RequestParts<'static> {
+    RequestParts {
+        operation: Operation::Connect,
+        method: "",
+        path: "",
+        query: "",
+        headers: &[],
+        time: SystemTime::now(),
     }
 }

@@ -123,3 +123,33 @@ async fn tcp_mode_decides_connect_once_then_copies_bytes() {
     assert_eq!(records[0].decision, warden_policy::Outcome::Allow);
     assert_eq!(records[1].decision, warden_policy::Outcome::Deny);
 }
+
+#[tokio::test]
+async fn tcp_connection_is_closed_when_a_new_policy_no_longer_allows_it() {
+    let (addr, _) = echo().await;
+    let f = Fixture::start(Options {
+        inbound_extra: r#"protocol = "tcp""#,
+        app_addr: Some(addr),
+        ..Options::default()
+    })
+    .await;
+    let web = f.client(WEB_ID);
+    let mut tls = web.connect(f.inbound).await.unwrap();
+    tls.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    tls.read_exact(&mut buf).await.unwrap();
+    let without = POLICIES.replace(
+        "@id(\"web-connects\")",
+        "@id(\"web-connects\")\nforbid (principal, action, resource);\n@id(\"unused\")",
+    );
+    std::fs::write(f.policies.join("test.cedar"), without).unwrap();
+    let mut rest = Vec::new();
+    let r = tokio::time::timeout(WAIT, tls.read_to_end(&mut rest)).await;
+    assert!(
+        r.is_ok(),
+        "connection stayed open after its permit was revoked"
+    );
+    let records = f.decisions(2).await;
+    assert_eq!(records[1].decision, warden_policy::Outcome::Deny);
+    assert_eq!(records[1].action, "connect");
+}
