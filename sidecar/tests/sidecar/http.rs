@@ -213,3 +213,27 @@ async fn app_down_gets_502() {
     let records = f.decisions(1).await;
     assert_eq!(records[0].upstream_status, Some(502));
 }
+
+#[tokio::test]
+async fn app_closing_without_an_answer_gets_503() {
+    // An "app" that accepts and hangs up at once.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            drop(s);
+        }
+    });
+    let f = Fixture::start(Options {
+        app_addr: Some(addr),
+        ..Options::default()
+    })
+    .await;
+    let (status, _, body) = f
+        .client(WEB_ID)
+        .http1()
+        .request(f.inbound, get("/x"))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+}
