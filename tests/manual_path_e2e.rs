@@ -353,12 +353,20 @@ fn manual_path_from_ca_init_to_curl_with_the_fetched_svid() {
     assert_ne!(code, Some(0), "no client certificate must fail: {out}");
     assert!(out.ends_with("000"), "{out}");
 
-    // The decisions, as JSON lines.
-    let log = std::fs::read_to_string(&decisions).unwrap();
-    let recs: Vec<serde_json::Value> = log
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    // The decisions, as JSON lines; written off the request path, so poll (bounded) for both.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (log, recs) = loop {
+        let text = std::fs::read_to_string(&decisions).unwrap_or_default();
+        let complete = text.rfind('\n').map_or("", |end| &text[..end]).to_owned();
+        let recs: Vec<serde_json::Value> = complete
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if recs.len() >= 2 || Instant::now() > deadline {
+            break (complete, recs);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(
         recs.iter().any(|r| r["decision"] == "allow"
             && r["path"] == "/v1/orders"

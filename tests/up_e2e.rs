@@ -20,6 +20,7 @@ mod support;
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
@@ -82,7 +83,16 @@ fn up_serves_the_readme_requests_and_ctrl_c_leaves_nothing_behind() {
     // The api sidecar's decision log: one allow and one deny, with the deciding policy ids.
     let api_log = dir.join("logs/decisions-api.jsonl");
     assert!(text.contains(&api_log.display().to_string()), "{text}");
-    let records = decision_lines(&api_log);
+    // The decision log is written off the request path: poll (bounded) for both lines.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let records = loop {
+        let records = decision_lines(&api_log);
+        let has = |p: &str| records.iter().any(|r| r["path"] == p);
+        if (has("/v1/orders") && has("/internal/debug")) || Instant::now() > deadline {
+            break records;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let find = |path: &str| {
         records
             .iter()
@@ -144,14 +154,14 @@ fn up_serves_the_readme_requests_and_ctrl_c_leaves_nothing_behind() {
     let fetched = String::from_utf8_lossy(&fetch.stdout);
     assert!(!fetched.contains("spiffe://"), "{fetched}");
 
-    // One `up` per state directory, even on other ports.
+    // One `up` per state directory: a second one says so (not just that its ports are busy).
     let second = Command::new(bin())
         .current_dir(repo())
         .arg("up")
         .arg("--dir")
         .arg(&dir)
         .arg("--base-port")
-        .arg(free_base(5).to_string())
+        .arg(base.to_string())
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&second.stderr);

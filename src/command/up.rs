@@ -102,6 +102,14 @@ pub(crate) fn run(args: UpArgs) -> anyhow::Result<Exit> {
             return Ok(Exit::Invalid);
         }
     };
+    // One `up` per state directory: checked first, as it explains busy ports too.
+    let early = match lock_dir(&plan.layout) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Ok(Exit::Error);
+        }
+    };
     for (port, what) in plan.ports.all() {
         if let Err(why) = probe::port_free(port) {
             eprintln!(
@@ -111,9 +119,8 @@ pub(crate) fn run(args: UpArgs) -> anyhow::Result<Exit> {
             return Ok(Exit::Error);
         }
     }
-    // Held until `up` exits: one `up` per state directory.
-    let lock = lock_dir(&plan.layout).and_then(|early| {
-        prepare_dir(plan.layout.root(), args.reset)?;
+    // Held until `up` exits (`--reset` replaces the marker, so it is taken again).
+    let lock = prepare_dir(plan.layout.root(), args.reset).and_then(|()| {
         drop(early);
         lock_dir(&plan.layout)
     });

@@ -222,9 +222,11 @@ pub(crate) fn summary_value<'a>(seen: &'a [String], label: &str) -> &'a str {
         .trim()
 }
 
+/// The complete JSON lines of a decision log (a line still being written is left out).
 pub(crate) fn decision_lines(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
         .collect()
