@@ -39,7 +39,7 @@ pub(crate) use say;
 #[derive(Debug, clap::Args)]
 pub(crate) struct UpArgs {
     /// State directory: CA keys and datastore, agent data, configs, logs. Reused on the next
-    /// run (same CA), so entries and the audit log persist.
+    /// run (same CA and audit log); `--reset` starts over.
     #[arg(long, default_value = ".warden")]
     dir: PathBuf,
     /// Delete the state directory first (only one made by `warden up`) and start over.
