@@ -36,6 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tracing::Instrument;
 use warden_identity::tls::{Authorize, BundleSource, SvidCertResolver};
 
 pub use connect::HandshakeFailure;
@@ -186,14 +187,22 @@ impl Outbound {
     }
 
     /// Accepts local connections on `listener` (normally bound to `route().listen`) and proxies
-    /// them until `shutdown` completes; then stops accepting, lets open connections finish for
-    /// up to [`OutboundLimits::drain_timeout`] and returns. Accept errors (such as running out
-    /// of file descriptors) are logged and retried after a short pause, never fatal.
+    /// them until `shutdown` completes; then stops accepting, lets open connections finish what
+    /// they carry for up to [`OutboundLimits::drain_timeout`], closes the rest and returns.
+    /// Accept errors (such as running out of file descriptors) are logged and retried after a
+    /// short pause, never fatal.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), OutboundError> {
-        listener::serve(self, listener, shutdown).await
+        let span = tracing::info_span!(
+            "outbound",
+            listen = %self.route.listen,
+            upstream = %self.route.upstream,
+        );
+        listener::serve(self, listener, shutdown)
+            .instrument(span)
+            .await
     }
 }

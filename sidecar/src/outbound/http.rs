@@ -93,9 +93,22 @@ impl HttpProxy {
         req: Request<Incoming>,
     ) -> Result<Response<ResponseBody>, Infallible> {
         let started = Instant::now();
+        // Captured only when someone listens: the path costs an allocation.
+        let access = tracing::enabled!(target: "access", tracing::Level::DEBUG)
+            .then(|| (req.method().clone(), req.uri().path().to_owned()));
         let (response, status) = self.forward(req).await;
-        self.hooks
-            .request_done(Some(status.as_u16()), started.elapsed());
+        let latency = started.elapsed();
+        self.hooks.request_done(Some(status.as_u16()), latency);
+        if let Some((method, path)) = access {
+            tracing::debug!(
+                target: "access",
+                method = %method,
+                path = %path,
+                status = status.as_u16(),
+                latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
+                "outbound request"
+            );
+        }
         Ok(response)
     }
 

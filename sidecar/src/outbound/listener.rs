@@ -11,6 +11,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
+use tracing::Instrument;
 
 use super::connect::{ALPN_H2, ALPN_HTTP1, MtlsConnector, with_alpn};
 use super::http::HttpProxy;
@@ -22,6 +23,21 @@ use super::{Outbound, OutboundError, OutboundLimits};
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// hyper's smallest allowed HTTP/1 read buffer.
 const MIN_H1_BUF: usize = 8192;
+
+/// How long connections get to close once told to after the drain timeout.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Where the route is in its life; connections watch it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    /// Accepting and serving.
+    Serve,
+    /// Not accepting; open connections finish what they carry (HTTP connections close once
+    /// idle).
+    Drain,
+    /// Drain timeout passed: close everything now.
+    Close,
+}
 
 /// What serves one accepted local connection.
 #[derive(Clone)]
@@ -79,8 +95,10 @@ pub(super) async fn serve(
         "outbound listening"
     );
 
-    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let (drain_tx, drain_rx) = watch::channel(());
+    let permits = Arc::new(Semaphore::new(
+        limits.max_connections.clamp(1, Semaphore::MAX_PERMITS),
+    ));
+    let (phase_tx, phase_rx) = watch::channel(Phase::Serve);
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -102,24 +120,32 @@ pub(super) async fn serve(
             },
         };
         let handler = handler.clone();
-        let drain = drain_rx.clone();
-        tokio::spawn(async move {
-            handler.serve_connection(stream, peer, drain).await;
+        let phase = phase_rx.clone();
+        let task = async move {
+            handler.serve_connection(stream, peer, phase).await;
             drop(permit);
-        });
+        };
+        tokio::spawn(task.instrument(tracing::Span::current()));
     }
 
+    // Every connection task holds a receiver: `closed` resolves once they have all ended.
     drop(listener);
-    drain_tx.send_replace(());
-    drop(drain_rx);
-    if tokio::time::timeout(limits.drain_timeout, drain_tx.closed())
-        .await
-        .is_err()
-    {
+    drop(phase_rx);
+    phase_tx.send_replace(Phase::Drain);
+    let drained = tokio::time::timeout(limits.drain_timeout, phase_tx.closed()).await;
+    if drained.is_err() {
         tracing::info!(listen = %listen, "outbound drain timed out; closing open connections");
+        phase_tx.send_replace(Phase::Close);
+        let _ = tokio::time::timeout(CLOSE_GRACE, phase_tx.closed()).await;
     }
     tracing::info!(listen = %listen, "outbound stopped");
     Ok(())
+}
+
+/// Resolves once the route has reached `phase`.
+async fn reached(rx: &mut watch::Receiver<Phase>, phase: Phase) {
+    // An error means the sender is gone, which only happens once `serve` has returned.
+    let _ = rx.wait_for(|now| *now >= phase).await;
 }
 
 /// The local HTTP/1.1 + h2c server, configured once per route.
@@ -147,7 +173,7 @@ impl Handler {
         self,
         stream: TcpStream,
         peer: SocketAddr,
-        mut drain: watch::Receiver<()>,
+        mut phase: watch::Receiver<Phase>,
     ) {
         if let Err(err) = stream.set_nodelay(true) {
             tracing::debug!(error = %err, "outbound local nodelay");
@@ -159,9 +185,14 @@ impl Handler {
                 tokio::pin!(conn);
                 let result = tokio::select! {
                     result = conn.as_mut() => result,
-                    _ = drain.changed() => {
+                    () = reached(&mut phase, Phase::Drain) => {
+                        // Finish the requests in flight, then close (HTTP/1.1 `connection:
+                        // close`, HTTP/2 GOAWAY).
                         conn.as_mut().graceful_shutdown();
-                        conn.await
+                        tokio::select! {
+                            result = conn.as_mut() => result,
+                            () = reached(&mut phase, Phase::Close) => Ok(()),
+                        }
                     }
                 };
                 if let Err(err) = result {
@@ -171,7 +202,7 @@ impl Handler {
             Self::Tcp(proxy) => {
                 tokio::select! {
                     () = proxy.serve(stream, peer) => {}
-                    _ = drain.changed() => {}
+                    () = reached(&mut phase, Phase::Close) => {}
                 }
             }
         }

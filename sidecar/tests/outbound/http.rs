@@ -318,3 +318,27 @@ async fn serve_returns_after_shutdown_and_the_port_stops_accepting() {
     proxy.stop().await;
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
+
+#[tokio::test]
+async fn shutdown_lets_requests_in_flight_finish() {
+    let pki = Pki::new();
+    let upstream = Upstream::http(&pki).await;
+    let mut proxy = Proxy::http(&pki, &upstream).await;
+    let addr = proxy.addr;
+
+    let mut h1 = LocalClient::h1(addr).await;
+    let mut h2 = LocalClient::h2(addr).await;
+    let h1_call = tokio::spawn(async move { h1.get(addr, "/slow").await });
+    let h2_call = tokio::spawn(async move { h2.get(addr, "/slow").await });
+    wait_for(|| upstream.requests(), |n| *n == 2).await;
+    assert_eq!(upstream.requests(), 2);
+
+    proxy.signal_shutdown();
+    for call in [h1_call, h2_call] {
+        let reply = call.await.unwrap();
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.body, "slow");
+    }
+    proxy.stop().await;
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}

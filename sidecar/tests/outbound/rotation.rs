@@ -106,6 +106,7 @@ async fn rotated_svid_is_presented_on_the_next_tcp_connection() {
         .unwrap()
         .unwrap();
     assert_eq!(echoed, "still here\n");
+    drop(open);
     proxy.stop().await;
 }
 

@@ -31,6 +31,8 @@ pub(crate) const CLIENT_ID: &str = "spiffe://example.org/ns/prod/sa/client";
 pub(crate) const SERVER_ID: &str = "spiffe://example.org/ns/prod/sa/api";
 /// What a Warden inbound offers.
 pub(crate) const ALPN_BOTH: &[&[u8]] = &[b"h2", b"http/1.1"];
+/// How long the app takes to answer `/slow`.
+pub(crate) const SLOW: Duration = Duration::from_millis(300);
 /// Bound on every wait in these tests.
 pub(crate) const WAIT: Duration = Duration::from_secs(10);
 
@@ -217,7 +219,7 @@ struct ConnInfo {
 /// The HTTP app. Every response carries `x-peer-id` (the client's SPIFFE ID from the TLS
 /// handshake), `x-conn` (which upstream connection), `x-version`, `x-seen-headers` (the request
 /// header names) and `x-host` (`Host`, or the `:authority`). Paths: `/echo` streams the request
-/// body back; `/wait` answers once the test's barrier is full; `/close` answers with
+/// body back; `/wait` answers once the test's barrier is full; `/slow` answers after [`SLOW`]; `/close` answers with
 /// `connection: close`; anything else answers `ok`.
 async fn http_app(
     conn: ConnInfo,
@@ -255,6 +257,10 @@ async fn http_app(
                 builder = builder.status(StatusCode::INTERNAL_SERVER_ERROR);
             }
             full("waited")
+        }
+        "/slow" => {
+            tokio::time::sleep(SLOW).await;
+            full("slow")
         }
         "/close" => {
             builder = builder.header(http::header::CONNECTION, "close");
@@ -370,11 +376,16 @@ impl Proxy {
         Self::start(ProxyOptions::http(pki, upstream)).await
     }
 
-    /// Signals shutdown and waits (bounded) for `serve` to return.
-    pub(crate) async fn stop(mut self) {
+    /// Signals shutdown without waiting.
+    pub(crate) fn signal_shutdown(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+    }
+
+    /// Signals shutdown and waits (bounded) for `serve` to return.
+    pub(crate) async fn stop(mut self) {
+        self.signal_shutdown();
         if let Some(task) = self.task.take() {
             tokio::time::timeout(WAIT, task)
                 .await

@@ -1,8 +1,10 @@
 //! TCP routes: one mutual TLS connection upstream per local connection, bytes both ways.
 
+use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use warden_sidecar::outbound::Protocol;
+
+use warden_sidecar::outbound::{OutboundLimits, Protocol};
 
 use crate::support::*;
 
@@ -101,5 +103,37 @@ async fn tcp_route_to_an_unreachable_upstream_closes_the_local_connection() {
     )
     .await;
     assert_eq!(tcp, [(0, 0)]);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_tcp_connections_still_open_after_the_drain_timeout() {
+    let pki = Pki::new();
+    let upstream = Upstream::start(pki.resolver(SERVER_ID), pki.bundles(), &[], App::Echo).await;
+    let mut limits = OutboundLimits::default();
+    limits.drain_timeout = Duration::from_millis(100);
+    let mut proxy = Proxy::start(ProxyOptions {
+        protocol: Protocol::Tcp,
+        limits,
+        ..ProxyOptions::http(&pki, &upstream)
+    })
+    .await;
+
+    let mut local = BufReader::new(TcpStream::connect(proxy.addr).await.unwrap());
+    let mut line = String::new();
+    tokio::time::timeout(WAIT, local.read_line(&mut line))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(line, format!("peer={CLIENT_ID}\n"));
+
+    proxy.signal_shutdown();
+    // The connection stays open through the drain, then is closed: end of stream.
+    let mut rest = Vec::new();
+    tokio::time::timeout(WAIT, local.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(rest.is_empty());
     proxy.stop().await;
 }
