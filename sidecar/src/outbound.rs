@@ -74,8 +74,10 @@ pub struct OutboundLimits {
     pub connect_timeout: Duration,
     /// Time allowed for the TLS handshake with the upstream (default 10 s).
     pub handshake_timeout: Duration,
-    /// A pooled upstream connection unused this long is closed; a local connection silent
-    /// this long is closed as well (default 60 s).
+    /// A pooled upstream connection unused this long is closed; so is a local HTTP/1.1
+    /// connection that sends no request head for this long, and a TCP connection on which no
+    /// byte moves either way for between one and two of these; local HTTP/2 connections are
+    /// pinged every half of it and closed when a ping goes unanswered (default 60 s).
     pub idle_timeout: Duration,
     /// Local connections served at once; further ones wait in the listen backlog
     /// (default 10 000).
@@ -161,8 +163,8 @@ impl Outbound {
         bundles: Arc<dyn BundleSource>,
         hooks: Arc<dyn OutboundHooks>,
     ) -> Result<Self, OutboundError> {
-        let upstream = route.validate_upstream()?;
         route.validate()?;
+        let upstream = route.validate_upstream()?;
         let authorize = Authorize::AnyOf(route.expected_ids.clone());
         let tls = connect::client_config(resolver.clone(), bundles, authorize)?;
         Ok(Self {

@@ -125,6 +125,19 @@ pub(crate) fn with_alpn(config: &ClientConfig, alpn: &[u8]) -> Arc<ClientConfig>
 // === impl HandshakeFailure ===
 
 impl HandshakeFailure {
+    /// Every reason, for registering metric label values up front.
+    pub const ALL: [Self; 9] = [
+        Self::UnexpectedId,
+        Self::InvalidSvid,
+        Self::Expired,
+        Self::NotYetValid,
+        Self::PeerRejected,
+        Self::NoSvid,
+        Self::Timeout,
+        Self::Io,
+        Self::Protocol,
+    ];
+
     /// A short snake_case label for metrics and logs.
     pub fn as_str(self) -> &'static str {
         match self {

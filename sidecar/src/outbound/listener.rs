@@ -85,6 +85,7 @@ pub(super) async fn serve(
         Protocol::Tcp => Handler::Tcp(Arc::new(TcpProxy::new(
             connector(tls.clone()),
             hooks.clone(),
+            limits.idle_timeout,
         ))),
     };
     let listen = listener.local_addr().unwrap_or(route.listen);

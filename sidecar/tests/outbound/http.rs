@@ -342,3 +342,33 @@ async fn shutdown_lets_requests_in_flight_finish() {
     proxy.stop().await;
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
+
+#[tokio::test]
+async fn idle_local_http1_connection_is_closed_after_the_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let pki = Pki::new();
+    let upstream = Upstream::http(&pki).await;
+    let mut limits = warden_sidecar::outbound::OutboundLimits::default();
+    limits.idle_timeout = std::time::Duration::from_millis(200);
+    let proxy = Proxy::start(ProxyOptions {
+        limits,
+        ..ProxyOptions::http(&pki, &upstream)
+    })
+    .await;
+
+    // One request, then silence on the kept-alive connection.
+    let mut local = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    local
+        .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let read = tokio::time::timeout(WAIT, local.read_to_end(&mut seen)).await;
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\nok"), "{text}");
+    // read_to_end returned: the route closed the connection.
+    read.unwrap().unwrap();
+    proxy.stop().await;
+}

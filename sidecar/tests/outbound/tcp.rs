@@ -137,3 +137,38 @@ async fn shutdown_closes_tcp_connections_still_open_after_the_drain_timeout() {
     assert!(rest.is_empty());
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn idle_tcp_connection_is_closed_after_the_idle_timeout() {
+    let pki = Pki::new();
+    let upstream = Upstream::start(pki.resolver(SERVER_ID), pki.bundles(), &[], App::Echo).await;
+    let mut limits = OutboundLimits::default();
+    limits.idle_timeout = Duration::from_millis(200);
+    let proxy = Proxy::start(ProxyOptions {
+        protocol: Protocol::Tcp,
+        limits,
+        ..ProxyOptions::http(&pki, &upstream)
+    })
+    .await;
+
+    let mut local = BufReader::new(TcpStream::connect(proxy.addr).await.unwrap());
+    let mut line = String::new();
+    tokio::time::timeout(WAIT, local.read_line(&mut line))
+        .await
+        .unwrap()
+        .unwrap();
+    // Silence from here on: the route closes the connection.
+    let mut rest = Vec::new();
+    tokio::time::timeout(WAIT, local.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(rest.is_empty());
+    let tcp = wait_for(
+        || proxy.hooks.tcp.lock().unwrap().clone(),
+        |v| !v.is_empty(),
+    )
+    .await;
+    assert_eq!(tcp, [(0, line.len() as u64)]);
+    proxy.stop().await;
+}
