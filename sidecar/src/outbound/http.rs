@@ -132,7 +132,12 @@ impl HttpProxy {
         req.headers_mut().remove(XFCC);
         let client = match req.version() {
             Version::HTTP_2 => &self.h2,
-            _ => &self.http1,
+            _ => {
+                // Upstream connections speak HTTP/1.1 whatever the local client spoke, as
+                // intermediaries do (RFC 9110 §2.5), so that HTTP/1.0 requests reuse them too.
+                *req.version_mut() = Version::HTTP_11;
+                &self.http1
+            }
         };
 
         match client.request(req).await {

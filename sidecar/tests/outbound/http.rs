@@ -372,3 +372,59 @@ async fn idle_local_http1_connection_is_closed_after_the_idle_timeout() {
     read.unwrap().unwrap();
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn http10_requests_without_host_go_upstream_as_http11_on_a_reused_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let pki = Pki::new();
+    let upstream = Upstream::http(&pki).await;
+    let proxy = Proxy::http(&pki, &upstream).await;
+
+    for _ in 0..3 {
+        let mut local = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        local.write_all(b"GET /old HTTP/1.0\r\n\r\n").await.unwrap();
+        let mut seen = Vec::new();
+        tokio::time::timeout(WAIT, local.read_to_end(&mut seen))
+            .await
+            .unwrap()
+            .unwrap();
+        let text = String::from_utf8_lossy(&seen).to_lowercase();
+        assert!(text.starts_with("http/1.0 200 ok\r\n"), "{text}");
+        assert!(text.contains("\r\nx-version: http/1.1\r\n"), "{text}");
+        // No Host: the upstream's address names the authority.
+        let host = format!("\r\nx-host: {}\r\n", upstream.addr);
+        assert!(text.contains(&host), "{text}");
+        assert!(text.ends_with("\r\n\r\nok"), "{text}");
+    }
+    assert_eq!(upstream.connections(), 1);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn local_connections_beyond_max_connections_wait_for_a_free_slot() {
+    let pki = Pki::new();
+    let upstream = Upstream::http(&pki).await;
+    let mut limits = warden_sidecar::outbound::OutboundLimits::default();
+    limits.max_connections = 1;
+    let proxy = Proxy::start(ProxyOptions {
+        limits,
+        ..ProxyOptions::http(&pki, &upstream)
+    })
+    .await;
+    let addr = proxy.addr;
+
+    let mut first = LocalClient::h1(addr).await;
+    assert_eq!(first.get(addr, "/").await.status, StatusCode::OK);
+    // The second connection sits in the backlog while the first one is open ...
+    let second = tokio::spawn(async move { LocalClient::h1(addr).await.get(addr, "/").await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!second.is_finished());
+    assert_eq!(upstream.requests(), 1);
+    // ... and is served once it closes.
+    drop(first);
+    let reply = tokio::time::timeout(WAIT, second).await.unwrap().unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(upstream.requests(), 2);
+    proxy.stop().await;
+}
