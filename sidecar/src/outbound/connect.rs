@@ -108,6 +108,9 @@ pub(crate) fn client_config(
     let verifier = Arc::new(SpiffeServerCertVerifier::new(bundles, authorize));
     let mut config = ClientConfig::builder_with_provider(warden_identity::crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
+        // Safe: the replacement verifier validates the chain against the trust domain's
+        // bundle, the SVID profile and validity, and authorizes the SPIFFE ID; only the DNS
+        // name check is dropped, since SPIFFE names servers by URI SAN, not DNS name.
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_client_cert_resolver(resolver);
@@ -163,34 +166,60 @@ impl HandshakeFailure {
             return (Self::Io, err.to_string());
         };
         let failure = match tls {
+            rustls::Error::InvalidCertificate(CertificateError::Other(other)) => {
+                return match other.0.downcast_ref::<TlsVerifyError>() {
+                    Some(TlsVerifyError::NotAuthorized(id)) => (
+                        Self::UnexpectedId,
+                        format!("upstream spiffe id `{id}` is not one of the expected ids"),
+                    ),
+                    Some(verify) => (Self::InvalidSvid, verify.to_string()),
+                    None => (Self::InvalidSvid, other.0.to_string()),
+                };
+            }
             rustls::Error::InvalidCertificate(CertificateError::Expired) => Self::Expired,
             rustls::Error::InvalidCertificate(CertificateError::NotValidYet) => Self::NotYetValid,
-            rustls::Error::InvalidCertificate(CertificateError::Other(other)) => {
-                match other.0.downcast_ref::<TlsVerifyError>() {
-                    Some(TlsVerifyError::NotAuthorized(_)) => Self::UnexpectedId,
-                    Some(verify) => return (Self::InvalidSvid, verify.to_string()),
-                    None => Self::InvalidSvid,
-                }
-            }
             rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented => {
                 Self::InvalidSvid
             }
             rustls::Error::AlertReceived(_) => Self::PeerRejected,
             _ => Self::Protocol,
         };
-        let detail = match tls {
-            rustls::Error::InvalidCertificate(CertificateError::Other(other)) => {
-                match other.0.downcast_ref::<TlsVerifyError>() {
-                    Some(TlsVerifyError::NotAuthorized(id)) => {
-                        format!("upstream spiffe id `{id}` is not one of the expected ids")
-                    }
-                    _ => other.0.to_string(),
-                }
-            }
-            other => other.to_string(),
-        };
-        (failure, detail)
+        (failure, tls.to_string())
     }
+}
+
+/// Whether `err` (or an error in its source chain) is a fatal alert by which the upstream
+/// refused this sidecar's certificate. With TLS 1.3 the client finishes its side of the
+/// handshake before the server has checked the client certificate, so the refusal arrives on
+/// the first read after [`MtlsConnector::connect`] returned. Returns the alert's description.
+pub(crate) fn refused_certificate_alert(
+    err: &(dyn std::error::Error + 'static),
+) -> Option<rustls::AlertDescription> {
+    use rustls::AlertDescription as A;
+    let mut current = Some(err);
+    while let Some(err) = current {
+        let tls = err.downcast_ref::<rustls::Error>().or_else(|| {
+            err.downcast_ref::<io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if let Some(rustls::Error::AlertReceived(alert)) = tls {
+            return matches!(
+                alert,
+                A::BadCertificate
+                    | A::UnsupportedCertificate
+                    | A::CertificateRevoked
+                    | A::CertificateExpired
+                    | A::CertificateUnknown
+                    | A::UnknownCA
+                    | A::CertificateRequired
+                    | A::AccessDenied
+            )
+            .then_some(*alert);
+        }
+        current = err.source();
+    }
+    None
 }
 
 // === impl ConnectError ===

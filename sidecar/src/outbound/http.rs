@@ -18,7 +18,8 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::connect::{ConnectError, MtlsConnector};
+use super::HandshakeFailure;
+use super::connect::{self, ConnectError, MtlsConnector};
 use super::{OutboundHooks, OutboundLimits};
 
 /// The body of a response to the local client: the upstream's, streamed, or the sidecar's own.
@@ -196,6 +197,18 @@ impl HttpProxy {
                 return (status, connect.to_string());
             }
             source = current.source();
+        }
+        if let Some(alert) = connect::refused_certificate_alert(err) {
+            self.hooks
+                .handshake_failed(HandshakeFailure::PeerRejected.as_str());
+            return (
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "tls handshake with upstream `{}` failed: the upstream refused this \
+                     sidecar's svid ({alert:?})",
+                    self.upstream
+                ),
+            );
         }
         let mut message = format!("upstream `{}` failed before responding", self.upstream);
         let mut source = err.source();

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::OutboundHooks;
-use super::connect::MtlsConnector;
+use super::connect::{self, MtlsConnector};
+use super::{HandshakeFailure, OutboundHooks};
 
 /// Proxies opaque local connections.
 #[derive(Debug)]
@@ -69,7 +69,17 @@ impl TcpProxy {
         tokio::select! {
             result = tokio::io::copy_bidirectional(&mut local, &mut upstream) => {
                 if let Err(err) = result {
-                    tracing::debug!(src.addr = %peer, error = %err, "outbound tcp copy ended");
+                    if let Some(alert) = connect::refused_certificate_alert(&err) {
+                        self.hooks.handshake_failed(HandshakeFailure::PeerRejected.as_str());
+                        tracing::warn!(
+                            src.addr = %peer,
+                            upstream = %self.connector.upstream(),
+                            ?alert,
+                            "outbound tcp upstream refused this sidecar's svid"
+                        );
+                    } else {
+                        tracing::debug!(src.addr = %peer, error = %err, "outbound tcp copy ended");
+                    }
                 }
             }
             () = idle(&sent, &received, self.idle_timeout) => {

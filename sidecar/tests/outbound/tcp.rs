@@ -172,3 +172,30 @@ async fn idle_tcp_connection_is_closed_after_the_idle_timeout() {
     assert_eq!(tcp, [(0, line.len() as u64)]);
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn tcp_route_whose_upstream_refuses_our_svid_closes_and_counts_it() {
+    let pki = Pki::new();
+    let elsewhere = warden_identity::test_util::TestCa::new(TD);
+    let upstream = Upstream::start(
+        pki.resolver(SERVER_ID),
+        std::sync::Arc::new(std::sync::Arc::new(
+            warden_identity::test_util::TestCa::bundle_set(&[&elsewhere]),
+        )),
+        &[],
+        App::Echo,
+    )
+    .await;
+    let proxy = tcp_proxy(&pki, &upstream, &[SERVER_ID]).await;
+
+    let mut local = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(WAIT, local.read_to_end(&mut got))
+        .await
+        .unwrap();
+    assert!(got.is_empty());
+    assert_eq!(upstream.connections(), 0);
+    let failures = wait_for(|| proxy.hooks.handshake_failures(), |v| !v.is_empty()).await;
+    assert_eq!(failures, ["peer_rejected"]);
+    proxy.stop().await;
+}
