@@ -95,9 +95,9 @@ pub struct OutboundLimits {
 /// be cheap and must not block.
 pub trait OutboundHooks: Send + Sync + fmt::Debug {
     /// An HTTP request finished: `status` is what the local client got (`502`/`504` when the
-    /// sidecar answered because the upstream could not be reached), `None` when the local
-    /// client got no response; `latency` runs from receiving the request head to sending the
-    /// response head.
+    /// sidecar answered because the upstream could not be reached, also when a gRPC client got
+    /// that as `grpc-status: 14`), `None` when the local client went away before the response
+    /// head; `latency` runs from receiving the request head to sending the response head.
     fn request_done(&self, status: Option<u16>, latency: Duration) {
         let _ = (status, latency);
     }
@@ -121,7 +121,6 @@ pub struct NoHooks;
 
 /// One outbound route, ready to serve: built once with its TLS client configuration, then
 /// [`Outbound::serve`]d on a listener the caller bound.
-#[derive(Debug)]
 pub struct Outbound {
     route: Route,
     upstream: route::Upstream,
@@ -152,6 +151,16 @@ impl Default for OutboundLimits {
 impl OutboundHooks for NoHooks {}
 
 // === impl Outbound ===
+
+impl fmt::Debug for Outbound {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Outbound")
+            .field("route", &self.route)
+            .field("limits", &self.limits)
+            .field("svid", &self.resolver)
+            .finish_non_exhaustive()
+    }
+}
 
 impl Outbound {
     /// Validates `route` and builds its TLS client configuration: the client certificate comes

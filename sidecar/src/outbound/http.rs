@@ -55,6 +55,14 @@ pub(crate) struct HttpProxy {
     hooks: Arc<dyn OutboundHooks>,
 }
 
+/// Reports a request whose handling was dropped before a response (the local client went
+/// away) to the hooks, with status `None`.
+struct Pending<'a> {
+    hooks: &'a dyn OutboundHooks,
+    started: Instant,
+    answered: bool,
+}
+
 // === impl HttpProxy ===
 
 impl HttpProxy {
@@ -93,12 +101,17 @@ impl HttpProxy {
         self: Arc<Self>,
         req: Request<Incoming>,
     ) -> Result<Response<ResponseBody>, Infallible> {
-        let started = Instant::now();
+        let mut pending = Pending {
+            hooks: &*self.hooks,
+            started: Instant::now(),
+            answered: false,
+        };
         // Captured only when someone listens: the path costs an allocation.
         let access = tracing::enabled!(target: "access", tracing::Level::DEBUG)
             .then(|| (req.method().clone(), req.uri().path().to_owned()));
         let (response, status) = self.forward(req).await;
-        let latency = started.elapsed();
+        pending.answered = true;
+        let latency = pending.started.elapsed();
         self.hooks.request_done(Some(status.as_u16()), latency);
         if let Some((method, path)) = access {
             tracing::debug!(
@@ -218,6 +231,16 @@ impl HttpProxy {
             source = current.source();
         }
         (StatusCode::BAD_GATEWAY, message)
+    }
+}
+
+// === impl Pending ===
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.hooks.request_done(None, self.started.elapsed());
+        }
     }
 }
 

@@ -428,3 +428,20 @@ async fn local_connections_beyond_max_connections_wait_for_a_free_slot() {
     assert_eq!(upstream.requests(), 2);
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn request_abandoned_by_the_local_client_is_reported_without_a_status() {
+    let pki = Pki::new();
+    let upstream = Upstream::http(&pki).await;
+    let proxy = Proxy::http(&pki, &upstream).await;
+    let addr = proxy.addr;
+
+    let mut client = LocalClient::h2(addr).await;
+    let call = tokio::spawn(async move { client.get(addr, "/slow").await });
+    wait_for(|| upstream.requests(), |n| *n == 1).await;
+    // Dropping the h2 request resets its stream.
+    call.abort();
+    let statuses = wait_for(|| proxy.hooks.statuses(), |s| !s.is_empty()).await;
+    assert_eq!(statuses, [None]);
+    proxy.stop().await;
+}
