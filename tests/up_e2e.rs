@@ -288,6 +288,25 @@ fn up_refuses_bad_flags_and_foreign_dirs() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("was not made by `warden up`"), "{err}");
     assert!(foreign.join("precious.txt").exists());
+
+    // The internal trampoline runs nothing for a parent that is not its parent.
+    let marker = tmp.path().join("ran");
+    let out = Command::new(bin())
+        .args([
+            "__up-child",
+            "--parent-pid",
+            "1",
+            "--exe",
+            "/usr/bin/touch",
+            "--",
+        ])
+        .arg(&marker)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("(pid 1) is gone"), "{err}");
+    assert!(!marker.exists());
 }
 
 #[test]
