@@ -352,3 +352,47 @@ fn outbound_new_refuses_invalid_routes() {
         "outbound upstream `upstream` is invalid: expected `host:port`"
     );
 }
+
+#[tokio::test]
+async fn upstream_that_never_accepts_hits_the_connect_timeout_and_gets_504() {
+    // A listener with a backlog of one that never accepts: once its queue is full the kernel
+    // drops further SYNs, so a connect neither succeeds nor fails.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    loop {
+        match tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            Ok(stream) => fillers.push(stream.unwrap()),
+            Err(_) => break,
+        }
+        assert!(fillers.len() < 64, "the backlog never filled");
+    }
+
+    let pki = Pki::new();
+    let mut limits = OutboundLimits::default();
+    limits.connect_timeout = Duration::from_millis(300);
+    let proxy = Proxy::start(ProxyOptions {
+        upstream: addr.to_string(),
+        limits,
+        ..ProxyOptions::http(&pki, &Upstream::http(&pki).await)
+    })
+    .await;
+
+    let reply = get_once(&proxy).await;
+    assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(
+        reply.body,
+        format!("connecting to upstream `{addr}` timed out after 300ms\n")
+    );
+    assert!(proxy.hooks.handshake_failures().is_empty());
+    assert_eq!(proxy.hooks.statuses(), [Some(504)]);
+    drop(listener);
+    proxy.stop().await;
+}
