@@ -155,9 +155,13 @@ fn run_sidecar(args: RunArgs) -> anyhow::Result<Exit> {
         return Ok(Exit::Ok);
     }
     super::init_tracing();
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // One worker: a current-thread runtime (no work-stealing, no cross-thread wake-ups).
+    let mut builder = match config.worker_threads() {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
     builder.enable_all();
-    if config.worker_threads() > 0 {
+    if config.worker_threads() > 1 {
         builder.worker_threads(config.worker_threads());
     }
     let rt = builder.build()?;
