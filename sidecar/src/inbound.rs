@@ -53,6 +53,8 @@ pub(crate) struct Shared {
 pub(crate) struct ConnInfo {
     /// The caller's address.
     pub(crate) source: SocketAddr,
+    /// The same, formatted once for the decision log.
+    pub(crate) source_text: String,
     /// The verified peer; `None` for a plaintext connection (permissive mode).
     pub(crate) peer: Option<Peer>,
     /// `TLSv1.3` / `TLSv1.2`; `None` for plaintext.
@@ -185,6 +187,7 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, source: Socket
             Ok(Ok(1)) if first[0] != TLS_HANDSHAKE_RECORD => {
                 let info = ConnInfo {
                     source,
+                    source_text: source.to_string(),
                     peer: None,
                     tls_version: None,
                     own_id,
@@ -235,6 +238,7 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, source: Socket
     };
     let info = ConnInfo {
         source,
+        source_text: source.to_string(),
         peer: Some(peer),
         tls_version: handshake::version(session),
         own_id,

@@ -109,8 +109,8 @@ pub(crate) fn decision_record(
     DecisionRecord {
         time: humantime::format_rfc3339_millis(parts.time).to_string(),
         decision_id: id,
-        peer_spiffe_id: conn.peer.as_ref().map(|p| p.id.to_string()),
-        source_addr: conn.source.to_string(),
+        peer_spiffe_id: conn.peer.as_ref().map(|p| p.id.as_str().to_owned()),
+        source_addr: conn.source_text.clone(),
         resource: resource.to_owned(),
         method: parts.method.to_owned(),
         path: parts.path.to_owned(),
@@ -165,6 +165,7 @@ mod tests {
     fn conn() -> ConnInfo {
         ConnInfo {
             source: "10.0.0.7:4000".parse::<SocketAddr>().unwrap(),
+            source_text: "10.0.0.7:4000".to_owned(),
             peer: Some(Peer {
                 id: "spiffe://example.org/ns/prod/sa/web".parse().unwrap(),
                 leaf_hash: "ab12".to_owned(),
