@@ -190,31 +190,57 @@ def main(res):
         add99 = fmt_ms(v["p99"] - d["p99"]) if d and n != "direct" else "—"
         print(f"| {n} | {fmt_ms(v['p50'])} | {fmt_ms(v['p99'])} | {add50} | {add99} | {fmt_rps(v['rps'])} | {v['errors']} |")
 
-    print("\n### Resident memory (VmRSS) of each sidecar process\n")
-    idle = {}
-    try:
-        for l in open(os.path.join(res, "rss-idle.txt")):
-            k, v = l.split()
-            idle[k] = int(v)
-    except (OSError, ValueError):
-        pass
-    peak = {}
+    # CPU per request at the fixed rate: both proxies of a pair (direct: the backend alone).
+    cpu = {}
     for r in rounds:
-        per = {}
+        reqs = {k: parse_oha(f"{r}/rate-{k}.json") for k in PAIRS}
         try:
-            for l in open(f"{r}/rss.txt"):
-                k, v = l.split()
-                per[k] = max(per.get(k, 0), int(v))
+            for l in open(f"{r}/cpu.txt"):
+                k, ticks, hz = l.split()
+                done = reqs.get(k)
+                if done and done["rps"]:
+                    n = sum(int(v) for c, v in done["codes"].items())
+                    if n:
+                        cpu.setdefault(k, []).append(int(ticks) / int(hz) / n * 1e6)
         except (OSError, ValueError):
             pass
-        for k, v in per.items():
+    if cpu:
+        print("\n### CPU time per request at the fixed rate (user + system, all threads)\n")
+        print("| path | µs per request (median over rounds) | × HAProxy pair | × Envoy pair |")
+        print("|---|---|---|---|")
+        for n in PAIRS:
+            v = median(cpu.get(n, []))
+            what = "backend alone" if n == "direct" else "both proxies of the pair"
+            hv, ev = median(cpu.get("haproxy", [])), median(cpu.get("envoy", []))
+            print(f"| {n} ({what}) | {'—' if v is None else f'{v:.0f}'} | {ratio(v, hv)} | {ratio(v, ev)} |")
+
+    print("\n### Memory of each sidecar process\n")
+    print("VmRSS counts every resident page, including the file-backed pages of the executable (the two")
+    print("Warden sidecars run the same `warden` binary and share those pages); RssAnon is private")
+    print("anonymous memory (heap, stacks); Pss splits shared pages between the processes sharing them.\n")
+
+    def samples(path):
+        out = {}
+        try:
+            for l in open(path):
+                f = l.split()
+                vals = [int(x) for x in f[1:4]] + [0] * (4 - len(f))
+                cur = out.setdefault(f[0], [0, 0, 0])
+                out[f[0]] = [max(a, b) for a, b in zip(cur, vals)]
+        except (OSError, ValueError):
+            pass
+        return out
+    idle = samples(os.path.join(res, "rss-idle.txt"))
+    peak = {}
+    for r in rounds:
+        for k, v in samples(f"{r}/rss.txt").items():
             peak.setdefault(k, []).append(v)
-    print("| process | idle | peak under load (median of round peaks) | max over rounds |")
-    print("|---|---|---|---|")
-    mb = lambda kb: "—" if kb is None else f"{kb / 1024:.1f} MB"
+    print("| process | VmRSS idle | VmRSS peak under load | RssAnon peak | Pss peak |")
+    print("|---|---|---|---|---|")
+    mb = lambda kb: "—" if not kb else f"{kb / 1024:.1f} MB"
+    col = lambda k, i: max(v[i] for v in peak[k]) if peak.get(k) else None
     for k in SIDECARS:
-        ps = peak.get(k, [])
-        print(f"| {k} | {mb(idle.get(k))} | {mb(median(ps))} | {mb(max(ps) if ps else None)} |")
+        print(f"| {k} | {mb(idle.get(k, [None])[0])} | {mb(col(k, 0))} | {mb(col(k, 1))} | {mb(col(k, 2))} |")
 
     # The aims of issue 5.
     print("\n### Aims\n")
@@ -244,9 +270,9 @@ def main(res):
         fmt_ms(w - dd) if w is not None and dd is not None else "—",
         None if w is None or dd is None else (w - dd) < 0.1)
     for k in ("warden-in", "warden-out"):
-        ps = peak.get(k, [])
-        row(f"< 15 MB resident, {k} (max under load)", mb(max(ps) if ps else None),
-            None if not ps else max(ps) < 15 * 1024)
+        v = col(k, 0)
+        row(f"< 15 MB resident, {k} (VmRSS, max under load)",
+            f"{mb(v)} (RssAnon {mb(col(k, 1))}, Pss {mb(col(k, 2))})", None if v is None else v < 15 * 1024)
 
     bad = [(name, k) for name, t in (("h1", h1), ("h2", h2), ("1hop-h1", o1), ("1hop-h2", o2), ("handshakes", hs),
                                      ("rate", fr)) for k, v in t.items() if v["errors"]]

@@ -18,6 +18,7 @@ ROUNDS=${ROUNDS:-3}      # interleaved rounds; the table shows medians over roun
 RATE=${RATE:-1000}       # requests/s for the fixed-rate latency runs
 RESULTS=${RESULTS:-/tmp/warden-bench-$(date -u +%Y%m%dT%H%M%SZ)}
 KEEP=${KEEP:-0}          # 1: keep the work dir (configs, logs, PKI) after the run
+HOLD=${HOLD:-0}          # 1: start everything, run the sanity checks, then wait (for profiling)
 TD=spiffe://example.org
 CLIENT_ID=$TD/ns/default/sa/client
 BACKEND_ID=$TD/ns/default/sa/backend
@@ -39,7 +40,7 @@ done
 for p in $PEER_PORTS; do
   if ss -Hltn "sport = :$p" | grep -q .; then die "port $p is already in use (a peers kit still running? its down.sh stops it)"; fi
 done
-case $D$ROUNDS$RATE in *[!0-9]*) die "D, ROUNDS and RATE must be whole numbers";; esac
+case $D$ROUNDS$RATE$HOLD in *[!0-9]*) die "D, ROUNDS, RATE and HOLD must be whole numbers";; esac
 
 W=$(mktemp -d /tmp/warden-bench-work.XXXXXX)
 M=$W/mesh
@@ -282,10 +283,41 @@ oha_run() {
   python3 "$BENCH/report.py" --oha-line "$file" "$name" >&2
 }
 
-rss_kb() { awk '/^VmRSS:/{print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+# "VmRSS RssAnon Pss" in kB: all resident pages, the private anonymous ones, and the proportional
+# share (pages shared with other processes, such as the two Warden sidecars' common binary, split).
+rss_kb() {
+  local v a p
+  v=$(awk '/^VmRSS:/{print $2}' "/proc/$1/status" 2>/dev/null)
+  a=$(awk '/^RssAnon:/{print $2}' "/proc/$1/status" 2>/dev/null)
+  p=$(awk '/^Pss:/{print $2}' "/proc/$1/smaps_rollup" 2>/dev/null)
+  echo "${v:-0} ${a:-0} ${p:-0}"
+}
+# CPU time (user + system, clock ticks) of a set of processes, all threads.
+cpu_ticks() {
+  local t=0 p
+  for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done
+  echo "$t"
+}
+BACKEND_PID=$(cat "$W/peers/backend.pid")
 SIDECARS="warden-in=$PID_IN warden-out=$PID_OUT haproxy-in=$(cat "$W/peers/haproxy-in.pid") haproxy-out=$(cat "$W/peers/haproxy-out.pid") envoy-in=$(cat "$W/peers/envoy-in.pid") envoy-out=$(cat "$W/peers/envoy-out.pid")"
 rss_sample() { local s; for s in $SIDECARS; do echo "${s%%=*} $(rss_kb "${s#*=}")"; done; }
 rss_sample > "$RESULTS/rss-idle.txt"
+
+if [ "$HOLD" = 1 ]; then
+  # Keep everything up for ad-hoc measurement or profiling; Ctrl-C (or SIGTERM) cleans up.
+  {
+    echo "WARDEN_IN_PID=$PID_IN WARDEN_OUT_PID=$PID_OUT"
+    echo "WARDEN_PAIR_H1=http://127.0.0.1:$P_OUT1/ WARDEN_PAIR_H2C=http://127.0.0.1:$P_OUT2/"
+    echo "WARDEN_INBOUND=https://localhost:$P_IN/ WARDEN_ADMIN_IN=http://127.0.0.1:$P_ADM_IN/ WARDEN_ADMIN_OUT=http://127.0.0.1:$P_ADM_OUT/"
+    echo "CLIENT_SVID_DIR=$SVID PEERS_DIR=$W/peers WORK_DIR=$W"
+  } > "$RESULTS/hold.env"
+  say "HOLD=1: everything is up ($RESULTS/hold.env); Ctrl-C or SIGTERM stops it"
+  cat "$RESULTS/hold.env" >&2
+  sleep infinity &
+  SAMPLER=$!
+  wait "$SAMPLER" || true
+  exit 0
+fi
 
 for r in $(seq 1 "$ROUNDS"); do
   R=$RESULTS/round$r
@@ -313,10 +345,19 @@ for r in $(seq 1 "$ROUNDS"); do
     oha_run "$R/hs-${t%%=*}.json" "${t%%=*}" --disable-keepalive -c 16 "${t#*=}"
   done
 
-  # Added latency at a fixed rate, through each pair (HTTP/1.1, keep-alive).
+  # Added latency at a fixed rate, through each pair (HTTP/1.1, keep-alive), and the CPU time
+  # both proxies of the pair used for it (direct: the backend's own).
   for t in $PAIRS; do
     u=${t#*=}
-    oha_run "$R/rate-${t%%=*}.json" "${t%%=*}" -q "$RATE" -c 8 "${u%%,*}"
+    n=${t%%=*}
+    case $n in
+      direct) pids=("$BACKEND_PID") ;;
+      warden) pids=("$PID_IN" "$PID_OUT") ;;
+      *) pids=("$(cat "$W/peers/$n-in.pid")" "$(cat "$W/peers/$n-out.pid")") ;;
+    esac
+    t0=$(cpu_ticks "${pids[@]}")
+    oha_run "$R/rate-$n.json" "$n" -q "$RATE" -c 8 "${u%%,*}"
+    echo "$n $(($(cpu_ticks "${pids[@]}") - t0)) $(getconf CLK_TCK)" >> "$R/cpu.txt"
   done
 
   kill "$SAMPLER" 2>/dev/null; wait "$SAMPLER" 2>/dev/null || true
@@ -325,5 +366,8 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 
 wc -l "$M"/inbound-decisions.jsonl* > "$RESULTS/decision-log.txt" 2>&1 || true
+curl -s -m 5 "http://127.0.0.1:$P_ADM_IN/metrics" > "$RESULTS/metrics-inbound.txt" || true
+curl -s -m 5 "http://127.0.0.1:$P_ADM_OUT/metrics" > "$RESULTS/metrics-outbound.txt" || true
+cp "$M/sidecar-in.log" "$M/sidecar-out.log" "$RESULTS/" 2>/dev/null || true
 say "results in $RESULTS"
 python3 "$BENCH/report.py" "$RESULTS" | tee "$RESULTS/table.md"
