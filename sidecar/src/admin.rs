@@ -108,3 +108,36 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
         state.metrics.encode(),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn state(not_after: Option<SystemTime>, listening: bool) -> AdminState {
+        let current = not_after.map(|t| Current {
+            spiffe_id: "spiffe://example.org/api".parse().unwrap(),
+            not_after: t,
+        });
+        let (_tx, identity) = watch::channel(current);
+        AdminState {
+            metrics: Arc::new(Metrics::new()),
+            identity,
+            listening: AtomicBool::new(listening),
+        }
+    }
+
+    #[test]
+    fn ready_only_with_an_unexpired_svid_and_bound_listeners() {
+        let later = SystemTime::now() + Duration::from_secs(60);
+        let earlier = SystemTime::now() - Duration::from_secs(1);
+        assert_eq!(state(None, false).ready(), Err("no svid yet"));
+        assert_eq!(
+            state(Some(later), false).ready(),
+            Err("listeners not bound")
+        );
+        assert_eq!(state(Some(earlier), true).ready(), Err("svid expired"));
+        assert_eq!(state(Some(later), true).ready(), Ok(()));
+    }
+}
