@@ -14,6 +14,20 @@ use warden_api::workload::{
 #[derive(Clone)]
 pub(crate) struct PeerId(pub(crate) String);
 
+/// Who called: the [`PeerId`] the TLS upstream put in the extensions, or else the
+/// `x-forwarded-client-cert` an inbound sidecar set (behind a sidecar the app speaks plaintext).
+fn caller<T>(request: &tonic::Request<T>) -> String {
+    match request.extensions().get::<PeerId>() {
+        Some(peer) => peer.0.clone(),
+        None => request
+            .metadata()
+            .get("x-forwarded-client-cert")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned(),
+    }
+}
+
 /// The gRPC test service: the Workload API's shape, answering with the caller's SPIFFE ID.
 /// `FetchX509SVID` streams three responses (hints `0`, `1`, `2`); `FetchJWTSVID` answers
 /// unary, or `PERMISSION_DENIED` for the audience `deny`.
@@ -32,7 +46,7 @@ impl SpiffeWorkloadApi for GrpcApp {
         &self,
         request: tonic::Request<X509svidRequest>,
     ) -> Result<tonic::Response<Self::FetchX509SVIDStream>, tonic::Status> {
-        let peer = request.extensions().get::<PeerId>().unwrap().0.clone();
+        let peer = caller(&request);
         let items = (0..3).map(move |i| {
             Ok(X509svidResponse {
                 svids: vec![X509svid {
@@ -57,7 +71,7 @@ impl SpiffeWorkloadApi for GrpcApp {
         &self,
         request: tonic::Request<JwtsvidRequest>,
     ) -> Result<tonic::Response<JwtsvidResponse>, tonic::Status> {
-        let peer = request.extensions().get::<PeerId>().unwrap().0.clone();
+        let peer = caller(&request);
         let audience = request.into_inner().audience.join(",");
         if audience == "deny" {
             return Err(tonic::Status::permission_denied("denied by the test app"));
