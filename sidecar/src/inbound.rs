@@ -29,6 +29,8 @@ use crate::decision_log::DecisionLog;
 use crate::identity_source::Current;
 use crate::metrics::{Direction, HandshakeFailure, Metrics};
 
+/// How long open connections get to finish when the sidecar stops.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// The first byte of a TLS record carrying a handshake message.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
@@ -45,6 +47,8 @@ pub(crate) struct Shared {
     pub(crate) identity: watch::Receiver<Option<Current>>,
     pub(crate) app: forward::App,
     pub(crate) http: http::Server,
+    /// Set when the sidecar stops: connections finish what is in flight and close.
+    pub(crate) stop: watch::Sender<bool>,
     tls: Arc<rustls::ServerConfig>,
 }
 
@@ -126,6 +130,7 @@ impl Inbound {
             identity: inputs.identity,
             app,
             http,
+            stop: watch::channel(false).0,
             tls: Arc::new(tls),
         };
         Ok(Self {
@@ -140,13 +145,14 @@ impl Inbound {
         self.listener.local_addr()
     }
 
-    /// Accepts connections until `shutdown` completes.
+    /// Accepts connections until `shutdown` completes, then asks every open connection to
+    /// finish and close, and waits for them (at most [`DRAIN_TIMEOUT`]).
     #[tracing::instrument(name = "inbound", skip_all, fields(listen = ?self.listener.local_addr().ok()))]
     pub(crate) async fn run(self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         loop {
             let (stream, source) = tokio::select! {
-                () = &mut shutdown => return,
+                () = &mut shutdown => break,
                 accepted = self.listener.accept() => match accepted {
                     Ok(a) => a,
                     Err(e) => {
@@ -169,6 +175,15 @@ impl Inbound {
                 serve_connection(shared, stream, source).await;
                 drop(permit);
             });
+        }
+        drop(self.listener);
+        self.shared.stop.send_replace(true);
+        let all = u32::try_from(self.shared.limits.max_connections).unwrap_or(u32::MAX);
+        if tokio::time::timeout(DRAIN_TIMEOUT, self.slots.acquire_many(all))
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections still open after the drain timeout; closing them");
         }
     }
 }

@@ -16,6 +16,8 @@ use crate::outbound::Route;
 
 /// Most rotated decision-log files kept.
 const MAX_KEEP: u32 = 1000;
+/// Most concurrent inbound connections accepted as a limit.
+const MAX_MAX_CONNECTIONS: usize = 1_000_000;
 /// Smallest decision-log rotation size.
 const MIN_LOG_BYTES: u64 = 4096;
 
@@ -383,6 +385,15 @@ impl RawLimits {
             DEFAULT_MAX_HEADER_BYTES,
             "limits.max_header_bytes",
         )?;
+        if self
+            .max_connections
+            .is_some_and(|n| n > MAX_MAX_CONNECTIONS)
+        {
+            return Err(invalid(
+                "limits.max_connections",
+                format!("is above the maximum of {MAX_MAX_CONNECTIONS}"),
+            ));
+        }
         if max_header_bytes < MIN_HEADER_BYTES {
             return Err(invalid(
                 "limits.max_header_bytes",

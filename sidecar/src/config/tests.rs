@@ -117,6 +117,7 @@ fn bad_values_name_their_key() {
         (format!("{MIN}[limits]\nidle_timeout = \"soon\"\n"), "limits.idle_timeout"),
         (format!("{MIN}[limits]\nhandshake_timeout = \"0s\"\n"), "limits.handshake_timeout"),
         (format!("{MIN}[limits]\nmax_connections = 0\n"), "limits.max_connections"),
+        (format!("{MIN}[limits]\nmax_connections = 5000000\n"), "limits.max_connections"),
         (format!("{MIN}[limits]\nmax_header_bytes = 100\n"), "limits.max_header_bytes"),
         (format!("{MIN}[admin]\nlisten = \"nowhere\"\n"), "admin.listen"),
         (format!("{MIN}[decision_log]\nkeep = 5000\n"), "decision_log.keep"),

@@ -62,7 +62,9 @@ impl Server {
     }
 }
 
-/// Serves one connection until it ends or `idle` completes.
+/// Serves one connection until it ends or `idle` completes. When the sidecar stops, the
+/// connection is shut down gracefully: requests in flight finish, then it closes (HTTP/2 sends
+/// GOAWAY).
 pub(super) async fn serve<I>(
     shared: Arc<Shared>,
     io: I,
@@ -87,14 +89,24 @@ pub(super) async fn serve<I>(
         .serve_connection(TokioIo::new(io), service);
     tokio::pin!(served);
     tokio::pin!(idle);
-    tokio::select! {
-        result = &mut served => {
-            if let Err(e) = result {
-                tracing::debug!(src.addr = %conn.source, error = %e, "connection ended with an error");
+    let mut stop = shared.stop.subscribe();
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            result = &mut served => {
+                if let Err(e) = result {
+                    tracing::debug!(src.addr = %conn.source, error = %e, "connection ended with an error");
+                }
+                return;
             }
-        }
-        () = &mut idle => {
-            tracing::debug!(src.addr = %conn.source, "idle timeout");
+            () = &mut idle => {
+                tracing::debug!(src.addr = %conn.source, "idle timeout");
+                return;
+            }
+            _ = stop.wait_for(|stop| *stop), if !draining => {
+                draining = true;
+                served.as_mut().graceful_shutdown();
+            }
         }
     }
 }

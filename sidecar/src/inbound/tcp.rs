@@ -84,6 +84,7 @@ pub(super) async fn serve<I>(
         return;
     };
     let version = decision.version().to_owned();
+    let mut stop = shared.stop.subscribe();
     tokio::select! {
         result = tokio::io::copy_bidirectional(&mut io, &mut app) => {
             if let Err(e) = result {
@@ -92,6 +93,7 @@ pub(super) async fn serve<I>(
         }
         () = idle => tracing::debug!(src.addr = %conn.source, "idle timeout"),
         () = revoked(shared, &conn, version) => {}
+        _ = stop.wait_for(|stop| *stop) => tracing::debug!(src.addr = %conn.source, "sidecar stopping"),
     }
 }
 

@@ -278,3 +278,28 @@ async fn workload_api_stream_loss_is_retried_and_established_connections_stay() 
     let resp = sender.send_request(get_h2("/still-here")).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn shutdown_closes_open_connections_gracefully() {
+    let mut f = Fixture::start(Options::default()).await;
+    let web = f.client(WEB_ID).http1();
+    let tls = web.connect(f.inbound).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<
+        _,
+        http_body_util::Full<bytes::Bytes>,
+    >(hyper_util::rt::TokioIo::new(tls))
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let resp = sender.send_request(get("/before")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    drop(resp);
+    // A kept-alive, idle connection: shutdown must close it and return.
+    tokio::time::timeout(WAIT, f.shutdown()).await.unwrap();
+    let ended = tokio::time::timeout(WAIT, conn).await;
+    assert!(ended.is_ok(), "connection still open after shutdown");
+    assert!(
+        TcpStream::connect(f.inbound).await.is_err(),
+        "still accepting after shutdown"
+    );
+}

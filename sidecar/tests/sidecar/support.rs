@@ -290,8 +290,8 @@ pub(crate) struct Fixture {
     pub(crate) ca: TestCa,
     pub(crate) api: WorkloadApi,
     pub(crate) app: App,
-    /// Kept alive for the test's duration.
-    _sidecar: Sidecar,
+    /// Running until [`Fixture::shutdown`] (or the end of the test).
+    sidecar: Option<Sidecar>,
     pub(crate) inbound: SocketAddr,
     pub(crate) admin: SocketAddr,
     pub(crate) policies: PathBuf,
@@ -370,11 +370,18 @@ path = "{log}"
             ca,
             api,
             app,
-            _sidecar: sidecar,
+            sidecar: Some(sidecar),
             inbound: bound.inbound.unwrap(),
             admin,
             policies,
             log,
+        }
+    }
+
+    /// Stops the sidecar and waits until it has.
+    pub(crate) async fn shutdown(&mut self) {
+        if let Some(s) = self.sidecar.take() {
+            s.shutdown().await.unwrap();
         }
     }
 
