@@ -22,6 +22,11 @@
 //! the live [`BundleSource`] with [`Authorize::AnyOf`] the route's expected IDs. An upstream
 //! with another SPIFFE ID is refused during the handshake, before any request byte is sent; the
 //! local client then gets `502 Bad Gateway` with a body naming the problem.
+//!
+//! Where a request goes is fixed by the route: the local client's `Host`/`:authority` is
+//! forwarded as it is, but never selects an upstream. HTTP/1.0 requests go upstream as
+//! HTTP/1.1 (so they share the keep-alive pool). Not supported: `CONNECT` (405) and protocol
+//! upgrades such as WebSocket (`Upgrade` is hop-by-hop and dropped).
 
 mod connect;
 mod http;
