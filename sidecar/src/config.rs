@@ -273,16 +273,24 @@ impl Config {
     pub fn summary(&self) -> String {
         let inbound = match &self.inbound {
             Some(i) => format!(
-                "inbound {} -> {} ({:?}, mtls {:?}, service `{}`, policy `{}` {:?})",
+                "inbound {} -> {} ({}, mtls {}, service `{}`, policy `{}` {})",
                 i.listen,
                 i.app,
-                i.protocol,
-                i.mtls,
+                match i.protocol {
+                    Protocol::Http => "http",
+                    Protocol::Tcp => "tcp",
+                },
+                match i.mtls {
+                    Mtls::Strict => "strict",
+                    Mtls::Permissive => "permissive",
+                },
                 i.service,
                 self.policy.dir.display(),
-                self.policy.mode
-            )
-            .to_lowercase(),
+                match self.policy.mode {
+                    Mode::Enforce => "enforce",
+                    Mode::DryRun => "dry-run",
+                },
+            ),
             None => "no inbound".to_owned(),
         };
         let id = self

@@ -1,0 +1,166 @@
+//! `warden sidecar run` from the command line: `--check-config` accepts a valid config and policy
+//! directory (exit 0, one line), rejects bad ones naming the problem (exit 1), flags override the
+//! file, and `--help` documents every key's flag.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    reason = "test helpers fail fast, like the tests they serve"
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn warden() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_warden"))
+}
+
+fn policies() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")
+}
+
+fn check(dir: &Path, toml: &str, flags: &[&str]) -> Output {
+    let config = dir.join("sidecar.toml");
+    std::fs::write(&config, toml).unwrap();
+    warden()
+        .args(["sidecar", "run", "--config"])
+        .arg(&config)
+        .arg("--check-config")
+        .args(flags)
+        .env_remove("SPIFFE_ENDPOINT_SOCKET")
+        .output()
+        .unwrap()
+}
+
+fn valid(policy_dir: &Path) -> String {
+    format!(
+        "workload_api_socket = \"unix:///run/warden/agent.sock\"\n\
+         [inbound]\napp = \"127.0.0.1:8080\"\nservice = \"api\"\n\
+         [policy]\ndir = \"{}\"\n\
+         [[outbound]]\nlisten = \"127.0.0.1:15001\"\nupstream = \"127.0.0.1:15443\"\n\
+         expected_ids = [\"spiffe://example.org/ns/prod/sa/api\"]\n",
+        policy_dir.display()
+    )
+}
+
+#[test]
+fn check_config_accepts_a_valid_config_with_a_one_line_summary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = check(tmp.path(), &valid(&policies()), &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(stdout.starts_with("config ok: "), "{stdout}");
+    assert!(
+        stdout.contains("service `api`") && stdout.contains("1 outbound"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("policies, version sha256:"), "{stdout}");
+}
+
+#[test]
+fn check_config_rejects_unknown_keys_and_bad_values_naming_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (toml, needle) in [
+        (
+            format!("{}colour = \"red\"\n", valid(&policies())),
+            "colour",
+        ),
+        (
+            valid(&policies()).replace("app = \"127.0.0.1:8080\"", "app = \"10.1.1.1:80\""),
+            "inbound.app",
+        ),
+        (
+            format!("{}[limits]\nidle_timeout = \"soon\"\n", valid(&policies())),
+            "limits.idle_timeout",
+        ),
+        (
+            "[inbound]\napp = \"127.0.0.1:1\"\nservice = \"a\"\n".to_owned(),
+            "SPIFFE_ENDPOINT_SOCKET",
+        ),
+    ] {
+        let out = check(tmp.path(), &toml, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{needle}: {out:?}");
+        assert!(
+            stderr.contains(needle) && stderr.contains("sidecar.toml"),
+            "{needle}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn check_config_rejects_an_invalid_policy_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad-policies");
+    std::fs::create_dir(&bad).unwrap();
+    std::fs::write(bad.join("x.cedar"), "permit (principal, action, resource").unwrap();
+    let out = check(tmp.path(), &valid(&bad), &[]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad-policies"));
+}
+
+#[test]
+fn flags_override_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = check(
+        tmp.path(),
+        &valid(&policies()),
+        &[
+            "--service",
+            "orders",
+            "--mode",
+            "dry-run",
+            "--mtls",
+            "permissive",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        stdout.contains("service `orders`")
+            && stdout.contains("dry-run")
+            && stdout.contains("mtls permissive"),
+        "{stdout}"
+    );
+    let out = check(tmp.path(), &valid(&policies()), &["--mode", "maybe"]);
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("maybe"));
+}
+
+#[test]
+fn help_lists_a_flag_for_every_config_key() {
+    let out = warden()
+        .args(["sidecar", "run", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--config",
+        "--check-config",
+        "--workload-api-socket",
+        "--spiffe-id",
+        "--worker-threads",
+        "--inbound-listen",
+        "--app",
+        "--allow-remote-app",
+        "--protocol",
+        "--service",
+        "--mtls",
+        "--tls12",
+        "--policy-dir",
+        "--mode",
+        "--outbound",
+        "--admin-listen",
+        "--decision-log",
+        "--decision-log-max-bytes",
+        "--decision-log-keep",
+        "--handshake-timeout",
+        "--idle-timeout",
+        "--max-connections",
+        "--max-header-bytes",
+        "--max-headers",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help");
+    }
+}
