@@ -79,10 +79,12 @@ pub struct OutboundLimits {
     pub connect_timeout: Duration,
     /// Time allowed for the TLS handshake with the upstream (default 10 s).
     pub handshake_timeout: Duration,
-    /// A pooled upstream connection unused this long is closed; so is a local HTTP/1.1
-    /// connection that sends no request head for this long, and a TCP connection on which no
-    /// byte moves either way for between one and two of these; local HTTP/2 connections are
-    /// pinged every half of it and closed when a ping goes unanswered (default 60 s).
+    /// A pooled upstream connection unused for half of this is closed (before a peer with the
+    /// same idle timeout would close it under a request); a local HTTP/1.1 connection that
+    /// sends no request head for this long is closed, and a TCP connection on which no
+    /// byte moves either way for between one and two of these is closed too; local HTTP/2
+    /// connections are pinged every half of it and closed when a ping goes unanswered
+    /// (default 60 s).
     pub idle_timeout: Duration,
     /// Local connections served at once; further ones wait in the listen backlog
     /// (default 10 000).

@@ -78,7 +78,9 @@ impl HttpProxy {
         builder
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(limits.idle_timeout);
+            // Half the idle timeout: a peer sidecar with the same idle timeout must not close a
+            // pooled connection just as a request is written to it.
+            .pool_idle_timeout(limits.idle_timeout / 2);
         let http1 = builder.build(http1);
         // HTTP/2 only: the pool then dials one connection at a time and shares it, instead of
         // racing one handshake per waiting request.

@@ -445,3 +445,26 @@ async fn request_abandoned_by_the_local_client_is_reported_without_a_status() {
     assert_eq!(statuses, [None]);
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn pooled_upstream_connection_is_closed_after_half_the_idle_timeout() {
+    let pki = Pki::new();
+    let upstream = Upstream::http(&pki).await;
+    let mut limits = warden_sidecar::outbound::OutboundLimits::default();
+    limits.idle_timeout = std::time::Duration::from_millis(400);
+    let proxy = Proxy::start(ProxyOptions {
+        limits,
+        ..ProxyOptions::http(&pki, &upstream)
+    })
+    .await;
+
+    let reply = LocalClient::h1(proxy.addr).await.get(proxy.addr, "/").await;
+    assert_eq!(reply.header("x-conn"), "1");
+    // The pool lets the idle connection go; the upstream sees it close.
+    let closed = wait_for(|| upstream.closed(), |n| *n == 1).await;
+    assert_eq!(closed, 1);
+    let reply = LocalClient::h1(proxy.addr).await.get(proxy.addr, "/").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.header("x-conn"), "2");
+    proxy.stop().await;
+}

@@ -93,6 +93,8 @@ pub(crate) struct Stats {
     pub(crate) failed_handshakes: AtomicUsize,
     /// HTTP requests (gRPC included) that reached the app.
     pub(crate) requests: AtomicUsize,
+    /// HTTP connections that have ended.
+    pub(crate) closed: AtomicUsize,
 }
 
 /// An upstream sidecar stand-in: a rustls mutual TLS server (`server_config` from the identity
@@ -139,6 +141,10 @@ impl Upstream {
 
     pub(crate) fn requests(&self) -> usize {
         self.stats.requests.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn closed(&self) -> usize {
+        self.stats.closed.load(Ordering::SeqCst)
     }
 
     pub(crate) fn failed_handshakes(&self) -> usize {
@@ -195,13 +201,15 @@ async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, app: App, sta
                         index,
                         barrier,
                     };
+                    let counts = stats.clone();
                     let service = service_fn(move |req| {
-                        stats.requests.fetch_add(1, Ordering::SeqCst);
+                        counts.requests.fetch_add(1, Ordering::SeqCst);
                         http_app(conn.clone(), grpc.clone(), req)
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(tls), service)
                         .await;
+                    stats.closed.fetch_add(1, Ordering::SeqCst);
                 }
                 App::Silent => {}
             }
