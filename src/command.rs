@@ -74,8 +74,7 @@ pub(crate) enum Exit {
     Denied = 2,
     /// A policy set or a configuration file is invalid.
     Invalid = 3,
-    /// The command line was wrong.
-    #[allow(dead_code)]
+    /// The command line was wrong (EX_USAGE).
     Usage = 64,
 }
 

@@ -7,6 +7,17 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = command::Cli::parse();
-    command::run(cli)
+    match command::Cli::try_parse() {
+        Ok(cli) => command::run(cli),
+        Err(err) => {
+            // `--help` and `--version` are not errors; everything else is a usage error (64,
+            // EX_USAGE), kept apart from 2, which means "denied".
+            let _ = err.print();
+            if err.use_stderr() {
+                command::Exit::Usage.into()
+            } else {
+                command::Exit::Ok.into()
+            }
+        }
+    }
 }

@@ -4,7 +4,7 @@
 use assert_cmd::Command;
 
 fn warden() -> Command {
-    let mut cmd = Command::cargo_bin("warden").unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_warden"));
     cmd.env_remove("SPIFFE_ENDPOINT_SOCKET")
         .env_remove("WARDEN_JOIN_TOKEN")
         .env_remove("WARDEN_AGENT_CONFIG");
@@ -71,7 +71,7 @@ fn svid_fetch_jwt_requires_an_audience() {
         .args(["svid", "fetch", "--socket", "/x.sock", "--jwt"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2), "clap usage error");
+    assert_eq!(out.status.code(), Some(64), "usage error (EX_USAGE)");
     assert!(stderr(&out).contains("--audience"));
 }
 

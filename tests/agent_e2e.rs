@@ -5,6 +5,12 @@
 //! before expiry, agent killed and restarted without a new token, CA outage and resync, and an
 //! entry deleted at the CA being withdrawn.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers: a failure panics with its message, which is the report"
+)]
+
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
