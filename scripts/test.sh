@@ -34,6 +34,7 @@ cargo test --workspace --no-fail-fast
 
 step "the shipped policies validate and pass their tests"
 cargo run --quiet -- policy validate policies
+cargo run --quiet -- policy fmt --check policies
 cargo run --quiet -- policy test policies
 
 step "fuzz targets build on the stable toolchain"
