@@ -123,11 +123,17 @@ async fn handle(
     req.headers_mut().remove(XFCC);
     let grpc = is_grpc(&req);
     let (decision, allowed, decision_id, mut record) = {
-        let headers: Vec<(&str, &str)> = req
+        let mut headers: Vec<(&str, &str)> = req
             .headers()
             .iter()
             .filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str(), v)))
             .collect();
+        // HTTP/2 carries the host in `:authority`: policies see it as `host`, as over HTTP/1.1.
+        if let Some(authority) = req.uri().authority()
+            && !req.headers().contains_key(header::HOST)
+        {
+            headers.push(("host", authority.as_str()));
+        }
         let method = req.method().as_str();
         let parts = RequestParts {
             operation: if grpc {

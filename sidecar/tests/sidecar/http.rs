@@ -72,6 +72,15 @@ async fn http2_requests_are_decided_and_forwarded_as_h2c() {
     let (status, _, _) = other.request(f.inbound, get_h2("/a")).await.unwrap();
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(f.app.seen(), 1);
+    // Policies and the log see `:authority` as `host`, as over HTTP/1.1.
+    let records = f.decisions(2).await;
+    assert!(
+        records[0]
+            .headers
+            .contains(&("host".to_owned(), "api.local".to_owned())),
+        "{:?}",
+        records[0].headers
+    );
 }
 
 #[tokio::test]
