@@ -53,7 +53,10 @@ fn every_subcommand_has_help() {
                 .unwrap();
             assert_eq!(out.status.code(), Some(0), "warden {sub} {leaf} --help");
             let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            assert!(text.contains("Options:"), "warden {sub} {leaf} --help:\n{text}");
+            assert!(
+                text.contains("Options:"),
+                "warden {sub} {leaf} --help:\n{text}"
+            );
         }
     }
 }
