@@ -303,3 +303,30 @@ async fn shutdown_closes_open_connections_gracefully() {
         "still accepting after shutdown"
     );
 }
+
+#[tokio::test]
+async fn start_fails_clearly_on_a_bad_policy_dir_or_decision_log_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = WorkloadApi::start(dir.path()).await;
+    let text = |policies: &str, log: &str| {
+        format!(
+            "workload_api_socket = \"{}\"\n[inbound]\nlisten = \"127.0.0.1:0\"\napp = \"127.0.0.1:1\"\nservice = \"api\"\n[policy]\ndir = \"{policies}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[decision_log]\npath = \"{log}\"\n",
+            api.socket.display()
+        )
+    };
+    let good = policy_dir(dir.path(), POLICIES);
+    let env = HashMap::<String, String>::new();
+    for (policies, log, needle) in [
+        ("/nonexistent/policies", "-", "/nonexistent/policies"),
+        (
+            good.to_str().unwrap(),
+            "/nonexistent/dir/decisions.log",
+            "/nonexistent/dir/decisions.log",
+        ),
+    ] {
+        let config =
+            Config::from_toml(&text(policies, log), "t", &Overrides::default(), &env).unwrap();
+        let err = Sidecar::start(config).await.unwrap_err().to_string();
+        assert!(err.contains(needle), "{err}");
+    }
+}
