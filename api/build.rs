@@ -10,6 +10,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ],
         ["proto"],
     )?;
+    // The Workload API's descriptors alone, for gRPC server reflection on the agent socket (W-14).
+    let workload = protox::compile(["workload.proto"], ["proto"])?;
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("workload_descriptor.bin"),
+        prost::Message::encode_to_vec(&workload),
+    )?;
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)

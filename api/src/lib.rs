@@ -32,4 +32,8 @@ pub mod v1 {
 /// The gRPC metadata key every Workload API call must carry with the value `true` (rule W-2).
 pub const WORKLOAD_API_HEADER: &str = "workload.spiffe.io";
 
+/// The encoded `FileDescriptorSet` of `workload.proto`, for gRPC server reflection (rule W-14).
+pub const WORKLOAD_FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/workload_descriptor.bin"));
+
 pub mod transport;

@@ -42,6 +42,9 @@ pub enum WorkloadApiError {
     /// The gRPC server failed.
     #[error("workload api server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// The reflection service could not be built from the embedded descriptors.
+    #[error("workload api reflection service: {0}")]
+    Reflection(String),
 }
 
 /// The Workload API listener: bound by [`WorkloadApi::new`], served by [`WorkloadApi::run`].
@@ -105,8 +108,15 @@ impl WorkloadApi {
         };
         let incoming = UnixListenerStream::new(self.listener)
             .map(move |conn| conn.map(|s| listener::PeerStream::new(s, &attestor)));
+        // gRPC server reflection (W-14, a SHOULD): tools such as grpcurl discover the service;
+        // it describes `SpiffeWorkloadAPI` only and gives out no identity.
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(warden_api::WORKLOAD_FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| WorkloadApiError::Reflection(e.to_string()))?;
         let result = tonic::transport::Server::builder()
             .add_service(SpiffeWorkloadApiServer::new(self.service))
+            .add_service(reflection)
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
         let _ = std::fs::remove_file(&self.path);

@@ -518,3 +518,78 @@ async fn service_is_exactly_spiffe_workload_api_without_extensions_w14() {
     assert_eq!(extension.code(), Code::Unimplemented);
     agent.stop().await;
 }
+
+#[tokio::test]
+async fn server_reflection_lists_the_workload_api_and_describes_it_w14() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let ca = TestCa::new(TD);
+    let agent = TestAgent::start(
+        &ca,
+        vec![entry(
+            "e",
+            &format!("spiffe://{TD}/w"),
+            &uid_selector(),
+            1,
+            "",
+        )],
+        HOUR,
+        vec![],
+    )
+    .await;
+    let mut client = ServerReflectionClient::new(agent.raw_channel().await);
+    let ask = |m: MessageRequest| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(m),
+    };
+    let requests = vec![
+        ask(MessageRequest::ListServices(String::new())),
+        ask(MessageRequest::FileContainingSymbol(
+            "SpiffeWorkloadAPI".into(),
+        )),
+    ];
+    let mut answers = client
+        .server_reflection_info(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+
+    let listed = answers.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = listed.message_response else {
+        panic!("expected a service list, got {listed:?}");
+    };
+    let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"SpiffeWorkloadAPI"), "{names:?}");
+    // Only the Workload API and reflection itself: nothing of Warden's own APIs leaks here.
+    assert!(
+        names
+            .iter()
+            .all(|n| *n == "SpiffeWorkloadAPI" || n.starts_with("grpc.reflection.")),
+        "{names:?}"
+    );
+
+    let described = answers.message().await.unwrap().unwrap();
+    let Some(MessageResponse::FileDescriptorResponse(files)) = described.message_response else {
+        panic!("expected a file descriptor, got {described:?}");
+    };
+    let file = <prost_types::FileDescriptorProto as prost::Message>::decode(
+        files.file_descriptor_proto[0].as_slice(),
+    )
+    .unwrap();
+    let service = &file.service[0];
+    assert_eq!(service.name(), "SpiffeWorkloadAPI");
+    let methods: Vec<&str> = service.method.iter().map(|m| m.name()).collect();
+    for m in [
+        "FetchX509SVID",
+        "FetchX509Bundles",
+        "FetchJWTSVID",
+        "FetchJWTBundles",
+        "ValidateJWTSVID",
+    ] {
+        assert!(methods.contains(&m), "{m} missing from {methods:?}");
+    }
+    agent.stop().await;
+}
