@@ -52,6 +52,27 @@ pub(crate) struct Shared {
     tls: Arc<rustls::ServerConfig>,
 }
 
+/// Traces one decision at debug level (target `decision`); `kind` is `request` or `connect`.
+pub(crate) fn trace_decision(
+    shared: &Shared,
+    conn: &ConnInfo,
+    decision_id: &str,
+    decision: &warden_policy::Decision,
+    kind: &'static str,
+) {
+    tracing::debug!(
+        target: "decision",
+        decision_id = %decision_id,
+        src.addr = %conn.source,
+        src.id = conn.peer.as_ref().map(|p| p.id.as_str()),
+        decision = %decision.outcome(),
+        policy.ids = ?decision.policy_ids(),
+        dry_run = shared.mode == Mode::DryRun,
+        kind,
+        "decision"
+    );
+}
+
 /// What is known about a connection once it is established.
 #[derive(Debug)]
 pub(crate) struct ConnInfo {

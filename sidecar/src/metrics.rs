@@ -34,6 +34,17 @@ pub(crate) enum DecisionLabel {
     None = 2,
 }
 
+impl DecisionLabel {
+    /// The label of a policy decision (dry-run records what policy said, not what was done).
+    pub(crate) fn of(decision: &warden_policy::Decision) -> Self {
+        if decision.is_allowed() {
+            Self::Allow
+        } else {
+            Self::Deny
+        }
+    }
+}
+
 /// Why a TLS handshake (or the connection's first bytes) failed, a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum HandshakeFailure {

@@ -164,21 +164,8 @@ async fn handle(
         );
         (decision, allowed, id, record)
     };
-    let label = if decision.is_allowed() {
-        DecisionLabel::Allow
-    } else {
-        DecisionLabel::Deny
-    };
-    tracing::debug!(
-        target: "decision",
-        decision_id = %decision_id,
-        src.addr = %conn.source,
-        src.id = conn.peer.as_ref().map(|p| p.id.as_str()),
-        decision = %decision.outcome(),
-        policy.ids = ?decision.policy_ids(),
-        dry_run = shared.mode == Mode::DryRun,
-        "decision"
-    );
+    let label = DecisionLabel::of(&decision);
+    super::trace_decision(shared, conn, &decision_id, &decision, "request");
     let response = if allowed {
         if let Some(v) = xfcc {
             req.headers_mut().insert(XFCC, v);

@@ -38,21 +38,8 @@ pub(super) async fn serve<I>(
     shared.metrics.authorization(decision.eval_time());
     let allowed = decision.is_allowed() || shared.mode == Mode::DryRun;
     let id = shared.ids.next();
-    tracing::debug!(
-        target: "decision",
-        decision_id = %id,
-        src.addr = %conn.source,
-        src.id = conn.peer.as_ref().map(|p| p.id.as_str()),
-        decision = %decision.outcome(),
-        policy.ids = ?decision.policy_ids(),
-        dry_run = shared.mode == Mode::DryRun,
-        "connect decision"
-    );
-    let label = if decision.is_allowed() {
-        DecisionLabel::Allow
-    } else {
-        DecisionLabel::Deny
-    };
+    super::trace_decision(shared, &conn, &id, &decision, "connect");
+    let label = DecisionLabel::of(&decision);
     let app = if allowed {
         match TcpStream::connect(shared.config.app).await {
             Ok(s) => {
