@@ -167,11 +167,7 @@ fn agent_run_with_missing_trust_bundle_names_the_file() {
 
 #[test]
 fn agent_healthcheck_fails_when_no_agent_listens() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = warden_identity::test_util::free_port();
     let out = warden()
         .args([
             "agent",

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use warden_ca::datastore::{Datastore, NewEntry, join_token_agent_id, join_token_hash};
 use warden_identity::TrustDomain;
+use warden_identity::test_util::free_port;
 
 const WAIT: Duration = Duration::from_secs(30);
 const TOKEN: &str = "e2e-join-token-0123456789abcdef";
@@ -29,14 +30,6 @@ fn bin() -> PathBuf {
         || PathBuf::from(env!("CARGO_BIN_EXE_warden")),
         PathBuf::from,
     )
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 struct Proc(Child);

@@ -22,20 +22,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use warden_identity::test_util::free_port;
+
 const WAIT: Duration = Duration::from_secs(120);
 const API: &str = "spiffe://example.org/ns/prod/sa/api";
 const FRONTEND: &str = "spiffe://example.org/ns/prod/sa/frontend";
 
 fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_warden"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A long-running process, stopped with SIGTERM (then killed) when dropped.
@@ -88,14 +82,16 @@ fn warden(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Polls `ok` until it holds; fails naming `what` and showing `log`.
-fn wait_until(what: &str, log: &Path, mut ok: impl FnMut() -> bool) {
+/// Polls `ok` until it holds; fails naming `what` and showing the process's log, at once when
+/// the process has exited (a failed bind, a bad flag) rather than after the whole wait.
+fn wait_until(what: &str, proc: &mut Proc, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
     while !ok() {
+        let exited = proc.0.try_wait().ok().flatten();
         assert!(
-            Instant::now() < deadline,
-            "{what} not within {WAIT:?}; log:\n{}",
-            std::fs::read_to_string(log).unwrap_or_default()
+            exited.is_none() && Instant::now() < deadline,
+            "{what} not within {WAIT:?} (process exit: {exited:?}); log:\n{}",
+            std::fs::read_to_string(&proc.1).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -137,7 +133,7 @@ fn manual_path_from_ca_init_to_curl_with_the_fetched_svid() {
         "--data-dir",
         &s(&ca_dir),
     ]);
-    let ca = spawn(
+    let mut ca = spawn(
         &bin(),
         &[
             "ca",
@@ -151,7 +147,7 @@ fn manual_path_from_ca_init_to_curl_with_the_fetched_svid() {
         ],
         &t.join("ca.log"),
     );
-    wait_until("the CA ready", &ca.1, || {
+    wait_until("the CA ready", &mut ca, || {
         http_ok(ca_http, "/readyz") && admin_socket.exists()
     });
 
@@ -212,7 +208,7 @@ fn manual_path_from_ca_init_to_curl_with_the_fetched_svid() {
     // 3. The agent, attesting with the token.
     let socket = t.join("agent.sock");
     let agent_listen = format!("127.0.0.1:{agent_http}");
-    let agent = spawn(
+    let mut agent = spawn(
         &bin(),
         &[
             "agent",
@@ -232,7 +228,7 @@ fn manual_path_from_ca_init_to_curl_with_the_fetched_svid() {
         ],
         &t.join("agent.log"),
     );
-    wait_until("`warden agent healthcheck` ready", &agent.1, || {
+    wait_until("`warden agent healthcheck` ready", &mut agent, || {
         Command::new(bin())
             .args(["agent", "healthcheck", "--http-listen", &agent_listen])
             .output()
@@ -242,7 +238,7 @@ fn manual_path_from_ca_init_to_curl_with_the_fetched_svid() {
     // 4. The client's SVID, written for curl.
     let client = t.join("client");
     let mut fetched = String::new();
-    wait_until("the frontend svid", &agent.1, || {
+    wait_until("the frontend svid", &mut agent, || {
         let out = Command::new(bin())
             .args([
                 "svid",
@@ -266,7 +262,7 @@ fn manual_path_from_ca_init_to_curl_with_the_fetched_svid() {
     }
 
     // 5. The demo app and, in front of it, the sidecar.
-    let app = spawn(
+    let mut app = spawn(
         &bin(),
         &[
             "demo-app",
@@ -277,7 +273,7 @@ fn manual_path_from_ca_init_to_curl_with_the_fetched_svid() {
         ],
         &t.join("app.log"),
     );
-    wait_until("the demo app", &app.1, || http_ok(app_port, "/healthz"));
+    wait_until("the demo app", &mut app, || http_ok(app_port, "/healthz"));
     let decisions = t.join("decisions.jsonl");
     let config = t.join("sidecar.toml");
     std::fs::write(
@@ -305,12 +301,12 @@ fn manual_path_from_ca_init_to_curl_with_the_fetched_svid() {
     .unwrap();
     let check = warden(&["sidecar", "run", "--check-config", "--config", &s(&config)]);
     assert!(!check.trim().is_empty(), "--check-config prints a summary");
-    let sidecar = spawn(
+    let mut sidecar = spawn(
         &sidecar_exe,
         &["sidecar", "run", "--config", &s(&config)],
         &t.join("sidecar.log"),
     );
-    wait_until("the sidecar ready", &sidecar.1, || {
+    wait_until("the sidecar ready", &mut sidecar, || {
         http_ok(admin, "/readyz")
     });
 

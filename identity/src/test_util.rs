@@ -16,6 +16,9 @@ use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer, TrustAnchor, UnixTime
 
 use crate::{Bundle, BundleSet, SpiffeId, TrustDomain, X509Svid};
 
+mod ports;
+pub use ports::free_port;
+
 /// How long test CAs are valid (from one hour ago).
 const CA_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 /// How far leaves are backdated, as SPIRE does.

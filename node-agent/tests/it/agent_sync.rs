@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
 use tokio::sync::oneshot;
+use warden_identity::test_util::free_port;
 use warden_node_agent::config::NodeAttestation;
 use warden_node_agent::{AgentError, Config};
 
@@ -23,14 +24,6 @@ struct RunningAgent {
     http: String,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), AgentError>>,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn config(ca_addr: &str, dir: &Path, root_pem: &str, token: Option<&str>) -> Config {

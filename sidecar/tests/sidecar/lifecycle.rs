@@ -14,8 +14,7 @@ use warden_sidecar::{Config, Overrides, Sidecar};
 use crate::support::*;
 
 fn free_port() -> std::net::SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    std::net::SocketAddr::from(([127, 0, 0, 1], warden_identity::test_util::free_port()))
 }
 
 /// A config for `api` with the inbound listener on `inbound`.
