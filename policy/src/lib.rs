@@ -22,6 +22,7 @@
 //! # Ok::<(), String>(())
 //! ```
 
+mod context;
 mod decision;
 mod diff;
 mod error;

@@ -242,7 +242,7 @@ impl PolicySet {
         let mut ids: Vec<String> = response
             .diagnostics()
             .reason()
-            .map(ToString::to_string)
+            .map(|id| AsRef::<str>::as_ref(id).to_owned())
             .collect();
         if !forbid_failed.is_empty() {
             // A forbid that could not be evaluated might have applied: deny, and name it.

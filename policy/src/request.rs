@@ -1,12 +1,7 @@
-//! The parts of a request the sidecar sees, and their Cedar context, built directly from values
-//! (no JSON) so the decision path stays cheap.
+//! The parts of a request the sidecar sees (their Cedar context is built in `context.rs`).
 
 use std::net::IpAddr;
-use std::sync::LazyLock;
 use std::time::{SystemTime, UNIX_EPOCH};
-
-use cedar_policy as cedar;
-use cedar_policy::RestrictedExpression as Expr;
 
 use crate::model::{CONNECT_ACTION, GRPC_ACTION};
 
@@ -111,99 +106,8 @@ impl<'a> Operation<'a> {
     }
 }
 
-// === impl Request ===
-
-impl Request<'_> {
-    /// The Cedar context of this request.
-    pub fn context(&self) -> Result<cedar::Context, RequestError> {
-        let mut pairs: Vec<(String, Expr)> = Vec::with_capacity(8);
-        pairs.push((
-            "source_address".to_owned(),
-            extension_call(&IP, self.source.to_string(), Expr::new_ip),
-        ));
-        pairs.push((
-            "time".to_owned(),
-            extension_call(&DATETIME, rfc3339_millis(self.time), Expr::new_datetime),
-        ));
-        if let Some(tls) = self.tls {
-            let record = Expr::new_record([
-                (
-                    "version".to_owned(),
-                    Expr::new_string(tls.version.to_owned()),
-                ),
-                (
-                    "peer_trust_domain".to_owned(),
-                    Expr::new_string(tls.peer_trust_domain.to_owned()),
-                ),
-            ])
-            .map_err(|e| RequestError::Rejected(e.to_string()))?;
-            pairs.push(("tls".to_owned(), record));
-        }
-        let method = match self.operation {
-            Operation::Connect => None,
-            Operation::Http(method) => Some(method),
-            Operation::Grpc => Some("POST"),
-        };
-        if let Some(method) = method {
-            pairs.push(("method".to_owned(), Expr::new_string(method.to_owned())));
-            pairs.push(("path".to_owned(), Expr::new_string(self.path.to_owned())));
-            pairs.push(("query".to_owned(), Expr::new_string(self.query.to_owned())));
-            let headers = self
-                .headers
-                .iter()
-                .map(|(name, value)| {
-                    Expr::new_record([
-                        (
-                            "name".to_owned(),
-                            Expr::new_string(name.to_ascii_lowercase()),
-                        ),
-                        ("value".to_owned(), Expr::new_string((*value).to_owned())),
-                    ])
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| RequestError::Rejected(e.to_string()))?;
-            pairs.push(("headers".to_owned(), Expr::new_set(headers)));
-        }
-        if self.operation == Operation::Grpc {
-            let (service, method) = grpc_parts(self.path)
-                .ok_or_else(|| RequestError::BadGrpcPath(self.path.to_owned()))?;
-            let record = Expr::new_record([
-                ("service".to_owned(), Expr::new_string(service.to_owned())),
-                ("method".to_owned(), Expr::new_string(method.to_owned())),
-            ])
-            .map_err(|e| RequestError::Rejected(e.to_string()))?;
-            pairs.push(("grpc".to_owned(), record));
-        }
-        cedar::Context::from_pairs(pairs).map_err(|e| RequestError::Rejected(e.to_string()))
-    }
-}
-
-/// Extension function names, parsed once. `RestrictedExpression::new_ip` and `new_datetime`
-/// parse the function's name with Cedar's parser on every call, which costs more than the rest of
-/// the context together; building the same expression from a prebuilt name avoids that.
-static IP: LazyLock<Option<cedar_policy_core::ast::Name>> =
-    LazyLock::new(|| cedar_policy_core::ast::Name::parse_unqualified_name("ip").ok());
-static DATETIME: LazyLock<Option<cedar_policy_core::ast::Name>> =
-    LazyLock::new(|| cedar_policy_core::ast::Name::parse_unqualified_name("datetime").ok());
-
-/// `name(arg)`, the same expression `fallback(arg)` builds, without parsing `name` again.
-fn extension_call(
-    name: &LazyLock<Option<cedar_policy_core::ast::Name>>,
-    arg: String,
-    fallback: fn(String) -> Expr,
-) -> Expr {
-    use cedar_policy_core::ast::RestrictedExpr;
-    match name.as_ref() {
-        Some(name) => Expr::from(RestrictedExpr::call_extension_fn(
-            name.clone(),
-            [RestrictedExpr::val(arg)],
-        )),
-        None => fallback(arg),
-    }
-}
-
 /// `/package.Service/Method` → (`package.Service`, `Method`).
-fn grpc_parts(path: &str) -> Option<(&str, &str)> {
+pub(crate) fn grpc_parts(path: &str) -> Option<(&str, &str)> {
     let (service, method) = path.strip_prefix('/')?.split_once('/')?;
     (!service.is_empty() && !method.is_empty() && !method.contains('/'))
         .then_some((service, method))
@@ -291,27 +195,6 @@ mod tests {
         ] {
             assert_eq!(parse_time(bad), None, "{bad}");
         }
-    }
-
-    #[test]
-    fn extension_calls_build_the_same_expressions_as_cedar() {
-        let value = |e: Expr| {
-            cedar::Context::from_pairs([("a".to_owned(), e)])
-                .unwrap()
-                .get("a")
-        };
-        let ip = extension_call(&IP, "10.1.2.3".to_owned(), Expr::new_ip);
-        assert_eq!(value(ip), value(Expr::new_ip("10.1.2.3")));
-        let t = extension_call(
-            &DATETIME,
-            "2026-01-05T14:00:00.123Z".to_owned(),
-            Expr::new_datetime,
-        );
-        assert_eq!(
-            value(t),
-            value(Expr::new_datetime("2026-01-05T14:00:00.123Z"))
-        );
-        assert!(value(Expr::new_ip("10.1.2.3")).is_some());
     }
 
     #[test]

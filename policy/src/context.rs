@@ -1,0 +1,307 @@
+//! The Cedar context of a request, built as Cedar *values* rather than expressions.
+//!
+//! `cedar_policy::Context::from_pairs` takes restricted expressions and evaluates them: every
+//! string is wrapped and unwrapped, and `ip("…")` and `datetime("…")` are extension calls that
+//! parse their argument each time (`datetime` with four regular expressions). That cost more
+//! than the policy evaluation itself. Here the context is assembled from `Value`s directly, and
+//! the two extension values are memoised per thread: the caller's address (a connection's
+//! requests all share it) and the request time at millisecond resolution (what the decision
+//! log records). The memoised values are the ones Cedar's own `ip`/`datetime` functions return
+//! for the same argument; `tests::context_equals_the_one_cedar_builds_from_expressions` checks
+//! the whole context against `Context::from_pairs`.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::{Arc, LazyLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use cedar_policy as cedar;
+use cedar_policy_core::ast::{self, Name, PartialValue, Value};
+use cedar_policy_core::extensions::Extensions;
+
+use crate::request::{Operation, Request, RequestError, grpc_parts, rfc3339_millis};
+
+/// Most caller addresses memoised per thread; past it the memo starts over.
+const MAX_CACHED_ADDRESSES: usize = 256;
+
+static IP: LazyLock<Option<Name>> = LazyLock::new(|| Name::parse_unqualified_name("ip").ok());
+static DATETIME: LazyLock<Option<Name>> =
+    LazyLock::new(|| Name::parse_unqualified_name("datetime").ok());
+
+thread_local! {
+    static ADDRESSES: RefCell<Vec<(IpAddr, Value)>> = const { RefCell::new(Vec::new()) };
+    static LAST_TIME: RefCell<Option<(u128, Value)>> = const { RefCell::new(None) };
+}
+
+impl Request<'_> {
+    /// The Cedar context of this request: `source_address` (ipaddr), `time` (datetime, ms),
+    /// `tls` when the caller used TLS, `method`/`path`/`query`/`headers` for HTTP and gRPC, and
+    /// `grpc` (service, method) for gRPC.
+    pub fn context(&self) -> Result<cedar::Context, RequestError> {
+        let mut map: BTreeMap<_, Value> = BTreeMap::new();
+        map.insert("source_address".into(), address_value(self.source)?);
+        map.insert("time".into(), time_value(self.time)?);
+        if let Some(tls) = self.tls {
+            let record = Value::record(
+                [
+                    ("version", Value::from(tls.version)),
+                    ("peer_trust_domain", Value::from(tls.peer_trust_domain)),
+                ],
+                None,
+            );
+            map.insert("tls".into(), record);
+        }
+        let method = match self.operation {
+            Operation::Connect => None,
+            Operation::Http(method) => Some(method),
+            Operation::Grpc => Some("POST"),
+        };
+        if let Some(method) = method {
+            map.insert("method".into(), Value::from(method));
+            map.insert("path".into(), Value::from(self.path));
+            map.insert("query".into(), Value::from(self.query));
+            let headers = self.headers.iter().map(|(name, value)| {
+                let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+                    Value::from(name.to_ascii_lowercase())
+                } else {
+                    Value::from(*name)
+                };
+                Value::record([("name", name), ("value", Value::from(*value))], None)
+            });
+            map.insert("headers".into(), Value::set(headers, None));
+        }
+        if self.operation == Operation::Grpc {
+            let (service, method) = grpc_parts(self.path)
+                .ok_or_else(|| RequestError::BadGrpcPath(self.path.to_owned()))?;
+            let record = Value::record(
+                [
+                    ("service", Value::from(service)),
+                    ("method", Value::from(method)),
+                ],
+                None,
+            );
+            map.insert("grpc".into(), record);
+        }
+        Ok(cedar::Context::from(ast::Context::Value(Arc::new(map))))
+    }
+}
+
+/// `ip("<address>")`, memoised per thread.
+fn address_value(address: IpAddr) -> Result<Value, RequestError> {
+    let cached = ADDRESSES.with_borrow(|memo| {
+        memo.iter()
+            .find(|(a, _)| *a == address)
+            .map(|(_, v)| v.clone())
+    });
+    if let Some(value) = cached {
+        return Ok(value);
+    }
+    let value = call_extension(&IP, "ip", address.to_string())?;
+    ADDRESSES.with_borrow_mut(|memo| {
+        if memo.len() >= MAX_CACHED_ADDRESSES {
+            memo.clear();
+        }
+        memo.push((address, value.clone()));
+    });
+    Ok(value)
+}
+
+/// `datetime("<time, ms>")`, memoised per thread for the current millisecond.
+fn time_value(time: SystemTime) -> Result<Value, RequestError> {
+    let millis = time
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    let cached = LAST_TIME.with_borrow(|last| {
+        last.as_ref()
+            .filter(|(m, _)| *m == millis)
+            .map(|(_, v)| v.clone())
+    });
+    if let Some(value) = cached {
+        return Ok(value);
+    }
+    let value = call_extension(&DATETIME, "datetime", rfc3339_millis(time))?;
+    LAST_TIME.set(Some((millis, value.clone())));
+    Ok(value)
+}
+
+/// Calls one of Cedar's extension constructors, exactly as the evaluator would.
+fn call_extension(
+    name: &LazyLock<Option<Name>>,
+    shown: &str,
+    arg: String,
+) -> Result<Value, RequestError> {
+    let rejected = |why: String| RequestError::Rejected(format!("{shown}(\"{arg}\"): {why}"));
+    let name = name
+        .as_ref()
+        .ok_or_else(|| rejected("no such extension function".to_owned()))?;
+    let func = Extensions::all_available()
+        .func(name)
+        .map_err(|e| rejected(e.to_string()))?;
+    match func.call(&[Value::from(arg.as_str())]) {
+        Ok(PartialValue::Value(value)) => Ok(value),
+        Ok(PartialValue::Residual(_)) => Err(rejected("not a concrete value".to_owned())),
+        Err(e) => Err(rejected(e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    use std::time::Duration;
+
+    use cedar_policy::RestrictedExpression as Expr;
+
+    use super::*;
+    use crate::request::{Caller, TlsFacts};
+
+    /// The context as `Context::from_pairs` builds it from Cedar's own expression constructors:
+    /// the reference the value-built context must equal.
+    fn reference(r: &Request<'_>) -> cedar::Context {
+        let s = |v: &str| Expr::new_string(v.to_owned());
+        let mut pairs = vec![
+            (
+                "source_address".to_owned(),
+                Expr::new_ip(r.source.to_string()),
+            ),
+            (
+                "time".to_owned(),
+                Expr::new_datetime(rfc3339_millis(r.time)),
+            ),
+        ];
+        if let Some(tls) = r.tls {
+            let record = Expr::new_record([
+                ("version".to_owned(), s(tls.version)),
+                ("peer_trust_domain".to_owned(), s(tls.peer_trust_domain)),
+            ]);
+            pairs.push(("tls".to_owned(), record.unwrap()));
+        }
+        let method = match r.operation {
+            Operation::Connect => None,
+            Operation::Http(m) => Some(m),
+            Operation::Grpc => Some("POST"),
+        };
+        if let Some(method) = method {
+            pairs.push(("method".to_owned(), s(method)));
+            pairs.push(("path".to_owned(), s(r.path)));
+            pairs.push(("query".to_owned(), s(r.query)));
+            let headers = r.headers.iter().map(|(n, v)| {
+                Expr::new_record([
+                    ("name".to_owned(), s(&n.to_ascii_lowercase())),
+                    ("value".to_owned(), s(v)),
+                ])
+                .unwrap()
+            });
+            pairs.push(("headers".to_owned(), Expr::new_set(headers)));
+        }
+        if r.operation == Operation::Grpc {
+            let (service, method) = grpc_parts(r.path).unwrap();
+            let record = Expr::new_record([
+                ("service".to_owned(), s(service)),
+                ("method".to_owned(), s(method)),
+            ]);
+            pairs.push(("grpc".to_owned(), record.unwrap()));
+        }
+        cedar::Context::from_pairs(pairs).unwrap()
+    }
+
+    fn request<'a>(
+        operation: Operation<'a>,
+        path: &'a str,
+        headers: &'a [(&'a str, &'a str)],
+        source: IpAddr,
+        tls: bool,
+        time: SystemTime,
+    ) -> Request<'a> {
+        Request {
+            caller: Caller::Spiffe("spiffe://example.org/ns/prod/sa/web"),
+            operation,
+            resource: "api",
+            path,
+            query: "a=1&b=%20",
+            headers,
+            source,
+            tls: tls.then_some(TlsFacts {
+                version: "TLSv1.3",
+                peer_trust_domain: "example.org",
+            }),
+            time,
+        }
+    }
+
+    #[test]
+    fn context_equals_the_one_cedar_builds_from_expressions() {
+        let headers = [
+            ("Content-Type", "application/json"),
+            ("accept", "*/*"),
+            ("X-Dup", "1"),
+            ("x-dup", "1"),
+            ("empty", ""),
+        ];
+        let v4 = IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3));
+        let v6 = IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 7));
+        let t0 = UNIX_EPOCH + Duration::from_millis(1_764_100_000_123);
+        let times = [
+            t0,
+            t0 + Duration::from_micros(400),
+            t0 + Duration::from_millis(1),
+            UNIX_EPOCH,
+        ];
+        for time in times {
+            for source in [v4, v6, v4] {
+                for tls in [true, false] {
+                    for (op, path) in [
+                        (Operation::Http("GET"), "/v1/orders/7"),
+                        (Operation::Http("PATCH"), "/"),
+                        (Operation::Grpc, "/shop.Orders/Get"),
+                        (Operation::Connect, ""),
+                    ] {
+                        let r = request(op, path, &headers, source, tls, time);
+                        assert_eq!(r.context().unwrap(), reference(&r), "{r:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn memoised_values_follow_the_address_and_the_millisecond() {
+        let t0 = UNIX_EPOCH + Duration::from_millis(1_764_100_000_123);
+        let a = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+        let b = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
+        assert_ne!(address_value(a).unwrap(), address_value(b).unwrap());
+        assert_eq!(address_value(a).unwrap(), address_value(a).unwrap());
+        let later = t0 + Duration::from_millis(1);
+        assert_ne!(time_value(t0).unwrap(), time_value(later).unwrap());
+        assert_eq!(
+            time_value(t0).unwrap(),
+            time_value(t0 + Duration::from_micros(999)).unwrap()
+        );
+        // More addresses than the memo holds still give the right values.
+        for i in 0..=u32::try_from(MAX_CACHED_ADDRESSES).unwrap() {
+            let ip = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i));
+            let expected = reference(&request(Operation::Connect, "", &[], ip, false, t0));
+            let built = request(Operation::Connect, "", &[], ip, false, t0)
+                .context()
+                .unwrap();
+            assert_eq!(built, expected);
+        }
+    }
+
+    #[test]
+    fn a_bad_grpc_path_is_rejected() {
+        let r = request(
+            Operation::Grpc,
+            "/no-method",
+            &[],
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            true,
+            SystemTime::now(),
+        );
+        assert_eq!(
+            r.context(),
+            Err(RequestError::BadGrpcPath("/no-method".to_owned()))
+        );
+    }
+}
