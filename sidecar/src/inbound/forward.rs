@@ -1,6 +1,11 @@
-//! The local app, over loopback: two pooled hyper clients (HTTP/1.1 keep-alive, and h2c with
-//! prior knowledge for HTTP/2 and gRPC requests, multiplexed), connected to the configured app
-//! address whatever the request's authority. Bodies and trailers stream through.
+//! The local app, over loopback, at the configured app address whatever the request's authority.
+//! Bodies and trailers stream through.
+//!
+//! HTTP/1.1: each inbound connection gets its own keep-alive connection to the app ([`AppConn`]),
+//! opened on its first request and reused by the next ones — an HTTP/1.1 connection carries one
+//! request at a time, so the pair never waits on another caller, and no shared pool is locked or
+//! searched per request. HTTP/2 and gRPC: one pooled h2c client (prior knowledge) multiplexes
+//! every caller's streams.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -8,9 +13,11 @@ use std::time::Duration;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Request, Response, Uri, Version, header};
 use hyper::body::Incoming;
+use hyper::client::conn::http1;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
 
 /// How long connecting to the app may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -24,13 +31,18 @@ pub(crate) enum AppError {
     Unavailable,
 }
 
-/// The app and its connection pools.
+/// The app: its address and the shared HTTP/2 pool.
 #[derive(Debug)]
 pub(crate) struct App {
+    addr: SocketAddr,
     authority: Authority,
-    h1: Client<HttpConnector, Incoming>,
     h2: Client<HttpConnector, Incoming>,
 }
+
+/// One inbound connection's HTTP/1.1 connection to the app: opened on first use, reused while it
+/// stays open, closed when the inbound connection ends (dropping the last sender closes it).
+#[derive(Debug, Default)]
+pub(crate) struct AppConn(tokio::sync::Mutex<Option<http1::SendRequest<Incoming>>>);
 
 // === impl App ===
 
@@ -39,24 +51,28 @@ impl App {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
+        let h2 = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .pool_idle_timeout(idle_timeout)
             .pool_max_idle_per_host(usize::MAX)
-            .set_host(false);
-        let h1 = builder.build(connector.clone());
-        builder.http2_only(true);
-        let h2 = builder.build(connector);
+            .set_host(false)
+            .http2_only(true)
+            .build(connector);
         let authority = Authority::try_from(addr.to_string())
             .unwrap_or_else(|_| Authority::from_static("127.0.0.1"));
-        Self { authority, h1, h2 }
+        Self {
+            addr,
+            authority,
+            h2,
+        }
     }
 
-    /// Sends `req` to the app: over h2c when the caller spoke HTTP/2, else HTTP/1.1.
+    /// Sends `req` to the app: over h2c when the caller spoke HTTP/2, else HTTP/1.1 on the
+    /// inbound connection's own app connection `conn`.
     pub(crate) async fn send(
         &self,
+        conn: &AppConn,
         mut req: Request<Incoming>,
     ) -> Result<Response<Incoming>, AppError> {
         let h2 = req.version() == Version::HTTP_2;
@@ -65,32 +81,92 @@ impl App {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(self.authority.clone());
-        parts.path_and_query = Some(path);
-        *req.uri_mut() = Uri::from_parts(parts).map_err(|_| AppError::Unavailable)?;
         strip_hop_by_hop(req.headers_mut());
         let result = if h2 {
+            // h2 needs `:scheme` and `:authority`: an absolute URI.
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(Scheme::HTTP);
+            parts.authority = Some(self.authority.clone());
+            parts.path_and_query = Some(path);
+            *req.uri_mut() = Uri::from_parts(parts).map_err(|_| AppError::Unavailable)?;
             *req.version_mut() = Version::HTTP_2;
-            self.h2.request(req).await
+            self.h2.request(req).await.map_err(|e| self.failed(&e))
         } else {
+            // HTTP/1.1 to an origin server: origin-form (`/path?query`).
+            *req.uri_mut() = Uri::from(path);
             *req.version_mut() = Version::HTTP_11;
-            self.h1.request(req).await
+            self.send_h1(conn, req).await
         };
-        match result {
-            Ok(mut resp) => {
-                strip_hop_by_hop(resp.headers_mut());
-                Ok(resp)
+        result.map(|mut resp| {
+            strip_hop_by_hop(resp.headers_mut());
+            resp
+        })
+    }
+
+    /// HTTP/1.1 on `conn`, connecting first when it has no open connection. A request the old
+    /// connection could not take (the app closed it while idle) is sent once more on a new one.
+    async fn send_h1(
+        &self,
+        conn: &AppConn,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<Incoming>, AppError> {
+        let mut slot = conn.0.lock().await;
+        let mut retried = false;
+        loop {
+            let mut sender = match slot.take() {
+                Some(mut open) => match open.ready().await {
+                    Ok(()) => open,
+                    Err(_) => self.connect_h1().await?,
+                },
+                None => self.connect_h1().await?,
+            };
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    *slot = Some(sender);
+                    return Ok(resp);
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if !retried => {
+                        tracing::debug!(error = %error_chain(e.error()), "app connection closed; reconnecting");
+                        retried = true;
+                        req = unsent;
+                    }
+                    _ => return Err(self.failed(e.error())),
+                },
             }
-            Err(e) => {
-                tracing::warn!(error = %error_chain(&e), "app request failed");
-                Err(if is_refused(&e) {
-                    AppError::Refused
-                } else {
-                    AppError::Unavailable
-                })
+        }
+    }
+
+    async fn connect_h1(&self) -> Result<http1::SendRequest<Incoming>, AppError> {
+        let connect = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.addr));
+        let stream = match connect.await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(self.failed(&e)),
+            Err(_) => {
+                tracing::warn!(app = %self.addr, "connecting to the app timed out");
+                return Err(AppError::Unavailable);
             }
+        };
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| self.failed(&e))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %error_chain(&e), "app connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Logs why the app did not answer and classifies it.
+    fn failed(&self, e: &(dyn std::error::Error + 'static)) -> AppError {
+        tracing::warn!(app = %self.addr, error = %error_chain(e), "app request failed");
+        if is_refused(e) {
+            AppError::Refused
+        } else {
+            AppError::Unavailable
         }
     }
 }

@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use warden_policy::Operation;
 
-use super::forward::AppError;
+use super::forward::{AppConn, AppError};
 use super::record::{self, RequestParts, XFCC};
 use super::{ConnInfo, Shared};
 use crate::config::{Limits, Mode};
@@ -77,11 +77,14 @@ pub(super) async fn serve<I>(
     let xfcc = record::xfcc(&conn);
     let svc_shared = Arc::clone(&shared);
     let svc_conn = Arc::clone(&conn);
+    // This connection's own HTTP/1.1 connection to the app (unused for HTTP/2).
+    let app_conn = Arc::new(AppConn::default());
     let service = hyper::service::service_fn(move |req| {
         let shared = Arc::clone(&svc_shared);
         let conn = Arc::clone(&svc_conn);
+        let app_conn = Arc::clone(&app_conn);
         let xfcc = xfcc.clone();
-        async move { Ok::<_, Infallible>(handle(&shared, &conn, xfcc, req).await) }
+        async move { Ok::<_, Infallible>(handle(&shared, &conn, &app_conn, xfcc, req).await) }
     });
     let served = shared
         .http
@@ -114,6 +117,7 @@ pub(super) async fn serve<I>(
 async fn handle(
     shared: &Shared,
     conn: &ConnInfo,
+    app_conn: &AppConn,
     xfcc: Option<HeaderValue>,
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
@@ -170,7 +174,7 @@ async fn handle(
         if let Some(v) = xfcc {
             req.headers_mut().insert(XFCC, v);
         }
-        match shared.app.send(req).await {
+        match shared.app.send(app_conn, req).await {
             Ok(resp) => resp.map(Either::Left),
             Err(e) => app_error(e, grpc),
         }

@@ -111,6 +111,63 @@ async fn http2_connection_multiplexes_many_requests_to_the_app_pool() {
     assert_eq!(f.app.seen(), 50);
 }
 
+/// Sends `paths` one after another on one HTTP/1.1 connection; returns each status and the
+/// request target the app saw.
+async fn keep_alive(f: &Fixture, paths: &[&str]) -> Vec<(StatusCode, String)> {
+    let tls = f.client(WEB_ID).http1().connect(f.inbound).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut out = Vec::new();
+    for path in paths {
+        sender.ready().await.unwrap();
+        let resp = sender.send_request(get(path)).await.unwrap();
+        let status = resp.status();
+        let uri = resp.headers()["x-seen-uri"].to_str().unwrap().to_owned();
+        http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap();
+        out.push((status, uri));
+    }
+    out
+}
+
+#[tokio::test]
+async fn http1_caller_keeps_one_app_connection_across_its_requests() {
+    let f = Fixture::start(Options::default()).await;
+    let seen = keep_alive(&f, &["/a?x=1", "/b", "/c"]).await;
+    assert_eq!(
+        seen,
+        [
+            (StatusCode::OK, "/a?x=1".to_owned()),
+            (StatusCode::OK, "/b".to_owned()),
+            (StatusCode::OK, "/c".to_owned()),
+        ],
+        "origin-form targets, all allowed"
+    );
+    assert_eq!(f.app.connections(), 1, "three requests, one app connection");
+    // Another caller's connection gets its own app connection.
+    keep_alive(&f, &["/d"]).await;
+    assert_eq!(f.app.seen(), 4);
+    assert_eq!(f.app.connections(), 2);
+}
+
+#[tokio::test]
+async fn app_closing_its_connection_between_requests_costs_the_caller_nothing() {
+    let f = Fixture::start(Options::default()).await;
+    let seen = keep_alive(&f, &["/close/1", "/after", "/close/2", "/last"]).await;
+    let statuses: Vec<_> = seen.iter().map(|(s, _)| *s).collect();
+    assert_eq!(statuses, [StatusCode::OK; 4]);
+    assert_eq!(f.app.seen(), 4);
+    assert_eq!(
+        f.app.connections(),
+        3,
+        "a new app connection after each close"
+    );
+}
+
 #[tokio::test]
 async fn spoofed_xfcc_from_the_caller_is_replaced() {
     let f = Fixture::start(Options::default()).await;

@@ -219,11 +219,14 @@ impl WorkloadApi {
 
 // === HTTP app ===
 
-/// An HTTP/1.1 + h2c app that counts requests and answers with what it saw:
-/// `version xfcc=<x-forwarded-client-cert>` (and echoes a request body).
+/// An HTTP/1.1 + h2c app that counts requests and connections and answers with what it saw:
+/// `version xfcc=<x-forwarded-client-cert>` (and echoes a request body), the request target in
+/// `x-seen-uri`; a path under `/close` is answered with `connection: close` (HTTP/1.1), so the
+/// app closes that connection after the response.
 pub(crate) struct App {
     pub(crate) addr: SocketAddr,
     pub(crate) count: Arc<AtomicUsize>,
+    pub(crate) connections: Arc<AtomicUsize>,
 }
 
 impl App {
@@ -231,12 +234,14 @@ impl App {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let count = Arc::new(AtomicUsize::new(0));
-        let c = Arc::clone(&count);
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (c, conns) = (Arc::clone(&count), Arc::clone(&connections));
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
+                conns.fetch_add(1, Ordering::SeqCst);
                 let c = Arc::clone(&c);
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -248,12 +253,22 @@ impl App {
                                 .map(|v| v.to_str().unwrap_or("?").to_owned())
                                 .unwrap_or_default();
                             let version = format!("{:?}", req.version());
+                            let uri = req.uri().to_string();
+                            let close = req.uri().path().starts_with("/close")
+                                && req.version() == http::Version::HTTP_11;
                             let body = req.into_body().collect().await?.to_bytes();
                             let text = format!(
                                 "{version} xfcc={xfcc} body={}",
                                 String::from_utf8_lossy(&body)
                             );
-                            Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from(text))))
+                            let mut resp = Response::new(Full::new(Bytes::from(text)));
+                            resp.headers_mut()
+                                .insert("x-seen-uri", uri.parse().unwrap());
+                            if close {
+                                resp.headers_mut()
+                                    .insert("connection", "close".parse().unwrap());
+                            }
+                            Ok::<_, hyper::Error>(resp)
                         }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -262,11 +277,20 @@ impl App {
                 });
             }
         });
-        Self { addr, count }
+        Self {
+            addr,
+            count,
+            connections,
+        }
     }
 
     pub(crate) fn seen(&self) -> usize {
         self.count.load(Ordering::SeqCst)
+    }
+
+    /// Connections the app has accepted.
+    pub(crate) fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 }
 
