@@ -6,7 +6,8 @@
 //! than the policy evaluation itself. Here the context is assembled from `Value`s directly, and
 //! the two extension values are memoised per thread: the caller's address (a connection's
 //! requests all share it) and the request time at millisecond resolution (what the decision
-//! log records). The memoised values are the ones Cedar's own `ip`/`datetime` functions return
+//! log records); and the set of header records is memoised for the last header list a thread
+//! saw (compared byte for byte). The memoised values are the ones Cedar's own `ip`/`datetime` functions return
 //! for the same argument; `tests::context_equals_the_one_cedar_builds_from_expressions` checks
 //! the whole context against `Context::from_pairs`.
 
@@ -29,9 +30,25 @@ static IP: LazyLock<Option<Name>> = LazyLock::new(|| Name::parse_unqualified_nam
 static DATETIME: LazyLock<Option<Name>> =
     LazyLock::new(|| Name::parse_unqualified_name("datetime").ok());
 
+/// Largest encoded header list kept as the per-thread memo (bigger lists are built every time).
+const MAX_MEMO_HEADER_BYTES: usize = 16 * 1024;
+
 thread_local! {
     static ADDRESSES: RefCell<Vec<(IpAddr, Value)>> = const { RefCell::new(Vec::new()) };
     static LAST_TIME: RefCell<Option<(u128, Value)>> = const { RefCell::new(None) };
+    static LAST_HEADERS: RefCell<HeaderMemo> = const { RefCell::new(HeaderMemo::new()) };
+}
+
+/// The last header list this thread turned into a Cedar set, and that set. Callers of one
+/// service tend to send the same headers request after request; an exact byte comparison of the
+/// list is much cheaper than building a set of records.
+struct HeaderMemo {
+    /// The list as `(len, lowercase name, len, value)*`, lengths as 4 little-endian bytes: an
+    /// encoding with no ambiguity whatever bytes names and values hold.
+    key: Vec<u8>,
+    value: Option<Value>,
+    /// Scratch buffer for the current list's encoding.
+    scratch: Vec<u8>,
 }
 
 impl Request<'_> {
@@ -61,15 +78,7 @@ impl Request<'_> {
             map.insert("method".into(), Value::from(method));
             map.insert("path".into(), Value::from(self.path));
             map.insert("query".into(), Value::from(self.query));
-            let headers = self.headers.iter().map(|(name, value)| {
-                let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
-                    Value::from(name.to_ascii_lowercase())
-                } else {
-                    Value::from(*name)
-                };
-                Value::record([("name", name), ("value", Value::from(*value))], None)
-            });
-            map.insert("headers".into(), Value::set(headers, None));
+            map.insert("headers".into(), headers_value(self.headers));
         }
         if self.operation == Operation::Grpc {
             let (service, method) = grpc_parts(self.path)
@@ -84,6 +93,64 @@ impl Request<'_> {
             map.insert("grpc".into(), record);
         }
         Ok(cedar::Context::from(ast::Context::Value(Arc::new(map))))
+    }
+}
+
+/// The set of `{name, value}` records of `headers` (names lowercased), memoised per thread for
+/// the last list seen.
+fn headers_value(headers: &[(&str, &str)]) -> Value {
+    LAST_HEADERS.with_borrow_mut(|memo| {
+        let HeaderMemo {
+            key,
+            value,
+            scratch,
+        } = memo;
+        scratch.clear();
+        for (name, val) in headers {
+            for part in [name, val] {
+                let len = u32::try_from(part.len()).unwrap_or(u32::MAX);
+                scratch.extend_from_slice(&len.to_le_bytes());
+                scratch.extend_from_slice(part.as_bytes());
+            }
+            // Names compare lowercase (the value was just written after the name).
+            let name_start = scratch.len() - val.len() - 4 - name.len();
+            if let Some(bytes) = scratch.get_mut(name_start..name_start + name.len()) {
+                bytes.make_ascii_lowercase();
+            }
+        }
+        if let Some(v) = value.as_ref()
+            && key == scratch
+        {
+            return v.clone();
+        }
+        let built = Value::set(
+            headers.iter().map(|(name, val)| {
+                let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+                    Value::from(name.to_ascii_lowercase())
+                } else {
+                    Value::from(*name)
+                };
+                Value::record([("name", name), ("value", Value::from(*val))], None)
+            }),
+            None,
+        );
+        if scratch.len() <= MAX_MEMO_HEADER_BYTES {
+            std::mem::swap(key, scratch);
+            *value = Some(built.clone());
+        }
+        built
+    })
+}
+
+// === impl HeaderMemo ===
+
+impl HeaderMemo {
+    const fn new() -> Self {
+        Self {
+            key: Vec::new(),
+            value: None,
+            scratch: Vec::new(),
+        }
     }
 }
 
@@ -286,6 +353,32 @@ mod tests {
                 .context()
                 .unwrap();
             assert_eq!(built, expected);
+        }
+    }
+
+    #[test]
+    fn header_memo_never_serves_another_list() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_764_100_000_123);
+        let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        // Lists that differ in one byte, in case only, in order, in how bytes split between
+        // name and value, or by one header; each repeated so the memo is hit.
+        let lists: [&[(&str, &str)]; 8] = [
+            &[("a", "bc")],
+            &[("ab", "c")],
+            &[("A", "bc")],
+            &[("a", "bC")],
+            &[("a", "bc"), ("x", "1")],
+            &[("x", "1"), ("a", "bc")],
+            &[],
+            &[("a", "b\0c"), ("", "")],
+        ];
+        for _ in 0..2 {
+            for list in lists {
+                for _ in 0..2 {
+                    let r = request(Operation::Http("GET"), "/", list, ip, true, t);
+                    assert_eq!(r.context().unwrap(), reference(&r), "{list:?}");
+                }
+            }
         }
     }
 
