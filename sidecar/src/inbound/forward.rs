@@ -1,14 +1,17 @@
 //! The local app, over loopback, at the configured app address whatever the request's authority.
 //! Bodies and trailers stream through.
 //!
-//! HTTP/1.1: each inbound connection gets its own keep-alive connection to the app ([`AppConn`]),
-//! opened on its first request and reused by the next ones — an HTTP/1.1 connection carries one
-//! request at a time, so the pair never waits on another caller, and no shared pool is locked or
-//! searched per request. HTTP/2 and gRPC: one pooled h2c client (prior knowledge) multiplexes
-//! every caller's streams.
+//! HTTP/1.1: each inbound connection holds its own keep-alive connection to the app ([`AppConn`])
+//! from its first request to its end — an HTTP/1.1 connection carries one request at a time, so
+//! the pair never waits on another caller, and nothing shared is locked or searched per request.
+//! When the inbound connection ends, its app connection goes to a small idle list that the next
+//! inbound connection takes from before it opens a new one (callers that connect per request
+//! still reuse app connections). HTTP/2 and gRPC: one pooled h2c client (prior knowledge)
+//! multiplexes every caller's streams.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Request, Response, Uri, Version, header};
@@ -21,6 +24,8 @@ use tokio::net::TcpStream;
 
 /// How long connecting to the app may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most idle HTTP/1.1 app connections kept for the next inbound connections.
+const MAX_IDLE_APP_CONNS: usize = 64;
 
 /// Why the app did not answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,18 +36,31 @@ pub(crate) enum AppError {
     Unavailable,
 }
 
-/// The app: its address and the shared HTTP/2 pool.
+/// The app: its address, the idle HTTP/1.1 connections and the shared HTTP/2 pool.
 #[derive(Debug)]
 pub(crate) struct App {
     addr: SocketAddr,
     authority: Authority,
+    idle: Arc<IdleConns>,
     h2: Client<HttpConnector, Incoming>,
 }
 
-/// One inbound connection's HTTP/1.1 connection to the app: opened on first use, reused while it
-/// stays open, closed when the inbound connection ends (dropping the last sender closes it).
-#[derive(Debug, Default)]
-pub(crate) struct AppConn(tokio::sync::Mutex<Option<http1::SendRequest<Incoming>>>);
+/// One inbound connection's HTTP/1.1 connection to the app: taken from the idle list or opened on
+/// first use, reused while it stays open, returned to the idle list when the inbound connection
+/// ends (if it finished its last exchange; otherwise dropped, which closes it).
+#[derive(Debug)]
+pub(crate) struct AppConn {
+    slot: tokio::sync::Mutex<Option<http1::SendRequest<Incoming>>>,
+    idle: Arc<IdleConns>,
+}
+
+/// HTTP/1.1 app connections no inbound connection holds, oldest first, each with the time it
+/// became idle; at most [`MAX_IDLE_APP_CONNS`], none older than the idle timeout when taken.
+#[derive(Debug)]
+struct IdleConns {
+    conns: Mutex<Vec<(Instant, http1::SendRequest<Incoming>)>>,
+    timeout: Duration,
+}
 
 // === impl App ===
 
@@ -64,7 +82,19 @@ impl App {
         Self {
             addr,
             authority,
+            idle: Arc::new(IdleConns {
+                conns: Mutex::new(Vec::new()),
+                timeout: idle_timeout,
+            }),
             h2,
+        }
+    }
+
+    /// A new inbound connection's (still empty) hold on an HTTP/1.1 app connection.
+    pub(crate) fn conn(&self) -> AppConn {
+        AppConn {
+            slot: tokio::sync::Mutex::new(None),
+            idle: Arc::clone(&self.idle),
         }
     }
 
@@ -110,10 +140,10 @@ impl App {
         conn: &AppConn,
         mut req: Request<Incoming>,
     ) -> Result<Response<Incoming>, AppError> {
-        let mut slot = conn.0.lock().await;
+        let mut slot = conn.slot.lock().await;
         let mut retried = false;
         loop {
-            let mut sender = match slot.take() {
+            let mut sender = match slot.take().or_else(|| self.idle.take()) {
                 Some(mut open) => match open.ready().await {
                     Ok(()) => open,
                     Err(_) => self.connect_h1().await?,
@@ -167,6 +197,47 @@ impl App {
             AppError::Refused
         } else {
             AppError::Unavailable
+        }
+    }
+}
+
+// === impl AppConn ===
+
+impl Drop for AppConn {
+    fn drop(&mut self) {
+        if let Some(sender) = self.slot.get_mut().take() {
+            self.idle.put(sender);
+        }
+    }
+}
+
+// === impl IdleConns ===
+
+impl IdleConns {
+    /// The most recently idled connection that is still open and fresh.
+    fn take(&self) -> Option<http1::SendRequest<Incoming>> {
+        let mut conns = self.conns.lock().ok()?;
+        while let Some((since, sender)) = conns.pop() {
+            if since.elapsed() < self.timeout && !sender.is_closed() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    /// Keeps `sender` for the next inbound connection if it is open, between exchanges, and
+    /// there is room; drops stale entries on the way.
+    fn put(&self, sender: http1::SendRequest<Incoming>) {
+        if sender.is_closed() || !sender.is_ready() {
+            return;
+        }
+        let Ok(mut conns) = self.conns.lock() else {
+            return;
+        };
+        let timeout = self.timeout;
+        conns.retain(|(since, s)| since.elapsed() < timeout && !s.is_closed());
+        if conns.len() < MAX_IDLE_APP_CONNS {
+            conns.push((Instant::now(), sender));
         }
     }
 }

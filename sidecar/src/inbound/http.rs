@@ -78,7 +78,7 @@ pub(super) async fn serve<I>(
     let svc_shared = Arc::clone(&shared);
     let svc_conn = Arc::clone(&conn);
     // This connection's own HTTP/1.1 connection to the app (unused for HTTP/2).
-    let app_conn = Arc::new(AppConn::default());
+    let app_conn = Arc::new(shared.app.conn());
     let service = hyper::service::service_fn(move |req| {
         let shared = Arc::clone(&svc_shared);
         let conn = Arc::clone(&svc_conn);

@@ -148,10 +148,41 @@ async fn http1_caller_keeps_one_app_connection_across_its_requests() {
         "origin-form targets, all allowed"
     );
     assert_eq!(f.app.connections(), 1, "three requests, one app connection");
-    // Another caller's connection gets its own app connection.
-    keep_alive(&f, &["/d"]).await;
+}
+
+#[tokio::test]
+async fn concurrent_callers_get_their_own_app_connections_and_later_ones_reuse_them() {
+    let f = Fixture::start(Options::default()).await;
+    // Two callers hold their connections open at the same time.
+    let web = f.client(WEB_ID).http1();
+    let mut open = Vec::new();
+    for path in ["/one", "/two"] {
+        let tls = web.connect(f.inbound).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let resp = sender.send_request(get(path)).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap();
+        open.push(sender);
+    }
+    assert_eq!(f.app.connections(), 2, "one app connection per open caller");
+    // Both leave; their app connections go idle and the next callers take them.
+    drop(open);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    keep_alive(&f, &["/three"]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    keep_alive(&f, &["/four"]).await;
     assert_eq!(f.app.seen(), 4);
-    assert_eq!(f.app.connections(), 2);
+    assert_eq!(
+        f.app.connections(),
+        2,
+        "later callers reuse the idle app connections"
+    );
 }
 
 #[tokio::test]
