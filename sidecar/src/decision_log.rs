@@ -51,12 +51,9 @@ struct Rotating {
     written: u64,
     max_bytes: u64,
     keep: u32,
-}
-
-/// Counts bytes on their way into the buffer.
-struct Counting<'a, W> {
-    inner: &'a mut W,
-    count: u64,
+    /// One line, serialized here first: writes into a `Vec` are cheaper than serde_json's many
+    /// small writes into the `BufWriter`, and the line's length is known without counting.
+    line: Vec<u8>,
 }
 
 // === impl DecisionLog ===
@@ -157,17 +154,16 @@ impl Rotating {
             written,
             max_bytes,
             keep,
+            line: Vec::with_capacity(1024),
         })
     }
 
     fn write(&mut self, record: &DecisionRecord) -> io::Result<()> {
-        let mut counting = Counting {
-            inner: &mut self.file,
-            count: 0,
-        };
-        serde_json::to_writer(&mut counting, record)?;
-        counting.write_all(b"\n")?;
-        self.written += counting.count;
+        self.line.clear();
+        serde_json::to_writer(&mut self.line, record)?;
+        self.line.push(b'\n');
+        self.file.write_all(&self.line)?;
+        self.written += self.line.len() as u64;
         if self.written >= self.max_bytes {
             self.rotate()?;
         }
@@ -213,20 +209,6 @@ fn open_0600(path: &Path) -> io::Result<File> {
     use std::os::unix::fs::PermissionsExt;
     file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     Ok(file)
-}
-
-// === impl Counting ===
-
-impl<W: Write> Write for Counting<'_, W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.count += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
 }
 
 #[cfg(test)]
