@@ -3,6 +3,7 @@
 //! resolver, and helpers that put them into `ServerConfig`/`ClientConfig`.
 
 mod authorize;
+mod chain_cache;
 mod resolver;
 mod source;
 mod verifier;

@@ -12,6 +12,7 @@ use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme,
 };
 
+use super::chain_cache::{ChainCache, ChainKey};
 use super::{Authorize, BundleSource};
 use crate::{SpiffeId, SvidError};
 
@@ -31,7 +32,9 @@ pub enum TlsVerifyError {
 ///
 /// Checked, at each handshake with the bundles the source holds then:
 /// - everything [`crate::verify_x509_svid`] checks (SPIFFE profile, path validation against
-///   the bundle of the client's own trust domain, validity);
+///   the bundle of the client's own trust domain, validity) — for a chain accepted in the last
+///   minute against the same bundle set, byte for byte the same, only the validity periods are
+///   checked again (its signatures were verified then);
 /// - the client's SPIFFE ID is allowed by the [`Authorize`] policy;
 /// - the handshake signature, with the ring provider's algorithms (TLS 1.2 and 1.3).
 ///
@@ -56,6 +59,8 @@ struct Verifier {
     bundles: Arc<dyn BundleSource>,
     authorize: Authorize,
     algorithms: WebPkiSupportedAlgorithms,
+    /// Chains accepted recently against the bundles in force (see `chain_cache`).
+    accepted: ChainCache,
 }
 
 // === impl Verifier ===
@@ -67,6 +72,7 @@ impl Verifier {
             bundles,
             authorize,
             algorithms,
+            accepted: ChainCache::default(),
         }
     }
 
@@ -79,14 +85,21 @@ impl Verifier {
         let mut chain = Vec::with_capacity(intermediates.len() + 1);
         chain.push(end_entity.clone());
         chain.extend(intermediates.iter().cloned());
-        let now = UNIX_EPOCH + Duration::from_secs(now.as_secs());
+        let secs = now.as_secs();
+        let now = UNIX_EPOCH + Duration::from_secs(secs);
         let bundles = self.bundles.bundles();
-        let result = crate::verify_x509_svid(&chain, &bundles, now)
-            .map_err(TlsVerifyError::Svid)
-            .and_then(|id| match self.authorize.allows(&id) {
+        let key = ChainKey::of(&chain);
+        let verified = match self.accepted.get(key, &bundles, secs) {
+            Some(id) => Ok(id),
+            None => crate::verify_x509_svid(&chain, &bundles, now)
+                .inspect(|id| self.accepted.insert(key, &chain, &bundles, id)),
+        };
+        let result = verified.map_err(TlsVerifyError::Svid).and_then(|id| {
+            match self.authorize.allows(&id) {
                 true => Ok(id),
                 false => Err(TlsVerifyError::NotAuthorized(id)),
-            });
+            }
+        });
         result.map_err(|err| {
             tracing::info!(error = %err, "tls peer rejected");
             to_rustls_error(err)

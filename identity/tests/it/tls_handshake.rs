@@ -307,6 +307,50 @@ async fn rotated_svid_and_bundles_apply_to_the_next_handshake() {
     );
 }
 
+#[tokio::test]
+async fn reconnecting_client_is_accepted_again_until_its_ca_leaves_the_bundle() {
+    let ca = TestCa::new("a.org");
+    let other = TestCa::new("a.org");
+    let server_bundles = Arc::new(SharedBundles::new(TestCa::bundle_set(&[&ca])));
+    // One server config, so every handshake goes through the same verifier (and its cache of
+    // accepted chains).
+    let server = server_config(
+        resolver(&ca.issue_svid(&id(SERVER), HOUR)),
+        server_bundles.clone(),
+        Authorize::AnyTrusted,
+    )
+    .unwrap();
+    let mut client = client_config(
+        resolver(&ca.issue_svid(&id(CLIENT), HOUR)),
+        source(TestCa::bundle_set(&[&ca])),
+        Authorize::AnyTrusted,
+    )
+    .unwrap();
+    // Full handshakes every time (a resumed session would not present the chain at all).
+    client.resumption = rustls::client::Resumption::disabled();
+    for _ in 0..3 {
+        let outcome = handshake(server.clone(), client.clone()).await;
+        assert_eq!(outcome.server, Ok(id(CLIENT)));
+    }
+    // The server's bundle no longer holds the client's CA: the same chain is refused at once.
+    server_bundles.set(TestCa::bundle_set(&[&other]));
+    let outcome = handshake(server.clone(), client.clone()).await;
+    let err = outcome.server.unwrap_err();
+    assert!(err.contains("rejected"), "{err}");
+    // And stays refused; back in the bundle, accepted again.
+    assert!(
+        handshake(server.clone(), client.clone())
+            .await
+            .server
+            .is_err()
+    );
+    server_bundles.set(TestCa::bundle_set(&[&ca]));
+    assert_eq!(
+        handshake(server.clone(), client.clone()).await.server,
+        Ok(id(CLIENT))
+    );
+}
+
 #[test]
 fn empty_resolver_fails_closed() {
     let resolver = SvidCertResolver::new();
