@@ -38,19 +38,22 @@ pub fn peer_spiffe_id(certs: &[CertificateDer<'_>]) -> Option<SpiffeId> {
 }
 
 /// A server config: presents the SVID from `resolver`, requires a client SVID accepted by
-/// `authorize` against `bundles`. TLS 1.2 and 1.3, ring provider.
+/// `authorize` against `bundles`. TLS 1.2 and 1.3, ring provider, no session resumption.
 pub fn server_config(
     resolver: Arc<SvidCertResolver>,
     bundles: Arc<dyn BundleSource>,
     authorize: Authorize,
 ) -> Result<rustls::ServerConfig, rustls::Error> {
     let verifier = Arc::new(SpiffeClientCertVerifier::new(bundles, authorize));
-    Ok(
-        rustls::ServerConfig::builder_with_provider(crypto_provider())
-            .with_safe_default_protocol_versions()?
-            .with_client_cert_verifier(verifier)
-            .with_cert_resolver(resolver),
-    )
+    let mut config = rustls::ServerConfig::builder_with_provider(crypto_provider())
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(resolver);
+    // No session resumption: a resumed session is not verified again, so it would outlive a
+    // bundle change that no longer trusts the peer, or the rotation of the peer's SVID.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Ok(config)
 }
 
 /// A client config: presents the SVID from `resolver`, accepts a server SVID accepted by
@@ -61,11 +64,13 @@ pub fn client_config(
     authorize: Authorize,
 ) -> Result<rustls::ClientConfig, rustls::Error> {
     let verifier = Arc::new(SpiffeServerCertVerifier::new(bundles, authorize));
-    Ok(
-        rustls::ClientConfig::builder_with_provider(crypto_provider())
-            .with_safe_default_protocol_versions()?
-            .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_client_cert_resolver(resolver),
-    )
+    let mut config = rustls::ClientConfig::builder_with_provider(crypto_provider())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_cert_resolver(resolver);
+    // No session resumption (see `server_config`): every handshake verifies the server's SVID
+    // against the bundles in force and presents our current SVID.
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(config)
 }
