@@ -1,0 +1,87 @@
+//! The app behind the inbound sidecar in these tests: a real HTTP/1.1 + h2c server on loopback.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+/// An HTTP/1.1 + h2c app that counts requests and connections and answers with what it saw:
+/// `version xfcc=<x-forwarded-client-cert>` (and echoes a request body), the request target in
+/// `x-seen-uri`; a path under `/close` is answered with `connection: close` (HTTP/1.1), so the
+/// app closes that connection after the response.
+pub(crate) struct App {
+    pub(crate) addr: SocketAddr,
+    pub(crate) count: Arc<AtomicUsize>,
+    pub(crate) connections: Arc<AtomicUsize>,
+}
+
+impl App {
+    pub(crate) async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let count = Arc::new(AtomicUsize::new(0));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (c, conns) = (Arc::clone(&count), Arc::clone(&connections));
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                conns.fetch_add(1, Ordering::SeqCst);
+                let c = Arc::clone(&c);
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        c.fetch_add(1, Ordering::SeqCst);
+                        async move {
+                            let xfcc = req
+                                .headers()
+                                .get("x-forwarded-client-cert")
+                                .map(|v| v.to_str().unwrap_or("?").to_owned())
+                                .unwrap_or_default();
+                            let version = format!("{:?}", req.version());
+                            let uri = req.uri().to_string();
+                            let close = req.uri().path().starts_with("/close")
+                                && req.version() == http::Version::HTTP_11;
+                            let body = req.into_body().collect().await?.to_bytes();
+                            let text = format!(
+                                "{version} xfcc={xfcc} body={}",
+                                String::from_utf8_lossy(&body)
+                            );
+                            let mut resp = Response::new(Full::new(Bytes::from(text)));
+                            resp.headers_mut()
+                                .insert("x-seen-uri", uri.parse().unwrap());
+                            if close {
+                                resp.headers_mut()
+                                    .insert("connection", "close".parse().unwrap());
+                            }
+                            Ok::<_, hyper::Error>(resp)
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            count,
+            connections,
+        }
+    }
+
+    pub(crate) fn seen(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// Connections the app has accepted.
+    pub(crate) fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
