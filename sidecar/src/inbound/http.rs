@@ -30,6 +30,8 @@ pub(crate) type ProxyBody = Either<Incoming, Full<Bytes>>;
 const GRPC_PERMISSION_DENIED: &str = "7";
 /// gRPC status UNAVAILABLE.
 const GRPC_UNAVAILABLE: &str = "14";
+/// gRPC status RESOURCE_EXHAUSTED.
+const GRPC_RESOURCE_EXHAUSTED: &str = "8";
 /// Most concurrent HTTP/2 streams per connection.
 const MAX_CONCURRENT_STREAMS: u32 = 256;
 
@@ -123,9 +125,15 @@ async fn handle(
 ) -> Response<ProxyBody> {
     let start = Instant::now();
     let time = SystemTime::now();
+    let grpc = is_grpc(&req);
+    // hyper enforces the header count for HTTP/1.1 (431 before we see the request); HTTP/2
+    // only bounds the header list's size, so the count is checked here, for both.
+    if req.headers().len() > shared.limits.max_headers {
+        drop(req);
+        return too_many_headers(grpc);
+    }
     // The caller never speaks for the sidecar: drop its XFCC before anything looks at it.
     req.headers_mut().remove(XFCC);
-    let grpc = is_grpc(&req);
     let (decision, allowed, decision_id, mut record) = {
         let mut headers: Vec<(&str, &str)> = req
             .headers()
@@ -207,6 +215,18 @@ fn denied(decision_id: &str, grpc: bool) -> Response<ProxyBody> {
         return grpc_status(GRPC_PERMISSION_DENIED, &message);
     }
     plain(StatusCode::FORBIDDEN, format!("{message}\n"))
+}
+
+/// 431 (gRPC: RESOURCE_EXHAUSTED) for a request with more headers than `limits.max_headers`.
+fn too_many_headers(grpc: bool) -> Response<ProxyBody> {
+    let message = "too many request headers";
+    if grpc {
+        return grpc_status(GRPC_RESOURCE_EXHAUSTED, message);
+    }
+    plain(
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        format!("{message}\n"),
+    )
 }
 
 fn app_error(err: AppError, grpc: bool) -> Response<ProxyBody> {

@@ -290,7 +290,50 @@ async fn too_many_or_too_large_headers_get_431() {
     );
     let (status, _, _) = c.request(f.inbound, req).await.unwrap();
     assert_eq!(status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
-    assert_eq!(f.app.seen(), 0);
+    // HTTP/2: too many headers (each small, the list well under the size limit), and gRPC.
+    let mut req = get_h2("/x");
+    for i in 0..120 {
+        req.headers_mut().insert(
+            http::HeaderName::try_from(format!("x-h{i}")).unwrap(),
+            http::HeaderValue::from_static("1"),
+        );
+    }
+    let (status, _, body) = web.request(f.inbound, req).await.unwrap();
+    assert_eq!(
+        status,
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "{body}"
+    );
+    assert_eq!(body, "too many request headers\n");
+    let mut req = get_h2("/pkg.Svc/Call");
+    req.headers_mut().insert(
+        "content-type",
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    for i in 0..120 {
+        req.headers_mut().insert(
+            http::HeaderName::try_from(format!("x-h{i}")).unwrap(),
+            http::HeaderValue::from_static("1"),
+        );
+    }
+    let (status, headers, _) = web.request(f.inbound, req).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["grpc-status"], "8");
+    // Exactly at the limit (100 headers) still passes.
+    let mut req = get_h2("/x");
+    for i in 0..100 {
+        req.headers_mut().insert(
+            http::HeaderName::try_from(format!("x-h{i}")).unwrap(),
+            http::HeaderValue::from_static("1"),
+        );
+    }
+    let (status, _, body) = web.request(f.inbound, req).await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        f.app.seen(),
+        1,
+        "only the request within the limit reached the app"
+    );
 }
 
 #[tokio::test]
