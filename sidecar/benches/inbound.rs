@@ -28,15 +28,7 @@ fn inbound(c: &mut Criterion) {
     let web = f.client(WEB_ID);
     let h1 = web.http1();
 
-    let mut sender1 = rt.block_on(async {
-        let tls = h1.connect(f.inbound).await.unwrap();
-        let (sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
-        sender
-    });
+    let mut sender1 = rt.block_on(h1.http1_sender(f.inbound));
     c.bench_function("inbound/http1_keepalive_get", |b| {
         b.to_async(&rt).iter(|| {
             let req = get("/bench");

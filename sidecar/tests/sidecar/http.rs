@@ -114,12 +114,7 @@ async fn http2_connection_multiplexes_many_requests_to_the_app_pool() {
 /// Sends `paths` one after another on one HTTP/1.1 connection; returns each status and the
 /// request target the app saw.
 async fn keep_alive(f: &Fixture, paths: &[&str]) -> Vec<(StatusCode, String)> {
-    let tls = f.client(WEB_ID).http1().connect(f.inbound).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut sender = f.client(WEB_ID).http1().http1_sender(f.inbound).await;
     let mut out = Vec::new();
     for path in paths {
         sender.ready().await.unwrap();
@@ -157,12 +152,7 @@ async fn concurrent_callers_get_their_own_app_connections_and_later_ones_reuse_t
     let web = f.client(WEB_ID).http1();
     let mut open = Vec::new();
     for path in ["/one", "/two"] {
-        let tls = web.connect(f.inbound).await.unwrap();
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
+        let mut sender = web.http1_sender(f.inbound).await;
         let resp = sender.send_request(get(path)).await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
         http_body_util::BodyExt::collect(resp.into_body())

@@ -478,6 +478,19 @@ impl Client {
             .await
     }
 
+    /// A new HTTP/1.1 connection to `addr` (its connection task spawned), ready for requests.
+    pub(crate) async fn http1_sender(
+        &self,
+        addr: SocketAddr,
+    ) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+        let tls = self.connect(addr).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        sender
+    }
+
     /// One request over a new connection; HTTP/2 when `h2` (ALPN), else HTTP/1.1.
     pub(crate) async fn request(
         &self,
