@@ -26,6 +26,7 @@ mod context;
 mod decision;
 mod diff;
 mod error;
+mod eval;
 mod fmt;
 mod index;
 mod loader;

@@ -56,8 +56,6 @@ pub(crate) struct Loaded {
     pub(crate) schema: cedar::Schema,
     pub(crate) policies: cedar::PolicySet,
     pub(crate) info: HashMap<cedar::PolicyId, PolicyInfo>,
-    pub(crate) links:
-        HashMap<cedar::PolicyId, (cedar::PolicyId, HashMap<cedar::SlotId, cedar::EntityUid>)>,
     pub(crate) entities: cedar::Entities,
     pub(crate) types: Types,
 }
@@ -119,16 +117,15 @@ pub(crate) fn load(dir: &Path) -> Result<Loaded, LoadError> {
             &mut problems,
         );
     }
-    let links = match &files.links {
-        Some(file) => link(
+    if let Some(file) = &files.links {
+        link(
             file,
             &mut policies,
             &mut info,
             &mut first_seen,
             &mut problems,
-        ),
-        None => HashMap::new(),
-    };
+        );
+    }
     let entities = schema.as_ref().and_then(|schema| match &files.entities {
         Some(file) => parse_entities(file, schema, &types, &mut problems),
         None => cedar::Entities::empty()
@@ -146,7 +143,6 @@ pub(crate) fn load(dir: &Path) -> Result<Loaded, LoadError> {
             schema,
             policies,
             info,
-            links,
             entities,
             types,
         }),

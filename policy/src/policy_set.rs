@@ -15,6 +15,7 @@ use warden_identity::SpiffeId;
 
 use crate::decision::{Decision, Outcome};
 use crate::error::LoadError;
+use crate::eval::{self, Compiled, Evaluated};
 use crate::index::{Scope, ScopeIndex};
 use crate::loader::{Loaded, PolicyInfo, load};
 use crate::model::{Types, UNAUTHENTICATED_ID};
@@ -39,6 +40,8 @@ pub struct PolicySet {
     version: Arc<str>,
     index: ScopeIndex,
     authorizer: cedar::Authorizer,
+    /// Every policy (static and linked) with its condition built once, by id.
+    compiled: HashMap<cedar::PolicyId, Arc<Compiled>>,
     actions: HashMap<String, ActionInfo>,
     peers: RwLock<HashMap<String, HashMap<String, Arc<PeerEntry>>>>,
 }
@@ -59,6 +62,9 @@ struct ActionInfo {
     shapes: [OnceLock<Result<(), String>>; 4],
 }
 
+/// The policies one (caller, resource, action) triple evaluates.
+type Candidates = Arc<[Arc<Compiled>]>;
+
 /// Everything about one (caller, resource) pair that does not change between requests.
 #[derive(Debug)]
 struct PeerEntry {
@@ -67,7 +73,8 @@ struct PeerEntry {
     resource: cedar::EntityUid,
     resource_ancestors: Vec<cedar::EntityUid>,
     entities: Arc<cedar::Entities>,
-    candidates: Vec<OnceLock<Result<Arc<cedar::PolicySet>, String>>>,
+    /// Per action slot: the policies the index says may apply.
+    candidates: Vec<OnceLock<Result<Candidates, String>>>,
 }
 
 // === impl PolicySet ===
@@ -80,6 +87,11 @@ impl PolicySet {
 
     fn from_loaded(loaded: Loaded) -> Self {
         let index = ScopeIndex::new(&loaded.policies);
+        let compiled = loaded
+            .policies
+            .policies()
+            .map(|p| (p.id().clone(), Arc::new(Compiled::new(p))))
+            .collect();
         let mut actions = HashMap::new();
         for uid in loaded.schema.actions() {
             let ancestors = loaded
@@ -111,6 +123,7 @@ impl PolicySet {
             version,
             index,
             authorizer: cedar::Authorizer::new(),
+            compiled,
             actions,
             peers: RwLock::default(),
         }
@@ -203,59 +216,48 @@ impl PolicySet {
                 }
             },
         };
-        let response = match evaluation {
-            Evaluation::Plain => {
-                self.authorizer
-                    .is_authorized(&cedar_request, &self.loaded.policies, &peer.entities)
-            }
+        let evaluated = match evaluation {
+            Evaluation::Plain => self.plain(&cedar_request, &peer.entities),
             Evaluation::Indexed => {
-                let set = peer
+                let candidates = peer
                     .candidates
                     .get(action.slot)
                     .ok_or_else(|| RequestError::UnknownAction(action_name.to_owned()))?
-                    .get_or_init(|| self.candidate_set(&peer, action).map(Arc::new))
+                    .get_or_init(|| self.candidate_list(&peer, action).map(Arc::from))
                     .as_ref()
                     .map_err(|e| RequestError::Rejected(e.clone()))?;
-                self.authorizer
-                    .is_authorized(&cedar_request, set, &peer.entities)
+                eval::authorize(&cedar_request, &peer.entities, candidates)
             }
         };
-        Ok(self.outcome(&response))
+        Ok(outcome(evaluated))
     }
 
-    /// Turns Cedar's response into an outcome, failing closed on an error in a `forbid`.
-    fn outcome(&self, response: &cedar::Response) -> (Outcome, Vec<String>, Vec<String>) {
-        let mut errors = Vec::new();
-        let mut forbid_failed = Vec::new();
-        for cedar::AuthorizationError::PolicyEvaluationError(e) in response.diagnostics().errors() {
-            errors.push(e.to_string());
-            let is_forbid = self
-                .loaded
-                .info
-                .get(e.policy_id())
-                .is_none_or(|i| i.effect() == cedar::Effect::Forbid);
-            if is_forbid {
-                forbid_failed.push(e.policy_id().to_string());
-            }
-        }
-        errors.sort();
-        let mut ids: Vec<String> = response
+    /// Plain Cedar over the whole set.
+    fn plain(&self, request: &cedar::Request, entities: &cedar::Entities) -> Evaluated {
+        let response = self
+            .authorizer
+            .is_authorized(request, &self.loaded.policies, entities);
+        let errors = response
             .diagnostics()
-            .reason()
-            .map(|id| AsRef::<str>::as_ref(id).to_owned())
+            .errors()
+            .map(|cedar::AuthorizationError::PolicyEvaluationError(e)| {
+                let is_forbid = self
+                    .loaded
+                    .info
+                    .get(e.policy_id())
+                    .is_none_or(|i| i.effect() == cedar::Effect::Forbid);
+                (e.policy_id().to_string(), is_forbid, e.to_string())
+            })
             .collect();
-        if !forbid_failed.is_empty() {
-            // A forbid that could not be evaluated might have applied: deny, and name it.
-            ids = forbid_failed;
-            ids.sort();
-            return (Outcome::Deny, ids, errors);
+        Evaluated {
+            allowed: response.decision() == cedar::Decision::Allow,
+            reason: response
+                .diagnostics()
+                .reason()
+                .map(|id| AsRef::<str>::as_ref(id).to_owned())
+                .collect(),
+            errors,
         }
-        ids.sort();
-        let outcome = match response.decision() {
-            cedar::Decision::Allow => Outcome::Allow,
-            cedar::Decision::Deny => Outcome::Deny,
-        };
-        (outcome, ids, errors)
     }
 
     /// The cached entry of a (caller, resource) pair, built on first use.
@@ -343,12 +345,12 @@ impl PolicySet {
         })
     }
 
-    /// The policies that may apply to this peer and action, as a Cedar policy set.
-    fn candidate_set(
+    /// The policies that may apply to this peer and action.
+    fn candidate_list(
         &self,
         peer: &PeerEntry,
         action: &ActionInfo,
-    ) -> Result<cedar::PolicySet, String> {
+    ) -> Result<Vec<Arc<Compiled>>, String> {
         let scope = Scope {
             principal: &peer.principal,
             principal_ancestors: peer.principal_ancestors.iter().collect(),
@@ -357,40 +359,47 @@ impl PolicySet {
             resource: &peer.resource,
             resource_ancestors: peer.resource_ancestors.iter().collect(),
         };
-        let mut set = cedar::PolicySet::new();
-        for id in self.index.candidates(&scope) {
-            match self.loaded.links.get(id) {
-                Some((template, values)) => {
-                    if set.template(template).is_none() {
-                        let t = self
-                            .loaded
-                            .policies
-                            .template(template)
-                            .ok_or_else(|| format!("template `{template}` is missing"))?;
-                        set.add_template(t.clone()).map_err(|e| e.to_string())?;
-                    }
-                    set.link(template.clone(), id.clone(), values.clone())
-                        .map_err(|e| e.to_string())?;
-                }
-                None => {
-                    let p = self
-                        .loaded
-                        .policies
-                        .policy(id)
-                        .ok_or_else(|| format!("policy `{id}` is missing"))?;
-                    set.add(p.clone()).map_err(|e| e.to_string())?;
-                }
-            }
-        }
-        Ok(set)
+        self.index
+            .candidates(&scope)
+            .into_iter()
+            .map(|id| {
+                self.compiled
+                    .get(id)
+                    .cloned()
+                    .ok_or_else(|| format!("policy `{id}` is missing"))
+            })
+            .collect()
     }
 
     /// How many policies a request evaluates with the index (for tests and benchmarks).
     pub fn candidate_count(&self, request: &Request<'_>) -> Option<usize> {
         let action = self.actions.get(request.operation.action_name())?;
         let peer = self.peer(request.caller, request.resource).ok()?;
-        self.candidate_set(&peer, action)
-            .ok()
-            .map(|s| s.policies().count())
+        self.candidate_list(&peer, action).ok().map(|l| l.len())
     }
+}
+
+/// The decision of an evaluation, failing closed on an error in a `forbid`: such a policy might
+/// have applied, so the request is denied and the failed forbids named.
+fn outcome(evaluated: Evaluated) -> (Outcome, Vec<String>, Vec<String>) {
+    let mut forbid_failed = Vec::new();
+    let mut errors = Vec::with_capacity(evaluated.errors.len());
+    for (id, is_forbid, message) in evaluated.errors {
+        if is_forbid {
+            forbid_failed.push(id);
+        }
+        errors.push(message);
+    }
+    errors.sort();
+    if !forbid_failed.is_empty() {
+        forbid_failed.sort();
+        return (Outcome::Deny, forbid_failed, errors);
+    }
+    let mut ids = evaluated.reason;
+    ids.sort();
+    let outcome = match evaluated.allowed {
+        true => Outcome::Allow,
+        false => Outcome::Deny,
+    };
+    (outcome, ids, errors)
 }

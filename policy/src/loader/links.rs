@@ -17,18 +17,13 @@ struct RawLink {
     values: HashMap<String, String>,
 }
 
-/// The files of a policy directory, read but not parsed.
-pub(super) type Links =
-    HashMap<cedar::PolicyId, (cedar::PolicyId, HashMap<cedar::SlotId, cedar::EntityUid>)>;
-
 pub(super) fn link(
     file: &SourceFile,
     set: &mut cedar::PolicySet,
     info: &mut HashMap<cedar::PolicyId, PolicyInfo>,
     first_seen: &mut HashMap<String, Location>,
     problems: &mut Vec<Problem>,
-) -> Links {
-    let mut links = HashMap::new();
+) {
     let raw: Vec<RawLink> = match serde_json::from_str(file.text()) {
         Ok(raw) => raw,
         Err(e) => {
@@ -39,7 +34,7 @@ pub(super) fn link(
                 format!("invalid links file: {e}"),
                 None,
             ));
-            return links;
+            return;
         }
     };
     for l in raw {
@@ -93,7 +88,7 @@ pub(super) fn link(
             }
         }
         let id = cedar::PolicyId::new(&l.id);
-        match set.link(template_id.clone(), id.clone(), values.clone()) {
+        match set.link(template_id, id.clone(), values) {
             Ok(()) => {
                 first_seen.insert(l.id.clone(), file.location(offset));
                 info.insert(
@@ -107,7 +102,6 @@ pub(super) fn link(
                         },
                     },
                 );
-                links.insert(id, (template_id, values));
             }
             Err(e) => problems.push(Problem::at(
                 file,
@@ -117,5 +111,4 @@ pub(super) fn link(
             )),
         }
     }
-    links
 }
