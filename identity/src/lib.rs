@@ -4,6 +4,7 @@
 //! rustls verifiers that every Warden process uses.
 
 mod bundle;
+mod civil;
 pub mod fuzzing;
 mod jwk;
 mod jwt;
@@ -16,6 +17,7 @@ pub mod tls;
 mod x509;
 
 pub use bundle::{Bundle, BundleError, BundleSet, JwtAuthority};
+pub use civil::civil_from_days;
 pub use jwt::{JWT_LEEWAY, JwtError, JwtSigner, JwtSvidClaims, MAX_JWT_LEN, validate_jwt_svid};
 pub use rotation::{MAX_JITTER, random_jitter, refresh_at};
 pub use selector::{MAX_SELECTOR_LEN, Selector, SelectorError};

@@ -48,7 +48,10 @@ pub use model::{
     UNAUTHENTICATED_ID, UNAUTHENTICATED_TYPE, WORKLOAD_TYPE,
 };
 pub use policy_set::{Evaluation, MAX_CACHED_PEERS, PolicySet};
-pub use record::{DEFAULT_TLS_VERSION, DecisionRecord, RequestSpec};
+pub use record::{
+    DEFAULT_TLS_VERSION, DecisionLine, DecisionRecord, LoggedHeaders, REDACTED, RequestSpec,
+    finish_line,
+};
 pub use reload::{DEFAULT_POLL_INTERVAL, Engine, Reload};
 pub use request::{Caller, Operation, Request, RequestError, TlsFacts, parse_time};
 pub use source::Location;

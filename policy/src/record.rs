@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use crate::decision::Outcome;
 use crate::model::UNAUTHENTICATED_ID;
-use crate::request::{Caller, Operation, Request, TlsFacts, parse_time};
+use crate::request::{Caller, Operation, Request, Rfc3339Millis, TlsFacts, parse_time};
 
 /// The TLS version assumed for an authenticated caller when none is given.
 pub const DEFAULT_TLS_VERSION: &str = "TLSv1.3";
@@ -97,6 +97,110 @@ pub struct DecisionRecord {
     pub errors: Vec<String>,
 }
 
+/// A decision-log line written from borrowed parts, without building a [`DecisionRecord`]: the
+/// sidecar writes everything known at decision time with [`Self::write_start`], and completes the
+/// line with [`finish_line`] once the upstream answered. The result reads back as the
+/// [`DecisionRecord`] with the same values (the field order differs: `errors` comes before
+/// `upstream_status` and `latency_us`; JSON readers do not care).
+#[derive(Debug, serde::Serialize)]
+pub struct DecisionLine<'a> {
+    /// When the request arrived; written as `YYYY-MM-DDThh:mm:ss.sssZ` (UTC).
+    #[serde(serialize_with = "rfc3339_millis")]
+    pub time: SystemTime,
+    /// See [`DecisionRecord`].
+    pub decision_id: &'a str,
+    /// See [`DecisionRecord`].
+    pub peer_spiffe_id: Option<&'a str>,
+    /// See [`DecisionRecord`].
+    pub source_addr: &'a str,
+    /// See [`DecisionRecord`].
+    pub resource: &'a str,
+    /// See [`DecisionRecord`].
+    pub method: &'a str,
+    /// See [`DecisionRecord`].
+    pub path: &'a str,
+    /// See [`DecisionRecord`].
+    pub query: &'a str,
+    /// The headers, in order; the values of those named in `redacted` become [`REDACTED`].
+    pub headers: LoggedHeaders<'a>,
+    /// See [`DecisionRecord`].
+    pub action: &'a str,
+    /// See [`DecisionRecord`].
+    pub tls_version: Option<&'a str>,
+    /// See [`DecisionRecord`].
+    pub decision: Outcome,
+    /// See [`DecisionRecord`].
+    pub policy_ids: &'a [String],
+    /// See [`DecisionRecord`].
+    pub policy_version: &'a str,
+    /// See [`DecisionRecord`].
+    pub eval_time_us: u64,
+    /// See [`DecisionRecord`].
+    pub errors: &'a [String],
+}
+
+/// Request headers as logged: each `[name, value]`, with the value of every header named in
+/// `redacted` (lowercase names) replaced by [`REDACTED`].
+#[derive(Debug)]
+pub struct LoggedHeaders<'a> {
+    /// The request's headers, names lowercase.
+    pub headers: &'a [(&'a str, &'a str)],
+    /// Names whose values are never logged.
+    pub redacted: &'a [&'a str],
+}
+
+/// What a redacted header value becomes in the decision log.
+pub const REDACTED: &str = "<redacted>";
+
+fn rfc3339_millis<S: serde::Serializer>(
+    time: &SystemTime,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(&Rfc3339Millis(*time))
+}
+
+impl serde::Serialize for LoggedHeaders<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.headers.iter().map(|(name, value)| {
+            let value = if self.redacted.contains(name) {
+                REDACTED
+            } else {
+                value
+            };
+            (name, value)
+        }))
+    }
+}
+
+impl DecisionLine<'_> {
+    /// Appends the line without its closing `}` and newline; [`finish_line`] adds the rest.
+    pub fn write_start(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        serde_json::to_writer(&mut *out, self)?;
+        // `to_writer` wrote a whole object: reopen it.
+        if out.last() == Some(&b'}') {
+            out.pop();
+        }
+        Ok(())
+    }
+}
+
+/// Completes a line started by [`DecisionLine::write_start`] with the upstream status (`null` when
+/// none) and the whole latency, and ends it with a newline.
+pub fn finish_line(out: &mut Vec<u8>, upstream_status: Option<u16>, latency_us: u64) {
+    use std::io::Write as _;
+    // Writing into a `Vec` cannot fail.
+    let _ = match upstream_status {
+        Some(status) => writeln!(
+            out,
+            ",\"upstream_status\":{status},\"latency_us\":{latency_us}}}"
+        ),
+        None => writeln!(
+            out,
+            ",\"upstream_status\":null,\"latency_us\":{latency_us}}}"
+        ),
+    };
+}
+
 fn default_source() -> IpAddr {
     IpAddr::V4(Ipv4Addr::LOCALHOST)
 }
@@ -184,5 +288,122 @@ impl DecisionRecord {
             tls_version: self.tls_version.clone(),
             time: Some(self.time.clone()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+
+    fn line_of(line: &DecisionLine<'_>, status: Option<u16>, latency_us: u64) -> String {
+        let mut out = b"left over from the last line\n".to_vec();
+        out.clear();
+        line.write_start(&mut out).unwrap();
+        finish_line(&mut out, status, latency_us);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn a_written_line_reads_back_as_the_record_with_the_same_values() {
+        let headers = [
+            ("accept", "*/*"),
+            ("authorization", "Bearer secret-token"),
+            ("x-note", "quote \" backslash \\ newline \n tab \t é \u{1}"),
+        ];
+        let ids = vec!["p1".to_owned(), "p2".to_owned()];
+        let errors = vec!["error while evaluating policy `p3`: overflow".to_owned()];
+        let line = DecisionLine {
+            time: UNIX_EPOCH + Duration::from_millis(1_764_100_000_123),
+            decision_id: "abc-1",
+            peer_spiffe_id: Some("spiffe://example.org/ns/prod/sa/web"),
+            source_addr: "10.0.0.7:4000",
+            resource: "api",
+            method: "GET",
+            path: "/v1/\"odd\"\npath",
+            query: "a=1&b=%22",
+            headers: LoggedHeaders {
+                headers: &headers,
+                redacted: &["authorization", "cookie"],
+            },
+            action: "GET",
+            tls_version: Some("TLSv1.3"),
+            decision: Outcome::Allow,
+            policy_ids: &ids,
+            policy_version: "sha256:00",
+            eval_time_us: 4,
+            errors: &errors,
+        };
+        let text = line_of(&line, Some(200), 321);
+        assert!(
+            text.ends_with("}\n") && text.matches('\n').count() == 1,
+            "{text}"
+        );
+        assert!(!text.contains("secret-token"));
+        let back: DecisionRecord = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            back,
+            DecisionRecord {
+                time: "2025-11-25T19:46:40.123Z".to_owned(),
+                decision_id: "abc-1".to_owned(),
+                peer_spiffe_id: Some("spiffe://example.org/ns/prod/sa/web".to_owned()),
+                source_addr: "10.0.0.7:4000".to_owned(),
+                resource: "api".to_owned(),
+                method: "GET".to_owned(),
+                path: "/v1/\"odd\"\npath".to_owned(),
+                query: "a=1&b=%22".to_owned(),
+                headers: vec![
+                    ("accept".to_owned(), "*/*".to_owned()),
+                    ("authorization".to_owned(), REDACTED.to_owned()),
+                    ("x-note".to_owned(), headers[2].1.to_owned()),
+                ],
+                action: "GET".to_owned(),
+                tls_version: Some("TLSv1.3".to_owned()),
+                decision: Outcome::Allow,
+                policy_ids: ids.clone(),
+                policy_version: "sha256:00".to_owned(),
+                eval_time_us: 4,
+                upstream_status: Some(200),
+                latency_us: 321,
+                errors: errors.clone(),
+            }
+        );
+        assert_eq!(parse_time(&back.time), Some(line.time));
+    }
+
+    #[test]
+    fn a_denied_line_has_a_null_upstream_status_and_no_peer_when_plaintext() {
+        let line = DecisionLine {
+            time: UNIX_EPOCH,
+            decision_id: "d",
+            peer_spiffe_id: None,
+            source_addr: "127.0.0.1:1",
+            resource: "api",
+            method: "",
+            path: "",
+            query: "",
+            headers: LoggedHeaders {
+                headers: &[],
+                redacted: &[],
+            },
+            action: "connect",
+            tls_version: None,
+            decision: Outcome::Deny,
+            policy_ids: &[],
+            policy_version: "v",
+            eval_time_us: 0,
+            errors: &[],
+        };
+        let text = line_of(&line, None, 7);
+        assert!(
+            text.contains("\"upstream_status\":null,\"latency_us\":7}"),
+            "{text}"
+        );
+        let back: DecisionRecord = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.time, "1970-01-01T00:00:00.000Z");
+        assert_eq!(back.peer_spiffe_id, None);
+        assert_eq!(back.upstream_status, None);
+        assert_eq!(back.decision, Outcome::Deny);
     }
 }

@@ -115,27 +115,29 @@ pub(crate) fn grpc_parts(path: &str) -> Option<(&str, &str)> {
 
 /// Formats a time as `YYYY-MM-DDThh:mm:ss.sssZ`, the form Cedar's `datetime` accepts.
 pub(crate) fn rfc3339_millis(time: SystemTime) -> String {
-    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rem = secs % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60,
-        since.subsec_millis()
-    )
+    Rfc3339Millis(time).to_string()
+}
+
+/// Displays a time as `YYYY-MM-DDThh:mm:ss.sssZ` (UTC); times before 1970 show as 1970.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rfc3339Millis(pub(crate) SystemTime);
+
+impl std::fmt::Display for Rfc3339Millis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let since = self.0.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let secs = since.as_secs();
+        let (year, month, day) =
+            warden_identity::civil_from_days(i64::try_from(secs / 86_400).unwrap_or(0));
+        let rem = secs % 86_400;
+        write!(
+            f,
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+            rem / 3600,
+            (rem % 3600) / 60,
+            rem % 60,
+            since.subsec_millis()
+        )
+    }
 }
 
 /// Parses `YYYY-MM-DDThh:mm:ss[.sss]Z` (what [`rfc3339_millis`] writes and decision logs hold).

@@ -1,35 +1,59 @@
-//! The decision log: one JSON line per decision ([`DecisionRecord`], the format
+//! The decision log: one JSON line per decision (the [`warden_policy::DecisionRecord`] format
 //! `warden policy diff` replays), to stdout or to a 0600 file rotated by size
 //! (`file` -> `file.1` -> … -> `file.<keep>`).
 //!
-//! The request path never blocks on it: records go through a bounded channel to a writer
-//! thread that serializes them into a buffered writer and flushes after each batch. When the
-//! writer falls behind, records are dropped and counted.
+//! The request path never blocks on it: each decision's line is written (from borrowed parts,
+//! [`warden_policy::DecisionLine`]) on the request's own thread and appended to one shared
+//! buffer; a writer thread takes the whole buffer at once and writes it, batching about
+//! [`BATCH_INTERVAL`] of lines per write. Nothing is allocated per field or freed on another
+//! thread. When the writer falls behind and [`MAX_PENDING_BYTES`] are waiting, lines are dropped
+//! and counted. When the last handle is dropped, the writer writes what is pending and ends, and
+//! the drop waits for it, so a clean shutdown loses no line.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-
-use tokio::sync::mpsc;
-use warden_policy::DecisionRecord;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::JoinHandle;
 
 use crate::config::{DecisionLogConfig, LogTarget};
 use crate::metrics::Metrics;
 
-/// Records that may wait for the writer.
-const CHANNEL_CAPACITY: usize = 4096;
-/// How long the writer waits between batches while records keep coming.
+/// Most bytes of lines waiting for the writer; past it lines are dropped (and counted).
+const MAX_PENDING_BYTES: usize = 4 * 1024 * 1024;
+/// How long the writer waits between batches while lines keep coming.
 const BATCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
 /// Writer buffer size.
 const BUFFER_BYTES: usize = 64 * 1024;
+/// A batch buffer that grew past this (a burst) is not kept for the next batch.
+const KEEP_BATCH_CAPACITY: usize = 1024 * 1024;
 
-/// A handle to send records to the writer; cheap to clone.
+/// A handle to append lines for the writer; cheap to clone. The writer ends when the last
+/// handle is dropped.
 #[derive(Debug, Clone)]
 pub(crate) struct DecisionLog {
-    tx: mpsc::Sender<DecisionRecord>,
+    inner: Arc<Handle>,
+}
+
+#[derive(Debug)]
+struct Handle {
+    pending: Arc<Pending>,
     metrics: Arc<Metrics>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Lines waiting for the writer.
+#[derive(Debug, Default)]
+struct Pending {
+    state: Mutex<PendingState>,
+    wake: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct PendingState {
+    lines: Vec<u8>,
+    closed: bool,
 }
 
 /// Why the decision log cannot be opened.
@@ -51,16 +75,12 @@ struct Rotating {
     written: u64,
     max_bytes: u64,
     keep: u32,
-    /// One line, serialized here first: writes into a `Vec` are cheaper than serde_json's many
-    /// small writes into the `BufWriter`, and the line's length is known without counting.
-    line: Vec<u8>,
 }
 
 // === impl DecisionLog ===
 
 impl DecisionLog {
-    /// Opens the target (creating the file 0600) and starts the writer thread. The thread
-    /// ends, after writing what is queued, when every handle is dropped.
+    /// Opens the target (creating the file 0600) and starts the writer thread.
     pub(crate) fn start(
         config: &DecisionLogConfig,
         metrics: Arc<Metrics>,
@@ -71,49 +91,107 @@ impl DecisionLog {
                 Sink::File(Rotating::open(path, config.max_bytes, config.keep)?)
             }
         };
-        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-        std::thread::Builder::new()
+        let pending = Arc::new(Pending::default());
+        let writer_pending = Arc::clone(&pending);
+        let writer = std::thread::Builder::new()
             .name("decision-log".to_owned())
-            .spawn(move || writer(sink, rx))
+            .spawn(move || writer(sink, &writer_pending))
             .map_err(|source| OpenError {
                 path: PathBuf::from("-"),
                 source,
             })?;
-        Ok(Self { tx, metrics })
+        Ok(Self {
+            inner: Arc::new(Handle {
+                pending,
+                metrics,
+                writer: Mutex::new(Some(writer)),
+            }),
+        })
     }
 
-    /// Queues a record; drops (and counts) it when the writer is behind.
-    pub(crate) fn record(&self, record: DecisionRecord) {
-        if self.tx.try_send(record).is_err() {
-            self.metrics.decision_log_dropped();
+    /// Appends one whole line (ending in a newline); drops (and counts) it when the writer is
+    /// [`MAX_PENDING_BYTES`] behind.
+    pub(crate) fn push(&self, line: &[u8]) {
+        let pending = &self.inner.pending;
+        let appended = pending
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .append(line);
+        match appended {
+            // The writer sleeps on the condition only when nothing was pending.
+            Some(true) => pending.wake.notify_one(),
+            Some(false) => {}
+            None => self.inner.metrics.decision_log_dropped(),
         }
     }
 }
 
-/// Writes records until every sender is gone. While records keep coming, the thread drains the
-/// channel every [`BATCH_INTERVAL`] instead of being woken for each record (a wake-up per
-/// request costs the request path a futex call); when a whole interval brings nothing it blocks
-/// again until the next record.
-fn writer(mut sink: Sink, mut rx: mpsc::Receiver<DecisionRecord>) {
-    let write = |sink: &mut Sink, record: &DecisionRecord| {
-        if let Err(e) = sink.write(record) {
-            tracing::error!(error = %e, "decision log write failed");
+// === impl PendingState ===
+
+impl PendingState {
+    /// Appends `line` unless that would pass [`MAX_PENDING_BYTES`]; `Some(was_empty)` when
+    /// appended.
+    fn append(&mut self, line: &[u8]) -> Option<bool> {
+        if self.lines.len() + line.len() > MAX_PENDING_BYTES {
+            return None;
         }
-    };
-    while let Some(first) = rx.blocking_recv() {
-        write(&mut sink, &first);
-        loop {
-            while let Ok(record) = rx.try_recv() {
-                write(&mut sink, &record);
+        let was_empty = self.lines.is_empty();
+        self.lines.extend_from_slice(line);
+        Some(was_empty)
+    }
+}
+
+// === impl Handle ===
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.pending
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .closed = true;
+        self.pending.wake.notify_one();
+        let writer = self
+            .writer
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(writer) = writer
+            && writer.join().is_err()
+        {
+            tracing::error!("the decision log writer panicked");
+        }
+    }
+}
+
+/// Writes pending lines until the log is closed and nothing is pending. While lines keep coming
+/// it takes them every [`BATCH_INTERVAL`] (one write and flush per batch, no wake-up per line);
+/// when nothing is pending it sleeps until a line arrives.
+fn writer(mut sink: Sink, pending: &Pending) {
+    let mut batch: Vec<u8> = Vec::new();
+    loop {
+        {
+            let mut state = pending.state.lock().unwrap_or_else(PoisonError::into_inner);
+            while state.lines.is_empty() && !state.closed {
+                state = pending
+                    .wake
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner);
             }
-            if let Err(e) = sink.flush() {
-                tracing::error!(error = %e, "decision log flush failed");
-            }
-            std::thread::sleep(BATCH_INTERVAL);
-            if rx.is_empty() {
+            if state.lines.is_empty() {
                 break;
             }
+            std::mem::swap(&mut state.lines, &mut batch);
         }
+        if let Err(e) = sink.write_lines(&batch).and_then(|()| sink.flush()) {
+            tracing::error!(error = %e, "decision log write failed");
+        }
+        batch.clear();
+        if batch.capacity() > KEEP_BATCH_CAPACITY {
+            batch = Vec::new();
+        }
+        std::thread::sleep(BATCH_INTERVAL);
     }
     let _ = sink.flush();
 }
@@ -121,13 +199,11 @@ fn writer(mut sink: Sink, mut rx: mpsc::Receiver<DecisionRecord>) {
 // === impl Sink ===
 
 impl Sink {
-    fn write(&mut self, record: &DecisionRecord) -> io::Result<()> {
+    /// Writes whole lines.
+    fn write_lines(&mut self, lines: &[u8]) -> io::Result<()> {
         match self {
-            Self::Stdout(w) => {
-                serde_json::to_writer(&mut *w, record)?;
-                w.write_all(b"\n")
-            }
-            Self::File(r) => r.write(record),
+            Self::Stdout(w) => w.write_all(lines),
+            Self::File(r) => r.write_lines(lines),
         }
     }
 
@@ -154,18 +230,33 @@ impl Rotating {
             written,
             max_bytes,
             keep,
-            line: Vec::with_capacity(1024),
         })
     }
 
-    fn write(&mut self, record: &DecisionRecord) -> io::Result<()> {
-        self.line.clear();
-        serde_json::to_writer(&mut self.line, record)?;
-        self.line.push(b'\n');
-        self.file.write_all(&self.line)?;
-        self.written += self.line.len() as u64;
-        if self.written >= self.max_bytes {
-            self.rotate()?;
+    /// Writes whole lines, rotating right after the line that brings the file to `max_bytes`
+    /// (so no line is split between files).
+    fn write_lines(&mut self, mut lines: &[u8]) -> io::Result<()> {
+        while !lines.is_empty() {
+            let room = usize::try_from(self.max_bytes.saturating_sub(self.written))
+                .unwrap_or(usize::MAX)
+                .max(1);
+            if lines.len() < room {
+                self.file.write_all(lines)?;
+                self.written += lines.len() as u64;
+                return Ok(());
+            }
+            // The line that reaches `max_bytes` ends at the first newline at or after `room - 1`.
+            let cut = lines
+                .get(room - 1..)
+                .and_then(|tail| tail.iter().position(|&b| b == b'\n'))
+                .map_or(lines.len(), |i| room + i);
+            let (now, rest) = lines.split_at(cut);
+            self.file.write_all(now)?;
+            self.written += now.len() as u64;
+            lines = rest;
+            if self.written >= self.max_bytes {
+                self.rotate()?;
+            }
         }
         Ok(())
     }
@@ -215,12 +306,12 @@ fn open_0600(path: &Path) -> io::Result<File> {
 mod tests {
     use std::os::unix::fs::PermissionsExt;
 
-    use warden_policy::Outcome;
+    use warden_policy::{DecisionRecord, Outcome};
 
     use super::*;
 
-    fn record(n: usize) -> DecisionRecord {
-        DecisionRecord {
+    fn line(n: usize) -> Vec<u8> {
+        let record = DecisionRecord {
             time: "2026-01-01T00:00:00.000Z".to_owned(),
             decision_id: format!("d{n}"),
             peer_spiffe_id: Some("spiffe://example.org/a".to_owned()),
@@ -239,7 +330,22 @@ mod tests {
             upstream_status: Some(200),
             latency_us: 2,
             errors: vec![],
-        }
+        };
+        let mut line = serde_json::to_vec(&record).unwrap();
+        line.push(b'\n');
+        line
+    }
+
+    fn ids_in(path: &Path) -> Vec<String> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<DecisionRecord>(l)
+                    .unwrap()
+                    .decision_id
+            })
+            .collect()
     }
 
     #[test]
@@ -247,8 +353,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("decisions.log");
         let mut r = Rotating::open(&path, 4096, 2).unwrap();
-        for n in 0..200 {
-            r.write(&record(n)).unwrap();
+        // Batches of several lines, as the writer hands them over.
+        for batch in (0..200).collect::<Vec<_>>().chunks(7) {
+            let lines: Vec<u8> = batch.iter().flat_map(|&n| line(n)).collect();
+            r.write_lines(&lines).unwrap();
         }
         r.file.flush().unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
@@ -256,16 +364,68 @@ mod tests {
         assert!(numbered(&path, 1).exists());
         assert!(numbered(&path, 2).exists());
         assert!(!numbered(&path, 3).exists());
-        for p in [path.clone(), numbered(&path, 1)] {
-            let text = std::fs::read_to_string(&p).unwrap();
-            assert!(text.len() <= 4096 + 1024, "{}", text.len());
-            for line in text.lines() {
-                let back: DecisionRecord = serde_json::from_str(line).unwrap();
-                assert!(back.decision_id.starts_with('d'));
-            }
+        let line_len = line(100).len() as u64;
+        for p in [numbered(&path, 2), numbered(&path, 1)] {
+            // A rotated file ends with the line that brought it to the limit: whole lines only.
+            let len = std::fs::metadata(&p).unwrap().len();
+            assert!((4096..4096 + line_len).contains(&len), "{len}");
         }
-        let newest = std::fs::read_to_string(&path).unwrap();
-        assert!(newest.contains("\"d199\""));
+        // Every line is whole and in order across the files.
+        let mut ids = ids_in(&numbered(&path, 2));
+        ids.extend(ids_in(&numbered(&path, 1)));
+        ids.extend(ids_in(&path));
+        let numbers: Vec<usize> = ids.iter().map(|id| id[1..].parse().unwrap()).collect();
+        assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{numbers:?}");
+        assert_eq!(numbers.last(), Some(&199));
+    }
+
+    #[test]
+    fn every_pushed_line_is_written_by_the_time_the_last_handle_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("decisions.log");
+        let config = DecisionLogConfig {
+            target: LogTarget::File(path.clone()),
+            max_bytes: 64 * 1024 * 1024,
+            keep: 1,
+        };
+        let log = DecisionLog::start(&config, Arc::new(Metrics::new())).unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    for n in 0..500 {
+                        log.push(&line(t * 1000 + n));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        drop(log);
+        let ids = ids_in(&path);
+        assert_eq!(ids.len(), 2000);
+        let mut unique = ids.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), 2000);
+    }
+
+    #[test]
+    fn lines_beyond_the_pending_limit_are_refused_whole() {
+        let mut state = PendingState::default();
+        assert_eq!(state.append(b"a\n"), Some(true));
+        assert_eq!(state.append(b"b\n"), Some(false));
+        let filler = vec![b'x'; MAX_PENDING_BYTES - 3];
+        assert_eq!(state.append(&filler), None, "one byte too many");
+        assert_eq!(
+            state.append(&filler[1..]),
+            Some(false),
+            "exactly at the limit"
+        );
+        assert_eq!(state.lines.len(), MAX_PENDING_BYTES);
+        assert_eq!(state.append(b"c\n"), None);
+        assert!(state.lines.starts_with(b"a\nb\nx"));
     }
 
     #[test]

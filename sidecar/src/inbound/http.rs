@@ -134,7 +134,7 @@ async fn handle(
     }
     // The caller never speaks for the sidecar: drop its XFCC before anything looks at it.
     req.headers_mut().remove(XFCC);
-    let (decision, allowed, decision_id, mut record) = {
+    let (decision, allowed, decision_id, mut line) = {
         let mut headers: Vec<(&str, &str)> = req
             .headers()
             .iter()
@@ -164,17 +164,9 @@ async fn handle(
         shared.metrics.authorization(decision.eval_time());
         let allowed = decision.is_allowed() || shared.mode == Mode::DryRun;
         let id = shared.ids.next();
-        // The record is completed once the upstream status is known.
-        let record = record::decision_record(
-            String::new(),
-            conn,
-            &shared.config.service,
-            &parts,
-            &decision,
-            None,
-            std::time::Duration::ZERO,
-        );
-        (decision, allowed, id, record)
+        // The line is completed once the upstream status is known.
+        let line = record::start_line(&id, conn, &shared.config.service, &parts, &decision);
+        (decision, allowed, id, line)
     };
     let label = DecisionLabel::of(&decision);
     super::trace_decision(shared, conn, &decision_id, &decision, "request");
@@ -192,10 +184,14 @@ async fn handle(
     };
     let latency = start.elapsed();
     let status = response.status().as_u16();
-    record.decision_id = decision_id;
-    record.upstream_status = allowed.then_some(status);
-    record.latency_us = record::micros(latency);
-    shared.log.record(record);
+    if !line.is_empty() {
+        warden_policy::finish_line(
+            &mut line,
+            allowed.then_some(status),
+            record::micros(latency),
+        );
+        shared.log.push(&line);
+    }
     shared
         .metrics
         .request(Direction::Inbound, label, Some(status), latency);

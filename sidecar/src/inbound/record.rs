@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::HeaderValue;
-use warden_policy::{Caller, Decision, DecisionRecord, Operation, Request, TlsFacts};
+use warden_policy::{
+    Caller, Decision, DecisionLine, LoggedHeaders, Operation, Request, TlsFacts, finish_line,
+};
 
 use super::ConnInfo;
 
@@ -19,8 +21,8 @@ const REDACTED_HEADERS: &[&str] = &[
     "set-cookie",
     "x-api-key",
 ];
-/// What a redacted value becomes.
-pub(crate) const REDACTED: &str = "<redacted>";
+/// Room for a typical line, so that writing one rarely grows the buffer.
+const LINE_CAPACITY: usize = 768;
 /// The header carrying the caller's identity to the app (Envoy's format).
 pub(crate) const XFCC: &str = "x-forwarded-client-cert";
 
@@ -96,47 +98,60 @@ pub(crate) fn policy_request<'a>(
     }
 }
 
-/// The decision-log line of one decision.
-pub(crate) fn decision_record(
-    id: String,
+/// Starts the decision-log line of one decision (everything but the upstream status and the
+/// latency, which [`warden_policy::finish_line`] adds). Empty if it could not be written.
+pub(crate) fn start_line(
+    id: &str,
+    conn: &ConnInfo,
+    resource: &str,
+    parts: &RequestParts<'_>,
+    decision: &Decision,
+) -> Vec<u8> {
+    let mut line = Vec::with_capacity(LINE_CAPACITY);
+    let written = DecisionLine {
+        time: parts.time,
+        decision_id: id,
+        peer_spiffe_id: conn.peer.as_ref().map(|p| p.id.as_str()),
+        source_addr: &conn.source_text,
+        resource,
+        method: parts.method,
+        path: parts.path,
+        query: parts.query,
+        headers: LoggedHeaders {
+            headers: parts.headers,
+            redacted: REDACTED_HEADERS,
+        },
+        action: parts.operation.action_name(),
+        tls_version: conn.tls_version,
+        decision: decision.outcome(),
+        policy_ids: decision.policy_ids(),
+        policy_version: decision.version(),
+        eval_time_us: micros(decision.eval_time()),
+        errors: decision.errors(),
+    }
+    .write_start(&mut line);
+    if let Err(e) = written {
+        tracing::error!(error = %e, "cannot write a decision-log line");
+        line.clear();
+    }
+    line
+}
+
+/// The whole decision-log line of a decision whose outcome upstream is known now.
+pub(crate) fn whole_line(
+    id: &str,
     conn: &ConnInfo,
     resource: &str,
     parts: &RequestParts<'_>,
     decision: &Decision,
     upstream_status: Option<u16>,
     latency: Duration,
-) -> DecisionRecord {
-    DecisionRecord {
-        time: humantime::format_rfc3339_millis(parts.time).to_string(),
-        decision_id: id,
-        peer_spiffe_id: conn.peer.as_ref().map(|p| p.id.as_str().to_owned()),
-        source_addr: conn.source_text.clone(),
-        resource: resource.to_owned(),
-        method: parts.method.to_owned(),
-        path: parts.path.to_owned(),
-        query: parts.query.to_owned(),
-        headers: parts
-            .headers
-            .iter()
-            .map(|(name, value)| {
-                let value = if REDACTED_HEADERS.contains(name) {
-                    REDACTED
-                } else {
-                    value
-                };
-                ((*name).to_owned(), value.to_owned())
-            })
-            .collect(),
-        action: parts.operation.action_name().to_owned(),
-        tls_version: conn.tls_version.map(str::to_owned),
-        decision: decision.outcome(),
-        policy_ids: decision.policy_ids().to_vec(),
-        policy_version: decision.version().to_owned(),
-        eval_time_us: micros(decision.eval_time()),
-        upstream_status,
-        latency_us: micros(latency),
-        errors: decision.errors().to_vec(),
+) -> Vec<u8> {
+    let mut line = start_line(id, conn, resource, parts, decision);
+    if !line.is_empty() {
+        finish_line(&mut line, upstream_status, micros(latency));
     }
+    line
 }
 
 /// `By=<our id>;Hash=<sha-256 of the peer leaf>;URI=<peer id>`, Envoy's

@@ -55,8 +55,8 @@ pub(super) async fn serve<I>(
         None
     };
     let latency = start.elapsed();
-    shared.log.record(record::decision_record(
-        id,
+    shared.log.push(&record::whole_line(
+        &id,
         &conn,
         &shared.config.service,
         &parts,
@@ -102,8 +102,8 @@ async fn revoked(shared: &Shared, conn: &ConnInfo, mut version: String) {
             &shared.config.service,
             &parts,
         ));
-        shared.log.record(record::decision_record(
-            shared.ids.next(),
+        shared.log.push(&record::whole_line(
+            &shared.ids.next(),
             conn,
             &shared.config.service,
             &parts,
