@@ -6,12 +6,14 @@
 //! - `identity_source`: the SVID and bundles, streamed from the agent's Workload API.
 //! - `inbound`: mTLS termination, HTTP/gRPC/TCP proxying to the app, authorization.
 //! - [`outbound`]: local plaintext listeners, mTLS origination, connection pools.
+//! - `h2_client`: the shared HTTP/2 client connection (to the app, and to each upstream).
 //! - `decision_log`, `metrics`, `admin`: one JSON line per decision, Prometheus metrics,
 //!   `/healthz` `/readyz` `/metrics`.
 
 mod admin;
 pub mod config;
 mod decision_log;
+mod h2_client;
 mod identity_source;
 mod inbound;
 mod metrics;

@@ -6,8 +6,8 @@
 //! the pair never waits on another caller, and nothing shared is locked or searched per request.
 //! When the inbound connection ends, its app connection goes to a small idle list that the next
 //! inbound connection takes from before it opens a new one (callers that connect per request
-//! still reuse app connections). HTTP/2 and gRPC: one pooled h2c client (prior knowledge)
-//! multiplexes every caller's streams.
+//! still reuse app connections). HTTP/2 and gRPC: one h2c connection (prior knowledge)
+//! multiplexes every caller's streams ([`SharedH2`]).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Request, Response, Uri, Version, header};
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper::client::conn::{http1, http2};
+
+use crate::h2_client::{H2Error, SharedH2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
@@ -42,7 +42,7 @@ pub(crate) struct App {
     addr: SocketAddr,
     authority: Authority,
     idle: Arc<IdleConns>,
-    h2: Client<HttpConnector, Incoming>,
+    h2: SharedH2,
 }
 
 /// One inbound connection's HTTP/1.1 connection to the app: taken from the idle list or opened on
@@ -66,17 +66,9 @@ struct IdleConns {
 
 impl App {
     pub(crate) fn new(addr: SocketAddr, idle_timeout: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        let h2 = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(idle_timeout)
-            .pool_max_idle_per_host(usize::MAX)
-            .set_host(false)
-            .http2_only(true)
-            .build(connector);
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder.timer(TokioTimer::new());
+        let h2 = SharedH2::new(builder, idle_timeout);
         let authority = Authority::try_from(addr.to_string())
             .unwrap_or_else(|_| Authority::from_static("127.0.0.1"));
         Self {
@@ -120,7 +112,7 @@ impl App {
             parts.path_and_query = Some(path);
             *req.uri_mut() = Uri::from_parts(parts).map_err(|_| AppError::Unavailable)?;
             *req.version_mut() = Version::HTTP_2;
-            self.h2.request(req).await.map_err(|e| self.failed(&e))
+            self.send_h2(req).await
         } else {
             // HTTP/1.1 to an origin server: origin-form (`/path?query`).
             *req.uri_mut() = Uri::from(path);
@@ -167,7 +159,17 @@ impl App {
         }
     }
 
-    async fn connect_h1(&self) -> Result<http1::SendRequest<Incoming>, AppError> {
+    /// HTTP/2 on the shared h2c connection.
+    async fn send_h2(&self, req: Request<Incoming>) -> Result<Response<Incoming>, AppError> {
+        let dial = || async { self.connect_tcp().await.map(TokioIo::new) };
+        match self.h2.send(req, dial).await {
+            Ok(resp) => Ok(resp),
+            Err(H2Error::Connect(e)) => Err(e),
+            Err(H2Error::Http(e)) => Err(self.failed(&e)),
+        }
+    }
+
+    async fn connect_tcp(&self) -> Result<TcpStream, AppError> {
         let connect = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.addr));
         let stream = match connect.await {
             Ok(Ok(stream)) => stream,
@@ -178,6 +180,11 @@ impl App {
             }
         };
         let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    async fn connect_h1(&self) -> Result<http1::SendRequest<Incoming>, AppError> {
+        let stream = self.connect_tcp().await?;
         let (sender, connection) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await

@@ -196,26 +196,38 @@ pub(crate) fn refused_certificate_alert(
     err: &(dyn std::error::Error + 'static),
 ) -> Option<rustls::AlertDescription> {
     use rustls::AlertDescription as A;
+    const REFUSALS: [A; 8] = [
+        A::BadCertificate,
+        A::UnsupportedCertificate,
+        A::CertificateRevoked,
+        A::CertificateExpired,
+        A::CertificateUnknown,
+        A::UnknownCA,
+        A::CertificateRequired,
+        A::AccessDenied,
+    ];
     let mut current = Some(err);
     while let Some(err) = current {
+        let io = err.downcast_ref::<io::Error>();
         let tls = err.downcast_ref::<rustls::Error>().or_else(|| {
-            err.downcast_ref::<io::Error>()
-                .and_then(|io| io.get_ref())
+            io.and_then(|io| io.get_ref())
                 .and_then(|inner| inner.downcast_ref::<rustls::Error>())
         });
         if let Some(rustls::Error::AlertReceived(alert)) = tls {
-            return matches!(
-                alert,
-                A::BadCertificate
-                    | A::UnsupportedCertificate
-                    | A::CertificateRevoked
-                    | A::CertificateExpired
-                    | A::CertificateUnknown
-                    | A::UnknownCA
-                    | A::CertificateRequired
-                    | A::AccessDenied
-            )
-            .then_some(*alert);
+            return REFUSALS.contains(alert).then_some(*alert);
+        }
+        // An HTTP/2 connection keeps an I/O error only as its kind and text (the h2 crate copies
+        // it to every stream), so the alert is recognised by rustls's own text for it.
+        if let Some(io) = io
+            && tls.is_none()
+        {
+            let text = io.to_string();
+            if let Some(alert) = REFUSALS
+                .iter()
+                .find(|a| text == rustls::Error::AlertReceived(**a).to_string())
+            {
+                return Some(*alert);
+            }
         }
         current = err.source();
     }
@@ -448,5 +460,27 @@ impl AsyncWrite for UpstreamStream {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.tls).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_alerts_are_found_inside_io_errors_and_in_their_text() {
+        use rustls::AlertDescription as A;
+        let wrapped = io::Error::other(rustls::Error::AlertReceived(A::UnknownCA));
+        assert_eq!(refused_certificate_alert(&wrapped), Some(A::UnknownCA));
+        // What an HTTP/2 connection error keeps of it: the kind and the text.
+        let flattened = io::Error::other(wrapped.to_string());
+        assert_eq!(refused_certificate_alert(&flattened), Some(A::UnknownCA));
+        // Alerts that are not about our certificate, and other errors, are not refusals.
+        let other = io::Error::other(rustls::Error::AlertReceived(A::HandshakeFailure));
+        assert_eq!(refused_certificate_alert(&other), None);
+        let other_text = io::Error::other(other.to_string());
+        assert_eq!(refused_certificate_alert(&other_text), None);
+        let unrelated = io::Error::new(io::ErrorKind::ConnectionReset, "connection reset");
+        assert_eq!(refused_certificate_alert(&unrelated), None);
     }
 }

@@ -15,12 +15,14 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
+use hyper::client::conn::http2;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::HandshakeFailure;
 use super::connect::{self, ConnectError, MtlsConnector};
 use super::{OutboundHooks, OutboundLimits};
+use crate::h2_client::{H2Error, SharedH2};
 
 /// The body of a response to the local client: the upstream's, streamed, or the sidecar's own.
 pub(crate) type ResponseBody = Either<Incoming, Full<Bytes>>;
@@ -48,7 +50,8 @@ const GRPC_UNAVAILABLE: HeaderValue = HeaderValue::from_static("14");
 #[derive(Debug)]
 pub(crate) struct HttpProxy {
     http1: Client<MtlsConnector, Incoming>,
-    h2: Client<MtlsConnector, Incoming>,
+    h2: SharedH2,
+    h2_connector: MtlsConnector,
     /// `:authority` for requests that name none (HTTP/1.0 without `Host`).
     upstream_authority: Option<Authority>,
     upstream: String,
@@ -82,16 +85,17 @@ impl HttpProxy {
             // pooled connection just as a request is written to it.
             .pool_idle_timeout(limits.idle_timeout / 2);
         let http1 = builder.build(http1);
-        // HTTP/2 only: the pool then dials one connection at a time and shares it, instead of
-        // racing one handshake per waiting request.
-        let h2 = builder
-            .http2_only(true)
-            .http2_keep_alive_interval(limits.idle_timeout / 2)
-            .http2_keep_alive_timeout(limits.handshake_timeout)
-            .build(h2);
+        let mut h2_builder = http2::Builder::new(TokioExecutor::new());
+        h2_builder
+            .timer(TokioTimer::new())
+            // Pings only while streams are open (an idle connection is replaced after half the
+            // idle timeout instead, see `SharedH2`).
+            .keep_alive_interval(limits.idle_timeout / 2)
+            .keep_alive_timeout(limits.handshake_timeout);
         Self {
             http1,
-            h2,
+            h2: SharedH2::new(h2_builder, limits.idle_timeout / 2),
+            h2_connector: h2,
             upstream_authority: upstream.parse().ok(),
             upstream,
             hooks,
@@ -146,25 +150,29 @@ impl HttpProxy {
         *req.uri_mut() = uri;
         strip_hop_by_hop(req.headers_mut(), true);
         req.headers_mut().remove(XFCC);
-        let client = match req.version() {
-            Version::HTTP_2 => &self.h2,
+        let sent = match req.version() {
+            Version::HTTP_2 => {
+                let dial = || async { self.h2_connector.connect().await.map(TokioIo::new) };
+                self.h2.send(req, dial).await.map_err(|e| match e {
+                    H2Error::Connect(e) => self.failure(&e),
+                    H2Error::Http(e) => self.failure(&e),
+                })
+            }
             _ => {
                 // Upstream connections speak HTTP/1.1 whatever the local client spoke, as
                 // intermediaries do (RFC 9110 §2.5), so that HTTP/1.0 requests reuse them too.
                 *req.version_mut() = Version::HTTP_11;
-                &self.http1
+                self.http1.request(req).await.map_err(|e| self.failure(&e))
             }
         };
-
-        match client.request(req).await {
+        match sent {
             Ok(response) => {
                 let mut response = response.map(Either::Left);
                 strip_hop_by_hop(response.headers_mut(), false);
                 let status = response.status();
                 (response, status)
             }
-            Err(err) => {
-                let (status, message) = self.failure(&err);
+            Err((status, message)) => {
                 tracing::warn!(upstream = %self.upstream, error = %message, "outbound request failed");
                 local_reply(status, grpc, message)
             }
@@ -201,7 +209,7 @@ impl HttpProxy {
     }
 
     /// The status and message for a request the upstream did not answer.
-    fn failure(&self, err: &hyper_util::client::legacy::Error) -> (StatusCode, String) {
+    fn failure(&self, err: &(dyn StdError + 'static)) -> (StatusCode, String) {
         let mut source: Option<&(dyn StdError + 'static)> = Some(err);
         while let Some(current) = source {
             if let Some(connect) = current.downcast_ref::<ConnectError>() {
@@ -226,7 +234,11 @@ impl HttpProxy {
             );
         }
         let mut message = format!("upstream `{}` failed before responding", self.upstream);
-        let mut source = err.source();
+        // The pooled client's own message says only "client error"; its sources say what.
+        let mut source = match err.is::<hyper_util::client::legacy::Error>() {
+            true => err.source(),
+            false => Some(err),
+        };
         while let Some(current) = source {
             message.push_str(": ");
             message.push_str(&current.to_string());

@@ -19,6 +19,11 @@ async fn get_once(proxy: &Proxy) -> Reply {
     LocalClient::h1(proxy.addr).await.get(proxy.addr, "/").await
 }
 
+/// One request over h2c (the shared HTTP/2 upstream connection).
+async fn get_once_h2(proxy: &Proxy) -> Reply {
+    LocalClient::h2(proxy.addr).await.get(proxy.addr, "/").await
+}
+
 #[tokio::test]
 async fn unexpected_upstream_id_gets_502_and_nothing_reaches_the_app() {
     let pki = Pki::new();
@@ -29,8 +34,11 @@ async fn unexpected_upstream_id_gets_502_and_nothing_reaches_the_app() {
     })
     .await;
 
-    for _ in 0..2 {
-        let reply = get_once(&proxy).await;
+    for h2 in [false, false, true, true] {
+        let reply = match h2 {
+            false => get_once(&proxy).await,
+            true => get_once_h2(&proxy).await,
+        };
         assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
         assert_eq!(
             reply.body,
@@ -44,11 +52,8 @@ async fn unexpected_upstream_id_gets_502_and_nothing_reaches_the_app() {
     }
     assert_eq!(upstream.requests(), 0);
     assert_eq!(upstream.connections(), 0);
-    assert_eq!(
-        proxy.hooks.handshake_failures(),
-        ["unexpected_id", "unexpected_id"]
-    );
-    assert_eq!(proxy.hooks.statuses(), [Some(502), Some(502)]);
+    assert_eq!(proxy.hooks.handshake_failures(), ["unexpected_id"; 4]);
+    assert_eq!(proxy.hooks.statuses(), [Some(502); 4]);
     proxy.stop().await;
 }
 
@@ -168,20 +173,29 @@ async fn upstream_that_refuses_our_svid_gets_502_and_sees_no_request() {
     .await;
     let proxy = Proxy::http(&pki, &upstream).await;
 
-    let reply = get_once(&proxy).await;
-    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
-    assert_eq!(
-        reply.body,
-        format!(
-            "tls handshake with upstream `{}` failed: the upstream refused this sidecar's svid \
-             (CertificateUnknown)\n",
-            upstream.addr
-        )
-    );
+    for h2 in [false, true] {
+        let reply = match h2 {
+            false => get_once(&proxy).await,
+            true => get_once_h2(&proxy).await,
+        };
+        assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "h2: {h2}");
+        assert_eq!(
+            reply.body,
+            format!(
+                "tls handshake with upstream `{}` failed: the upstream refused this sidecar's \
+                 svid (CertificateUnknown)\n",
+                upstream.addr
+            ),
+            "h2: {h2}"
+        );
+    }
     assert_eq!(upstream.requests(), 0);
     assert_eq!(upstream.connections(), 0);
-    assert_eq!(upstream.failed_handshakes(), 1);
-    assert_eq!(proxy.hooks.handshake_failures(), ["peer_rejected"]);
+    assert_eq!(upstream.failed_handshakes(), 2);
+    assert_eq!(
+        proxy.hooks.handshake_failures(),
+        ["peer_rejected", "peer_rejected"]
+    );
     proxy.stop().await;
 }
 

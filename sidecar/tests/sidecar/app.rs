@@ -13,8 +13,9 @@ use tokio::net::TcpListener;
 
 /// An HTTP/1.1 + h2c app that counts requests and connections and answers with what it saw:
 /// `version xfcc=<x-forwarded-client-cert>` (and echoes a request body), the request target in
-/// `x-seen-uri`; a path under `/close` is answered with `connection: close` (HTTP/1.1), so the
-/// app closes that connection after the response.
+/// `x-seen-uri`; a path under `/close` is answered with `connection: close` (HTTP/1.1), or
+/// followed by a graceful shutdown of the connection (HTTP/2: GOAWAY), so the app closes that
+/// connection after the response.
 pub(crate) struct App {
     pub(crate) addr: SocketAddr,
     pub(crate) count: Arc<AtomicUsize>,
@@ -35,9 +36,16 @@ impl App {
                 };
                 conns.fetch_add(1, Ordering::SeqCst);
                 let c = Arc::clone(&c);
+                let close_h2 = Arc::new(tokio::sync::Notify::new());
+                let closing = Arc::clone(&close_h2);
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                         c.fetch_add(1, Ordering::SeqCst);
+                        if req.uri().path().starts_with("/close")
+                            && req.version() == http::Version::HTTP_2
+                        {
+                            closing.notify_one();
+                        }
                         async move {
                             let xfcc = req
                                 .headers()
@@ -63,9 +71,17 @@ impl App {
                             Ok::<_, hyper::Error>(resp)
                         }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = &mut conn => {}
+                        () = close_h2.notified() => {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = conn.await;
+                        }
+                    }
                 });
             }
         });

@@ -190,6 +190,23 @@ async fn app_closing_its_connection_between_requests_costs_the_caller_nothing() 
 }
 
 #[tokio::test]
+async fn app_closing_its_h2_connection_costs_h2_callers_nothing() {
+    let f = Fixture::start(Options::default()).await;
+    let web = f.client(WEB_ID);
+    for path in ["/a", "/close/1", "/b", "/close/2", "/c"] {
+        let (status, _, body) = web.request(f.inbound, get_h2(path)).await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        assert!(body.starts_with("HTTP/2.0 "), "{body}");
+    }
+    assert_eq!(f.app.seen(), 5);
+    assert_eq!(
+        f.app.connections(),
+        3,
+        "one shared h2c connection, a new one after each close"
+    );
+}
+
+#[tokio::test]
 async fn spoofed_xfcc_from_the_caller_is_replaced() {
     let f = Fixture::start(Options::default()).await;
     let web = f.client(WEB_ID);
