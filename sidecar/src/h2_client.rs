@@ -94,9 +94,23 @@ impl SharedH2 {
         F: Future<Output = Result<I, E>>,
         I: Read + Write + Unpin + Send + 'static,
     {
-        if let Some(sender) = self.open() {
-            return Ok(sender);
+        match self.open() {
+            Some(sender) => Ok(sender),
+            // Boxed: connecting (a TLS handshake for an upstream) is a large future that the
+            // common path should not carry in every request's own future.
+            None => Box::pin(self.connect(dial)).await,
         }
+    }
+
+    async fn connect<D, F, I, E>(
+        &self,
+        dial: &D,
+    ) -> Result<http2::SendRequest<Incoming>, H2Error<E>>
+    where
+        D: Fn() -> F,
+        F: Future<Output = Result<I, E>>,
+        I: Read + Write + Unpin + Send + 'static,
+    {
         let _connecting = self.connecting.lock().await;
         // Another request may have connected while this one waited.
         if let Some(sender) = self.open() {

@@ -135,12 +135,13 @@ impl App {
         let mut slot = conn.slot.lock().await;
         let mut retried = false;
         loop {
+            // Connecting is boxed: a large future the common path should not carry.
             let mut sender = match slot.take().or_else(|| self.idle.take()) {
                 Some(mut open) => match open.ready().await {
                     Ok(()) => open,
-                    Err(_) => self.connect_h1().await?,
+                    Err(_) => Box::pin(self.connect_h1()).await?,
                 },
-                None => self.connect_h1().await?,
+                None => Box::pin(self.connect_h1()).await?,
             };
             match sender.try_send_request(req).await {
                 Ok(resp) => {
