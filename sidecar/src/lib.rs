@@ -14,6 +14,7 @@ mod admin;
 pub mod config;
 mod decision_log;
 mod h2_client;
+mod hop_by_hop;
 mod identity_source;
 mod inbound;
 mod metrics;

@@ -14,11 +14,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderMap, Request, Response, Uri, Version, header};
+use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 
 use crate::h2_client::{H2Error, SharedH2};
+use crate::hop_by_hop;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
@@ -103,7 +104,7 @@ impl App {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        strip_hop_by_hop(req.headers_mut());
+        hop_by_hop::strip(req.headers_mut(), true);
         let result = if h2 {
             // h2 needs `:scheme` and `:authority`: an absolute URI.
             let mut parts = http::uri::Parts::default();
@@ -120,7 +121,7 @@ impl App {
             self.send_h1(conn, req).await
         };
         result.map(|mut resp| {
-            strip_hop_by_hop(resp.headers_mut());
+            hop_by_hop::strip(resp.headers_mut(), false);
             resp
         })
     }
@@ -250,37 +251,6 @@ impl IdleConns {
     }
 }
 
-/// Removes connection-specific headers (RFC 9110 §7.6.1), keeping `te: trailers`, which gRPC
-/// needs end to end.
-pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if let Some(conn) = headers.get(header::CONNECTION).cloned()
-        && let Ok(list) = conn.to_str()
-    {
-        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            if !name.eq_ignore_ascii_case("te") {
-                headers.remove(name);
-            }
-        }
-    }
-    for name in [
-        header::CONNECTION,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
-        headers.remove(name);
-    }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
-    if headers
-        .get(header::TE)
-        .is_some_and(|te| !te.as_bytes().eq_ignore_ascii_case(b"trailers"))
-    {
-        headers.remove(header::TE);
-    }
-}
-
 fn is_refused(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut source = Some(err);
     while let Some(e) = source {
@@ -303,27 +273,4 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
         source = e.source();
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hop_by_hop_headers_are_removed_but_te_trailers_is_kept() {
-        let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, "keep-alive, x-secret".parse().unwrap());
-        h.insert("x-secret", "1".parse().unwrap());
-        h.insert("keep-alive", "timeout=5".parse().unwrap());
-        h.insert(header::TE, "trailers".parse().unwrap());
-        h.insert(header::UPGRADE, "websocket".parse().unwrap());
-        h.insert("x-kept", "1".parse().unwrap());
-        strip_hop_by_hop(&mut h);
-        let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
-        assert_eq!(names, ["te", "x-kept"]);
-        let mut h = HeaderMap::new();
-        h.insert(header::TE, "gzip".parse().unwrap());
-        strip_hop_by_hop(&mut h);
-        assert!(h.is_empty());
-    }
 }

@@ -63,9 +63,29 @@ impl DecisionIds {
         }
     }
 
+    /// `<prefix as 16 hex digits>-<counter in hex>`.
     pub(crate) fn next(&self) -> String {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        format!("{:016x}-{n:x}", self.prefix)
+        let mut id = String::with_capacity(16 + 1 + 16);
+        push_hex(&mut id, self.prefix, 16);
+        id.push('-');
+        push_hex(&mut id, n, 1);
+        id
+    }
+}
+
+/// Appends `n` in lowercase hex, zero-padded to at least `width` digits (a hand-written
+/// `format!("{n:0width$x}")`, which costs a formatter per request).
+fn push_hex(out: &mut String, n: u64, width: usize) {
+    let digits = (64 - n.leading_zeros()).div_ceil(4).max(1) as usize;
+    for shift in (0..digits.max(width)).rev() {
+        let nibble = if shift < 16 {
+            (n >> (shift * 4)) & 0xf
+        } else {
+            0
+        };
+        // A nibble is always a hex digit.
+        out.push(char::from_digit(nibble as u32, 16).unwrap_or('0'));
     }
 }
 
@@ -231,6 +251,17 @@ mod tests {
         );
         assert_eq!(r.source.to_string(), "10.0.0.7");
         assert_eq!(r.resource, "api");
+    }
+
+    #[test]
+    fn hex_matches_the_formatter() {
+        for n in [0, 1, 0xf, 0x10, 0xabc, u64::from(u32::MAX), u64::MAX] {
+            for width in [1, 16] {
+                let mut s = String::new();
+                push_hex(&mut s, n, width);
+                assert_eq!(s, format!("{n:0width$x}"));
+            }
+        }
     }
 
     #[test]

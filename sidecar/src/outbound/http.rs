@@ -23,21 +23,12 @@ use super::HandshakeFailure;
 use super::connect::{self, ConnectError, MtlsConnector};
 use super::{OutboundHooks, OutboundLimits};
 use crate::h2_client::{H2Error, SharedH2};
+use crate::hop_by_hop;
 
 /// The body of a response to the local client: the upstream's, streamed, or the sidecar's own.
 pub(crate) type ResponseBody = Either<Incoming, Full<Bytes>>;
 
-/// Headers that describe one connection (RFC 9110 §7.6.1) and are never forwarded, plus the
-/// client-certificate header only the inbound sidecar may set.
-const HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-];
+/// The client-certificate header only the inbound sidecar may set: never forwarded from here.
 const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
@@ -148,7 +139,7 @@ impl HttpProxy {
             Err(message) => return local_reply(StatusCode::BAD_REQUEST, grpc, message),
         };
         *req.uri_mut() = uri;
-        strip_hop_by_hop(req.headers_mut(), true);
+        hop_by_hop::strip(req.headers_mut(), true);
         req.headers_mut().remove(XFCC);
         let sent = match req.version() {
             Version::HTTP_2 => {
@@ -168,7 +159,7 @@ impl HttpProxy {
         match sent {
             Ok(response) => {
                 let mut response = response.map(Either::Left);
-                strip_hop_by_hop(response.headers_mut(), false);
+                hop_by_hop::strip(response.headers_mut(), false);
                 let status = response.status();
                 (response, status)
             }
@@ -264,31 +255,6 @@ fn is_grpc(headers: &HeaderMap) -> bool {
         .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
 }
 
-/// Removes connection-specific headers, and those the `Connection` header names. `TE` stays on
-/// requests when it is exactly `trailers` (gRPC needs it); it never goes back to a client.
-fn strip_hop_by_hop(headers: &mut HeaderMap, request: bool) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
-    let keep_te = request
-        && headers
-            .get(header::TE)
-            .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    if !keep_te {
-        headers.remove(header::TE);
-    }
-}
-
 /// A response made by the sidecar. gRPC clients get HTTP 200 with `grpc-status: 14`
 /// (`UNAVAILABLE`) and the message in `grpc-message`, as gRPC requires; others get `status`
 /// and the message as a plain-text body.
@@ -343,43 +309,6 @@ fn grpc_percent_encode(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hop_by_hop_and_connection_named_headers_are_removed() {
-        let mut headers = HeaderMap::new();
-        for (name, value) in [
-            ("connection", "keep-alive, x-session"),
-            ("keep-alive", "timeout=5"),
-            ("x-session", "abc"),
-            ("transfer-encoding", "chunked"),
-            ("upgrade", "websocket"),
-            ("proxy-connection", "keep-alive"),
-            ("proxy-authorization", "basic x"),
-            ("te", "trailers"),
-            ("x-kept", "1"),
-            ("authorization", "bearer kept"),
-        ] {
-            headers.append(name, HeaderValue::from_static(value));
-        }
-        let mut request = headers.clone();
-        strip_hop_by_hop(&mut request, true);
-        let mut names: Vec<&str> = request.keys().map(|k| k.as_str()).collect();
-        names.sort_unstable();
-        assert_eq!(names, ["authorization", "te", "x-kept"]);
-
-        strip_hop_by_hop(&mut headers, false);
-        let mut names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
-        names.sort_unstable();
-        assert_eq!(names, ["authorization", "x-kept"]);
-    }
-
-    #[test]
-    fn te_other_than_trailers_is_removed_from_requests() {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::TE, HeaderValue::from_static("gzip"));
-        strip_hop_by_hop(&mut headers, true);
-        assert!(headers.is_empty());
-    }
 
     #[test]
     fn grpc_messages_are_percent_encoded() {
