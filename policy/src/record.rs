@@ -390,49 +390,9 @@ mod tests {
         assert_eq!(parse_time(&back.time), Some(line.time));
     }
 
-    #[test]
-    fn each_line_carries_its_own_millisecond() {
-        let base = UNIX_EPOCH + Duration::from_millis(1_764_100_000_123);
-        let times = [
-            (base, "2025-11-25T19:46:40.123Z"),
-            (
-                base + Duration::from_micros(500),
-                "2025-11-25T19:46:40.123Z",
-            ),
-            (base + Duration::from_millis(1), "2025-11-25T19:46:40.124Z"),
-            (base, "2025-11-25T19:46:40.123Z"),
-            (UNIX_EPOCH, "1970-01-01T00:00:00.000Z"),
-        ];
-        for (time, want) in times {
-            let line = DecisionLine {
-                time,
-                decision_id: "d",
-                peer_spiffe_id: None,
-                source_addr: "127.0.0.1:1",
-                resource: "api",
-                method: "GET",
-                path: "/",
-                query: "",
-                headers: LoggedHeaders {
-                    headers: &[],
-                    redacted: &[],
-                },
-                action: "GET",
-                tls_version: None,
-                decision: Outcome::Deny,
-                policy_ids: &[],
-                policy_version: "v",
-                eval_time_us: 0,
-                errors: &[],
-            };
-            let back: DecisionRecord = serde_json::from_str(&line_of(&line, None, 1)).unwrap();
-            assert_eq!(back.time, want);
-        }
-    }
-
-    #[test]
-    fn a_denied_line_has_a_null_upstream_status_and_no_peer_when_plaintext() {
-        let line = DecisionLine {
+    /// A denied `connect` from a plaintext caller at the epoch.
+    fn plain_connect_denial() -> DecisionLine<'static> {
+        DecisionLine {
             time: UNIX_EPOCH,
             decision_id: "d",
             peer_spiffe_id: None,
@@ -452,7 +412,35 @@ mod tests {
             policy_version: "v",
             eval_time_us: 0,
             errors: &[],
-        };
+        }
+    }
+
+    #[test]
+    fn each_line_carries_its_own_millisecond() {
+        let base = UNIX_EPOCH + Duration::from_millis(1_764_100_000_123);
+        let times = [
+            (base, "2025-11-25T19:46:40.123Z"),
+            (
+                base + Duration::from_micros(500),
+                "2025-11-25T19:46:40.123Z",
+            ),
+            (base + Duration::from_millis(1), "2025-11-25T19:46:40.124Z"),
+            (base, "2025-11-25T19:46:40.123Z"),
+            (UNIX_EPOCH, "1970-01-01T00:00:00.000Z"),
+        ];
+        for (time, want) in times {
+            let line = DecisionLine {
+                time,
+                ..plain_connect_denial()
+            };
+            let back: DecisionRecord = serde_json::from_str(&line_of(&line, None, 1)).unwrap();
+            assert_eq!(back.time, want);
+        }
+    }
+
+    #[test]
+    fn a_denied_line_has_a_null_upstream_status_and_no_peer_when_plaintext() {
+        let line = plain_connect_denial();
         let text = line_of(&line, None, 7);
         assert!(
             text.contains("\"upstream_status\":null,\"latency_us\":7}"),
