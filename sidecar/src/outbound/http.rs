@@ -34,6 +34,8 @@ const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 /// gRPC status code `UNAVAILABLE`.
 const GRPC_UNAVAILABLE: HeaderValue = HeaderValue::from_static("14");
+/// gRPC status code `RESOURCE_EXHAUSTED` (too many request headers).
+const GRPC_RESOURCE_EXHAUSTED: HeaderValue = HeaderValue::from_static("8");
 
 /// Forwards local requests to the route's upstream, keeping their protocol: HTTP/1.x over a
 /// keep-alive pool of `http/1.1` connections (one request at a time on each), HTTP/2 over a
@@ -45,6 +47,8 @@ pub(crate) struct HttpProxy {
     h2_connector: MtlsConnector,
     /// `:authority` for requests that name none (HTTP/1.0 without `Host`).
     upstream_authority: Option<Authority>,
+    /// `limits.max_headers`: hyper enforces it for HTTP/1.1, this proxy for HTTP/2.
+    max_headers: usize,
     upstream: String,
     hooks: Arc<dyn OutboundHooks>,
 }
@@ -88,6 +92,7 @@ impl HttpProxy {
             h2: SharedH2::new(h2_builder, limits.idle_timeout / 2),
             h2_connector: h2,
             upstream_authority: upstream.parse().ok(),
+            max_headers: limits.max_headers,
             upstream,
             hooks,
         }
@@ -132,6 +137,13 @@ impl HttpProxy {
                 StatusCode::METHOD_NOT_ALLOWED,
                 grpc,
                 "outbound listeners do not support connect".to_owned(),
+            );
+        }
+        if req.headers().len() > self.max_headers {
+            return local_reply(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                grpc,
+                format!("more than {} request headers", self.max_headers),
             );
         }
         let uri = match self.upstream_uri(&req) {
@@ -256,8 +268,8 @@ fn is_grpc(headers: &HeaderMap) -> bool {
 }
 
 /// A response made by the sidecar. gRPC clients get HTTP 200 with `grpc-status: 14`
-/// (`UNAVAILABLE`) and the message in `grpc-message`, as gRPC requires; others get `status`
-/// and the message as a plain-text body.
+/// (`UNAVAILABLE`; `8`, `RESOURCE_EXHAUSTED`, for too many headers) and the message in
+/// `grpc-message`, as gRPC requires; others get `status` and the message as a plain-text body.
 fn local_reply(
     status: StatusCode,
     grpc: bool,
@@ -270,7 +282,11 @@ fn local_reply(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/grpc"),
         );
-        headers.insert(GRPC_STATUS, GRPC_UNAVAILABLE);
+        let code = match status {
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => GRPC_RESOURCE_EXHAUSTED,
+            _ => GRPC_UNAVAILABLE,
+        };
+        headers.insert(GRPC_STATUS, code);
         if let Ok(value) = HeaderValue::from_str(&grpc_percent_encode(&message)) {
             headers.insert(GRPC_MESSAGE, value);
         }

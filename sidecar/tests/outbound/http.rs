@@ -306,6 +306,42 @@ async fn invalid_host_header_gets_400_naming_it() {
 }
 
 #[tokio::test]
+async fn h2c_request_with_too_many_headers_gets_431_and_never_leaves() {
+    let pki = Pki::new();
+    let upstream = Upstream::http(&pki).await;
+    let proxy = Proxy::http(&pki, &upstream).await;
+    let mut client = LocalClient::h2(proxy.addr).await;
+    // The default limit is 100 headers: exactly 100 pass, 101 do not.
+    for (count, want) in [
+        (100, StatusCode::OK),
+        (101, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+    ] {
+        let mut req = Request::get("/");
+        for i in 0..count {
+            req = req.header(format!("x-h-{i}"), "1");
+        }
+        let reply = client.call(proxy.addr, req.body(empty()).unwrap()).await;
+        assert_eq!(reply.status, want, "{count} headers: {}", reply.body);
+    }
+    assert_eq!(
+        upstream.requests(),
+        1,
+        "only the request within the limit left"
+    );
+    assert_eq!(proxy.hooks.statuses(), [Some(200), Some(431)]);
+    // gRPC callers get RESOURCE_EXHAUSTED.
+    let mut req = Request::post("/pkg.Svc/Call").header("content-type", "application/grpc");
+    for i in 0..101 {
+        req = req.header(format!("x-h-{i}"), "1");
+    }
+    let reply = client.call(proxy.addr, req.body(empty()).unwrap()).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.header("grpc-status"), "8");
+    assert_eq!(upstream.requests(), 1);
+    proxy.stop().await;
+}
+
+#[tokio::test]
 async fn serve_returns_after_shutdown_and_the_port_stops_accepting() {
     let pki = Pki::new();
     let upstream = Upstream::http(&pki).await;
