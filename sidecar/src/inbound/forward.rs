@@ -17,11 +17,11 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
 
 use crate::h2_client::{H2Error, SharedH2};
 use crate::hop_by_hop;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpStream;
 
 /// How long connecting to the app may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
