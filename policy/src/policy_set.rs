@@ -1,9 +1,9 @@
 //! A loaded, validated and indexed policy set, and the decision path the sidecar calls for every
 //! request: parts in, [`Decision`] out.
 //!
-//! The hot path does no JSON and clones no entity store: action entities are prebuilt at load,
-//! each (caller, resource) pair gets its entity store and per-action candidate policy sets built
-//! once and cached, and the context is built from values.
+//! The hot path does no JSON and clones no entity store: action entities and each policy's
+//! condition are prebuilt at load, each (caller, resource) pair gets its entity store and
+//! per-action candidate lists built once and cached, and the context is built from values.
 
 use std::collections::HashMap;
 use std::path::Path;
