@@ -1,23 +1,43 @@
 //! One shared HTTP/2 client connection, multiplexing every caller's streams: the inbound's h2c
 //! connection to the app and each outbound route's mutual-TLS connection to its upstream.
 //!
-//! hyper-util's pooled client did this before, at the cost of a pool checkout (lock, key hash,
-//! wrapper) and a boxed, much larger future per request. Here a request clones the open
-//! connection's `SendRequest` under a short lock and sends on it. The connection is opened on
-//! first use, by one request while the others wait for it; once it has closed, or has been idle
-//! for longer than `max_idle` (so that a peer with the same idle timeout does not close it just as
-//! a request is written), the next request opens a new one. A request the old connection could
-//! not take (it closed meanwhile) is sent once more on a new connection.
+//! Driven with the `h2` crate directly: a request clones the open connection's `SendRequest`
+//! under a short lock, opens its stream and awaits the response headers in its own task. (hyper's
+//! HTTP/2 client passed each request through a channel to the connection's task and spawned one
+//! more task per request to hand the response back; that was a tenth of a sidecar's CPU.) A
+//! request body is streamed by a task of its own ([`h2_body::pipe`]); a bodiless request (most
+//! GETs, END_STREAM on its headers) needs none. The response body returns flow-control capacity
+//! as the caller's side takes each chunk ([`H2Body`]).
+//!
+//! The connection is opened on first use, by one request while the others wait for it; once it
+//! has closed, or has been idle for longer than `max_idle` (so that a peer with the same idle
+//! timeout does not close it just as a request is written), the next request opens a new one. A
+//! request the old connection could not take (it closed or was told to go away meanwhile) is
+//! sent once more on a new connection. With [`KeepAlive`], the connection pings its peer while
+//! exchanges are in flight and is dropped when a ping goes unanswered.
 
 use std::future::Future;
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use h2::client::{Connection, SendRequest};
 use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::http2;
-use hyper::rt::{Read, Write};
-use hyper_util::rt::TokioExecutor;
+use hyper::body::{Body, Incoming};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::MissedTickBehavior;
+
+use crate::h2_body::{self, H2Body};
+
+/// Stream flow-control window offered to the peer (hyper's default).
+const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+/// Connection flow-control window offered to the peer (hyper's default).
+const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
+/// Most request body bytes buffered per stream beyond the peer's window (hyper's default).
+const MAX_SEND_BUFFER: usize = 1024 * 1024;
+/// Largest response header list accepted (hyper's default).
+const MAX_HEADER_LIST: u32 = 16 * 1024;
 
 /// The shared connection.
 #[derive(Debug)]
@@ -25,15 +45,37 @@ pub(crate) struct SharedH2 {
     current: Mutex<Option<Open>>,
     /// Held while connecting, so that waiting requests share one new connection.
     connecting: tokio::sync::Mutex<()>,
-    builder: http2::Builder<TokioExecutor>,
+    builder: h2::client::Builder,
+    keep_alive: Option<KeepAlive>,
     max_idle: Duration,
+}
+
+/// Pings while exchanges are in flight: every `interval`, each to be answered within `timeout`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KeepAlive {
+    pub(crate) interval: Duration,
+    pub(crate) timeout: Duration,
 }
 
 #[derive(Debug)]
 struct Open {
-    sender: http2::SendRequest<Incoming>,
+    sender: SendRequest<Bytes>,
+    state: Arc<ConnState>,
     last_used: Instant,
 }
+
+/// What a connection's driver and its requests share.
+#[derive(Debug, Default)]
+pub(crate) struct ConnState {
+    /// Set when the connection has ended or refused a new stream.
+    closed: AtomicBool,
+    /// Exchanges whose response has not been dropped yet.
+    in_flight: AtomicUsize,
+}
+
+/// Counts an exchange as in flight on its connection until dropped.
+#[derive(Debug)]
+pub(crate) struct InFlight(Arc<ConnState>);
 
 /// Why a request got no response.
 #[derive(Debug)]
@@ -41,61 +83,83 @@ pub(crate) enum H2Error<E> {
     /// Opening the connection failed (the dialer's error).
     Connect(E),
     /// The HTTP/2 handshake or the exchange failed.
-    Http(hyper::Error),
+    Http(h2::Error),
 }
 
 // === impl SharedH2 ===
 
 impl SharedH2 {
-    /// `builder` configures each connection; one idle for longer than `max_idle` is replaced.
-    pub(crate) fn new(builder: http2::Builder<TokioExecutor>, max_idle: Duration) -> Self {
+    /// One idle for longer than `max_idle` is replaced.
+    pub(crate) fn new(max_idle: Duration, keep_alive: Option<KeepAlive>) -> Self {
+        let mut builder = h2::client::Builder::new();
+        builder
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_send_buffer_size(MAX_SEND_BUFFER)
+            .max_header_list_size(MAX_HEADER_LIST)
+            .enable_push(false);
         Self {
             current: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
             builder,
+            keep_alive,
             max_idle,
         }
     }
 
     /// Sends `req` on the shared connection; `dial` opens the transport when a connection is
-    /// needed.
+    /// needed. `req` must carry an absolute URI (`:scheme` and `:authority`) and no
+    /// connection-specific headers.
     pub(crate) async fn send<D, F, I, E>(
         &self,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
         dial: D,
-    ) -> Result<Response<Incoming>, H2Error<E>>
+    ) -> Result<Response<H2Body>, H2Error<E>>
     where
         D: Fn() -> F,
         F: Future<Output = Result<I, E>>,
-        I: Read + Write + Unpin + Send + 'static,
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let (head, body) = req.into_parts();
+        let end_of_stream = body.is_end_stream();
         let mut retried = false;
-        loop {
-            let mut sender = self.sender(&dial).await?;
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(resp),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) if !retried => {
-                        // The connection closed meanwhile; `open` no longer offers it.
-                        tracing::debug!(error = %e.error(), "h2 connection closed before the request was sent; reconnecting");
-                        retried = true;
-                        req = unsent;
-                    }
-                    _ => return Err(H2Error::Http(e.into_error())),
-                },
+        let (mut sender, in_flight) = loop {
+            let (sender, state) = self.sender(&dial).await?;
+            match sender.ready().await {
+                Ok(sender) => break (sender, InFlight::new(state)),
+                Err(e) if !retried => {
+                    // Closed or told to go away meanwhile: `open` no longer offers it.
+                    state.closed.store(true, Ordering::Relaxed);
+                    tracing::debug!(error = %e, "h2 connection closed before the request was sent; reconnecting");
+                    retried = true;
+                }
+                Err(e) => return Err(H2Error::Http(e)),
             }
+        };
+        let (response, tx) = sender
+            .send_request(Request::from_parts(head, ()), end_of_stream)
+            .map_err(H2Error::Http)?;
+        drop(sender);
+        if !end_of_stream {
+            tokio::spawn(h2_body::pipe(body, tx));
         }
+        let (head, recv) = response.await.map_err(H2Error::Http)?.into_parts();
+        let body = H2Body::new(recv, &head.headers, in_flight);
+        Ok(Response::from_parts(head, body))
     }
 
     /// A handle to the open connection, connecting first when there is none.
-    async fn sender<D, F, I, E>(&self, dial: &D) -> Result<http2::SendRequest<Incoming>, H2Error<E>>
+    async fn sender<D, F, I, E>(
+        &self,
+        dial: &D,
+    ) -> Result<(SendRequest<Bytes>, Arc<ConnState>), H2Error<E>>
     where
         D: Fn() -> F,
         F: Future<Output = Result<I, E>>,
-        I: Read + Write + Unpin + Send + 'static,
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         match self.open() {
-            Some(sender) => Ok(sender),
+            Some(open) => Ok(open),
             // Boxed: connecting (a TLS handshake for an upstream) is a large future that the
             // common path should not carry in every request's own future.
             None => Box::pin(self.connect(dial)).await,
@@ -105,42 +169,122 @@ impl SharedH2 {
     async fn connect<D, F, I, E>(
         &self,
         dial: &D,
-    ) -> Result<http2::SendRequest<Incoming>, H2Error<E>>
+    ) -> Result<(SendRequest<Bytes>, Arc<ConnState>), H2Error<E>>
     where
         D: Fn() -> F,
         F: Future<Output = Result<I, E>>,
-        I: Read + Write + Unpin + Send + 'static,
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let _connecting = self.connecting.lock().await;
         // Another request may have connected while this one waited.
-        if let Some(sender) = self.open() {
-            return Ok(sender);
+        if let Some(open) = self.open() {
+            return Ok(open);
         }
         let io = dial().await.map_err(H2Error::Connect)?;
-        let (sender, connection) = self.builder.handshake(io).await.map_err(H2Error::Http)?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "h2 client connection ended with an error");
-            }
-        });
+        let (sender, connection) = self
+            .builder
+            .handshake::<_, Bytes>(io)
+            .await
+            .map_err(H2Error::Http)?;
+        let state = Arc::new(ConnState::default());
+        tokio::spawn(drive(connection, Arc::clone(&state), self.keep_alive));
         *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(Open {
             sender: sender.clone(),
+            state: Arc::clone(&state),
             last_used: Instant::now(),
         });
-        Ok(sender)
+        Ok((sender, state))
     }
 
     /// The current connection's handle if it is open and was used within `max_idle`; marks it
     /// used. A stale one is dropped (it closes once its streams are done).
-    fn open(&self) -> Option<http2::SendRequest<Incoming>> {
+    fn open(&self) -> Option<(SendRequest<Bytes>, Arc<ConnState>)> {
         let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
         let open = current.as_mut()?;
         let now = Instant::now();
-        if open.sender.is_closed() || now.duration_since(open.last_used) > self.max_idle {
+        if open.state.closed.load(Ordering::Relaxed)
+            || now.duration_since(open.last_used) > self.max_idle
+        {
             *current = None;
             return None;
         }
         open.last_used = now;
-        Some(open.sender.clone())
+        Some((open.sender.clone(), Arc::clone(&open.state)))
+    }
+}
+
+// === impl InFlight ===
+
+impl InFlight {
+    fn new(state: Arc<ConnState>) -> Self {
+        state.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(state)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Runs the connection until it ends (the peer closed it, it failed, or every handle and stream
+/// is gone), pinging per `keep_alive`; then marks it closed.
+async fn drive<I>(
+    connection: Connection<I, Bytes>,
+    state: Arc<ConnState>,
+    keep_alive: Option<KeepAlive>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let result = match keep_alive {
+        Some(keep_alive) => drive_with_pings(connection, &state, keep_alive).await,
+        None => connection.await,
+    };
+    state.closed.store(true, Ordering::Relaxed);
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "h2 client connection ended with an error");
+    }
+}
+
+async fn drive_with_pings<I>(
+    mut connection: Connection<I, Bytes>,
+    state: &ConnState,
+    keep_alive: KeepAlive,
+) -> Result<(), h2::Error>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let Some(mut pings) = connection.ping_pong() else {
+        return connection.await;
+    };
+    let start = tokio::time::Instant::now() + keep_alive.interval;
+    let mut ticks = tokio::time::interval_at(start, keep_alive.interval);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            result = &mut connection => return result,
+            _ = ticks.tick() => {}
+        }
+        // No pings on an idle connection: they would keep it (and the peer's side) open.
+        if state.in_flight.load(Ordering::Relaxed) == 0 {
+            continue;
+        }
+        let pong = tokio::time::timeout(keep_alive.timeout, pings.ping(h2::Ping::opaque()));
+        tokio::pin!(pong);
+        tokio::select! {
+            result = &mut connection => return result,
+            answered = &mut pong => match answered {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    tracing::warn!(
+                        timeout = ?keep_alive.timeout,
+                        "h2 peer did not answer a keep-alive ping in time; closing the connection"
+                    );
+                    return Ok(());
+                }
+            }
+        }
     }
 }

@@ -6,13 +6,15 @@
 //! - `identity_source`: the SVID and bundles, streamed from the agent's Workload API.
 //! - `inbound`: mTLS termination, HTTP/gRPC/TCP proxying to the app, authorization.
 //! - [`outbound`]: local plaintext listeners, mTLS origination, connection pools.
-//! - `h2_client`: the shared HTTP/2 client connection (to the app, and to each upstream).
+//! - `h2_client`, `h2_body`: the shared HTTP/2 client connection (to the app, and to each
+//!   upstream), driven with the `h2` crate, and the bodies streamed on its streams.
 //! - `decision_log`, `metrics`, `admin`: one JSON line per decision, Prometheus metrics,
 //!   `/healthz` `/readyz` `/metrics`.
 
 mod admin;
 pub mod config;
 mod decision_log;
+mod h2_body;
 mod h2_client;
 mod hop_by_hop;
 mod identity_source;

@@ -83,8 +83,9 @@ pub struct OutboundLimits {
     /// same idle timeout would close it under a request); a local HTTP/1.1 connection that
     /// sends no request head for this long is closed, and a TCP connection on which no
     /// byte moves either way for between one and two of these is closed too; local HTTP/2
-    /// connections are pinged every half of it and closed when a ping goes unanswered
-    /// (default 60 s).
+    /// connections are pinged every half of it and closed when a ping goes unanswered; so is
+    /// the HTTP/2 upstream connection while requests on it are in flight, each ping to be
+    /// answered within `handshake_timeout` (default 60 s).
     pub idle_timeout: Duration,
     /// Local connections served at once; further ones wait in the listen backlog
     /// (default 10 000).

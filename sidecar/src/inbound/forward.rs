@@ -15,11 +15,13 @@ use std::time::{Duration, Instant};
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
+use http_body_util::Either;
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::h2_body::H2Body;
 use crate::h2_client::{H2Error, SharedH2};
 use crate::hop_by_hop;
 
@@ -27,6 +29,9 @@ use crate::hop_by_hop;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most idle HTTP/1.1 app connections kept for the next inbound connections.
 const MAX_IDLE_APP_CONNS: usize = 64;
+
+/// A response body from the app: over HTTP/1.1 or over HTTP/2.
+pub(crate) type AppBody = Either<Incoming, H2Body>;
 
 /// Why the app did not answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,9 +72,8 @@ struct IdleConns {
 
 impl App {
     pub(crate) fn new(addr: SocketAddr, idle_timeout: Duration) -> Self {
-        let mut builder = http2::Builder::new(TokioExecutor::new());
-        builder.timer(TokioTimer::new());
-        let h2 = SharedH2::new(builder, idle_timeout);
+        // Loopback: no keep-alive pings.
+        let h2 = SharedH2::new(idle_timeout, None);
         let authority = Authority::try_from(addr.to_string())
             .unwrap_or_else(|_| Authority::from_static("127.0.0.1"));
         Self {
@@ -97,7 +101,7 @@ impl App {
         &self,
         conn: &AppConn,
         mut req: Request<Incoming>,
-    ) -> Result<Response<Incoming>, AppError> {
+    ) -> Result<Response<AppBody>, AppError> {
         let h2 = req.version() == Version::HTTP_2;
         let path = req
             .uri()
@@ -113,12 +117,14 @@ impl App {
             parts.path_and_query = Some(path);
             *req.uri_mut() = Uri::from_parts(parts).map_err(|_| AppError::Unavailable)?;
             *req.version_mut() = Version::HTTP_2;
-            self.send_h2(req).await
+            self.send_h2(req).await.map(|resp| resp.map(Either::Right))
         } else {
             // HTTP/1.1 to an origin server: origin-form (`/path?query`).
             *req.uri_mut() = Uri::from(path);
             *req.version_mut() = Version::HTTP_11;
-            self.send_h1(conn, req).await
+            self.send_h1(conn, req)
+                .await
+                .map(|resp| resp.map(Either::Left))
         };
         result.map(|mut resp| {
             hop_by_hop::strip(resp.headers_mut(), false);
@@ -162,8 +168,8 @@ impl App {
     }
 
     /// HTTP/2 on the shared h2c connection.
-    async fn send_h2(&self, req: Request<Incoming>) -> Result<Response<Incoming>, AppError> {
-        let dial = || async { self.connect_tcp().await.map(TokioIo::new) };
+    async fn send_h2(&self, req: Request<Incoming>) -> Result<Response<H2Body>, AppError> {
+        let dial = || self.connect_tcp();
         match self.h2.send(req, dial).await {
             Ok(resp) => Ok(resp),
             Err(H2Error::Connect(e)) => Err(e),

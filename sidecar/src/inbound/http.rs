@@ -17,14 +17,14 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use warden_policy::Operation;
 
-use super::forward::{AppConn, AppError};
+use super::forward::{AppBody, AppConn, AppError};
 use super::record::{self, RequestParts, XFCC};
 use super::{ConnInfo, Shared};
 use crate::config::{Limits, Mode};
 use crate::metrics::{DecisionLabel, Direction};
 
 /// Response bodies: the app's, streamed, or one the sidecar made.
-pub(crate) type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub(crate) type ProxyBody = Either<AppBody, Full<Bytes>>;
 
 /// gRPC status PERMISSION_DENIED.
 const GRPC_PERMISSION_DENIED: &str = "7";

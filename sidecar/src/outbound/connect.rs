@@ -208,7 +208,10 @@ pub(crate) fn refused_certificate_alert(
     ];
     let mut current = Some(err);
     while let Some(err) = current {
-        let io = err.downcast_ref::<io::Error>();
+        // The h2 crate's error names its I/O error without offering it as its source.
+        let io = err
+            .downcast_ref::<io::Error>()
+            .or_else(|| err.downcast_ref::<h2::Error>().and_then(h2::Error::get_io));
         let tls = err.downcast_ref::<rustls::Error>().or_else(|| {
             io.and_then(|io| io.get_ref())
                 .and_then(|inner| inner.downcast_ref::<rustls::Error>())

@@ -15,18 +15,18 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper::client::conn::http2;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::HandshakeFailure;
 use super::connect::{self, ConnectError, MtlsConnector};
 use super::{OutboundHooks, OutboundLimits};
-use crate::h2_client::{H2Error, SharedH2};
+use crate::h2_body::H2Body;
+use crate::h2_client::{H2Error, KeepAlive, SharedH2};
 use crate::hop_by_hop;
 
 /// The body of a response to the local client: the upstream's, streamed, or the sidecar's own.
-pub(crate) type ResponseBody = Either<Incoming, Full<Bytes>>;
+pub(crate) type ResponseBody = Either<Either<Incoming, H2Body>, Full<Bytes>>;
 
 /// The client-certificate header only the inbound sidecar may set: never forwarded from here.
 const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
@@ -80,16 +80,15 @@ impl HttpProxy {
             // pooled connection just as a request is written to it.
             .pool_idle_timeout(limits.idle_timeout / 2);
         let http1 = builder.build(http1);
-        let mut h2_builder = http2::Builder::new(TokioExecutor::new());
-        h2_builder
-            .timer(TokioTimer::new())
-            // Pings only while streams are open (an idle connection is replaced after half the
-            // idle timeout instead, see `SharedH2`).
-            .keep_alive_interval(limits.idle_timeout / 2)
-            .keep_alive_timeout(limits.handshake_timeout);
+        // Pings only while exchanges are in flight (an idle connection is replaced after half
+        // the idle timeout instead, see `SharedH2`).
+        let keep_alive = KeepAlive {
+            interval: limits.idle_timeout / 2,
+            timeout: limits.handshake_timeout,
+        };
         Self {
             http1,
-            h2: SharedH2::new(h2_builder, limits.idle_timeout / 2),
+            h2: SharedH2::new(limits.idle_timeout / 2, Some(keep_alive)),
             h2_connector: h2,
             upstream_authority: upstream.parse().ok(),
             max_headers: limits.max_headers,
@@ -155,17 +154,21 @@ impl HttpProxy {
         req.headers_mut().remove(XFCC);
         let sent = match req.version() {
             Version::HTTP_2 => {
-                let dial = || async { self.h2_connector.connect().await.map(TokioIo::new) };
-                self.h2.send(req, dial).await.map_err(|e| match e {
-                    H2Error::Connect(e) => self.failure(&e),
-                    H2Error::Http(e) => self.failure(&e),
-                })
+                let dial = || self.h2_connector.connect();
+                match self.h2.send(req, dial).await {
+                    Ok(response) => Ok(response.map(Either::Right)),
+                    Err(H2Error::Connect(e)) => Err(self.failure(&e)),
+                    Err(H2Error::Http(e)) => Err(self.failure(&e)),
+                }
             }
             _ => {
                 // Upstream connections speak HTTP/1.1 whatever the local client spoke, as
                 // intermediaries do (RFC 9110 §2.5), so that HTTP/1.0 requests reuse them too.
                 *req.version_mut() = Version::HTTP_11;
-                self.http1.request(req).await.map_err(|e| self.failure(&e))
+                match self.http1.request(req).await {
+                    Ok(response) => Ok(response.map(Either::Left)),
+                    Err(e) => Err(self.failure(&e)),
+                }
             }
         };
         match sent {

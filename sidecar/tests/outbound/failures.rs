@@ -284,23 +284,29 @@ async fn unreachable_upstream_gets_502_naming_it() {
     proxy.stop().await;
 }
 
+/// An upstream running `app` behind the PKI's server SVID, and a proxy to it whose handshake
+/// timeout is 300 ms, with `adjust` applied to its other limits.
+async fn with_short_timeouts(
+    pki: &Pki,
+    app: App,
+    adjust: impl FnOnce(&mut OutboundLimits),
+) -> (Upstream, Proxy) {
+    let upstream = Upstream::start(pki.resolver(SERVER_ID), pki.bundles(), ALPN_BOTH, app).await;
+    let mut limits = OutboundLimits::default();
+    limits.handshake_timeout = Duration::from_millis(300);
+    adjust(&mut limits);
+    let proxy = Proxy::start(ProxyOptions {
+        limits,
+        ..ProxyOptions::http(pki, &upstream)
+    })
+    .await;
+    (upstream, proxy)
+}
+
 #[tokio::test]
 async fn silent_upstream_hits_the_handshake_timeout_and_gets_504() {
     let pki = Pki::new();
-    let upstream = Upstream::start(
-        pki.resolver(SERVER_ID),
-        pki.bundles(),
-        ALPN_BOTH,
-        App::Silent,
-    )
-    .await;
-    let mut limits = OutboundLimits::default();
-    limits.handshake_timeout = Duration::from_millis(300);
-    let proxy = Proxy::start(ProxyOptions {
-        limits,
-        ..ProxyOptions::http(&pki, &upstream)
-    })
-    .await;
+    let (upstream, proxy) = with_short_timeouts(&pki, App::Silent, |_| {}).await;
 
     let reply = get_once(&proxy).await;
     assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
@@ -313,6 +319,32 @@ async fn silent_upstream_hits_the_handshake_timeout_and_gets_504() {
     );
     assert_eq!(proxy.hooks.handshake_failures(), ["timeout"]);
     assert_eq!(proxy.hooks.statuses(), [Some(504)]);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn h2_upstream_that_stops_answering_is_dropped_when_a_keep_alive_ping_goes_unanswered() {
+    let pki = Pki::new();
+    // Pings every 200 ms while the request waits; each to be answered within 300 ms.
+    let (upstream, proxy) = with_short_timeouts(&pki, App::Mute, |limits| {
+        limits.idle_timeout = Duration::from_millis(400);
+    })
+    .await;
+
+    // Without the ping the request would wait for as long as the upstream keeps the
+    // connection open (the client below gives up after 10 s).
+    let reply = get_once_h2(&proxy).await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.body);
+    assert!(
+        reply.body.starts_with(&format!(
+            "upstream `{}` failed before responding",
+            upstream.addr
+        )),
+        "{}",
+        reply.body
+    );
+    assert_eq!(upstream.connections(), 1);
+    assert_eq!(proxy.hooks.statuses(), [Some(502)]);
     proxy.stop().await;
 }
 

@@ -82,6 +82,8 @@ pub(crate) enum App {
     Echo,
     /// Accepts TCP and never answers (for handshake timeouts).
     Silent,
+    /// Completes the TLS handshake, then reads everything and never answers (a hung upstream).
+    Mute,
 }
 
 /// Counters the upstream keeps.
@@ -210,6 +212,10 @@ async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, app: App, sta
                         .serve_connection(TokioIo::new(tls), service)
                         .await;
                     stats.closed.fetch_add(1, Ordering::SeqCst);
+                }
+                App::Mute => {
+                    let mut sink = tokio::io::sink();
+                    let _ = tokio::io::copy(&mut tls, &mut sink).await;
                 }
                 App::Silent => {}
             }

@@ -111,6 +111,29 @@ async fn http2_connection_multiplexes_many_requests_to_the_app_pool() {
     assert_eq!(f.app.seen(), 50);
 }
 
+#[tokio::test]
+async fn http2_bodies_larger_than_every_flow_control_window_pass_intact() {
+    let f = Fixture::start(Options::default()).await;
+    let web = f.client(WEB_ID);
+    // 3 MiB: more than the caller's and the app's stream windows (64 KiB) and the app leg's
+    // own receive window (2 MiB), so both directions wait for WINDOW_UPDATEs on the way.
+    let payload: String = (0..3 * 1024 * 1024)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let mut req = get_h2("/upload");
+    *req.body_mut() = Full::new(Bytes::from(payload.clone()));
+    let (status, _, body) = web.request(f.inbound, req).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let echoed = body
+        .strip_prefix("HTTP/2.0 xfcc=")
+        .and_then(|rest| rest.split_once(" body="))
+        .map(|(_, echoed)| echoed)
+        .unwrap_or_else(|| panic!("unexpected reply: {}", &body[..body.len().min(200)]));
+    assert_eq!(echoed.len(), payload.len());
+    assert!(echoed == payload, "the echoed body differs");
+    assert_eq!(f.app.seen(), 1);
+}
+
 /// Sends `paths` one after another on one HTTP/1.1 connection; returns each status and the
 /// request target the app saw.
 async fn keep_alive(f: &Fixture, paths: &[&str]) -> Vec<(StatusCode, String)> {
