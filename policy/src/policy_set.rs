@@ -15,7 +15,7 @@ use warden_identity::SpiffeId;
 
 use crate::decision::{Decision, Outcome};
 use crate::error::LoadError;
-use crate::eval::{self, Compiled, Evaluated};
+use crate::eval::{self, Candidate, Compiled, Evaluated};
 use crate::index::{Scope, ScopeIndex};
 use crate::loader::{Loaded, PolicyInfo, load};
 use crate::model::{Types, UNAUTHENTICATED_ID};
@@ -63,7 +63,7 @@ struct ActionInfo {
 }
 
 /// The policies one (caller, resource, action) triple evaluates.
-type Candidates = Arc<[Arc<Compiled>]>;
+type Candidates = Arc<[Candidate]>;
 
 /// Everything about one (caller, resource) pair that does not change between requests.
 #[derive(Debug)]
@@ -350,7 +350,7 @@ impl PolicySet {
         &self,
         peer: &PeerEntry,
         action: &ActionInfo,
-    ) -> Result<Vec<Arc<Compiled>>, String> {
+    ) -> Result<Vec<Candidate>, String> {
         let scope = Scope {
             principal: &peer.principal,
             principal_ancestors: peer.principal_ancestors.iter().collect(),
@@ -359,7 +359,8 @@ impl PolicySet {
             resource: &peer.resource,
             resource_ancestors: peer.resource_ancestors.iter().collect(),
         };
-        self.index
+        let policies = self
+            .index
             .candidates(&scope)
             .into_iter()
             .map(|id| {
@@ -368,7 +369,17 @@ impl PolicySet {
                     .cloned()
                     .ok_or_else(|| format!("policy `{id}` is missing"))
             })
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        // Scopes read no context: an empty one stands in for every request's.
+        let request = cedar::Request::new(
+            peer.principal.clone(),
+            action.uid.clone(),
+            peer.resource.clone(),
+            cedar::Context::empty(),
+            None,
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(eval::candidates(&request, &peer.entities, policies))
     }
 
     /// How many policies a request evaluates with the index (for tests and benchmarks).
