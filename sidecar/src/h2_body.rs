@@ -1,8 +1,8 @@
-//! Bodies on a [`SharedH2`](crate::h2_client::SharedH2) stream, driven with the `h2` crate
-//! directly: [`H2Body`] hands a response's DATA and trailers to hyper's server (returning flow
-//! control capacity as each chunk is taken), and [`pipe`] streams a request body into the
-//! stream, one chunk at a time, as the peer's flow-control window allows. Nothing is buffered
-//! beyond the chunk in hand; a reset on either side ends the other.
+//! Bodies on HTTP/2 streams driven with the `h2` crate directly: [`H2Body`] hands a stream's
+//! DATA and trailers to whoever reads it (returning flow-control capacity as each chunk is
+//! taken), and [`pipe`] streams any body into a stream, one chunk at a time, as the peer's
+//! flow-control window allows. Nothing is buffered beyond the chunk in hand; a reset on either
+//! side ends the other.
 
 use std::error::Error as StdError;
 use std::future::Future;
@@ -12,24 +12,24 @@ use std::task::{Context, Poll, ready};
 use bytes::Bytes;
 use h2::{Reason, RecvStream, SendStream};
 use http::HeaderMap;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 
 use crate::h2_client::InFlight;
 
-/// A response body received on an HTTP/2 stream.
+/// A body received on an HTTP/2 stream: a request's (server side) or a response's (client side).
 #[derive(Debug)]
 pub(crate) struct H2Body {
     recv: RecvStream,
-    /// From `content-length`, when the response has one.
+    /// From `content-length`, when the message has one.
     length: Option<u64>,
     data_done: bool,
-    /// Keeps the exchange counted as in flight while the body is read.
-    _in_flight: InFlight,
+    /// Keeps a client exchange counted as in flight while its response body is read.
+    _in_flight: Option<InFlight>,
 }
 
-/// Streams a request body into an HTTP/2 stream (see [`pipe`]).
-struct Pipe {
-    body: Incoming,
+/// Streams a body into an HTTP/2 stream (see [`pipe`]).
+struct Pipe<B> {
+    body: B,
     tx: SendStream<Bytes>,
     /// A chunk waiting for flow-control capacity, and whether it ends the body.
     waiting: Option<(Bytes, bool)>,
@@ -38,7 +38,7 @@ struct Pipe {
 // === impl H2Body ===
 
 impl H2Body {
-    pub(crate) fn new(recv: RecvStream, headers: &HeaderMap, in_flight: InFlight) -> Self {
+    pub(crate) fn new(recv: RecvStream, headers: &HeaderMap, in_flight: Option<InFlight>) -> Self {
         let length = headers
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
@@ -96,7 +96,11 @@ impl Body for H2Body {
 
 /// Streams `body` into `tx` until the body ends (then END_STREAM or trailers), the peer resets
 /// the stream, or the body fails (then the stream is reset).
-pub(crate) fn pipe(body: Incoming, tx: SendStream<Bytes>) -> impl Future<Output = ()> + Send {
+pub(crate) fn pipe<B>(body: B, tx: SendStream<Bytes>) -> impl Future<Output = ()> + Send
+where
+    B: Body<Data = Bytes> + Unpin + Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
     Pipe {
         body,
         tx,
@@ -104,7 +108,11 @@ pub(crate) fn pipe(body: Incoming, tx: SendStream<Bytes>) -> impl Future<Output 
     }
 }
 
-impl Future for Pipe {
+impl<B> Future for Pipe<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
@@ -112,7 +120,7 @@ impl Future for Pipe {
         loop {
             // Registered on every pass, so that a reset wakes this task whatever it waits on.
             if let Poll::Ready(reason) = this.tx.poll_reset(cx) {
-                tracing::debug!(?reason, "peer reset the stream; request body dropped");
+                tracing::debug!(?reason, "peer reset the stream; body dropped");
                 return Poll::Ready(());
             }
             if let Some((_, eos)) = this.waiting {
@@ -155,8 +163,9 @@ impl Future for Pipe {
                     }
                 },
                 Some(Err(e)) => {
-                    tracing::debug!(error = %e, "request body failed; resetting the stream");
-                    this.tx.send_reset(reset_reason(&e));
+                    let e: Box<dyn StdError + Send + Sync> = e.into();
+                    tracing::debug!(error = %e, "body failed; resetting the stream");
+                    this.tx.send_reset(reset_reason(&*e));
                     return Poll::Ready(());
                 }
                 None => {
@@ -168,8 +177,8 @@ impl Future for Pipe {
     }
 }
 
-/// The reason to pass on when the caller's body failed: the caller's own reset reason when it
-/// reset its stream, else CANCEL.
+/// The reason to pass on when a body failed: the other side's own reset reason when it reset
+/// its stream, else CANCEL.
 fn reset_reason(err: &(dyn StdError + 'static)) -> Reason {
     let mut source = Some(err);
     while let Some(e) = source {

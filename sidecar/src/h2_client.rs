@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use h2::client::{Connection, SendRequest};
 use http::{Request, Response};
-use hyper::body::{Body, Incoming};
+use hyper::body::Body;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::MissedTickBehavior;
 
@@ -110,12 +110,14 @@ impl SharedH2 {
     /// Sends `req` on the shared connection; `dial` opens the transport when a connection is
     /// needed. `req` must carry an absolute URI (`:scheme` and `:authority`) and no
     /// connection-specific headers.
-    pub(crate) async fn send<D, F, I, E>(
+    pub(crate) async fn send<B, D, F, I, E>(
         &self,
-        req: Request<Incoming>,
+        req: Request<B>,
         dial: D,
     ) -> Result<Response<H2Body>, H2Error<E>>
     where
+        B: Body<Data = Bytes> + Unpin + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
         D: Fn() -> F,
         F: Future<Output = Result<I, E>>,
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -144,7 +146,7 @@ impl SharedH2 {
             tokio::spawn(h2_body::pipe(body, tx));
         }
         let (head, recv) = response.await.map_err(H2Error::Http)?.into_parts();
-        let body = H2Body::new(recv, &head.headers, in_flight);
+        let body = H2Body::new(recv, &head.headers, Some(in_flight));
         Ok(Response::from_parts(head, body))
     }
 

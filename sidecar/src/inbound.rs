@@ -4,6 +4,7 @@
 //! TCP proxy. In permissive mode the first byte tells TLS (0x16) from plaintext.
 
 mod forward;
+mod h2;
 mod handshake;
 mod http;
 mod idle;
@@ -47,6 +48,7 @@ pub(crate) struct Shared {
     pub(crate) identity: watch::Receiver<Option<Current>>,
     pub(crate) app: forward::App,
     pub(crate) http: http::Server,
+    pub(crate) h2: h2::H2Server,
     /// Set when the sidecar stops: connections finish what is in flight and close.
     pub(crate) stop: watch::Sender<bool>,
     tls: Arc<rustls::ServerConfig>,
@@ -139,6 +141,7 @@ impl Inbound {
             })?;
         let app = forward::App::new(inputs.config.app, inputs.limits.idle_timeout);
         let http = http::Server::new(&inputs.limits);
+        let h2 = h2::H2Server::new(inputs.limits.max_header_bytes);
         let slots = Arc::new(Semaphore::new(inputs.limits.max_connections));
         let shared = Shared {
             config: inputs.config,
@@ -151,6 +154,7 @@ impl Inbound {
             identity: inputs.identity,
             app,
             http,
+            h2,
             stop: watch::channel(false).0,
             tls: Arc::new(tls),
         };
@@ -228,7 +232,7 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, source: Socket
                     tls_version: None,
                     own_id,
                 };
-                return serve_io(&shared, stream, info).await;
+                return serve_io(&shared, stream, info, false).await;
             }
             Ok(Ok(1)) => {}
             Ok(_) => return,
@@ -265,6 +269,7 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, source: Socket
         }
     };
     let (_, session) = tls.get_ref();
+    let h2 = session.alpn_protocol() == Some(b"h2");
     let Some(peer) = handshake::peer(session) else {
         // Unreachable with a verifier that requires a client SVID; refuse rather than assume.
         shared
@@ -280,16 +285,18 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, source: Socket
         own_id,
     };
     tracing::debug!(src.addr = %source, took = ?started.elapsed(), "tls established");
-    serve_io(&shared, tls, info).await;
+    serve_io(&shared, tls, info, h2).await;
 }
 
-async fn serve_io<I>(shared: &Arc<Shared>, io: I, info: ConnInfo)
+/// Serves an established connection; `h2`: the caller chose HTTP/2 by ALPN.
+async fn serve_io<I>(shared: &Arc<Shared>, io: I, info: ConnInfo, h2: bool)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (io, activity) = idle::IdleIo::new(io);
     let idle = activity.expired(shared.limits.idle_timeout);
     match shared.config.protocol {
+        Protocol::Http if h2 => h2::serve(Arc::clone(shared), io, info, idle).await,
         Protocol::Http => http::serve(Arc::clone(shared), io, info, idle).await,
         Protocol::Tcp => tcp::serve(shared, io, info, idle).await,
     }

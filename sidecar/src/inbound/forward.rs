@@ -13,10 +13,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
 use http_body_util::Either;
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -102,34 +103,43 @@ impl App {
         conn: &AppConn,
         mut req: Request<Incoming>,
     ) -> Result<Response<AppBody>, AppError> {
-        let h2 = req.version() == Version::HTTP_2;
-        let path = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        if req.version() == Version::HTTP_2 {
+            return self.send_h2(req).await;
+        }
+        // HTTP/1.1 to an origin server: origin-form (`/path?query`).
+        *req.uri_mut() = Uri::from(path_of(&req));
+        *req.version_mut() = Version::HTTP_11;
         hop_by_hop::strip(req.headers_mut(), true);
-        let result = if h2 {
-            // h2 needs `:scheme` and `:authority`: an absolute URI.
-            let mut parts = http::uri::Parts::default();
-            parts.scheme = Some(Scheme::HTTP);
-            parts.authority = Some(self.authority.clone());
-            parts.path_and_query = Some(path);
-            *req.uri_mut() = Uri::from_parts(parts).map_err(|_| AppError::Unavailable)?;
-            *req.version_mut() = Version::HTTP_2;
-            self.send_h2(req).await.map(|resp| resp.map(Either::Right))
-        } else {
-            // HTTP/1.1 to an origin server: origin-form (`/path?query`).
-            *req.uri_mut() = Uri::from(path);
-            *req.version_mut() = Version::HTTP_11;
-            self.send_h1(conn, req)
-                .await
-                .map(|resp| resp.map(Either::Left))
+        let mut resp = self.send_h1(conn, req).await?;
+        hop_by_hop::strip(resp.headers_mut(), false);
+        Ok(resp.map(Either::Left))
+    }
+
+    /// Sends `req` to the app over the shared h2c connection.
+    pub(crate) async fn send_h2<B>(
+        &self,
+        mut req: Request<B>,
+    ) -> Result<Response<AppBody>, AppError>
+    where
+        B: Body<Data = Bytes> + Unpin + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        // h2 needs `:scheme` and `:authority`: an absolute URI.
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(path_of(&req));
+        *req.uri_mut() = Uri::from_parts(parts).map_err(|_| AppError::Unavailable)?;
+        *req.version_mut() = Version::HTTP_2;
+        hop_by_hop::strip(req.headers_mut(), true);
+        let dial = || self.connect_tcp();
+        let mut resp = match self.h2.send(req, dial).await {
+            Ok(resp) => resp,
+            Err(H2Error::Connect(e)) => return Err(e),
+            Err(H2Error::Http(e)) => return Err(self.failed(&e)),
         };
-        result.map(|mut resp| {
-            hop_by_hop::strip(resp.headers_mut(), false);
-            resp
-        })
+        hop_by_hop::strip(resp.headers_mut(), false);
+        Ok(resp.map(Either::Right))
     }
 
     /// HTTP/1.1 on `conn`, connecting first when it has no open connection. A request the old
@@ -164,16 +174,6 @@ impl App {
                     _ => return Err(self.failed(e.error())),
                 },
             }
-        }
-    }
-
-    /// HTTP/2 on the shared h2c connection.
-    async fn send_h2(&self, req: Request<Incoming>) -> Result<Response<H2Body>, AppError> {
-        let dial = || self.connect_tcp();
-        match self.h2.send(req, dial).await {
-            Ok(resp) => Ok(resp),
-            Err(H2Error::Connect(e)) => Err(e),
-            Err(H2Error::Http(e)) => Err(self.failed(&e)),
         }
     }
 
@@ -255,6 +255,14 @@ impl IdleConns {
             conns.push((Instant::now(), sender));
         }
     }
+}
+
+/// The request's path and query, `/` when it has none.
+fn path_of<B>(req: &Request<B>) -> PathAndQuery {
+    req.uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"))
 }
 
 fn is_refused(err: &(dyn std::error::Error + 'static)) -> bool {

@@ -1,5 +1,5 @@
-//! The inbound HTTP proxy: HTTP/1.1 and HTTP/2 (hyper-util's auto server) on an established
-//! connection. Every request is decided by the policy engine; a denied one is answered here
+//! The inbound HTTP proxy: HTTP/1.1 (and HTTP/2 without ALPN) through hyper-util's auto server
+//! on an established connection; [`handle`] also serves the streams of [`super::h2`]. Every request is decided by the policy engine; a denied one is answered here
 //! (403, or gRPC PERMISSION_DENIED) and nothing of it reaches the app; an allowed one goes to
 //! the app with the caller's identity in `x-forwarded-client-cert` (any such header the caller
 //! sent is removed first).
@@ -12,12 +12,11 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use warden_policy::Operation;
 
-use super::forward::{AppBody, AppConn, AppError};
+use super::forward::{AppBody, AppError};
 use super::record::{self, RequestParts, XFCC};
 use super::{ConnInfo, Shared};
 use crate::config::{Limits, Mode};
@@ -33,7 +32,7 @@ const GRPC_UNAVAILABLE: &str = "14";
 /// gRPC status RESOURCE_EXHAUSTED.
 const GRPC_RESOURCE_EXHAUSTED: &str = "8";
 /// Most concurrent HTTP/2 streams per connection.
-const MAX_CONCURRENT_STREAMS: u32 = 256;
+pub(super) const MAX_CONCURRENT_STREAMS: u32 = 256;
 
 /// The configured hyper server (HTTP/1.1 + HTTP/2), shared by every connection.
 #[derive(Debug, Clone)]
@@ -86,7 +85,10 @@ pub(super) async fn serve<I>(
         let conn = Arc::clone(&svc_conn);
         let app_conn = Arc::clone(&app_conn);
         let xfcc = xfcc.clone();
-        async move { Ok::<_, Infallible>(handle(&shared, &conn, &app_conn, xfcc, req).await) }
+        async move {
+            let send = |req| shared.app.send(&app_conn, req);
+            Ok::<_, Infallible>(handle(&shared, &conn, xfcc, req, send).await)
+        }
     });
     let served = shared
         .http
@@ -116,16 +118,22 @@ pub(super) async fn serve<I>(
     }
 }
 
-async fn handle(
+/// Decides `req` and answers it: denied here, or allowed and passed to `send` (the app) with
+/// the caller's identity in XFCC.
+pub(super) async fn handle<B, S, F>(
     shared: &Shared,
     conn: &ConnInfo,
-    app_conn: &AppConn,
     xfcc: Option<HeaderValue>,
-    mut req: Request<Incoming>,
-) -> Response<ProxyBody> {
+    mut req: Request<B>,
+    send: S,
+) -> Response<ProxyBody>
+where
+    S: FnOnce(Request<B>) -> F,
+    F: Future<Output = Result<Response<AppBody>, AppError>>,
+{
     let start = Instant::now();
     let time = SystemTime::now();
-    let grpc = is_grpc(&req);
+    let grpc = is_grpc(req.headers());
     // hyper enforces the header count for HTTP/1.1 (431 before we see the request); HTTP/2
     // only bounds the header list's size, so the count is checked here, for both.
     if req.headers().len() > shared.limits.max_headers {
@@ -174,7 +182,7 @@ async fn handle(
         if let Some(v) = xfcc {
             req.headers_mut().insert(XFCC, v);
         }
-        match shared.app.send(app_conn, req).await {
+        match send(req).await {
             Ok(resp) => resp.map(Either::Left),
             Err(e) => app_error(e, grpc),
         }
@@ -198,8 +206,8 @@ async fn handle(
     response
 }
 
-fn is_grpc(req: &Request<Incoming>) -> bool {
-    req.headers()
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
         .get(header::CONTENT_TYPE)
         .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
 }

@@ -15,11 +15,27 @@ use tokio::net::TcpListener;
 /// `version xfcc=<x-forwarded-client-cert>` (and echoes a request body), the request target in
 /// `x-seen-uri`; a path under `/close` is answered with `connection: close` (HTTP/1.1), or
 /// followed by a graceful shutdown of the connection (HTTP/2: GOAWAY), so the app closes that
-/// connection after the response.
+/// connection after the response; a path under `/slow` is answered after [`SLOW`], and counted
+/// in `cancelled` if the request is dropped before that.
 pub(crate) struct App {
     pub(crate) addr: SocketAddr,
     pub(crate) count: Arc<AtomicUsize>,
     pub(crate) connections: Arc<AtomicUsize>,
+    pub(crate) cancelled: Arc<AtomicUsize>,
+}
+
+/// How long `/slow` takes.
+pub(crate) const SLOW: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Counts a `/slow` request as cancelled unless disarmed.
+struct CancelGuard(Option<Arc<AtomicUsize>>);
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        if let Some(cancelled) = self.0.take() {
+            cancelled.fetch_add(1, Ordering::SeqCst);
+        }
+    }
 }
 
 impl App {
@@ -28,7 +44,12 @@ impl App {
         let addr = listener.local_addr().unwrap();
         let count = Arc::new(AtomicUsize::new(0));
         let connections = Arc::new(AtomicUsize::new(0));
-        let (c, conns) = (Arc::clone(&count), Arc::clone(&connections));
+        let cancelled = Arc::new(AtomicUsize::new(0));
+        let (c, conns, cancels) = (
+            Arc::clone(&count),
+            Arc::clone(&connections),
+            Arc::clone(&cancelled),
+        );
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -36,6 +57,7 @@ impl App {
                 };
                 conns.fetch_add(1, Ordering::SeqCst);
                 let c = Arc::clone(&c);
+                let cancels = Arc::clone(&cancels);
                 let close_h2 = Arc::new(tokio::sync::Notify::new());
                 let closing = Arc::clone(&close_h2);
                 tokio::spawn(async move {
@@ -46,7 +68,13 @@ impl App {
                         {
                             closing.notify_one();
                         }
+                        let cancels = Arc::clone(&cancels);
                         async move {
+                            if req.uri().path().starts_with("/slow") {
+                                let mut guard = CancelGuard(Some(cancels));
+                                tokio::time::sleep(SLOW).await;
+                                guard.0 = None;
+                            }
                             let xfcc = req
                                 .headers()
                                 .get("x-forwarded-client-cert")
@@ -89,11 +117,17 @@ impl App {
             addr,
             count,
             connections,
+            cancelled,
         }
     }
 
     pub(crate) fn seen(&self) -> usize {
         self.count.load(Ordering::SeqCst)
+    }
+
+    /// `/slow` requests dropped before their answer.
+    pub(crate) fn cancelled(&self) -> usize {
+        self.cancelled.load(Ordering::SeqCst)
     }
 
     /// Connections the app has accepted.

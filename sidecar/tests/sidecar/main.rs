@@ -12,6 +12,7 @@
 mod support;
 
 mod grpc;
+mod h2;
 mod http;
 mod lifecycle;
 mod modes;

@@ -1,0 +1,91 @@
+//! HTTP/2 through the inbound listener's own HTTP/2 server (ALPN `h2`): what it must do beyond
+//! passing requests (those tests are in `http.rs` and `grpc.rs`): local replies framed like
+//! hyper's, a caller's reset reaching the app, and a graceful stop.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::StatusCode;
+use http_body_util::Full;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::support::*;
+
+/// An HTTP/2 connection from `who` to the inbound listener, and its driver.
+async fn h2_connection(
+    f: &Fixture,
+    who: &str,
+) -> (
+    SendRequest<Full<Bytes>>,
+    tokio::task::JoinHandle<Result<(), hyper::Error>>,
+) {
+    let tls = f.client(who).connect(f.inbound).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    (sender, tokio::spawn(conn))
+}
+
+#[tokio::test]
+async fn http2_denial_carries_date_and_content_length() {
+    let f = Fixture::start(Options::default()).await;
+    let (mut sender, _conn) = h2_connection(&f, OTHER_ID).await;
+    let resp = sender.send_request(get_h2("/a")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let date = resp.headers()["date"].to_str().unwrap().to_owned();
+    assert!(httpdate::parse_http_date(&date).is_ok(), "{date}");
+    let length: usize = resp.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(body.len(), length);
+    assert!(body.starts_with(b"denied by policy (decision "), "{body:?}");
+    assert_eq!(f.app.seen(), 0);
+}
+
+#[tokio::test]
+async fn http2_caller_resetting_its_stream_cancels_the_apps_request() {
+    let f = Fixture::start(Options::default()).await;
+    let (mut sender, _conn) = h2_connection(&f, WEB_ID).await;
+    let pending = sender.send_request(get_h2("/slow"));
+    // Gone before the app answers: hyper resets the stream when the response future is dropped.
+    let gave_up = tokio::time::timeout(Duration::from_millis(150), pending).await;
+    assert!(gave_up.is_err(), "/slow answered within 150 ms");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while f.app.cancelled() == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(f.app.seen(), 1);
+    assert_eq!(f.app.cancelled(), 1, "the app's request was not reset");
+    // The connection itself stays usable.
+    let resp = sender.send_request(get_h2("/after")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn http2_shutdown_finishes_the_stream_in_flight_then_closes() {
+    let mut f = Fixture::start(Options::default()).await;
+    let (mut sender, conn) = h2_connection(&f, WEB_ID).await;
+    let in_flight = tokio::spawn(sender.send_request(get_h2("/slow")));
+    while f.app.seen() == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::timeout(WAIT, f.shutdown()).await.unwrap();
+    let resp = tokio::time::timeout(WAIT, in_flight)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(f.app.cancelled(), 0);
+    let ended = tokio::time::timeout(WAIT, conn).await;
+    assert!(ended.is_ok(), "connection still open after shutdown");
+}
