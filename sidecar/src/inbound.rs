@@ -48,7 +48,7 @@ pub(crate) struct Shared {
     pub(crate) identity: watch::Receiver<Option<Current>>,
     pub(crate) app: forward::App,
     pub(crate) http: http::Server,
-    pub(crate) h2: h2::H2Server,
+    pub(crate) h2: crate::h2_server::H2Server,
     /// Set when the sidecar stops: connections finish what is in flight and close.
     pub(crate) stop: watch::Sender<bool>,
     tls: Arc<rustls::ServerConfig>,
@@ -141,7 +141,12 @@ impl Inbound {
             })?;
         let app = forward::App::new(inputs.config.app, inputs.limits.idle_timeout);
         let http = http::Server::new(&inputs.limits);
-        let h2 = h2::H2Server::new(inputs.limits.max_header_bytes);
+        // No keep-alive pings: they would count as traffic and defeat the idle timeout.
+        let h2 = crate::h2_server::H2Server::new(
+            inputs.limits.max_header_bytes,
+            http::MAX_CONCURRENT_STREAMS,
+            None,
+        );
         let slots = Arc::new(Semaphore::new(inputs.limits.max_connections));
         let shared = Shared {
             config: inputs.config,

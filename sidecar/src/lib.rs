@@ -6,8 +6,9 @@
 //! - `identity_source`: the SVID and bundles, streamed from the agent's Workload API.
 //! - `inbound`: mTLS termination, HTTP/gRPC/TCP proxying to the app, authorization.
 //! - [`outbound`]: local plaintext listeners, mTLS origination, connection pools.
-//! - `h2_client`, `h2_body`: the shared HTTP/2 client connection (to the app, and to each
-//!   upstream), driven with the `h2` crate, and the bodies streamed on its streams.
+//! - `h2_client`, `h2_server`, `h2_body`: HTTP/2 on the `h2` crate directly: the shared client
+//!   connection (to the app, and to each upstream), the server for ALPN `h2` callers (inbound)
+//!   and h2c clients (outbound), and the bodies streamed on their streams.
 //! - `decision_log`, `metrics`, `admin`: one JSON line per decision, Prometheus metrics,
 //!   `/healthz` `/readyz` `/metrics`.
 
@@ -16,6 +17,7 @@ pub mod config;
 mod decision_log;
 mod h2_body;
 mod h2_client;
+mod h2_server;
 mod hop_by_hop;
 mod identity_source;
 mod inbound;

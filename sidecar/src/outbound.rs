@@ -32,6 +32,7 @@ mod connect;
 mod http;
 mod listener;
 mod route;
+mod sniff;
 mod tcp;
 
 use std::fmt;

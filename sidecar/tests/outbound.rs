@@ -23,6 +23,8 @@ mod failures;
 mod grpc;
 #[path = "outbound/http.rs"]
 mod http;
+#[path = "outbound/local.rs"]
+mod local;
 #[path = "outbound/rotation.rs"]
 mod rotation;
 #[path = "outbound/tcp.rs"]

@@ -6,6 +6,7 @@
 
 use std::convert::Infallible;
 use std::error::Error as StdError;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,7 +15,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
@@ -26,7 +27,10 @@ use crate::h2_client::{H2Error, KeepAlive, SharedH2};
 use crate::hop_by_hop;
 
 /// The body of a response to the local client: the upstream's, streamed, or the sidecar's own.
-pub(crate) type ResponseBody = Either<Either<Incoming, H2Body>, Full<Bytes>>;
+pub(crate) type ResponseBody = Either<UpstreamBody, Full<Bytes>>;
+
+/// The body of an upstream's response: over HTTP/1.1 or over HTTP/2.
+pub(crate) type UpstreamBody = Either<Incoming, H2Body>;
 
 /// The client-certificate header only the inbound sidecar may set: never forwarded from here.
 const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
@@ -97,11 +101,26 @@ impl HttpProxy {
         }
     }
 
-    /// Serves one local request; never fails (errors become responses).
+    /// Serves one local request from hyper's server (HTTP/1.x; HTTP/2 goes through
+    /// [`Self::handle_h2`]); never fails (errors become responses).
     pub(crate) async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
     ) -> Result<Response<ResponseBody>, Infallible> {
+        Ok(self.serve(req, |proxy, req| proxy.send(req)).await)
+    }
+
+    /// Serves one local request from the HTTP/2 server.
+    pub(crate) async fn handle_h2(&self, req: Request<H2Body>) -> Response<ResponseBody> {
+        self.serve(req, |proxy, req| proxy.send_h2(req)).await
+    }
+
+    /// Forwards `req` with `send`, reports it to the hooks and the access log.
+    async fn serve<'a, B, S, F>(&'a self, req: Request<B>, send: S) -> Response<ResponseBody>
+    where
+        S: FnOnce(&'a Self, Request<B>) -> F,
+        F: Future<Output = Result<Response<UpstreamBody>, (StatusCode, String)>>,
+    {
         let mut pending = Pending {
             hooks: &*self.hooks,
             started: Instant::now(),
@@ -110,7 +129,7 @@ impl HttpProxy {
         // Captured only when someone listens: the path costs an allocation.
         let access = tracing::enabled!(target: "access", tracing::Level::DEBUG)
             .then(|| (req.method().clone(), req.uri().path().to_owned()));
-        let (response, status) = self.forward(req).await;
+        let (response, status) = self.forward(req, send).await;
         pending.answered = true;
         let latency = pending.started.elapsed();
         self.hooks.request_done(Some(status.as_u16()), latency);
@@ -124,12 +143,20 @@ impl HttpProxy {
                 "outbound request"
             );
         }
-        Ok(response)
+        response
     }
 
     /// The response, and the status to report (the sidecar's own status for a local reply,
     /// also when gRPC carries it as `grpc-status`).
-    async fn forward(&self, mut req: Request<Incoming>) -> (Response<ResponseBody>, StatusCode) {
+    async fn forward<'a, B, S, F>(
+        &'a self,
+        mut req: Request<B>,
+        send: S,
+    ) -> (Response<ResponseBody>, StatusCode)
+    where
+        S: FnOnce(&'a Self, Request<B>) -> F,
+        F: Future<Output = Result<Response<UpstreamBody>, (StatusCode, String)>>,
+    {
         let grpc = is_grpc(req.headers());
         if req.method() == Method::CONNECT {
             return local_reply(
@@ -152,26 +179,7 @@ impl HttpProxy {
         *req.uri_mut() = uri;
         hop_by_hop::strip(req.headers_mut(), true);
         req.headers_mut().remove(XFCC);
-        let sent = match req.version() {
-            Version::HTTP_2 => {
-                let dial = || self.h2_connector.connect();
-                match self.h2.send(req, dial).await {
-                    Ok(response) => Ok(response.map(Either::Right)),
-                    Err(H2Error::Connect(e)) => Err(self.failure(&e)),
-                    Err(H2Error::Http(e)) => Err(self.failure(&e)),
-                }
-            }
-            _ => {
-                // Upstream connections speak HTTP/1.1 whatever the local client spoke, as
-                // intermediaries do (RFC 9110 §2.5), so that HTTP/1.0 requests reuse them too.
-                *req.version_mut() = Version::HTTP_11;
-                match self.http1.request(req).await {
-                    Ok(response) => Ok(response.map(Either::Left)),
-                    Err(e) => Err(self.failure(&e)),
-                }
-            }
-        };
-        match sent {
+        match send(self, req).await {
             Ok(response) => {
                 let mut response = response.map(Either::Left);
                 hop_by_hop::strip(response.headers_mut(), false);
@@ -185,9 +193,44 @@ impl HttpProxy {
         }
     }
 
+    /// Sends a request from hyper's server: HTTP/2 over the shared h2 connection, anything else
+    /// over the HTTP/1.1 pool.
+    async fn send(
+        &self,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<UpstreamBody>, (StatusCode, String)> {
+        if req.version() == Version::HTTP_2 {
+            return self.send_h2(req).await;
+        }
+        // Upstream connections speak HTTP/1.1 whatever the local client spoke, as
+        // intermediaries do (RFC 9110 §2.5), so that HTTP/1.0 requests reuse them too.
+        *req.version_mut() = Version::HTTP_11;
+        match self.http1.request(req).await {
+            Ok(response) => Ok(response.map(Either::Left)),
+            Err(e) => Err(self.failure(&e)),
+        }
+    }
+
+    /// Sends a request over the shared h2 upstream connection.
+    async fn send_h2<B>(
+        &self,
+        req: Request<B>,
+    ) -> Result<Response<UpstreamBody>, (StatusCode, String)>
+    where
+        B: Body<Data = Bytes> + Unpin + Send + 'static,
+        B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    {
+        let dial = || self.h2_connector.connect();
+        match self.h2.send(req, dial).await {
+            Ok(response) => Ok(response.map(Either::Right)),
+            Err(H2Error::Connect(e)) => Err(self.failure(&e)),
+            Err(H2Error::Http(e)) => Err(self.failure(&e)),
+        }
+    }
+
     /// The request's target with scheme `https`; the authority is the request's own (from its
     /// target or `Host`), so the upstream sees what the local client asked for.
-    fn upstream_uri(&self, req: &Request<Incoming>) -> Result<Uri, String> {
+    fn upstream_uri<B>(&self, req: &Request<B>) -> Result<Uri, String> {
         let authority = match req.uri().authority() {
             Some(authority) => Some(authority.clone()),
             None => match req.headers().get(header::HOST) {

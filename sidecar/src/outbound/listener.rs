@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tracing::Instrument;
@@ -16,13 +16,18 @@ use tracing::Instrument;
 use super::connect::{ALPN_H2, ALPN_HTTP1, MtlsConnector, with_alpn};
 use super::http::HttpProxy;
 use super::route::Protocol;
+use super::sniff;
 use super::tcp::TcpProxy;
 use super::{Outbound, OutboundError, OutboundLimits};
+use crate::h2_client::KeepAlive;
+use crate::h2_server::{Conn, H2Server};
 
 /// How long to pause after a failed `accept` (such as EMFILE) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// hyper's smallest allowed HTTP/1 read buffer.
 const MIN_H1_BUF: usize = 8192;
+/// Most concurrent streams a local HTTP/2 client may open per connection.
+const MAX_CONCURRENT_STREAMS: u32 = 256;
 
 /// How long connections get to close once told to after the drain timeout.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -44,9 +49,17 @@ enum Phase {
 enum Handler {
     Http {
         proxy: Arc<HttpProxy>,
-        server: Arc<auto::Builder<TokioExecutor>>,
+        servers: Arc<Servers>,
     },
     Tcp(Arc<TcpProxy>),
+}
+
+/// The local servers of a route, configured once: HTTP/1.1 (hyper) and h2c (ours).
+struct Servers {
+    http1: http1::Builder,
+    h2: H2Server,
+    /// How long a new connection may take to show which of the two it speaks.
+    sniff_timeout: Duration,
 }
 
 /// Runs the accept loop until `shutdown`, then drains.
@@ -79,7 +92,7 @@ pub(super) async fn serve(
             let h2 = connector(with_alpn(&tls, ALPN_H2));
             Handler::Http {
                 proxy: Arc::new(HttpProxy::new(http1, h2, hooks.clone(), &limits)),
-                server: Arc::new(server_builder(&limits)),
+                servers: Arc::new(Servers::new(&limits)),
             }
         }
         Protocol::Tcp => Handler::Tcp(Arc::new(TcpProxy::new(
@@ -149,22 +162,91 @@ async fn reached(rx: &mut watch::Receiver<Phase>, phase: Phase) {
     let _ = rx.wait_for(|now| *now >= phase).await;
 }
 
-/// The local HTTP/1.1 + h2c server, configured once per route.
-fn server_builder(limits: &OutboundLimits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.idle_timeout)
-        .max_buf_size(limits.max_header_bytes.max(MIN_H1_BUF))
-        .max_headers(limits.max_headers);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .keep_alive_interval(limits.idle_timeout / 2)
-        .keep_alive_timeout(limits.handshake_timeout);
-    builder
+// === impl Servers ===
+
+impl Servers {
+    fn new(limits: &OutboundLimits) -> Self {
+        let mut http1 = http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.idle_timeout)
+            .max_buf_size(limits.max_header_bytes.max(MIN_H1_BUF))
+            .max_headers(limits.max_headers);
+        // Pinged every half idle timeout; closed when a ping goes unanswered.
+        let keep_alive = KeepAlive {
+            interval: limits.idle_timeout / 2,
+            timeout: limits.handshake_timeout,
+        };
+        let h2 = H2Server::new(
+            limits.max_header_bytes,
+            MAX_CONCURRENT_STREAMS,
+            Some(keep_alive),
+        );
+        Self {
+            http1,
+            h2,
+            sniff_timeout: limits.idle_timeout,
+        }
+    }
+
+    /// Serves a local HTTP/1.x or h2c connection until it ends; from `Drain` on, finishes the
+    /// requests in flight and closes (HTTP/1.1 `connection: close`, HTTP/2 GOAWAY); at `Close`,
+    /// closes at once.
+    async fn serve(
+        &self,
+        proxy: &Arc<HttpProxy>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        phase: &mut watch::Receiver<Phase>,
+    ) {
+        let mut drain = phase.clone();
+        let sniffed = tokio::select! {
+            sniffed = tokio::time::timeout(self.sniff_timeout, sniff::is_h2c(&stream)) => sniffed,
+            () = reached(&mut drain, Phase::Drain) => return,
+        };
+        let h2 = match sniffed {
+            Ok(Ok(h2)) => h2,
+            Ok(Err(err)) => {
+                tracing::debug!(src.addr = %peer, error = %err, "outbound local connection error");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(src.addr = %peer, "outbound local client sent no request in time");
+                return;
+            }
+        };
+        if h2 {
+            let conn = Conn {
+                io: stream,
+                peer,
+                idle: std::future::pending(),
+                stop: reached(&mut drain, Phase::Drain),
+            };
+            let served = self.h2.serve(conn, |req| proxy.handle_h2(req));
+            tokio::select! {
+                () = served => {}
+                () = reached(phase, Phase::Close) => {}
+            }
+            return;
+        }
+        let proxy = Arc::clone(proxy);
+        let service = service_fn(move |req| Arc::clone(&proxy).handle(req));
+        let conn = self.http1.serve_connection(TokioIo::new(stream), service);
+        tokio::pin!(conn);
+        let result = tokio::select! {
+            result = conn.as_mut() => result,
+            () = reached(&mut drain, Phase::Drain) => {
+                conn.as_mut().graceful_shutdown();
+                tokio::select! {
+                    result = conn.as_mut() => result,
+                    () = reached(phase, Phase::Close) => Ok(()),
+                }
+            }
+        };
+        if let Err(err) = result {
+            tracing::debug!(src.addr = %peer, error = %err, "outbound local connection error");
+        }
+    }
 }
 
 // === impl Handler ===
@@ -180,25 +262,8 @@ impl Handler {
             tracing::debug!(error = %err, "outbound local nodelay");
         }
         match self {
-            Self::Http { proxy, server } => {
-                let service = service_fn(move |req| proxy.clone().handle(req));
-                let conn = server.serve_connection(TokioIo::new(stream), service);
-                tokio::pin!(conn);
-                let result = tokio::select! {
-                    result = conn.as_mut() => result,
-                    () = reached(&mut phase, Phase::Drain) => {
-                        // Finish the requests in flight, then close (HTTP/1.1 `connection:
-                        // close`, HTTP/2 GOAWAY).
-                        conn.as_mut().graceful_shutdown();
-                        tokio::select! {
-                            result = conn.as_mut() => result,
-                            () = reached(&mut phase, Phase::Close) => Ok(()),
-                        }
-                    }
-                };
-                if let Err(err) = result {
-                    tracing::debug!(src.addr = %peer, error = %err, "outbound local connection error");
-                }
+            Self::Http { proxy, servers } => {
+                servers.serve(&proxy, stream, peer, &mut phase).await;
             }
             Self::Tcp(proxy) => {
                 tokio::select! {

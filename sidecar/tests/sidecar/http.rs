@@ -222,10 +222,13 @@ async fn app_closing_its_h2_connection_costs_h2_callers_nothing() {
         assert!(body.starts_with("HTTP/2.0 "), "{body}");
     }
     assert_eq!(f.app.seen(), 5);
-    assert_eq!(
-        f.app.connections(),
-        3,
-        "one shared h2c connection, a new one after each close"
+    // One shared h2c connection, a new one after a close. The app's first GOAWAY still admits
+    // new streams, so a request sent just before the sidecar reads it is served on the closing
+    // connection: 2 or 3 connections, never one per request, and no request lost.
+    let connections = f.app.connections();
+    assert!(
+        (2..=3).contains(&connections),
+        "{connections} app connections"
     );
 }
 

@@ -1,0 +1,263 @@
+//! The sidecar's HTTP/2 server, on the `h2` crate directly: the inbound listener's for callers
+//! that chose `h2` by ALPN, each outbound route's for local h2c clients.
+//!
+//! hyper's server spawned a task per stream (moving each request's future into it) and piped
+//! each response body from that task; here the connection's own task drives every stream of the
+//! connection (a `FuturesUnordered`, polled only when woken), so a stream costs no task, and a
+//! response the upstream has answered is written by the same task that reads the next request.
+//!
+//! What hyper's server did and this one keeps: its flow-control windows and limits, a `date`
+//! header on responses without one, `content-length` from a body of known size, a caller's reset
+//! cancelling the exchange (dropping it resets the upstream's stream too), keep-alive pings with
+//! a deadline when configured, GOAWAY and finishing the streams in flight on stop. The `h2`
+//! crate validates the protocol itself (malformed frames and headers, content-length
+//! mismatches, oversized header lists: 431).
+
+use std::cell::RefCell;
+use std::error::Error as StdError;
+use std::future::{Future, poll_fn};
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use h2::server::SendResponse;
+use http::{HeaderValue, Request, Response, header};
+use hyper::body::Body;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::h2_body::{self, H2Body};
+use crate::h2_client::KeepAlive;
+
+/// Stream and connection flow-control windows offered to clients (hyper's server defaults).
+const WINDOW: u32 = 1024 * 1024;
+/// Most response body bytes buffered per stream beyond the client's window (hyper's default).
+const MAX_SEND_BUFFER: usize = 400 * 1024;
+/// Streams a client may make us reset for its errors before the connection is closed (hyper's
+/// default).
+const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+
+/// The server settings, shared by every connection of a listener.
+#[derive(Debug, Clone)]
+pub(crate) struct H2Server {
+    builder: h2::server::Builder,
+    keep_alive: Option<KeepAlive>,
+}
+
+/// How a connection ends up being served.
+pub(crate) struct Conn<I, Idle, Stop> {
+    pub(crate) io: I,
+    /// The client's address, for logs.
+    pub(crate) peer: SocketAddr,
+    /// Completes when the connection has been idle too long: it is closed at once.
+    pub(crate) idle: Idle,
+    /// Completes when the listener stops: GOAWAY, the streams in flight finish, then it closes.
+    pub(crate) stop: Stop,
+}
+
+// === impl H2Server ===
+
+impl H2Server {
+    pub(crate) fn new(
+        max_header_bytes: usize,
+        max_concurrent_streams: u32,
+        keep_alive: Option<KeepAlive>,
+    ) -> Self {
+        let mut builder = h2::server::Builder::new();
+        builder
+            .initial_window_size(WINDOW)
+            .initial_connection_window_size(WINDOW)
+            .max_send_buffer_size(MAX_SEND_BUFFER)
+            .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
+            .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(max_concurrent_streams);
+        Self {
+            builder,
+            keep_alive,
+        }
+    }
+
+    /// Serves one connection until it ends, is idle too long, fails a keep-alive ping, or has
+    /// finished its streams after a stop; `handle` answers each request.
+    pub(crate) async fn serve<I, Idle, Stop, H, F, B>(&self, conn: Conn<I, Idle, Stop>, handle: H)
+    where
+        I: AsyncRead + AsyncWrite + Unpin,
+        Idle: Future<Output = ()>,
+        Stop: Future<Output = ()>,
+        H: Fn(Request<H2Body>) -> F,
+        F: Future<Output = Response<B>>,
+        B: Body<Data = Bytes> + Unpin + Send,
+        B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    {
+        let Conn {
+            io,
+            peer,
+            idle,
+            stop,
+        } = conn;
+        let mut idle = pin!(idle);
+        let mut stop = pin!(stop);
+        let mut h2 = tokio::select! {
+            result = self.builder.handshake::<_, Bytes>(io) => match result {
+                Ok(h2) => h2,
+                Err(e) => {
+                    tracing::debug!(src.addr = %peer, error = %e, "h2 handshake failed");
+                    return;
+                }
+            },
+            () = &mut idle => return,
+        };
+        let mut pinger = self.keep_alive.and_then(|keep_alive| {
+            let pings = h2.ping_pong()?;
+            let mut ticks =
+                tokio::time::interval_at(Instant::now() + keep_alive.interval, keep_alive.interval);
+            ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            Some((pings, ticks, keep_alive.timeout))
+        });
+        // When the unanswered ping was sent.
+        let mut ping_sent: Option<Instant> = None;
+        let mut streams = FuturesUnordered::new();
+        let mut draining = false;
+        loop {
+            tokio::select! {
+                accepted = h2.accept() => match accepted {
+                    Some(Ok((req, respond))) => {
+                        let (head, recv) = req.into_parts();
+                        let body = H2Body::new(recv, &head.headers, None);
+                        let response = handle(Request::from_parts(head, body));
+                        streams.push(stream(peer, response, respond));
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(src.addr = %peer, error = %e, "connection ended with an error");
+                        return;
+                    }
+                    // Closed, or shut down gracefully with every stream done.
+                    None => return,
+                },
+                Some(()) = streams.next(), if !streams.is_empty() => {}
+                () = &mut idle => {
+                    tracing::debug!(src.addr = %peer, "idle timeout");
+                    return;
+                }
+                () = &mut stop, if !draining => {
+                    draining = true;
+                    h2.graceful_shutdown();
+                }
+                (sent, answered) = keep_alive(&mut pinger, ping_sent) => match answered {
+                    true => ping_sent = None,
+                    false if sent.is_some() => ping_sent = sent,
+                    false => {
+                        tracing::debug!(src.addr = %peer, "keep-alive ping unanswered; closing");
+                        return;
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// The keep-alive step: with no ping outstanding, waits for the next tick and sends one
+/// (`(Some(now), false)`); with one outstanding, waits for its pong (`(None, true)`) or its
+/// deadline (`(None, false)`: the connection is to be closed). Never completes without pings.
+async fn keep_alive(
+    pinger: &mut Option<(h2::PingPong, tokio::time::Interval, std::time::Duration)>,
+    outstanding: Option<Instant>,
+) -> (Option<Instant>, bool) {
+    let Some((pings, ticks, timeout)) = pinger else {
+        return std::future::pending().await;
+    };
+    match outstanding {
+        None => {
+            ticks.tick().await;
+            match pings.send_ping(h2::Ping::opaque()) {
+                Ok(()) => (Some(Instant::now()), false),
+                // The connection is closing; its own end is reported by `accept`.
+                Err(_) => std::future::pending().await,
+            }
+        }
+        Some(sent) => {
+            let deadline = tokio::time::sleep_until(sent + *timeout);
+            tokio::select! {
+                pong = poll_fn(|cx| pings.poll_pong(cx)) => (None, pong.is_ok()),
+                () = deadline => (None, false),
+            }
+        }
+    }
+}
+
+/// One stream: the response `handle` made for it, streamed back, unless the client resets the
+/// stream first (then the exchange is dropped).
+async fn stream<F, B>(peer: SocketAddr, response: F, mut respond: SendResponse<Bytes>)
+where
+    F: Future<Output = Response<B>>,
+    B: Body<Data = Bytes> + Unpin + Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    let response = tokio::select! {
+        response = response => response,
+        reason = poll_fn(|cx| respond.poll_reset(cx)) => {
+            tracing::debug!(src.addr = %peer, ?reason, "client reset the stream");
+            return;
+        }
+    };
+    let (mut head, body) = response.into_parts();
+    if !head.headers.contains_key(header::DATE) {
+        head.headers.insert(header::DATE, date());
+    }
+    if let Some(length) = body.size_hint().exact()
+        && !head.headers.contains_key(header::CONTENT_LENGTH)
+    {
+        head.headers.insert(header::CONTENT_LENGTH, length.into());
+    }
+    let end_of_stream = body.is_end_stream();
+    let tx = match respond.send_response(Response::from_parts(head, ()), end_of_stream) {
+        Ok(tx) => tx,
+        Err(e) => {
+            tracing::debug!(src.addr = %peer, error = %e, "sending the response failed");
+            return;
+        }
+    };
+    if !end_of_stream {
+        h2_body::pipe(body, tx).await;
+    }
+}
+
+/// The current time as an HTTP `date` value, formatted once per second per thread.
+fn date() -> HeaderValue {
+    thread_local! {
+        static CACHED: RefCell<(u64, HeaderValue)> =
+            const { RefCell::new((u64::MAX, HeaderValue::from_static(""))) };
+    }
+    let now = SystemTime::now();
+    let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    CACHED.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        if cached.0 != second {
+            let text = httpdate::fmt_http_date(now);
+            if let Ok(value) = HeaderValue::try_from(text) {
+                *cached = (second, value);
+            }
+        }
+        cached.1.clone()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn date_is_an_imf_fixdate_of_now() {
+        let value = date();
+        let parsed = httpdate::parse_http_date(value.to_str().unwrap()).unwrap();
+        let skew = SystemTime::now()
+            .duration_since(parsed)
+            .unwrap_or_default()
+            .as_secs();
+        assert!(skew <= 1, "{value:?}");
+        assert!(value.to_str().unwrap().ends_with(" GMT"), "{value:?}");
+    }
+}
