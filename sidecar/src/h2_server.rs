@@ -27,7 +27,7 @@ use h2::server::SendResponse;
 use http::{HeaderValue, Request, Response, header};
 use hyper::body::Body;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::{Duration, Instant};
 
 use crate::h2_body::{self, H2Body};
 use crate::h2_client::KeepAlive;
@@ -39,6 +39,8 @@ const MAX_SEND_BUFFER: usize = 400 * 1024;
 /// Streams a client may make us reset for its errors before the connection is closed (hyper's
 /// default).
 const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+/// The ping timer's deadline without keep-alive (it is never polled then).
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365);
 
 /// The server settings, shared by every connection of a listener.
 #[derive(Debug, Clone)]
@@ -110,15 +112,16 @@ impl H2Server {
             },
             () = &mut idle => return,
         };
-        let mut pinger = self.keep_alive.and_then(|keep_alive| {
-            let pings = h2.ping_pong()?;
-            let mut ticks =
-                tokio::time::interval_at(Instant::now() + keep_alive.interval, keep_alive.interval);
-            ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            Some((pings, ticks, keep_alive.timeout))
-        });
-        // When the unanswered ping was sent.
-        let mut ping_sent: Option<Instant> = None;
+        // Keep-alive: the pinger and its one timer, re-armed (never re-created) as pings go out
+        // and pongs come back.
+        let mut pinger = self
+            .keep_alive
+            .and_then(|keep_alive| Some((h2.ping_pong()?, keep_alive)));
+        let first = pinger
+            .as_ref()
+            .map_or(FAR_FUTURE, |(_, keep_alive)| keep_alive.interval);
+        let mut ping_timer = pin!(tokio::time::sleep(first));
+        let mut ping_outstanding = false;
         let mut streams = FuturesUnordered::new();
         let mut draining = false;
         loop {
@@ -146,45 +149,44 @@ impl H2Server {
                     draining = true;
                     h2.graceful_shutdown();
                 }
-                (sent, answered) = keep_alive(&mut pinger, ping_sent) => match answered {
-                    true => ping_sent = None,
-                    false if sent.is_some() => ping_sent = sent,
-                    false => {
+                () = &mut ping_timer, if pinger.is_some() => {
+                    let Some((pings, keep_alive)) = pinger.as_mut() else {
+                        continue;
+                    };
+                    if ping_outstanding {
                         tracing::debug!(src.addr = %peer, "keep-alive ping unanswered; closing");
                         return;
                     }
-                },
+                    if pings.send_ping(h2::Ping::opaque()).is_err() {
+                        // The connection is closing; `accept` reports its end.
+                        pinger = None;
+                        continue;
+                    }
+                    ping_outstanding = true;
+                    ping_timer.as_mut().reset(Instant::now() + keep_alive.timeout);
+                }
+                pong = poll_fn(|cx| poll_pong(&mut pinger, cx)), if ping_outstanding => {
+                    ping_outstanding = false;
+                    match (pong, pinger.as_ref()) {
+                        (Ok(()), Some((_, keep_alive))) => {
+                            ping_timer.as_mut().reset(Instant::now() + keep_alive.interval);
+                        }
+                        _ => pinger = None,
+                    }
+                }
             }
         }
     }
 }
 
-/// The keep-alive step: with no ping outstanding, waits for the next tick and sends one
-/// (`(Some(now), false)`); with one outstanding, waits for its pong (`(None, true)`) or its
-/// deadline (`(None, false)`: the connection is to be closed). Never completes without pings.
-async fn keep_alive(
-    pinger: &mut Option<(h2::PingPong, tokio::time::Interval, std::time::Duration)>,
-    outstanding: Option<Instant>,
-) -> (Option<Instant>, bool) {
-    let Some((pings, ticks, timeout)) = pinger else {
-        return std::future::pending().await;
-    };
-    match outstanding {
-        None => {
-            ticks.tick().await;
-            match pings.send_ping(h2::Ping::opaque()) {
-                Ok(()) => (Some(Instant::now()), false),
-                // The connection is closing; its own end is reported by `accept`.
-                Err(_) => std::future::pending().await,
-            }
-        }
-        Some(sent) => {
-            let deadline = tokio::time::sleep_until(sent + *timeout);
-            tokio::select! {
-                pong = poll_fn(|cx| pings.poll_pong(cx)) => (None, pong.is_ok()),
-                () = deadline => (None, false),
-            }
-        }
+/// The pong to the outstanding ping.
+fn poll_pong(
+    pinger: &mut Option<(h2::PingPong, KeepAlive)>,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<Result<(), h2::Error>> {
+    match pinger {
+        Some((pings, _)) => pings.poll_pong(cx).map_ok(|_| ()),
+        None => std::task::Poll::Pending,
     }
 }
 
