@@ -126,6 +126,10 @@ impl H2Server {
         let mut draining = false;
         loop {
             tokio::select! {
+                // Streams first: every stream that can move queues its frames before the
+                // connection is polled again, so they go out in one write.
+                biased;
+                Some(()) = streams.next(), if !streams.is_empty() => {}
                 accepted = h2.accept() => match accepted {
                     Some(Ok((req, respond))) => {
                         let (head, recv) = req.into_parts();
@@ -140,7 +144,6 @@ impl H2Server {
                     // Closed, or shut down gracefully with every stream done.
                     None => return,
                 },
-                Some(()) = streams.next(), if !streams.is_empty() => {}
                 () = &mut idle => {
                     tracing::debug!(src.addr = %peer, "idle timeout");
                     return;
