@@ -237,7 +237,24 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, source: Socket
                     tls_version: None,
                     own_id,
                 };
-                return serve_io(&shared, stream, info, false).await;
+                // h2c by prior knowledge goes to the same HTTP/2 server as ALPN `h2`.
+                let sniffed = tokio::time::timeout(
+                    shared.limits.handshake_timeout,
+                    crate::sniff::is_h2c(&stream),
+                )
+                .await;
+                let h2 = match sniffed {
+                    Ok(Ok(h2)) => h2,
+                    Ok(Err(_)) => return,
+                    Err(_) => {
+                        shared.metrics.handshake_failed(
+                            Direction::Inbound,
+                            HandshakeFailure::Timeout.as_str(),
+                        );
+                        return;
+                    }
+                };
+                return serve_io(&shared, stream, info, h2).await;
             }
             Ok(Ok(1)) => {}
             Ok(_) => return,
@@ -293,7 +310,8 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, source: Socket
     serve_io(&shared, tls, info, h2).await;
 }
 
-/// Serves an established connection; `h2`: the caller chose HTTP/2 by ALPN.
+/// Serves an established connection; `h2`: the caller chose HTTP/2 (ALPN `h2`, or the h2c
+/// preface on a plaintext connection).
 async fn serve_io<I>(shared: &Arc<Shared>, io: I, info: ConnInfo, h2: bool)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,

@@ -24,6 +24,7 @@ mod inbound;
 mod metrics;
 pub mod outbound;
 mod runner;
+mod sniff;
 
 use std::net::SocketAddr;
 

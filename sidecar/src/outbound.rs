@@ -32,7 +32,6 @@ mod connect;
 mod http;
 mod listener;
 mod route;
-mod sniff;
 mod tcp;
 
 use std::fmt;

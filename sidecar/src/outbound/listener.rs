@@ -16,11 +16,11 @@ use tracing::Instrument;
 use super::connect::{ALPN_H2, ALPN_HTTP1, MtlsConnector, with_alpn};
 use super::http::HttpProxy;
 use super::route::Protocol;
-use super::sniff;
 use super::tcp::TcpProxy;
 use super::{Outbound, OutboundError, OutboundLimits};
 use crate::h2_client::KeepAlive;
 use crate::h2_server::{Conn, H2Server};
+use crate::sniff;
 
 /// How long to pause after a failed `accept` (such as EMFILE) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);

@@ -47,6 +47,30 @@ async fn permissive_mode_serves_plaintext_as_unauthenticated_and_mtls_as_before(
 }
 
 #[tokio::test]
+async fn permissive_mode_serves_plaintext_h2c_by_prior_knowledge() {
+    let f = Fixture::start(Options {
+        inbound_extra: r#"mtls = "permissive""#,
+        ..Options::default()
+    })
+    .await;
+    for (path, expected) in [
+        ("/public/a", StatusCode::OK),
+        ("/private", StatusCode::FORBIDDEN),
+    ] {
+        let tcp = TcpStream::connect(f.inbound).await.unwrap();
+        let (status, headers, body) = send(TokioIo::new(tcp), true, get_h2(path)).await.unwrap();
+        assert_eq!(status, expected, "{path}: {body}");
+        assert!(headers.contains_key("date"), "{headers:?}");
+        if expected == StatusCode::OK {
+            assert!(body.starts_with("HTTP/2.0 xfcc= "), "{body}");
+        }
+    }
+    let records = f.decisions(2).await;
+    assert!(records.iter().all(|r| r.peer_spiffe_id.is_none()));
+    assert_eq!(f.app.seen(), 1);
+}
+
+#[tokio::test]
 async fn strict_mode_refuses_plaintext() {
     let f = Fixture::start(Options::default()).await;
     let tcp = TcpStream::connect(f.inbound).await.unwrap();

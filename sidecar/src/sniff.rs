@@ -1,5 +1,6 @@
-//! Which HTTP version a local plaintext client speaks: HTTP/2 clients (h2c, prior knowledge) open
-//! with the connection preface, anything else is HTTP/1.x. The first bytes are peeked, not read,
+//! Which HTTP version a plaintext client speaks (an outbound route's local clients, the inbound's
+//! plaintext callers in permissive mode): HTTP/2 clients (h2c, prior knowledge) open with the
+//! connection preface, anything else is HTTP/1.x. The first bytes are peeked, not read,
 //! so whichever server then takes the connection reads them itself.
 
 use std::io;
@@ -17,7 +18,7 @@ const PARTIAL_RETRY: (Duration, Duration) = (Duration::from_millis(1), Duration:
 /// it within their first bytes; a client that has sent only part of it is peeked at again,
 /// less and less often, until it sends the rest: the caller bounds that wait with a timeout. A
 /// client that closes before sending anything is not h2c.
-pub(super) async fn is_h2c(stream: &TcpStream) -> io::Result<bool> {
+pub(crate) async fn is_h2c(stream: &TcpStream) -> io::Result<bool> {
     let mut buf = [0u8; PREFACE.len()];
     let mut retry = PARTIAL_RETRY.0;
     loop {
