@@ -126,7 +126,12 @@ impl SharedH2 {
         let end_of_stream = body.is_end_stream();
         let mut retried = false;
         let (mut sender, in_flight) = loop {
-            let (sender, state) = self.sender(&dial).await?;
+            let (sender, state) = match self.open() {
+                Some(open) => open,
+                // Boxed: connecting (a TLS handshake for an upstream) is a large future that
+                // the common path should not carry in every request's own future.
+                None => Box::pin(self.connect(&dial)).await?,
+            };
             match sender.ready().await {
                 Ok(sender) => break (sender, InFlight::new(state)),
                 Err(e) if !retried => {
@@ -150,24 +155,7 @@ impl SharedH2 {
         Ok(Response::from_parts(head, body))
     }
 
-    /// A handle to the open connection, connecting first when there is none.
-    async fn sender<D, F, I, E>(
-        &self,
-        dial: &D,
-    ) -> Result<(SendRequest<Bytes>, Arc<ConnState>), H2Error<E>>
-    where
-        D: Fn() -> F,
-        F: Future<Output = Result<I, E>>,
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        match self.open() {
-            Some(open) => Ok(open),
-            // Boxed: connecting (a TLS handshake for an upstream) is a large future that the
-            // common path should not carry in every request's own future.
-            None => Box::pin(self.connect(dial)).await,
-        }
-    }
-
+    /// Opens a new connection, unless another request opened one while this one waited.
     async fn connect<D, F, I, E>(
         &self,
         dial: &D,
