@@ -36,3 +36,42 @@ async fn h2c_client_that_never_answers_pings_is_disconnected() {
     assert_eq!(upstream.requests(), 0);
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn h2c_client_sending_a_malformed_frame_is_disconnected_and_nothing_leaves() {
+    let pki = Pki::new();
+    let upstream = Upstream::http(&pki).await;
+    let proxy = Proxy::http(&pki, &upstream).await;
+
+    let mut client = TcpStream::connect(proxy.addr).await.unwrap();
+    client.write_all(H2C_OPENING).await.unwrap();
+    // A HEADERS frame on stream 0, which RFC 9113 §6.2 makes a connection error.
+    client
+        .write_all(b"\x00\x00\x01\x01\x05\x00\x00\x00\x00\x82")
+        .await
+        .unwrap();
+    let mut sink = Vec::new();
+    let closed = tokio::time::timeout(WAIT, client.read_to_end(&mut sink)).await;
+    assert!(
+        closed.is_ok(),
+        "the connection stayed open after a protocol error"
+    );
+    // The sidecar answered with GOAWAY (frame type 7) before closing.
+    let mut frames = sink.as_slice();
+    let mut goaway = false;
+    while frames.len() >= 9 {
+        let len =
+            usize::from(frames[0]) << 16 | usize::from(frames[1]) << 8 | usize::from(frames[2]);
+        goaway |= frames[3] == 7;
+        frames = &frames[(9 + len).min(frames.len())..];
+    }
+    assert!(goaway, "no GOAWAY in {sink:?}");
+    assert_eq!(upstream.requests(), 0);
+    // The listener still serves the next client.
+    let reply = crate::client::LocalClient::h2(proxy.addr)
+        .await
+        .get(proxy.addr, "/")
+        .await;
+    assert_eq!(reply.status, http::StatusCode::OK);
+    proxy.stop().await;
+}

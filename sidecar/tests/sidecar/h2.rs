@@ -89,3 +89,29 @@ async fn http2_shutdown_finishes_the_stream_in_flight_then_closes() {
     let ended = tokio::time::timeout(WAIT, conn).await;
     assert!(ended.is_ok(), "connection still open after shutdown");
 }
+
+#[tokio::test]
+async fn http2_caller_sending_a_malformed_frame_is_disconnected_and_nothing_reaches_the_app() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let f = Fixture::start(Options::default()).await;
+    let mut tls = f.client(WEB_ID).connect(f.inbound).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    // A HEADERS frame on stream 0: a connection error (RFC 9113 §6.2).
+    tls.write_all(b"\x00\x00\x01\x01\x05\x00\x00\x00\x00\x82")
+        .await
+        .unwrap();
+    let mut sink = Vec::new();
+    let closed = tokio::time::timeout(WAIT, tls.read_to_end(&mut sink)).await;
+    assert!(
+        closed.is_ok(),
+        "the connection stayed open after a protocol error"
+    );
+    assert_eq!(f.app.seen(), 0);
+    // The sidecar still serves the next caller.
+    let (mut sender, _conn) = h2_connection(&f, WEB_ID).await;
+    let resp = sender.send_request(get_h2("/after")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}
