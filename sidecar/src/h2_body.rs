@@ -28,7 +28,7 @@ pub(crate) struct H2Body {
 }
 
 /// Streams a body into an HTTP/2 stream (see [`pipe`]).
-struct Pipe<B> {
+pub(crate) struct Pipe<B> {
     body: B,
     tx: SendStream<Bytes>,
     /// A chunk waiting for flow-control capacity, and whether it ends the body.
@@ -96,7 +96,7 @@ impl Body for H2Body {
 
 /// Streams `body` into `tx` until the body ends (then END_STREAM or trailers), the peer resets
 /// the stream, or the body fails (then the stream is reset).
-pub(crate) fn pipe<B>(body: B, tx: SendStream<Bytes>) -> impl Future<Output = ()> + Send
+pub(crate) fn pipe<B>(body: B, tx: SendStream<Bytes>) -> Pipe<B>
 where
     B: Body<Data = Bytes> + Unpin + Send,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,

@@ -19,6 +19,7 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -77,6 +78,22 @@ pub(crate) struct ConnState {
 #[derive(Debug)]
 pub(crate) struct InFlight(Arc<ConnState>);
 
+/// How [`SharedH2::send_on_open`] went.
+enum Started<B> {
+    Sent(Exchange),
+    /// The connection refused the request itself (it is malformed for HTTP/2).
+    Failed(h2::Error),
+    /// No open connection could take it (boxed: this is the rare case, and the common one
+    /// should not carry a request's size).
+    NoConnection(Box<Request<B>>),
+}
+
+/// A request whose HEADERS are queued: its response to come.
+struct Exchange {
+    response: h2::client::ResponseFuture,
+    in_flight: InFlight,
+}
+
 /// Why a request got no response.
 #[derive(Debug)]
 pub(crate) enum H2Error<E> {
@@ -110,11 +127,70 @@ impl SharedH2 {
     /// Sends `req` on the shared connection; `dial` opens the transport when a connection is
     /// needed. `req` must carry an absolute URI (`:scheme` and `:authority`) and no
     /// connection-specific headers.
-    pub(crate) async fn send<B, D, F, I, E>(
-        &self,
+    ///
+    /// On an open connection the request's HEADERS are queued before this returns, and the
+    /// future only awaits the response: it carries the stream's handle, not the request (every
+    /// request's future is moved and allocated by the server that polls it, so its size is
+    /// paid per request). Connecting is a boxed future of its own, taken only when needed.
+    pub(crate) fn send<'a, B, D, F, I, E>(
+        &'a self,
         req: Request<B>,
         dial: D,
-    ) -> Result<Response<H2Body>, H2Error<E>>
+    ) -> impl Future<Output = Result<Response<H2Body>, H2Error<E>>> + 'a
+    where
+        B: Body<Data = Bytes> + Unpin + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        D: Fn() -> F + 'a,
+        F: Future<Output = Result<I, E>> + 'a,
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        E: 'a,
+    {
+        let started = self.send_on_open(req);
+        async move {
+            let exchange = match started {
+                Started::Sent(exchange) => exchange,
+                Started::Failed(e) => return Err(H2Error::Http(e)),
+                Started::NoConnection(req) => Box::pin(self.send_connecting(*req, &dial)).await?,
+            };
+            exchange.response().await.map_err(H2Error::Http)
+        }
+    }
+
+    /// Sends `req` on the open connection, if there is one that can take it.
+    fn send_on_open<B>(&self, req: Request<B>) -> Started<B>
+    where
+        B: Body<Data = Bytes> + Unpin + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let Some((mut sender, state)) = self.open() else {
+            return Started::NoConnection(Box::new(req));
+        };
+        // A fresh clone of the handle has no stream of its own pending, so readiness is decided
+        // at once: the connection has not failed, gone away or run out of stream ids.
+        let mut cx = Context::from_waker(Waker::noop());
+        match sender.poll_ready(&mut cx) {
+            Poll::Ready(Ok(())) => match start(&mut sender, req, state) {
+                Ok(exchange) => Started::Sent(exchange),
+                Err(e) => Started::Failed(e),
+            },
+            Poll::Ready(Err(e)) => {
+                // Closed or told to go away: `open` no longer offers it.
+                state.closed.store(true, Ordering::Relaxed);
+                tracing::debug!(error = %e, "h2 connection closed before the request was sent; reconnecting");
+                Started::NoConnection(Box::new(req))
+            }
+            Poll::Pending => Started::NoConnection(Box::new(req)),
+        }
+    }
+
+    /// Sends `req` once a connection is ready: the open one, or a new one. A request the old
+    /// connection could not take (it closed or was told to go away meanwhile) is sent once more
+    /// on a new connection.
+    async fn send_connecting<B, D, F, I, E>(
+        &self,
+        req: Request<B>,
+        dial: &D,
+    ) -> Result<Exchange, H2Error<E>>
     where
         B: Body<Data = Bytes> + Unpin + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -122,20 +198,15 @@ impl SharedH2 {
         F: Future<Output = Result<I, E>>,
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (head, body) = req.into_parts();
-        let end_of_stream = body.is_end_stream();
         let mut retried = false;
-        let (mut sender, in_flight) = loop {
+        let (mut sender, state) = loop {
             let (sender, state) = match self.open() {
                 Some(open) => open,
-                // Boxed: connecting (a TLS handshake for an upstream) is a large future that
-                // the common path should not carry in every request's own future.
-                None => Box::pin(self.connect(&dial)).await?,
+                None => self.connect(dial).await?,
             };
             match sender.ready().await {
-                Ok(sender) => break (sender, InFlight::new(state)),
+                Ok(sender) => break (sender, state),
                 Err(e) if !retried => {
-                    // Closed or told to go away meanwhile: `open` no longer offers it.
                     state.closed.store(true, Ordering::Relaxed);
                     tracing::debug!(error = %e, "h2 connection closed before the request was sent; reconnecting");
                     retried = true;
@@ -143,16 +214,7 @@ impl SharedH2 {
                 Err(e) => return Err(H2Error::Http(e)),
             }
         };
-        let (response, tx) = sender
-            .send_request(Request::from_parts(head, ()), end_of_stream)
-            .map_err(H2Error::Http)?;
-        drop(sender);
-        if !end_of_stream {
-            tokio::spawn(h2_body::pipe(body, tx));
-        }
-        let (head, recv) = response.await.map_err(H2Error::Http)?.into_parts();
-        let body = H2Body::new(recv, &head.headers, Some(in_flight));
-        Ok(Response::from_parts(head, body))
+        start(&mut sender, req, state).map_err(H2Error::Http)
     }
 
     /// Opens a new connection, unless another request opened one while this one waited.
@@ -200,6 +262,43 @@ impl SharedH2 {
         }
         open.last_used = now;
         Some((open.sender.clone(), Arc::clone(&open.state)))
+    }
+}
+
+/// Queues `req`'s HEADERS on `sender` (whose connection is ready) and, when it has a body, a
+/// task streaming it.
+fn start<B>(
+    sender: &mut SendRequest<Bytes>,
+    req: Request<B>,
+    state: Arc<ConnState>,
+) -> Result<Exchange, h2::Error>
+where
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (head, body) = req.into_parts();
+    let end_of_stream = body.is_end_stream();
+    let (response, tx) = sender.send_request(Request::from_parts(head, ()), end_of_stream)?;
+    if !end_of_stream {
+        tokio::spawn(h2_body::pipe(body, tx));
+    }
+    Ok(Exchange {
+        response,
+        in_flight: InFlight::new(state),
+    })
+}
+
+// === impl Exchange ===
+
+impl Exchange {
+    async fn response(self) -> Result<Response<H2Body>, h2::Error> {
+        let Self {
+            response,
+            in_flight,
+        } = self;
+        let (head, recv) = response.await?.into_parts();
+        let body = H2Body::new(recv, &head.headers, Some(in_flight));
+        Ok(Response::from_parts(head, body))
     }
 }
 

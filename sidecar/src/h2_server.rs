@@ -17,7 +17,8 @@ use std::cell::RefCell;
 use std::error::Error as StdError;
 use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
-use std::pin::pin;
+use std::pin::{Pin, pin};
+use std::task::{Context, Poll, ready};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -29,7 +30,7 @@ use hyper::body::Body;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Duration, Instant};
 
-use crate::h2_body::{self, H2Body};
+use crate::h2_body::{self, H2Body, Pipe};
 use crate::h2_client::KeepAlive;
 
 /// Stream and connection flow-control windows offered to clients (hyper's server defaults).
@@ -193,21 +194,96 @@ fn poll_pong(
     }
 }
 
-/// One stream: the response `handle` made for it, streamed back, unless the client resets the
-/// stream first (then the exchange is dropped).
-async fn stream<F, B>(peer: SocketAddr, response: F, mut respond: SendResponse<Bytes>)
+pin_project_lite::pin_project! {
+    /// One stream: the response `handle` made for it, streamed back, unless the client resets
+    /// the stream first (then the exchange is dropped).
+    ///
+    /// Written out rather than as an `async fn`: one taking the response future as an argument
+    /// holds it twice (once as the argument, once where it is polled), and this future is
+    /// moved into the connection's set and allocated for every request.
+    #[project = StreamProj]
+    enum Stream<F, B> {
+        Answering {
+            #[pin]
+            response: F,
+            respond: Option<SendResponse<Bytes>>,
+            peer: SocketAddr,
+        },
+        Piping { pipe: Pipe<B> },
+        Done,
+    }
+}
+
+/// The stream of a request whose response `response` will make.
+fn stream<F, B>(peer: SocketAddr, response: F, respond: SendResponse<Bytes>) -> Stream<F, B> {
+    Stream::Answering {
+        response,
+        respond: Some(respond),
+        peer,
+    }
+}
+
+impl<F, B> Future for Stream<F, B>
 where
     F: Future<Output = Response<B>>,
     B: Body<Data = Bytes> + Unpin + Send,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
-    let response = tokio::select! {
-        response = response => response,
-        reason = poll_fn(|cx| respond.poll_reset(cx)) => {
-            tracing::debug!(src.addr = %peer, ?reason, "client reset the stream");
-            return;
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            match self.as_mut().project() {
+                StreamProj::Answering {
+                    response,
+                    respond,
+                    peer,
+                } => {
+                    let Some(tx) = respond.as_mut() else {
+                        self.set(Stream::Done);
+                        continue;
+                    };
+                    let response = match response.poll(cx) {
+                        Poll::Ready(response) => response,
+                        Poll::Pending => {
+                            if let Poll::Ready(reason) = tx.poll_reset(cx) {
+                                tracing::debug!(src.addr = %peer, ?reason, "client reset the stream");
+                                self.set(Stream::Done);
+                                continue;
+                            }
+                            return Poll::Pending;
+                        }
+                    };
+                    let peer = *peer;
+                    let Some(tx) = respond.take() else {
+                        self.set(Stream::Done);
+                        continue;
+                    };
+                    match respond_with(peer, tx, response) {
+                        Some(pipe) => self.set(Stream::Piping { pipe }),
+                        None => self.set(Stream::Done),
+                    }
+                }
+                StreamProj::Piping { pipe } => {
+                    ready!(Pin::new(pipe).poll(cx));
+                    self.set(Stream::Done);
+                }
+                StreamProj::Done => return Poll::Ready(()),
+            }
         }
-    };
+    }
+}
+
+/// Sends `response`'s head on `respond`; what streams its body, when it has one.
+fn respond_with<B>(
+    peer: SocketAddr,
+    mut respond: SendResponse<Bytes>,
+    response: Response<B>,
+) -> Option<Pipe<B>>
+where
+    B: Body<Data = Bytes> + Unpin + Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
     let (mut head, body) = response.into_parts();
     if !head.headers.contains_key(header::DATE) {
         head.headers.insert(header::DATE, date());
@@ -222,12 +298,10 @@ where
         Ok(tx) => tx,
         Err(e) => {
             tracing::debug!(src.addr = %peer, error = %e, "sending the response failed");
-            return;
+            return None;
         }
     };
-    if !end_of_stream {
-        h2_body::pipe(body, tx).await;
-    }
+    (!end_of_stream).then(|| h2_body::pipe(body, tx))
 }
 
 /// The current time as an HTTP `date` value, formatted once per second per thread.

@@ -9,6 +9,7 @@
 //! still reuse app connections). HTTP/2 and gRPC: one h2c connection (prior knowledge)
 //! multiplexes every caller's streams ([`SharedH2`]).
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -115,11 +116,12 @@ impl App {
         Ok(resp.map(Either::Left))
     }
 
-    /// Sends `req` to the app over the shared h2c connection.
-    pub(crate) async fn send_h2<B>(
+    /// Sends `req` to the app over the shared h2c connection (queued before the future is
+    /// polled, see [`SharedH2::send`]).
+    pub(crate) fn send_h2<B>(
         &self,
         mut req: Request<B>,
-    ) -> Result<Response<AppBody>, AppError>
+    ) -> impl Future<Output = Result<Response<AppBody>, AppError>> + '_
     where
         B: Body<Data = Bytes> + Unpin + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -129,17 +131,24 @@ impl App {
         parts.scheme = Some(Scheme::HTTP);
         parts.authority = Some(self.authority.clone());
         parts.path_and_query = Some(path_of(&req));
-        *req.uri_mut() = Uri::from_parts(parts).map_err(|_| AppError::Unavailable)?;
-        *req.version_mut() = Version::HTTP_2;
-        hop_by_hop::strip(req.headers_mut(), true);
-        let dial = || self.connect_tcp();
-        let mut resp = match self.h2.send(req, dial).await {
-            Ok(resp) => resp,
-            Err(H2Error::Connect(e)) => return Err(e),
-            Err(H2Error::Http(e)) => return Err(self.failed(&e)),
-        };
-        hop_by_hop::strip(resp.headers_mut(), false);
-        Ok(resp.map(Either::Right))
+        let sent = Uri::from_parts(parts).map(|uri| {
+            *req.uri_mut() = uri;
+            *req.version_mut() = Version::HTTP_2;
+            hop_by_hop::strip(req.headers_mut(), true);
+            self.h2.send(req, || self.connect_tcp())
+        });
+        async move {
+            let mut resp = match sent {
+                Err(_) => return Err(AppError::Unavailable),
+                Ok(sent) => match sent.await {
+                    Ok(resp) => resp,
+                    Err(H2Error::Connect(e)) => return Err(e),
+                    Err(H2Error::Http(e)) => return Err(self.failed(&e)),
+                },
+            };
+            hop_by_hop::strip(resp.headers_mut(), false);
+            Ok(resp.map(Either::Right))
+        }
     }
 
     /// HTTP/1.1 on `conn`, connecting first when it has no open connection. A request the old

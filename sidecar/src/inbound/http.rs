@@ -6,7 +6,9 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
@@ -120,16 +122,20 @@ pub(super) async fn serve<I>(
 
 /// Decides `req` and answers it: denied here, or allowed and passed to `send` (the app) with
 /// the caller's identity in XFCC.
-pub(super) async fn handle<B, S, F>(
-    shared: &Shared,
-    conn: &ConnInfo,
+///
+/// The decision, and handing the request to `send`, happen before the returned future is first
+/// polled: the future holds only what finishing the exchange needs (the HTTP/2 server moves and
+/// allocates each stream's future, so its size is paid per request).
+pub(super) fn handle<'a, B, S, F>(
+    shared: &'a Shared,
+    conn: &'a ConnInfo,
     xfcc: Option<HeaderValue>,
     mut req: Request<B>,
     send: S,
-) -> Response<ProxyBody>
+) -> impl Future<Output = Response<ProxyBody>> + 'a
 where
     S: FnOnce(Request<B>) -> F,
-    F: Future<Output = Result<Response<AppBody>, AppError>>,
+    F: Future<Output = Result<Response<AppBody>, AppError>> + 'a,
 {
     let start = Instant::now();
     let time = SystemTime::now();
@@ -138,11 +144,13 @@ where
     // only bounds the header list's size, so the count is checked here, for both.
     if req.headers().len() > shared.limits.max_headers {
         drop(req);
-        return too_many_headers(grpc);
+        return Exchange::Answered {
+            response: Some(too_many_headers(grpc)),
+        };
     }
     // The caller never speaks for the sidecar: drop its XFCC before anything looks at it.
     req.headers_mut().remove(XFCC);
-    let (decision, allowed, decision_id, mut line) = {
+    let (decision, allowed, decision_id, line) = {
         let mut headers: Vec<(&str, &str)> = req
             .headers()
             .iter()
@@ -178,32 +186,87 @@ where
     };
     let label = DecisionLabel::of(&decision);
     super::trace_decision(shared, conn, &decision_id, &decision, "request");
-    let response = if allowed {
+    drop(decision);
+    let outcome = if allowed {
         if let Some(v) = xfcc {
             req.headers_mut().insert(XFCC, v);
         }
-        match send(req).await {
-            Ok(resp) => resp.map(Either::Left),
-            Err(e) => app_error(e, grpc),
-        }
+        Ok(send(req))
     } else {
         drop(req);
-        denied(&decision_id, grpc)
+        Err(Box::new(denied(&decision_id, grpc)))
     };
-    let latency = start.elapsed();
-    let status = response.status().as_u16();
-    if !line.is_empty() {
-        warden_policy::finish_line(
-            &mut line,
-            allowed.then_some(status),
-            record::micros(latency),
-        );
-        shared.log.push(&line);
+    let done = Done {
+        shared,
+        start,
+        allowed,
+        label,
+        line,
+    };
+    Exchange::Pending {
+        future: async move {
+            let response = match outcome {
+                Ok(sent) => match sent.await {
+                    Ok(resp) => resp.map(Either::Left),
+                    Err(e) => app_error(e, grpc),
+                },
+                Err(denial) => *denial,
+            };
+            done.finish(response)
+        },
     }
-    shared
-        .metrics
-        .request(Direction::Inbound, label, Some(status), latency);
-    response
+}
+
+/// What is left of a decided request once the response is known: the decision log line and the
+/// metrics.
+struct Done<'a> {
+    shared: &'a Shared,
+    start: Instant,
+    allowed: bool,
+    label: DecisionLabel,
+    line: Vec<u8>,
+}
+
+impl Done<'_> {
+    fn finish(mut self, response: Response<ProxyBody>) -> Response<ProxyBody> {
+        let latency = self.start.elapsed();
+        let status = response.status().as_u16();
+        if !self.line.is_empty() {
+            warden_policy::finish_line(
+                &mut self.line,
+                self.allowed.then_some(status),
+                record::micros(latency),
+            );
+            self.shared.log.push(&self.line);
+        }
+        self.shared
+            .metrics
+            .request(Direction::Inbound, self.label, Some(status), latency);
+        response
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request's answer: made at once (no decision was needed), or to come.
+    #[project = ExchangeProj]
+    enum Exchange<F> {
+        Answered { response: Option<Response<ProxyBody>> },
+        Pending { #[pin] future: F },
+    }
+}
+
+impl<F: Future<Output = Response<ProxyBody>>> Future for Exchange<F> {
+    type Output = Response<ProxyBody>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Response<ProxyBody>> {
+        match self.project() {
+            ExchangeProj::Answered { response } => match response.take() {
+                Some(response) => Poll::Ready(response),
+                None => Poll::Pending,
+            },
+            ExchangeProj::Pending { future } => future.poll(cx),
+        }
+    }
 }
 
 fn is_grpc(headers: &http::HeaderMap) -> bool {

@@ -111,15 +111,26 @@ impl HttpProxy {
     }
 
     /// Serves one local request from the HTTP/2 server.
-    pub(crate) async fn handle_h2(&self, req: Request<H2Body>) -> Response<ResponseBody> {
-        self.serve(req, |proxy, req| proxy.send_h2(req)).await
+    pub(crate) fn handle_h2(
+        &self,
+        req: Request<H2Body>,
+    ) -> impl Future<Output = Response<ResponseBody>> + '_ {
+        self.serve(req, |proxy, req| proxy.send_h2(req))
     }
 
     /// Forwards `req` with `send`, reports it to the hooks and the access log.
-    async fn serve<'a, B, S, F>(&'a self, req: Request<B>, send: S) -> Response<ResponseBody>
+    ///
+    /// Everything up to handing the request to `send` happens before the returned future is
+    /// first polled, so that the future holds only what the response needs (the HTTP/2 server
+    /// moves and allocates each stream's future: its size is paid per request).
+    fn serve<'a, B, S, F>(
+        &'a self,
+        mut req: Request<B>,
+        send: S,
+    ) -> impl Future<Output = Response<ResponseBody>> + 'a
     where
         S: FnOnce(&'a Self, Request<B>) -> F,
-        F: Future<Output = Result<Response<UpstreamBody>, (StatusCode, String)>>,
+        F: Future<Output = Result<Response<UpstreamBody>, (StatusCode, String)>> + 'a,
     {
         let mut pending = Pending {
             hooks: &*self.hooks,
@@ -128,58 +139,69 @@ impl HttpProxy {
         };
         // Captured only when someone listens: the path costs an allocation.
         let access = tracing::enabled!(target: "access", tracing::Level::DEBUG)
-            .then(|| (req.method().clone(), req.uri().path().to_owned()));
-        let (response, status) = self.forward(req, send).await;
-        pending.answered = true;
-        let latency = pending.started.elapsed();
-        self.hooks.request_done(Some(status.as_u16()), latency);
-        if let Some((method, path)) = access {
-            tracing::debug!(
-                target: "access",
-                method = %method,
-                path = %path,
-                status = status.as_u16(),
-                latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
-                "outbound request"
-            );
+            .then(|| Box::new((req.method().clone(), req.uri().path().to_owned())));
+        let grpc = is_grpc(req.headers());
+        let sent = self.prepare(&mut req, grpc).map(|()| send(self, req));
+        async move {
+            let (response, status) = match sent {
+                Ok(sent) => self.answer(sent.await, grpc),
+                Err(reply) => *reply,
+            };
+            let latency = pending.answer();
+            self.hooks.request_done(Some(status.as_u16()), latency);
+            if let Some(access) = access {
+                let (method, path) = &*access;
+                tracing::debug!(
+                    target: "access",
+                    method = %method,
+                    path = %path,
+                    status = status.as_u16(),
+                    latency_us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
+                    "outbound request"
+                );
+            }
+            response
         }
-        response
     }
 
-    /// The response, and the status to report (the sidecar's own status for a local reply,
-    /// also when gRPC carries it as `grpc-status`).
-    async fn forward<'a, B, S, F>(
-        &'a self,
-        mut req: Request<B>,
-        send: S,
-    ) -> (Response<ResponseBody>, StatusCode)
-    where
-        S: FnOnce(&'a Self, Request<B>) -> F,
-        F: Future<Output = Result<Response<UpstreamBody>, (StatusCode, String)>>,
-    {
-        let grpc = is_grpc(req.headers());
+    /// Readies `req` for the upstream, or the sidecar's own reply (and the status to report)
+    /// when it cannot go.
+    fn prepare<B>(
+        &self,
+        req: &mut Request<B>,
+        grpc: bool,
+    ) -> Result<(), Box<(Response<ResponseBody>, StatusCode)>> {
+        let reply = |status, message| Err(Box::new(local_reply(status, grpc, message)));
         if req.method() == Method::CONNECT {
-            return local_reply(
+            return reply(
                 StatusCode::METHOD_NOT_ALLOWED,
-                grpc,
                 "outbound listeners do not support connect".to_owned(),
             );
         }
         if req.headers().len() > self.max_headers {
-            return local_reply(
+            return reply(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                grpc,
                 format!("more than {} request headers", self.max_headers),
             );
         }
-        let uri = match self.upstream_uri(&req) {
+        let uri = match self.upstream_uri(req) {
             Ok(uri) => uri,
-            Err(message) => return local_reply(StatusCode::BAD_REQUEST, grpc, message),
+            Err(message) => return reply(StatusCode::BAD_REQUEST, message),
         };
         *req.uri_mut() = uri;
         hop_by_hop::strip(req.headers_mut(), true);
         req.headers_mut().remove(XFCC);
-        match send(self, req).await {
+        Ok(())
+    }
+
+    /// The response to the local client, and the status to report (the sidecar's own status for
+    /// a local reply, also when gRPC carries it as `grpc-status`).
+    fn answer(
+        &self,
+        sent: Result<Response<UpstreamBody>, (StatusCode, String)>,
+        grpc: bool,
+    ) -> (Response<ResponseBody>, StatusCode) {
+        match sent {
             Ok(response) => {
                 let mut response = response.map(Either::Left);
                 hop_by_hop::strip(response.headers_mut(), false);
@@ -211,20 +233,23 @@ impl HttpProxy {
         }
     }
 
-    /// Sends a request over the shared h2 upstream connection.
-    async fn send_h2<B>(
+    /// Sends a request over the shared h2 upstream connection (queued before the future is
+    /// polled, see [`SharedH2::send`]).
+    fn send_h2<B>(
         &self,
         req: Request<B>,
-    ) -> Result<Response<UpstreamBody>, (StatusCode, String)>
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, (StatusCode, String)>> + '_
     where
         B: Body<Data = Bytes> + Unpin + Send + 'static,
         B::Error: Into<Box<dyn StdError + Send + Sync>>,
     {
-        let dial = || self.h2_connector.connect();
-        match self.h2.send(req, dial).await {
-            Ok(response) => Ok(response.map(Either::Right)),
-            Err(H2Error::Connect(e)) => Err(self.failure(&e)),
-            Err(H2Error::Http(e)) => Err(self.failure(&e)),
+        let sent = self.h2.send(req, || self.h2_connector.connect());
+        async move {
+            match sent.await {
+                Ok(response) => Ok(response.map(Either::Right)),
+                Err(H2Error::Connect(e)) => Err(self.failure(&e)),
+                Err(H2Error::Http(e)) => Err(self.failure(&e)),
+            }
         }
     }
 
@@ -298,6 +323,14 @@ impl HttpProxy {
 }
 
 // === impl Pending ===
+
+impl Pending<'_> {
+    /// Marks the request answered; the time since it started.
+    fn answer(&mut self) -> std::time::Duration {
+        self.answered = true;
+        self.started.elapsed()
+    }
+}
 
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
