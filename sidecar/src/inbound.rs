@@ -7,7 +7,6 @@ mod forward;
 mod h2;
 mod handshake;
 mod http;
-mod idle;
 mod record;
 mod tcp;
 
@@ -316,7 +315,7 @@ async fn serve_io<I>(shared: &Arc<Shared>, io: I, info: ConnInfo, h2: bool)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (io, activity) = idle::IdleIo::new(io);
+    let (io, activity) = crate::idle::IdleIo::new(io);
     let idle = activity.expired(shared.limits.idle_timeout);
     match shared.config.protocol {
         Protocol::Http if h2 => h2::serve(Arc::clone(shared), io, info, idle).await,

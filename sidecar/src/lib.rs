@@ -20,11 +20,13 @@ mod h2_client;
 mod h2_server;
 mod hop_by_hop;
 mod identity_source;
+mod idle;
 mod inbound;
 mod metrics;
 pub mod outbound;
 mod runner;
 mod sniff;
+mod upgrade;
 
 use std::net::SocketAddr;
 

@@ -25,8 +25,8 @@
 //!
 //! Where a request goes is fixed by the route: the local client's `Host`/`:authority` is
 //! forwarded as it is, but never selects an upstream. HTTP/1.0 requests go upstream as
-//! HTTP/1.1 (so they share the keep-alive pool). Not supported: `CONNECT` (405) and protocol
-//! upgrades such as WebSocket (`Upgrade` is hop-by-hop and dropped).
+//! HTTP/1.1 (so they share the keep-alive pool). HTTP/1.1 upgrades (WebSocket) pass through and
+//! become a tunnel ([`crate::upgrade`]). Not supported: `CONNECT` (405).
 
 mod connect;
 mod http;

@@ -15,6 +15,8 @@
 
 #[path = "outbound/grpc_app.rs"]
 mod grpc_app;
+#[path = "sidecar/raw_http.rs"]
+mod raw_http;
 #[path = "sidecar/support.rs"]
 mod support;
 
@@ -144,6 +146,35 @@ async fn pair_request_denied_by_policy_gets_403_and_never_reaches_the_app() {
         assert_eq!(status, StatusCode::FORBIDDEN);
     }
     assert_eq!(f.app.seen(), 0);
+}
+
+#[tokio::test]
+async fn pair_carries_an_http_upgrade_and_then_the_upgraded_bytes_both_ways() {
+    let f = Fixture::start(Options::default()).await;
+    let pair = Pair::http(&f, WEB_ID).await;
+    let mut local = TcpStream::connect(pair.addr).await.unwrap();
+    let head = raw_http::upgrade(&mut local, "GET", "echo").await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo\r\n"), "{head}");
+    // The app sees the caller's SVID through the inbound, not the local client's forgery.
+    let xfcc = raw_http::read_line(&mut local).await;
+    assert!(xfcc.contains(&format!("URI={WEB_ID}")), "{xfcc}");
+    assert!(!xfcc.contains("admin"), "{xfcc}");
+    raw_http::echo(&mut local, "ping\n").await;
+    raw_http::echo(&mut local, &"y".repeat(200_000)).await;
+    local.shutdown().await.unwrap();
+    raw_http::closed(&mut local, WAIT).await;
+    assert_eq!(f.app.seen(), 1);
+    let records = f.decisions(1).await;
+    assert_eq!(records[0].upstream_status, Some(101));
+
+    // Denied by the inbound's policy: the 403 comes back through the outbound, nothing
+    // reaches the app.
+    let other = Pair::http(&f, OTHER_ID).await;
+    let mut local = TcpStream::connect(other.addr).await.unwrap();
+    let head = raw_http::upgrade(&mut local, "GET", "echo").await;
+    assert!(head.starts_with("http/1.1 403"), "{head}");
+    assert_eq!(f.app.seen(), 1);
 }
 
 #[tokio::test]

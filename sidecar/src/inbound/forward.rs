@@ -16,16 +16,17 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, Uri, Version};
+use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::Either;
 use hyper::body::{Body, Incoming};
 use hyper::client::conn::http1;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::h2_body::H2Body;
 use crate::h2_client::{H2Error, SharedH2};
-use crate::hop_by_hop;
+use crate::{hop_by_hop, upgrade};
 
 /// How long connecting to the app may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -151,6 +152,33 @@ impl App {
         }
     }
 
+    /// Sends an upgrade request (see [`crate::upgrade`]) to the app on a connection of its own;
+    /// with a 101, also the app's side of the upgraded connection.
+    pub(crate) async fn send_upgrade(
+        &self,
+        mut req: Request<Incoming>,
+    ) -> Result<(Response<AppBody>, Option<OnUpgrade>), AppError> {
+        *req.uri_mut() = Uri::from(path_of(&req));
+        upgrade::strip_keeping_upgrade(req.headers_mut(), true);
+        // Connecting is boxed, as on the common path.
+        let mut sender = Box::pin(self.connect_http1(true)).await?;
+        let mut resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| self.failed(&e))?;
+        let upgraded = match resp.status() {
+            StatusCode::SWITCHING_PROTOCOLS => {
+                upgrade::strip_keeping_upgrade(resp.headers_mut(), false);
+                Some(hyper::upgrade::on(&mut resp))
+            }
+            _ => {
+                hop_by_hop::strip(resp.headers_mut(), false);
+                None
+            }
+        };
+        Ok((resp.map(Either::Left), upgraded))
+    }
+
     /// HTTP/1.1 on `conn`, connecting first when it has no open connection. A request the old
     /// connection could not take (the app closed it while idle) is sent once more on a new one.
     async fn send_h1(
@@ -201,13 +229,26 @@ impl App {
     }
 
     async fn connect_h1(&self) -> Result<http1::SendRequest<Incoming>, AppError> {
+        self.connect_http1(false).await
+    }
+
+    /// A new HTTP/1.1 app connection; `upgrades`: it may switch protocols (only connections
+    /// opened for an upgrade request may: an unsolicited 101 on a shared one is an error).
+    async fn connect_http1(
+        &self,
+        upgrades: bool,
+    ) -> Result<http1::SendRequest<Incoming>, AppError> {
         let stream = self.connect_tcp().await?;
         let (sender, connection) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| self.failed(&e))?;
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            let result = match upgrades {
+                true => connection.with_upgrades().await,
+                false => connection.await,
+            };
+            if let Err(e) = result {
                 tracing::debug!(error = %error_chain(&e), "app connection ended with an error");
             }
         });

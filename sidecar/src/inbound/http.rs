@@ -14,6 +14,7 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{Either, Full};
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use warden_policy::Operation;
@@ -23,6 +24,7 @@ use super::record::{self, RequestParts, XFCC};
 use super::{ConnInfo, Shared};
 use crate::config::{Limits, Mode};
 use crate::metrics::{DecisionLabel, Direction};
+use crate::upgrade::{self, Tunnel};
 
 /// Response bodies: the app's, streamed, or one the sidecar made.
 pub(crate) type ProxyBody = Either<AppBody, Full<Bytes>>;
@@ -82,20 +84,41 @@ pub(super) async fn serve<I>(
     let svc_conn = Arc::clone(&conn);
     // This connection's own HTTP/1.1 connection to the app (unused for HTTP/2).
     let app_conn = Arc::new(shared.app.conn());
-    let service = hyper::service::service_fn(move |req| {
+    let tunnel = Tunnel::default();
+    let svc_tunnel = tunnel.clone();
+    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let shared = Arc::clone(&svc_shared);
         let conn = Arc::clone(&svc_conn);
         let app_conn = Arc::clone(&app_conn);
         let xfcc = xfcc.clone();
+        let tunnel = svc_tunnel.clone();
+        // Taken before the request moves on: hyper hands the connection over through it.
+        let caller = upgrade::is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
         async move {
-            let send = |req| shared.app.send(&app_conn, req);
-            Ok::<_, Infallible>(handle(&shared, &conn, xfcc, req, send).await)
+            let response = match caller {
+                None => {
+                    let send = |req| shared.app.send(&app_conn, req);
+                    handle(&shared, &conn, xfcc, req, send).await
+                }
+                Some(caller) => {
+                    let idle_timeout = shared.limits.idle_timeout;
+                    let send = |req| async {
+                        let (response, upgraded) = shared.app.send_upgrade(req).await?;
+                        if let Some(app) = upgraded {
+                            tunnel.open(caller, app, idle_timeout);
+                        }
+                        Ok(response)
+                    };
+                    handle(&shared, &conn, xfcc, req, send).await
+                }
+            };
+            Ok::<_, Infallible>(response)
         }
     });
     let served = shared
         .http
         .builder
-        .serve_connection(TokioIo::new(io), service);
+        .serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(served);
     tokio::pin!(idle);
     let mut stop = shared.stop.subscribe();
@@ -106,7 +129,7 @@ pub(super) async fn serve<I>(
                 if let Err(e) = result {
                     tracing::debug!(src.addr = %conn.source, error = %e, "connection ended with an error");
                 }
-                return;
+                break;
             }
             () = &mut idle => {
                 tracing::debug!(src.addr = %conn.source, "idle timeout");
@@ -115,6 +138,16 @@ pub(super) async fn serve<I>(
             _ = stop.wait_for(|stop| *stop), if !draining => {
                 draining = true;
                 served.as_mut().graceful_shutdown();
+            }
+        }
+    }
+    // An upgraded connection: the tunnel runs here, so that it holds the connection's slot and
+    // closes when the sidecar stops.
+    if let Some(tunnel) = tunnel.take() {
+        tokio::select! {
+            () = tunnel => {}
+            _ = stop.wait_for(|stop| *stop) => {
+                tracing::debug!(src.addr = %conn.source, "sidecar stopping; upgraded connection closed");
             }
         }
     }

@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -16,6 +16,7 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::{Body, Incoming};
+use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
@@ -25,6 +26,7 @@ use super::{OutboundHooks, OutboundLimits};
 use crate::h2_body::H2Body;
 use crate::h2_client::{H2Error, KeepAlive, SharedH2};
 use crate::hop_by_hop;
+use crate::upgrade::{self, Tunnel};
 
 /// The body of a response to the local client: the upstream's, streamed, or the sidecar's own.
 pub(crate) type ResponseBody = Either<UpstreamBody, Full<Bytes>>;
@@ -53,6 +55,8 @@ pub(crate) struct HttpProxy {
     upstream_authority: Option<Authority>,
     /// `limits.max_headers`: hyper enforces it for HTTP/1.1, this proxy for HTTP/2.
     max_headers: usize,
+    /// How long an upgraded connection may carry no bytes.
+    idle_timeout: Duration,
     upstream: String,
     hooks: Arc<dyn OutboundHooks>,
 }
@@ -96,6 +100,7 @@ impl HttpProxy {
             h2_connector: h2,
             upstream_authority: upstream.parse().ok(),
             max_headers: limits.max_headers,
+            idle_timeout: limits.idle_timeout,
             upstream,
             hooks,
         }
@@ -103,11 +108,20 @@ impl HttpProxy {
 
     /// Serves one local request from hyper's server (HTTP/1.x; HTTP/2 goes through
     /// [`Self::handle_h2`]); never fails (errors become responses).
+    /// An upgrade request (see [`crate::upgrade`]) goes over a connection of its own; with a
+    /// 101, the two connections are left in `tunnel` for the local connection's task.
     pub(crate) async fn handle(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
+        tunnel: Tunnel,
     ) -> Result<Response<ResponseBody>, Infallible> {
-        Ok(self.serve(req, |proxy, req| proxy.send(req)).await)
+        if !upgrade::is_upgrade(&req) {
+            return Ok(self.serve(req, |proxy, req| proxy.send(req)).await);
+        }
+        let caller = hyper::upgrade::on(&mut req);
+        Ok(self
+            .serve(req, |proxy, req| proxy.send_upgrade(req, caller, tunnel))
+            .await)
     }
 
     /// Serves one local request from the HTTP/2 server.
@@ -141,7 +155,10 @@ impl HttpProxy {
         let access = tracing::enabled!(target: "access", tracing::Level::DEBUG)
             .then(|| Box::new((req.method().clone(), req.uri().path().to_owned())));
         let grpc = is_grpc(req.headers());
-        let sent = self.prepare(&mut req, grpc).map(|()| send(self, req));
+        let upgrading = upgrade::is_upgrade(&req);
+        let sent = self
+            .prepare(&mut req, grpc, upgrading)
+            .map(|()| send(self, req));
         async move {
             let (response, status) = match sent {
                 Ok(sent) => self.answer(sent.await, grpc),
@@ -170,6 +187,7 @@ impl HttpProxy {
         &self,
         req: &mut Request<B>,
         grpc: bool,
+        upgrading: bool,
     ) -> Result<(), Box<(Response<ResponseBody>, StatusCode)>> {
         let reply = |status, message| Err(Box::new(local_reply(status, grpc, message)));
         if req.method() == Method::CONNECT {
@@ -189,7 +207,10 @@ impl HttpProxy {
             Err(message) => return reply(StatusCode::BAD_REQUEST, message),
         };
         *req.uri_mut() = uri;
-        hop_by_hop::strip(req.headers_mut(), true);
+        match upgrading {
+            true => upgrade::strip_keeping_upgrade(req.headers_mut(), true),
+            false => hop_by_hop::strip(req.headers_mut(), true),
+        }
         req.headers_mut().remove(XFCC);
         Ok(())
     }
@@ -204,7 +225,13 @@ impl HttpProxy {
         match sent {
             Ok(response) => {
                 let mut response = response.map(Either::Left);
-                hop_by_hop::strip(response.headers_mut(), false);
+                // A 101 reaches here only for an upgrade request ([`Self::send_upgrade`]).
+                match response.status() {
+                    StatusCode::SWITCHING_PROTOCOLS => {
+                        upgrade::strip_keeping_upgrade(response.headers_mut(), false);
+                    }
+                    _ => hop_by_hop::strip(response.headers_mut(), false),
+                }
                 let status = response.status();
                 (response, status)
             }
@@ -228,9 +255,39 @@ impl HttpProxy {
         // intermediaries do (RFC 9110 §2.5), so that HTTP/1.0 requests reuse them too.
         *req.version_mut() = Version::HTTP_11;
         match self.http1.request(req).await {
+            Ok(response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => Err((
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "upstream `{}` switched protocols for a request that asked for no upgrade",
+                    self.upstream
+                ),
+            )),
             Ok(response) => Ok(response.map(Either::Left)),
             Err(e) => Err(self.failure(&e)),
         }
+    }
+
+    /// Sends an upgrade request over a pooled upstream connection, which, once upgraded, never
+    /// returns to the pool. With a 101, `caller` and the
+    /// upstream's side become the tunnel left in `tunnel`; a 101 to any other request is refused
+    /// (502) in [`Self::send`].
+    async fn send_upgrade(
+        &self,
+        mut req: Request<Incoming>,
+        caller: OnUpgrade,
+        tunnel: Tunnel,
+    ) -> Result<Response<UpstreamBody>, (StatusCode, String)> {
+        *req.version_mut() = Version::HTTP_11;
+        let mut response = self
+            .http1
+            .request(req)
+            .await
+            .map_err(|e| self.failure(&e))?;
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let upstream = hyper::upgrade::on(&mut response);
+            tunnel.open(caller, upstream, self.idle_timeout);
+        }
+        Ok(response.map(Either::Left))
     }
 
     /// Sends a request over the shared h2 upstream connection (queued before the future is
@@ -326,7 +383,7 @@ impl HttpProxy {
 
 impl Pending<'_> {
     /// Marks the request answered; the time since it started.
-    fn answer(&mut self) -> std::time::Duration {
+    fn answer(&mut self) -> Duration {
         self.answered = true;
         self.started.elapsed()
     }

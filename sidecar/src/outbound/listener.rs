@@ -21,6 +21,7 @@ use super::{Outbound, OutboundError, OutboundLimits};
 use crate::h2_client::KeepAlive;
 use crate::h2_server::{Conn, H2Server};
 use crate::sniff;
+use crate::upgrade::Tunnel;
 
 /// How long to pause after a failed `accept` (such as EMFILE) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -230,8 +231,13 @@ impl Servers {
             return;
         }
         let proxy = Arc::clone(proxy);
-        let service = service_fn(move |req| Arc::clone(&proxy).handle(req));
-        let conn = self.http1.serve_connection(TokioIo::new(stream), service);
+        let tunnel = Tunnel::default();
+        let svc_tunnel = tunnel.clone();
+        let service = service_fn(move |req| Arc::clone(&proxy).handle(req, svc_tunnel.clone()));
+        let conn = self
+            .http1
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
         tokio::pin!(conn);
         let result = tokio::select! {
             result = conn.as_mut() => result,
@@ -245,6 +251,14 @@ impl Servers {
         };
         if let Err(err) = result {
             tracing::debug!(src.addr = %peer, error = %err, "outbound local connection error");
+        }
+        // An upgraded connection: its tunnel runs in this task until it ends or the route
+        // closes.
+        if let Some(tunnel) = tunnel.take() {
+            tokio::select! {
+                () = tunnel => {}
+                () = reached(phase, Phase::Close) => {}
+            }
         }
     }
 }

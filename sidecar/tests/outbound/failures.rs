@@ -284,6 +284,29 @@ async fn unreachable_upstream_gets_502_naming_it() {
     proxy.stop().await;
 }
 
+#[tokio::test]
+async fn upstream_switching_protocols_unasked_gets_502() {
+    let pki = Pki::new();
+    let upstream = Upstream::http(&pki).await;
+    let proxy = Proxy::http(&pki, &upstream).await;
+    let mut client = LocalClient::h1(proxy.addr).await;
+    let reply = client.get(proxy.addr, "/switch").await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert!(
+        reply
+            .body
+            .contains("switched protocols for a request that asked for no upgrade"),
+        "{}",
+        reply.body
+    );
+    assert!(reply.headers.get("upgrade").is_none());
+    // The local connection is still HTTP: the next request on it is served.
+    let reply = client.get(proxy.addr, "/").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(proxy.hooks.statuses(), [Some(502), Some(200)]);
+    proxy.stop().await;
+}
+
 /// An upstream running `app` behind the PKI's server SVID, and a proxy to it whose handshake
 /// timeout is 300 ms, with `adjust` applied to its other limits.
 async fn with_short_timeouts(

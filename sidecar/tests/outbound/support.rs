@@ -280,6 +280,14 @@ async fn http_app(
             builder = builder.header(http::header::CONNECTION, "close");
             full("closing")
         }
+        // Switches protocols although the request asked for no upgrade (a broken upstream).
+        "/switch" => {
+            builder = builder
+                .status(StatusCode::SWITCHING_PROTOCOLS)
+                .header(http::header::UPGRADE, "echo")
+                .header(http::header::CONNECTION, "upgrade");
+            full("")
+        }
         _ => full("ok"),
     };
     Ok(builder.body(body).unwrap())

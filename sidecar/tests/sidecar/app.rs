@@ -9,6 +9,7 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 /// An HTTP/1.1 + h2c app that counts requests and connections and answers with what it saw:
@@ -16,7 +17,8 @@ use tokio::net::TcpListener;
 /// `x-seen-uri`; a path under `/close` is answered with `connection: close` (HTTP/1.1), or
 /// followed by a graceful shutdown of the connection (HTTP/2: GOAWAY), so the app closes that
 /// connection after the response; a path under `/slow` is answered after [`SLOW`], and counted
-/// in `cancelled` if the request is dropped before that.
+/// in `cancelled` if the request is dropped before that. A request with `upgrade: echo` switches
+/// to the echo protocol ([`upgrade_to_echo`]).
 pub(crate) struct App {
     pub(crate) addr: SocketAddr,
     pub(crate) count: Arc<AtomicUsize>,
@@ -36,6 +38,40 @@ impl Drop for CancelGuard {
             cancelled.fetch_add(1, Ordering::SeqCst);
         }
     }
+}
+
+/// Answers `101` with `upgrade: echo`; on the upgraded connection, writes
+/// `xfcc=<x-forwarded-client-cert>\n` and then echoes every byte until the other side closes.
+fn upgrade_to_echo(mut req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let xfcc = req
+        .headers()
+        .get("x-forwarded-client-cert")
+        .map(|v| v.to_str().unwrap_or("?").to_owned())
+        .unwrap_or_default();
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else {
+            return;
+        };
+        let mut io = TokioIo::new(upgraded);
+        if io
+            .write_all(format!("xfcc={xfcc}\n").as_bytes())
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let (mut r, mut w) = tokio::io::split(io);
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+        let _ = w.shutdown().await;
+    });
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+    resp.headers_mut()
+        .insert("upgrade", http::HeaderValue::from_static("echo"));
+    resp.headers_mut()
+        .insert("connection", http::HeaderValue::from_static("upgrade"));
+    resp
 }
 
 impl App {
@@ -70,6 +106,9 @@ impl App {
                         }
                         let cancels = Arc::clone(&cancels);
                         async move {
+                            if req.headers().get("upgrade").is_some_and(|v| v == "echo") {
+                                return Ok(upgrade_to_echo(req));
+                            }
                             if req.uri().path().starts_with("/slow") {
                                 let mut guard = CancelGuard(Some(cancels));
                                 tokio::time::sleep(SLOW).await;
@@ -101,7 +140,7 @@ impl App {
                     });
                     let builder =
                         hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
                     tokio::pin!(conn);
                     tokio::select! {
                         _ = &mut conn => {}

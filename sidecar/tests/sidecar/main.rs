@@ -16,4 +16,6 @@ mod h2;
 mod http;
 mod lifecycle;
 mod modes;
+mod raw_http;
 mod tls;
+mod upgrade;

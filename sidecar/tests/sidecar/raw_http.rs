@@ -1,0 +1,69 @@
+//! HTTP/1.1 spoken by hand over any stream, for what clients do not expose: upgrades and the
+//! bytes of the upgraded connection.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::support::WAIT;
+
+/// Writes an upgrade request to the `echo` protocol (with a forged XFCC) and reads the response
+/// head.
+pub(crate) async fn upgrade<I>(io: &mut I, method: &str, protocol: &str) -> String
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let request = format!(
+        "{method} /chat HTTP/1.1\r\nhost: api.local\r\nconnection: upgrade\r\n\
+         upgrade: {protocol}\r\nx-forwarded-client-cert: URI=spiffe://example.org/admin\r\n\
+         content-length: 0\r\n\r\n"
+    );
+    io.write_all(request.as_bytes()).await.unwrap();
+    read_head(io).await
+}
+
+/// Reads up to the end of a response head.
+pub(crate) async fn read_head<I: AsyncRead + Unpin>(io: &mut I) -> String {
+    read_until(io, b"\r\n\r\n").await.to_ascii_lowercase()
+}
+
+/// Reads one `\n`-terminated line.
+pub(crate) async fn read_line<I: AsyncRead + Unpin>(io: &mut I) -> String {
+    read_until(io, b"\n").await
+}
+
+/// Reads byte by byte (nothing past `end` is consumed) until what was read ends with `end`.
+async fn read_until<I: AsyncRead + Unpin>(io: &mut I, end: &[u8]) -> String {
+    let mut read = Vec::new();
+    let mut byte = [0u8; 1];
+    while !read.ends_with(end) {
+        let n = tokio::time::timeout(WAIT, io.read(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 1, "closed after {:?}", String::from_utf8_lossy(&read));
+        read.push(byte[0]);
+    }
+    String::from_utf8(read).unwrap()
+}
+
+/// Sends `text` and expects it back.
+pub(crate) async fn echo<I: AsyncRead + AsyncWrite + Unpin>(io: &mut I, text: &str) {
+    io.write_all(text.as_bytes()).await.unwrap();
+    let mut back = vec![0u8; text.len()];
+    tokio::time::timeout(WAIT, io.read_exact(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(String::from_utf8(back).unwrap(), text);
+}
+
+/// Waits for the other side to close: EOF or a reset, within `within`.
+pub(crate) async fn closed<I: AsyncRead + Unpin>(io: &mut I, within: Duration) {
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(within, io.read(&mut buf)).await {
+        Ok(Ok(0) | Err(_)) => {}
+        Ok(Ok(n)) => panic!("read {n} more bytes instead of the close"),
+        Err(_) => panic!("still open after {within:?}"),
+    }
+}

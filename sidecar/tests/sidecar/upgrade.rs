@@ -1,0 +1,96 @@
+//! HTTP/1.1 upgrades through the inbound listener: decided like any request, then tunnelled
+//! to the app's upgraded connection; refused, declined, idle and stopping cases.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::raw_http::*;
+use crate::support::*;
+
+#[tokio::test]
+async fn http1_upgrade_is_decided_then_tunnelled_to_the_app_both_ways() {
+    let f = Fixture::start(Options::default()).await;
+    let mut tls = f.client(WEB_ID).http1().connect(f.inbound).await.unwrap();
+    let head = upgrade(&mut tls, "GET", "echo").await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: echo\r\n"), "{head}");
+    assert!(head.contains("connection: upgrade\r\n"), "{head}");
+    // The app got the sidecar's XFCC, not the caller's.
+    let xfcc = read_line(&mut tls).await;
+    assert!(xfcc.contains(&format!("URI={WEB_ID}")), "{xfcc}");
+    assert!(!xfcc.contains("admin"), "{xfcc}");
+    echo(&mut tls, "ping\n").await;
+    echo(&mut tls, &"x".repeat(100_000)).await;
+    // Closing our side closes the tunnel: the app's echo ends and the sidecar closes ours.
+    tls.shutdown().await.unwrap();
+    closed(&mut tls, WAIT).await;
+    assert_eq!(f.app.seen(), 1);
+    let records = f.decisions(1).await;
+    assert_eq!(records[0].action, "GET");
+    assert_eq!(records[0].path, "/chat");
+    assert_eq!(records[0].upstream_status, Some(101));
+    assert_eq!(records[0].decision, warden_policy::Outcome::Allow);
+}
+
+#[tokio::test]
+async fn upgrade_denied_by_policy_gets_403_and_the_connection_stays_http() {
+    let f = Fixture::start(Options::default()).await;
+    // `web` may GET but not POST.
+    let mut tls = f.client(WEB_ID).http1().connect(f.inbound).await.unwrap();
+    let head = upgrade(&mut tls, "POST", "echo").await;
+    assert!(head.starts_with("http/1.1 403"), "{head}");
+    assert!(!head.contains("upgrade:"), "{head}");
+    // The 403's body, then an ordinary request on the same connection.
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut body = vec![0u8; length];
+    tls.read_exact(&mut body).await.unwrap();
+    assert!(String::from_utf8_lossy(&body).contains("denied by policy"));
+    assert_eq!(f.app.seen(), 0);
+    tls.write_all(b"GET /after HTTP/1.1\r\nhost: api.local\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut tls).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(f.app.seen(), 1);
+}
+
+#[tokio::test]
+async fn upgrade_the_app_declines_is_an_ordinary_response() {
+    let f = Fixture::start(Options::default()).await;
+    let mut tls = f.client(WEB_ID).http1().connect(f.inbound).await.unwrap();
+    // The app only switches to `echo`: anything else gets its usual 200.
+    let head = upgrade(&mut tls, "GET", "chat.v2").await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(!head.contains("upgrade:"), "{head}");
+    let records = f.decisions(1).await;
+    assert_eq!(records[0].upstream_status, Some(200));
+}
+
+#[tokio::test]
+async fn upgraded_connection_idle_for_the_idle_timeout_is_closed() {
+    let f = Fixture::start_with_limits("idle_timeout = \"1s\"\n").await;
+    let mut tls = f.client(WEB_ID).http1().connect(f.inbound).await.unwrap();
+    let head = upgrade(&mut tls, "GET", "echo").await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    read_line(&mut tls).await;
+    echo(&mut tls, "still here\n").await;
+    closed(&mut tls, Duration::from_secs(10)).await;
+}
+
+#[tokio::test]
+async fn stopping_the_sidecar_closes_upgraded_connections() {
+    let mut f = Fixture::start(Options::default()).await;
+    let mut tls = f.client(WEB_ID).http1().connect(f.inbound).await.unwrap();
+    let head = upgrade(&mut tls, "GET", "echo").await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    read_line(&mut tls).await;
+    tokio::time::timeout(WAIT, f.shutdown()).await.unwrap();
+    closed(&mut tls, WAIT).await;
+}
