@@ -8,6 +8,7 @@ mod h2;
 mod handshake;
 mod http;
 mod record;
+mod revoke;
 mod tcp;
 
 use std::future::Future;

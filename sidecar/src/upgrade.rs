@@ -40,9 +40,21 @@ impl std::fmt::Debug for Tunnel {
 
 impl Tunnel {
     /// Leaves the tunnel joining `caller` (the caller's side, once hyper hands it over) and
-    /// `upstream` (the app's or the upstream's side of the 101).
-    pub(crate) fn open(&self, caller: OnUpgrade, upstream: OnUpgrade, idle_timeout: Duration) {
-        let tunnel = Box::pin(tunnel(caller, upstream, idle_timeout));
+    /// `upstream` (the app's or the upstream's side of the 101); it is closed early when
+    /// `revoked` completes.
+    pub(crate) fn open(
+        &self,
+        caller: OnUpgrade,
+        upstream: OnUpgrade,
+        idle_timeout: Duration,
+        revoked: impl Future<Output = ()> + Send + 'static,
+    ) {
+        let tunnel = Box::pin(async move {
+            tokio::select! {
+                () = tunnel(caller, upstream, idle_timeout) => {}
+                () = revoked => {}
+            }
+        });
         *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(tunnel);
     }
 

@@ -17,10 +17,10 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use warden_policy::Operation;
 
 use super::forward::{AppBody, AppError};
 use super::record::{self, RequestParts, XFCC};
+use super::revoke;
 use super::{ConnInfo, Shared};
 use crate::config::{Limits, Mode};
 use crate::metrics::{DecisionLabel, Direction};
@@ -101,11 +101,20 @@ pub(super) async fn serve<I>(
                     handle(&shared, &conn, xfcc, req, send).await
                 }
                 Some(caller) => {
+                    // What the tunnel is decided again on when the policy set changes; the
+                    // version is taken before the decision, so a change racing it is not missed.
+                    let version = shared.engine.current().version().to_owned();
+                    let decided = revoke::Upgrade::of(&req);
                     let idle_timeout = shared.limits.idle_timeout;
+                    let (tunnel_shared, tunnel_conn) = (Arc::clone(&shared), Arc::clone(&conn));
                     let send = |req| async {
                         let (response, upgraded) = shared.app.send_upgrade(req).await?;
                         if let Some(app) = upgraded {
-                            tunnel.open(caller, app, idle_timeout);
+                            let revoked = async move {
+                                revoke::revoked(&tunnel_shared, &tunnel_conn, version, &decided)
+                                    .await;
+                            };
+                            tunnel.open(caller, app, idle_timeout, revoked);
                         }
                         Ok(response)
                     };
@@ -184,30 +193,15 @@ where
     // The caller never speaks for the sidecar: drop its XFCC before anything looks at it.
     req.headers_mut().remove(XFCC);
     let (decision, allowed, decision_id, line) = {
-        let mut headers: Vec<(&str, &str)> = req
-            .headers()
-            .iter()
-            .filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str(), v)))
-            .collect();
-        // HTTP/2 carries the host in `:authority`: policies see it as `host`, as over HTTP/1.1.
-        if let Some(authority) = req.uri().authority()
-            && !req.headers().contains_key(header::HOST)
-        {
-            headers.push(("host", authority.as_str()));
-        }
-        let method = req.method().as_str();
-        let parts = RequestParts {
-            operation: if grpc {
-                Operation::Grpc
-            } else {
-                Operation::Http(method)
-            },
-            method: if grpc { "POST" } else { method },
-            path: req.uri().path(),
-            query: req.uri().query().unwrap_or(""),
-            headers: &headers,
+        let headers = record::header_pairs(&req);
+        let parts = RequestParts::http(
+            req.method().as_str(),
+            grpc,
+            req.uri().path(),
+            req.uri().query().unwrap_or(""),
+            &headers,
             time,
-        };
+        );
         let policy_request = record::policy_request(conn, &shared.config.service, &parts);
         let decision = shared.engine.decide(&policy_request);
         shared.metrics.authorization(decision.eval_time());
@@ -302,7 +296,7 @@ impl<F: Future<Output = Response<ProxyBody>>> Future for Exchange<F> {
     }
 }
 
-fn is_grpc(headers: &http::HeaderMap) -> bool {
+pub(super) fn is_grpc(headers: &http::HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))

@@ -6,7 +6,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::HeaderValue;
+use http::{HeaderValue, header};
 use warden_policy::{
     Caller, Decision, DecisionLine, LoggedHeaders, Operation, Request, TlsFacts, finish_line,
 };
@@ -115,6 +115,47 @@ pub(crate) fn policy_request<'a>(
         source: conn.source.ip(),
         tls,
         time: parts.time,
+    }
+}
+
+/// The headers a policy sees: those with text values, and for HTTP/2 the `:authority` as
+/// `host` (as over HTTP/1.1) when there is no `host` header.
+pub(crate) fn header_pairs<B>(req: &http::Request<B>) -> Vec<(&str, &str)> {
+    let mut headers: Vec<(&str, &str)> = req
+        .headers()
+        .iter()
+        .filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str(), v)))
+        .collect();
+    if let Some(authority) = req.uri().authority()
+        && !req.headers().contains_key(header::HOST)
+    {
+        headers.push(("host", authority.as_str()));
+    }
+    headers
+}
+
+impl<'a> RequestParts<'a> {
+    /// The parts of an HTTP request: action its method, or `grpc` (method `POST`).
+    pub(crate) fn http(
+        method: &'a str,
+        grpc: bool,
+        path: &'a str,
+        query: &'a str,
+        headers: &'a [(&'a str, &'a str)],
+        time: SystemTime,
+    ) -> Self {
+        Self {
+            operation: if grpc {
+                Operation::Grpc
+            } else {
+                Operation::Http(method)
+            },
+            method: if grpc { "POST" } else { method },
+            path,
+            query,
+            headers,
+            time,
+        }
     }
 }
 

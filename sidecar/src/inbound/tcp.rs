@@ -6,19 +6,16 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use warden_policy::Operation;
 
-use super::record::{self, RequestParts};
+use super::record;
+use super::revoke;
 use super::{ConnInfo, Shared};
 use crate::config::Mode;
 use crate::metrics::{DecisionLabel, Direction};
-
-/// How often an open connection looks for a new policy version.
-const RECHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 pub(super) async fn serve<I>(
     shared: &Arc<Shared>,
@@ -29,7 +26,7 @@ pub(super) async fn serve<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let start = Instant::now();
-    let parts = connect_parts();
+    let parts = revoke::Connect::parts();
     let decision = shared.engine.decide(&record::policy_request(
         &conn,
         &shared.config.service,
@@ -79,52 +76,7 @@ pub(super) async fn serve<I>(
             }
         }
         () = idle => tracing::debug!(src.addr = %conn.source, "idle timeout"),
-        () = revoked(shared, &conn, version) => {}
+        () = revoke::revoked(shared, &conn, version, &revoke::Connect) => {}
         _ = stop.wait_for(|stop| *stop) => tracing::debug!(src.addr = %conn.source, "sidecar stopping"),
-    }
-}
-
-/// Completes when a new policy set no longer allows the connection (enforce mode): the
-/// connection is decided again with each new policy version, and the new decision is logged.
-async fn revoked(shared: &Shared, conn: &ConnInfo, mut version: String) {
-    let mut tick = tokio::time::interval(RECHECK_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let set = shared.engine.current();
-        if set.version() == version {
-            continue;
-        }
-        version = set.version().to_owned();
-        let parts = connect_parts();
-        let decision = set.decide(&record::policy_request(
-            conn,
-            &shared.config.service,
-            &parts,
-        ));
-        shared.log.push(&record::whole_line(
-            &shared.ids.next(),
-            conn,
-            &shared.config.service,
-            &parts,
-            &decision,
-            None,
-            std::time::Duration::ZERO,
-        ));
-        if !decision.is_allowed() && shared.mode == Mode::Enforce {
-            tracing::info!(src.addr = %conn.source, policy.version = %version, "connection closed: no longer allowed");
-            return;
-        }
-    }
-}
-
-fn connect_parts() -> RequestParts<'static> {
-    RequestParts {
-        operation: Operation::Connect,
-        method: "",
-        path: "",
-        query: "",
-        headers: &[],
-        time: SystemTime::now(),
     }
 }

@@ -285,7 +285,8 @@ impl HttpProxy {
             .map_err(|e| self.failure(&e))?;
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             let upstream = hyper::upgrade::on(&mut response);
-            tunnel.open(caller, upstream, self.idle_timeout);
+            // The inbound sidecar decides what it lets through; nothing to revoke here.
+            tunnel.open(caller, upstream, self.idle_timeout, std::future::pending());
         }
         Ok(response.map(Either::Left))
     }

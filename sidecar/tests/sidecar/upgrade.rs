@@ -94,3 +94,50 @@ async fn stopping_the_sidecar_closes_upgraded_connections() {
     tokio::time::timeout(WAIT, f.shutdown()).await.unwrap();
     closed(&mut tls, WAIT).await;
 }
+
+#[tokio::test]
+async fn upgraded_connection_is_closed_when_a_new_policy_no_longer_allows_its_request() {
+    let f = Fixture::start(Options::default()).await;
+    let mut tls = f.client(WEB_ID).http1().connect(f.inbound).await.unwrap();
+    let head = upgrade(&mut tls, "GET", "echo").await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    read_line(&mut tls).await;
+    echo(&mut tls, "before\n").await;
+    // A new policy that still lets `web` GET, but not upgrade to `echo`.
+    let without = format!(
+        "{POLICIES}\n@id(\"no-echo\")\nforbid (principal, action == Mesh::Action::\"GET\", resource)\n\
+         when {{ context.headers.contains({{name: \"upgrade\", value: \"echo\"}}) }};\n"
+    );
+    std::fs::write(f.policies.join("test.cedar"), without).unwrap();
+    closed(&mut tls, WAIT).await;
+    let records = f.decisions(2).await;
+    assert_eq!(records[1].decision, warden_policy::Outcome::Deny);
+    assert_eq!(records[1].policy_ids, ["no-echo"]);
+    assert_eq!(records[1].path, "/chat");
+    assert_eq!(records[1].action, "GET");
+    // Plain GETs are still allowed.
+    let (status, _, _) = f
+        .client(WEB_ID)
+        .request(f.inbound, get("/after"))
+        .await
+        .unwrap();
+    assert_eq!(status, http::StatusCode::OK);
+}
+
+#[tokio::test]
+async fn upgraded_connection_stays_open_when_a_new_policy_still_allows_it() {
+    let f = Fixture::start(Options::default()).await;
+    let mut tls = f.client(WEB_ID).http1().connect(f.inbound).await.unwrap();
+    let head = upgrade(&mut tls, "GET", "echo").await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    read_line(&mut tls).await;
+    let other = format!(
+        "{POLICIES}\n@id(\"unrelated\")\nforbid (principal, action == Mesh::Action::\"GET\", resource)\n\
+         when {{ context.path == \"/nowhere\" }};\n"
+    );
+    std::fs::write(f.policies.join("test.cedar"), other).unwrap();
+    // The re-decision is logged (allowed), and the tunnel still carries bytes.
+    let records = f.decisions(2).await;
+    assert_eq!(records[1].decision, warden_policy::Outcome::Allow);
+    echo(&mut tls, "after\n").await;
+}
