@@ -66,17 +66,32 @@ impl Tunnel {
 
 /// Whether `req` asks to switch protocols: HTTP/1.1 with an `Upgrade` header and `upgrade`
 /// among its `Connection` options (RFC 9110 §7.8). HTTP/2 has no such mechanism.
+///
+/// Never to `h2c`: an HTTP/2 connection tunnelled after one decision would carry requests the
+/// sidecar never decides. Such a request goes on as an ordinary one, its `Upgrade` removed (RFC
+/// 9113 §3.1 deprecates the mechanism anyway).
 pub(crate) fn is_upgrade<B>(req: &Request<B>) -> bool {
+    let headers = req.headers();
     req.version() == Version::HTTP_11
         && req.method() != Method::CONNECT
-        && req.headers().contains_key(header::UPGRADE)
-        && req
-            .headers()
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|option| option.trim().eq_ignore_ascii_case("upgrade"))
+        && headers.contains_key(header::UPGRADE)
+        && !tokens(headers, header::UPGRADE).any(|p| {
+            // `h2c`, with or without a version (`h2c/1`): compared by name.
+            p.split('/')
+                .next()
+                .is_some_and(|name| name.trim().eq_ignore_ascii_case("h2c"))
+        })
+        && tokens(headers, header::CONNECTION).any(|option| option.eq_ignore_ascii_case("upgrade"))
+}
+
+/// The comma-separated elements of every `name` header, trimmed.
+fn tokens(headers: &HeaderMap, name: header::HeaderName) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(name)
+        .into_iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
 }
 
 /// Removes the connection-specific headers of an upgrade request or of a 101 response, except
@@ -145,6 +160,29 @@ mod tests {
             Version::HTTP_11,
             &[("connection", "upgrade")]
         )));
+    }
+
+    #[test]
+    fn h2c_is_never_an_upgrade_the_sidecar_tunnels() {
+        for protocol in ["h2c", "H2C", "websocket, h2c", "h2c/1"] {
+            let req = request(
+                Version::HTTP_11,
+                &[
+                    ("connection", "upgrade, http2-settings"),
+                    ("upgrade", protocol),
+                ],
+            );
+            assert!(!is_upgrade(&req), "{protocol}");
+            // Forwarded as an ordinary request: the upgrade offer is removed.
+            let mut headers = req.headers().clone();
+            hop_by_hop::strip(&mut headers, true);
+            assert!(headers.is_empty(), "{headers:?}");
+        }
+        let websocket = request(
+            Version::HTTP_11,
+            &[("connection", "upgrade"), ("upgrade", "websocket")],
+        );
+        assert!(is_upgrade(&websocket));
     }
 
     #[test]
