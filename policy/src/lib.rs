@@ -29,6 +29,7 @@ mod error;
 mod eval;
 mod fmt;
 mod index;
+mod json_line;
 mod loader;
 mod model;
 mod policy_set;

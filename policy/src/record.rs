@@ -156,6 +156,11 @@ fn rfc3339_millis<S: serde::Serializer>(
     time: &SystemTime,
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
+    rfc3339_millis_text(time, |text| serializer.serialize_str(text))
+}
+
+/// Calls `f` with `time` as `YYYY-MM-DDThh:mm:ss.sssZ`.
+pub(crate) fn rfc3339_millis_text<R>(time: &SystemTime, f: impl FnOnce(&str) -> R) -> R {
     // Lines of the same millisecond share the text (formatting the date was a fifth of the
     // cost of writing a line).
     thread_local! {
@@ -173,7 +178,7 @@ fn rfc3339_millis<S: serde::Serializer>(
             let _ = write!(last.1, "{}", Rfc3339Millis(*time));
             last.0 = millis;
         }
-        serializer.serialize_str(&last.1)
+        f(&last.1)
     })
 }
 
@@ -192,13 +197,10 @@ impl serde::Serialize for LoggedHeaders<'_> {
 
 impl DecisionLine<'_> {
     /// Appends the line without its closing `}` and newline; [`finish_line`] adds the rest.
-    pub fn write_start(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
-        serde_json::to_writer(&mut *out, self)?;
-        // `to_writer` wrote a whole object: reopen it.
-        if out.last() == Some(&b'}') {
-            out.pop();
-        }
-        Ok(())
+    /// The bytes are those `serde_json` writes for this line (see `json_line.rs`); writing into
+    /// a `Vec` cannot fail.
+    pub fn write_start(&self, out: &mut Vec<u8>) {
+        crate::json_line::write_start(self, out);
     }
 }
 
@@ -318,7 +320,7 @@ mod tests {
     fn line_of(line: &DecisionLine<'_>, status: Option<u16>, latency_us: u64) -> String {
         let mut out = b"left over from the last line\n".to_vec();
         out.clear();
-        line.write_start(&mut out).unwrap();
+        line.write_start(&mut out);
         finish_line(&mut out, status, latency_us);
         String::from_utf8(out).unwrap()
     }

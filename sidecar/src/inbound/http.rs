@@ -258,14 +258,12 @@ impl Done<'_> {
     fn finish(mut self, response: Response<ProxyBody>) -> Response<ProxyBody> {
         let latency = self.start.elapsed();
         let status = response.status().as_u16();
-        if !self.line.is_empty() {
-            warden_policy::finish_line(
-                &mut self.line,
-                self.allowed.then_some(status),
-                record::micros(latency),
-            );
-            self.shared.log.push(&self.line);
-        }
+        warden_policy::finish_line(
+            &mut self.line,
+            self.allowed.then_some(status),
+            record::micros(latency),
+        );
+        self.shared.log.push(&self.line);
         self.shared
             .metrics
             .request(Direction::Inbound, self.label, Some(status), latency);

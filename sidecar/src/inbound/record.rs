@@ -160,7 +160,7 @@ impl<'a> RequestParts<'a> {
 }
 
 /// Starts the decision-log line of one decision (everything but the upstream status and the
-/// latency, which [`warden_policy::finish_line`] adds). Empty if it could not be written.
+/// latency, which [`warden_policy::finish_line`] adds).
 pub(crate) fn start_line(
     id: &str,
     conn: &ConnInfo,
@@ -169,7 +169,7 @@ pub(crate) fn start_line(
     decision: &Decision,
 ) -> Vec<u8> {
     let mut line = Vec::with_capacity(LINE_CAPACITY);
-    let written = DecisionLine {
+    DecisionLine {
         time: parts.time,
         decision_id: id,
         peer_spiffe_id: conn.peer.as_ref().map(|p| p.id.as_str()),
@@ -191,10 +191,6 @@ pub(crate) fn start_line(
         errors: decision.errors(),
     }
     .write_start(&mut line);
-    if let Err(e) = written {
-        tracing::error!(error = %e, "cannot write a decision-log line");
-        line.clear();
-    }
     line
 }
 
@@ -209,9 +205,7 @@ pub(crate) fn whole_line(
     latency: Duration,
 ) -> Vec<u8> {
     let mut line = start_line(id, conn, resource, parts, decision);
-    if !line.is_empty() {
-        finish_line(&mut line, upstream_status, micros(latency));
-    }
+    finish_line(&mut line, upstream_status, micros(latency));
     line
 }
 
