@@ -51,15 +51,79 @@ struct HeaderMemo {
     scratch: Vec<u8>,
 }
 
+/// Which attributes of the context a set of policies reads: the context of a request is built
+/// with those alone (see [`crate::eval`]; an attribute no candidate reads cannot change the
+/// decision).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Needs(u8);
+
+impl Needs {
+    pub(crate) const NONE: Self = Self(0);
+    pub(crate) const ALL: Self = Self(u8::MAX);
+    const SOURCE_ADDRESS: Self = Self(1);
+    const TIME: Self = Self(1 << 1);
+    const TLS: Self = Self(1 << 2);
+    const METHOD: Self = Self(1 << 3);
+    const PATH: Self = Self(1 << 4);
+    const QUERY: Self = Self(1 << 5);
+    const HEADERS: Self = Self(1 << 6);
+    const GRPC: Self = Self(1 << 7);
+
+    /// The context attribute `name`; every attribute for a name the context does not have (so
+    /// that reading it fails as it would on the whole context).
+    pub(crate) fn attribute(name: &str) -> Self {
+        match name {
+            "source_address" => Self::SOURCE_ADDRESS,
+            "time" => Self::TIME,
+            "tls" => Self::TLS,
+            "method" => Self::METHOD,
+            "path" => Self::PATH,
+            "query" => Self::QUERY,
+            "headers" => Self::HEADERS,
+            "grpc" => Self::GRPC,
+            _ => Self::ALL,
+        }
+    }
+
+    pub(crate) fn union(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+
+    fn has(self, attribute: Self) -> bool {
+        self.0 & attribute.0 != 0
+    }
+}
+
 impl Request<'_> {
     /// The Cedar context of this request: `source_address` (ipaddr), `time` (datetime, ms),
     /// `tls` when the caller used TLS, `method`/`path`/`query`/`headers` for HTTP and gRPC, and
     /// `grpc` (service, method) for gRPC.
     pub fn context(&self) -> Result<cedar::Context, RequestError> {
+        self.context_for(Needs::ALL)
+    }
+
+    /// The context with the attributes in `needs` only. What can fail is checked whatever
+    /// `needs` holds, so a request fails the same way with any of them.
+    pub(crate) fn context_for(&self, needs: Needs) -> Result<cedar::Context, RequestError> {
+        let source_address = address_value(self.source)?;
+        let time = time_value(self.time)?;
+        let grpc = match self.operation {
+            Operation::Grpc => Some(
+                grpc_parts(self.path)
+                    .ok_or_else(|| RequestError::BadGrpcPath(self.path.to_owned()))?,
+            ),
+            _ => None,
+        };
         let mut map: BTreeMap<_, Value> = BTreeMap::new();
-        map.insert("source_address".into(), address_value(self.source)?);
-        map.insert("time".into(), time_value(self.time)?);
-        if let Some(tls) = self.tls {
+        if needs.has(Needs::SOURCE_ADDRESS) {
+            map.insert("source_address".into(), source_address);
+        }
+        if needs.has(Needs::TIME) {
+            map.insert("time".into(), time);
+        }
+        if let Some(tls) = self.tls
+            && needs.has(Needs::TLS)
+        {
             let record = Value::record(
                 [
                     ("version", Value::from(tls.version)),
@@ -75,14 +139,22 @@ impl Request<'_> {
             Operation::Grpc => Some("POST"),
         };
         if let Some(method) = method {
-            map.insert("method".into(), Value::from(method));
-            map.insert("path".into(), Value::from(self.path));
-            map.insert("query".into(), Value::from(self.query));
-            map.insert("headers".into(), headers_value(self.headers));
+            if needs.has(Needs::METHOD) {
+                map.insert("method".into(), Value::from(method));
+            }
+            if needs.has(Needs::PATH) {
+                map.insert("path".into(), Value::from(self.path));
+            }
+            if needs.has(Needs::QUERY) {
+                map.insert("query".into(), Value::from(self.query));
+            }
+            if needs.has(Needs::HEADERS) {
+                map.insert("headers".into(), headers_value(self.headers));
+            }
         }
-        if self.operation == Operation::Grpc {
-            let (service, method) = grpc_parts(self.path)
-                .ok_or_else(|| RequestError::BadGrpcPath(self.path.to_owned()))?;
+        if let Some((service, method)) = grpc
+            && needs.has(Needs::GRPC)
+        {
             let record = Value::record(
                 [
                     ("service", Value::from(service)),
@@ -396,5 +468,49 @@ mod tests {
             r.context(),
             Err(RequestError::BadGrpcPath("/no-method".to_owned()))
         );
+        // Whatever the policies read, the request fails the same way.
+        assert_eq!(
+            r.context_for(Needs::NONE),
+            Err(RequestError::BadGrpcPath("/no-method".to_owned()))
+        );
+    }
+
+    #[test]
+    fn a_partial_context_has_exactly_the_needed_attributes_of_the_whole() {
+        let r = request(
+            Operation::Grpc,
+            "/shop.Orders/Get",
+            &[("x-a", "1")],
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            true,
+            SystemTime::now(),
+        );
+        let names = |needs| -> Vec<String> {
+            let context = r.context_for(needs).unwrap();
+            let ast::Context::Value(map) = AsRef::<ast::Context>::as_ref(&context) else {
+                panic!("not a value context")
+            };
+            map.keys().map(ToString::to_string).collect()
+        };
+        assert!(names(Needs::NONE).is_empty());
+        assert_eq!(names(Needs::attribute("headers")), ["headers"]);
+        assert_eq!(
+            names(Needs::attribute("grpc").union(Needs::attribute("tls"))),
+            ["grpc", "tls"]
+        );
+        assert_eq!(
+            names(Needs::ALL),
+            [
+                "grpc",
+                "headers",
+                "method",
+                "path",
+                "query",
+                "source_address",
+                "time",
+                "tls"
+            ]
+        );
+        assert_eq!(r.context_for(Needs::ALL).unwrap(), reference(&r));
     }
 }

@@ -25,9 +25,11 @@
 use std::sync::Arc;
 
 use cedar_policy as cedar;
-use cedar_policy_core::ast::{self, Effect, Expr, Literal, SlotEnv, ValueKind};
+use cedar_policy_core::ast::{self, Effect, Expr, ExprKind, Literal, SlotEnv, ValueKind, Var};
 use cedar_policy_core::evaluator::Evaluator;
 use cedar_policy_core::extensions::Extensions;
+
+use crate::context::Needs;
 
 /// One policy, ready to evaluate.
 #[derive(Debug)]
@@ -43,6 +45,8 @@ pub(crate) struct Compiled {
     body: Expr,
     /// Slot values of a template-linked policy; empty for a static one.
     env: SlotEnv,
+    /// The context attributes the condition reads.
+    needs: Needs,
 }
 
 /// What evaluating a candidate list found.
@@ -79,15 +83,54 @@ impl Compiled {
                 .unwrap_or_else(|| Expr::val(true)),
         )
         .with_maybe_source_loc(loc);
+        let condition = core.condition();
         Self {
             id: policy.id().clone(),
             effect: core.effect(),
-            condition: core.condition(),
+            needs: context_needs(&condition),
+            condition,
             scope,
             body,
             env: core.env().clone(),
         }
     }
+}
+
+/// The context attributes `expr` reads: those named by `context.<name>` and `context has
+/// <name>`; all of them when `context` appears any other way (compared, or passed whole).
+fn context_needs(expr: &Expr) -> Needs {
+    let is_context = |e: &Expr| matches!(e.expr_kind(), ExprKind::Var(Var::Context));
+    let mut needs = Needs::NONE;
+    let mut uses = 0_usize;
+    let mut named = 0_usize;
+    for e in expr.subexpressions() {
+        match e.expr_kind() {
+            ExprKind::Var(Var::Context) => uses += 1,
+            ExprKind::GetAttr { expr, attr } | ExprKind::HasAttr { expr, attr }
+                if is_context(expr) =>
+            {
+                named += 1;
+                needs = needs.union(Needs::attribute(attr));
+            }
+            ExprKind::ExtHasAttr { expr, attrs } if is_context(expr) => {
+                named += 1;
+                needs = needs.union(Needs::attribute(attrs.first()));
+            }
+            _ => {}
+        }
+    }
+    match uses == named {
+        true => needs,
+        false => Needs::ALL,
+    }
+}
+
+/// The policies one (caller, resource, action) triple evaluates, and the context attributes
+/// they read.
+#[derive(Debug)]
+pub(crate) struct CandidateList {
+    pub(crate) list: Vec<Candidate>,
+    pub(crate) needs: Needs,
 }
 
 /// A policy that may apply to one (principal, action, resource): what a request still has to
@@ -105,10 +148,10 @@ pub(crate) fn candidates(
     request: &cedar::Request,
     entities: &cedar::Entities,
     policies: impl IntoIterator<Item = Arc<Compiled>>,
-) -> Vec<Candidate> {
+) -> CandidateList {
     let core: &ast::Request = request.as_ref();
     let evaluator = Evaluator::new(core.clone(), entities.as_ref(), Extensions::all_available());
-    policies
+    let list: Vec<Candidate> = policies
         .into_iter()
         .filter_map(|policy| {
             let scope_holds = match evaluator.interpret(&policy.scope, &policy.env) {
@@ -125,7 +168,11 @@ pub(crate) fn candidates(
                 scope_holds,
             })
         })
-        .collect()
+        .collect();
+    let needs = list
+        .iter()
+        .fold(Needs::NONE, |needs, c| needs.union(c.policy.needs));
+    CandidateList { list, needs }
 }
 
 /// Decides `request` against `policies` with `entities`, by Cedar's rules.
@@ -176,5 +223,54 @@ pub(crate) fn authorize(
             .map(|p| AsRef::<str>::as_ref(&p.id).to_owned())
             .collect(),
         errors,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn needs(condition: &str) -> Needs {
+        let text = format!("permit (principal, action, resource){condition};");
+        let policy = cedar::Policy::parse(None, text).unwrap();
+        Compiled::new(&policy).needs
+    }
+
+    #[test]
+    fn a_condition_needs_the_context_attributes_it_names() {
+        assert_eq!(needs(""), Needs::NONE);
+        assert_eq!(
+            needs(r#" when { principal == Mesh::Workload::"a" }"#),
+            Needs::NONE
+        );
+        assert_eq!(
+            needs(r#" when { context.path like "/a*" }"#),
+            Needs::attribute("path")
+        );
+        assert_eq!(
+            needs(r#" when { context has tls && context.tls.version == "TLSv1.3" }"#),
+            Needs::attribute("tls")
+        );
+        assert_eq!(
+            needs(r#" when { context has tls.version }"#),
+            Needs::attribute("tls")
+        );
+        assert_eq!(
+            needs(
+                r#" when { context.headers.contains({name: "a", value: "b"}) } unless { context.query == "" }"#
+            ),
+            Needs::attribute("headers").union(Needs::attribute("query"))
+        );
+    }
+
+    #[test]
+    fn context_used_whole_or_by_an_unknown_name_needs_all_of_it() {
+        assert_eq!(needs(r#" when { context == {} }"#), Needs::ALL);
+        assert_eq!(
+            needs(r#" when { context.path == "/" && context == {path: "/"} }"#),
+            Needs::ALL
+        );
+        assert_eq!(needs(r#" when { context.nope == 1 }"#), Needs::ALL);
+        assert_eq!(needs(r#" when { context has nope }"#), Needs::ALL);
     }
 }

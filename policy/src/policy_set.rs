@@ -13,9 +13,10 @@ use std::time::Instant;
 use cedar_policy as cedar;
 use warden_identity::SpiffeId;
 
+use crate::context::Needs;
 use crate::decision::{Decision, Outcome};
 use crate::error::LoadError;
-use crate::eval::{self, Candidate, Compiled, Evaluated};
+use crate::eval::{self, CandidateList, Compiled, Evaluated};
 use crate::index::{Scope, ScopeIndex};
 use crate::loader::{Loaded, PolicyInfo, load};
 use crate::model::{Types, UNAUTHENTICATED_ID};
@@ -63,7 +64,7 @@ struct ActionInfo {
 }
 
 /// The policies one (caller, resource, action) triple evaluates.
-type Candidates = Arc<[Candidate]>;
+type Candidates = Arc<CandidateList>;
 
 /// Everything about one (caller, resource) pair that does not change between requests.
 #[derive(Debug)]
@@ -184,7 +185,6 @@ impl PolicySet {
             .get(action_name)
             .ok_or_else(|| RequestError::UnknownAction(action_name.to_owned()))?;
         let peer = self.peer(request.caller, request.resource)?;
-        let context = request.context()?;
         let shape = usize::from(request.caller == Caller::Unauthenticated) * 2
             + usize::from(request.tls.is_some());
         let new_request = |context, schema| {
@@ -201,6 +201,24 @@ impl PolicySet {
             .shapes
             .get(shape)
             .ok_or_else(|| RequestError::Rejected("bad request shape".to_owned()))?;
+        let candidates = match evaluation {
+            Evaluation::Plain => None,
+            Evaluation::Indexed => Some(
+                peer.candidates
+                    .get(action.slot)
+                    .ok_or_else(|| RequestError::UnknownAction(action_name.to_owned()))?
+                    .get_or_init(|| self.candidate_list(&peer, action).map(Arc::new))
+                    .as_ref()
+                    .map_err(|e| RequestError::Rejected(e.clone()))?,
+            ),
+        };
+        // Only what the candidates read, once this request's shape has passed the schema (the
+        // first request of a shape is checked whole).
+        let needs = match (checked.get(), candidates) {
+            (Some(_), Some(candidates)) => candidates.needs,
+            _ => Needs::ALL,
+        };
+        let context = request.context_for(needs)?;
         let cedar_request = match checked.get() {
             // This shape passed the schema: the request needs no second check (see `shapes`).
             Some(Ok(())) => new_request(context, None).map_err(RequestError::Rejected)?,
@@ -216,18 +234,9 @@ impl PolicySet {
                 }
             },
         };
-        let evaluated = match evaluation {
-            Evaluation::Plain => self.plain(&cedar_request, &peer.entities),
-            Evaluation::Indexed => {
-                let candidates = peer
-                    .candidates
-                    .get(action.slot)
-                    .ok_or_else(|| RequestError::UnknownAction(action_name.to_owned()))?
-                    .get_or_init(|| self.candidate_list(&peer, action).map(Arc::from))
-                    .as_ref()
-                    .map_err(|e| RequestError::Rejected(e.clone()))?;
-                eval::authorize(&cedar_request, &peer.entities, candidates)
-            }
+        let evaluated = match candidates {
+            None => self.plain(&cedar_request, &peer.entities),
+            Some(candidates) => eval::authorize(&cedar_request, &peer.entities, &candidates.list),
         };
         Ok(outcome(evaluated))
     }
@@ -350,7 +359,7 @@ impl PolicySet {
         &self,
         peer: &PeerEntry,
         action: &ActionInfo,
-    ) -> Result<Vec<Candidate>, String> {
+    ) -> Result<CandidateList, String> {
         let scope = Scope {
             principal: &peer.principal,
             principal_ancestors: peer.principal_ancestors.iter().collect(),
@@ -386,7 +395,9 @@ impl PolicySet {
     pub fn candidate_count(&self, request: &Request<'_>) -> Option<usize> {
         let action = self.actions.get(request.operation.action_name())?;
         let peer = self.peer(request.caller, request.resource).ok()?;
-        self.candidate_list(&peer, action).ok().map(|l| l.len())
+        self.candidate_list(&peer, action)
+            .ok()
+            .map(|l| l.list.len())
     }
 }
 

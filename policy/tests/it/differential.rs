@@ -114,6 +114,10 @@ fn condition(rng: &mut StdRng) -> &'static str {
         " when { context has path && context.path like \"/v1/*\" }",
         " unless { context.source_address.isInRange(ip(\"10.0.0.0/8\")) }",
         " when { context has tls }",
+        " when { context has headers && context.headers.contains({name: \"x-a\", value: \"1\"}) }",
+        " unless { context has grpc && context.grpc.service == \"shop.Orders\" }",
+        " when { context has tls.version }",
+        " when { context.time > datetime(\"2025-01-01\") }",
     ]
     .choose(rng)
     .map_or("", |c| {
