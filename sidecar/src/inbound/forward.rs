@@ -162,6 +162,7 @@ impl App {
         upgrade::strip_keeping_upgrade(req.headers_mut(), true);
         // Connecting is boxed, as on the common path.
         let mut sender = Box::pin(self.connect_http1(true)).await?;
+        sender.ready().await.map_err(|e| self.failed(&e))?;
         let mut resp = sender
             .send_request(req)
             .await
