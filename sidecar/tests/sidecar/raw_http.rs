@@ -27,6 +27,23 @@ pub(crate) async fn read_head<I: AsyncRead + Unpin>(io: &mut I) -> String {
     read_until(io, b"\r\n\r\n").await.to_ascii_lowercase()
 }
 
+/// Reads the body of a response whose (lowercased) head is `head`, by its `content-length`.
+pub(crate) async fn read_body<I: AsyncRead + Unpin>(io: &mut I, head: &str) -> String {
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .unwrap_or_else(|| panic!("no content-length in {head}"))
+        .trim()
+        .parse()
+        .unwrap();
+    let mut body = vec![0u8; length];
+    tokio::time::timeout(WAIT, io.read_exact(&mut body))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8(body).unwrap()
+}
+
 /// Reads one `\n`-terminated line.
 pub(crate) async fn read_line<I: AsyncRead + Unpin>(io: &mut I) -> String {
     read_until(io, b"\n").await

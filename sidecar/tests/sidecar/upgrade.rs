@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use crate::raw_http::*;
 use crate::support::*;
@@ -42,16 +42,8 @@ async fn upgrade_denied_by_policy_gets_403_and_the_connection_stays_http() {
     assert!(head.starts_with("http/1.1 403"), "{head}");
     assert!(!head.contains("upgrade:"), "{head}");
     // The 403's body, then an ordinary request on the same connection.
-    let length: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length: "))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let mut body = vec![0u8; length];
-    tls.read_exact(&mut body).await.unwrap();
-    assert!(String::from_utf8_lossy(&body).contains("denied by policy"));
+    let body = read_body(&mut tls, &head).await;
+    assert!(body.contains("denied by policy"), "{body}");
     assert_eq!(f.app.seen(), 0);
     tls.write_all(b"GET /after HTTP/1.1\r\nhost: api.local\r\n\r\n")
         .await
@@ -140,4 +132,30 @@ async fn upgraded_connection_stays_open_when_a_new_policy_still_allows_it() {
     let records = f.decisions(2).await;
     assert_eq!(records[1].decision, warden_policy::Outcome::Allow);
     echo(&mut tls, "after\n").await;
+}
+
+#[tokio::test]
+async fn upgrade_to_an_app_that_is_down_gets_502_and_the_connection_stays_http() {
+    // Reserve a port, then free it: nothing listens there.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = l.local_addr().unwrap();
+    drop(l);
+    let f = Fixture::start(Options {
+        app_addr: Some(dead),
+        ..Options::default()
+    })
+    .await;
+    let mut tls = f.client(WEB_ID).http1().connect(f.inbound).await.unwrap();
+    let head = upgrade(&mut tls, "GET", "echo").await;
+    assert!(head.starts_with("http/1.1 502"), "{head}");
+    assert!(!head.contains("upgrade:"), "{head}");
+    let records = f.decisions(1).await;
+    assert_eq!(records[0].upstream_status, Some(502));
+    // No tunnel: the connection still speaks HTTP (the app is still down).
+    read_body(&mut tls, &head).await;
+    tls.write_all(b"GET /again HTTP/1.1\r\nhost: api.local\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut tls).await;
+    assert!(head.starts_with("http/1.1 502"), "{head}");
 }
