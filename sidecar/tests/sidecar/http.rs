@@ -371,15 +371,7 @@ async fn too_many_or_too_large_headers_get_431() {
 
 #[tokio::test]
 async fn app_down_gets_502() {
-    // Reserve a port, then free it: nothing listens there.
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead = l.local_addr().unwrap();
-    drop(l);
-    let f = Fixture::start(Options {
-        app_addr: Some(dead),
-        ..Options::default()
-    })
-    .await;
+    let f = Fixture::start_with_app_down().await;
     let web = f.client(WEB_ID);
     let (status, _, body) = web.request(f.inbound, get("/x")).await.unwrap();
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");

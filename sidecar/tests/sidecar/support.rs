@@ -343,6 +343,18 @@ path = "{log}"
         .await
     }
 
+    /// A fixture whose app address has nothing listening (a port reserved, then freed).
+    pub(crate) async fn start_with_app_down() -> Self {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dead = l.local_addr().unwrap();
+        drop(l);
+        Self::start(Options {
+            app_addr: Some(dead),
+            ..Options::default()
+        })
+        .await
+    }
+
     /// A client identity issued by the fixture's CA.
     pub(crate) fn client(&self, spiffe_id: &str) -> Client {
         Client::new(

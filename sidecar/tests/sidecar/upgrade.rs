@@ -136,15 +136,7 @@ async fn upgraded_connection_stays_open_when_a_new_policy_still_allows_it() {
 
 #[tokio::test]
 async fn upgrade_to_an_app_that_is_down_gets_502_and_the_connection_stays_http() {
-    // Reserve a port, then free it: nothing listens there.
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead = l.local_addr().unwrap();
-    drop(l);
-    let f = Fixture::start(Options {
-        app_addr: Some(dead),
-        ..Options::default()
-    })
-    .await;
+    let f = Fixture::start_with_app_down().await;
     let mut tls = f.client(WEB_ID).http1().connect(f.inbound).await.unwrap();
     let head = upgrade(&mut tls, "GET", "echo").await;
     assert!(head.starts_with("http/1.1 502"), "{head}");
