@@ -1,6 +1,6 @@
-//! Idle detection: an I/O wrapper that stamps every successful read and write, and a future
-//! that completes once nothing has moved for the idle timeout. A connection is served until
-//! either it ends or that future completes.
+//! Idle detection: an I/O wrapper that stamps (and counts the bytes of) every successful read
+//! and write, and a future that completes once nothing has moved for the idle timeout. A
+//! connection is served until either it ends or that future completes.
 
 use std::io;
 use std::pin::Pin;
@@ -12,18 +12,20 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-/// An I/O object that records when bytes last moved.
+/// An I/O object that records when bytes last moved, and how many moved each way.
 #[derive(Debug)]
 pub(crate) struct IdleIo<I> {
     inner: I,
     activity: Arc<Activity>,
 }
 
-/// When bytes last moved, in milliseconds since `start`.
+/// When bytes last moved, in milliseconds since `start`, and how many were read and written.
 #[derive(Debug)]
 pub(crate) struct Activity {
     start: Instant,
     last_ms: AtomicU64,
+    read: AtomicU64,
+    written: AtomicU64,
 }
 
 // === impl IdleIo ===
@@ -33,6 +35,8 @@ impl<I> IdleIo<I> {
         let activity = Arc::new(Activity {
             start: Instant::now(),
             last_ms: AtomicU64::new(0),
+            read: AtomicU64::new(0),
+            written: AtomicU64::new(0),
         });
         (
             Self {
@@ -52,8 +56,9 @@ impl<I: AsyncRead + Unpin> AsyncRead for IdleIo<I> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.touch();
+        let read = buf.filled().len().saturating_sub(before);
+        if read > 0 {
+            self.activity.moved(&self.activity.read, read);
         }
         res
     }
@@ -66,8 +71,8 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for IdleIo<I> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let res = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+        if let Poll::Ready(Ok(n)) = res {
+            self.activity.moved(&self.activity.written, n);
         }
         res
     }
@@ -78,8 +83,8 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for IdleIo<I> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+        if let Poll::Ready(Ok(n)) = res {
+            self.activity.moved(&self.activity.written, n);
         }
         res
     }
@@ -100,9 +105,24 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for IdleIo<I> {
 // === impl Activity ===
 
 impl Activity {
-    fn touch(&self) {
+    /// Records `n` bytes moved (nothing when `n` is 0) on `counter`, one of `read`/`written`.
+    fn moved(&self, counter: &AtomicU64, n: usize) {
+        if n == 0 {
+            return;
+        }
+        counter.fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
         let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Bytes read from the wrapped I/O object so far.
+    pub(crate) fn bytes_read(&self) -> u64 {
+        self.read.load(Ordering::Relaxed)
+    }
+
+    /// Bytes written to the wrapped I/O object so far.
+    pub(crate) fn bytes_written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
     }
 
     /// Completes once no bytes have moved for `timeout`.
@@ -138,5 +158,23 @@ mod tests {
         (&mut idle).await;
         // Expired 10 s after the read at t=6, not 10 s after the start.
         assert!(start.elapsed() >= Duration::from_secs(9));
+    }
+
+    #[tokio::test]
+    async fn bytes_are_counted_each_way() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let (mut io, activity) = IdleIo::new(a);
+        b.write_all(b"hello").await.unwrap();
+        let mut buf = [0u8; 5];
+        io.read_exact(&mut buf).await.unwrap();
+        io.write_all(b"hi").await.unwrap();
+        let n = io
+            .write_vectored(&[io::IoSlice::new(b"abc")])
+            .await
+            .unwrap();
+        assert_eq!(
+            (activity.bytes_read(), activity.bytes_written()),
+            (5, 2 + n as u64)
+        );
     }
 }

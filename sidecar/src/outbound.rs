@@ -82,7 +82,7 @@ pub struct OutboundLimits {
     /// A pooled upstream connection unused for half of this is closed (before a peer with the
     /// same idle timeout would close it under a request); a local HTTP/1.1 connection that
     /// sends no request head for this long is closed, and a TCP connection on which no
-    /// byte moves either way for between one and two of these is closed too; local HTTP/2
+    /// byte moves either way for this long is closed too; local HTTP/2
     /// connections are pinged every half of it and closed when a ping goes unanswered; so is
     /// the HTTP/2 upstream connection while requests on it are in flight, each ping to be
     /// answered within `handshake_timeout` (default 60 s).

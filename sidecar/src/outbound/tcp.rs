@@ -1,19 +1,15 @@
 //! The TCP side of an outbound route: one mutual TLS connection upstream per local connection,
 //! bytes copied both ways until both sides are done or nothing moves for the idle timeout.
 
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::connect::{self, MtlsConnector};
 use super::{HandshakeFailure, OutboundHooks};
+use crate::idle::IdleIo;
 
 /// Proxies opaque local connections.
 #[derive(Debug)]
@@ -21,12 +17,6 @@ pub(crate) struct TcpProxy {
     connector: MtlsConnector,
     hooks: Arc<dyn OutboundHooks>,
     idle_timeout: Duration,
-}
-
-/// A stream that counts the bytes read from it.
-struct Counted<'a, S> {
-    inner: S,
-    read: &'a AtomicU64,
 }
 
 // === impl TcpProxy ===
@@ -49,7 +39,7 @@ impl TcpProxy {
     /// connection is closed without a byte.
     pub(crate) async fn serve(&self, local: TcpStream, peer: SocketAddr) {
         let started = Instant::now();
-        let upstream = match self.connector.connect().await {
+        let mut upstream = match self.connector.connect().await {
             Ok(upstream) => upstream,
             Err(err) => {
                 tracing::warn!(src.addr = %peer, error = %err, "outbound tcp connect failed");
@@ -57,15 +47,9 @@ impl TcpProxy {
                 return;
             }
         };
-        let (sent, received) = (AtomicU64::new(0), AtomicU64::new(0));
-        let mut local = Counted {
-            inner: local,
-            read: &sent,
-        };
-        let mut upstream = Counted {
-            inner: upstream,
-            read: &received,
-        };
+        // Every byte either way passes the local side: read from it to go upstream, written to
+        // it when it comes back.
+        let (mut local, activity) = IdleIo::new(local);
         tokio::select! {
             result = tokio::io::copy_bidirectional(&mut local, &mut upstream) => {
                 if let Err(err) = result {
@@ -82,69 +66,14 @@ impl TcpProxy {
                     }
                 }
             }
-            () = idle(&sent, &received, self.idle_timeout) => {
+            () = Arc::clone(&activity).expired(self.idle_timeout) => {
                 tracing::debug!(src.addr = %peer, "outbound tcp connection idle; closing");
             }
         }
         self.hooks.tcp_connection_done(
-            sent.load(Ordering::Relaxed),
-            received.load(Ordering::Relaxed),
+            activity.bytes_read(),
+            activity.bytes_written(),
             started.elapsed(),
         );
-    }
-}
-
-/// Resolves once neither counter has moved for a whole `timeout` (so after between one and
-/// two timeouts of silence).
-async fn idle(a: &AtomicU64, b: &AtomicU64, timeout: Duration) {
-    let total = || {
-        a.load(Ordering::Relaxed)
-            .wrapping_add(b.load(Ordering::Relaxed))
-    };
-    let mut seen = total();
-    loop {
-        tokio::time::sleep(timeout).await;
-        let now = total();
-        if now == seen {
-            return;
-        }
-        seen = now;
-    }
-}
-
-// === impl Counted ===
-
-impl<S: AsyncRead + Unpin> AsyncRead for Counted<'_, S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let read = buf.filled().len().saturating_sub(before);
-        if read > 0 {
-            self.read
-                .fetch_add(u64::try_from(read).unwrap_or(u64::MAX), Ordering::Relaxed);
-        }
-        poll
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<'_, S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
