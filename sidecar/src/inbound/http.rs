@@ -15,8 +15,8 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 
 use super::forward::{AppBody, AppError};
 use super::record::{self, RequestParts, XFCC};
@@ -38,31 +38,27 @@ const GRPC_RESOURCE_EXHAUSTED: &str = "8";
 /// Most concurrent HTTP/2 streams per connection.
 pub(super) const MAX_CONCURRENT_STREAMS: u32 = 256;
 
-/// The configured hyper server (HTTP/1.1 + HTTP/2), shared by every connection.
+/// The configured hyper server, shared by every connection: HTTP/1.x only. HTTP/2 goes to the
+/// sidecar's own server (`h2_server.rs`): over TLS when ALPN chose `h2`, in plaintext when the
+/// connection opens with the h2c preface. A TLS caller that chose HTTP/1.1 and then speaks
+/// HTTP/2 anyway is not served (RFC 9113 §3.2): hyper closes the connection at the preface.
 #[derive(Debug, Clone)]
 pub(crate) struct Server {
-    builder: auto::Builder<TokioExecutor>,
+    builder: http1::Builder,
 }
 
 // === impl Server ===
 
 impl Server {
     pub(crate) fn new(limits: &Limits) -> Self {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
+        let mut builder = http1::Builder::new();
         builder
-            .http1()
             .timer(TokioTimer::new())
             // A client has the handshake timeout to send each request's headers: a slow
             // client cannot hold a connection slot forever.
             .header_read_timeout(limits.handshake_timeout)
             .max_buf_size(limits.max_header_bytes.max(crate::config::MIN_HEADER_BYTES))
             .max_headers(limits.max_headers);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-            // No keep-alive pings: they would count as traffic and defeat the idle timeout.
-            .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
         Self { builder }
     }
 }
@@ -127,7 +123,8 @@ pub(super) async fn serve<I>(
     let served = shared
         .http
         .builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service);
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
     tokio::pin!(served);
     tokio::pin!(idle);
     let mut stop = shared.stop.subscribe();

@@ -115,3 +115,23 @@ async fn http2_caller_sending_a_malformed_frame_is_disconnected_and_nothing_reac
     let resp = sender.send_request(get_h2("/after")).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn http2_over_tls_without_alpn_h2_is_refused_and_nothing_reaches_the_app() {
+    let f = Fixture::start(Options::default()).await;
+    let tls = f.client(WEB_ID).http1().connect(f.inbound).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    // HTTP/2 over TLS is chosen by ALPN (RFC 9113 §3.2); this caller chose HTTP/1.1 and then
+    // opens with the HTTP/2 preface anyway.
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    let _conn = tokio::spawn(conn);
+    let mut sender: SendRequest<Full<Bytes>> = sender;
+    let answered = tokio::time::timeout(WAIT, sender.send_request(get_h2("/sneaked")))
+        .await
+        .expect("the sidecar neither answered nor closed");
+    assert!(answered.is_err(), "{answered:?}");
+    assert_eq!(f.app.seen(), 0);
+}
