@@ -15,6 +15,7 @@
 mod admin;
 pub mod config;
 mod decision_log;
+mod h1_client;
 mod h2_body;
 mod h2_client;
 mod h2_server;

@@ -1,18 +1,14 @@
 //! The local app, over loopback, at the configured app address whatever the request's authority.
 //! Bodies and trailers stream through.
 //!
-//! HTTP/1.1: each inbound connection holds its own keep-alive connection to the app ([`AppConn`])
-//! from its first request to its end — an HTTP/1.1 connection carries one request at a time, so
-//! the pair never waits on another caller, and nothing shared is locked or searched per request.
-//! When the inbound connection ends, its app connection goes to a small idle list that the next
-//! inbound connection takes from before it opens a new one (callers that connect per request
-//! still reuse app connections). HTTP/2 and gRPC: one h2c connection (prior knowledge)
+//! HTTP/1.1: each inbound connection holds its own keep-alive connection to the app
+//! ([`H1Conn`], see [`crate::h1_client`]). HTTP/2 and gRPC: one h2c connection (prior knowledge)
 //! multiplexes every caller's streams ([`SharedH2`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -24,6 +20,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::h1_client::{H1Conn, H1Error, H1Idle};
 use crate::h2_body::H2Body;
 use crate::h2_client::{H2Error, SharedH2};
 use crate::{hop_by_hop, upgrade};
@@ -50,25 +47,8 @@ pub(crate) enum AppError {
 pub(crate) struct App {
     addr: SocketAddr,
     authority: Authority,
-    idle: Arc<IdleConns>,
+    idle: Arc<H1Idle>,
     h2: SharedH2,
-}
-
-/// One inbound connection's HTTP/1.1 connection to the app: taken from the idle list or opened on
-/// first use, reused while it stays open, returned to the idle list when the inbound connection
-/// ends (if it finished its last exchange; otherwise dropped, which closes it).
-#[derive(Debug)]
-pub(crate) struct AppConn {
-    slot: tokio::sync::Mutex<Option<http1::SendRequest<Incoming>>>,
-    idle: Arc<IdleConns>,
-}
-
-/// HTTP/1.1 app connections no inbound connection holds, oldest first, each with the time it
-/// became idle; at most [`MAX_IDLE_APP_CONNS`], none older than the idle timeout when taken.
-#[derive(Debug)]
-struct IdleConns {
-    conns: Mutex<Vec<(Instant, http1::SendRequest<Incoming>)>>,
-    timeout: Duration,
 }
 
 // === impl App ===
@@ -82,27 +62,21 @@ impl App {
         Self {
             addr,
             authority,
-            idle: Arc::new(IdleConns {
-                conns: Mutex::new(Vec::new()),
-                timeout: idle_timeout,
-            }),
+            idle: H1Idle::new(idle_timeout, MAX_IDLE_APP_CONNS),
             h2,
         }
     }
 
     /// A new inbound connection's (still empty) hold on an HTTP/1.1 app connection.
-    pub(crate) fn conn(&self) -> AppConn {
-        AppConn {
-            slot: tokio::sync::Mutex::new(None),
-            idle: Arc::clone(&self.idle),
-        }
+    pub(crate) fn conn(&self) -> H1Conn {
+        self.idle.conn()
     }
 
     /// Sends `req` to the app: over h2c when the caller spoke HTTP/2, else HTTP/1.1 on the
     /// inbound connection's own app connection `conn`.
     pub(crate) async fn send(
         &self,
-        conn: &AppConn,
+        conn: &H1Conn,
         mut req: Request<Incoming>,
     ) -> Result<Response<AppBody>, AppError> {
         if req.version() == Version::HTTP_2 {
@@ -180,38 +154,16 @@ impl App {
         Ok((resp.map(Either::Left), upgraded))
     }
 
-    /// HTTP/1.1 on `conn`, connecting first when it has no open connection. A request the old
-    /// connection could not take (the app closed it while idle) is sent once more on a new one.
+    /// HTTP/1.1 on the inbound connection's own app connection `conn`.
     async fn send_h1(
         &self,
-        conn: &AppConn,
-        mut req: Request<Incoming>,
+        conn: &H1Conn,
+        req: Request<Incoming>,
     ) -> Result<Response<Incoming>, AppError> {
-        let mut slot = conn.slot.lock().await;
-        let mut retried = false;
-        loop {
-            // Connecting is boxed: a large future the common path should not carry.
-            let mut sender = match slot.take().or_else(|| self.idle.take()) {
-                Some(mut open) => match open.ready().await {
-                    Ok(()) => open,
-                    Err(_) => Box::pin(self.connect_h1()).await?,
-                },
-                None => Box::pin(self.connect_h1()).await?,
-            };
-            match sender.try_send_request(req).await {
-                Ok(resp) => {
-                    *slot = Some(sender);
-                    return Ok(resp);
-                }
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) if !retried => {
-                        tracing::debug!(error = %error_chain(e.error()), "app connection closed; reconnecting");
-                        retried = true;
-                        req = unsent;
-                    }
-                    _ => return Err(self.failed(e.error())),
-                },
-            }
+        match conn.send(req, || self.connect_h1()).await {
+            Ok(resp) => Ok(resp),
+            Err(H1Error::Connect(e)) => Err(e),
+            Err(H1Error::Http(e)) => Err(self.failed(&e)),
         }
     }
 
@@ -263,47 +215,6 @@ impl App {
             AppError::Refused
         } else {
             AppError::Unavailable
-        }
-    }
-}
-
-// === impl AppConn ===
-
-impl Drop for AppConn {
-    fn drop(&mut self) {
-        if let Some(sender) = self.slot.get_mut().take() {
-            self.idle.put(sender);
-        }
-    }
-}
-
-// === impl IdleConns ===
-
-impl IdleConns {
-    /// The most recently idled connection that is still open and fresh.
-    fn take(&self) -> Option<http1::SendRequest<Incoming>> {
-        let mut conns = self.conns.lock().ok()?;
-        while let Some((since, sender)) = conns.pop() {
-            if since.elapsed() < self.timeout && !sender.is_closed() {
-                return Some(sender);
-            }
-        }
-        None
-    }
-
-    /// Keeps `sender` for the next inbound connection if it is open, between exchanges, and
-    /// there is room; drops stale entries on the way.
-    fn put(&self, sender: http1::SendRequest<Incoming>) {
-        if sender.is_closed() || !sender.is_ready() {
-            return;
-        }
-        let Ok(mut conns) = self.conns.lock() else {
-            return;
-        };
-        let timeout = self.timeout;
-        conns.retain(|(since, s)| since.elapsed() < timeout && !s.is_closed());
-        if conns.len() < MAX_IDLE_APP_CONNS {
-            conns.push((Instant::now(), sender));
         }
     }
 }

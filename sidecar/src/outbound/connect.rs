@@ -1,16 +1,12 @@
 //! Mutual TLS origination: the route's TLS client configuration, and the connector that dials
 //! the upstream, runs the handshake under timeouts and classifies failures.
 
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::Uri;
-use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::rt::TokioIo;
 use rustls::client::Resumption;
 use rustls::{CertificateError, ClientConfig};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -72,8 +68,7 @@ pub(crate) enum ConnectError {
     },
 }
 
-/// Dials the route's upstream and runs the mutual TLS handshake. Cheap to clone; as a
-/// `tower::Service<Uri>` it ignores the URI (every request of a route goes to its upstream).
+/// Dials the route's upstream and runs the mutual TLS handshake. Cheap to clone.
 #[derive(Debug, Clone)]
 pub(crate) struct MtlsConnector {
     inner: Arc<Inner>,
@@ -311,22 +306,6 @@ impl MtlsConnector {
     }
 }
 
-impl tower::Service<Uri> for MtlsConnector {
-    type Response = TokioIo<UpstreamStream>;
-    type Error = ConnectError;
-    type Future =
-        Pin<Box<dyn Future<Output = Result<TokioIo<UpstreamStream>, ConnectError>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _dst: Uri) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move { this.connect().await.map(TokioIo::new) })
-    }
-}
-
 // === impl Inner ===
 
 impl std::fmt::Debug for Inner {
@@ -408,23 +387,6 @@ async fn connect_first(addrs: impl Iterator<Item = std::net::SocketAddr>) -> io:
 }
 
 // === impl UpstreamStream ===
-
-impl UpstreamStream {
-    /// Whether ALPN chose HTTP/2.
-    pub(crate) fn is_h2(&self) -> bool {
-        self.tls.get_ref().1.alpn_protocol() == Some(b"h2")
-    }
-}
-
-impl Connection for UpstreamStream {
-    fn connected(&self) -> Connected {
-        let connected = Connected::new();
-        match self.is_h2() {
-            true => connected.negotiated_h2(),
-            false => connected,
-        }
-    }
-}
 
 impl AsyncRead for UpstreamStream {
     fn poll_read(

@@ -1,6 +1,7 @@
-//! The HTTP side of an outbound route: each local request is forwarded over the pooled mutual
-//! TLS client with only hop-by-hop headers (and any local `x-forwarded-client-cert`) removed;
-//! bodies and trailers stream through. When the upstream cannot be reached the sidecar answers
+//! The HTTP side of an outbound route: each local request is forwarded over mutual TLS with
+//! only hop-by-hop headers (and any local `x-forwarded-client-cert`) removed; bodies and
+//! trailers stream through. HTTP/1.x goes over the local connection's own keep-alive upstream
+//! connection ([`crate::h1_client`]), HTTP/2 over one shared connection ([`SharedH2`]). When the upstream cannot be reached the sidecar answers
 //! itself: 502 (504 on a timeout) with a one-line body, or for gRPC a trailers-only
 //! `UNAVAILABLE` status.
 
@@ -16,13 +17,14 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::{Body, Incoming};
+use hyper::client::conn::http1;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioIo;
 
 use super::HandshakeFailure;
 use super::connect::{self, ConnectError, MtlsConnector};
 use super::{OutboundHooks, OutboundLimits};
+use crate::h1_client::{H1Conn, H1Error, H1Idle};
 use crate::h2_body::H2Body;
 use crate::h2_client::{H2Error, KeepAlive, SharedH2};
 use crate::hop_by_hop;
@@ -43,12 +45,17 @@ const GRPC_UNAVAILABLE: HeaderValue = HeaderValue::from_static("14");
 /// gRPC status code `RESOURCE_EXHAUSTED` (too many request headers).
 const GRPC_RESOURCE_EXHAUSTED: HeaderValue = HeaderValue::from_static("8");
 
-/// Forwards local requests to the route's upstream, keeping their protocol: HTTP/1.x over a
-/// keep-alive pool of `http/1.1` connections (one request at a time on each), HTTP/2 over a
-/// single `h2` connection that multiplexes every stream.
+/// Most idle HTTP/1.1 upstream connections kept for the next local connections.
+const MAX_IDLE_UPSTREAM_CONNS: usize = 64;
+
+/// Forwards local requests to the route's upstream, keeping their protocol: HTTP/1.x over
+/// `http/1.1` connections (one request at a time on each, each held by one local connection),
+/// HTTP/2 over a single `h2` connection that multiplexes every stream.
 #[derive(Debug)]
 pub(crate) struct HttpProxy {
-    http1: Client<MtlsConnector, Incoming>,
+    http1: MtlsConnector,
+    /// HTTP/1.1 upstream connections no local connection holds.
+    http1_idle: Arc<H1Idle>,
     h2: SharedH2,
     h2_connector: MtlsConnector,
     /// `:authority` for requests that name none (HTTP/1.0 without `Host`).
@@ -80,14 +87,9 @@ impl HttpProxy {
         limits: &OutboundLimits,
     ) -> Self {
         let upstream = http1.upstream().to_owned();
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            // Half the idle timeout: a peer sidecar with the same idle timeout must not close a
-            // pooled connection just as a request is written to it.
-            .pool_idle_timeout(limits.idle_timeout / 2);
-        let http1 = builder.build(http1);
+        // Half the idle timeout: a peer sidecar with the same idle timeout must not close an
+        // upstream connection just as a request is written to it.
+        let http1_idle = H1Idle::new(limits.idle_timeout / 2, MAX_IDLE_UPSTREAM_CONNS);
         // Pings only while exchanges are in flight (an idle connection is replaced after half
         // the idle timeout instead, see `SharedH2`).
         let keep_alive = KeepAlive {
@@ -96,6 +98,7 @@ impl HttpProxy {
         };
         Self {
             http1,
+            http1_idle,
             h2: SharedH2::new(limits.idle_timeout / 2, Some(keep_alive)),
             h2_connector: h2,
             upstream_authority: upstream.parse().ok(),
@@ -106,17 +109,26 @@ impl HttpProxy {
         }
     }
 
+    /// A new local connection's (still empty) hold on an HTTP/1.1 upstream connection.
+    pub(crate) fn http1_conn(&self) -> H1Conn {
+        self.http1_idle.conn()
+    }
+
     /// Serves one local request from hyper's server (HTTP/1.x; HTTP/2 goes through
-    /// [`Self::handle_h2`]); never fails (errors become responses).
-    /// An upgrade request (see [`crate::upgrade`]) goes over a connection of its own; with a
-    /// 101, the two connections are left in `tunnel` for the local connection's task.
+    /// [`Self::handle_h2`]) on the local connection's `upstream`; never fails (errors become
+    /// responses). An upgrade request (see [`crate::upgrade`]) goes over a connection of its
+    /// own; with a 101, the two connections are left in `tunnel` for the local connection's
+    /// task.
     pub(crate) async fn handle(
         self: Arc<Self>,
         mut req: Request<Incoming>,
         tunnel: Tunnel,
+        upstream: Arc<H1Conn>,
     ) -> Result<Response<ResponseBody>, Infallible> {
         if !upgrade::is_upgrade(&req) {
-            return Ok(self.serve(req, |proxy, req| proxy.send(req)).await);
+            return Ok(self
+                .serve(req, |proxy, req| proxy.send(req, upstream))
+                .await);
         }
         let caller = hyper::upgrade::on(&mut req);
         Ok(self
@@ -243,18 +255,23 @@ impl HttpProxy {
     }
 
     /// Sends a request from hyper's server: HTTP/2 over the shared h2 connection, anything else
-    /// over the HTTP/1.1 pool.
+    /// over the local connection's `upstream` connection.
     async fn send(
         &self,
         mut req: Request<Incoming>,
+        upstream: Arc<H1Conn>,
     ) -> Result<Response<UpstreamBody>, (StatusCode, String)> {
         if req.version() == Version::HTTP_2 {
             return self.send_h2(req).await;
         }
-        // Upstream connections speak HTTP/1.1 whatever the local client spoke, as
-        // intermediaries do (RFC 9110 §2.5), so that HTTP/1.0 requests reuse them too.
-        *req.version_mut() = Version::HTTP_11;
-        match self.http1.request(req).await {
+        to_http11_origin_form(&mut req);
+        let sent = upstream.send(req, || self.connect_http1(false)).await;
+        let response = match sent {
+            Ok(response) => Ok(response),
+            Err(H1Error::Connect(e)) => Err(self.failure(&*e)),
+            Err(H1Error::Http(e)) => Err(self.failure(&e)),
+        };
+        match response {
             Ok(response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => Err((
                 StatusCode::BAD_GATEWAY,
                 format!(
@@ -263,24 +280,27 @@ impl HttpProxy {
                 ),
             )),
             Ok(response) => Ok(response.map(Either::Left)),
-            Err(e) => Err(self.failure(&e)),
+            Err(e) => Err(e),
         }
     }
 
-    /// Sends an upgrade request over a pooled upstream connection, which, once upgraded, never
-    /// returns to the pool. With a 101, `caller` and the
-    /// upstream's side become the tunnel left in `tunnel`; a 101 to any other request is refused
-    /// (502) in [`Self::send`].
+    /// Sends an upgrade request over an upstream connection of its own. With a 101, `caller`
+    /// and the upstream's side become the tunnel left in `tunnel`; a 101 to any other request is
+    /// refused (502) in [`Self::send`].
     async fn send_upgrade(
         &self,
         mut req: Request<Incoming>,
         caller: OnUpgrade,
         tunnel: Tunnel,
     ) -> Result<Response<UpstreamBody>, (StatusCode, String)> {
-        *req.version_mut() = Version::HTTP_11;
-        let mut response = self
-            .http1
-            .request(req)
+        to_http11_origin_form(&mut req);
+        // Connecting is boxed, as on the common path.
+        let mut sender = Box::pin(self.connect_http1(true))
+            .await
+            .map_err(|e| self.failure(&*e))?;
+        sender.ready().await.map_err(|e| self.failure(&e))?;
+        let mut response = sender
+            .send_request(req)
             .await
             .map_err(|e| self.failure(&e))?;
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -309,6 +329,29 @@ impl HttpProxy {
                 Err(H2Error::Http(e)) => Err(self.failure(&e)),
             }
         }
+    }
+
+    /// A new HTTP/1.1 upstream connection (mutual TLS, ALPN `http/1.1`); `upgrades`: it may
+    /// switch protocols (only connections opened for an upgrade request may: an unsolicited 101
+    /// on a shared one is an error).
+    async fn connect_http1(
+        &self,
+        upgrades: bool,
+    ) -> Result<http1::SendRequest<Incoming>, Box<dyn StdError + Send + Sync>> {
+        let stream = self.http1.connect().await?;
+        let (sender, connection) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await?;
+        tokio::spawn(async move {
+            let result = match upgrades {
+                true => connection.with_upgrades().await,
+                false => connection.await,
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "outbound upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
     }
 
     /// The request's target with scheme `https`; the authority is the request's own (from its
@@ -366,11 +409,7 @@ impl HttpProxy {
             );
         }
         let mut message = format!("upstream `{}` failed before responding", self.upstream);
-        // The pooled client's own message says only "client error"; its sources say what.
-        let mut source = match err.is::<hyper_util::client::legacy::Error>() {
-            true => err.source(),
-            false => Some(err),
-        };
+        let mut source = Some(err);
         while let Some(current) = source {
             message.push_str(": ");
             message.push_str(&current.to_string());
@@ -396,6 +435,25 @@ impl Drop for Pending<'_> {
             self.hooks.request_done(None, self.started.elapsed());
         }
     }
+}
+
+/// Readies a request for an HTTP/1.1 upstream connection: HTTP/1.1 whatever the local client
+/// spoke, as intermediaries do (RFC 9110 §2.5), so that HTTP/1.0 requests reuse connections
+/// too; the target in origin form (`/path?query`) with the authority in `Host`.
+fn to_http11_origin_form<B>(req: &mut Request<B>) {
+    *req.version_mut() = Version::HTTP_11;
+    if !req.headers().contains_key(header::HOST)
+        && let Some(authority) = req.uri().authority()
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        req.headers_mut().insert(header::HOST, host);
+    }
+    let path = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    *req.uri_mut() = Uri::from(path);
 }
 
 fn is_grpc(headers: &HeaderMap) -> bool {

@@ -233,7 +233,11 @@ impl Servers {
         let proxy = Arc::clone(proxy);
         let tunnel = Tunnel::default();
         let svc_tunnel = tunnel.clone();
-        let service = service_fn(move |req| Arc::clone(&proxy).handle(req, svc_tunnel.clone()));
+        // This local connection's own HTTP/1.1 upstream connection.
+        let upstream = Arc::new(proxy.http1_conn());
+        let service = service_fn(move |req| {
+            Arc::clone(&proxy).handle(req, svc_tunnel.clone(), Arc::clone(&upstream))
+        });
         let conn = self
             .http1
             .serve_connection(TokioIo::new(stream), service)

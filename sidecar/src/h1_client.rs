@@ -1,0 +1,170 @@
+//! HTTP/1.1 upstream connections held per caller connection, for the inbound's app side and the
+//! outbound's upstream side.
+//!
+//! An HTTP/1.1 connection carries one request at a time, so each caller connection holds its
+//! own upstream connection ([`H1Conn`]) from its first request to its end: the pair never waits
+//! on another caller, and nothing shared is locked or searched per request (a pool would check a
+//! connection out and back in for every request). When the caller's connection ends, its
+//! upstream connection goes to a small list of idle ones ([`H1Idle`]) that the next caller
+//! connection takes from before it opens a new one, so callers that connect per request still
+//! reuse upstream connections.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Request, Response};
+
+/// Upstream connections no caller connection holds, oldest first, each with the time it was last
+/// used; at most `max` of them. One unused for `max_idle` is closed (dropped from the list).
+#[derive(Debug)]
+pub(crate) struct H1Idle {
+    conns: Mutex<Vec<(Instant, SendRequest<Incoming>)>>,
+    max_idle: Duration,
+    max: usize,
+}
+
+/// One caller connection's hold on an upstream connection: taken from the idle list or opened on
+/// first use, reused while it stays open and fresh, returned to the idle list when dropped (if it
+/// finished its last exchange; otherwise dropped, which closes it).
+#[derive(Debug)]
+pub(crate) struct H1Conn {
+    slot: tokio::sync::Mutex<Option<(Instant, SendRequest<Incoming>)>>,
+    idle: Arc<H1Idle>,
+}
+
+/// Why a request got no response.
+#[derive(Debug)]
+pub(crate) enum H1Error<E> {
+    /// Opening a connection failed (the dialer's error).
+    Connect(E),
+    /// The exchange failed.
+    Http(hyper::Error),
+}
+
+// === impl H1Idle ===
+
+impl H1Idle {
+    /// A connection unused for `max_idle` is not used again: the upstream may be closing it.
+    pub(crate) fn new(max_idle: Duration, max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            conns: Mutex::new(Vec::new()),
+            max_idle,
+            max,
+        })
+    }
+
+    /// A new caller connection's (still empty) hold on an upstream connection.
+    pub(crate) fn conn(self: &Arc<Self>) -> H1Conn {
+        H1Conn {
+            slot: tokio::sync::Mutex::new(None),
+            idle: Arc::clone(self),
+        }
+    }
+
+    /// Whether a connection last used at `used` may still carry a request.
+    fn fresh(&self, used: Instant, sender: &SendRequest<Incoming>) -> bool {
+        used.elapsed() < self.max_idle && !sender.is_closed()
+    }
+
+    /// The most recently idled connection that is still open and fresh.
+    fn take(&self) -> Option<SendRequest<Incoming>> {
+        let mut conns = self.conns.lock().ok()?;
+        while let Some((used, sender)) = conns.pop() {
+            if self.fresh(used, &sender) {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    /// Keeps `sender` for the next caller connection if it is open, between exchanges, and there
+    /// is room; drops stale entries on the way, and once `max_idle` has passed, `sender` too
+    /// unless taken meanwhile.
+    fn put(self: &Arc<Self>, used: Instant, sender: SendRequest<Incoming>) {
+        if !self.fresh(used, &sender) || !sender.is_ready() {
+            return;
+        }
+        {
+            let Ok(mut conns) = self.conns.lock() else {
+                return;
+            };
+            conns.retain(|(used, s)| self.fresh(*used, s));
+            if conns.len() >= self.max {
+                return;
+            }
+            conns.push((used, sender));
+        }
+        // Outside a runtime (a drop during shutdown) there is nothing to close it for.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let idle = Arc::downgrade(self);
+        let after = self.max_idle;
+        runtime.spawn(async move {
+            tokio::time::sleep(after).await;
+            if let Some(idle) = idle.upgrade()
+                && let Ok(mut conns) = idle.conns.lock()
+            {
+                conns.retain(|(used, s)| idle.fresh(*used, s));
+            }
+        });
+    }
+}
+
+// === impl H1Conn ===
+
+impl H1Conn {
+    /// Sends `req` on this caller connection's upstream connection, opening one with `connect`
+    /// when it has none open and fresh. A request the old connection could not take (the
+    /// upstream closed it while idle) is sent once more on a new one.
+    pub(crate) async fn send<C, F, E>(
+        &self,
+        mut req: Request<Incoming>,
+        connect: C,
+    ) -> Result<Response<Incoming>, H1Error<E>>
+    where
+        C: Fn() -> F,
+        F: Future<Output = Result<SendRequest<Incoming>, E>>,
+    {
+        let mut slot = self.slot.lock().await;
+        let mut retried = false;
+        loop {
+            let held = slot
+                .take()
+                .and_then(|(used, sender)| self.idle.fresh(used, &sender).then_some(sender));
+            // Connecting is boxed: a large future the common path should not carry.
+            let mut sender = match held.or_else(|| self.idle.take()) {
+                Some(mut open) => match open.ready().await {
+                    Ok(()) => open,
+                    Err(_) => Box::pin(connect()).await.map_err(H1Error::Connect)?,
+                },
+                None => Box::pin(connect()).await.map_err(H1Error::Connect)?,
+            };
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    *slot = Some((Instant::now(), sender));
+                    return Ok(resp);
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if !retried => {
+                        tracing::debug!(error = %e.error(), "upstream connection closed; reconnecting");
+                        retried = true;
+                        req = unsent;
+                    }
+                    _ => return Err(H1Error::Http(e.into_error())),
+                },
+            }
+        }
+    }
+}
+
+impl Drop for H1Conn {
+    fn drop(&mut self) {
+        if let Some((used, sender)) = self.slot.get_mut().take() {
+            self.idle.put(used, sender);
+        }
+    }
+}
