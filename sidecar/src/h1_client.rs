@@ -10,7 +10,8 @@
 //! reuse upstream connections.
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
@@ -18,12 +19,15 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, Response};
 
 /// Upstream connections no caller connection holds, oldest first, each with the time it was last
-/// used; at most `max` of them. One unused for `max_idle` is closed (dropped from the list).
+/// used; at most `max` of them. One unused for `max_idle` is closed (dropped from the list) by
+/// one reaper task, which runs while the list is not empty.
 #[derive(Debug)]
 pub(crate) struct H1Idle {
     conns: Mutex<Vec<(Instant, SendRequest<Incoming>)>>,
     max_idle: Duration,
     max: usize,
+    /// Whether the reaper task runs.
+    reaping: AtomicBool,
 }
 
 /// One caller connection's hold on an upstream connection: taken from the idle list or opened on
@@ -53,6 +57,7 @@ impl H1Idle {
             conns: Mutex::new(Vec::new()),
             max_idle,
             max,
+            reaping: AtomicBool::new(false),
         })
     }
 
@@ -81,8 +86,7 @@ impl H1Idle {
     }
 
     /// Keeps `sender` for the next caller connection if it is open, between exchanges, and there
-    /// is room; drops stale entries on the way, and once `max_idle` has passed, `sender` too
-    /// unless taken meanwhile.
+    /// is room; drops stale entries on the way. Starts the reaper unless it runs.
     fn put(self: &Arc<Self>, used: Instant, sender: SendRequest<Incoming>) {
         if !self.fresh(used, &sender) || !sender.is_ready() {
             return;
@@ -98,19 +102,30 @@ impl H1Idle {
             conns.push((used, sender));
         }
         // Outside a runtime (a drop during shutdown) there is nothing to close it for.
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current()
+            && !self.reaping.swap(true, Ordering::AcqRel)
+        {
+            runtime.spawn(reap(Arc::downgrade(self), self.max_idle / 2));
+        }
+    }
+}
+
+/// Every `period`, closes the idle connections unused for their max idle (so each lingers at
+/// most half that again); ends when none is left, or the list is gone.
+async fn reap(idle: Weak<H1Idle>, period: Duration) {
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(idle) = idle.upgrade() else {
             return;
         };
-        let idle = Arc::downgrade(self);
-        let after = self.max_idle;
-        runtime.spawn(async move {
-            tokio::time::sleep(after).await;
-            if let Some(idle) = idle.upgrade()
-                && let Ok(mut conns) = idle.conns.lock()
-            {
-                conns.retain(|(used, s)| idle.fresh(*used, s));
-            }
-        });
+        let mut conns = idle.conns.lock().unwrap_or_else(PoisonError::into_inner);
+        conns.retain(|(used, s)| idle.fresh(*used, s));
+        if conns.is_empty() {
+            // Under the lock: a connection put after this finds the reaper stopped and starts
+            // it again.
+            idle.reaping.store(false, Ordering::Release);
+            return;
+        }
     }
 }
 
