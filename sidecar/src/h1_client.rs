@@ -12,11 +12,12 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, Response};
+use tokio::time::Instant;
 
 /// Upstream connections no caller connection holds, oldest first, each with the time it was last
 /// used; at most `max` of them. One unused for `max_idle` is closed (dropped from the list) by
@@ -181,5 +182,56 @@ impl Drop for H1Conn {
         if let Some((used, sender)) = self.slot.get_mut().take() {
             self.idle.put(used, sender);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hyper_util::rt::TokioIo;
+    use tokio::io::DuplexStream;
+
+    use super::*;
+
+    /// An open HTTP/1.1 client connection, ready for a request, over an in-memory stream (whose
+    /// other end is kept), its connection task spawned.
+    async fn open() -> (SendRequest<Incoming>, DuplexStream) {
+        let (ours, theirs) = tokio::io::duplex(1024);
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(ours))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        sender.ready().await.unwrap();
+        (sender, theirs)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_connections_are_closed_after_max_idle_by_one_task() {
+        let idle = H1Idle::new(Duration::from_secs(10), 64);
+        let tasks = || {
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks()
+        };
+        let mut ends = Vec::new();
+        for _ in 0..20 {
+            let (sender, end) = open().await;
+            ends.push(end);
+            idle.put(Instant::now(), sender);
+        }
+        // 20 connection tasks and one reaper, however many connections were returned.
+        assert_eq!(tasks(), 21);
+        assert_eq!(idle.conns.lock().unwrap().len(), 20);
+        // A connection taken before max idle comes out fresh.
+        let taken = idle.take().expect("a fresh idle connection");
+        idle.put(Instant::now(), taken);
+        tokio::time::sleep(Duration::from_secs(16)).await;
+        assert!(idle.conns.lock().unwrap().is_empty());
+        assert!(idle.take().is_none());
+        // Nothing left to close: the reaper has ended, and starts again with the next one.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let (sender, _end) = open().await;
+        idle.put(Instant::now(), sender);
+        assert_eq!(idle.conns.lock().unwrap().len(), 1);
+        assert!(idle.reaping.load(Ordering::Acquire));
     }
 }
