@@ -15,8 +15,10 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
+use hyper::client::conn::http1::{self, SendRequest};
 use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
 /// Upstream connections no caller connection holds, oldest first, each with the time it was last
@@ -47,6 +49,29 @@ pub(crate) enum H1Error<E> {
     Connect(E),
     /// The exchange failed.
     Http(hyper::Error),
+}
+
+/// Runs the HTTP/1.1 client handshake on `io` and spawns the connection's driver. `upgrades`:
+/// the connection may switch protocols (only one opened for an upgrade request may: an
+/// unsolicited 101 on a shared one is an error).
+pub(crate) async fn handshake<I>(
+    io: I,
+    upgrades: bool,
+) -> Result<SendRequest<Incoming>, hyper::Error>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = http1::Builder::new().handshake(TokioIo::new(io)).await?;
+    tokio::spawn(async move {
+        let result = match upgrades {
+            true => connection.with_upgrades().await,
+            false => connection.await,
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "http/1.1 upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
 }
 
 // === impl H1Idle ===
@@ -187,7 +212,6 @@ impl Drop for H1Conn {
 
 #[cfg(test)]
 mod tests {
-    use hyper_util::rt::TokioIo;
     use tokio::io::DuplexStream;
 
     use super::*;

@@ -17,10 +17,9 @@ use http_body_util::Either;
 use hyper::body::{Body, Incoming};
 use hyper::client::conn::http1;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::h1_client::{H1Conn, H1Error, H1Idle};
+use crate::h1_client::{self, H1Conn, H1Error, H1Idle};
 use crate::h2_body::H2Body;
 use crate::h2_client::{H2Error, SharedH2};
 use crate::{hop_by_hop, upgrade};
@@ -192,20 +191,9 @@ impl App {
         upgrades: bool,
     ) -> Result<http1::SendRequest<Incoming>, AppError> {
         let stream = self.connect_tcp().await?;
-        let (sender, connection) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
+        h1_client::handshake(stream, upgrades)
             .await
-            .map_err(|e| self.failed(&e))?;
-        tokio::spawn(async move {
-            let result = match upgrades {
-                true => connection.with_upgrades().await,
-                false => connection.await,
-            };
-            if let Err(e) = result {
-                tracing::debug!(error = %error_chain(&e), "app connection ended with an error");
-            }
-        });
-        Ok(sender)
+            .map_err(|e| self.failed(&e))
     }
 
     /// Logs why the app did not answer and classifies it.

@@ -1,9 +1,9 @@
 //! The HTTP side of an outbound route: each local request is forwarded over mutual TLS with
 //! only hop-by-hop headers (and any local `x-forwarded-client-cert`) removed; bodies and
 //! trailers stream through. HTTP/1.x goes over the local connection's own keep-alive upstream
-//! connection ([`crate::h1_client`]), HTTP/2 over one shared connection ([`SharedH2`]). When the upstream cannot be reached the sidecar answers
-//! itself: 502 (504 on a timeout) with a one-line body, or for gRPC a trailers-only
-//! `UNAVAILABLE` status.
+//! connection ([`crate::h1_client`]), HTTP/2 over one shared connection ([`SharedH2`]). When the
+//! upstream cannot be reached the sidecar answers itself: 502 (504 on a timeout) with a
+//! one-line body, or for gRPC a trailers-only `UNAVAILABLE` status.
 
 use std::convert::Infallible;
 use std::error::Error as StdError;
@@ -19,12 +19,11 @@ use http_body_util::{Either, Full};
 use hyper::body::{Body, Incoming};
 use hyper::client::conn::http1;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 
 use super::HandshakeFailure;
 use super::connect::{self, ConnectError, MtlsConnector};
 use super::{OutboundHooks, OutboundLimits};
-use crate::h1_client::{H1Conn, H1Error, H1Idle};
+use crate::h1_client::{self, H1Conn, H1Error, H1Idle};
 use crate::h2_body::H2Body;
 use crate::h2_client::{H2Error, KeepAlive, SharedH2};
 use crate::hop_by_hop;
@@ -265,23 +264,21 @@ impl HttpProxy {
             return self.send_h2(req).await;
         }
         to_http11_origin_form(&mut req);
-        let sent = upstream.send(req, || self.connect_http1(false)).await;
-        let response = match sent {
-            Ok(response) => Ok(response),
-            Err(H1Error::Connect(e)) => Err(self.failure(&*e)),
-            Err(H1Error::Http(e)) => Err(self.failure(&e)),
+        let response = match upstream.send(req, || self.connect_http1(false)).await {
+            Ok(response) => response,
+            Err(H1Error::Connect(e)) => return Err(self.failure(&*e)),
+            Err(H1Error::Http(e)) => return Err(self.failure(&e)),
         };
-        match response {
-            Ok(response) if response.status() == StatusCode::SWITCHING_PROTOCOLS => Err((
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return Err((
                 StatusCode::BAD_GATEWAY,
                 format!(
                     "upstream `{}` switched protocols for a request that asked for no upgrade",
                     self.upstream
                 ),
-            )),
-            Ok(response) => Ok(response.map(Either::Left)),
-            Err(e) => Err(e),
+            ));
         }
+        Ok(response.map(Either::Left))
     }
 
     /// Sends an upgrade request over an upstream connection of its own. With a 101, `caller`
@@ -339,19 +336,7 @@ impl HttpProxy {
         upgrades: bool,
     ) -> Result<http1::SendRequest<Incoming>, Box<dyn StdError + Send + Sync>> {
         let stream = self.http1.connect().await?;
-        let (sender, connection) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await?;
-        tokio::spawn(async move {
-            let result = match upgrades {
-                true => connection.with_upgrades().await,
-                false => connection.await,
-            };
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "outbound upstream connection ended with an error");
-            }
-        });
-        Ok(sender)
+        Ok(h1_client::handshake(stream, upgrades).await?)
     }
 
     /// The request's target with scheme `https`; the authority is the request's own (from its
