@@ -37,6 +37,9 @@ cargo run --quiet -- policy validate policies
 cargo run --quiet -- policy fmt --check policies
 cargo run --quiet -- policy test policies
 
+step "bench helpers' unit tests (python3 -m unittest)"
+PYTHONDONTWRITEBYTECODE=1 python3 -m unittest discover -s bench -p 'test_*.py'
+
 step "fuzz targets build on the stable toolchain"
 cargo build --quiet --manifest-path fuzz/Cargo.toml
 
