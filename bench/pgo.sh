@@ -7,8 +7,9 @@
 #      profiles (every `warden` process writes its own on exit);
 #   3. merge them (llvm-profdata of the LLVM major version rustc was built with);
 #   4. build `warden` again with them (-Cprofile-use), the functions the sidecars ran placed
-#      together, hottest first (lld --symbol-ordering-file, from bench/pgo_order.py), so a
-#      sidecar's code is a few contiguous megabytes of the executable rather than spread over it.
+#      together (lld --symbol-ordering-file, from bench/pgo_order.py: what both ran, then what
+#      only the inbound ran, then only the outbound, hottest first), so a sidecar's code is a
+#      few contiguous megabytes of the executable rather than spread over it.
 # Prints the binary's path; bench/sidecar.sh measures it with WARDEN_BIN=<that path>.
 #   bench/pgo.sh                       (needs what bench/sidecar.sh needs, plus llvm-profdata)
 #   PGO_DIR=/elsewhere TRAIN_D=8 bench/pgo.sh
@@ -93,23 +94,27 @@ train "one hop, a handshake per request (oha -c8)" "$OHA" -z "${T}s" --no-tui --
 train "metrics" curl -sf "${WARDEN_ADMIN_IN}metrics" "${WARDEN_ADMIN_OUT}metrics"
 stop_mesh
 trap - EXIT
-SIDECAR_RAW=("$RAW/warden-$WARDEN_IN_PID.profraw" "$RAW/warden-$WARDEN_OUT_PID.profraw")
-for f in "${SIDECAR_RAW[@]}"; do
+IN_RAW=$RAW/warden-$WARDEN_IN_PID.profraw
+OUT_RAW=$RAW/warden-$WARDEN_OUT_PID.profraw
+for f in "$IN_RAW" "$OUT_RAW"; do
   [ -s "$f" ] || die "no profile from a sidecar at $f (did it exit cleanly? see $PGO_DIR/train.log)"
 done
 
 say "3/4 merging $(ls "$RAW"/*.profraw | wc -l) profiles with $PROFDATA; the symbol order"
 "$PROFDATA" merge -o "$PROFILE" "$RAW"/*.profraw
-"$PROFDATA" merge -o "$PGO_DIR/sidecars.profdata" "${SIDECAR_RAW[@]}"
-"$PROFDATA" show --all-functions --counts "$PGO_DIR/sidecars.profdata" > "$PGO_DIR/sidecars.show"
+"$PROFDATA" show --all-functions --counts "$IN_RAW" > "$PGO_DIR/inbound.show"
+"$PROFDATA" show --all-functions --counts "$OUT_RAW" > "$PGO_DIR/outbound.show"
 "$PROFDATA" show --all-functions --counts "$PROFILE" > "$PGO_DIR/all.show"
 ORDER=$PGO_DIR/symbol-order.txt
-python3 "$ROOT/bench/pgo_order.py" "$PGO_DIR/sidecars.show" "$PGO_DIR/all.show" > "$ORDER"
-rm -f "$PGO_DIR/sidecars.show" "$PGO_DIR/all.show"
+python3 "$ROOT/bench/pgo_order.py" "$PGO_DIR/inbound.show" "$PGO_DIR/outbound.show" "$PGO_DIR/all.show" > "$ORDER"
+rm -f "$PGO_DIR/inbound.show" "$PGO_DIR/outbound.show" "$PGO_DIR/all.show"
 LINK_ORDER=""
 if readelf -p .comment "$GEN_BIN" 2>/dev/null | grep -q 'Linker: LLD'; then
   # Profile names of inlined-away functions have no symbol left: not worth a warning each.
+  # Packed relative relocations (DT_RELR, glibc >= 2.36): the 0.6 MB table of PIE relocations
+  # that every process reads at start-up shrinks to a few kilobytes.
   LINK_ORDER="-Clink-arg=-Wl,--symbol-ordering-file=$ORDER -Clink-arg=-Wl,--no-warn-symbol-ordering"
+  LINK_ORDER="$LINK_ORDER -Clink-arg=-Wl,-z,pack-relative-relocs"
 else
   say "    the linker is not lld: building without the symbol order"
 fi

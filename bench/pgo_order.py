@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
 """The linker's symbol order for the PGO build of `warden` (bench/pgo.sh).
 
-    pgo_order.py SIDECAR_SHOW ALL_SHOW > order.txt
+    pgo_order.py INBOUND_SHOW OUTBOUND_SHOW ALL_SHOW > order.txt
 
-Each argument is the output of `llvm-profdata show --all-functions --counts` for one merged
-profile: the sidecars' own processes, and every process of the training run. Prints one symbol a
-line: the functions the sidecars ran, hottest first, then those only other `warden` commands ran
-(the CA, the agent, the CLI), hottest first. The linker (lld `--symbol-ordering-file`) places them
-in that order at the start of `.text`, so the code a sidecar runs sits together instead of spread
-over the executable among code it never runs — fewer pages of it resident — and its hot loops
-share cache lines and TLB entries. Functions no training process ran keep the compiler's order.
+Each argument is the output of `llvm-profdata show --all-functions --counts` for one profile: the
+inbound sidecar's, the outbound sidecar's, and every process of the training run merged. Prints
+one symbol a line, in four groups, each hottest first: the functions both sidecars ran, those only
+the inbound ran, those only the outbound ran, those only other `warden` commands ran (the CA, the
+agent, the CLI). The linker (lld `--symbol-ordering-file`) places them in that order at the start
+of `.text`, so the code a sidecar runs sits together instead of spread over the executable among
+code it never runs — fewer pages of it resident — and its hot loops share cache lines and TLB
+entries; an outbound, which runs no policy engine, skips the inbound's group. Functions no
+training process ran keep the compiler's order.
 """
 
 import re
@@ -38,15 +40,24 @@ def executed(path):
 
 
 def main(argv):
-    if len(argv) != 3:
-        sys.exit("usage: pgo_order.py SIDECAR_SHOW ALL_SHOW  (llvm-profdata show --all-functions --counts)")
-    sidecar, everyone = executed(argv[1]), executed(argv[2])
-    if not sidecar:
-        sys.exit(f"error: {argv[1]}: no function with a count above zero (not a `show --counts` output?)")
-    first = sorted(sidecar, key=lambda n: (-sidecar[n], n))
-    rest = sorted((n for n in everyone if n not in sidecar), key=lambda n: (-everyone[n], n))
-    sys.stdout.write("".join(n + "\n" for n in first + rest))
-    print(f"order: {len(first)} functions the sidecars ran, then {len(rest)} others", file=sys.stderr)
+    if len(argv) != 4:
+        sys.exit("usage: pgo_order.py INBOUND_SHOW OUTBOUND_SHOW ALL_SHOW"
+                 "  (each: llvm-profdata show --all-functions --counts)")
+    inbound, outbound, everyone = (executed(p) for p in argv[1:])
+    for path, ran in zip(argv[1:3], (inbound, outbound)):
+        if not ran:
+            sys.exit(f"error: {path}: no function with a count above zero (not a `show --counts` output?)")
+    hottest = lambda counts: lambda n: (-counts[n], n)
+    both = {n: max(c, outbound[n]) for n, c in inbound.items() if n in outbound}
+    groups = [
+        sorted(both, key=hottest(both)),
+        sorted((n for n in inbound if n not in both), key=hottest(inbound)),
+        sorted((n for n in outbound if n not in both), key=hottest(outbound)),
+        sorted((n for n in everyone if n not in inbound and n not in outbound), key=hottest(everyone)),
+    ]
+    sys.stdout.write("".join(n + "\n" for g in groups for n in g))
+    print("order: {} functions both sidecars ran, {} only the inbound, {} only the outbound, "
+          "then {} others".format(*(len(g) for g in groups)), file=sys.stderr)
 
 
 if __name__ == "__main__":
