@@ -1,6 +1,7 @@
 //! `warden`: the one command-line door to Warden's CA, agent, policy engine and sidecar.
 
 mod command;
+mod memory;
 
 use std::process::ExitCode;
 
