@@ -23,13 +23,20 @@ OHA=${OHA:-$(command -v oha || echo "$HOME/.cargo/bin/oha")}
 say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
-case $TRAIN_D in '' | *[!0-9]*) die "TRAIN_D must be a whole number of seconds, not \`$TRAIN_D\`";; esac
+case $TRAIN_D in '' | *[!0-9]*) TRAIN_D_OK=0 ;; *) TRAIN_D_OK=$((10#$TRAIN_D >= 1)) ;; esac
+[ "$TRAIN_D_OK" = 1 ] || die "TRAIN_D must be a whole number of seconds, at least 1, not \`$TRAIN_D\`"
+# Paths go into RUSTFLAGS, which splits on whitespace.
+case $PGO_DIR in *[[:space:]]*) die "PGO_DIR must not contain whitespace (it goes into RUSTFLAGS): \`$PGO_DIR\`";; esac
 HOST=$(rustc -vV | sed -n 's/^host: //p')
 LLVM_MAJOR=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
 [ -n "$HOST" ] && [ -n "$LLVM_MAJOR" ] || die "cannot read the host triple and LLVM version from \`rustc -vV\`"
-PROFDATA=${LLVM_PROFDATA:-$(command -v "llvm-profdata-$LLVM_MAJOR" || command -v llvm-profdata || true)}
-[ -n "$PROFDATA" ] && [ -x "$PROFDATA" ] \
-  || die "no llvm-profdata for LLVM $LLVM_MAJOR (rustc's): apt-get install llvm-$LLVM_MAJOR, or set LLVM_PROFDATA"
+if [ -n "${LLVM_PROFDATA:-}" ]; then
+  [ -f "$LLVM_PROFDATA" ] && [ -x "$LLVM_PROFDATA" ] || die "LLVM_PROFDATA=\`$LLVM_PROFDATA\` is not an executable file"
+  PROFDATA=$LLVM_PROFDATA
+else
+  PROFDATA=$(command -v "llvm-profdata-$LLVM_MAJOR" || command -v llvm-profdata || true)
+  [ -n "$PROFDATA" ] || die "no llvm-profdata for LLVM $LLVM_MAJOR (rustc's): apt-get install llvm-$LLVM_MAJOR, or set LLVM_PROFDATA"
+fi
 "$PROFDATA" --version | grep -q "LLVM version $LLVM_MAJOR\." \
   || die "\`$PROFDATA\` is not LLVM $LLVM_MAJOR (rustc's); its raw profiles would not be read: set LLVM_PROFDATA"
 [ -x "$OHA" ] || die "no oha at \`$OHA\` (cargo install oha@1.16.0 --locked, or set OHA)"
