@@ -1,11 +1,11 @@
-//! Handing freed heap memory back to the kernel, for the long-running commands.
+//! Handing freed heap memory back to the kernel, for `warden sidecar run`.
 //!
 //! glibc's allocator returns memory to the kernel only from the top of a heap: what is freed
 //! in the middle stays resident, so a sidecar's private memory ratchets up to the most it ever
 //! held at once plus fragmentation (under the bench's changing load an inbound sidecar kept
 //! ~3.6 MB of freed memory of its ~9.5 MB private memory; BENCHMARKS.md). `malloc_trim(0)` gives
-//! back every whole free page of every heap. Envoy does the same on a timer with tcmalloc
-//! (`memory_release_interval`).
+//! back every whole free page of every heap. Envoy does the same on a timer with tcmalloc (its
+//! bootstrap's `memory_allocator_manager.memory_release_interval`).
 
 use std::time::Duration;
 
