@@ -38,6 +38,11 @@ cargo run --quiet -- policy fmt --check policies
 cargo run --quiet -- policy test policies
 
 step "bench helpers' unit tests (python3 -m unittest)"
+if ! command -v python3 >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing python3 (apt-get)"
+  DEBIAN_FRONTEND=noninteractive apt-get update >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y python3 >/dev/null
+fi
 PYTHONDONTWRITEBYTECODE=1 python3 -m unittest discover -s bench -p 'test_*.py'
 
 step "fuzz targets build on the stable toolchain"
