@@ -4,9 +4,11 @@
 //!
 //! The request path never blocks on it: each decision's line is written (from borrowed parts,
 //! [`warden_policy::DecisionLine`]) on the request's own thread and appended to one shared
-//! buffer; a writer thread takes the whole buffer at once and writes it, batching about
-//! [`BATCH_INTERVAL`] of lines per write. Nothing is allocated per field or freed on another
-//! thread. When the writer falls behind and [`MAX_PENDING_BYTES`] are waiting, lines are dropped
+//! buffer; a writer thread takes the whole buffer at once and writes it, batching up to
+//! [`BATCH_INTERVAL`] of lines, or [`BATCH_BYTES`] of them when they come faster, per write (so
+//! under load the two buffers stay near [`BATCH_BYTES`] rather than growing with the rate and
+//! with how late the writer thread gets a CPU). Nothing is allocated per field or freed on
+//! another thread. When the writer falls behind and [`MAX_PENDING_BYTES`] are waiting, lines are dropped
 //! and counted. When the last handle is dropped, the writer writes what is pending and ends, and
 //! the drop waits for it, so a clean shutdown loses no line.
 
@@ -16,18 +18,21 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crate::config::{DecisionLogConfig, LogTarget};
 use crate::metrics::Metrics;
 
 /// Most bytes of lines waiting for the writer; past it lines are dropped (and counted).
 const MAX_PENDING_BYTES: usize = 4 * 1024 * 1024;
-/// How long the writer waits between batches while lines keep coming.
-const BATCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
+/// How long the writer lets lines gather before it writes them (at most: see [`BATCH_BYTES`]).
+const BATCH_INTERVAL: Duration = Duration::from_millis(10);
+/// Bytes of waiting lines that wake the writer before [`BATCH_INTERVAL`] is up.
+const BATCH_BYTES: usize = 128 * 1024;
 /// Writer buffer size.
 const BUFFER_BYTES: usize = 64 * 1024;
 /// A batch buffer that grew past this (a burst) is not kept for the next batch.
-const KEEP_BATCH_CAPACITY: usize = 1024 * 1024;
+const KEEP_BATCH_CAPACITY: usize = 4 * BATCH_BYTES;
 
 /// A handle to append lines for the writer; cheap to clone. The writer ends when the last
 /// handle is dropped.
@@ -119,9 +124,8 @@ impl DecisionLog {
             .unwrap_or_else(PoisonError::into_inner)
             .append(line);
         match appended {
-            // The writer sleeps on the condition only when nothing was pending.
-            Some(true) => pending.wake.notify_one(),
-            Some(false) => {}
+            Some(Appended::Wake) => pending.wake.notify_one(),
+            Some(Appended::Quiet) => {}
             None => self.inner.metrics.decision_log_dropped(),
         }
     }
@@ -129,16 +133,29 @@ impl DecisionLog {
 
 // === impl PendingState ===
 
+/// What appending a line asks of the writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Appended {
+    /// Wake it: it waits for a first line, or for [`BATCH_BYTES`], and this line is one of those.
+    Wake,
+    /// It is gathering, or already awake.
+    Quiet,
+}
+
 impl PendingState {
-    /// Appends `line` unless that would pass [`MAX_PENDING_BYTES`]; `Some(was_empty)` when
-    /// appended.
-    fn append(&mut self, line: &[u8]) -> Option<bool> {
-        if self.lines.len() + line.len() > MAX_PENDING_BYTES {
+    /// Appends `line` unless that would pass [`MAX_PENDING_BYTES`] (then `None`).
+    fn append(&mut self, line: &[u8]) -> Option<Appended> {
+        let before = self.lines.len();
+        if before + line.len() > MAX_PENDING_BYTES {
             return None;
         }
-        let was_empty = self.lines.is_empty();
         self.lines.extend_from_slice(line);
-        Some(was_empty)
+        // A notify is a system call: only on the two lines the writer can be waiting for.
+        if before == 0 || (before < BATCH_BYTES && self.lines.len() >= BATCH_BYTES) {
+            Some(Appended::Wake)
+        } else {
+            Some(Appended::Quiet)
+        }
     }
 }
 
@@ -165,9 +182,10 @@ impl Drop for Handle {
     }
 }
 
-/// Writes pending lines until the log is closed and nothing is pending. While lines keep coming
-/// it takes them every [`BATCH_INTERVAL`] (one write and flush per batch, no wake-up per line);
-/// when nothing is pending it sleeps until a line arrives.
+/// Writes pending lines until the log is closed and nothing is pending. When nothing is pending
+/// it sleeps until a line arrives; then it lets lines gather for [`BATCH_INTERVAL`], or until
+/// [`BATCH_BYTES`] are waiting, and takes them all (one write and flush per batch, no wake-up per
+/// line).
 fn writer(mut sink: Sink, pending: &Pending) {
     let mut batch: Vec<u8> = Vec::new();
     loop {
@@ -178,6 +196,17 @@ fn writer(mut sink: Sink, pending: &Pending) {
                     .wake
                     .wait(state)
                     .unwrap_or_else(PoisonError::into_inner);
+            }
+            let gathered = Instant::now() + BATCH_INTERVAL;
+            while state.lines.len() < BATCH_BYTES && !state.closed {
+                let Some(left) = gathered.checked_duration_since(Instant::now()) else {
+                    break;
+                };
+                state = pending
+                    .wake
+                    .wait_timeout(state, left)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
             }
             if state.lines.is_empty() {
                 break;
@@ -191,7 +220,6 @@ fn writer(mut sink: Sink, pending: &Pending) {
         if batch.capacity() > KEEP_BATCH_CAPACITY {
             batch = Vec::new();
         }
-        std::thread::sleep(BATCH_INTERVAL);
     }
     let _ = sink.flush();
 }
@@ -414,18 +442,39 @@ mod tests {
     #[test]
     fn lines_beyond_the_pending_limit_are_refused_whole() {
         let mut state = PendingState::default();
-        assert_eq!(state.append(b"a\n"), Some(true));
-        assert_eq!(state.append(b"b\n"), Some(false));
+        assert_eq!(state.append(b"a\n"), Some(Appended::Wake));
+        assert_eq!(state.append(b"b\n"), Some(Appended::Quiet));
         let filler = vec![b'x'; MAX_PENDING_BYTES - 3];
         assert_eq!(state.append(&filler), None, "one byte too many");
         assert_eq!(
             state.append(&filler[1..]),
-            Some(false),
-            "exactly at the limit"
+            Some(Appended::Wake),
+            "exactly at the limit (and past the batch size)"
         );
         assert_eq!(state.lines.len(), MAX_PENDING_BYTES);
         assert_eq!(state.append(b"c\n"), None);
         assert!(state.lines.starts_with(b"a\nb\nx"));
+    }
+
+    #[test]
+    fn the_writer_is_woken_by_the_first_line_and_by_the_line_that_fills_a_batch_only() {
+        let mut state = PendingState::default();
+        assert_eq!(state.append(b"a\n"), Some(Appended::Wake), "first line");
+        let almost = vec![b'x'; BATCH_BYTES - 3];
+        assert_eq!(
+            state.append(&almost),
+            Some(Appended::Quiet),
+            "one byte short"
+        );
+        assert_eq!(
+            state.append(b"b\n"),
+            Some(Appended::Wake),
+            "fills the batch"
+        );
+        assert_eq!(state.append(b"c\n"), Some(Appended::Quiet), "past it");
+        // The writer took the batch: the next line starts a new one.
+        state.lines.clear();
+        assert_eq!(state.append(b"d\n"), Some(Appended::Wake));
     }
 
     #[test]
