@@ -13,6 +13,9 @@ import sys
 
 PAIRS = ["direct", "haproxy", "envoy", "warden"]
 ONEHOP = ["direct", "haproxy", "envoy", "nginx", "warden"]
+# The fixed-rate runs also measure the relay floor: two HAProxy `mode tcp` relays, no TLS.
+RATE_PATHS = PAIRS + ["relay"]
+LABELS = {"relay": "relay floor (2 plaintext TCP relays)"}
 DEADLINE = "aborted due to deadline"
 SIDECARS = ["warden-in", "warden-out", "haproxy-in", "haproxy-out", "envoy-in", "envoy-out"]
 
@@ -154,7 +157,7 @@ def main(res):
     o1 = collect(rounds, lambda r, k: parse_oha(f"{r}/oha-h1-{k}.json"))(ONEHOP)
     o2 = collect(rounds, lambda r, k: parse_oha(f"{r}/oha-h2-{k}.json"))(ONEHOP)
     hs = collect(rounds, lambda r, k: parse_oha(f"{r}/hs-{k}.json"))(ONEHOP)
-    fr = collect(rounds, lambda r, k: parse_oha(f"{r}/rate-{k}.json"))(PAIRS)
+    fr = collect(rounds, lambda r, k: parse_oha(f"{r}/rate-{k}.json"))(RATE_PATHS)
 
     meta = open(os.path.join(res, "meta.txt")).read() if os.path.exists(os.path.join(res, "meta.txt")) else ""
     print(f"## Sidecar benchmark: {len(rounds)} interleaved rounds, medians\n")
@@ -181,19 +184,20 @@ def main(res):
     print("| path | p50 | p99 | added p50 vs direct | added p99 vs direct | achieved req/s | errors |")
     print("|---|---|---|---|---|---|---|")
     d = fr.get("direct")
-    for n in PAIRS:
+    for n in RATE_PATHS:
         v = fr.get(n)
+        label = LABELS.get(n, n)
         if not v:
-            print(f"| {n} | not measured | | | | | |")
+            print(f"| {label} | not measured | | | | | |")
             continue
         add50 = fmt_ms(v["p50"] - d["p50"]) if d and n != "direct" else "—"
         add99 = fmt_ms(v["p99"] - d["p99"]) if d and n != "direct" else "—"
-        print(f"| {n} | {fmt_ms(v['p50'])} | {fmt_ms(v['p99'])} | {add50} | {add99} | {fmt_rps(v['rps'])} | {v['errors']} |")
+        print(f"| {label} | {fmt_ms(v['p50'])} | {fmt_ms(v['p99'])} | {add50} | {add99} | {fmt_rps(v['rps'])} | {v['errors']} |")
 
     # CPU per request at the fixed rate: both proxies of a pair (direct: the backend alone).
     cpu = {}
     for r in rounds:
-        reqs = {k: parse_oha(f"{r}/rate-{k}.json") for k in PAIRS}
+        reqs = {k: parse_oha(f"{r}/rate-{k}.json") for k in RATE_PATHS}
         try:
             for l in open(f"{r}/cpu.txt"):
                 k, ticks, hz = l.split()
@@ -208,9 +212,10 @@ def main(res):
         print("\n### CPU time per request at the fixed rate (user + system, all threads)\n")
         print("| path | µs per request (median over rounds) | × HAProxy pair | × Envoy pair |")
         print("|---|---|---|---|")
-        for n in PAIRS:
+        for n in RATE_PATHS:
             v = median(cpu.get(n, []))
-            what = "backend alone" if n == "direct" else "both proxies of the pair"
+            what = {"direct": "backend alone", "relay": "two plaintext TCP relays"}.get(n, "both proxies of the pair")
+            n = "relay floor" if n == "relay" else n
             hv, ev = median(cpu.get("haproxy", [])), median(cpu.get("envoy", []))
             print(f"| {n} ({what}) | {'—' if v is None else f'{v:.0f}'} | {ratio(v, hv)} | {ratio(v, ev)} |")
 
@@ -265,9 +270,10 @@ def main(res):
             None if not (w and h) else w >= h)
     w, e = g(hs, "warden", "rps"), g(hs, "envoy", "rps")
     row("handshakes/s ≥ Envoy's", f"{ratio(w, e)} ({fmt_rps(w)} vs {fmt_rps(e)} /s)", None if not (w and e) else w >= e)
-    w, dd = g(fr, "warden", "p50"), g(fr, "direct", "p50")
+    w, dd, fl = g(fr, "warden", "p50"), g(fr, "direct", "p50"), g(fr, "relay", "p50")
+    floor = f" (relay floor {fmt_ms(fl - dd)})" if fl is not None and dd is not None else ""
     row("< 100 µs added p50 at a fixed 1,000 req/s (pair vs direct)",
-        fmt_ms(w - dd) if w is not None and dd is not None else "—",
+        (fmt_ms(w - dd) + floor) if w is not None and dd is not None else "—",
         None if w is None or dd is None else (w - dd) < 0.1)
     for k in ("warden-in", "warden-out"):
         v = col(k, 0)

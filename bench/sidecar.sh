@@ -135,8 +135,8 @@ cat "$W/peers-up.log" >&2
 echo "(cd PEERS_COPY && ENVOY=$ENVOY ./up.sh)" >> "$RESULTS/commands.txt"
 
 # ---- the Warden mesh: CA, agent, entries, policies, two sidecars ---------------------------------
-read -r P_CA P_CAHTTP P_AGENT P_IN P_OUT1 P_OUT2 P_ADM_IN P_ADM_OUT < <(free_ports 8)
-OUR_PORTS="$P_CA $P_CAHTTP $P_AGENT $P_IN $P_OUT1 $P_OUT2 $P_ADM_IN $P_ADM_OUT"
+read -r P_CA P_CAHTTP P_AGENT P_IN P_OUT1 P_OUT2 P_ADM_IN P_ADM_OUT P_RELAY1 P_RELAY2 < <(free_ports 10)
+OUR_PORTS="$P_CA $P_CAHTTP $P_AGENT $P_IN $P_OUT1 $P_OUT2 $P_ADM_IN $P_ADM_OUT $P_RELAY1 $P_RELAY2"
 say "starting the Warden mesh (CA :$P_CA, agent, inbound :$P_IN, outbound :$P_OUT1 h1 / :$P_OUT2 h2c)"
 "$WARDEN_BIN" ca init --trust-domain example.org --data-dir "$M/ca" > "$M/ca-init.log" 2>&1 \
   || { cat "$M/ca-init.log" >&2; die "warden ca init failed"; }
@@ -245,6 +245,21 @@ PID_OUT=$!
 wait_for "the inbound sidecar (/readyz)" 30 ready "$P_ADM_IN"
 wait_for "the outbound sidecar (/readyz)" 30 ready "$P_ADM_OUT"
 
+# ---- the relay floor: what any pair of proxy processes adds on this machine ----------------------
+# Two HAProxy processes copying bytes (`mode tcp`: no TLS, no HTTP parsing, no policy) chained in
+# front of the backend, measured only in the fixed-rate latency runs: the latency two process hops
+# cost here before a proxy does any work of its own.
+relay_cfg() { # LISTEN UPSTREAM
+  printf 'global\n    nbthread 1\ndefaults\n    mode tcp\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\nlisten relay\n    bind 127.0.0.1:%s\n    server next 127.0.0.1:%s\n' "$1" "$2"
+}
+relay_cfg "$P_RELAY2" 8080 > "$M/relay-in.cfg"
+relay_cfg "$P_RELAY1" "$P_RELAY2" > "$M/relay-out.cfg"
+start relay-in haproxy -db -f "$M/relay-in.cfg"
+PID_RELAY_IN=$!
+start relay-out haproxy -db -f "$M/relay-out.cfg"
+PID_RELAY_OUT=$!
+wait_for "the relay floor (two HAProxy tcp relays)" 10 curl -sf -m 2 -o /dev/null "http://127.0.0.1:$P_RELAY1/"
+
 # ---- sanity: every path answers, and the Warden pair really enforces ----------------------------
 code() { curl -s -m 5 -o /dev/null -w '%{http_code}' "$@"; }
 expect() { # WHAT WANT CURL-ARGS...
@@ -310,6 +325,7 @@ if [ "$HOLD" = 1 ]; then
     echo "WARDEN_PAIR_H1=http://127.0.0.1:$P_OUT1/ WARDEN_PAIR_H2C=http://127.0.0.1:$P_OUT2/"
     echo "WARDEN_INBOUND=https://localhost:$P_IN/ WARDEN_ADMIN_IN=http://127.0.0.1:$P_ADM_IN/ WARDEN_ADMIN_OUT=http://127.0.0.1:$P_ADM_OUT/"
     echo "CLIENT_SVID_DIR=$SVID PEERS_DIR=$W/peers WORK_DIR=$W"
+    echo "RELAY=http://127.0.0.1:$P_RELAY1/ RELAY_PIDS=\"$PID_RELAY_IN $PID_RELAY_OUT\""
   } > "$RESULTS/hold.env"
   say "HOLD=1: everything is up ($RESULTS/hold.env); Ctrl-C or SIGTERM stops it"
   cat "$RESULTS/hold.env" >&2
@@ -345,14 +361,15 @@ for r in $(seq 1 "$ROUNDS"); do
     oha_run "$R/hs-${t%%=*}.json" "${t%%=*}" --disable-keepalive -c 16 "${t#*=}"
   done
 
-  # Added latency at a fixed rate, through each pair (HTTP/1.1, keep-alive), and the CPU time
-  # both proxies of the pair used for it (direct: the backend's own).
-  for t in $PAIRS; do
+  # Added latency at a fixed rate, through each pair and the relay floor (HTTP/1.1, keep-alive),
+  # and the CPU time both proxies of the pair used for it (direct: the backend's own).
+  for t in $PAIRS "relay=http://127.0.0.1:$P_RELAY1/"; do
     u=${t#*=}
     n=${t%%=*}
     case $n in
       direct) pids=("$BACKEND_PID") ;;
       warden) pids=("$PID_IN" "$PID_OUT") ;;
+      relay) pids=("$PID_RELAY_IN" "$PID_RELAY_OUT") ;;
       *) pids=("$(cat "$W/peers/$n-in.pid")" "$(cat "$W/peers/$n-out.pid")") ;;
     esac
     t0=$(cpu_ticks "${pids[@]}")
