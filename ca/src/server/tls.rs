@@ -83,6 +83,8 @@ pub(crate) fn server_config(
         .with_client_cert_verifier(Arc::new(verifier))
         .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec()];
+    // Our suite order (`warden_identity::tls::CIPHER_SUITES`), whatever the client prefers.
+    config.ignore_client_order = true;
     Ok(Arc::new(config))
 }
 

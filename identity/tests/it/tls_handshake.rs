@@ -27,6 +27,8 @@ struct Outcome {
     server: Result<SpiffeId, String>,
     /// The server's SPIFFE ID as the client saw it, or the client's error.
     client: Result<SpiffeId, String>,
+    /// The cipher suite the server negotiated, when its handshake completed.
+    suite: Option<rustls::CipherSuite>,
 }
 
 /// The message of a failed handshake: the verifier's own error when there is one.
@@ -59,13 +61,14 @@ async fn handshake(server: rustls::ServerConfig, client: rustls::ClientConfig) -
     let server_task = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.map_err(|e| e.to_string())?;
         let mut tls = acceptor.accept(tcp).await.map_err(describe)?;
+        let suite = tls.get_ref().1.negotiated_cipher_suite().map(|s| s.suite());
         let peer = peer_spiffe_id(tls.get_ref().1.peer_certificates().unwrap_or_default())
             .ok_or_else(|| "no peer spiffe id".to_owned())?;
         let mut byte = [0u8; 1];
         tls.read_exact(&mut byte).await.map_err(|e| e.to_string())?;
         tls.write_all(&byte).await.map_err(|e| e.to_string())?;
         tls.shutdown().await.map_err(|e| e.to_string())?;
-        Ok::<_, String>(peer)
+        Ok::<_, String>((peer, suite))
     });
     let connector = TlsConnector::from(Arc::new(client));
     let client = async {
@@ -87,7 +90,12 @@ async fn handshake(server: rustls::ServerConfig, client: rustls::ClientConfig) -
         .await
         .expect("server finished in time")
         .unwrap();
-    Outcome { server, client }
+    let suite = server.as_ref().ok().and_then(|(_, suite)| *suite);
+    Outcome {
+        server: server.map(|(peer, _)| peer),
+        client,
+        suite,
+    }
 }
 
 fn resolver(svid: &X509Svid) -> Arc<SvidCertResolver> {
@@ -115,6 +123,29 @@ fn configs(
     (server, client)
 }
 
+/// A server and a client SVID of one CA (trust domain `a.org`), and its bundle.
+fn one_ca() -> (X509Svid, X509Svid, BundleSet) {
+    let ca = TestCa::new("a.org");
+    let server_svid = ca.issue_svid(&id(SERVER), HOUR);
+    let client_svid = ca.issue_svid(&id(CLIENT), HOUR);
+    (server_svid, client_svid, TestCa::bundle_set(&[&ca]))
+}
+
+/// Our server and client configs, each accepting any SVID the bundles trust.
+fn any_trusted(
+    server_svid: &X509Svid,
+    client_svid: &X509Svid,
+    bundles: &BundleSet,
+) -> (rustls::ServerConfig, rustls::ClientConfig) {
+    configs(
+        server_svid,
+        Some(client_svid),
+        bundles.clone(),
+        Authorize::AnyTrusted,
+        Authorize::AnyTrusted,
+    )
+}
+
 fn td(name: &str) -> TrustDomain {
     TrustDomain::new(name).unwrap()
 }
@@ -138,30 +169,86 @@ async fn mutual_tls_accepts_valid_svids_and_returns_both_peer_ids() {
 
 #[tokio::test]
 async fn tls12_handshake_also_verifies_svids() {
-    let ca = TestCa::new("a.org");
-    let server_svid = ca.issue_svid(&id(SERVER), HOUR);
-    let client_svid = ca.issue_svid(&id(CLIENT), HOUR);
-    let bundles = TestCa::bundle_set(&[&ca]);
-    let (s, _) = configs(
-        &server_svid,
-        Some(&client_svid),
-        bundles.clone(),
-        Authorize::AnyTrusted,
-        Authorize::AnyTrusted,
+    let (server_svid, client_svid, bundles) = one_ca();
+    let (s, _) = any_trusted(&server_svid, &client_svid, &bundles);
+    let c = client_with(
+        warden_identity::crypto_provider(),
+        &rustls::version::TLS12,
+        &client_svid,
+        bundles,
     );
+    let outcome = handshake(s, c).await;
+    assert_eq!(outcome.server, Ok(id(CLIENT)));
+    assert_eq!(outcome.client, Ok(id(SERVER)));
+}
+
+/// A client config of `provider` for one protocol version, presenting `client_svid` and
+/// accepting any server SVID the bundles trust.
+fn client_with(
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    version: &'static rustls::SupportedProtocolVersion,
+    client_svid: &X509Svid,
+    bundles: BundleSet,
+) -> rustls::ClientConfig {
     let verifier = Arc::new(warden_identity::SpiffeServerCertVerifier::new(
         source(bundles),
         Authorize::AnyTrusted,
     ));
-    let c = rustls::ClientConfig::builder_with_provider(warden_identity::crypto_provider())
-        .with_protocol_versions(&[&rustls::version::TLS12])
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[version])
         .unwrap()
         .dangerous()
         .with_custom_certificate_verifier(verifier)
-        .with_client_cert_resolver(resolver(&client_svid));
+        .with_client_cert_resolver(resolver(client_svid))
+}
+
+/// A client config with rustls's own ring provider, whose suite order puts AES-256-GCM first.
+fn client_preferring_aes256(
+    client_svid: &X509Svid,
+    bundles: BundleSet,
+    version: &'static rustls::SupportedProtocolVersion,
+) -> rustls::ClientConfig {
+    let provider = rustls::crypto::ring::default_provider();
+    assert_eq!(
+        provider.cipher_suites[0].suite(),
+        rustls::CipherSuite::TLS13_AES_256_GCM_SHA384,
+        "the client this test needs"
+    );
+    client_with(Arc::new(provider), version, client_svid, bundles)
+}
+
+#[tokio::test]
+async fn server_picks_aes_128_gcm_over_a_client_preferring_aes_256() {
+    let (server_svid, client_svid, bundles) = one_ca();
+    for (version, want) in [
+        (
+            &rustls::version::TLS13,
+            rustls::CipherSuite::TLS13_AES_128_GCM_SHA256,
+        ),
+        (
+            &rustls::version::TLS12,
+            rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        ),
+    ] {
+        let (s, _) = any_trusted(&server_svid, &client_svid, &bundles);
+        let c = client_preferring_aes256(&client_svid, bundles.clone(), version);
+        let outcome = handshake(s, c).await;
+        assert_eq!(outcome.server, Ok(id(CLIENT)));
+        assert_eq!(outcome.suite, Some(want), "{version:?}");
+    }
+}
+
+#[tokio::test]
+async fn our_client_offers_aes_128_gcm_first() {
+    let (server_svid, client_svid, bundles) = one_ca();
+    let (mut s, c) = any_trusted(&server_svid, &client_svid, &bundles);
+    // A server that follows the client's order.
+    s.ignore_client_order = false;
     let outcome = handshake(s, c).await;
-    assert_eq!(outcome.server, Ok(id(CLIENT)));
-    assert_eq!(outcome.client, Ok(id(SERVER)));
+    assert_eq!(
+        outcome.suite,
+        Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+    );
 }
 
 #[tokio::test]

@@ -13,8 +13,9 @@ use crate::config::Protocol;
 use crate::metrics::HandshakeFailure;
 
 /// TLS 1.3 (and 1.2 when `tls12`), ring, a client SVID required and verified against the live
-/// bundles (any trusted SPIFFE ID: Cedar decides), ALPN `h2` + `http/1.1` for HTTP. Session
-/// resumption is off, so every connection verifies the client's current certificate.
+/// bundles (any trusted SPIFFE ID: Cedar decides), ALPN `h2` + `http/1.1` for HTTP, the cipher
+/// suite chosen in [`warden_identity::tls::CIPHER_SUITES`] order. Session resumption is off, so
+/// every connection verifies the client's current certificate.
 pub(crate) fn server_config(
     resolver: Arc<SvidCertResolver>,
     bundles: Arc<dyn BundleSource>,
@@ -37,6 +38,8 @@ pub(crate) fn server_config(
             .with_cert_resolver(resolver);
     config.session_storage = Arc::new(NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
+    // Our suite order (AES-128-GCM first), whatever the client prefers.
+    config.ignore_client_order = true;
     if protocol == Protocol::Http {
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     }
@@ -149,6 +152,90 @@ mod tests {
             classify(&std::io::Error::other("reset")),
             HandshakeFailure::Other
         );
+    }
+
+    /// Moves what `from` has to send into `to`; whether there was anything.
+    fn transfer<A, B>(
+        from: &mut rustls::ConnectionCommon<A>,
+        to: &mut rustls::ConnectionCommon<B>,
+    ) -> bool {
+        let mut moved = false;
+        while from.wants_write() {
+            let mut buf = Vec::new();
+            from.write_tls(&mut buf).unwrap();
+            let mut rd = &buf[..];
+            while !rd.is_empty() {
+                to.read_tls(&mut rd).unwrap();
+                to.process_new_packets().unwrap();
+            }
+            moved = true;
+        }
+        moved
+    }
+
+    /// Runs a handshake between `client` and `server` in memory; the suite the server chose.
+    fn negotiate(
+        client: rustls::ClientConfig,
+        server: rustls::ServerConfig,
+    ) -> Option<rustls::CipherSuite> {
+        let name = rustls::pki_types::ServerName::try_from("backend.invalid").unwrap();
+        let mut client = rustls::ClientConnection::new(Arc::new(client), name).unwrap();
+        let mut server = ServerConnection::new(Arc::new(server)).unwrap();
+        while client.is_handshaking() || server.is_handshaking() {
+            let sent = transfer(&mut client, &mut server);
+            let answered = transfer(&mut server, &mut client);
+            assert!(sent || answered, "handshake stalled");
+        }
+        server.negotiated_cipher_suite().map(|s| s.suite())
+    }
+
+    #[test]
+    fn inbound_picks_aes_128_gcm_over_a_client_preferring_aes_256() {
+        use warden_identity::test_util::TestCa;
+        use warden_identity::{SharedBundles, SpiffeId, SvidCertResolver};
+        let ca = TestCa::new("example.org");
+        let hour = std::time::Duration::from_secs(3600);
+        let id = |s: &str| s.parse::<SpiffeId>().unwrap();
+        let server_svid = ca.issue_svid(&id("spiffe://example.org/backend"), hour);
+        let client_svid = ca.issue_svid(&id("spiffe://example.org/client"), hour);
+        let bundles: Arc<dyn BundleSource> =
+            Arc::new(SharedBundles::new(TestCa::bundle_set(&[&ca])));
+        let resolver = |svid| Arc::new(SvidCertResolver::from_svid(svid).unwrap());
+        for (version, want) in [
+            (
+                &rustls::version::TLS13,
+                rustls::CipherSuite::TLS13_AES_128_GCM_SHA256,
+            ),
+            (
+                &rustls::version::TLS12,
+                rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            ),
+        ] {
+            let server = server_config(
+                resolver(&server_svid),
+                Arc::clone(&bundles),
+                true,
+                Protocol::Http,
+            )
+            .unwrap();
+            // rustls's own ring provider lists AES-256-GCM first.
+            let provider = rustls::crypto::ring::default_provider();
+            assert_eq!(
+                provider.cipher_suites[0].suite(),
+                rustls::CipherSuite::TLS13_AES_256_GCM_SHA384
+            );
+            let verifier = Arc::new(warden_identity::SpiffeServerCertVerifier::new(
+                Arc::clone(&bundles),
+                Authorize::AnyTrusted,
+            ));
+            let client = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+                .with_protocol_versions(&[version])
+                .unwrap()
+                .dangerous()
+                .with_custom_certificate_verifier(verifier)
+                .with_client_cert_resolver(resolver(&client_svid));
+            assert_eq!(negotiate(client, server), Some(want), "{version:?}");
+        }
     }
 
     #[test]
