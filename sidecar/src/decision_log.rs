@@ -8,9 +8,9 @@
 //! [`BATCH_INTERVAL`] of lines, or [`BATCH_BYTES`] of them when they come faster, per write (so
 //! under load the two buffers stay near [`BATCH_BYTES`] rather than growing with the rate and
 //! with how late the writer thread gets a CPU). Nothing is allocated per field or freed on
-//! another thread. When the writer falls behind and [`MAX_PENDING_BYTES`] are waiting, lines are dropped
-//! and counted. When the last handle is dropped, the writer writes what is pending and ends, and
-//! the drop waits for it, so a clean shutdown loses no line.
+//! another thread. When the writer falls behind and [`MAX_PENDING_BYTES`] are waiting, lines
+//! are dropped and counted. When the last handle is dropped, the writer writes what is pending
+//! and ends, and the drop waits for it, so a clean shutdown loses no line.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
