@@ -1,4 +1,6 @@
-//! Handing freed heap memory back to the kernel, for `warden sidecar run`.
+//! Handing memory the sidecar no longer uses back to the kernel, for `warden sidecar run`:
+//! freed heap pages every few seconds, and the code pages it ran only to start (or once since)
+//! every minute (`code_pages`).
 //!
 //! glibc's allocator returns memory to the kernel only from the top of a heap: what is freed
 //! in the middle stays resident, so a sidecar's private memory ratchets up to the most it ever
@@ -7,10 +9,33 @@
 //! back every whole free page of every heap. Envoy does the same on a timer with tcmalloc (its
 //! bootstrap's `memory_allocator_manager.memory_release_interval`).
 
+mod code_pages;
+
 use std::time::Duration;
 
-/// How often `warden sidecar run` hands freed memory back.
+/// How often `warden sidecar run` hands freed heap memory back.
 pub(crate) const RELEASE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Code pages are let go on the first release (the sidecar has started by then) and on every
+/// this-many-th after it (once a minute): what a sidecar runs under any load it sees is back
+/// within microseconds, so doing it more often would only add page faults.
+const CODE_RELEASE_EVERY: u64 = 12;
+
+/// What `warden sidecar run` gives back on release number `tick` (0, 1, 2, …): freed heap
+/// memory every time, the mappings of code and read-only data on the first and every
+/// `CODE_RELEASE_EVERY`-th. True if anything was released.
+pub(crate) fn release_unused_memory(tick: u64) -> bool {
+    let heap = release_free_memory();
+    let code_kb = if releases_code(tick) {
+        code_pages::release_code_pages()
+    } else {
+        0
+    };
+    if code_kb > 0 {
+        tracing::debug!(code_kb, "released the mappings of code not run recently");
+    }
+    heap || code_kb > 0
+}
 
 /// Returns every whole free page of every heap to the kernel; true if any memory was released.
 /// Does nothing (false) where the C library is not glibc.
@@ -30,14 +55,23 @@ pub(crate) fn release_free_memory() -> bool {
     }
 }
 
-/// Calls `release` every `interval` (not at once) on a blocking thread — trimming walks every
-/// heap's free chunks under its lock, which must not stall the worker — until the runtime stops.
-pub(crate) async fn release_periodically(interval: Duration, release: fn() -> bool) {
+/// Whether release number `tick` lets go of code pages too.
+fn releases_code(tick: u64) -> bool {
+    tick % CODE_RELEASE_EVERY == 0
+}
+
+/// Calls `release(0)`, `release(1)`, … every `interval` (not at once) on a blocking thread —
+/// trimming walks every heap's free chunks under its lock and reads the process's memory map,
+/// which must not stall the worker — until the runtime stops.
+pub(crate) async fn release_periodically(interval: Duration, release: fn(u64) -> bool) {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    for n in 0.. {
         tick.tick().await;
-        if tokio::task::spawn_blocking(release).await.is_err() {
+        if tokio::task::spawn_blocking(move || release(n))
+            .await
+            .is_err()
+        {
             return;
         }
     }
@@ -87,10 +121,23 @@ mod tests {
         assert!(kept.iter().all(|b| b.len() == 1024));
     }
 
-    static CALLS: AtomicUsize = AtomicUsize::new(0);
+    #[test]
+    fn code_pages_go_on_the_first_release_and_then_once_a_minute() {
+        let code: Vec<u64> = (0..40).filter(|t| releases_code(*t)).collect();
+        assert_eq!(code, vec![0, 12, 24, 36]);
+        assert_eq!(
+            RELEASE_INTERVAL * CODE_RELEASE_EVERY as u32,
+            Duration::from_secs(60)
+        );
+    }
 
-    fn count() -> bool {
-        CALLS.fetch_add(1, Ordering::SeqCst);
+    static CALLS: AtomicUsize = AtomicUsize::new(0);
+    static LAST_TICK: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+    fn count(tick: u64) -> bool {
+        let n = CALLS.fetch_add(1, Ordering::SeqCst);
+        assert_eq!(tick, n as u64, "releases are numbered 0, 1, 2, … in order");
+        LAST_TICK.store(tick as usize, Ordering::SeqCst);
         true
     }
 
@@ -105,6 +152,11 @@ mod tests {
         );
         tokio::time::sleep(Duration::from_millis(10_200)).await;
         assert_eq!(CALLS.load(Ordering::SeqCst), 3, "5 s, 10 s and 15 s");
+        assert_eq!(
+            LAST_TICK.load(Ordering::SeqCst),
+            2,
+            "the third release is number 2"
+        );
         task.abort();
     }
 }

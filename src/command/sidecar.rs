@@ -165,10 +165,11 @@ fn run_sidecar(args: RunArgs) -> anyhow::Result<Exit> {
         builder.worker_threads(config.worker_threads());
     }
     let rt = builder.build()?;
-    // Freed heap memory back to the kernel every few seconds (src/memory.rs); ends with `rt`.
+    // Freed heap memory back to the kernel every few seconds, code run only to start every minute
+    // (src/memory.rs); ends with `rt`.
     rt.spawn(crate::memory::release_periodically(
         crate::memory::RELEASE_INTERVAL,
-        crate::memory::release_free_memory,
+        crate::memory::release_unused_memory,
     ));
     tracing::info!(config = %config.summary(), "starting sidecar");
     let result = rt.block_on(warden_sidecar::run(config, shutdown_signal()));
