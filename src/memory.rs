@@ -57,7 +57,7 @@ pub(crate) fn release_free_memory() -> bool {
 
 /// Whether release number `tick` lets go of code pages too.
 fn releases_code(tick: u64) -> bool {
-    tick % CODE_RELEASE_EVERY == 0
+    tick.is_multiple_of(CODE_RELEASE_EVERY)
 }
 
 /// Calls `release(0)`, `release(1)`, … every `interval` (not at once) on a blocking thread —

@@ -81,16 +81,16 @@ fn mapping_header(line: &str) -> Option<(Range<usize>, bool)> {
     let (start, end) = fields.next()?.split_once('-')?;
     let start = usize::from_str_radix(start, 16).ok()?;
     let end = usize::from_str_radix(end, 16).ok()?;
-    let perms = fields.next()?.as_bytes();
+    let &[read, write, _exec, share] = fields.next()?.as_bytes() else {
+        return None;
+    };
     let (_offset, _dev, _inode) = (fields.next()?, fields.next()?, fields.next()?);
-    if perms.len() != 4 || start >= end {
+    if start >= end {
         return None;
     }
     let path = fields.next();
-    let allowed = perms[0] == b'r'
-        && perms[1] == b'-'
-        && perms[3] == b'p'
-        && path.is_some_and(|p| p.starts_with('/'));
+    let allowed =
+        read == b'r' && write == b'-' && share == b'p' && path.is_some_and(|p| p.starts_with('/'));
     Some((start..end, allowed))
 }
 
@@ -174,6 +174,9 @@ Anonymous:             0 kB
 7f1000000000-7f1000100000 r-xp 00028000 fe:00 42                         /usr/lib/libc.so.6
 Rss:                 936 kB
 Anonymous:             0 kB
+7f1000100000-7f1000101000 rw-p 0002f000 fe:00 42                         /usr/lib/libc.so.6
+Rss:                   4 kB
+Anonymous:             0 kB
 7f1000200000-7f1000300000 r--p 00000000 fe:00 43                         /usr/lib/libm.so.6
 Rss:                   0 kB
 Anonymous:             0 kB
@@ -206,7 +209,7 @@ Anonymous:             0 kB
                     rss_kb: 936
                 },
             ],
-            "relocated read-only data (anonymous pages), writable, shared, anonymous, \
+            "relocated read-only data (anonymous pages), writable (even unwritten), shared, anonymous, \
              [vdso] and non-resident mappings must all be left alone"
         );
     }
