@@ -42,7 +42,8 @@ pub(crate) fn release_unused_memory(tick: u64) -> bool {
 pub(crate) fn release_free_memory() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        // The one unsafe call in the workspace (root package lints: `unsafe_code = "deny"`).
+        // The first of the two unsafe calls in the workspace (root package lints:
+        // `unsafe_code = "deny"`; the other is `madvise` in src/memory/code_pages.rs).
         // SAFETY: `malloc_trim` has no preconditions: it takes the allocator's own locks and
         // only releases pages no allocation covers.
         #[allow(unsafe_code)]

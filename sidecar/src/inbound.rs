@@ -7,6 +7,7 @@ mod forward;
 mod h2;
 mod handshake;
 mod http;
+mod path;
 mod record;
 mod revoke;
 mod tcp;

@@ -292,11 +292,21 @@ fn duration(
     };
     let d = humantime::parse_duration(value)
         .map_err(|e| invalid(key, format!("`{value}` is not a duration like `10s`: {e}")))?;
-    if d.is_zero() {
-        return Err(invalid(key, "must be longer than zero".into()));
+    if !(MIN_DURATION..=MAX_DURATION).contains(&d) {
+        return Err(invalid(
+            key,
+            format!("`{value}` is outside the allowed range of 100ms to 7d"),
+        ));
     }
     Ok(d)
 }
+
+/// The shortest timeout a key takes: below it a connection could not finish a handshake, and
+/// timers derived from it (half the idle timeout) would be zero.
+const MIN_DURATION: Duration = Duration::from_millis(100);
+/// The longest: deadlines are computed as now + timeout, which must not overflow, and a
+/// connection with a week of silence is not idle-but-alive.
+const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 // === impl RawInbound ===
 

@@ -116,6 +116,13 @@ fn bad_values_name_their_key() {
     for (text, key) in [
         (format!("{MIN}[limits]\nidle_timeout = \"soon\"\n"), "limits.idle_timeout"),
         (format!("{MIN}[limits]\nhandshake_timeout = \"0s\"\n"), "limits.handshake_timeout"),
+        (format!("{MIN}[limits]\nidle_timeout = \"1ns\"\n"), "limits.idle_timeout"),
+        (format!("{MIN}[limits]\nidle_timeout = \"99ms\"\n"), "limits.idle_timeout"),
+        (format!("{MIN}[limits]\nidle_timeout = \"8days\"\n"), "limits.idle_timeout"),
+        (
+            format!("{MIN}[limits]\nhandshake_timeout = \"500000000years\"\n"),
+            "limits.handshake_timeout",
+        ),
         (format!("{MIN}[limits]\nmax_connections = 0\n"), "limits.max_connections"),
         (format!("{MIN}[limits]\nmax_connections = 5000000\n"), "limits.max_connections"),
         (format!("{MIN}[limits]\nmax_header_bytes = 100\n"), "limits.max_header_bytes"),

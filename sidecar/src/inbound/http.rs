@@ -4,6 +4,7 @@
 //! the app with the caller's identity in `x-forwarded-client-cert` (any such header the caller
 //! sent is removed first).
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -19,6 +20,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 
 use super::forward::{AppBody, AppError};
+use super::path;
 use super::record::{self, RequestParts, XFCC};
 use super::revoke;
 use super::{ConnInfo, Shared};
@@ -187,6 +189,23 @@ where
             response: Some(too_many_headers(grpc)),
         };
     }
+    // Policies decide on, and the app gets, one spelling of the path (see `path.rs`).
+    let normalized = match path::normalize(req.uri().path()) {
+        Ok(Cow::Borrowed(_)) => None,
+        Ok(Cow::Owned(normal)) => Some(normal),
+        Err(bad) => {
+            return Exchange::Answered {
+                response: Some(bad_request(&bad.to_string())),
+            };
+        }
+    };
+    if let Some(normal) = normalized
+        && let Err(bad) = set_path(&mut req, &normal)
+    {
+        return Exchange::Answered {
+            response: Some(bad_request(&bad)),
+        };
+    }
     // The caller never speaks for the sidecar: drop its XFCC before anything looks at it.
     req.headers_mut().remove(XFCC);
     let (decision, allowed, decision_id, line) = {
@@ -226,6 +245,7 @@ where
         allowed,
         label,
         line,
+        recorded: false,
     };
     Exchange::Pending {
         future: async move {
@@ -242,29 +262,48 @@ where
 }
 
 /// What is left of a decided request once the response is known: the decision log line and the
-/// metrics.
+/// metrics. Every decision is recorded once: by [`Done::finish`] with the response's status, or,
+/// when the exchange is dropped before that (the caller reset its stream or closed its
+/// connection, the connection timed out, the sidecar stopped), by `Drop` with no status.
 struct Done<'a> {
     shared: &'a Shared,
     start: Instant,
     allowed: bool,
     label: DecisionLabel,
     line: Vec<u8>,
+    recorded: bool,
 }
 
 impl Done<'_> {
     fn finish(mut self, response: Response<ProxyBody>) -> Response<ProxyBody> {
-        let latency = self.start.elapsed();
         let status = response.status().as_u16();
+        self.record(Some(status));
+        response
+    }
+
+    /// Completes and writes the line and counts the request; `status`: the response the caller
+    /// gets, `None` if it gets none. The line carries it as `upstream_status` only for an
+    /// allowed request (a denied one never reached the app).
+    fn record(&mut self, status: Option<u16>) {
+        if std::mem::replace(&mut self.recorded, true) {
+            return;
+        }
+        let latency = self.start.elapsed();
         warden_policy::finish_line(
             &mut self.line,
-            self.allowed.then_some(status),
+            status.filter(|_| self.allowed),
             record::micros(latency),
         );
         self.shared.log.push(&self.line);
         self.shared
             .metrics
-            .request(Direction::Inbound, self.label, Some(status), latency);
-        response
+            .request(Direction::Inbound, self.label, status, latency);
+    }
+}
+
+impl Drop for Done<'_> {
+    fn drop(&mut self) {
+        self.record(None);
     }
 }
 
@@ -304,6 +343,27 @@ fn denied(decision_id: &str, grpc: bool) -> Response<ProxyBody> {
         return grpc_status(GRPC_PERMISSION_DENIED, &message);
     }
     plain(StatusCode::FORBIDDEN, format!("{message}\n"))
+}
+
+/// 400 for a request the sidecar will not decide on (for gRPC too: clients read it as INTERNAL).
+fn bad_request(message: &str) -> Response<ProxyBody> {
+    plain(StatusCode::BAD_REQUEST, format!("{message}\n"))
+}
+
+/// Replaces `req`'s path with `path`, keeping its query, scheme and authority.
+fn set_path<B>(req: &mut Request<B>, path: &str) -> Result<(), String> {
+    let path_and_query = match req.uri().query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.path_and_query = Some(
+        http::uri::PathAndQuery::try_from(path_and_query)
+            .map_err(|e| format!("the normalized request path is not valid: {e}"))?,
+    );
+    *req.uri_mut() = http::Uri::from_parts(parts)
+        .map_err(|e| format!("the request target is not valid: {e}"))?;
+    Ok(())
 }
 
 /// 431 (gRPC: RESOURCE_EXHAUSTED) for a request with more headers than `limits.max_headers`.

@@ -402,3 +402,68 @@ async fn app_closing_without_an_answer_gets_503() {
         .unwrap();
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
 }
+
+/// A plaintext GET (permissive mode): the caller is `Mesh::Unauthenticated`, which the test
+/// policies let read `/public…` only.
+async fn plaintext_get(f: &Fixture, path: &str) -> (StatusCode, http::HeaderMap, String) {
+    let tcp = tokio::net::TcpStream::connect(f.inbound).await.unwrap();
+    send(hyper_util::rt::TokioIo::new(tcp), false, get(path))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn paths_are_normalized_before_the_decision_and_the_app_gets_the_normal_form() {
+    let f = Fixture::start(Options {
+        inbound_extra: r#"mtls = "permissive""#,
+        ..Options::default()
+    })
+    .await;
+    // Every spelling of /private is /private, though the raw text starts with /public.
+    for path in [
+        "/public/../private",
+        "/public/%2E%2E/private",
+        "/public/./../private",
+        "/public/.%2e/private",
+        "/public//../../private",
+    ] {
+        let (status, _, body) = plaintext_get(&f, path).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {body}");
+    }
+    assert_eq!(f.app.seen(), 0);
+    // Other spellings of /public… are allowed, and the app gets the normal form.
+    for (path, seen) in [
+        ("//public/a", "/public/a"),
+        ("/%70ublic/./a//b?x=%2e", "/public/a/b?x=%2e"),
+        ("/public/a/%2e%2E/b", "/public/b"),
+        ("/public/group%2fname", "/public/group%2Fname"),
+    ] {
+        let (status, headers, body) = plaintext_get(&f, path).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        assert_eq!(headers["x-seen-uri"], seen, "{path}");
+    }
+    // A malformed escape is refused before any decision and reaches nobody.
+    let (status, _, body) = plaintext_get(&f, "/public/%zz").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("percent-encoding"), "{body}");
+    assert_eq!(f.app.seen(), 4);
+    // The log shows each path as decided.
+    let records = f.decisions(9).await;
+    assert_eq!(records.len(), 9);
+    assert!(
+        records[..5].iter().all(|r| r.path == "/private"),
+        "{records:?}"
+    );
+    assert_eq!(records[6].path, "/public/a/b");
+    assert_eq!(records[6].query, "x=%2e");
+    // HTTP/2 (`:path`, with scheme and authority kept): the same.
+    let web = f.client(WEB_ID);
+    let (status, headers, body) = web
+        .request(f.inbound, get_h2("/x/../orders?id=1"))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let seen = headers["x-seen-uri"].to_str().unwrap();
+    assert!(seen.ends_with("/orders?id=1"), "{seen}");
+    assert_eq!(f.decisions(10).await[9].path, "/orders");
+}

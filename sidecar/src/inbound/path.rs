@@ -1,0 +1,196 @@
+//! The request path that policies decide on and the app receives: normalized first, so that one
+//! resource has one spelling. Without it, a `context.path like "/public/*"` permit would also
+//! let `/public/../admin`, `/public/%2E%2E/admin` or `//admin` through to an app that resolves
+//! them, and a `forbid` on `/admin*` would miss `/%61dmin` and `/./admin`.
+//!
+//! What is done (Envoy's `normalize_path` and `merge_slashes`, Istio's
+//! `NORMALIZE_AND_MERGE_SLASHES`):
+//! - percent-encoded unreserved characters (RFC 3986 §2.3: letters, digits, `-._~`) are decoded,
+//!   and the hex digits of every other escape are upper-cased (§6.2.2.1, .2);
+//! - runs of slashes become one;
+//! - `.` and `..` segments are removed (§5.2.4); `..` never climbs above the root.
+//!
+//! Escaped slashes and backslashes (`%2F`, `%5C`) stay escaped: they may be data (an object key,
+//! a repository `group%2Fname`), as Envoy keeps them by default. A malformed escape (`%`
+//! not followed by two hex digits) is refused. Paths that are not absolute (`*` of
+//! `OPTIONS *`, the authority form of `CONNECT`) are left as they are.
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// Why a path was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BadPath;
+
+impl fmt::Display for BadPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("malformed percent-encoding in the request path")
+    }
+}
+
+/// The normalized form of `path`; borrowed when it already is normal (the common case costs
+/// one scan and no allocation).
+pub(crate) fn normalize(path: &str) -> Result<Cow<'_, str>, BadPath> {
+    if !path.starts_with('/') || is_normal(path) {
+        return Ok(Cow::Borrowed(path));
+    }
+    let decoded = decode_unreserved(path)?;
+    Ok(Cow::Owned(remove_dot_segments(&decoded)))
+}
+
+/// No escapes, no empty segment but a trailing one, no `.` or `..` segment.
+fn is_normal(path: &str) -> bool {
+    if path.contains('%') {
+        return false;
+    }
+    let mut segments = path.split('/').skip(1).peekable();
+    while let Some(segment) = segments.next() {
+        let last = segments.peek().is_none();
+        if (segment.is_empty() && !last) || segment == "." || segment == ".." {
+            return false;
+        }
+    }
+    true
+}
+
+/// Decodes the escapes of unreserved characters, upper-cases the others' hex digits.
+fn decode_unreserved(path: &str) -> Result<String, BadPath> {
+    let mut out = String::with_capacity(path.len());
+    let mut rest = path;
+    while let Some(at) = rest.find('%') {
+        let (before, escape) = rest.split_at(at);
+        out.push_str(before);
+        // Exactly two hex digits (`from_str_radix` alone would take a leading `+`).
+        let hex = escape
+            .get(1..3)
+            .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+            .ok_or(BadPath)?;
+        let byte = u8::from_str_radix(hex, 16).map_err(|_| BadPath)?;
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push('%');
+            out.push_str(&hex.to_ascii_uppercase());
+        }
+        rest = escape.get(3..).unwrap_or("");
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// `path` (absolute) without empty, `.` and `..` segments; a trailing slash is kept when the
+/// last segment was empty, `.` or `..` (RFC 3986 §5.2.4: `/a/b/..` is `/a/`).
+fn remove_dot_segments(path: &str) -> String {
+    let mut kept: Vec<&str> = Vec::new();
+    let mut trailing_slash = false;
+    for segment in path.split('/').skip(1) {
+        trailing_slash = matches!(segment, "" | "." | "..");
+        match segment {
+            "" | "." => {}
+            ".." => {
+                kept.pop();
+            }
+            _ => kept.push(segment),
+        }
+    }
+    let mut out = String::with_capacity(path.len());
+    for segment in &kept {
+        out.push('/');
+        out.push_str(segment);
+    }
+    if trailing_slash || kept.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(path: &str) -> String {
+        normalize(path).unwrap().into_owned()
+    }
+
+    #[test]
+    fn normal_paths_are_borrowed_unchanged() {
+        for path in [
+            "/",
+            "/a",
+            "/a/",
+            "/a/b.c",
+            "/a/..b/.c/c.",
+            "/v1/x_y~z-1",
+            "*",
+            "",
+        ] {
+            assert!(
+                matches!(normalize(path), Ok(Cow::Borrowed(p)) if p == path),
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn dot_segments_are_removed_and_never_climb_above_the_root() {
+        let cases = [
+            ("/public/../admin", "/admin"),
+            ("/public/./admin", "/public/admin"),
+            ("/a/b/..", "/a/"),
+            ("/a/b/.", "/a/b/"),
+            ("/..", "/"),
+            ("/../../etc/passwd", "/etc/passwd"),
+            ("/a/./b/../../c", "/c"),
+            ("/.", "/"),
+        ];
+        for (path, want) in cases {
+            assert_eq!(n(path), want, "{path}");
+        }
+    }
+
+    #[test]
+    fn runs_of_slashes_become_one() {
+        for (path, want) in [
+            ("//admin", "/admin"),
+            ("/a//b///c", "/a/b/c"),
+            ("/a//", "/a/"),
+            ("//", "/"),
+        ] {
+            assert_eq!(n(path), want, "{path}");
+        }
+    }
+
+    #[test]
+    fn escaped_unreserved_characters_are_decoded_before_dot_segments_go() {
+        let cases = [
+            ("/%61dmin", "/admin"),
+            ("/public/%2E%2E/admin", "/admin"),
+            ("/public/%2e%2e/admin", "/admin"),
+            ("/public/.%2E/admin", "/admin"),
+            ("/%7Euser/%2D%5F", "/~user/-_"),
+        ];
+        for (path, want) in cases {
+            assert_eq!(n(path), want, "{path}");
+        }
+    }
+
+    #[test]
+    fn escaped_slashes_and_other_reserved_characters_stay_escaped_in_upper_case() {
+        let cases = [
+            ("/repos/group%2fname", "/repos/group%2Fname"),
+            ("/a%5Cb", "/a%5Cb"),
+            ("/public/..%2Fadmin", "/public/..%2Fadmin"),
+            ("/q%3fx%20y", "/q%3Fx%20y"),
+        ];
+        for (path, want) in cases {
+            assert_eq!(n(path), want, "{path}");
+        }
+    }
+
+    #[test]
+    fn malformed_escapes_are_refused() {
+        for path in ["/a%", "/a%4", "/a%zz", "/a%+1", "/a%-1/b", "/%g0"] {
+            assert_eq!(normalize(path), Err(BadPath), "{path}");
+        }
+    }
+}
