@@ -78,8 +78,8 @@ pub enum BadCa {
 #[derive(Debug)]
 pub struct TestCa {
     trust_domain: TrustDomain,
-    key: KeyPair,
-    params: CertificateParams,
+    /// Its name, key identifier, key usages and private key: what signing a certificate needs.
+    issuer: Issuer<'static, KeyPair>,
     cert: CertificateDer<'static>,
     /// The certificates a leaf sends after itself: this CA if it is an intermediate, then
     /// its parents' intermediates. Empty for a root.
@@ -111,8 +111,27 @@ impl TestCa {
             .clone();
         Self {
             trust_domain,
-            key,
-            params,
+            issuer: Issuer::new(params, key),
+            root: cert.clone(),
+            cert,
+            chain: Vec::new(),
+        }
+    }
+
+    /// An existing root from its PEM certificate and PKCS#8 key (a real CA's `root.crt.pem` and
+    /// `root.key.pem`), so that tests can sign leaves, good or bad, that chain to it.
+    pub fn from_root_pem(trust_domain: &str, cert_pem: &str, key_pem: &str) -> Self {
+        let trust_domain = TrustDomain::new(trust_domain).expect("valid test trust domain");
+        let key = KeyPair::from_pem(key_pem).expect("root key PEM");
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, key).expect("root certificate PEM");
+        let cert = CertificateDer::from(
+            pem::parse(cert_pem)
+                .expect("root certificate PEM")
+                .into_contents(),
+        );
+        Self {
+            trust_domain,
+            issuer,
             root: cert.clone(),
             cert,
             chain: Vec::new(),
@@ -141,9 +160,8 @@ impl TestCa {
             _ => IsCa::Ca(constraints),
         };
         let params = ca_params(&self.trust_domain, "intermediate", is_ca, bad);
-        let issuer = Issuer::from_params(&self.params, &self.key);
         let cert = params
-            .signed_by(&key, &issuer)
+            .signed_by(&key, &self.issuer)
             .expect("sign intermediate")
             .der()
             .clone();
@@ -151,8 +169,7 @@ impl TestCa {
         chain.extend(self.chain.iter().cloned());
         Self {
             trust_domain: self.trust_domain.clone(),
-            key,
-            params,
+            issuer: Issuer::new(params, key),
             cert,
             chain,
             root: self.root.clone(),
@@ -311,9 +328,8 @@ impl TestCa {
                 params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
             }
         }
-        let issuer = Issuer::from_params(&self.params, &self.key);
         let cert = params
-            .signed_by(&key, &issuer)
+            .signed_by(&key, &self.issuer)
             .expect("sign test leaf")
             .der()
             .clone();
