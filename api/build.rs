@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "workload.proto",
             "warden/v1/agent.proto",
             "warden/v1/admin.proto",
+            "grpc/health/v1/health.proto",
         ],
         ["proto"],
     )?;

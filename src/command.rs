@@ -56,7 +56,8 @@ enum Command {
     Sidecar(sidecar::SidecarCommand),
     /// Run a whole local mesh (CA, agent, demo apps behind sidecars) in the foreground.
     Up(up::UpArgs),
-    /// A tiny demo HTTP service to put behind a sidecar.
+    /// A tiny demo service to put behind a sidecar: HTTP routes, and the gRPC health service
+    /// over h2c.
     DemoApp(demo_app::DemoAppArgs),
     /// Internal: how `warden up` starts its children.
     #[command(name = "__up-child", hide = true)]

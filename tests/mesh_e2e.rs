@@ -3,6 +3,9 @@
 //! (two apps, each behind a sidecar, a CA and an agent started by the test). Against that mesh:
 //! - HTTP/1.1 and HTTP/2 (h2c by prior knowledge) through the frontend's outbound listener,
 //!   mTLS between the sidecars, answered by the api app (`curl`);
+//! - gRPC through the same listener with a tonic client: the app's health service, unary
+//!   (`Check`, also an error status passing back) and server streaming (`Watch`), and a call of
+//!   another service that policy denies (PERMISSION_DENIED naming the decision);
 //! - `curl` and `openssl s_client` against the api's inbound with each kind of bad client
 //!   certificate (none, another CA's, expired, not an SVID) are refused at the handshake and
 //!   counted by reason; a good certificate from the same CA is the control;
@@ -58,10 +61,64 @@ fn real_mesh_http1_http2_bad_certificates_policy_edits_and_rotation_under_load()
         "200 2"
     );
     assert_eq!(curl(&[&format!("{outbound}/internal/debug")]), "403 1.1");
+    grpc_through_the_outbound(&outbound, &dir);
 
     bad_certificates_are_refused_at_the_handshake(tmp.path(), &dir, api_inbound, api_admin);
     editing_policies_changes_decisions_without_restart(&policies, &dir, &outbound);
     rotation_under_load_loses_no_request(tmp.path(), &dir, &outbound, api_inbound, api_admin);
+}
+
+fn grpc_through_the_outbound(outbound: &str, dir: &Path) {
+    use warden_api::health::health_check_response::ServingStatus;
+    use warden_api::health::health_client::HealthClient;
+    use warden_api::health::{HealthCheckRequest, HealthCheckResponse};
+
+    let request = |service: &str| HealthCheckRequest {
+        service: service.to_owned(),
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(outbound.to_owned())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut health = HealthClient::new(channel.clone());
+        // Unary, allowed by `prod-checks-api-health`.
+        let r = health.check(request("")).await.unwrap();
+        assert_eq!(r.get_ref().status(), ServingStatus::Serving);
+        // The app's own error status comes back through both sidecars (trailers).
+        let e = health.check(request("billing")).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+        assert!(e.message().contains("billing"), "{e:?}");
+        // Server streaming: the first message arrives while the stream stays open.
+        let mut watch = health.watch(request("api")).await.unwrap().into_inner();
+        let first = tokio::time::timeout(NOTICE, watch.message()).await.unwrap();
+        assert_eq!(first.unwrap().unwrap().status(), ServingStatus::Serving);
+        drop(watch);
+        // Another service of the api: the policies allow prod callers only the health service.
+        let mut grpc = tonic::client::Grpc::new(channel);
+        grpc.ready().await.unwrap();
+        let codec = tonic_prost::ProstCodec::<HealthCheckRequest, HealthCheckResponse>::default();
+        let e = grpc
+            .unary(
+                tonic::Request::new(request("")),
+                http::uri::PathAndQuery::from_static("/demo.Billing/Check"),
+                codec,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+        assert!(e.message().contains("decision"), "{e:?}");
+    });
+    wait_for_line(dir, "the allowed gRPC call", |r| {
+        r["action"] == "grpc"
+            && r["decision"] == "allow"
+            && r["path"] == "/grpc.health.v1.Health/Check"
+    });
+    wait_for_line(dir, "the denied gRPC call", |r| {
+        r["action"] == "grpc" && r["decision"] == "deny" && r["path"] == "/demo.Billing/Check"
+    });
 }
 
 fn bad_certificates_are_refused_at_the_handshake(

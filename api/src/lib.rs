@@ -4,6 +4,7 @@
 //!   no package; paths `/SpiffeWorkloadAPI/<Method>`).
 //! - [`v1`]: Warden's own CA <-> agent API (`warden.v1.AgentApi`) and admin API
 //!   (`warden.v1.AdminApi`), with their shared messages.
+//! - [`health`]: the standard gRPC health checking protocol (`grpc.health.v1.Health`).
 
 /// The SPIFFE Workload API.
 #[allow(
@@ -27,6 +28,19 @@ pub mod workload {
 )]
 pub mod v1 {
     tonic::include_proto!("warden.v1");
+}
+
+/// The standard gRPC health checking protocol (`grpc.health.v1.Health`), which the demo app
+/// serves.
+#[allow(
+    missing_docs,
+    unreachable_pub,
+    clippy::all,
+    clippy::pedantic,
+    missing_debug_implementations
+)]
+pub mod health {
+    tonic::include_proto!("grpc.health.v1");
 }
 
 /// The gRPC metadata key every Workload API call must carry with the value `true` (rule W-2).

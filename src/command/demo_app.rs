@@ -3,8 +3,11 @@
 //!
 //! Routes: `GET /v1/orders` (JSON list of orders), `POST /v1/orders` (JSON echo, 201),
 //! `GET /internal/debug` (JSON counters — the kind of endpoint a policy keeps private),
-//! `GET /healthz`. Every request is counted and logged to stderr with the
+//! `GET /healthz`; and over HTTP/2 (h2c) the gRPC health service `grpc.health.v1.Health`
+//! (`health.rs`). Every request is counted and logged to stderr with the
 //! `x-forwarded-client-cert` header it arrived with (what the sidecar said about the caller).
+
+mod health;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,7 +27,7 @@ use super::Exit;
 /// `warden demo-app` flags.
 #[derive(Debug, clap::Args)]
 pub(crate) struct DemoAppArgs {
-    /// Address to listen on (plaintext HTTP; keep it on loopback behind a sidecar).
+    /// Address to listen on (plaintext HTTP/1.1 and h2c; keep it on loopback behind a sidecar).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: String,
     /// The service's name, shown in answers and logs (e.g. `api`, `frontend`).
@@ -80,15 +83,20 @@ async fn serve(addr: SocketAddr, name: String) -> anyhow::Result<()> {
     .context("demo app server failed")
 }
 
-/// The routes, with the counting and logging layer.
+/// The routes (HTTP and the gRPC health service), with the counting and logging layer.
 fn router(demo: Arc<Demo>) -> Router {
+    let grpc =
+        tonic::service::Routes::new(health::DemoHealth::server(&demo.name)).into_axum_router();
     Router::new()
         .route("/v1/orders", get(list_orders).post(place_order))
         .route("/internal/debug", get(debug))
         .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(demo.clone())
+        // tonic's router comes with a fallback of its own (gRPC UNIMPLEMENTED); two fallbacks
+        // cannot merge, so the app's JSON 404 is set after.
+        .merge(grpc)
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(demo.clone(), log_request))
-        .with_state(demo)
+        .layer(middleware::from_fn_with_state(demo, log_request))
 }
 
 /// Counts the request and logs one line: method, path, source, answer and the caller as the
