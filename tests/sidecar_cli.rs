@@ -145,6 +145,7 @@ fn help_lists_a_flag_for_every_config_key() {
         "--app",
         "--allow-remote-app",
         "--protocol",
+        "--app-protocol",
         "--service",
         "--mtls",
         "--tls12",

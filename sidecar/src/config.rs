@@ -91,6 +91,19 @@ pub enum Protocol {
     Tcp,
 }
 
+/// How the inbound speaks HTTP to the app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppProtocol {
+    /// As the caller spoke: HTTP/2 (and gRPC) as h2c, HTTP/1.1 as HTTP/1.1. The app must
+    /// accept h2c by prior knowledge.
+    #[default]
+    Auto,
+    /// Everything as HTTP/1.1, for apps that do not speak HTTP/2: each HTTP/2 stream takes an
+    /// HTTP/1.1 app connection of its own for its exchange. gRPC needs HTTP/2 and does not work.
+    Http1,
+}
+
 /// Whether the inbound listener also accepts plaintext.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -140,6 +153,7 @@ pub struct InboundConfig {
     pub(crate) listen: SocketAddr,
     pub(crate) app: SocketAddr,
     pub(crate) protocol: Protocol,
+    pub(crate) app_protocol: AppProtocol,
     pub(crate) service: String,
     pub(crate) mtls: Mtls,
     pub(crate) tls12: bool,
@@ -180,6 +194,18 @@ impl std::str::FromStr for Protocol {
             "http" => Ok(Self::Http),
             "tcp" => Ok(Self::Tcp),
             _ => Err(format!("`{s}` is not `http` or `tcp`")),
+        }
+    }
+}
+
+impl std::str::FromStr for AppProtocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "http1" => Ok(Self::Http1),
+            _ => Err(format!("`{s}` is not `auto` or `http1`")),
         }
     }
 }

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
@@ -25,8 +25,8 @@ use tokio::time::Instant;
 /// used; at most `max` of them. One unused for `max_idle` is closed (dropped from the list) by
 /// one reaper task, which runs while the list is not empty.
 #[derive(Debug)]
-pub(crate) struct H1Idle {
-    conns: Mutex<Vec<(Instant, SendRequest<Incoming>)>>,
+pub(crate) struct H1Idle<B = Incoming> {
+    conns: Mutex<Vec<(Instant, SendRequest<B>)>>,
     max_idle: Duration,
     max: usize,
     /// Whether the reaper task runs.
@@ -37,9 +37,9 @@ pub(crate) struct H1Idle {
 /// first use, reused while it stays open and fresh, returned to the idle list when dropped (if it
 /// finished its last exchange; otherwise dropped, which closes it).
 #[derive(Debug)]
-pub(crate) struct H1Conn {
-    slot: tokio::sync::Mutex<Option<(Instant, SendRequest<Incoming>)>>,
-    idle: Arc<H1Idle>,
+pub(crate) struct H1Conn<B: Body + Send + 'static = Incoming> {
+    slot: tokio::sync::Mutex<Option<(Instant, SendRequest<B>)>>,
+    idle: Arc<H1Idle<B>>,
 }
 
 /// Why a request got no response.
@@ -54,12 +54,12 @@ pub(crate) enum H1Error<E> {
 /// Runs the HTTP/1.1 client handshake on `io` and spawns the connection's driver. `upgrades`:
 /// the connection may switch protocols (only one opened for an upgrade request may: an
 /// unsolicited 101 on a shared one is an error).
-pub(crate) async fn handshake<I>(
-    io: I,
-    upgrades: bool,
-) -> Result<SendRequest<Incoming>, hyper::Error>
+pub(crate) async fn handshake<I, B>(io: I, upgrades: bool) -> Result<SendRequest<B>, hyper::Error>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let (sender, connection) = http1::Builder::new().handshake(TokioIo::new(io)).await?;
     tokio::spawn(async move {
@@ -76,7 +76,7 @@ where
 
 // === impl H1Idle ===
 
-impl H1Idle {
+impl<B: Body + Send + 'static> H1Idle<B> {
     /// A connection unused for `max_idle` is not used again: the upstream may be closing it.
     pub(crate) fn new(max_idle: Duration, max: usize) -> Arc<Self> {
         Arc::new(Self {
@@ -88,7 +88,7 @@ impl H1Idle {
     }
 
     /// A new caller connection's (still empty) hold on an upstream connection.
-    pub(crate) fn conn(self: &Arc<Self>) -> H1Conn {
+    pub(crate) fn conn(self: &Arc<Self>) -> H1Conn<B> {
         H1Conn {
             slot: tokio::sync::Mutex::new(None),
             idle: Arc::clone(self),
@@ -96,12 +96,12 @@ impl H1Idle {
     }
 
     /// Whether a connection last used at `used` may still carry a request.
-    fn fresh(&self, used: Instant, sender: &SendRequest<Incoming>) -> bool {
+    fn fresh(&self, used: Instant, sender: &SendRequest<B>) -> bool {
         used.elapsed() < self.max_idle && !sender.is_closed()
     }
 
     /// The most recently idled connection that is still open and fresh.
-    fn take(&self) -> Option<SendRequest<Incoming>> {
+    fn take(&self) -> Option<SendRequest<B>> {
         let mut conns = self.conns.lock().ok()?;
         while let Some((used, sender)) = conns.pop() {
             if self.fresh(used, &sender) {
@@ -113,7 +113,7 @@ impl H1Idle {
 
     /// Keeps `sender` for the next caller connection if it is open, between exchanges, and there
     /// is room; drops stale entries on the way. Starts the reaper unless it runs.
-    fn put(self: &Arc<Self>, used: Instant, sender: SendRequest<Incoming>) {
+    fn put(self: &Arc<Self>, used: Instant, sender: SendRequest<B>) {
         if !self.fresh(used, &sender) || !sender.is_ready() {
             return;
         }
@@ -138,7 +138,7 @@ impl H1Idle {
 
 /// Every `period`, closes the idle connections unused for their max idle (so each lingers at
 /// most half that again); ends when none is left, or the list is gone.
-async fn reap(idle: Weak<H1Idle>, period: Duration) {
+async fn reap<B: Body + Send + 'static>(idle: Weak<H1Idle<B>>, period: Duration) {
     loop {
         tokio::time::sleep(period).await;
         let Some(idle) = idle.upgrade() else {
@@ -157,18 +157,18 @@ async fn reap(idle: Weak<H1Idle>, period: Duration) {
 
 // === impl H1Conn ===
 
-impl H1Conn {
+impl<B: Body + Send + 'static> H1Conn<B> {
     /// Sends `req` on this caller connection's upstream connection, opening one with `connect`
     /// when it has none open and fresh. A request the old connection could not take (the
     /// upstream closed it while idle) is sent once more on a new one.
     pub(crate) async fn send<C, F, E>(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<B>,
         connect: C,
     ) -> Result<Response<Incoming>, H1Error<E>>
     where
         C: Fn() -> F,
-        F: Future<Output = Result<SendRequest<Incoming>, E>>,
+        F: Future<Output = Result<SendRequest<B>, E>>,
     {
         let mut slot = self.slot.lock().await;
         let mut retried = false;
@@ -202,7 +202,7 @@ impl H1Conn {
     }
 }
 
-impl Drop for H1Conn {
+impl<B: Body + Send + 'static> Drop for H1Conn<B> {
     fn drop(&mut self) {
         if let Some((used, sender)) = self.slot.get_mut().take() {
             self.idle.put(used, sender);

@@ -140,7 +140,11 @@ impl Inbound {
                 addr: inputs.config.listen,
                 source,
             })?;
-        let app = forward::App::new(inputs.config.app, inputs.limits.idle_timeout);
+        let app = forward::App::new(
+            inputs.config.app,
+            inputs.config.app_protocol,
+            inputs.limits.idle_timeout,
+        );
         let http = http::Server::new(&inputs.limits);
         // No keep-alive pings: they would count as traffic and defeat the idle timeout.
         let h2 = crate::h2_server::H2Server::new(

@@ -31,7 +31,9 @@ mod upgrade;
 
 use std::net::SocketAddr;
 
-pub use config::{Config, ConfigError, Env, Mode, Mtls, Overrides, ProcessEnv, Protocol};
+pub use config::{
+    AppProtocol, Config, ConfigError, Env, Mode, Mtls, Overrides, ProcessEnv, Protocol,
+};
 pub use runner::{Bound, Sidecar, run};
 
 /// Why the sidecar could not start, or stopped.

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use warden_sidecar::{Config, Mode, Mtls, Overrides, ProcessEnv, Protocol};
+use warden_sidecar::{AppProtocol, Config, Mode, Mtls, Overrides, ProcessEnv, Protocol};
 
 use super::Exit;
 
@@ -50,6 +50,10 @@ pub(crate) struct RunArgs {
     /// connection) [default: http].
     #[arg(long)]
     protocol: Option<Protocol>,
+    /// How HTTP reaches the app: `auto` (HTTP/2 and gRPC as h2c, HTTP/1.1 as HTTP/1.1) or
+    /// `http1` (everything as HTTP/1.1, for apps without HTTP/2) [default: auto].
+    #[arg(long)]
+    app_protocol: Option<AppProtocol>,
     /// The service name: Cedar resource `Mesh::Service::"<service>"`.
     #[arg(long)]
     service: Option<String>,
@@ -114,6 +118,7 @@ fn run_sidecar(args: RunArgs) -> anyhow::Result<Exit> {
     overrides.app = args.app;
     overrides.allow_remote_app = args.allow_remote_app;
     overrides.protocol = args.protocol;
+    overrides.app_protocol = args.app_protocol;
     overrides.service = args.service;
     overrides.mtls = args.mtls;
     overrides.tls12 = args.tls12;

@@ -6,11 +6,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{
-    Config, ConfigError, DEFAULT_ADMIN_LISTEN, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_INBOUND_LISTEN, DEFAULT_LOG_KEEP, DEFAULT_LOG_MAX_BYTES, DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS, DEFAULT_POLICY_DIR, DecisionLogConfig, Env,
-    InboundConfig, Limits, LogTarget, MIN_HEADER_BYTES, Mode, Mtls, PolicyConfig, Protocol,
-    SPIFFE_ENDPOINT_SOCKET,
+    AppProtocol, Config, ConfigError, DEFAULT_ADMIN_LISTEN, DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_INBOUND_LISTEN, DEFAULT_LOG_KEEP, DEFAULT_LOG_MAX_BYTES,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS, DEFAULT_POLICY_DIR,
+    DecisionLogConfig, Env, InboundConfig, Limits, LogTarget, MIN_HEADER_BYTES, Mode, Mtls,
+    PolicyConfig, Protocol, SPIFFE_ENDPOINT_SOCKET,
 };
 use crate::outbound::Route;
 
@@ -49,6 +49,7 @@ struct RawInbound {
     #[serde(default)]
     allow_remote_app: bool,
     protocol: Option<Protocol>,
+    app_protocol: Option<AppProtocol>,
     service: Option<String>,
     mtls: Option<Mtls>,
     #[serde(default)]
@@ -105,6 +106,8 @@ pub struct Overrides {
     pub allow_remote_app: Option<bool>,
     /// `inbound.protocol`: `http` or `tcp`.
     pub protocol: Option<Protocol>,
+    /// `inbound.app_protocol`: `auto` or `http1`.
+    pub app_protocol: Option<AppProtocol>,
     /// `inbound.service`.
     pub service: Option<String>,
     /// `inbound.mtls`: `strict` or `permissive`.
@@ -156,6 +159,7 @@ impl Overrides {
             || self.app.is_some()
             || self.allow_remote_app.is_some()
             || self.protocol.is_some()
+            || self.app_protocol.is_some()
             || self.service.is_some()
             || self.mtls.is_some()
             || self.tls12.is_some();
@@ -164,6 +168,7 @@ impl Overrides {
             set(&mut inbound.listen, &self.inbound_listen);
             set(&mut inbound.app, &self.app);
             set(&mut inbound.protocol, &self.protocol);
+            set(&mut inbound.app_protocol, &self.app_protocol);
             set(&mut inbound.service, &self.service);
             set(&mut inbound.mtls, &self.mtls);
             if let Some(v) = self.allow_remote_app {
@@ -343,6 +348,7 @@ impl RawInbound {
             listen,
             app,
             protocol: self.protocol.unwrap_or(Protocol::Http),
+            app_protocol: self.app_protocol.unwrap_or_default(),
             service,
             mtls: self.mtls.unwrap_or(Mtls::Strict),
             tls12: self.tls12,

@@ -13,6 +13,7 @@ worker_threads = 1
 listen = "0.0.0.0:15443"
 app = "127.0.0.1:8080"
 protocol = "http"
+app_protocol = "http1"
 service = "api"
 mtls = "permissive"
 tls12 = true
@@ -72,6 +73,7 @@ fn full_example_parses_into_typed_values() {
     assert_eq!(c.worker_threads(), 1);
     let i = c.inbound.as_ref().unwrap();
     assert_eq!(i.mtls, Mtls::Permissive);
+    assert_eq!(i.app_protocol, AppProtocol::Http1);
     assert!(i.tls12);
     assert_eq!(c.policy.mode, Mode::DryRun);
     assert_eq!(c.outbound.len(), 1);
@@ -91,6 +93,7 @@ fn defaults_apply_to_a_minimal_config() {
     let i = c.inbound.as_ref().unwrap();
     assert_eq!(i.listen.to_string(), DEFAULT_INBOUND_LISTEN);
     assert_eq!(i.protocol, Protocol::Http);
+    assert_eq!(i.app_protocol, AppProtocol::Auto);
     assert_eq!(i.mtls, Mtls::Strict);
     assert!(!i.tls12);
     assert_eq!(c.policy.mode, Mode::Enforce);
@@ -153,6 +156,11 @@ fn bad_values_name_their_key() {
     }
     let e = err(&format!("{MIN}[policy]\nmode = \"maybe\"\n"));
     assert!(e.contains("maybe"), "{e}");
+    let e = err(&format!("{MIN}app_protocol = \"h3\"\n"));
+    assert!(
+        e.contains("h3") && e.contains("`http1`") && e.contains("line 5"),
+        "{e}"
+    );
     let e = err(&format!(
         "{MIN}[[outbound]]\nlisten = \"0.0.0.0:1\"\nupstream = \"127.0.0.1:2\"\nexpected_ids = [\"spiffe://a.org/b\"]\n"
     ));

@@ -3,22 +3,27 @@
 //!
 //! HTTP/1.1: each inbound connection holds its own keep-alive connection to the app
 //! ([`H1Conn`], see [`crate::h1_client`]). HTTP/2 and gRPC: one h2c connection (prior knowledge)
-//! multiplexes every caller's streams ([`SharedH2`]).
+//! multiplexes every caller's streams ([`SharedH2`]); or, with `app_protocol = "http1"`, each
+//! HTTP/2 stream holds an HTTP/1.1 app connection from a second idle list for its exchange,
+//! until its response body is done with ([`HeldBody`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::Either;
-use hyper::body::{Body, Incoming};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1;
 use hyper::upgrade::OnUpgrade;
 use tokio::net::TcpStream;
 
+use crate::config::AppProtocol;
 use crate::h1_client::{self, H1Conn, H1Error, H1Idle};
 use crate::h2_body::H2Body;
 use crate::h2_client::{H2Error, SharedH2};
@@ -29,8 +34,19 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most idle HTTP/1.1 app connections kept for the next inbound connections.
 const MAX_IDLE_APP_CONNS: usize = 64;
 
-/// A response body from the app: over HTTP/1.1 or over HTTP/2.
-pub(crate) type AppBody = Either<Incoming, H2Body>;
+/// A response body from the app: over HTTP/1.1, over HTTP/2, or over HTTP/1.1 to an HTTP/2
+/// caller (`app_protocol = "http1"`).
+pub(crate) type AppBody = Either<Incoming, Either<H2Body, HeldBody>>;
+
+pin_project_lite::pin_project! {
+    /// An HTTP/1.1 app response to an HTTP/2 caller, with the app connection it came on: the
+    /// connection goes back to the idle list when the body is done with (dropped).
+    pub(crate) struct HeldBody {
+        #[pin]
+        body: Incoming,
+        conn: H1Conn<H2Body>,
+    }
+}
 
 /// Why the app did not answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,14 +62,17 @@ pub(crate) enum AppError {
 pub(crate) struct App {
     addr: SocketAddr,
     authority: Authority,
+    protocol: AppProtocol,
     idle: Arc<H1Idle>,
+    /// HTTP/1.1 app connections for HTTP/2 callers' streams (`app_protocol = "http1"`).
+    idle_for_h2: Arc<H1Idle<H2Body>>,
     h2: SharedH2,
 }
 
 // === impl App ===
 
 impl App {
-    pub(crate) fn new(addr: SocketAddr, idle_timeout: Duration) -> Self {
+    pub(crate) fn new(addr: SocketAddr, protocol: AppProtocol, idle_timeout: Duration) -> Self {
         // Loopback: no keep-alive pings.
         let h2 = SharedH2::new(idle_timeout, None);
         let authority = Authority::try_from(addr.to_string())
@@ -61,7 +80,9 @@ impl App {
         Self {
             addr,
             authority,
+            protocol,
             idle: H1Idle::new(idle_timeout, MAX_IDLE_APP_CONNS),
+            idle_for_h2: H1Idle::new(idle_timeout, MAX_IDLE_APP_CONNS),
             h2,
         }
     }
@@ -78,9 +99,10 @@ impl App {
         conn: &H1Conn,
         mut req: Request<Incoming>,
     ) -> Result<Response<AppBody>, AppError> {
-        if req.version() == Version::HTTP_2 {
+        if req.version() == Version::HTTP_2 && self.protocol == AppProtocol::Auto {
             return self.send_h2(req).await;
         }
+        host_from_authority(&mut req);
         // HTTP/1.1 to an origin server: origin-form (`/path?query`).
         *req.uri_mut() = Uri::from(path_of(&req));
         *req.version_mut() = Version::HTTP_11;
@@ -121,8 +143,33 @@ impl App {
                 },
             };
             hop_by_hop::strip(resp.headers_mut(), false);
-            Ok(resp.map(Either::Right))
+            Ok(resp.map(|body| Either::Right(Either::Left(body))))
         }
+    }
+
+    /// How HTTP reaches the app.
+    pub(crate) fn protocol(&self) -> AppProtocol {
+        self.protocol
+    }
+
+    /// Sends an HTTP/2 caller's request to the app over HTTP/1.1 (`app_protocol = "http1"`), on
+    /// an app connection held for this exchange until the response body is done with.
+    pub(crate) async fn send_h2_as_h1(
+        &self,
+        mut req: Request<H2Body>,
+    ) -> Result<Response<AppBody>, AppError> {
+        host_from_authority(&mut req);
+        *req.uri_mut() = Uri::from(path_of(&req));
+        *req.version_mut() = Version::HTTP_11;
+        hop_by_hop::strip(req.headers_mut(), true);
+        let conn = self.idle_for_h2.conn();
+        let mut resp = match conn.send(req, || self.connect_http1(false)).await {
+            Ok(resp) => resp,
+            Err(H1Error::Connect(e)) => return Err(e),
+            Err(H1Error::Http(e)) => return Err(self.failed(&e)),
+        };
+        hop_by_hop::strip(resp.headers_mut(), false);
+        Ok(resp.map(|body| Either::Right(Either::Right(HeldBody { body, conn }))))
     }
 
     /// Sends an upgrade request (see [`crate::upgrade`]) to the app on a connection of its own;
@@ -186,10 +233,12 @@ impl App {
 
     /// A new HTTP/1.1 app connection; `upgrades`: it may switch protocols (only connections
     /// opened for an upgrade request may: an unsolicited 101 on a shared one is an error).
-    async fn connect_http1(
-        &self,
-        upgrades: bool,
-    ) -> Result<http1::SendRequest<Incoming>, AppError> {
+    async fn connect_http1<B>(&self, upgrades: bool) -> Result<http1::SendRequest<B>, AppError>
+    where
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let stream = self.connect_tcp().await?;
         h1_client::handshake(stream, upgrades)
             .await
@@ -204,6 +253,42 @@ impl App {
         } else {
             AppError::Unavailable
         }
+    }
+}
+
+/// An HTTP/1.1 request needs a `Host`: from an HTTP/2 request's `:authority` when it has none.
+fn host_from_authority<B>(req: &mut Request<B>) {
+    if req.headers().contains_key(header::HOST) {
+        return;
+    }
+    let host = req
+        .uri()
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+    if let Some(host) = host {
+        req.headers_mut().insert(header::HOST, host);
+    }
+}
+
+// === impl HeldBody ===
+
+impl Body for HeldBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 

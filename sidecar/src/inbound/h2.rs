@@ -6,11 +6,13 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use futures::future;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::http::handle;
 use super::record;
 use super::{ConnInfo, Shared};
+use crate::config::AppProtocol;
 use crate::h2_server::Conn;
 
 /// Serves one HTTP/2 connection until it ends or `idle` completes. When the sidecar stops, the
@@ -40,7 +42,13 @@ pub(super) async fn serve<I>(
         .h2
         .serve(connection, |req| {
             handle(shared, conn, xfcc.clone(), req, |req| {
-                shared.app.send_h2(req)
+                match shared.app.protocol() {
+                    AppProtocol::Auto => future::Either::Left(shared.app.send_h2(req)),
+                    // Boxed: the common path's stream futures stay as small as they were.
+                    AppProtocol::Http1 => {
+                        future::Either::Right(Box::pin(shared.app.send_h2_as_h1(req)))
+                    }
+                }
             })
         })
         .await;

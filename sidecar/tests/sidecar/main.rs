@@ -11,6 +11,7 @@
 
 mod support;
 
+mod app_protocol;
 mod grpc;
 mod h2;
 mod http;

@@ -1,0 +1,164 @@
+//! `inbound.app_protocol`: an app that speaks only HTTP/1.1 behind an inbound whose callers
+//! speak HTTP/2. With `auto` (the default) such an app cannot answer them (the inbound speaks
+//! h2c to it); with `http1` every stream reaches it as HTTP/1.1, and its connections are reused.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::support::*;
+
+/// An HTTP/1.1-only app (hyper's HTTP/1 server, no h2c): answers "<version> host=<host>
+/// xfcc=<set?> body=<bytes>" and counts the connections it accepted and the requests it served.
+struct H1OnlyApp {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
+}
+
+impl H1OnlyApp {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (c, r) = (Arc::clone(&connections), Arc::clone(&requests));
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                c.fetch_add(1, Ordering::SeqCst);
+                let r = Arc::clone(&r);
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    r.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        let version = format!("{:?}", req.version());
+                        let host = req
+                            .headers()
+                            .get("host")
+                            .map(|h| h.to_str().unwrap_or("?").to_owned())
+                            .unwrap_or_default();
+                        let xfcc = req.headers().contains_key("x-forwarded-client-cert");
+                        let slow = req.uri().path().starts_with("/slow-body");
+                        let body = req.into_body().collect().await?.to_bytes();
+                        let text = format!("{version} host={host} xfcc={xfcc} body={}", body.len());
+                        // `/slow-body…`: the head at once, the body 20 ms later, so the
+                        // exchange is still going on when the head reaches the sidecar.
+                        let frame = async move {
+                            if slow {
+                                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                            }
+                            Ok::<_, hyper::Error>(Frame::data(Bytes::from(text)))
+                        };
+                        let body = StreamBody::new(futures::stream::once(frame));
+                        Ok::<_, hyper::Error>(Response::new(body))
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc),
+                );
+            }
+        });
+        Self {
+            addr,
+            connections,
+            requests,
+        }
+    }
+}
+
+/// A GET with a body (the test policies let `web` GET only): the body streams through too.
+fn get_h2_with_body(path: &str, body: &'static [u8]) -> Request<Full<Bytes>> {
+    Request::get(format!("https://api.local{path}"))
+        .version(http::Version::HTTP_2)
+        .body(Full::new(Bytes::from_static(body)))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn http1_app_protocol_carries_http2_callers_to_an_http1_only_app_and_reuses_its_connections()
+{
+    let app = H1OnlyApp::start().await;
+    let f = Fixture::start(Options {
+        inbound_extra: r#"app_protocol = "http1""#,
+        app_addr: Some(app.addr),
+        ..Options::default()
+    })
+    .await;
+    let web = f.client(WEB_ID);
+    // One at a time: each exchange hands its app connection back for the next, once the
+    // response body (which comes after the head) has been passed on.
+    for i in 0..10 {
+        let (status, _, body) = web
+            .request(f.inbound, get_h2(&format!("/slow-body/{i}")))
+            .await
+            .unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body, "HTTP/1.1 host=api.local xfcc=true body=0");
+    }
+    assert_eq!(app.requests.load(Ordering::SeqCst), 10);
+    let sequential = app.connections.load(Ordering::SeqCst);
+    assert!(
+        sequential <= 3,
+        "10 sequential HTTP/2 requests took {sequential} HTTP/1.1 app connections"
+    );
+    // Many streams at once on one HTTP/2 connection: each gets an app connection of its own.
+    let tls = f.client(WEB_ID).connect(f.inbound).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let calls = (0..20).map(|_| {
+        let mut sender = sender.clone();
+        async move {
+            let resp = sender
+                .send_request(get_h2_with_body("/orders", b"twelve bytes"))
+                .await
+                .unwrap();
+            let status = resp.status();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
+    });
+    for (status, body) in futures::future::join_all(calls).await {
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body, "HTTP/1.1 host=api.local xfcc=true body=12");
+    }
+    assert_eq!(app.requests.load(Ordering::SeqCst), 30);
+    // The decisions are logged as for any HTTP/2 request.
+    let records = f.decisions(30).await;
+    assert_eq!(records.len(), 30);
+    assert!(
+        records.iter().all(|r| r.upstream_status == Some(200)),
+        "{records:?}"
+    );
+}
+
+#[tokio::test]
+async fn auto_app_protocol_cannot_reach_an_http1_only_app_from_http2_callers() {
+    let app = H1OnlyApp::start().await;
+    let f = Fixture::start(Options {
+        app_addr: Some(app.addr),
+        ..Options::default()
+    })
+    .await;
+    let web = f.client(WEB_ID);
+    // HTTP/1.1 callers are fine; HTTP/2 ones get 503 (the app does not speak h2c).
+    let (status, _, body) = web
+        .http1()
+        .request(f.inbound, get("/orders"))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _, body) = web.request(f.inbound, get_h2("/orders")).await.unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+}
