@@ -8,6 +8,7 @@ use std::io::Write as _;
 
 use crate::decision::Outcome;
 use crate::record::{DecisionLine, REDACTED, rfc3339_millis_text};
+use crate::redact::redact_query;
 
 /// Appends the line's JSON object without its closing `}`.
 pub(crate) fn write_start(line: &DecisionLine<'_>, out: &mut Vec<u8>) {
@@ -26,7 +27,7 @@ pub(crate) fn write_start(line: &DecisionLine<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(b",\"path\":");
     string(out, line.path);
     out.extend_from_slice(b",\"query\":");
-    string(out, line.query);
+    string(out, &redact_query(line.query));
     out.extend_from_slice(b",\"headers\":[");
     for (i, (name, value)) in line.headers.headers.iter().enumerate() {
         if i > 0 {
@@ -35,7 +36,7 @@ pub(crate) fn write_start(line: &DecisionLine<'_>, out: &mut Vec<u8>) {
         out.push(b'[');
         string(out, name);
         out.push(b',');
-        let value = match line.headers.redacted.contains(name) {
+        let value = match line.headers.is_redacted(name) {
             true => REDACTED,
             false => value,
         };
@@ -162,7 +163,7 @@ mod tests {
             "backend",
             "GET",
             "/a \"quoted\" path\\with\\backslashes",
-            "q=\u{1}\u{1f}\n\r\t\u{8}\u{c}",
+            "q=\u{1}\u{1f}\n\r\t\u{8}\u{c}&access_token=hunter2&page=2",
             "ünïcødé ✓ \u{7f} / </script>",
             "",
             "sha256:05f5e9ae1f0ccb2531f415fd414ab42d59fc9300b458f6cfdca6f694e5536b8d",
@@ -172,6 +173,7 @@ mod tests {
         let headers = [
             ("accept", "*/*"),
             ("authorization", "Bearer secret"),
+            ("x-auth-token", "hunter3"),
             ("x-odd", "a\"b\\c\u{0}"),
         ];
         let ids = ["permit-1".to_owned(), "it's \"forbid\"".to_owned()];
@@ -186,12 +188,15 @@ mod tests {
                 }
             }
         }
-        // The redacted value never appears.
+        // The redacted values never appear; the others do.
         let line = line(&strings, &headers, &ids, true);
+        let text = String::from_utf8(by_hand(&line)).unwrap();
+        for secret in ["secret", "hunter2", "hunter3"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
         assert!(
-            !String::from_utf8(by_hand(&line))
-                .unwrap()
-                .contains("secret")
+            text.contains("&access_token=<redacted>&page=2") && text.contains("\"*/*\""),
+            "{text}"
         );
     }
 

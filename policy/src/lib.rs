@@ -34,6 +34,7 @@ mod loader;
 mod model;
 mod policy_set;
 mod record;
+mod redact;
 mod reload;
 mod request;
 mod source;
@@ -53,6 +54,7 @@ pub use record::{
     DEFAULT_TLS_VERSION, DecisionLine, DecisionRecord, LoggedHeaders, REDACTED, RequestSpec,
     finish_line,
 };
+pub use redact::{is_secret_name, redact_query};
 pub use reload::{DEFAULT_POLL_INTERVAL, Engine, Reload};
 pub use request::{Caller, Operation, Request, RequestError, TlsFacts, parse_time};
 pub use source::Location;

@@ -44,8 +44,9 @@ pub struct RequestSpec {
 
 /// One line of the sidecar's decision log (JSON lines). `warden policy diff` replays these.
 ///
-/// Headers are the ones the sidecar chose to log; it must redact credentials (`authorization`,
-/// `cookie`), so a replayed request sees the redacted value.
+/// The values of headers and query parameters named like credentials (`authorization`,
+/// `cookie`, `access_token`, …; see [`is_secret_name`](crate::is_secret_name)) are logged as
+/// [`REDACTED`], so a replayed request sees that value.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DecisionRecord {
     /// When the request arrived, `YYYY-MM-DDThh:mm:ss.sssZ` (UTC).
@@ -119,9 +120,10 @@ pub struct DecisionLine<'a> {
     pub method: &'a str,
     /// See [`DecisionRecord`].
     pub path: &'a str,
-    /// See [`DecisionRecord`].
+    /// See [`DecisionRecord`]; secret parameters' values are written as [`REDACTED`].
+    #[serde(serialize_with = "redacted_query")]
     pub query: &'a str,
-    /// The headers, in order; the values of those named in `redacted` become [`REDACTED`].
+    /// The headers, in order; secret values become [`REDACTED`].
     pub headers: LoggedHeaders<'a>,
     /// See [`DecisionRecord`].
     pub action: &'a str,
@@ -139,14 +141,26 @@ pub struct DecisionLine<'a> {
     pub errors: &'a [String],
 }
 
-/// Request headers as logged: each `[name, value]`, with the value of every header named in
-/// `redacted` (lowercase names) replaced by [`REDACTED`].
+/// Request headers as logged: each `[name, value]`, with the value of every header whose name
+/// is secret ([`is_secret_name`](crate::is_secret_name)) or in `redacted` (lowercase names)
+/// replaced by [`REDACTED`].
 #[derive(Debug)]
 pub struct LoggedHeaders<'a> {
     /// The request's headers, names lowercase.
     pub headers: &'a [(&'a str, &'a str)],
-    /// Names whose values are never logged.
+    /// More names whose values are never logged.
     pub redacted: &'a [&'a str],
+}
+
+impl LoggedHeaders<'_> {
+    /// Whether the value of the header `name` is written as [`REDACTED`].
+    pub fn is_redacted(&self, name: &str) -> bool {
+        self.redacted.contains(&name) || crate::redact::is_secret_name(name)
+    }
+}
+
+fn redacted_query<S: serde::Serializer>(query: &&str, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&crate::redact::redact_query(query))
 }
 
 /// What a redacted header value becomes in the decision log.
@@ -185,7 +199,7 @@ pub(crate) fn rfc3339_millis_text<R>(time: &SystemTime, f: impl FnOnce(&str) -> 
 impl serde::Serialize for LoggedHeaders<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_seq(self.headers.iter().map(|(name, value)| {
-            let value = if self.redacted.contains(name) {
+            let value = if self.is_redacted(name) {
                 REDACTED
             } else {
                 value

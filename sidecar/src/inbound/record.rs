@@ -13,14 +13,6 @@ use warden_policy::{
 
 use super::ConnInfo;
 
-/// Header values never written to the decision log.
-const REDACTED_HEADERS: &[&str] = &[
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "set-cookie",
-    "x-api-key",
-];
 /// Room for a typical line, so that writing one rarely grows the buffer.
 const LINE_CAPACITY: usize = 768;
 /// The header carrying the caller's identity to the app (Envoy's format).
@@ -180,7 +172,8 @@ pub(crate) fn start_line(
         query: parts.query,
         headers: LoggedHeaders {
             headers: parts.headers,
-            redacted: REDACTED_HEADERS,
+            // Credentials are recognized by name (`warden_policy::is_secret_name`).
+            redacted: &[],
         },
         action: parts.operation.action_name(),
         tls_version: conn.tls_version,

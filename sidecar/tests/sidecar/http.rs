@@ -467,3 +467,30 @@ async fn paths_are_normalized_before_the_decision_and_the_app_gets_the_normal_fo
     assert!(seen.ends_with("/orders?id=1"), "{seen}");
     assert_eq!(f.decisions(10).await[9].path, "/orders");
 }
+
+#[tokio::test]
+async fn credentials_reach_the_app_but_not_the_decision_log() {
+    let f = Fixture::start(Options::default()).await;
+    let web = f.client(WEB_ID).http1();
+    let mut req = get("/orders?page=2&access_token=hunter2");
+    req.headers_mut()
+        .insert("x-auth-token", http::HeaderValue::from_static("hunter3"));
+    req.headers_mut()
+        .insert("x-request-id", http::HeaderValue::from_static("r-1"));
+    let (status, headers, body) = web.request(f.inbound, req).await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(headers["x-seen-uri"], "/orders?page=2&access_token=hunter2");
+    let records = f.decisions(1).await;
+    assert_eq!(records[0].query, "page=2&access_token=<redacted>");
+    let logged = |name: &str| {
+        records[0]
+            .headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(logged("x-auth-token").as_deref(), Some("<redacted>"));
+    assert_eq!(logged("x-request-id").as_deref(), Some("r-1"));
+    let text = std::fs::read_to_string(&f.log).unwrap();
+    assert!(!text.contains("hunter"), "{text}");
+}

@@ -1,0 +1,127 @@
+//! What the decision log never shows: the values of headers and query parameters whose names say
+//! they carry a credential. The decision itself sees every value; only the log line is redacted,
+//! so an auditor's copy of the log holds no bearer token, session cookie, password or request
+//! signature (as Envoy's and Istio's access-log guidance asks). `warden policy diff` replays a
+//! redacted value as [`REDACTED`](crate::REDACTED).
+//!
+//! A name is secret when, lowercased, it is one of [`SECRET_NAMES`] or contains one of
+//! [`SECRET_PARTS`]: `authorization`, `x-auth-token`, `x-amz-security-token`, `set-cookie`,
+//! `client_secret`, `api_key`, `X-Amz-Signature`, `password` and `key` are; `x-request-id`,
+//! `keyword`, `page` and `accept` are not.
+
+use std::borrow::Cow;
+
+use crate::record::REDACTED;
+
+/// Parts of a name that mark it as carrying a credential.
+pub(crate) const SECRET_PARTS: &[&str] = &[
+    "auth",
+    "token",
+    "secret",
+    "passw",
+    "cookie",
+    "session",
+    "credential",
+    "signature",
+    "api-key",
+    "api_key",
+    "apikey",
+    "private",
+];
+
+/// Whole names that carry a credential though they contain no part above (query parameters of
+/// API-key schemes, pre-signed URLs).
+pub(crate) const SECRET_NAMES: &[&str] = &["key", "sig", "code", "pwd", "jwt", "assertion"];
+
+/// Whether a header or query parameter named `name` carries a credential.
+pub fn is_secret_name(name: &str) -> bool {
+    // Names are short; header names already arrive lowercase, query names may not.
+    let lower: Cow<'_, str> = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(name)
+    };
+    SECRET_NAMES.contains(&lower.as_ref()) || SECRET_PARTS.iter().any(|p| lower.contains(p))
+}
+
+/// `query` with the value of every secret parameter replaced by [`REDACTED`]; borrowed when
+/// nothing is secret.
+pub fn redact_query(query: &str) -> Cow<'_, str> {
+    let secret = |pair: &str| is_secret_name(pair.split_once('=').map_or(pair, |(name, _)| name));
+    if !query
+        .split('&')
+        .any(|pair| pair.contains('=') && secret(pair))
+    {
+        return Cow::Borrowed(query);
+    }
+    let mut out = String::with_capacity(query.len());
+    for (i, pair) in query.split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        match pair.split_once('=') {
+            Some((name, _)) if is_secret_name(name) => {
+                out.push_str(name);
+                out.push('=');
+                out.push_str(REDACTED);
+            }
+            _ => out.push_str(pair),
+        }
+    }
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credential_names_are_secret_and_ordinary_ones_are_not() {
+        for name in [
+            "authorization",
+            "proxy-authorization",
+            "x-auth-token",
+            "x-amz-security-token",
+            "cookie",
+            "set-cookie",
+            "x-api-key",
+            "api_key",
+            "client_secret",
+            "access_token",
+            "Password",
+            "X-Amz-Signature",
+            "X-Amz-Credential",
+            "key",
+            "sig",
+            "jsessionid",
+        ] {
+            assert!(is_secret_name(name), "{name}");
+        }
+        for name in [
+            "x-request-id",
+            "accept",
+            "host",
+            "user-agent",
+            "keyword",
+            "page",
+            "id",
+            "content-type",
+            "x-forwarded-client-cert",
+        ] {
+            assert!(!is_secret_name(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn only_the_values_of_secret_query_parameters_are_redacted() {
+        assert!(matches!(redact_query("a=1&b=%22&page=2"), Cow::Borrowed(_)));
+        assert!(matches!(redact_query(""), Cow::Borrowed(_)));
+        // A bare flag named like a secret has no value to hide.
+        assert!(matches!(redact_query("token&a=1"), Cow::Borrowed(_)));
+        assert_eq!(
+            redact_query("a=1&access_token=abc.def&key=k1&X-Amz-Signature=f00&b="),
+            "a=1&access_token=<redacted>&key=<redacted>&X-Amz-Signature=<redacted>&b="
+        );
+        assert_eq!(redact_query("password="), "password=<redacted>");
+    }
+}
