@@ -29,6 +29,15 @@ if [ -z "${WARDEN_TEST_POSTGRES_URL:-}" ] && [ "${WARDEN_SKIP_POSTGRES:-}" != 1 
   fi
 fi
 
+# The tests drive real clients: curl and openssl s_client (refused certificates, the whole mesh).
+missing=()
+for tool in curl openssl; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
+if [ "${#missing[@]}" -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  step "installing ${missing[*]} (apt-get): the tests' real clients"
+  DEBIAN_FRONTEND=noninteractive apt-get update >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}" >/dev/null
+fi
+
 step "tests (cargo test --workspace)"
 cargo test --workspace --no-fail-fast
 

@@ -329,3 +329,49 @@ async fn start_fails_clearly_on_a_bad_policy_dir_or_decision_log_path() {
         assert!(err.contains(needle), "{err}");
     }
 }
+
+#[tokio::test]
+async fn trust_bundle_swapped_live_applies_to_new_handshakes_and_keeps_established_connections() {
+    let f = Fixture::start(Options::default()).await;
+    // The trust domain moves to a new root, as after a CA rotation. Clients trust both roots
+    // for the server, so what is tested is the sidecar's view of them.
+    let new_ca = TestCa::new(TD);
+    let mut both = f.ca.bundle();
+    both.add_x509_authority(new_ca.root_cert().clone());
+    let client_of = |ca: &TestCa| {
+        let svid = ca.issue_svid(&id(WEB_ID), Duration::from_secs(600));
+        Client::new(Some(svid), std::iter::once(both.clone()).collect()).http1()
+    };
+    let (old_client, new_client) = (client_of(&f.ca), client_of(&new_ca));
+    let (status, _, _) = old_client.request(f.inbound, get("/x")).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert!(new_client.request(f.inbound, get("/x")).await.is_err());
+    wait_for_metric(&f, r#"reason="untrusted"} 1"#).await;
+    let mut kept = old_client.http1_sender(f.inbound).await;
+    assert_eq!(
+        kept.send_request(get("/x")).await.unwrap().status(),
+        StatusCode::OK
+    );
+
+    // The Workload API now sends an SVID and bundle of the new root only.
+    let svid = new_ca.issue_svid(&id(SIDECAR_ID), Duration::from_secs(3600));
+    f.api.set(&svid, &new_ca, &[]);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while new_client.request(f.inbound, get("/x")).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new root was never trusted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // New handshakes: the old root is no longer trusted, and the server presents the new SVID.
+    assert!(old_client.request(f.inbound, get("/x")).await.is_err());
+    let tls = new_client.connect(f.inbound).await.unwrap();
+    let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+    assert_eq!(leaf.as_ref(), svid.cert_chain()[0].as_ref());
+    // The connection made under the old bundle is not dropped.
+    assert_eq!(
+        kept.send_request(get("/x")).await.unwrap().status(),
+        StatusCode::OK
+    );
+}

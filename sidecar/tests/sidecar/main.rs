@@ -13,6 +13,7 @@ mod support;
 
 mod app_protocol;
 mod grpc;
+mod grpc_bidi;
 mod h2;
 mod http;
 mod lifecycle;

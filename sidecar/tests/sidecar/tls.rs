@@ -107,12 +107,17 @@ async fn non_svid_certificates_are_refused_and_counted_x1_x4_x6() {
 
 // === real clients ===
 
-fn have(tool: &str) -> bool {
-    Command::new(tool)
+/// These tests need the real tools; `scripts/test.sh` installs them where it can.
+fn require(tool: &str) {
+    let found = Command::new(tool)
         .arg("--version")
         .output()
         .or_else(|_| Command::new(tool).arg("version").output())
-        .is_ok()
+        .is_ok();
+    assert!(
+        found,
+        "`{tool}` is not installed: this test drives it as a real client"
+    );
 }
 
 fn write_pem(dir: &Path, name: &str, tag: &str, ders: &[&[u8]]) -> String {
@@ -154,10 +159,7 @@ fn cert_files(f: &Fixture, kind: &str) -> (String, String) {
 
 #[tokio::test]
 async fn curl_with_bad_certificates_is_refused() {
-    if !have("curl") {
-        eprintln!("skipped: curl is not installed");
-        return;
-    }
+    require("curl");
     let f = Fixture::start(Options::default()).await;
     let url = format!("https://127.0.0.1:{}/x", f.inbound.port());
     for kind in ["good", "expired", "nosan", "rogue", "none"] {
@@ -194,10 +196,7 @@ async fn curl_with_bad_certificates_is_refused() {
 
 #[tokio::test]
 async fn openssl_s_client_with_bad_certificates_is_refused() {
-    if !have("openssl") {
-        eprintln!("skipped: openssl is not installed");
-        return;
-    }
+    require("openssl");
     let f = Fixture::start(Options::default()).await;
     let addr = f.inbound.to_string();
     for kind in ["good", "expired", "nosan", "rogue", "none"] {
@@ -233,5 +232,53 @@ async fn openssl_s_client_with_bad_certificates_is_refused() {
             );
         }
     }
+    assert_eq!(f.app.seen(), 1);
+}
+
+/// A client offering only TLS 1.2, presenting a good SVID.
+fn tls12_client(f: &Fixture) -> Client {
+    let svid = f.ca.issue_svid(&id(WEB_ID), Duration::from_secs(600));
+    let verifier = std::sync::Arc::new(warden_identity::SpiffeServerCertVerifier::new(
+        std::sync::Arc::new(std::sync::Arc::new(TestCa::bundle_set(&[&f.ca]))),
+        warden_identity::Authorize::AnyTrusted,
+    ));
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(warden_identity::tls::crypto_provider())
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_client_auth_cert(
+                svid.cert_chain().to_vec(),
+                rustls_pki_types::PrivateKeyDer::Pkcs8(svid.private_key().clone_key()),
+            )
+            .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Client {
+        config: std::sync::Arc::new(config),
+    }
+}
+
+#[tokio::test]
+async fn tls12_is_refused_by_default_and_accepted_when_configured() {
+    // Default: TLS 1.3 only; a TLS 1.2 client fails the handshake and nothing reaches the app.
+    let f = Fixture::start(Options::default()).await;
+    let result = tls12_client(&f).request(f.inbound, get("/x")).await;
+    assert!(result.is_err(), "a TLS 1.2 client got through: {result:?}");
+    wait_for_metric(&f, r#"reason="other"} 1"#).await;
+    assert_eq!(f.app.seen(), 0);
+    // `tls12 = true`: the same client is served, and policies and the log see TLSv1.2.
+    let f = Fixture::start(Options {
+        inbound_extra: "tls12 = true",
+        ..Options::default()
+    })
+    .await;
+    let (status, _, body) = tls12_client(&f)
+        .request(f.inbound, get("/x"))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let records = f.decisions(1).await;
+    assert_eq!(records[0].tls_version.as_deref(), Some("TLSv1.2"));
     assert_eq!(f.app.seen(), 1);
 }
