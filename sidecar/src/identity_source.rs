@@ -175,13 +175,17 @@ impl IdentitySource {
     /// Applies one message: picks our SVID, rebuilds the bundle set, then swaps both.
     pub(crate) fn apply(&self, msg: &X509svidResponse) -> Result<SpiffeId, UpdateError> {
         let (svid, bundles) = parse_update(msg, self.want.as_ref())?;
+        let bad_svid = |e: warden_identity::SvidError| UpdateError::BadSvid {
+            id: svid.spiffe_id().to_string(),
+            reason: e.to_string(),
+        };
+        // All or nothing: an update whose key cannot be used changes neither the bundles nor
+        // the SVID (checked before anything is set).
+        svid.certified_key().map_err(bad_svid)?;
         // Bundles first, so that a peer issued by a new authority is trusted by the time the
         // new SVID (which may chain to it) is presented.
         self.bundles.set(bundles);
-        self.resolver.set(&svid).map_err(|e| UpdateError::BadSvid {
-            id: svid.spiffe_id().to_string(),
-            reason: e.to_string(),
-        })?;
+        self.resolver.set(&svid).map_err(bad_svid)?;
         let id = svid.spiffe_id().clone();
         self.current.send_replace(Some(Current {
             spiffe_id: id.clone(),

@@ -29,8 +29,8 @@ use crate::h2_body::H2Body;
 use crate::h2_client::{H2Error, SharedH2};
 use crate::{hop_by_hop, upgrade};
 
-/// How long connecting to the app may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long connecting to the app may take (HTTP and TCP).
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most idle HTTP/1.1 app connections kept for the next inbound connections.
 const MAX_IDLE_APP_CONNS: usize = 64;
 

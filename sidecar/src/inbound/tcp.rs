@@ -38,13 +38,18 @@ pub(super) async fn serve<I>(
     super::trace_decision(shared, &conn, &id, &decision, "connect");
     let label = DecisionLabel::of(&decision);
     let app = if allowed {
-        match TcpStream::connect(shared.config.app).await {
-            Ok(s) => {
+        let connect = TcpStream::connect(shared.config.app);
+        match tokio::time::timeout(super::forward::CONNECT_TIMEOUT, connect).await {
+            Ok(Ok(s)) => {
                 let _ = s.set_nodelay(true);
                 Some(s)
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 tracing::warn!(error = %e, app = %shared.config.app, "cannot connect to the app");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(app = %shared.config.app, "connecting to the app timed out");
                 None
             }
         }
