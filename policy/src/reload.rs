@@ -68,6 +68,16 @@ impl Engine {
     /// Loads `dir` and starts a thread that reloads it whenever a file changes, checking every
     /// `interval`. The thread stops when the engine is dropped.
     pub fn watch(dir: &Path, interval: Duration) -> Result<Self, LoadError> {
+        Self::watch_with(dir, interval, |_| {})
+    }
+
+    /// [`Engine::watch`], calling `on_reload` with the outcome of every reload the watcher
+    /// attempts (after a file changed): for metrics.
+    pub fn watch_with(
+        dir: &Path,
+        interval: Duration,
+        on_reload: impl Fn(&Result<Reload, LoadError>) + Send + 'static,
+    ) -> Result<Self, LoadError> {
         let mut engine = Self::new(dir)?;
         let stop = Arc::new(AtomicBool::new(false));
         let (inner, flag) = (Arc::clone(&engine.inner), Arc::clone(&stop));
@@ -83,7 +93,7 @@ impl Engine {
                     let changed = inner.seen.lock().map(|seen| *seen != now).unwrap_or(true);
                     if changed {
                         // Errors are logged by `reload`; the old set stays in force.
-                        let _ = inner.reload();
+                        on_reload(&inner.reload());
                     }
                 }
             })

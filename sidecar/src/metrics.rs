@@ -79,6 +79,7 @@ pub(crate) struct Metrics {
     latency: [Histogram; 2],
     authz: Histogram,
     handshake_failures: Family<Labels2, Counter>,
+    policy_reloads: Family<Labels1, Counter>,
     refused: Counter,
     log_dropped: Counter,
     svid_expiry: Gauge<f64, AtomicU64>,
@@ -163,6 +164,16 @@ impl Metrics {
             "Failed TLS handshakes by direction and reason",
             handshake_failures.clone(),
         );
+        let policy_reloads = Family::<Labels1, Counter>::default();
+        registry.register(
+            "policy_reloads",
+            "Policy directory reloads after a change: `replaced` (a new set in force) or \
+             `rejected` (invalid; the old set stays)",
+            policy_reloads.clone(),
+        );
+        for result in ["replaced", "rejected"] {
+            let _ = policy_reloads.get_or_create(&[("result", result)]);
+        }
         let refused = Counter::default();
         registry.register(
             "connections_refused",
@@ -187,6 +198,7 @@ impl Metrics {
             latency,
             authz,
             handshake_failures,
+            policy_reloads,
             refused,
             log_dropped,
             svid_expiry,
@@ -238,6 +250,14 @@ impl Metrics {
             .svid_not_after
             .write()
             .unwrap_or_else(PoisonError::into_inner) = Some(not_after);
+    }
+
+    /// Counts a reload of the policy directory: `replaced` or not (rejected as invalid).
+    pub(crate) fn policy_reload(&self, replaced: bool) {
+        let result = if replaced { "replaced" } else { "rejected" };
+        self.policy_reloads
+            .get_or_create(&[("result", result)])
+            .inc();
     }
 
     /// The Prometheus text exposition, with the SVID expiry computed now.

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use warden_identity::tls::BundleSource;
-use warden_policy::{DEFAULT_POLL_INTERVAL, Engine};
+use warden_policy::{DEFAULT_POLL_INTERVAL, Engine, LoadError, Reload};
 
 use crate::Error;
 use crate::admin::{Admin, AdminState};
@@ -49,10 +49,18 @@ impl Sidecar {
     pub async fn start(config: Config) -> Result<Self, Error> {
         let metrics = Arc::new(Metrics::new());
         let engine = match &config.inbound {
-            Some(_) => Some(Arc::new(
-                Engine::watch(&config.policy.dir, DEFAULT_POLL_INTERVAL)
-                    .map_err(|e| Error::Policy(e.to_string()))?,
-            )),
+            Some(_) => {
+                let metrics = Arc::clone(&metrics);
+                let on_reload = move |r: &Result<Reload, LoadError>| match r {
+                    Ok(Reload::Unchanged) => {}
+                    Ok(Reload::Replaced { .. }) => metrics.policy_reload(true),
+                    Err(_) => metrics.policy_reload(false),
+                };
+                Some(Arc::new(
+                    Engine::watch_with(&config.policy.dir, DEFAULT_POLL_INTERVAL, on_reload)
+                        .map_err(|e| Error::Policy(e.to_string()))?,
+                ))
+            }
             None => None,
         };
         let log = match &config.inbound {

@@ -273,13 +273,14 @@ async fn editing_the_policy_file_changes_decisions_without_restart() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // A broken edit keeps the set in force.
+    wait_for_metric(&f, r#"policy_reloads_total{result="replaced"} 1"#).await;
+    // A broken edit is rejected (counted), and the set in force stays.
     std::fs::write(
         f.policies.join("test.cedar"),
         "permit (principal, action, resource",
     )
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    wait_for_metric(&f, r#"policy_reloads_total{result="rejected"} 1"#).await;
     let (status, _, _) = other.request(f.inbound, get("/x")).await.unwrap();
     assert_eq!(status, StatusCode::OK);
 }

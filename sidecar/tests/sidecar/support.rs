@@ -407,14 +407,19 @@ pub(crate) async fn admin_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
-/// Polls `metrics` until `needle` appears.
+/// Polls `metrics` until `needle` appears, and returns them; fails the test if it does not
+/// within [`WAIT`].
 pub(crate) async fn wait_for_metric(f: &Fixture, needle: &str) -> String {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let text = f.metrics().await;
-        if text.contains(needle) || tokio::time::Instant::now() > deadline {
+        if text.contains(needle) {
             return text;
         }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no `{needle}` in /metrics within {WAIT:?}:\n{text}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
