@@ -58,6 +58,9 @@ pub(crate) enum HandshakeFailure {
     NotSvid,
     /// The handshake did not finish in time.
     Timeout,
+    /// The client offered nothing the server accepts: no common TLS version (a TLS 1.2 client
+    /// while `tls12` is off), cipher suite, key exchange group or signature scheme.
+    Incompatible,
     /// Anything else (protocol errors, plaintext on a strict port, resets).
     Other,
 }
@@ -107,6 +110,7 @@ impl HandshakeFailure {
             Self::Expired => "expired",
             Self::NotSvid => "not_svid",
             Self::Timeout => "timeout",
+            Self::Incompatible => "incompatible",
             Self::Other => "other",
         }
     }

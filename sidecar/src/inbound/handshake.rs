@@ -77,6 +77,7 @@ pub(super) fn classify(err: &std::io::Error) -> HandshakeFailure {
     };
     match tls {
         rustls::Error::NoCertificatesPresented => HandshakeFailure::NoCert,
+        rustls::Error::PeerIncompatible(_) => HandshakeFailure::Incompatible,
         rustls::Error::InvalidCertificate(cert) => match cert {
             CertificateError::Expired
             | CertificateError::ExpiredContext { .. }
@@ -133,6 +134,12 @@ mod tests {
                 CertificateError::Expired
             ))),
             HandshakeFailure::Expired
+        );
+        assert_eq!(
+            classify(&io(rustls::Error::PeerIncompatible(
+                rustls::PeerIncompatible::Tls12NotOfferedOrEnabled
+            ))),
+            HandshakeFailure::Incompatible
         );
         let other = |e: TlsVerifyError| {
             io(rustls::Error::InvalidCertificate(CertificateError::Other(

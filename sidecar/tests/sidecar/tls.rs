@@ -265,7 +265,7 @@ async fn tls12_is_refused_by_default_and_accepted_when_configured() {
     let f = Fixture::start(Options::default()).await;
     let result = tls12_client(&f).request(f.inbound, get("/x")).await;
     assert!(result.is_err(), "a TLS 1.2 client got through: {result:?}");
-    wait_for_metric(&f, r#"reason="other"} 1"#).await;
+    wait_for_metric(&f, r#"reason="incompatible"} 1"#).await;
     assert_eq!(f.app.seen(), 0);
     // `tls12 = true`: the same client is served, and policies and the log see TLSv1.2.
     let f = Fixture::start(Options {
