@@ -1,22 +1,40 @@
 //! The admin HTTP listener: `/healthz` (the process runs), `/readyz` (an unexpired SVID is held
 //! and every listener is bound) and `/metrics` (Prometheus text format).
+//!
+//! It is bounded like the data listeners, so that nobody who can reach it can exhaust the
+//! process or starve the probes: at most [`MAX_CONNECTIONS`] at once (the next ones wait in the
+//! kernel's backlog until a slot frees), each request's head within [`HEADER_TIMEOUT`], and each
+//! connection closed (gracefully, after the request in progress) once it is
+//! [`CONNECTION_LIFETIME`] old.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 use crate::identity_source::Current;
 use crate::metrics::Metrics;
+
+/// Admin connections served at once.
+const MAX_CONNECTIONS: usize = 32;
+/// Deadline for each request's head, from the connection's start or its previous response.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Age at which a connection is closed after its request in progress (a scraper reconnects).
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+/// How long a closing connection may take to finish its request in progress.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// What the admin endpoints read.
 #[derive(Debug)]
@@ -74,17 +92,67 @@ impl Admin {
         self.listener.local_addr()
     }
 
+    /// Serves until `shutdown` completes; connections open then are dropped with the runtime.
     pub(crate) async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) {
         let app = Router::new()
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))
             .with_state(self.state);
-        if let Err(e) = axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(error = %e, "admin listener failed");
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let mut shutdown = pin!(shutdown);
+        loop {
+            let accepted = tokio::select! {
+                () = &mut shutdown => return,
+                accepted = async {
+                    // A slot first: past the limit, connections wait in the backlog.
+                    let slot = Arc::clone(&slots).acquire_owned().await;
+                    (slot, self.listener.accept().await)
+                } => accepted,
+            };
+            let (stream, slot) = match accepted {
+                (Ok(slot), Ok((stream, _))) => (stream, slot),
+                (_, Err(e)) => {
+                    // Out of file descriptors, say: pause rather than spin.
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+                (Err(_), _) => return,
+            };
+            let service = TowerToHyperService::new(app.clone());
+            tokio::spawn(async move {
+                let _slot = slot;
+                serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    }
+}
+
+/// Serves one admin connection: HTTP/1.1, each request's head within [`HEADER_TIMEOUT`], closed
+/// once [`CONNECTION_LIFETIME`] old.
+async fn serve_connection<I, S>(io: I, service: S)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut conn = pin!(
+        hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT)
+            .serve_connection(io, service)
+    );
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        () = tokio::time::sleep(CONNECTION_LIFETIME) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(CLOSE_GRACE, conn).await;
         }
     }
 }

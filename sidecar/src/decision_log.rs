@@ -3,14 +3,18 @@
 //! (`file` -> `file.1` -> … -> `file.<keep>`).
 //!
 //! The request path never blocks on it: each decision's line is written (from borrowed parts,
-//! [`warden_policy::DecisionLine`]) on the request's own thread and appended to one shared
-//! buffer; a writer thread takes the whole buffer at once and writes it, batching up to
-//! [`BATCH_INTERVAL`] of lines, or [`BATCH_BYTES`] of them when they come faster, per write (so
-//! under load the two buffers stay near [`BATCH_BYTES`] rather than growing with the rate and
-//! with how late the writer thread gets a CPU). Nothing is allocated per field or freed on
-//! another thread. When the writer falls behind and [`MAX_PENDING_BYTES`] are waiting, lines
-//! are dropped and counted. When the last handle is dropped, the writer writes what is pending
-//! and ends, and the drop waits for it, so a clean shutdown loses no line.
+//! [`warden_policy::DecisionLine`]) on the request's own thread and appended to the shared
+//! queue of waiting lines; a writer thread takes everything waiting at once and writes it,
+//! batching up to [`BATCH_INTERVAL`] of lines, or [`BATCH_BYTES`] of them when they come
+//! faster, per write. The queue is a list of fixed [`CHUNK_BYTES`] buffers, not one growing
+//! buffer: when the writer gets a CPU late and lines pile up, what is held is what waits plus at
+//! most one chunk's unused tail — a doubling buffer held up to twice what waited, and kept it
+//! (measured with heaptrack under the bench's load: the largest peak consumer of the inbound
+//! sidecar's heap). Written chunks go back to a small spare list ([`SPARE_CHUNKS`]); past it
+//! they are freed. Nothing is allocated per line or per field, and nothing is freed on another
+//! thread while the load is steady. When the writer falls behind and [`MAX_PENDING_BYTES`] are
+//! waiting, lines are dropped and counted. When the last handle is dropped, the writer writes
+//! what is pending and ends, and the drop waits for it, so a clean shutdown loses no line.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
@@ -31,8 +35,11 @@ const BATCH_INTERVAL: Duration = Duration::from_millis(10);
 const BATCH_BYTES: usize = 128 * 1024;
 /// Writer buffer size.
 const BUFFER_BYTES: usize = 64 * 1024;
-/// A batch buffer that grew past this (a burst) is not kept for the next batch.
-const KEEP_BATCH_CAPACITY: usize = 4 * BATCH_BYTES;
+/// The size of each buffer of the queue of waiting lines (a longer line gets one of its own).
+const CHUNK_BYTES: usize = 32 * 1024;
+/// Empty chunks kept for reuse: a steady load's batches, with one being written while the next
+/// fills, take no allocation.
+const SPARE_CHUNKS: usize = 2 * BATCH_BYTES / CHUNK_BYTES;
 
 /// A handle to append lines for the writer; cheap to clone. The writer ends when the last
 /// handle is dropped.
@@ -57,7 +64,12 @@ struct Pending {
 
 #[derive(Debug, Default)]
 struct PendingState {
-    lines: Vec<u8>,
+    /// Waiting lines, in order, in chunks of whole lines; only the last has room left.
+    chunks: Vec<Vec<u8>>,
+    /// Bytes in `chunks`.
+    bytes: usize,
+    /// Empty chunks of [`CHUNK_BYTES`] capacity to fill before allocating (≤ [`SPARE_CHUNKS`]).
+    spare: Vec<Vec<u8>>,
     closed: bool,
 }
 
@@ -145,16 +157,53 @@ enum Appended {
 impl PendingState {
     /// Appends `line` unless that would pass [`MAX_PENDING_BYTES`] (then `None`).
     fn append(&mut self, line: &[u8]) -> Option<Appended> {
-        let before = self.lines.len();
+        let before = self.bytes;
         if before + line.len() > MAX_PENDING_BYTES {
             return None;
         }
-        self.lines.extend_from_slice(line);
+        let fits = self
+            .chunks
+            .last()
+            .is_some_and(|last| last.capacity() - last.len() >= line.len());
+        if !fits {
+            let chunk = if line.len() <= CHUNK_BYTES {
+                self.spare
+                    .pop()
+                    .unwrap_or_else(|| Vec::with_capacity(CHUNK_BYTES))
+            } else {
+                Vec::with_capacity(line.len())
+            };
+            self.chunks.push(chunk);
+        }
+        if let Some(last) = self.chunks.last_mut() {
+            last.extend_from_slice(line);
+        }
+        self.bytes += line.len();
         // A notify is a system call: only on the two lines the writer can be waiting for.
-        if before == 0 || (before < BATCH_BYTES && self.lines.len() >= BATCH_BYTES) {
+        if before == 0 || (before < BATCH_BYTES && self.bytes >= BATCH_BYTES) {
             Some(Appended::Wake)
         } else {
             Some(Appended::Quiet)
+        }
+    }
+
+    /// Hands every waiting chunk over to the writer (swapped with its empty list).
+    fn take(&mut self, into: &mut Vec<Vec<u8>>) {
+        std::mem::swap(&mut self.chunks, into);
+        self.bytes = 0;
+    }
+
+    /// Takes back written chunks for reuse, emptied: up to [`SPARE_CHUNKS`] of the usual size.
+    /// The rest stay in `written`, for the caller to free once the lock is released.
+    fn recycle(&mut self, written: &mut Vec<Vec<u8>>) {
+        while self.spare.len() < SPARE_CHUNKS {
+            let Some(mut chunk) = written.pop() else {
+                break;
+            };
+            if chunk.capacity() == CHUNK_BYTES {
+                chunk.clear();
+                self.spare.push(chunk);
+            }
         }
     }
 }
@@ -187,18 +236,18 @@ impl Drop for Handle {
 /// [`BATCH_BYTES`] are waiting, and takes them all (one write and flush per batch, no wake-up per
 /// line).
 fn writer(mut sink: Sink, pending: &Pending) {
-    let mut batch: Vec<u8> = Vec::new();
+    let mut batch: Vec<Vec<u8>> = Vec::new();
     loop {
         {
             let mut state = pending.state.lock().unwrap_or_else(PoisonError::into_inner);
-            while state.lines.is_empty() && !state.closed {
+            while state.bytes == 0 && !state.closed {
                 state = pending
                     .wake
                     .wait(state)
                     .unwrap_or_else(PoisonError::into_inner);
             }
             let gathered = Instant::now() + BATCH_INTERVAL;
-            while state.lines.len() < BATCH_BYTES && !state.closed {
+            while state.bytes < BATCH_BYTES && !state.closed {
                 let Some(left) = gathered.checked_duration_since(Instant::now()) else {
                     break;
                 };
@@ -208,18 +257,25 @@ fn writer(mut sink: Sink, pending: &Pending) {
                     .unwrap_or_else(PoisonError::into_inner)
                     .0;
             }
-            if state.lines.is_empty() {
+            if state.bytes == 0 {
                 break;
             }
-            std::mem::swap(&mut state.lines, &mut batch);
+            state.take(&mut batch);
         }
-        if let Err(e) = sink.write_lines(&batch).and_then(|()| sink.flush()) {
+        let written = batch
+            .iter()
+            .try_for_each(|chunk| sink.write_lines(chunk))
+            .and_then(|()| sink.flush());
+        if let Err(e) = written {
             tracing::error!(error = %e, "decision log write failed");
         }
+        pending
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .recycle(&mut batch);
+        // What the spare list had no room for is freed here, outside the lock.
         batch.clear();
-        if batch.capacity() > KEEP_BATCH_CAPACITY {
-            batch = Vec::new();
-        }
     }
     let _ = sink.flush();
 }
@@ -439,6 +495,11 @@ mod tests {
         assert_eq!(unique.len(), 2000);
     }
 
+    /// Everything waiting, in order.
+    fn waiting(state: &PendingState) -> Vec<u8> {
+        state.chunks.concat()
+    }
+
     #[test]
     fn lines_beyond_the_pending_limit_are_refused_whole() {
         let mut state = PendingState::default();
@@ -451,9 +512,10 @@ mod tests {
             Some(Appended::Wake),
             "exactly at the limit (and past the batch size)"
         );
-        assert_eq!(state.lines.len(), MAX_PENDING_BYTES);
+        assert_eq!(state.bytes, MAX_PENDING_BYTES);
+        assert_eq!(waiting(&state).len(), MAX_PENDING_BYTES);
         assert_eq!(state.append(b"c\n"), None);
-        assert!(state.lines.starts_with(b"a\nb\nx"));
+        assert!(waiting(&state).starts_with(b"a\nb\nx"));
     }
 
     #[test]
@@ -473,8 +535,74 @@ mod tests {
         );
         assert_eq!(state.append(b"c\n"), Some(Appended::Quiet), "past it");
         // The writer took the batch: the next line starts a new one.
-        state.lines.clear();
+        state.take(&mut Vec::new());
         assert_eq!(state.append(b"d\n"), Some(Appended::Wake));
+    }
+
+    #[test]
+    fn waiting_lines_hold_about_one_chunk_more_than_their_bytes_and_keep_their_order() {
+        let mut state = PendingState::default();
+        let lines: Vec<Vec<u8>> = (0..5000).map(line).collect();
+        let longest = lines.iter().map(Vec::len).max().unwrap_or(0);
+        let mut expected = Vec::new();
+        for (n, l) in lines.iter().enumerate() {
+            assert!(state.append(l).is_some());
+            expected.extend_from_slice(l);
+            // Each full chunk's tail is shorter than the line that did not fit in it.
+            let held: usize = state.chunks.iter().map(Vec::capacity).sum();
+            assert!(
+                held <= state.bytes + CHUNK_BYTES + state.chunks.len() * longest,
+                "after line {n}: {held} bytes held for {} waiting",
+                state.bytes
+            );
+        }
+        assert!(state.bytes > MAX_PENDING_BYTES / 4, "{}", state.bytes);
+        assert_eq!(waiting(&state), expected);
+        // A line longer than a chunk gets one of its own, exactly its size.
+        let long = vec![b'y'; CHUNK_BYTES + 1];
+        assert!(state.append(&long).is_some());
+        assert_eq!(state.chunks.last().map(Vec::capacity), Some(long.len()));
+        assert!(state.append(b"z\n").is_some());
+        assert_eq!(state.chunks.last().map(Vec::as_slice), Some(&b"z\n"[..]));
+    }
+
+    #[test]
+    fn written_chunks_are_reused_up_to_the_spare_limit_and_the_rest_freed() {
+        let mut state = PendingState::default();
+        let mut batch = Vec::new();
+        let filler = vec![b'x'; CHUNK_BYTES];
+        for _ in 0..3 * SPARE_CHUNKS {
+            assert!(state.append(&filler).is_some());
+        }
+        assert!(state.append(&vec![b'y'; CHUNK_BYTES + 1]).is_some());
+        state.take(&mut batch);
+        assert_eq!((state.bytes, state.chunks.len()), (0, 0));
+        assert_eq!(batch.len(), 3 * SPARE_CHUNKS + 1);
+        let kept: Vec<*const u8> = batch
+            .iter()
+            .rev()
+            .take(SPARE_CHUNKS + 1)
+            .map(|c| c.as_ptr())
+            .collect();
+        state.recycle(&mut batch);
+        // The oversized chunk (last) is not kept; the spares are emptied chunks of the usual size.
+        assert_eq!(state.spare.len(), SPARE_CHUNKS);
+        assert!(
+            state
+                .spare
+                .iter()
+                .all(|c| c.is_empty() && c.capacity() == CHUNK_BYTES)
+        );
+        assert_eq!(batch.len(), 2 * SPARE_CHUNKS, "left for the caller to free");
+        // The next lines fill the spares before anything new is allocated.
+        for _ in 0..SPARE_CHUNKS {
+            assert!(state.append(&filler).is_some());
+        }
+        assert!(state.spare.is_empty());
+        assert!(
+            state.chunks.iter().all(|c| kept.contains(&c.as_ptr())),
+            "a chunk was allocated while spares were left"
+        );
     }
 
     #[test]

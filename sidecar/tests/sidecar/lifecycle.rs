@@ -375,3 +375,31 @@ async fn trust_bundle_swapped_live_applies_to_new_handshakes_and_keeps_establish
         StatusCode::OK
     );
 }
+
+#[tokio::test]
+async fn the_admin_listener_serves_at_most_32_connections_and_closes_silent_ones() {
+    let f = Fixture::start(Options::default()).await;
+    // 32 connections that never send a request hold every slot.
+    let mut silent = Vec::new();
+    for _ in 0..32 {
+        silent.push(TcpStream::connect(f.admin).await.unwrap());
+    }
+    // The next request waits in the backlog…
+    let probe = tokio::spawn(admin_get(f.admin, "/healthz"));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !probe.is_finished(),
+        "a 33rd admin connection was served while 32 held every slot"
+    );
+    // …until the silent ones are closed at the 5 s request-head deadline.
+    for s in &mut silent {
+        let mut buf = Vec::new();
+        let r = tokio::time::timeout(WAIT, s.read_to_end(&mut buf)).await;
+        assert!(r.is_ok(), "a silent admin connection was kept open");
+    }
+    let (status, body) = tokio::time::timeout(WAIT, probe)
+        .await
+        .expect("the waiting request was never served")
+        .unwrap();
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+}
