@@ -58,6 +58,9 @@ const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365);
 pub(crate) struct H2Server {
     builder: h2::server::Builder,
     keep_alive: Option<KeepAlive>,
+    /// A connection with no stream open for this long is shut down gracefully (GOAWAY), however
+    /// many frames (pings, settings, window updates) it still exchanges.
+    idle_without_streams: Duration,
 }
 
 /// How a connection ends up being served.
@@ -78,6 +81,7 @@ impl H2Server {
         max_header_bytes: usize,
         max_concurrent_streams: u32,
         keep_alive: Option<KeepAlive>,
+        idle_without_streams: Duration,
     ) -> Self {
         let mut builder = h2::server::Builder::new();
         builder
@@ -90,11 +94,13 @@ impl H2Server {
         Self {
             builder,
             keep_alive,
+            idle_without_streams,
         }
     }
 
-    /// Serves one connection until it ends, is idle too long, fails a keep-alive ping, or has
-    /// finished its streams after a stop; `handle` answers each request.
+    /// Serves one connection until it ends, is idle too long (`idle`: no bytes either way), fails
+    /// a keep-alive ping, or has finished its streams after a stop or after
+    /// `idle_without_streams` with none open; `handle` answers each request.
     pub(crate) async fn serve<I, Idle, Stop, H, F, B>(&self, conn: Conn<I, Idle, Stop>, handle: H)
     where
         I: AsyncRead + AsyncWrite + Unpin,
@@ -134,6 +140,9 @@ impl H2Server {
         let mut ping_timer = pin!(tokio::time::sleep(first));
         let mut ping_outstanding = false;
         let mut streams = FuturesUnordered::new();
+        // Armed whenever the last open stream ends (and at the start).
+        let mut no_streams = pin!(tokio::time::sleep(self.idle_without_streams));
+        let mut had_streams = false;
         let mut draining = false;
         // Streams accepted since accepting last found no frame waiting (an atomic only because
         // the accept future and the loop share it, and the future must be `Send`).
@@ -143,6 +152,13 @@ impl H2Server {
                 in_a_row.store(0, Ordering::Relaxed);
                 tokio::task::yield_now().await;
             }
+            let has_streams = !streams.is_empty();
+            if had_streams && !has_streams {
+                no_streams
+                    .as_mut()
+                    .reset(Instant::now() + self.idle_without_streams);
+            }
+            had_streams = has_streams;
             tokio::select! {
                 // Streams first: every stream that can move queues its frames before the
                 // connection is polled again, so they go out in one write.
@@ -174,6 +190,11 @@ impl H2Server {
                     return;
                 }
                 () = &mut stop, if !draining => {
+                    draining = true;
+                    h2.graceful_shutdown();
+                }
+                () = &mut no_streams, if !has_streams && !draining => {
+                    tracing::debug!(src.addr = %peer, "no stream open for the idle timeout; closing");
                     draining = true;
                     h2.graceful_shutdown();
                 }
@@ -384,7 +405,7 @@ mod tests {
                     idle: std::future::pending(),
                     stop: std::future::pending(),
                 };
-                H2Server::new(16 * 1024, 1000, None)
+                H2Server::new(16 * 1024, 1000, None, Duration::from_secs(60))
                     .serve(conn, |_req| {
                         seen.lock().unwrap().push(turns.load(Ordering::Relaxed));
                         wake.notify_one();

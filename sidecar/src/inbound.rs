@@ -146,11 +146,14 @@ impl Inbound {
             inputs.limits.idle_timeout,
         );
         let http = http::Server::new(&inputs.limits);
-        // No keep-alive pings: they would count as traffic and defeat the idle timeout.
+        // No keep-alive pings: they would count as traffic and defeat the idle timeout. A
+        // caller's own pings do too, so a connection is also closed after the idle timeout
+        // without an open stream.
         let h2 = crate::h2_server::H2Server::new(
             inputs.limits.max_header_bytes,
             http::MAX_CONCURRENT_STREAMS,
             None,
+            inputs.limits.idle_timeout,
         );
         let slots = Arc::new(Semaphore::new(inputs.limits.max_connections));
         let shared = Shared {

@@ -178,10 +178,13 @@ impl Servers {
             interval: limits.idle_timeout / 2,
             timeout: limits.handshake_timeout,
         };
+        // A local client that keeps a connection without a stream open for the idle timeout
+        // gets a GOAWAY (gRPC clients reconnect on their next call).
         let h2 = H2Server::new(
             limits.max_header_bytes,
             MAX_CONCURRENT_STREAMS,
             Some(keep_alive),
+            limits.idle_timeout,
         );
         Self {
             http1,

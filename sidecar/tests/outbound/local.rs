@@ -75,3 +75,39 @@ async fn h2c_client_sending_a_malformed_frame_is_disconnected_and_nothing_leaves
     assert_eq!(reply.status, http::StatusCode::OK);
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn h2c_client_that_answers_pings_but_opens_no_stream_is_sent_away_after_the_idle_timeout() {
+    let pki = Pki::new();
+    let upstream = Upstream::http(&pki).await;
+    let mut limits = OutboundLimits::default();
+    // The sidecar pings every 300 ms; hyper's client answers each ping.
+    limits.idle_timeout = Duration::from_millis(600);
+    let proxy = Proxy::start(ProxyOptions {
+        limits,
+        ..ProxyOptions::http(&pki, &upstream)
+    })
+    .await;
+
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake::<_, _, http_body_util::Empty<bytes::Bytes>>(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{}/", proxy.addr))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    assert_eq!(send.send_request(req).await.unwrap().status(), 200);
+    // Then no stream: answered pings alone do not keep the connection.
+    let closed = tokio::time::timeout(WAIT, conn).await;
+    assert!(
+        closed.is_ok(),
+        "a connection without streams was kept by its pongs"
+    );
+    assert_eq!(upstream.requests(), 1);
+    proxy.stop().await;
+}

@@ -209,6 +209,43 @@ async fn silent_and_slow_clients_are_disconnected() {
 }
 
 #[tokio::test]
+async fn an_http2_caller_that_only_pings_is_sent_away_after_the_idle_timeout() {
+    let f = Fixture::start_with_limits("idle_timeout = \"2s\"\n").await;
+    let web = f.client(WEB_ID);
+    let tls = web.connect(f.inbound).await.unwrap();
+    // Pings every 300 ms keep bytes moving both ways, well within the idle timeout.
+    let (mut sender, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(Duration::from_millis(300))
+            .keep_alive_while_idle(true)
+            .handshake::<_, http_body_util::Full<bytes::Bytes>>(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    // A request first: the connection is in use, then idle.
+    let req = http::Request::get(format!("https://{}/x", f.inbound))
+        .body(http_body_util::Full::default())
+        .unwrap();
+    assert_eq!(
+        sender.send_request(req).await.unwrap().status(),
+        StatusCode::OK
+    );
+    let started = tokio::time::Instant::now();
+    let r = tokio::time::timeout(WAIT, conn).await;
+    assert!(
+        r.is_ok(),
+        "a connection without streams was kept open by its pings"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "closed before the idle timeout: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(f.app.seen(), 1);
+}
+
+#[tokio::test]
 async fn connections_beyond_max_connections_are_refused_and_counted() {
     let f = Fixture::start_with_limits("max_connections = 2\n").await;
     let web = f.client(WEB_ID);
