@@ -101,7 +101,16 @@ impl H2Server {
     /// Serves one connection until it ends, is idle too long (`idle`: no bytes either way), fails
     /// a keep-alive ping, or has finished its streams after a stop or after
     /// `idle_without_streams` with none open; `handle` answers each request.
-    pub(crate) async fn serve<I, Idle, Stop, H, F, B>(&self, conn: Conn<I, Idle, Stop>, handle: H)
+    ///
+    /// Not an `async fn`: the handshake (which takes the transport) is put on the heap here, so
+    /// the future, allocated per connection, holds neither the transport nor the handshake's
+    /// state beside the connection it becomes (an `async fn` keeps room for its arguments and
+    /// for the largest state of each phase for the whole of the connection).
+    pub(crate) fn serve<I, Idle, Stop, H, F, B>(
+        &self,
+        conn: Conn<I, Idle, Stop>,
+        handle: H,
+    ) -> impl Future<Output = ()>
     where
         I: AsyncRead + AsyncWrite + Unpin,
         Idle: Future<Output = ()>,
@@ -117,10 +126,30 @@ impl H2Server {
             idle,
             stop,
         } = conn;
+        let handshake = Box::pin(self.builder.handshake::<_, Bytes>(io));
+        self.serve_handshaking(handshake, peer, idle, stop, handle)
+    }
+
+    async fn serve_handshaking<I, Idle, Stop, H, F, B>(
+        &self,
+        handshake: Pin<Box<h2::server::Handshake<I, Bytes>>>,
+        peer: SocketAddr,
+        idle: Idle,
+        stop: Stop,
+        handle: H,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin,
+        Idle: Future<Output = ()>,
+        Stop: Future<Output = ()>,
+        H: Fn(Request<H2Body>) -> F,
+        F: Future<Output = Response<B>>,
+        B: Body<Data = Bytes> + Unpin + Send,
+        B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    {
         let mut idle = pin!(idle);
         let mut stop = pin!(stop);
         let mut h2 = tokio::select! {
-            result = self.builder.handshake::<_, Bytes>(io) => match result {
+            result = handshake => match result {
                 Ok(h2) => h2,
                 Err(e) => {
                     tracing::debug!(src.addr = %peer, error = %e, "h2 handshake failed");
