@@ -140,36 +140,72 @@ impl std::fmt::Display for Rfc3339Millis {
     }
 }
 
-/// Parses `YYYY-MM-DDThh:mm:ss[.sss]Z` (what [`rfc3339_millis`] writes and decision logs hold).
+/// Parses `YYYY-MM-DDThh:mm:ss[.sss]Z` (what [`rfc3339_millis`] writes and decision logs hold):
+/// every field its fixed number of digits, a real date from 1970 to 9999, `ss` up to 60 (a leap
+/// second). Anything else is `None`.
 pub fn parse_time(s: &str) -> Option<SystemTime> {
-    let s = s.strip_suffix('Z')?;
-    let (date, clock) = s.split_once('T')?;
-    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
-    let (year, month, day) = (d.next()??, d.next()??, d.next()??);
-    let (clock, millis) = match clock.split_once('.') {
-        Some((c, m)) if m.len() == 3 => (c, m.parse::<u64>().ok()?),
-        Some(_) => return None,
-        None => (clock, 0),
+    let b = s.as_bytes();
+    let (fields, millis) = match b.len() {
+        20 => (b, 0),
+        24 if b.get(19) == Some(&b'.') => (b, digits(b.get(20..23)?)?),
+        _ => return None,
     };
-    let mut c = clock.splitn(3, ':').map(|p| p.parse::<i64>().ok());
-    let (h, mi, sec) = (c.next()??, c.next()??, c.next()??);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || h > 23 || mi > 59 || sec > 60 {
+    let shape_ok = [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':')]
+        .iter()
+        .all(|&(i, c)| fields.get(i) == Some(&c))
+        && b.last() == Some(&b'Z');
+    if !shape_ok {
         return None;
     }
-    // days_from_civil.
+    let year = digits(fields.get(0..4)?)?;
+    let month = digits(fields.get(5..7)?)?;
+    let day = digits(fields.get(8..10)?)?;
+    let (h, mi, sec) = (
+        digits(fields.get(11..13)?)?,
+        digits(fields.get(14..16)?)?,
+        digits(fields.get(17..19)?)?,
+    );
+    if year < 1970
+        || !(1..=12).contains(&month)
+        || day < 1
+        || day > days_in_month(year, month)
+        || h > 23
+        || mi > 59
+        || sec > 60
+    {
+        return None;
+    }
+    // days_from_civil (years 1970..=9999: nothing here can overflow).
     let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
+    let (era, yoe) = (y / 400, y % 400);
     let mp = if month > 2 { month - 3 } else { month + 9 };
     let doy = (153 * mp + 2) / 5 + day - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = u64::try_from(days * 86_400 + h * 3600 + mi * 60 + sec).ok()?;
+    let days = (era * 146_097 + doe).checked_sub(719_468)?;
+    let secs = days * 86_400 + h * 3600 + mi * 60 + sec;
     Some(
         UNIX_EPOCH
             + std::time::Duration::from_secs(secs)
             + std::time::Duration::from_millis(millis),
     )
+}
+
+/// The value of a run of ASCII digits (no sign, no space); `None` for anything else.
+fn digits(b: &[u8]) -> Option<u64> {
+    b.iter().try_fold(0u64, |n, &c| {
+        c.is_ascii_digit().then(|| n * 10 + u64::from(c - b'0'))
+    })
+}
+
+fn days_in_month(year: u64, month: u64) -> u64 {
+    match month {
+        4 | 6 | 9 | 11 => 30,
+        2 if year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400)) => {
+            29
+        }
+        2 => 28,
+        _ => 31,
+    }
 }
 
 #[cfg(test)]
@@ -194,9 +230,54 @@ mod tests {
             "2025-11-25T25:00:00Z",
             "2025-11-25T00:00:00.1Z",
             "x-y-zT1:2:3Z",
+            // Years too large for any arithmetic, and before the epoch.
+            "300000000000-01-01T00:00:00Z",
+            "99999-01-01T00:00:00Z",
+            "1969-12-31T23:59:59Z",
+            // Signs, spaces and short fields.
+            "2025-11-25T-1:-1:-1Z",
+            "+025-11-25T00:00:00Z",
+            "2025-11-25T 0:00:00Z",
+            "2025-1-25T00:00:00Z",
+            "2025-11-25T00:00:00.+12Z",
+            // Days the month does not have.
+            "2025-02-29T00:00:00Z",
+            "2025-04-31T00:00:00Z",
+            "2025-11-00T00:00:00Z",
+            // Not the format.
+            "2025-11-25 00:00:00Z",
+            "2025-11-25T00:00:00",
+            "2025-11-25T00:00:00.123",
+            "2025-11-25T00:00:00.123+00:00",
+            "2025-11-25T00:00:00Z\n",
         ] {
             assert_eq!(parse_time(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn parse_time_accepts_leap_days_and_the_ends_of_its_range() {
+        let at = |s| parse_time(s).map(rfc3339_millis);
+        assert_eq!(
+            at("2024-02-29T12:00:00Z").as_deref(),
+            Some("2024-02-29T12:00:00.000Z")
+        );
+        assert_eq!(
+            at("2000-02-29T00:00:00Z").as_deref(),
+            Some("2000-02-29T00:00:00.000Z")
+        );
+        assert_eq!(parse_time("1900-02-29T00:00:00Z"), None);
+        assert_eq!(parse_time("2100-02-29T00:00:00Z"), None);
+        assert_eq!(parse_time("1970-01-01T00:00:00Z"), Some(UNIX_EPOCH));
+        assert_eq!(
+            at("9999-12-31T23:59:59.999Z").as_deref(),
+            Some("9999-12-31T23:59:59.999Z")
+        );
+        // A leap second is the next second.
+        assert_eq!(
+            at("2016-12-31T23:59:60Z").as_deref(),
+            Some("2017-01-01T00:00:00.000Z")
+        );
     }
 
     #[test]

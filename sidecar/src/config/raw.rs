@@ -18,6 +18,13 @@ use crate::outbound::Route;
 const MAX_KEEP: u32 = 1000;
 /// Most concurrent inbound connections accepted as a limit.
 const MAX_MAX_CONNECTIONS: usize = 1_000_000;
+/// Most `limits.max_header_bytes` (Envoy's cap on `max_request_headers_kb`).
+const MAX_MAX_HEADER_BYTES: usize = 8 * 1024 * 1024;
+/// Most `limits.max_headers`: hyper sets aside a slot per allowed header for every HTTP/1
+/// request it parses, so the limit is memory per request.
+const MAX_MAX_HEADERS: usize = 1000;
+/// Most `worker_threads`.
+const MAX_WORKER_THREADS: usize = 1024;
 /// Smallest decision-log rotation size.
 const MIN_LOG_BYTES: u64 = 4096;
 
@@ -253,6 +260,15 @@ impl RawConfig {
         )?;
         let decision_log = self.decision_log.validate(&invalid)?;
         let limits = self.limits.validate(&invalid)?;
+        if self.worker_threads > MAX_WORKER_THREADS {
+            return Err(invalid(
+                "worker_threads",
+                format!(
+                    "`{}` is above the maximum of {MAX_WORKER_THREADS}",
+                    self.worker_threads
+                ),
+            ));
+        }
         for route in &self.outbound {
             route
                 .validate()
@@ -409,6 +425,25 @@ impl RawLimits {
                 "limits.max_connections",
                 format!("is above the maximum of {MAX_MAX_CONNECTIONS}"),
             ));
+        }
+        for (key, value, max) in [
+            (
+                "limits.max_header_bytes",
+                max_header_bytes,
+                MAX_MAX_HEADER_BYTES,
+            ),
+            (
+                "limits.max_headers",
+                self.max_headers.unwrap_or(DEFAULT_MAX_HEADERS),
+                MAX_MAX_HEADERS,
+            ),
+        ] {
+            if value > max {
+                return Err(invalid(
+                    key,
+                    format!("`{value}` is above the maximum of {max}"),
+                ));
+            }
         }
         if max_header_bytes < MIN_HEADER_BYTES {
             return Err(invalid(

@@ -129,6 +129,13 @@ fn bad_values_name_their_key() {
         (format!("{MIN}[limits]\nmax_connections = 0\n"), "limits.max_connections"),
         (format!("{MIN}[limits]\nmax_connections = 5000000\n"), "limits.max_connections"),
         (format!("{MIN}[limits]\nmax_header_bytes = 100\n"), "limits.max_header_bytes"),
+        (
+            format!("{MIN}[limits]\nmax_header_bytes = 8388609\n"),
+            "limits.max_header_bytes",
+        ),
+        (format!("{MIN}[limits]\nmax_headers = 0\n"), "limits.max_headers"),
+        (format!("{MIN}[limits]\nmax_headers = 1001\n"), "limits.max_headers"),
+        (format!("worker_threads = 1025\n{MIN}"), "worker_threads"),
         (format!("{MIN}[admin]\nlisten = \"nowhere\"\n"), "admin.listen"),
         (format!("{MIN}[decision_log]\nkeep = 5000\n"), "decision_log.keep"),
         (format!("{MIN}[decision_log]\nmax_bytes = 10\n"), "decision_log.max_bytes"),
@@ -248,4 +255,16 @@ fn summary_is_one_line() {
         s.contains("service `api`") && s.contains("1 outbound"),
         "{s}"
     );
+}
+
+#[test]
+fn limits_at_their_maxima_are_accepted() {
+    let c = parse(&format!(
+        "worker_threads = 1024\n{MIN}[limits]\nmax_header_bytes = 8388608\nmax_headers = 1000\nmax_connections = 1000000\n"
+    ))
+    .unwrap();
+    assert_eq!(c.worker_threads(), 1024);
+    assert_eq!(c.limits.max_header_bytes, 8 * 1024 * 1024);
+    assert_eq!(c.limits.max_headers, 1000);
+    assert_eq!(c.limits.max_connections, 1_000_000);
 }
