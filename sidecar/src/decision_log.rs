@@ -17,7 +17,7 @@
 //! what is pending and ends, and the drop waits for it, so a clean shutdown loses no line.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
@@ -33,8 +33,6 @@ const MAX_PENDING_BYTES: usize = 4 * 1024 * 1024;
 const BATCH_INTERVAL: Duration = Duration::from_millis(10);
 /// Bytes of waiting lines that wake the writer before [`BATCH_INTERVAL`] is up.
 const BATCH_BYTES: usize = 128 * 1024;
-/// Writer buffer size.
-const BUFFER_BYTES: usize = 64 * 1024;
 /// The size of each buffer of the queue of waiting lines (a longer line gets one of its own).
 const CHUNK_BYTES: usize = 32 * 1024;
 /// Empty chunks kept for reuse: a steady load's batches, with one being written while the next
@@ -81,14 +79,17 @@ pub(crate) struct OpenError {
     source: io::Error,
 }
 
+/// Where lines go, a chunk of whole lines per write (the chunks are the buffer: nothing is
+/// buffered again here, so a failed write loses exactly what it reports).
 enum Sink {
-    Stdout(BufWriter<io::Stdout>),
+    Stdout(io::Stdout),
     File(Rotating),
 }
 
 struct Rotating {
     path: PathBuf,
-    file: BufWriter<File>,
+    file: File,
+    /// Bytes of whole lines in `file`.
     written: u64,
     max_bytes: u64,
     keep: u32,
@@ -103,16 +104,17 @@ impl DecisionLog {
         metrics: Arc<Metrics>,
     ) -> Result<Self, OpenError> {
         let sink = match &config.target {
-            LogTarget::Stdout => Sink::Stdout(BufWriter::with_capacity(BUFFER_BYTES, io::stdout())),
+            LogTarget::Stdout => Sink::Stdout(io::stdout()),
             LogTarget::File(path) => {
                 Sink::File(Rotating::open(path, config.max_bytes, config.keep)?)
             }
         };
         let pending = Arc::new(Pending::default());
         let writer_pending = Arc::clone(&pending);
+        let writer_metrics = Arc::clone(&metrics);
         let writer = std::thread::Builder::new()
             .name("decision-log".to_owned())
-            .spawn(move || writer(sink, &writer_pending))
+            .spawn(move || writer(sink, &writer_pending, &writer_metrics))
             .map_err(|source| OpenError {
                 path: PathBuf::from("-"),
                 source,
@@ -235,7 +237,10 @@ impl Drop for Handle {
 /// it sleeps until a line arrives; then it lets lines gather for [`BATCH_INTERVAL`], or until
 /// [`BATCH_BYTES`] are waiting, and takes them all (one write and flush per batch, no wake-up per
 /// line).
-fn writer(mut sink: Sink, pending: &Pending) {
+///
+/// When a write fails, the lines of the batch it did not write are lost: logged, and counted as
+/// dropped; a file is cut back to its last whole line first.
+fn writer(mut sink: Sink, pending: &Pending, metrics: &Metrics) {
     let mut batch: Vec<Vec<u8>> = Vec::new();
     loop {
         {
@@ -264,10 +269,19 @@ fn writer(mut sink: Sink, pending: &Pending) {
         }
         let written = batch
             .iter()
-            .try_for_each(|chunk| sink.write_lines(chunk))
-            .and_then(|()| sink.flush());
-        if let Err(e) = written {
-            tracing::error!(error = %e, "decision log write failed");
+            .enumerate()
+            .try_for_each(|(n, chunk)| sink.write_lines(chunk).map_err(|(e, done)| (e, n, done)));
+        match written {
+            Ok(()) => {
+                if let Err(e) = sink.flush() {
+                    tracing::error!(error = %e, "decision log flush failed");
+                }
+            }
+            Err((e, chunk, done)) => {
+                let lost = lines_from(&batch, chunk, done);
+                tracing::error!(error = %e, lines = lost, "decision log write failed: lines lost");
+                metrics.decision_log_lost(u64::try_from(lost).unwrap_or(u64::MAX));
+            }
         }
         pending
             .state
@@ -280,13 +294,26 @@ fn writer(mut sink: Sink, pending: &Pending) {
     let _ = sink.flush();
 }
 
+/// The lines of `batch` from byte `done` of chunk `chunk` on.
+fn lines_from(batch: &[Vec<u8>], chunk: usize, done: usize) -> usize {
+    let newlines = |b: &[u8]| b.iter().filter(|&&c| c == b'\n').count();
+    let first = batch
+        .get(chunk)
+        .and_then(|c| c.get(done..))
+        .map_or(0, newlines);
+    first
+        + batch
+            .get(chunk + 1..)
+            .map_or(0, |rest| rest.iter().map(|c| newlines(c)).sum())
+}
+
 // === impl Sink ===
 
 impl Sink {
-    /// Writes whole lines.
-    fn write_lines(&mut self, lines: &[u8]) -> io::Result<()> {
+    /// Writes whole lines; on failure, how many bytes of `lines` were written (whole lines).
+    fn write_lines(&mut self, lines: &[u8]) -> Result<(), (io::Error, usize)> {
         match self {
-            Self::Stdout(w) => w.write_all(lines),
+            Self::Stdout(w) => w.write_all(lines).map_err(|e| (e, 0)),
             Self::File(r) => r.write_lines(lines),
         }
     }
@@ -294,7 +321,7 @@ impl Sink {
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Self::Stdout(w) => w.flush(),
-            Self::File(r) => r.file.flush(),
+            Self::File(_) => Ok(()),
         }
     }
 }
@@ -310,7 +337,7 @@ impl Rotating {
         let written = file.metadata().map(|m| m.len()).unwrap_or(0);
         Ok(Self {
             path: path.to_owned(),
-            file: BufWriter::with_capacity(BUFFER_BYTES, file),
+            file,
             written,
             max_bytes,
             keep,
@@ -318,40 +345,50 @@ impl Rotating {
     }
 
     /// Writes whole lines, rotating right after the line that brings the file to `max_bytes`
-    /// (so no line is split between files).
-    fn write_lines(&mut self, mut lines: &[u8]) -> io::Result<()> {
-        while !lines.is_empty() {
+    /// (so no line is split between files). On failure the file is cut back to its last whole
+    /// line, and the error comes with how many bytes of `lines` are in the files.
+    fn write_lines(&mut self, lines: &[u8]) -> Result<(), (io::Error, usize)> {
+        let mut done = 0;
+        while let Some(rest) = lines.get(done..).filter(|rest| !rest.is_empty()) {
             let room = usize::try_from(self.max_bytes.saturating_sub(self.written))
                 .unwrap_or(usize::MAX)
                 .max(1);
-            if lines.len() < room {
-                self.file.write_all(lines)?;
-                self.written += lines.len() as u64;
-                return Ok(());
+            // All of it, or up to the end of the line that reaches `max_bytes` (the first
+            // newline at or after `room - 1`).
+            let cut = if rest.len() < room {
+                rest.len()
+            } else {
+                rest.get(room - 1..)
+                    .and_then(|tail| tail.iter().position(|&b| b == b'\n'))
+                    .map_or(rest.len(), |i| room + i)
+            };
+            let now = rest.get(..cut).unwrap_or(rest);
+            if let Err(e) = self.file.write_all(now) {
+                self.cut_back();
+                return Err((e, done));
             }
-            // The line that reaches `max_bytes` ends at the first newline at or after `room - 1`.
-            let cut = lines
-                .get(room - 1..)
-                .and_then(|tail| tail.iter().position(|&b| b == b'\n'))
-                .map_or(lines.len(), |i| room + i);
-            let (now, rest) = lines.split_at(cut);
-            self.file.write_all(now)?;
             self.written += now.len() as u64;
-            lines = rest;
+            done += now.len();
             if self.written >= self.max_bytes {
-                self.rotate()?;
+                self.rotate().map_err(|e| (e, done))?;
             }
         }
         Ok(())
     }
 
+    /// Cuts the file back to the whole lines `written` counts: a write that failed part-way
+    /// leaves no partial line for the next one to follow (`warden policy diff` reads every line).
+    fn cut_back(&mut self) {
+        if let Err(e) = self.file.set_len(self.written) {
+            tracing::error!(error = %e, "cannot cut the decision log back to its last whole line");
+        }
+    }
+
     /// `file.<keep-1>` -> `file.<keep>`, …, `file` -> `file.1`, then a new empty `file`.
     fn rotate(&mut self) -> io::Result<()> {
-        self.file.flush()?;
         if self.keep == 0 {
-            self.file.get_ref().set_len(0)?;
-            let file = open_0600(&self.path)?;
-            self.file = BufWriter::with_capacity(BUFFER_BYTES, file);
+            self.file.set_len(0)?;
+            self.file = open_0600(&self.path)?;
         } else {
             for n in (1..self.keep).rev() {
                 let from = numbered(&self.path, n);
@@ -360,8 +397,7 @@ impl Rotating {
                 }
             }
             std::fs::rename(&self.path, numbered(&self.path, 1))?;
-            let file = open_0600(&self.path)?;
-            self.file = BufWriter::with_capacity(BUFFER_BYTES, file);
+            self.file = open_0600(&self.path)?;
         }
         self.written = 0;
         Ok(())
@@ -442,7 +478,6 @@ mod tests {
             let lines: Vec<u8> = batch.iter().flat_map(|&n| line(n)).collect();
             r.write_lines(&lines).unwrap();
         }
-        r.file.flush().unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         assert!(numbered(&path, 1).exists());
@@ -461,6 +496,75 @@ mod tests {
         let numbers: Vec<usize> = ids.iter().map(|id| id[1..].parse().unwrap()).collect();
         assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{numbers:?}");
         assert_eq!(numbers.last(), Some(&199));
+    }
+
+    #[test]
+    fn keep_0_truncates_the_file_in_place_at_the_size_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("decisions.log");
+        let mut r = Rotating::open(&path, 4096, 0).unwrap();
+        for n in 0..200 {
+            r.write_lines(&line(n)).unwrap();
+        }
+        assert!(!numbered(&path, 1).exists());
+        let ids = ids_in(&path);
+        assert_eq!(ids.last().map(String::as_str), Some("d199"));
+        assert!(ids.len() < 200, "never truncated: {} lines", ids.len());
+        let len = std::fs::metadata(&path).unwrap().len();
+        assert!(len < 4096 + line(199).len() as u64, "{len}");
+    }
+
+    #[test]
+    fn a_failed_write_leaves_whole_lines_only_and_says_how_much_was_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("decisions.log");
+        let mut r = Rotating::open(&path, 1 << 20, 1).unwrap();
+        r.write_lines(&[line(0), line(1)].concat()).unwrap();
+        // A write that stopped part-way through a line…
+        r.file.write_all(&line(2)[..40]).unwrap();
+        // …is cut back to the last whole line.
+        r.cut_back();
+        assert_eq!(ids_in(&path), ["d0", "d1"]);
+        // A file that cannot be written: nothing of the lines is in it, and it stays whole.
+        r.file = File::open(&path).unwrap();
+        let (_, done) = r.write_lines(&line(3)).unwrap_err();
+        assert_eq!(done, 0);
+        assert_eq!(ids_in(&path), ["d0", "d1"]);
+    }
+
+    #[test]
+    fn lines_a_failed_write_lost_are_counted_as_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("decisions.log");
+        let mut r = Rotating::open(&path, 1 << 20, 1).unwrap();
+        r.file = File::open(&path).unwrap();
+        let pending = Pending::default();
+        {
+            let mut state = pending.state.lock().unwrap();
+            for n in 0..5 {
+                assert!(state.append(&line(n)).is_some());
+            }
+            state.closed = true;
+        }
+        let metrics = Metrics::new();
+        writer(Sink::File(r), &pending, &metrics);
+        assert!(
+            metrics
+                .encode()
+                .contains("warden_sidecar_decision_log_dropped_total 5"),
+            "{}",
+            metrics.encode()
+        );
+    }
+
+    #[test]
+    fn lines_from_counts_the_unwritten_lines_of_a_batch() {
+        let batch = vec![b"a\nb\n".to_vec(), b"c\nd\ne\n".to_vec(), b"f\n".to_vec()];
+        assert_eq!(lines_from(&batch, 0, 0), 6);
+        assert_eq!(lines_from(&batch, 0, 2), 5);
+        assert_eq!(lines_from(&batch, 1, 4), 2);
+        assert_eq!(lines_from(&batch, 2, 0), 1);
+        assert_eq!(lines_from(&batch, 3, 0), 0);
     }
 
     #[test]

@@ -249,6 +249,11 @@ impl Metrics {
         self.log_dropped.inc();
     }
 
+    /// `lines` lines that a failed write lost.
+    pub(crate) fn decision_log_lost(&self, lines: u64) {
+        self.log_dropped.inc_by(lines);
+    }
+
     pub(crate) fn set_svid_not_after(&self, not_after: SystemTime) {
         *self
             .svid_not_after
