@@ -192,7 +192,7 @@ fn broken_sidecar_configs_fail_naming_the_key() {
             "--policy-dir",
             s(&policies()),
         ]);
-        assert_ne!(code, Some(0), "{to}: {out}");
+        assert_eq!(code, Some(3), "{to}: {out}");
         // Unknown keys are named; a bad value is named with the line of its key.
         let line = std::fs::read_to_string(&bad)
             .unwrap()

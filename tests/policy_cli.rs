@@ -63,7 +63,7 @@ fn validate_reports_a_type_error_with_file_line_and_column_and_exits_1() {
     )
     .unwrap();
     let (code, _out, err) = run(&["policy", "validate", s(dir.path())]);
-    assert_eq!(code, 1, "{err}");
+    assert_eq!(code, 3, "{err}");
     assert!(err.contains("broken.cedar:4:"), "{err}");
     assert!(
         err.contains("paht") && err.contains("policy `typo`"),
@@ -75,7 +75,7 @@ fn validate_reports_a_type_error_with_file_line_and_column_and_exits_1() {
 fn validate_rejects_an_empty_directory() {
     let dir = tempfile::tempdir().unwrap();
     let (code, _out, err) = run(&["policy", "validate", s(dir.path())]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 3);
     assert!(err.contains("no `.cedar` policy files"), "{err}");
 }
 

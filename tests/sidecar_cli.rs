@@ -81,7 +81,7 @@ fn check_config_rejects_unknown_keys_and_bad_values_naming_them() {
     ] {
         let out = check(tmp.path(), &toml, &[]);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{needle}: {out:?}");
+        assert_eq!(out.status.code(), Some(3), "{needle}: {out:?}");
         assert!(
             stderr.contains(needle) && stderr.contains("sidecar.toml"),
             "{needle}: {stderr}"
@@ -96,7 +96,7 @@ fn check_config_rejects_an_invalid_policy_directory() {
     std::fs::create_dir(&bad).unwrap();
     std::fs::write(bad.join("x.cedar"), "permit (principal, action, resource").unwrap();
     let out = check(tmp.path(), &valid(&bad), &[]);
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad-policies"));
 }
 

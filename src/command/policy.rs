@@ -83,7 +83,7 @@ pub(crate) fn run(cmd: PolicyCommand) -> anyhow::Result<Exit> {
                 );
                 Exit::Ok
             }
-            Err(e) => report(&e, Exit::Error),
+            Err(e) => report(&e, Exit::Invalid),
         }),
         PolicyCommand::Fmt { check, dir } => fmt(&dir, check),
         PolicyCommand::Test { dir } => test(&dir),

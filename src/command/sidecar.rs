@@ -25,7 +25,7 @@ pub(crate) struct RunArgs {
     #[arg(long, env = "WARDEN_SIDECAR_CONFIG")]
     config: Option<PathBuf>,
     /// Parse and validate the config and the policy directory, print a one-line summary and
-    /// exit (0 valid, 1 invalid).
+    /// exit (0 valid, 3 invalid).
     #[arg(long)]
     check_config: bool,
     /// Workload API socket, a path or `unix:///path` [default: $SPIFFE_ENDPOINT_SOCKET].
@@ -138,7 +138,7 @@ fn run_sidecar(args: RunArgs) -> anyhow::Result<Exit> {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
-            return Ok(Exit::Error);
+            return Ok(Exit::Invalid);
         }
     };
     if args.check_config {
@@ -151,7 +151,7 @@ fn run_sidecar(args: RunArgs) -> anyhow::Result<Exit> {
                 ),
                 Err(e) => {
                     eprintln!("error: policy directory `{}`: {e}", dir.display());
-                    return Ok(Exit::Error);
+                    return Ok(Exit::Invalid);
                 }
             },
             None => String::new(),
