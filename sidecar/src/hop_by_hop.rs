@@ -6,6 +6,16 @@
 
 use http::header::{self, HeaderMap, HeaderName};
 
+/// Fields a `Connection` option cannot remove: `TE` (handled below), and what identifies the
+/// request and its caller to the app — `Host`, and the `x-forwarded-client-cert` the sidecar
+/// sets (a caller's `Connection: x-forwarded-client-cert` would otherwise strip the identity it
+/// was allowed under).
+const PROTECTED: [HeaderName; 3] = [
+    header::TE,
+    header::HOST,
+    HeaderName::from_static("x-forwarded-client-cert"),
+];
+
 /// Removes the connection-specific headers of a request (`request`) or a response.
 pub(crate) fn strip(headers: &mut HeaderMap, request: bool) {
     // Most messages carry none of them: one pass over the names decides.
@@ -18,7 +28,7 @@ pub(crate) fn strip(headers: &mut HeaderMap, request: bool) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .filter(|name| name != header::TE)
+        .filter(|name| !PROTECTED.contains(name))
         .collect();
     for name in named {
         headers.remove(name);
@@ -91,6 +101,24 @@ mod tests {
 
         strip(&mut headers, false);
         assert_eq!(names(&headers), ["authorization", "x-kept"]);
+    }
+
+    #[test]
+    fn connection_cannot_name_host_or_the_client_certificate_header_away() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            (
+                "connection",
+                "host, x-forwarded-client-cert, X-Forwarded-Client-Cert, x-gone",
+            ),
+            ("host", "api"),
+            ("x-forwarded-client-cert", "By=spiffe://example.org/api"),
+            ("x-gone", "1"),
+        ] {
+            headers.append(name, HeaderValue::from_static(value));
+        }
+        strip(&mut headers, true);
+        assert_eq!(names(&headers), ["host", "x-forwarded-client-cert"]);
     }
 
     #[test]

@@ -25,6 +25,7 @@ use super::record::{self, RequestParts, XFCC};
 use super::revoke;
 use super::{ConnInfo, Shared};
 use crate::config::{Limits, Mode};
+use crate::hop_by_hop;
 use crate::metrics::{DecisionLabel, Direction};
 use crate::upgrade::{self, Tunnel};
 
@@ -102,19 +103,27 @@ pub(super) async fn serve<I>(
                     // What the tunnel is decided again on when the policy set changes; the
                     // version is taken before the decision, so a change racing it is not missed.
                     let version = shared.engine.current().version().to_owned();
-                    let decided = revoke::Upgrade::of(&req);
                     let idle_timeout = shared.limits.idle_timeout;
                     let (tunnel_shared, tunnel_conn) = (Arc::clone(&shared), Arc::clone(&conn));
-                    let send = |req| async {
-                        let (response, upgraded) = shared.app.send_upgrade(req).await?;
-                        if let Some(app) = upgraded {
-                            let revoked = async move {
-                                revoke::revoked(&tunnel_shared, &tunnel_conn, version, &decided)
+                    let send = |req: Request<Incoming>| {
+                        // The request as it was decided (path normalized, headers stripped).
+                        let decided = revoke::Upgrade::of(&req);
+                        async {
+                            let (response, upgraded) = shared.app.send_upgrade(req).await?;
+                            if let Some(app) = upgraded {
+                                let revoked = async move {
+                                    revoke::revoked(
+                                        &tunnel_shared,
+                                        &tunnel_conn,
+                                        version,
+                                        &decided,
+                                    )
                                     .await;
-                            };
-                            tunnel.open(caller, app, idle_timeout, revoked);
+                                };
+                                tunnel.open(caller, app, idle_timeout, revoked);
+                            }
+                            Ok(response)
                         }
-                        Ok(response)
                     };
                     handle(&shared, &conn, xfcc, req, send).await
                 }
@@ -180,13 +189,25 @@ where
 {
     let start = Instant::now();
     let time = SystemTime::now();
-    let grpc = is_grpc(req.headers());
+    let grpc = match grpc_call(&req) {
+        Ok(grpc) => grpc,
+        Err(bad) => {
+            return Exchange::Answered {
+                response: Some(bad_request(bad)),
+            };
+        }
+    };
     // hyper enforces the header count for HTTP/1.1 (431 before we see the request); HTTP/2
     // only bounds the header list's size, so the count is checked here, for both.
     if req.headers().len() > shared.limits.max_headers {
         drop(req);
         return Exchange::Answered {
             response: Some(too_many_headers(grpc)),
+        };
+    }
+    if let Err(bad) = one_host(&req) {
+        return Exchange::Answered {
+            response: Some(bad_request(bad)),
         };
     }
     // Policies decide on, and the app gets, one spelling of the path (see `path.rs`).
@@ -208,6 +229,13 @@ where
     }
     // The caller never speaks for the sidecar: drop its XFCC before anything looks at it.
     req.headers_mut().remove(XFCC);
+    // The policy decides on the headers the app will get: the connection-specific ones (and
+    // those `Connection` names) go now, not after the decision.
+    if upgrade::is_upgrade(&req) {
+        upgrade::strip_keeping_upgrade(req.headers_mut(), true);
+    } else {
+        hop_by_hop::strip(req.headers_mut(), true);
+    }
     let (decision, allowed, decision_id, line) = {
         let headers = record::header_pairs(&req);
         let parts = RequestParts::http(
@@ -330,10 +358,53 @@ impl<F: Future<Output = Response<ProxyBody>>> Future for Exchange<F> {
     }
 }
 
-pub(super) fn is_grpc(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
+/// Whether `req` is a gRPC call, decided with action `grpc`: an HTTP/2 `POST` with one
+/// `content-type`, `application/grpc` or `application/grpc+…`/`;…` (the gRPC wire spec). A
+/// request that claims gRPC any other way is malformed (`Err`, answered 400): decided on its
+/// method instead, it would reach a gRPC server (which reads neither the method nor a second
+/// `content-type`) as a call its policy never saw. `application/grpc-web` is not gRPC.
+pub(super) fn grpc_call<B>(req: &Request<B>) -> Result<bool, &'static str> {
+    let types = req.headers().get_all(header::CONTENT_TYPE);
+    if !types.iter().any(|ct| is_grpc_type(ct.as_bytes())) {
+        return Ok(false);
+    }
+    if req.version() != http::Version::HTTP_2 {
+        return Err("gRPC needs HTTP/2");
+    }
+    if req.method() != http::Method::POST {
+        return Err("a gRPC call is a POST");
+    }
+    match types.iter().nth(1) {
+        None => Ok(true),
+        Some(_) => Err("more than one content-type"),
+    }
+}
+
+/// `application/grpc`, alone or with a `+format` or `;parameters` (ASCII case-insensitive).
+fn is_grpc_type(ct: &[u8]) -> bool {
+    const GRPC: &[u8] = b"application/grpc";
+    ct.get(..GRPC.len())
+        .is_some_and(|start| start.eq_ignore_ascii_case(GRPC))
+        && matches!(ct.get(GRPC.len()), None | Some(b'+' | b';' | b' '))
+}
+
+/// A request names one host: one `Host` (RFC 9112 §3.2: more is a 400), and over HTTP/2 a
+/// `host` that agrees with `:authority` (RFC 9113 §8.3.1). Policies read the one `host`.
+fn one_host<B>(req: &Request<B>) -> Result<(), &'static str> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Err("more than one host");
+    }
+    if let (Some(host), Some(authority)) = (first, req.uri().authority())
+        && req.version() == http::Version::HTTP_2
+        && !host
+            .as_bytes()
+            .eq_ignore_ascii_case(authority.as_str().as_bytes())
+    {
+        return Err("host and :authority differ");
+    }
+    Ok(())
 }
 
 /// 403 with a body naming the decision; for gRPC a trailers-only PERMISSION_DENIED.

@@ -99,7 +99,7 @@ impl Upgrade {
     pub(super) fn of<B>(req: &Request<B>) -> Self {
         Self {
             method: req.method().as_str().to_owned(),
-            grpc: super::http::is_grpc(req.headers()),
+            grpc: super::http::grpc_call(req).unwrap_or(false),
             path: req.uri().path().to_owned(),
             query: req.uri().query().unwrap_or("").to_owned(),
             headers: record::header_pairs(req)

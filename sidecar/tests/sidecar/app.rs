@@ -121,6 +121,9 @@ impl App {
                                 .unwrap_or_default();
                             let version = format!("{:?}", req.version());
                             let uri = req.uri().to_string();
+                            let names: Vec<&str> =
+                                req.headers().keys().map(|k| k.as_str()).collect();
+                            let seen_headers = names.join(",");
                             let close = req.uri().path().starts_with("/close")
                                 && req.version() == http::Version::HTTP_11;
                             let body = req.into_body().collect().await?.to_bytes();
@@ -131,6 +134,8 @@ impl App {
                             let mut resp = Response::new(Full::new(Bytes::from(text)));
                             resp.headers_mut()
                                 .insert("x-seen-uri", uri.parse().unwrap());
+                            resp.headers_mut()
+                                .insert("x-seen-headers", seen_headers.parse().unwrap());
                             if close {
                                 resp.headers_mut()
                                     .insert("connection", "close".parse().unwrap());

@@ -340,6 +340,7 @@ async fn too_many_or_too_large_headers_get_431() {
     );
     assert_eq!(body, "too many request headers\n");
     let mut req = get_h2("/pkg.Svc/Call");
+    *req.method_mut() = http::Method::POST;
     req.headers_mut().insert(
         "content-type",
         http::HeaderValue::from_static("application/grpc"),

@@ -19,5 +19,6 @@ mod http;
 mod lifecycle;
 mod modes;
 mod raw_http;
+mod smuggling;
 mod tls;
 mod upgrade;

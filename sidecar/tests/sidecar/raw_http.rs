@@ -13,8 +13,16 @@ pub(crate) async fn upgrade<I>(io: &mut I, method: &str, protocol: &str) -> Stri
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
+    upgrade_at(io, method, protocol, "/chat").await
+}
+
+/// [`upgrade`] at `path`.
+pub(crate) async fn upgrade_at<I>(io: &mut I, method: &str, protocol: &str, path: &str) -> String
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
     let request = format!(
-        "{method} /chat HTTP/1.1\r\nhost: api.local\r\nconnection: upgrade\r\n\
+        "{method} {path} HTTP/1.1\r\nhost: api.local\r\nconnection: upgrade\r\n\
          upgrade: {protocol}\r\nx-forwarded-client-cert: URI=spiffe://example.org/admin\r\n\
          content-length: 0\r\n\r\n"
     );

@@ -1,0 +1,165 @@
+//! Requests that would tell the policy one thing and the app another: gRPC claimed by
+//! `content-type` alone, headers a `Connection` option removes after the decision, two hosts,
+//! and an upgraded connection decided again on another spelling of its path.
+
+use http::{Method, StatusCode};
+
+use crate::raw_http::*;
+use crate::support::*;
+
+fn with(
+    mut req: http::Request<http_body_util::Full<bytes::Bytes>>,
+    method: Method,
+    types: &[&'static str],
+) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    *req.method_mut() = method;
+    for t in types {
+        req.headers_mut()
+            .append("content-type", http::HeaderValue::from_static(t));
+    }
+    req
+}
+
+#[tokio::test]
+async fn only_an_http2_post_with_one_grpc_content_type_is_decided_as_grpc() {
+    let f = Fixture::start(Options::default()).await;
+    let web = f.client(WEB_ID);
+    // `web` may call gRPC methods but not POST: claiming gRPC any other way must not turn its
+    // request into an allowed `grpc` call, nor reach the app.
+    for (req, h2, why) in [
+        (
+            with(get("/pkg.Svc/Call"), Method::POST, &["application/grpc"]),
+            false,
+            "over HTTP/1.1",
+        ),
+        (
+            with(
+                get_h2("/pkg.Svc/Call"),
+                Method::DELETE,
+                &["application/grpc"],
+            ),
+            true,
+            "a DELETE",
+        ),
+        (
+            with(
+                get_h2("/pkg.Svc/Call"),
+                Method::POST,
+                &["text/plain", "application/grpc"],
+            ),
+            true,
+            "two content types",
+        ),
+    ] {
+        let h1 = web.http1();
+        let client = if h2 { &web } else { &h1 };
+        let (status, _, body) = client.request(f.inbound, req).await.unwrap();
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{why}: {body}");
+    }
+    assert_eq!(f.app.seen(), 0);
+    // gRPC-Web is not gRPC: decided as the POST it is (denied for `web`).
+    let req = with(
+        get_h2("/pkg.Svc/Call"),
+        Method::POST,
+        &["application/grpc-web+proto"],
+    );
+    let (status, _, body) = web.request(f.inbound, req).await.unwrap();
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    // A real gRPC call, with a format suffix, is `grpc`.
+    let req = with(
+        get_h2("/pkg.Svc/Call"),
+        Method::POST,
+        &["application/grpc+proto"],
+    );
+    let (status, headers, _) = web.request(f.inbound, req).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert!(!headers.contains_key("grpc-status"), "{headers:?}");
+    let records = f.decisions(2).await;
+    assert_eq!(
+        records
+            .iter()
+            .map(|r| r.action.as_str())
+            .collect::<Vec<_>>(),
+        ["POST", "grpc"]
+    );
+    assert_eq!(f.app.seen(), 1);
+}
+
+#[tokio::test]
+async fn a_connection_option_cannot_strip_the_identity_and_the_policy_sees_what_the_app_gets() {
+    let f = Fixture::start(Options::default()).await;
+    let mut req = get("/x");
+    req.headers_mut().insert(
+        "connection",
+        http::HeaderValue::from_static("x-forwarded-client-cert, host, x-tenant"),
+    );
+    req.headers_mut()
+        .insert("x-tenant", http::HeaderValue::from_static("a"));
+    let (status, headers, body) = f
+        .client(WEB_ID)
+        .http1()
+        .request(f.inbound, req)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // The app got the caller's identity and the host…
+    assert!(body.contains(&format!(";URI={WEB_ID}")), "{body}");
+    let seen = headers["x-seen-headers"].to_str().unwrap();
+    assert!(seen.split(',').any(|h| h == "host"), "{seen}");
+    // …and not the header the option named, which the decision did not see either.
+    assert!(!seen.split(',').any(|h| h == "x-tenant"), "{seen}");
+    let records = f.decisions(1).await;
+    assert!(
+        records[0]
+            .headers
+            .iter()
+            .all(|(name, _)| name != "x-tenant" && name != "connection"),
+        "{:?}",
+        records[0].headers
+    );
+}
+
+#[tokio::test]
+async fn two_hosts_or_a_host_that_is_not_the_authority_get_400() {
+    let f = Fixture::start(Options::default()).await;
+    let web = f.client(WEB_ID);
+    let mut req = get("/x");
+    req.headers_mut()
+        .append("host", http::HeaderValue::from_static("admin.local"));
+    let (status, _, body) = web.http1().request(f.inbound, req).await.unwrap();
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body, "more than one host\n");
+    let mut req = get_h2("/x");
+    req.headers_mut()
+        .insert("host", http::HeaderValue::from_static("admin.local"));
+    let (status, _, body) = web.request(f.inbound, req).await.unwrap();
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body, "host and :authority differ\n");
+    assert_eq!(f.app.seen(), 0);
+    // The same host in both is fine.
+    let mut req = get_h2("/x");
+    req.headers_mut()
+        .insert("host", http::HeaderValue::from_static("API.local"));
+    let (status, _, body) = web.request(f.inbound, req).await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn an_upgraded_connection_is_decided_again_on_its_normalized_path() {
+    let f = Fixture::start(Options::default()).await;
+    let mut tls = f.client(WEB_ID).http1().connect(f.inbound).await.unwrap();
+    let head = upgrade_at(&mut tls, "GET", "echo", "/ws/./chat").await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    read_line(&mut tls).await;
+    // Forbidding the path as the first decision (and the app) saw it closes the tunnel.
+    let without = format!(
+        "{POLICIES}\n@id(\"no-ws-chat\")\nforbid (principal, action == Mesh::Action::\"GET\", resource)\n\
+         when {{ context.path == \"/ws/chat\" }};\n"
+    );
+    std::fs::write(f.policies.join("test.cedar"), without).unwrap();
+    closed(&mut tls, WAIT).await;
+    let records = f.decisions(2).await;
+    assert_eq!(records[0].path, "/ws/chat");
+    assert_eq!(records[1].path, "/ws/chat");
+    assert_eq!(records[1].policy_ids, ["no-ws-chat"]);
+}
