@@ -248,7 +248,10 @@ pub(crate) fn parse_update(
             td: key.clone(),
             reason: e.to_string(),
         })?;
-        if td == svid.spiffe_id().trust_domain() {
+        // A federated trust domain without X.509 authorities (its bundle has only JWT keys,
+        // say) is trusted for no X.509-SVID: left out of the set, not a reason to refuse the
+        // whole update (B-1, W-6).
+        if td == svid.spiffe_id().trust_domain() || der.is_empty() {
             continue;
         }
         set.insert(bundle_from_der(td, der)?);
@@ -344,6 +347,34 @@ mod tests {
         let (_, set) = parse_update(&msg, None).unwrap();
         assert_eq!(set.len(), 2);
         assert!(set.get(other.trust_domain()).is_some());
+    }
+
+    #[test]
+    fn a_federated_trust_domain_without_x509_authorities_trusts_nothing_and_the_update_applies_b1_w6()
+     {
+        let ca = TestCa::new("example.org");
+        let other = TestCa::new("partner.org");
+        let mut msg = response(&ca, &["spiffe://example.org/a"]);
+        msg.federated_bundles
+            .insert("spiffe://jwt-only.org".to_owned(), Vec::new());
+        msg.federated_bundles.insert(
+            "spiffe://partner.org".to_owned(),
+            other.bundle().x509_authorities_der(),
+        );
+        let (svid, set) = parse_update(&msg, None).unwrap();
+        assert_eq!(svid.spiffe_id().as_str(), "spiffe://example.org/a");
+        assert_eq!(set.len(), 2);
+        assert!(set.get(&"jwt-only.org".parse().unwrap()).is_none());
+        assert!(set.get(other.trust_domain()).is_some());
+        // The SVID's own bundle may not be empty.
+        let mut msg = response(&ca, &["spiffe://example.org/a"]);
+        if let Some(s) = msg.svids.first_mut() {
+            s.bundle.clear();
+        }
+        assert!(matches!(
+            parse_update(&msg, None),
+            Err(UpdateError::BadBundle { .. })
+        ));
     }
 
     #[test]
