@@ -1,4 +1,5 @@
-//! The local app, over loopback, at the configured app address whatever the request's authority.
+//! The local app, over loopback, at the configured app address whatever the request's authority
+//! (which the app gets as sent: `Host`, or `:authority` over h2c).
 //! Bodies and trailers stream through.
 //!
 //! HTTP/1.1: each inbound connection holds its own keep-alive connection to the app
@@ -122,10 +123,17 @@ impl App {
         B: Body<Data = Bytes> + Unpin + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        // h2 needs `:scheme` and `:authority`: an absolute URI.
+        // h2 needs `:scheme` and `:authority`: an absolute URI. The caller's authority (what
+        // the policy saw as `host`) is kept, as an HTTP/1.1 caller's `Host` is; the app's own
+        // address only when the caller sent none.
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(self.authority.clone());
+        parts.authority = Some(
+            req.uri()
+                .authority()
+                .cloned()
+                .unwrap_or_else(|| self.authority.clone()),
+        );
         parts.path_and_query = Some(path_of(&req));
         let sent = Uri::from_parts(parts).map(|uri| {
             *req.uri_mut() = uri;

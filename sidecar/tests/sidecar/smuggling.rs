@@ -136,12 +136,14 @@ async fn two_hosts_or_a_host_that_is_not_the_authority_get_400() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body, "host and :authority differ\n");
     assert_eq!(f.app.seen(), 0);
-    // The same host in both is fine.
+    // The same host in both is fine, and the app gets the caller's authority, as the policy
+    // saw it.
     let mut req = get_h2("/x");
     req.headers_mut()
         .insert("host", http::HeaderValue::from_static("API.local"));
-    let (status, _, body) = web.request(f.inbound, req).await.unwrap();
+    let (status, headers, body) = web.request(f.inbound, req).await.unwrap();
     assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(headers["x-seen-uri"], "http://api.local/x");
 }
 
 #[tokio::test]
