@@ -69,6 +69,16 @@ pub enum ConfigError {
         /// What the TOML parser reported (it names the key and the line).
         message: String,
     },
+    /// A value given by a flag is not acceptable.
+    #[error("invalid flag `{flag}` (key `{key}`): {message}")]
+    InvalidFlag {
+        /// The flag (`--idle-timeout`).
+        flag: &'static str,
+        /// The key it sets, dotted.
+        key: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
     /// A value is well-formed TOML but not acceptable.
     #[error("invalid config `{file}`: key `{key}`: {message}")]
     Invalid {
@@ -279,10 +289,19 @@ impl Config {
     ) -> Result<Self, ConfigError> {
         let mut raw: raw::RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             file: file.to_owned(),
-            message: one_line(&e.to_string()),
+            message: describe_toml_error(text, &e),
         })?;
         overrides.apply(&mut raw, file)?;
-        raw.validate(file, env)
+        raw.validate(file, env).map_err(|e| match e {
+            ConfigError::Invalid { key, message, .. } if overrides.flag_for(key).is_some() => {
+                ConfigError::InvalidFlag {
+                    flag: overrides.flag_for(key).unwrap_or_default(),
+                    key,
+                    message,
+                }
+            }
+            e => e,
+        })
     }
 
     /// Tokio worker threads (0 = one per core).
@@ -343,6 +362,50 @@ pub(crate) fn socket_path(value: &str) -> Result<PathBuf, String> {
         None if value.is_empty() => Err("the socket path is empty".to_owned()),
         None => Ok(PathBuf::from(value)),
     }
+}
+
+/// A TOML error in `text`, on one line: the dotted key it is about when the error points into
+/// a `key = value` line (`limits.max_connections`), its line and column, and the message.
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let Some(at) = e.span().map(|span| span.start) else {
+        return one_line(&e.to_string());
+    };
+    let before = text.get(..at).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before.get(line_start..).map_or(0, |l| l.chars().count()) + 1;
+    let message = e.message().trim();
+    match key_at(text, line_start) {
+        Some(key) => format!("key `{key}` (line {line}, column {column}): {message}"),
+        None => format!("at line {line}, column {column}: {message}"),
+    }
+}
+
+/// The dotted key of the `key = value` line starting at byte `line_start`: its table (the last
+/// `[table]` or `[[table]]` header above it) and its bare key. `None` for any other line.
+fn key_at(text: &str, line_start: usize) -> Option<String> {
+    let line = text.get(line_start..)?.lines().next()?;
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim();
+    let bare = |k: &str| {
+        !k.is_empty()
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    };
+    if !bare(key) {
+        return None;
+    }
+    let table = text
+        .get(..line_start)?
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_start_matches('[').trim_end_matches(']').trim());
+    Some(match table {
+        Some(table) if bare(table) => format!("{table}.{key}"),
+        _ => key.to_owned(),
+    })
 }
 
 /// The TOML error without its source snippet: "at line N, column M" and the message.

@@ -151,6 +151,38 @@ pub struct Overrides {
 // === impl Overrides ===
 
 impl Overrides {
+    /// The flag that set `key` (a dotted config key), when one did: errors about the value
+    /// name the flag, not the file.
+    pub(super) fn flag_for(&self, key: &str) -> Option<&'static str> {
+        let (set, flag) = match key {
+            "workload_api_socket" => (self.workload_api_socket.is_some(), "--workload-api-socket"),
+            "spiffe_id" => (self.spiffe_id.is_some(), "--spiffe-id"),
+            "worker_threads" => (self.worker_threads.is_some(), "--worker-threads"),
+            "inbound.listen" => (self.inbound_listen.is_some(), "--inbound-listen"),
+            "inbound.app" => (self.app.is_some(), "--app"),
+            "inbound.protocol" => (self.protocol.is_some(), "--protocol"),
+            "inbound.app_protocol" => (self.app_protocol.is_some(), "--app-protocol"),
+            "inbound.service" => (self.service.is_some(), "--service"),
+            "inbound.mtls" => (self.mtls.is_some(), "--mtls"),
+            "policy.dir" => (self.policy_dir.is_some(), "--policy-dir"),
+            "policy.mode" => (self.mode.is_some(), "--mode"),
+            "admin.listen" => (self.admin_listen.is_some(), "--admin-listen"),
+            "decision_log.path" => (self.decision_log.is_some(), "--decision-log"),
+            "decision_log.max_bytes" => (
+                self.decision_log_max_bytes.is_some(),
+                "--decision-log-max-bytes",
+            ),
+            "decision_log.keep" => (self.decision_log_keep.is_some(), "--decision-log-keep"),
+            "limits.handshake_timeout" => (self.handshake_timeout.is_some(), "--handshake-timeout"),
+            "limits.idle_timeout" => (self.idle_timeout.is_some(), "--idle-timeout"),
+            "limits.max_connections" => (self.max_connections.is_some(), "--max-connections"),
+            "limits.max_header_bytes" => (self.max_header_bytes.is_some(), "--max-header-bytes"),
+            "limits.max_headers" => (self.max_headers.is_some(), "--max-headers"),
+            _ => return None,
+        };
+        set.then_some(flag)
+    }
+
     pub(super) fn apply(&self, raw: &mut RawConfig, file: &str) -> Result<(), ConfigError> {
         fn set<T: Clone>(slot: &mut Option<T>, value: &Option<T>) {
             if let Some(v) = value {

@@ -268,3 +268,64 @@ fn limits_at_their_maxima_are_accepted() {
     assert_eq!(c.limits.max_headers, 1000);
     assert_eq!(c.limits.max_connections, 1_000_000);
 }
+
+#[test]
+fn type_errors_and_unknown_keys_name_the_dotted_key_and_the_line() {
+    let e = err(&format!("{MIN}[limits]\nmax_connections = \"ten\"\n"));
+    assert!(
+        e.contains("sidecar.toml")
+            && e.contains("key `limits.max_connections` (line 6, column 19)")
+            && e.contains("\"ten\""),
+        "{e}"
+    );
+    let e = err(&format!("{MIN}[limits]\nmax_conns = 1\n"));
+    assert!(e.contains("key `limits.max_conns` (line 6"), "{e}");
+    let e = err(&format!(
+        "{MIN}[[outbound]]\nlisten = \"localhost:1\"\nupstream = \"a:1\"\nexpected_ids = [\"spiffe://a.org/b\"]\n"
+    ));
+    assert!(e.contains("key `outbound.listen` (line 6"), "{e}");
+    // Not a `key = value` line: the position alone.
+    let e = err(&format!("{MIN}[limits\n"));
+    assert!(e.contains("at line 5"), "{e}");
+}
+
+#[test]
+fn a_bad_value_from_a_flag_names_the_flag_not_the_file() {
+    for (o, flag) in [
+        (
+            Overrides {
+                idle_timeout: Some("soon".into()),
+                ..Overrides::default()
+            },
+            "--idle-timeout",
+        ),
+        (
+            Overrides {
+                max_connections: Some(0),
+                ..Overrides::default()
+            },
+            "--max-connections",
+        ),
+        (
+            Overrides {
+                app: Some("10.0.0.1:80".into()),
+                ..Overrides::default()
+            },
+            "--app",
+        ),
+    ] {
+        let e = Config::from_toml(MIN, "sidecar.toml", &o, &env())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(&format!("invalid flag `{flag}`")) && !e.contains("sidecar.toml"),
+            "{flag}: {e}"
+        );
+    }
+    // The same bad value in the file names the file.
+    let e = err(&format!("{MIN}[limits]\nidle_timeout = \"soon\"\n"));
+    assert!(
+        e.contains("sidecar.toml") && !e.contains("--idle-timeout"),
+        "{e}"
+    );
+}
