@@ -1,0 +1,294 @@
+//! Tests of the decision log: the queue of chunks, the writer, the rotating file.
+
+use std::os::unix::fs::PermissionsExt;
+
+use warden_policy::{DecisionRecord, Outcome};
+
+use super::*;
+
+fn line(n: usize) -> Vec<u8> {
+    let record = DecisionRecord {
+        time: "2026-01-01T00:00:00.000Z".to_owned(),
+        decision_id: format!("d{n}"),
+        peer_spiffe_id: Some("spiffe://example.org/a".to_owned()),
+        source_addr: "127.0.0.1:1".to_owned(),
+        resource: "api".to_owned(),
+        method: "GET".to_owned(),
+        path: "/".to_owned(),
+        query: String::new(),
+        headers: vec![],
+        action: "GET".to_owned(),
+        tls_version: Some("TLSv1.3".to_owned()),
+        decision: Outcome::Allow,
+        policy_ids: vec!["p".to_owned()],
+        policy_version: "v".to_owned(),
+        eval_time_us: 1,
+        upstream_status: Some(200),
+        latency_us: 2,
+        errors: vec![],
+    };
+    let mut line = serde_json::to_vec(&record).unwrap();
+    line.push(b'\n');
+    line
+}
+
+fn ids_in(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<DecisionRecord>(l)
+                .unwrap()
+                .decision_id
+        })
+        .collect()
+}
+
+#[test]
+fn file_is_0600_rotates_by_size_and_keeps_n_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("decisions.log");
+    let mut r = Rotating::open(&path, 4096, 2).unwrap();
+    // Batches of several lines, as the writer hands them over.
+    for batch in (0..200).collect::<Vec<_>>().chunks(7) {
+        let lines: Vec<u8> = batch.iter().flat_map(|&n| line(n)).collect();
+        r.write_lines(&lines).unwrap();
+    }
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert!(numbered(&path, 1).exists());
+    assert!(numbered(&path, 2).exists());
+    assert!(!numbered(&path, 3).exists());
+    let line_len = line(100).len() as u64;
+    for p in [numbered(&path, 2), numbered(&path, 1)] {
+        // A rotated file ends with the line that brought it to the limit: whole lines only.
+        let len = std::fs::metadata(&p).unwrap().len();
+        assert!((4096..4096 + line_len).contains(&len), "{len}");
+    }
+    // Every line is whole and in order across the files.
+    let mut ids = ids_in(&numbered(&path, 2));
+    ids.extend(ids_in(&numbered(&path, 1)));
+    ids.extend(ids_in(&path));
+    let numbers: Vec<usize> = ids.iter().map(|id| id[1..].parse().unwrap()).collect();
+    assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{numbers:?}");
+    assert_eq!(numbers.last(), Some(&199));
+}
+
+#[test]
+fn keep_0_truncates_the_file_in_place_at_the_size_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("decisions.log");
+    let mut r = Rotating::open(&path, 4096, 0).unwrap();
+    for n in 0..200 {
+        r.write_lines(&line(n)).unwrap();
+    }
+    assert!(!numbered(&path, 1).exists());
+    let ids = ids_in(&path);
+    assert_eq!(ids.last().map(String::as_str), Some("d199"));
+    assert!(ids.len() < 200, "never truncated: {} lines", ids.len());
+    let len = std::fs::metadata(&path).unwrap().len();
+    assert!(len < 4096 + line(199).len() as u64, "{len}");
+}
+
+#[test]
+fn a_failed_write_leaves_whole_lines_only_and_says_how_much_was_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("decisions.log");
+    let mut r = Rotating::open(&path, 1 << 20, 1).unwrap();
+    r.write_lines(&[line(0), line(1)].concat()).unwrap();
+    // A write that stopped part-way through a line…
+    r.file.write_all(&line(2)[..40]).unwrap();
+    // …is cut back to the last whole line.
+    r.cut_back();
+    assert_eq!(ids_in(&path), ["d0", "d1"]);
+    // A file that cannot be written: nothing of the lines is in it, and it stays whole.
+    r.file = File::open(&path).unwrap();
+    let (_, done) = r.write_lines(&line(3)).unwrap_err();
+    assert_eq!(done, 0);
+    assert_eq!(ids_in(&path), ["d0", "d1"]);
+}
+
+#[test]
+fn lines_a_failed_write_lost_are_counted_as_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("decisions.log");
+    let mut r = Rotating::open(&path, 1 << 20, 1).unwrap();
+    r.file = File::open(&path).unwrap();
+    let pending = Pending::default();
+    {
+        let mut state = pending.state.lock().unwrap();
+        for n in 0..5 {
+            assert!(state.append(&line(n)).is_some());
+        }
+        state.closed = true;
+    }
+    let metrics = Metrics::new();
+    writer(Sink::File(r), &pending, &metrics);
+    assert!(
+        metrics
+            .encode()
+            .contains("warden_sidecar_decision_log_dropped_total 5"),
+        "{}",
+        metrics.encode()
+    );
+}
+
+#[test]
+fn lines_from_counts_the_unwritten_lines_of_a_batch() {
+    let batch = vec![b"a\nb\n".to_vec(), b"c\nd\ne\n".to_vec(), b"f\n".to_vec()];
+    assert_eq!(lines_from(&batch, 0, 0), 6);
+    assert_eq!(lines_from(&batch, 0, 2), 5);
+    assert_eq!(lines_from(&batch, 1, 4), 2);
+    assert_eq!(lines_from(&batch, 2, 0), 1);
+    assert_eq!(lines_from(&batch, 3, 0), 0);
+}
+
+#[test]
+fn every_pushed_line_is_written_by_the_time_the_last_handle_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("decisions.log");
+    let config = DecisionLogConfig {
+        target: LogTarget::File(path.clone()),
+        max_bytes: 64 * 1024 * 1024,
+        keep: 1,
+    };
+    let log = DecisionLog::start(&config, Arc::new(Metrics::new())).unwrap();
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for n in 0..500 {
+                    log.push(&line(t * 1000 + n));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    drop(log);
+    let ids = ids_in(&path);
+    assert_eq!(ids.len(), 2000);
+    let mut unique = ids.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 2000);
+}
+
+/// Everything waiting, in order.
+fn waiting(state: &PendingState) -> Vec<u8> {
+    state.chunks.concat()
+}
+
+#[test]
+fn lines_beyond_the_pending_limit_are_refused_whole() {
+    let mut state = PendingState::default();
+    assert_eq!(state.append(b"a\n"), Some(Appended::Wake));
+    assert_eq!(state.append(b"b\n"), Some(Appended::Quiet));
+    let filler = vec![b'x'; MAX_PENDING_BYTES - 3];
+    assert_eq!(state.append(&filler), None, "one byte too many");
+    assert_eq!(
+        state.append(&filler[1..]),
+        Some(Appended::Wake),
+        "exactly at the limit (and past the batch size)"
+    );
+    assert_eq!(state.bytes, MAX_PENDING_BYTES);
+    assert_eq!(waiting(&state).len(), MAX_PENDING_BYTES);
+    assert_eq!(state.append(b"c\n"), None);
+    assert!(waiting(&state).starts_with(b"a\nb\nx"));
+}
+
+#[test]
+fn the_writer_is_woken_by_the_first_line_and_by_the_line_that_fills_a_batch_only() {
+    let mut state = PendingState::default();
+    assert_eq!(state.append(b"a\n"), Some(Appended::Wake), "first line");
+    let almost = vec![b'x'; BATCH_BYTES - 3];
+    assert_eq!(
+        state.append(&almost),
+        Some(Appended::Quiet),
+        "one byte short"
+    );
+    assert_eq!(
+        state.append(b"b\n"),
+        Some(Appended::Wake),
+        "fills the batch"
+    );
+    assert_eq!(state.append(b"c\n"), Some(Appended::Quiet), "past it");
+    // The writer took the batch: the next line starts a new one.
+    state.take(&mut Vec::new());
+    assert_eq!(state.append(b"d\n"), Some(Appended::Wake));
+}
+
+#[test]
+fn waiting_lines_hold_about_one_chunk_more_than_their_bytes_and_keep_their_order() {
+    let mut state = PendingState::default();
+    let lines: Vec<Vec<u8>> = (0..5000).map(line).collect();
+    let longest = lines.iter().map(Vec::len).max().unwrap_or(0);
+    let mut expected = Vec::new();
+    for (n, l) in lines.iter().enumerate() {
+        assert!(state.append(l).is_some());
+        expected.extend_from_slice(l);
+        // Each full chunk's tail is shorter than the line that did not fit in it.
+        let held: usize = state.chunks.iter().map(Vec::capacity).sum();
+        assert!(
+            held <= state.bytes + CHUNK_BYTES + state.chunks.len() * longest,
+            "after line {n}: {held} bytes held for {} waiting",
+            state.bytes
+        );
+    }
+    assert!(state.bytes > MAX_PENDING_BYTES / 4, "{}", state.bytes);
+    assert_eq!(waiting(&state), expected);
+    // A line longer than a chunk gets one of its own, exactly its size.
+    let long = vec![b'y'; CHUNK_BYTES + 1];
+    assert!(state.append(&long).is_some());
+    assert_eq!(state.chunks.last().map(Vec::capacity), Some(long.len()));
+    assert!(state.append(b"z\n").is_some());
+    assert_eq!(state.chunks.last().map(Vec::as_slice), Some(&b"z\n"[..]));
+}
+
+#[test]
+fn written_chunks_are_reused_up_to_the_spare_limit_and_the_rest_freed() {
+    let mut state = PendingState::default();
+    let mut batch = Vec::new();
+    let filler = vec![b'x'; CHUNK_BYTES];
+    for _ in 0..3 * SPARE_CHUNKS {
+        assert!(state.append(&filler).is_some());
+    }
+    assert!(state.append(&vec![b'y'; CHUNK_BYTES + 1]).is_some());
+    state.take(&mut batch);
+    assert_eq!((state.bytes, state.chunks.len()), (0, 0));
+    assert_eq!(batch.len(), 3 * SPARE_CHUNKS + 1);
+    let kept: Vec<*const u8> = batch
+        .iter()
+        .rev()
+        .take(SPARE_CHUNKS + 1)
+        .map(|c| c.as_ptr())
+        .collect();
+    state.recycle(&mut batch);
+    // The oversized chunk (last) is not kept; the spares are emptied chunks of the usual size.
+    assert_eq!(state.spare.len(), SPARE_CHUNKS);
+    assert!(
+        state
+            .spare
+            .iter()
+            .all(|c| c.is_empty() && c.capacity() == CHUNK_BYTES)
+    );
+    assert_eq!(batch.len(), 2 * SPARE_CHUNKS, "left for the caller to free");
+    // The next lines fill the spares before anything new is allocated.
+    for _ in 0..SPARE_CHUNKS {
+        assert!(state.append(&filler).is_some());
+    }
+    assert!(state.spare.is_empty());
+    assert!(
+        state.chunks.iter().all(|c| kept.contains(&c.as_ptr())),
+        "a chunk was allocated while spares were left"
+    );
+}
+
+#[test]
+fn missing_directory_is_an_error_naming_the_path() {
+    let err = Rotating::open(Path::new("/nonexistent/dir/decisions.log"), 4096, 1)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("/nonexistent/dir/decisions.log"));
+}
