@@ -135,8 +135,7 @@ async fn http1_app_protocol_carries_http2_callers_to_an_http1_only_app_and_reuse
     }
     assert_eq!(app.requests.load(Ordering::SeqCst), 30);
     // The decisions are logged as for any HTTP/2 request.
-    let records = f.decisions(30).await;
-    assert_eq!(records.len(), 30);
+    let records = f.decisions_exactly(30).await;
     assert!(
         records.iter().all(|r| r.upstream_status == Some(200)),
         "{records:?}"

@@ -6,7 +6,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
@@ -117,9 +116,7 @@ async fn grpc_bidi_stream_passes_each_message_as_sent_and_the_trailers_at_the_en
     let trailers = next().await.into_trailers().unwrap();
     assert_eq!(trailers["grpc-status"], "0");
     // One decision for the whole stream, as gRPC, allowed by `web-calls-grpc`.
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let records = f.decisions(1).await;
-    assert_eq!(records.len(), 1, "{records:?}");
+    let records = f.decisions_exactly(1).await;
     assert_eq!(records[0].action, "grpc");
     assert_eq!(records[0].policy_ids, ["web-calls-grpc"]);
 }

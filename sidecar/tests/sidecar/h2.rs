@@ -67,16 +67,14 @@ async fn http2_caller_resetting_its_stream_cancels_the_apps_request() {
     assert_eq!(f.app.cancelled(), 1, "the app's request was not reset");
     // The abandoned request was decided and reached the app: the decision log has its line,
     // with no upstream status (no response was given), and it is counted.
-    let records = f.decisions(1).await;
-    assert_eq!(records.len(), 1, "{records:?}");
+    let records = f.decisions_exactly(1).await;
     assert_eq!(records[0].path, "/slow");
     assert_eq!(records[0].decision, warden_policy::Outcome::Allow);
     assert_eq!(records[0].upstream_status, None);
     // The connection itself stays usable.
     let resp = sender.send_request(get_h2("/after")).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
-    let records = f.decisions(2).await;
-    assert_eq!(records.len(), 2, "{records:?}");
+    let records = f.decisions_exactly(2).await;
     assert_eq!(records[1].upstream_status, Some(200));
 }
 

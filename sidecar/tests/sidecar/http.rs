@@ -450,8 +450,7 @@ async fn paths_are_normalized_before_the_decision_and_the_app_gets_the_normal_fo
     assert!(body.contains("percent-encoding"), "{body}");
     assert_eq!(f.app.seen(), 4);
     // The log shows each path as decided.
-    let records = f.decisions(9).await;
-    assert_eq!(records.len(), 9);
+    let records = f.decisions_exactly(9).await;
     assert!(
         records[..5].iter().all(|r| r.path == "/private"),
         "{records:?}"

@@ -383,6 +383,22 @@ path = "{log}"
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+
+    /// Exactly `n` decision-log records: polls until there are `n`, then fails the test if more
+    /// arrive within 10 of the writer's 10 ms batches (every line of a request the test has seen
+    /// answered was pushed before its answer went out).
+    pub(crate) async fn decisions_exactly(&self, n: usize) -> Vec<warden_policy::DecisionRecord> {
+        let first = self.decisions(n).await;
+        assert!(
+            first.len() >= n,
+            "{} decision lines, not {n}: {first:?}",
+            first.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let records = self.decisions(n).await;
+        assert_eq!(records.len(), n, "{records:?}");
+        records
+    }
 }
 
 /// A plain HTTP/1.0 GET against the admin listener: (status, body).
