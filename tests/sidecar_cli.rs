@@ -1,5 +1,5 @@
 //! `warden sidecar run` from the command line: `--check-config` accepts a valid config and policy
-//! directory (exit 0, one line), rejects bad ones naming the problem (exit 1), flags override the
+//! directory (exit 0, one line), rejects bad ones naming the problem (exit 3), flags override the
 //! file, and `--help` documents every key's flag.
 
 #![allow(
@@ -135,6 +135,11 @@ fn help_lists_a_flag_for_every_config_key() {
         .output()
         .unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
+    // Whole flags: `--app` is not found inside `--app-protocol`.
+    let flags: std::collections::BTreeSet<&str> = help
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+        .filter(|word| word.starts_with("--") && word.len() > 2)
+        .collect();
     for flag in [
         "--config",
         "--check-config",
@@ -162,6 +167,46 @@ fn help_lists_a_flag_for_every_config_key() {
         "--max-header-bytes",
         "--max-headers",
     ] {
-        assert!(help.contains(flag), "{flag} missing from --help");
+        assert!(
+            flags.contains(flag),
+            "{flag} missing from --help: {flags:?}"
+        );
+    }
+}
+
+#[test]
+fn each_flag_sets_its_own_key() {
+    // A bad value through each flag: the error names the flag and the key it reached, so a
+    // flag wired to the wrong key fails here.
+    let tmp = tempfile::tempdir().unwrap();
+    let toml = valid(&policies());
+    for (flag, value, key) in [
+        (
+            "--workload-api-socket",
+            "tcp://1.2.3.4:1",
+            "workload_api_socket",
+        ),
+        ("--spiffe-id", "http://x", "spiffe_id"),
+        ("--worker-threads", "5000", "worker_threads"),
+        ("--inbound-listen", "nowhere", "inbound.listen"),
+        ("--app", "10.0.0.1:80", "inbound.app"),
+        ("--service", "", "inbound.service"),
+        ("--admin-listen", "nowhere", "admin.listen"),
+        ("--decision-log", "", "decision_log.path"),
+        ("--decision-log-max-bytes", "10", "decision_log.max_bytes"),
+        ("--decision-log-keep", "5000", "decision_log.keep"),
+        ("--handshake-timeout", "soon", "limits.handshake_timeout"),
+        ("--idle-timeout", "soon", "limits.idle_timeout"),
+        ("--max-connections", "0", "limits.max_connections"),
+        ("--max-header-bytes", "100", "limits.max_header_bytes"),
+        ("--max-headers", "0", "limits.max_headers"),
+    ] {
+        let out = check(tmp.path(), &toml, &[&format!("{flag}={value}")]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{flag}: {stderr}");
+        assert!(
+            stderr.contains(&format!("invalid flag `{flag}` (key `{key}`)")),
+            "{flag}: {stderr}"
+        );
     }
 }
