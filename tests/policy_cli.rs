@@ -119,6 +119,29 @@ fn test_reports_a_malformed_test_file_with_its_line() {
 }
 
 #[test]
+fn test_reports_a_bad_time_at_its_value_and_a_file_without_cases() {
+    let dir = copy_of_shipped();
+    // The case's name appears earlier in the file (in a comment): the error points at the time.
+    std::fs::write(
+        dir.path().join("bad.test.toml"),
+        "# night-call is below\n[[case]]\nname = \"night-call\"\nprincipal = \"spiffe://example.org/ns/prod/sa/web\"\n\
+         action = \"GET\"\nresource = \"api\"\ntime = \"2026-02-30T01:00:00Z\"\nexpect = \"deny\"\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("empty.test.toml"), "# nothing yet\n").unwrap();
+    let (code, _out, err) = run(&["policy", "test", s(dir.path())]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("bad.test.toml:7:") && err.contains("case `night-call`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("empty.test.toml:1:") && err.contains("no `[[case]]`"),
+        "{err}"
+    );
+}
+
+#[test]
 fn eval_explains_an_allow_with_policy_locations() {
     let (code, out, err) = run(&[
         "policy",

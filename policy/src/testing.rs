@@ -26,7 +26,8 @@ struct TestFile {
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TestCase {
-    name: String,
+    /// Where the case's name is in the file, for errors about the case.
+    name: toml::Spanned<String>,
     principal: String,
     action: String,
     resource: String,
@@ -41,7 +42,7 @@ struct TestCase {
     #[serde(default)]
     tls_version: Option<String>,
     #[serde(default)]
-    time: Option<String>,
+    time: Option<toml::Spanned<String>>,
     expect: Outcome,
     #[serde(default)]
     policies: Option<Vec<String>>,
@@ -172,16 +173,30 @@ pub fn run_tests(set: &PolicySet, dir: &Path) -> Result<TestReport, LoadError> {
                 continue;
             }
         };
+        if parsed.cases.is_empty() {
+            // A file that tests nothing would pass, and look like coverage.
+            problems.push(Problem::at(
+                &file,
+                0,
+                "test file has no `[[case]]`".to_owned(),
+                None,
+            ));
+            continue;
+        }
         for case in parsed.cases {
-            let offset = file.text().find(&case.name).unwrap_or(0);
             let spec = case.spec();
             let time = match spec.parsed_time() {
                 Ok(t) => t,
                 Err(e) => {
+                    // At the bad value (or the case's name, when the time is not the problem).
+                    let offset = case
+                        .time
+                        .as_ref()
+                        .map_or(case.name.span().start, |t| t.span().start);
                     problems.push(Problem::at(
                         &file,
                         offset,
-                        format!("case `{}`: {e}", case.name),
+                        format!("case `{}`: {e}", case.name.get_ref()),
                         None,
                     ));
                     continue;
@@ -191,7 +206,7 @@ pub fn run_tests(set: &PolicySet, dir: &Path) -> Result<TestReport, LoadError> {
             let decision = set.decide(&spec.request(&headers, time));
             report.results.push(CaseResult {
                 file: path.clone(),
-                name: case.name,
+                name: case.name.into_inner(),
                 expected: case.expect,
                 expected_policies: case.policies,
                 decision,
@@ -222,7 +237,7 @@ impl TestCase {
                 .collect(),
             source: self.source.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
             tls_version: self.tls_version.clone(),
-            time: self.time.clone(),
+            time: self.time.as_ref().map(|t| t.get_ref().clone()),
         }
     }
 }
