@@ -47,7 +47,7 @@ pub fn is_secret_name(name: &str) -> bool {
 /// `query` with the value of every secret parameter replaced by [`REDACTED`]; borrowed when
 /// nothing is secret.
 pub fn redact_query(query: &str) -> Cow<'_, str> {
-    let secret = |pair: &str| is_secret_name(pair.split_once('=').map_or(pair, |(name, _)| name));
+    let secret = |pair: &str| secret_param(pair.split_once('=').map_or(pair, |(name, _)| name));
     if !query
         .split('&')
         .any(|pair| pair.contains('=') && secret(pair))
@@ -60,7 +60,7 @@ pub fn redact_query(query: &str) -> Cow<'_, str> {
             out.push('&');
         }
         match pair.split_once('=') {
-            Some((name, _)) if is_secret_name(name) => {
+            Some((name, _)) if secret_param(name) => {
                 out.push_str(name);
                 out.push('=');
                 out.push_str(REDACTED);
@@ -69,6 +69,31 @@ pub fn redact_query(query: &str) -> Cow<'_, str> {
         }
     }
     Cow::Owned(out)
+}
+
+/// Whether query parameter `name` carries a credential, read as the app reads it: percent-decoded
+/// (`%74oken` is `token`).
+fn secret_param(name: &str) -> bool {
+    if !name.contains('%') {
+        return is_secret_name(name);
+    }
+    let bytes = name.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let hex = |at: usize| bytes.get(at).and_then(|&h| (h as char).to_digit(16));
+        match (b, hex(i + 1), hex(i + 2)) {
+            (b'%', Some(hi), Some(lo)) => {
+                decoded.push(u8::try_from(hi * 16 + lo).unwrap_or(b'%'));
+                i += 3;
+            }
+            _ => {
+                decoded.push(b);
+                i += 1;
+            }
+        }
+    }
+    is_secret_name(&String::from_utf8_lossy(&decoded))
 }
 
 #[cfg(test)]
@@ -123,5 +148,14 @@ mod tests {
             "a=1&access_token=<redacted>&key=<redacted>&X-Amz-Signature=<redacted>&b="
         );
         assert_eq!(redact_query("password="), "password=<redacted>");
+    }
+
+    #[test]
+    fn percent_encoded_secret_parameter_names_are_redacted_too() {
+        assert_eq!(
+            redact_query("%74oken=abc&a%5Fb=1&ke%79=k&%zz=1&pass%77ord=p"),
+            "%74oken=<redacted>&a%5Fb=1&ke%79=<redacted>&%zz=1&pass%77ord=<redacted>"
+        );
+        assert!(matches!(redact_query("a%20b=1&%=2"), Cow::Borrowed(_)));
     }
 }

@@ -95,9 +95,20 @@ fn tokens(headers: &HeaderMap, name: header::HeaderName) -> impl Iterator<Item =
 }
 
 /// Removes the connection-specific headers of an upgrade request or of a 101 response, except
-/// `Upgrade`, which is passed on with `Connection: upgrade`.
+/// `Upgrade`, which is passed on with `Connection: upgrade`. A request's protocols are
+/// lowercased: they are case-insensitive (RFC 9110 §7.8), and a policy forbidding
+/// `{name: "upgrade", value: "websocket"}` must see `WebSocket` as that.
 pub(crate) fn strip_keeping_upgrade(headers: &mut HeaderMap, request: bool) {
-    let upgrade: Vec<HeaderValue> = headers.get_all(header::UPGRADE).iter().cloned().collect();
+    let upgrade: Vec<HeaderValue> = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .map(|v| match v.to_str() {
+            Ok(text) if request && text.bytes().any(|b| b.is_ascii_uppercase()) => {
+                HeaderValue::from_str(&text.to_ascii_lowercase()).unwrap_or_else(|_| v.clone())
+            }
+            _ => v.clone(),
+        })
+        .collect();
     hop_by_hop::strip(headers, request);
     if upgrade.is_empty() {
         return;
@@ -208,5 +219,24 @@ mod tests {
         plain.insert("connection", HeaderValue::from_static("close"));
         strip_keeping_upgrade(&mut plain, false);
         assert!(plain.is_empty());
+    }
+
+    #[test]
+    fn a_requests_upgrade_protocols_are_lowercased_and_a_responses_kept() {
+        let headers = || {
+            let mut h = HeaderMap::new();
+            h.append("connection", HeaderValue::from_static("Upgrade"));
+            h.append("upgrade", HeaderValue::from_static("WebSocket"));
+            h.append("upgrade", HeaderValue::from_static("Echo/1"));
+            h
+        };
+        let mut request = headers();
+        strip_keeping_upgrade(&mut request, true);
+        let protocols: Vec<_> = request.get_all(header::UPGRADE).iter().collect();
+        assert_eq!(protocols, ["websocket", "echo/1"]);
+        let mut response = headers();
+        strip_keeping_upgrade(&mut response, false);
+        let protocols: Vec<_> = response.get_all(header::UPGRADE).iter().collect();
+        assert_eq!(protocols, ["WebSocket", "Echo/1"]);
     }
 }
