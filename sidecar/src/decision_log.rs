@@ -7,8 +7,9 @@
 //! queue of waiting lines; a writer thread takes everything waiting at once and writes it,
 //! batching up to [`BATCH_INTERVAL`] of lines, or [`BATCH_BYTES`] of them when they come
 //! faster, per write. The queue is a list of fixed [`CHUNK_BYTES`] buffers, not one growing
-//! buffer: when the writer gets a CPU late and lines pile up, what is held is what waits plus at
-//! most one chunk's unused tail — a doubling buffer held up to twice what waited, and kept it
+//! buffer: when the writer gets a CPU late and lines pile up, what is held grows with what waits
+//! (each chunk's unused tail is shorter than the line that did not fit in it; a longer line gets
+//! a chunk of its own size) — a doubling buffer held up to twice what waited, and kept it
 //! (measured with heaptrack under the bench's load: the largest peak consumer of the inbound
 //! sidecar's heap). Written chunks go back to a small spare list ([`SPARE_CHUNKS`]); past it
 //! they are freed. Nothing is allocated per line or per field, and nothing is freed on another
@@ -363,8 +364,11 @@ impl Rotating {
                     .map_or(rest.len(), |i| room + i)
             };
             let now = rest.get(..cut).unwrap_or(rest);
+            // The length to cut back to if this write fails: the file's own (it may have been
+            // truncated from outside, by `logrotate`'s `copytruncate` say), else our count.
+            let before = self.file.metadata().map_or(self.written, |m| m.len());
             if let Err(e) = self.file.write_all(now) {
-                self.cut_back();
+                self.cut_back(before);
                 return Err((e, done));
             }
             self.written += now.len() as u64;
@@ -376,10 +380,10 @@ impl Rotating {
         Ok(())
     }
 
-    /// Cuts the file back to the whole lines `written` counts: a write that failed part-way
-    /// leaves no partial line for the next one to follow (`warden policy diff` reads every line).
-    fn cut_back(&mut self) {
-        if let Err(e) = self.file.set_len(self.written) {
+    /// Cuts the file back to `len`, its length before a write that failed part-way: no partial
+    /// line is left for the next one to follow (`warden policy diff` reads every line).
+    fn cut_back(&mut self, len: u64) {
+        if let Err(e) = self.file.set_len(len) {
             tracing::error!(error = %e, "cannot cut the decision log back to its last whole line");
         }
     }
@@ -388,6 +392,7 @@ impl Rotating {
     fn rotate(&mut self) -> io::Result<()> {
         if self.keep == 0 {
             self.file.set_len(0)?;
+            self.written = 0;
             self.file = open_0600(&self.path)?;
         } else {
             for n in (1..self.keep).rev() {

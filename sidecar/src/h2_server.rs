@@ -169,9 +169,12 @@ impl H2Server {
         let mut ping_timer = pin!(tokio::time::sleep(first));
         let mut ping_outstanding = false;
         let mut streams = FuturesUnordered::new();
-        // Armed whenever the last open stream ends (and at the start).
+        // Armed whenever the last open stream ends (and at the start). When it fires the
+        // connection is sent away (GOAWAY); if it fires again, the client has not let the
+        // connection close (h2 closes once its shutdown PING is answered), and it is dropped.
         let mut no_streams = pin!(tokio::time::sleep(self.idle_without_streams));
         let mut had_streams = false;
+        let mut sent_away = false;
         let mut draining = false;
         // Streams accepted since accepting last found no frame waiting (an atomic only because
         // the accept future and the loop share it, and the future must be `Send`).
@@ -222,10 +225,18 @@ impl H2Server {
                     draining = true;
                     h2.graceful_shutdown();
                 }
-                () = &mut no_streams, if !has_streams && !draining => {
+                () = &mut no_streams, if !has_streams && (!draining || sent_away) => {
+                    if sent_away {
+                        tracing::debug!(src.addr = %peer, "GOAWAY not acknowledged; closing");
+                        return;
+                    }
                     tracing::debug!(src.addr = %peer, "no stream open for the idle timeout; closing");
                     draining = true;
+                    sent_away = true;
                     h2.graceful_shutdown();
+                    no_streams
+                        .as_mut()
+                        .reset(Instant::now() + self.idle_without_streams);
                 }
                 () = &mut ping_timer, if pinger.is_some() => {
                     let Some((pings, keep_alive)) = pinger.as_mut() else {

@@ -124,16 +124,26 @@ impl App {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         // h2 needs `:scheme` and `:authority`: an absolute URI. The caller's authority (what
-        // the policy saw as `host`) is kept, as an HTTP/1.1 caller's `Host` is; the app's own
-        // address only when the caller sent none.
+        // the policy saw as `host`) is kept, as an HTTP/1.1 caller's `Host` is: its
+        // `:authority`, else its `Host` (which then becomes the `:authority`); the app's own
+        // address only when it sent neither.
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(
-            req.uri()
-                .authority()
-                .cloned()
-                .unwrap_or_else(|| self.authority.clone()),
-        );
+        let authority = match req.uri().authority() {
+            Some(authority) => authority.clone(),
+            None => match req
+                .headers()
+                .get(http::header::HOST)
+                .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+            {
+                Some(host) => {
+                    req.headers_mut().remove(http::header::HOST);
+                    host
+                }
+                None => self.authority.clone(),
+            },
+        };
+        parts.authority = Some(authority);
         parts.path_and_query = Some(path_of(&req));
         let sent = Uri::from_parts(parts).map(|uri| {
             *req.uri_mut() = uri;
