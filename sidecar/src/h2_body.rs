@@ -16,6 +16,9 @@ use hyper::body::{Body, Frame, SizeHint};
 
 use crate::h2_client::InFlight;
 
+/// `x-forwarded-client-cert`, never passed on as a trailer.
+const XFCC_TRAILER: &str = "x-forwarded-client-cert";
+
 /// A body received on an HTTP/2 stream: a request's (server side) or a response's (client side).
 #[derive(Debug)]
 pub(crate) struct H2Body {
@@ -73,7 +76,12 @@ impl Body for H2Body {
             }
         }
         match ready!(this.recv.poll_trailers(cx)) {
-            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Ok(Some(mut trailers)) => {
+                // Only the sidecar speaks for a caller's certificate, and only in the head: one
+                // in trailers goes no further (an app merging trailers into headers would take it).
+                trailers.remove(XFCC_TRAILER);
+                Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+            }
             Ok(None) => Poll::Ready(None),
             Err(e) => Poll::Ready(Some(Err(e))),
         }

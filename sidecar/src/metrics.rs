@@ -187,7 +187,7 @@ impl Metrics {
         let log_dropped = Counter::default();
         registry.register(
             "decision_log_dropped",
-            "Decision-log lines dropped because the writer fell behind",
+            "Decision-log lines lost: dropped because the writer fell behind, or not written because a write failed",
             log_dropped.clone(),
         );
         let svid_expiry = Gauge::<f64, AtomicU64>::default();

@@ -126,7 +126,11 @@ impl App {
                             let seen_headers = names.join(",");
                             let close = req.uri().path().starts_with("/close")
                                 && req.version() == http::Version::HTTP_11;
-                            let body = req.into_body().collect().await?.to_bytes();
+                            let collected = req.into_body().collect().await?;
+                            let seen_trailers = collected.trailers().map_or(String::new(), |t| {
+                                t.keys().map(|k| k.as_str()).collect::<Vec<_>>().join(",")
+                            });
+                            let body = collected.to_bytes();
                             let text = format!(
                                 "{version} xfcc={xfcc} body={}",
                                 String::from_utf8_lossy(&body)
@@ -136,6 +140,8 @@ impl App {
                                 .insert("x-seen-uri", uri.parse().unwrap());
                             resp.headers_mut()
                                 .insert("x-seen-headers", seen_headers.parse().unwrap());
+                            resp.headers_mut()
+                                .insert("x-seen-trailers", seen_trailers.parse().unwrap());
                             if close {
                                 resp.headers_mut()
                                     .insert("connection", "close".parse().unwrap());

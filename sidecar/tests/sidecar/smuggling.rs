@@ -165,3 +165,35 @@ async fn an_upgraded_connection_is_decided_again_on_its_normalized_path() {
     assert_eq!(records[1].path, "/ws/chat");
     assert_eq!(records[1].policy_ids, ["no-ws-chat"]);
 }
+
+#[tokio::test]
+async fn a_client_certificate_header_sent_as_an_http2_trailer_does_not_reach_the_app() {
+    let f = Fixture::start(Options::default()).await;
+    let tls = f.client(WEB_ID).connect(f.inbound).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert(
+        "x-forwarded-client-cert",
+        http::HeaderValue::from_static("URI=spiffe://example.org/admin"),
+    );
+    trailers.insert("x-kept", http::HeaderValue::from_static("1"));
+    let frames = vec![
+        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes::Bytes::from("hi"))),
+        Ok(hyper::body::Frame::trailers(trailers)),
+    ];
+    let req = http::Request::get("https://api.local/x")
+        .version(http::Version::HTTP_2)
+        .body(http_body_util::StreamBody::new(futures::stream::iter(
+            frames,
+        )))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["x-seen-trailers"], "x-kept");
+}
