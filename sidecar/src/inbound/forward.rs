@@ -94,7 +94,8 @@ impl App {
     }
 
     /// Sends `req` to the app: over h2c when the caller spoke HTTP/2, else HTTP/1.1 on the
-    /// inbound connection's own app connection `conn`.
+    /// inbound connection's own app connection `conn`. `req` has had its connection-specific
+    /// headers removed (`http::handle` does it before the decision).
     pub(crate) async fn send(
         &self,
         conn: &H1Conn,
@@ -107,7 +108,7 @@ impl App {
         // HTTP/1.1 to an origin server: origin-form (`/path?query`).
         *req.uri_mut() = Uri::from(path_of(&req));
         *req.version_mut() = Version::HTTP_11;
-        hop_by_hop::strip(req.headers_mut(), true);
+        // The request's connection-specific headers went before the decision (`http::handle`).
         let mut resp = self.send_h1(conn, req).await?;
         hop_by_hop::strip(resp.headers_mut(), false);
         Ok(resp.map(Either::Left))
@@ -148,7 +149,6 @@ impl App {
         let sent = Uri::from_parts(parts).map(|uri| {
             *req.uri_mut() = uri;
             *req.version_mut() = Version::HTTP_2;
-            hop_by_hop::strip(req.headers_mut(), true);
             self.h2.send(req, || self.connect_tcp())
         });
         async move {
@@ -179,7 +179,6 @@ impl App {
         host_from_authority(&mut req);
         *req.uri_mut() = Uri::from(path_of(&req));
         *req.version_mut() = Version::HTTP_11;
-        hop_by_hop::strip(req.headers_mut(), true);
         let conn = self.idle_for_h2.conn();
         let mut resp = match conn.send(req, || self.connect_http1(false)).await {
             Ok(resp) => resp,
