@@ -24,6 +24,8 @@ pub(crate) struct App {
     pub(crate) count: Arc<AtomicUsize>,
     pub(crate) connections: Arc<AtomicUsize>,
     pub(crate) cancelled: Arc<AtomicUsize>,
+    /// The URI of the last request the app got (as it got it: with the authority over h2c).
+    pub(crate) last_uri: Arc<std::sync::Mutex<String>>,
 }
 
 /// How long `/slow` takes.
@@ -81,10 +83,12 @@ impl App {
         let count = Arc::new(AtomicUsize::new(0));
         let connections = Arc::new(AtomicUsize::new(0));
         let cancelled = Arc::new(AtomicUsize::new(0));
-        let (c, conns, cancels) = (
+        let last_uri = Arc::new(std::sync::Mutex::new(String::new()));
+        let (c, conns, cancels, last) = (
             Arc::clone(&count),
             Arc::clone(&connections),
             Arc::clone(&cancelled),
+            Arc::clone(&last_uri),
         );
         tokio::spawn(async move {
             loop {
@@ -94,10 +98,12 @@ impl App {
                 conns.fetch_add(1, Ordering::SeqCst);
                 let c = Arc::clone(&c);
                 let cancels = Arc::clone(&cancels);
+                let last = Arc::clone(&last);
                 let close_h2 = Arc::new(tokio::sync::Notify::new());
                 let closing = Arc::clone(&close_h2);
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        *last.lock().unwrap() = req.uri().to_string();
                         c.fetch_add(1, Ordering::SeqCst);
                         if req.uri().path().starts_with("/close")
                             && req.version() == http::Version::HTTP_2
@@ -168,6 +174,7 @@ impl App {
             count,
             connections,
             cancelled,
+            last_uri,
         }
     }
 
@@ -178,6 +185,11 @@ impl App {
     /// `/slow` requests dropped before their answer.
     pub(crate) fn cancelled(&self) -> usize {
         self.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// The URI of the last request the app got.
+    pub(crate) fn last_uri(&self) -> String {
+        self.last_uri.lock().unwrap().clone()
     }
 
     /// Connections the app has accepted.

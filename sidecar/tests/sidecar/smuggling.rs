@@ -1,6 +1,7 @@
 //! Requests that would tell the policy one thing and the app another: gRPC claimed by
-//! `content-type` alone, headers a `Connection` option removes after the decision, two hosts,
-//! and an upgraded connection decided again on another spelling of its path.
+//! `content-type` alone, headers a `Connection` option removes after the decision, two hosts (and
+//! an HTTP/2 `host` without `:authority`), an upgraded connection decided again on another
+//! spelling of its path, and a client certificate header sent as a trailer.
 
 use http::{Method, StatusCode};
 
@@ -196,4 +197,61 @@ async fn a_client_certificate_header_sent_as_an_http2_trailer_does_not_reach_the
     let resp = sender.send_request(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.headers()["x-seen-trailers"], "x-kept");
+}
+
+/// An HTTP/2 request with `host` and no `:authority` (RFC 9113 §8.3.1 allows it; hyper's and
+/// h2's clients always send `:authority`, so the frames are written by hand).
+#[tokio::test]
+async fn an_http2_host_without_authority_is_what_the_policy_and_the_app_see() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let f = Fixture::start(Options::default()).await;
+    let mut tls = f.client(WEB_ID).connect(f.inbound).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    // HPACK, literals without indexing and without Huffman coding: `:method GET` (static 2),
+    // `:scheme https` (static 7), `:path /x` (name static 4), `host: API.local` (name static 38).
+    let mut block = vec![0x82, 0x87, 0x04, 2];
+    block.extend_from_slice(b"/x");
+    block.extend_from_slice(&[0x0f, 38 - 15, 9]);
+    block.extend_from_slice(b"API.local");
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend_from_slice(&frame(4, 0, 0, &[])); // SETTINGS
+    out.extend_from_slice(&frame(1, 0x5, 1, &block)); // HEADERS, END_STREAM | END_HEADERS
+    tls.write_all(&out).await.unwrap();
+    // The answer's HEADERS on stream 1: `:status 200` is static entry 8.
+    let status = tokio::time::timeout(WAIT, async {
+        loop {
+            let mut head = [0u8; 9];
+            tls.read_exact(&mut head).await.unwrap();
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let mut payload = vec![0u8; len];
+            tls.read_exact(&mut payload).await.unwrap();
+            let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            assert_ne!(head[3], 0x3, "RST_STREAM: {payload:?}");
+            if head[3] == 0x1 && stream == 1 {
+                return payload[0];
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 0x88, "not 200");
+    assert_eq!(f.app.last_uri(), "http://API.local/x");
+    let records = f.decisions_exactly(1).await;
+    assert!(
+        records[0]
+            .headers
+            .iter()
+            .any(|(name, value)| name == "host" && value == "API.local"),
+        "{:?}",
+        records[0].headers
+    );
+}
+
+/// An HTTP/2 frame: type, flags, stream id, payload.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+    let mut out = vec![len[1], len[2], len[3], kind, flags];
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
 }
