@@ -20,7 +20,7 @@ use crate::eval::{self, CandidateList, Compiled, Evaluated};
 use crate::index::{Scope, ScopeIndex};
 use crate::loader::{Loaded, PolicyInfo, load};
 use crate::model::{Types, UNAUTHENTICATED_ID};
-use crate::request::{Caller, Request, RequestError};
+use crate::request::{Caller, Operation, Request, RequestError};
 
 /// Most cached (caller, resource) pairs; past it the cache starts over.
 pub const MAX_CACHED_PEERS: usize = 4096;
@@ -55,8 +55,10 @@ struct ActionInfo {
     /// Whether the schema accepts requests of each shape (caller kind × TLS present), checked
     /// with the first such request.
     ///
-    /// INVARIANT (upheld by `Request::context`, the only context builder): two requests with the
-    /// same action, caller kind and TLS presence have contexts with the same attributes and the
+    /// INVARIANT (upheld by `Request::context`, the only context builder, and by `evaluate`,
+    /// which refuses an HTTP method named as another operation's action, so that an action is
+    /// always one kind of operation): two requests with the same action, caller kind and TLS
+    /// presence have contexts with the same attributes and the
     /// same types (strings, an `ipaddr`, a `datetime`, a set of header records), and the same
     /// principal and resource entity types; so the schema accepts both or neither, and checking
     /// one validates the shape.
@@ -180,6 +182,13 @@ impl PolicySet {
         evaluation: Evaluation,
     ) -> Result<(Outcome, Vec<String>, Vec<String>), RequestError> {
         let action_name = request.operation.action_name();
+        // One action, one kind of request (the `shapes` invariant): an HTTP method spelled
+        // `grpc` is not a gRPC call.
+        if let Operation::Http(method) = request.operation
+            && !matches!(Operation::from_name(method), Operation::Http(_))
+        {
+            return Err(RequestError::NotHttpMethod(method.to_owned()));
+        }
         let action = self
             .actions
             .get(action_name)

@@ -72,6 +72,10 @@ pub enum RequestError {
     /// No action in the schema for this method.
     #[error("method `{0}` has no action in the schema")]
     UnknownAction(String),
+    /// An HTTP request whose method is the name of another kind of request's action (`grpc`,
+    /// `connect`): deciding it as that action would let it pass as a gRPC call or a connection.
+    #[error("method `{0}` is not an HTTP method: `{0}` is the action of another kind of request")]
+    NotHttpMethod(String),
     /// A gRPC path that is not `/package.Service/Method`.
     #[error("grpc path `{0}` is not `/package.Service/Method`")]
     BadGrpcPath(String),

@@ -306,3 +306,68 @@ fn empty_spiffe_id_is_denied_even_after_an_unauthenticated_caller() {
         d.errors()
     );
 }
+
+/// An HTTP request whose method is spelled `grpc` (or `connect`) is not decided as that action:
+/// whatever came first, it is denied and real gRPC calls are still decided on their own.
+#[test]
+fn an_http_method_named_like_another_operation_is_denied_and_changes_nothing() {
+    let dir = dir_with(&[(
+        "a.cedar",
+        "@id(\"calls\")\npermit(principal, action == Mesh::Action::\"grpc\", resource);\n\
+         @id(\"connects\")\npermit(principal, action == Mesh::Action::\"connect\", resource);",
+    )]);
+    let grpc = |set: &PolicySet| {
+        let mut r = http("spiffe://example.org/a", "POST", "api", "/pkg.Svc/Call");
+        r.operation = Operation::Grpc;
+        set.decide(&r)
+    };
+    for method in ["grpc", "connect"] {
+        // The HTTP request first, then a gRPC call; and the other way round.
+        let as_http = || {
+            let mut r = http("spiffe://example.org/a", "GET", "api", "/admin");
+            r.operation = Operation::Http(method);
+            r
+        };
+        let set = PolicySet::load(dir.path()).unwrap();
+        let d = set.decide(&as_http());
+        assert_eq!(d.outcome(), Outcome::Deny, "{method}");
+        assert!(d.policy_ids().is_empty());
+        assert_eq!(
+            d.errors(),
+            [format!(
+                "method `{method}` is not an HTTP method: `{method}` is the action of another kind of request"
+            )]
+        );
+        assert_eq!(grpc(&set).outcome(), Outcome::Allow, "{method}");
+        let set = PolicySet::load(dir.path()).unwrap();
+        assert_eq!(grpc(&set).outcome(), Outcome::Allow);
+        let d = set.decide(&as_http());
+        assert_eq!(d.outcome(), Outcome::Deny, "{method}");
+    }
+}
+
+/// A group action's name used as a method (`read`, `all`) is no request's action: denied.
+#[test]
+fn a_method_named_as_an_action_group_is_denied() {
+    let dir = dir_with(&[(
+        "a.cedar",
+        "@id(\"reads\")\npermit(principal, action in Mesh::Action::\"read\", resource);\n\
+         @id(\"all\")\npermit(principal, action in Mesh::Action::\"all\", resource);",
+    )]);
+    let set = PolicySet::load(dir.path()).unwrap();
+    for method in ["read", "all", "http", "write"] {
+        let d = set.decide(&http("spiffe://example.org/a", method, "api", "/"));
+        assert_eq!(d.outcome(), Outcome::Deny, "{method}");
+        assert!(d.policy_ids().is_empty(), "{method}");
+        assert!(
+            d.errors()[0].contains(&format!("Mesh::Action::\"{method}\"")),
+            "{:?}",
+            d.errors()
+        );
+    }
+    assert_eq!(
+        set.decide(&http("spiffe://example.org/a", "GET", "api", "/"))
+            .outcome(),
+        Outcome::Allow
+    );
+}

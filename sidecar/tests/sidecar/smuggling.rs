@@ -86,6 +86,29 @@ async fn only_an_http2_post_with_one_grpc_content_type_is_decided_as_grpc() {
     assert_eq!(f.app.seen(), 1);
 }
 
+/// An HTTP method spelled `grpc` is not a gRPC call: sent first by a caller with no grants, it
+/// is denied and does not change how later gRPC calls are decided.
+#[tokio::test]
+async fn an_http_method_spelled_grpc_is_denied_and_leaves_grpc_calls_alone() {
+    let f = Fixture::start(Options::default()).await;
+    for id in [OTHER_ID, WEB_ID] {
+        let mut req = get("/x");
+        *req.method_mut() = Method::from_bytes(b"grpc").unwrap();
+        let (status, _, body) = f.client(id).http1().request(f.inbound, req).await.unwrap();
+        assert_eq!(status, StatusCode::FORBIDDEN, "{id}: {body}");
+    }
+    let req = with(get_h2("/pkg.Svc/Call"), Method::POST, &["application/grpc"]);
+    let (status, headers, _) = f.client(WEB_ID).request(f.inbound, req).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert!(!headers.contains_key("grpc-status"), "{headers:?}");
+    let records = f.decisions_exactly(3).await;
+    assert_eq!(
+        records[0].errors,
+        ["method `grpc` is not an HTTP method: `grpc` is the action of another kind of request"]
+    );
+    assert_eq!(f.app.seen(), 1);
+}
+
 #[tokio::test]
 async fn a_connection_option_cannot_strip_the_identity_and_the_policy_sees_what_the_app_gets() {
     let f = Fixture::start(Options::default()).await;
