@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
+use http::{HeaderValue, header};
 use hyper::body::{Body, Incoming};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::{Request, Response};
@@ -170,6 +171,7 @@ impl<B: Body + Send + 'static> H1Conn<B> {
         C: Fn() -> F,
         F: Future<Output = Result<SendRequest<B>, E>>,
     {
+        chunked_when_unsized(&mut req);
         let mut slot = self.slot.lock().await;
         let mut retried = false;
         loop {
@@ -200,6 +202,25 @@ impl<B: Body + Send + 'static> H1Conn<B> {
             }
         }
     }
+}
+
+/// Asks for chunked coding when `req` has a body of unknown length and nothing says how it is
+/// framed. The request's own `Transfer-Encoding` went with its connection-specific headers, and
+/// for a `GET`, `HEAD` or `CONNECT` without one hyper sends no body at all: a `GET` with a
+/// chunked body (a search API's query) would reach the upstream without it.
+fn chunked_when_unsized<B: Body>(req: &mut Request<B>) {
+    let body = req.body();
+    if body.is_end_stream()
+        || body.size_hint().exact().is_some()
+        || req.headers().contains_key(header::CONTENT_LENGTH)
+        || req.headers().contains_key(header::TRANSFER_ENCODING)
+    {
+        return;
+    }
+    req.headers_mut().insert(
+        header::TRANSFER_ENCODING,
+        HeaderValue::from_static("chunked"),
+    );
 }
 
 impl<B: Body + Send + 'static> Drop for H1Conn<B> {

@@ -4,17 +4,15 @@
 //! request when it is exactly `trailers`, which gRPC needs end to end; any other `TE`, and any
 //! `TE` on a response, goes.
 
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 
 /// Fields a `Connection` option cannot remove: `TE` (handled below), and what identifies the
 /// request and its caller to the app — `Host`, and the `x-forwarded-client-cert` the sidecar
 /// sets (a caller's `Connection: x-forwarded-client-cert` would otherwise strip the identity it
 /// was allowed under).
-const PROTECTED: [HeaderName; 3] = [
-    header::TE,
-    header::HOST,
-    HeaderName::from_static("x-forwarded-client-cert"),
-];
+const PROTECTED: [HeaderName; 3] = [header::TE, header::HOST, XFCC];
 
 /// Removes the connection-specific headers of a request (`request`) or a response.
 pub(crate) fn strip(headers: &mut HeaderMap, request: bool) {
@@ -53,6 +51,36 @@ pub(crate) fn strip(headers: &mut HeaderMap, request: bool) {
     }
 }
 
+/// Takes `x-forwarded-client-cert` out of a request's `Trailer` list (RFC 9110 §6.6.2). hyper's
+/// HTTP/1.1 client writes only the trailers `Trailer` announces, so an XFCC a caller sends as a
+/// chunked-body trailer goes no further: only the sidecar speaks for a caller's certificate, and
+/// only in the head (HTTP/2 trailers are filtered in `H2Body`).
+pub(crate) fn unannounce_xfcc_trailer(headers: &mut HeaderMap) {
+    let announces = |v: &HeaderValue| {
+        v.as_bytes().split(|b| *b == b',').any(|name| {
+            name.trim_ascii()
+                .eq_ignore_ascii_case(XFCC.as_str().as_bytes())
+        })
+    };
+    if !headers.get_all(header::TRAILER).iter().any(announces) {
+        return;
+    }
+    let kept: Vec<&[u8]> = headers
+        .get_all(header::TRAILER)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|name| !name.is_empty() && !name.eq_ignore_ascii_case(XFCC.as_str().as_bytes()))
+        .collect();
+    let kept = HeaderValue::from_bytes(&kept.join(&b", "[..]));
+    headers.remove(header::TRAILER);
+    if let Ok(kept) = kept
+        && !kept.is_empty()
+    {
+        headers.insert(header::TRAILER, kept);
+    }
+}
+
 fn is_connection_specific(name: &HeaderName) -> bool {
     name == header::CONNECTION
         || name == header::TE
@@ -66,8 +94,6 @@ fn is_connection_specific(name: &HeaderName) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use http::HeaderValue;
-
     use super::*;
 
     fn names(headers: &HeaderMap) -> Vec<&str> {
@@ -137,5 +163,32 @@ mod tests {
         let before = headers.clone();
         strip(&mut headers, true);
         assert_eq!(headers, before);
+    }
+
+    #[test]
+    fn the_client_certificate_header_is_taken_out_of_the_trailer_list() {
+        let mut headers = HeaderMap::new();
+        headers.append(
+            header::TRAILER,
+            HeaderValue::from_static("x-a, X-Forwarded-Client-Cert ,x-b"),
+        );
+        headers.append(header::TRAILER, HeaderValue::from_static("x-c"));
+        unannounce_xfcc_trailer(&mut headers);
+        assert_eq!(headers[header::TRAILER], "x-a, x-b, x-c");
+        assert_eq!(headers.get_all(header::TRAILER).iter().count(), 1);
+
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::TRAILER,
+            HeaderValue::from_static("x-forwarded-client-cert"),
+        );
+        unannounce_xfcc_trailer(&mut headers);
+        assert!(headers.is_empty());
+
+        // Without it, the list is left as it came.
+        let mut headers = HeaderMap::new();
+        headers.insert(header::TRAILER, HeaderValue::from_static("x-a,x-b"));
+        unannounce_xfcc_trailer(&mut headers);
+        assert_eq!(headers[header::TRAILER], "x-a,x-b");
     }
 }

@@ -229,6 +229,7 @@ where
     }
     // The caller never speaks for the sidecar: drop its XFCC before anything looks at it.
     req.headers_mut().remove(XFCC);
+    hop_by_hop::unannounce_xfcc_trailer(req.headers_mut());
     // The policy decides on the headers the app will get: the connection-specific ones (and
     // those `Connection` names) go now, not after the decision.
     if upgrade::is_upgrade(&req) {

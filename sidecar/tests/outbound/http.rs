@@ -28,6 +28,33 @@ async fn http1_request_passes_and_upstream_sees_the_client_spiffe_id() {
     proxy.stop().await;
 }
 
+/// A `GET` with a chunked body (as some search APIs take their query) reaches the upstream with
+/// it: the caller's `Transfer-Encoding` goes with the connection-specific headers, and the
+/// outbound asks for chunked coding again.
+#[tokio::test]
+async fn http1_get_with_a_chunked_body_reaches_the_upstream_whole() {
+    let pki = Pki::new();
+    let upstream = Upstream::http(&pki).await;
+    let proxy = Proxy::http(&pki, &upstream).await;
+
+    let mut client = LocalClient::h1(proxy.addr).await;
+    let frames = ["a query", " in two parts"].map(|part| {
+        Ok(hyper::body::Frame::data(Bytes::from_static(
+            part.as_bytes(),
+        )))
+    });
+    let body: BoxBody =
+        http_body_util::StreamBody::new(futures::stream::iter(frames)).boxed_unsync();
+    let req = Request::get("/echo")
+        .header("transfer-encoding", "chunked")
+        .body(body)
+        .unwrap();
+    let reply = client.call(proxy.addr, req).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body, "a query in two parts");
+    proxy.stop().await;
+}
+
 #[tokio::test]
 async fn h2c_request_passes_and_upstream_sees_the_client_spiffe_id() {
     let pki = Pki::new();

@@ -134,8 +134,29 @@ async fn http1_app_protocol_carries_http2_callers_to_an_http1_only_app_and_reuse
         assert_eq!(body, "HTTP/1.1 host=api.local xfcc=true body=12");
     }
     assert_eq!(app.requests.load(Ordering::SeqCst), 30);
+    // A body of unknown length (no `content-length`) reaches the app too, chunked, also on a
+    // `GET` (for which hyper would otherwise send no body).
+    let frames = ["twelve", " bytes"].map(|part| {
+        Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(part.as_bytes())))
+    });
+    let req = Request::get("https://api.local/orders")
+        .version(http::Version::HTTP_2)
+        .body(StreamBody::new(futures::stream::iter(frames)))
+        .unwrap();
+    let tls = f.client(WEB_ID).connect(f.inbound).await.unwrap();
+    let (mut streaming, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let resp = streaming.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "HTTP/1.1 host=api.local xfcc=true body=12");
     // The decisions are logged as for any HTTP/2 request.
-    let records = f.decisions_exactly(30).await;
+    let records = f.decisions_exactly(31).await;
     assert!(
         records.iter().all(|r| r.upstream_status == Some(200)),
         "{records:?}"

@@ -222,6 +222,36 @@ async fn a_client_certificate_header_sent_as_an_http2_trailer_does_not_reach_the
     assert_eq!(resp.headers()["x-seen-trailers"], "x-kept");
 }
 
+/// The same over HTTP/1.1: a chunked body's trailers, announced by `Trailer`.
+#[tokio::test]
+async fn a_client_certificate_header_sent_as_an_http1_trailer_does_not_reach_the_app() {
+    use tokio::io::AsyncWriteExt;
+    let f = Fixture::start(Options::default()).await;
+    let mut tls = f.client(WEB_ID).http1().connect(f.inbound).await.unwrap();
+    let request = "GET /x HTTP/1.1\r\nhost: api.local\r\ntransfer-encoding: chunked\r\n\
+         trailer: x-forwarded-client-cert, x-kept\r\n\r\n2\r\nhi\r\n0\r\n\
+         x-forwarded-client-cert: By=x;URI=spiffe://example.org/admin\r\nx-kept: 1\r\n\r\n";
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let head = read_head(&mut tls).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("\r\nx-seen-trailers: x-kept\r\n"), "{head}");
+    // The body came too (a `GET` with a chunked body), and the caller's identity is the
+    // sidecar's.
+    let body = read_body(&mut tls, &head).await;
+    assert!(body.ends_with(" body=hi"), "{body}");
+    assert!(body.contains(&format!(";URI={WEB_ID}")), "{body}");
+    // The policy saw the list the app got.
+    let records = f.decisions_exactly(1).await;
+    assert!(
+        records[0]
+            .headers
+            .iter()
+            .any(|(name, value)| name == "trailer" && value == "x-kept"),
+        "{:?}",
+        records[0].headers
+    );
+}
+
 /// An HTTP/2 request with `host` and no `:authority` (RFC 9113 §8.3.1 allows it; hyper's and
 /// h2's clients always send `:authority`, so the frames are written by hand).
 #[tokio::test]
