@@ -30,7 +30,8 @@ pub(crate) enum Direction {
 pub(crate) enum DecisionLabel {
     Allow = 0,
     Deny = 1,
-    /// Outbound requests are not decided by the sidecar.
+    /// Not decided: outbound requests, and inbound requests the sidecar answers (400, 431)
+    /// before any decision.
     None = 2,
 }
 

@@ -189,54 +189,24 @@ where
 {
     let start = Instant::now();
     let time = SystemTime::now();
-    let grpc = match grpc_call(&req) {
+    let grpc = match prepare(shared, &mut req) {
         Ok(grpc) => grpc,
-        Err(bad) => {
+        Err(response) => {
+            drop(req);
+            // Answered before any decision: counted with decision `none`, no decision line.
+            let status = response.status().as_u16();
+            let metrics = &shared.metrics;
+            metrics.request(
+                Direction::Inbound,
+                DecisionLabel::None,
+                Some(status),
+                start.elapsed(),
+            );
             return Exchange::Answered {
-                response: Some(bad_request(bad)),
+                response: Some(*response),
             };
         }
     };
-    // hyper enforces the header count for HTTP/1.1 (431 before we see the request); HTTP/2
-    // only bounds the header list's size, so the count is checked here, for both.
-    if req.headers().len() > shared.limits.max_headers {
-        drop(req);
-        return Exchange::Answered {
-            response: Some(too_many_headers(grpc)),
-        };
-    }
-    if let Err(bad) = one_host(&req) {
-        return Exchange::Answered {
-            response: Some(bad_request(bad)),
-        };
-    }
-    // Policies decide on, and the app gets, one spelling of the path (see `path.rs`).
-    let normalized = match path::normalize(req.uri().path()) {
-        Ok(Cow::Borrowed(_)) => None,
-        Ok(Cow::Owned(normal)) => Some(normal),
-        Err(bad) => {
-            return Exchange::Answered {
-                response: Some(bad_request(&bad.to_string())),
-            };
-        }
-    };
-    if let Some(normal) = normalized
-        && let Err(bad) = set_path(&mut req, &normal)
-    {
-        return Exchange::Answered {
-            response: Some(bad_request(&bad)),
-        };
-    }
-    // The caller never speaks for the sidecar: drop its XFCC before anything looks at it.
-    req.headers_mut().remove(XFCC);
-    hop_by_hop::unannounce_xfcc_trailer(req.headers_mut());
-    // The policy decides on the headers the app will get: the connection-specific ones (and
-    // those `Connection` names) go now, not after the decision.
-    if upgrade::is_upgrade(&req) {
-        upgrade::strip_keeping_upgrade(req.headers_mut(), true);
-    } else {
-        hop_by_hop::strip(req.headers_mut(), true);
-    }
     let (decision, allowed, decision_id, line) = {
         let headers = record::header_pairs(&req);
         let parts = RequestParts::http(
@@ -288,6 +258,43 @@ where
             done.finish(response)
         },
     }
+}
+
+/// Checks `req` and puts it in the form that is decided and forwarded: gRPC or not, header count,
+/// one host, the normalized path, the caller's XFCC and connection-specific headers removed,
+/// header values that are text. `Err` is the answer (400, 431) to a request that is not decided.
+fn prepare<B>(shared: &Shared, req: &mut Request<B>) -> Result<bool, Box<Response<ProxyBody>>> {
+    let grpc = grpc_call(req).map_err(|bad| Box::new(bad_request(bad)))?;
+    // hyper enforces the header count for HTTP/1.1 (431 before we see the request); HTTP/2
+    // only bounds the header list's size, so the count is checked here, for both.
+    if req.headers().len() > shared.limits.max_headers {
+        return Err(Box::new(too_many_headers(grpc)));
+    }
+    one_host(req).map_err(|bad| Box::new(bad_request(bad)))?;
+    // Policies decide on, and the app gets, one spelling of the path (see `path.rs`).
+    let normalized = match path::normalize(req.uri().path()) {
+        Ok(Cow::Borrowed(_)) => None,
+        Ok(Cow::Owned(normal)) => Some(normal),
+        Err(bad) => return Err(Box::new(bad_request(&bad.to_string()))),
+    };
+    if let Some(normal) = normalized {
+        set_path(req, &normal).map_err(|bad| Box::new(bad_request(&bad)))?;
+    }
+    // The caller never speaks for the sidecar: drop its XFCC before anything looks at it.
+    req.headers_mut().remove(XFCC);
+    hop_by_hop::unannounce_xfcc_trailer(req.headers_mut());
+    // The policy decides on the headers the app will get: the connection-specific ones (and
+    // those `Connection` names) go now, not after the decision.
+    if upgrade::is_upgrade(req) {
+        upgrade::strip_keeping_upgrade(req.headers_mut(), true);
+    } else {
+        hop_by_hop::strip(req.headers_mut(), true);
+    }
+    if let Some(name) = record::non_text_header(req) {
+        let bad = format!("header `{name}` has a value that is not UTF-8 text");
+        return Err(Box::new(bad_request(&bad)));
+    }
+    Ok(grpc)
 }
 
 /// What is left of a decided request once the response is known: the decision log line and the

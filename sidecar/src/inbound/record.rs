@@ -110,13 +110,27 @@ pub(crate) fn policy_request<'a>(
     }
 }
 
-/// The headers a policy sees: those with text values, and for HTTP/2 the `:authority` as
-/// `host` (as over HTTP/1.1) when there is no `host` header.
+/// The first header whose value is not UTF-8 text (bytes 0x80–0xFF that do not decode): such a
+/// request gets 400, so that the policy sees every header the app gets.
+pub(crate) fn non_text_header<B>(req: &http::Request<B>) -> Option<&http::HeaderName> {
+    req.headers()
+        .iter()
+        .find(|(_, v)| std::str::from_utf8(v.as_bytes()).is_err())
+        .map(|(name, _)| name)
+}
+
+/// The headers a policy sees: every header (values UTF-8 text, which [`non_text_header`] has
+/// checked), and for HTTP/2 the `:authority` as `host` (as over HTTP/1.1) when there is no
+/// `host` header.
 pub(crate) fn header_pairs<B>(req: &http::Request<B>) -> Vec<(&str, &str)> {
     let mut headers: Vec<(&str, &str)> = req
         .headers()
         .iter()
-        .filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str(), v)))
+        .filter_map(|(n, v)| {
+            std::str::from_utf8(v.as_bytes())
+                .ok()
+                .map(|v| (n.as_str(), v))
+        })
         .collect();
     if let Some(authority) = req.uri().authority()
         && !req.headers().contains_key(header::HOST)

@@ -160,6 +160,13 @@ async fn two_hosts_or_a_host_that_is_not_the_authority_get_400() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body, "host and :authority differ\n");
     assert_eq!(f.app.seen(), 0);
+    // Not decided: no decision line, counted with decision `none`.
+    wait_for_metric(
+        &f,
+        r#"warden_sidecar_requests_total{direction="inbound",decision="none",status_class="4xx"} 2"#,
+    )
+    .await;
+    f.decisions_exactly(0).await;
     // The same host in both is fine, and the app gets the caller's authority, as the policy
     // saw it.
     let mut req = get_h2("/x");
@@ -247,6 +254,46 @@ async fn a_client_certificate_header_sent_as_an_http1_trailer_does_not_reach_the
             .headers
             .iter()
             .any(|(name, value)| name == "trailer" && value == "x-kept"),
+        "{:?}",
+        records[0].headers
+    );
+}
+
+/// The policy sees every header the app gets: a UTF-8 value is decided on as text; a value that
+/// is not UTF-8 text gets 400 (before, it was left out of the decision and passed to the app).
+#[tokio::test]
+async fn a_header_value_the_policy_cannot_read_as_text_gets_400() {
+    use tokio::io::AsyncWriteExt;
+    let f = Fixture::start(Options::default()).await;
+    let request = |value: &[u8]| {
+        let mut out = b"GET /x HTTP/1.1\r\nhost: api.local\r\nx-tenant: ".to_vec();
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\ncontent-length: 0\r\n\r\n");
+        out
+    };
+    let mut tls = f.client(WEB_ID).http1().connect(f.inbound).await.unwrap();
+    tls.write_all(&request("caf\u{e9}".as_bytes()))
+        .await
+        .unwrap();
+    let head = read_head(&mut tls).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    read_body(&mut tls, &head).await;
+    // ISO-8859-1 `é`, not UTF-8.
+    tls.write_all(&request(b"caf\xe9")).await.unwrap();
+    let head = read_head(&mut tls).await;
+    assert!(head.starts_with("http/1.1 400"), "{head}");
+    let body = read_body(&mut tls, &head).await;
+    assert_eq!(
+        body,
+        "header `x-tenant` has a value that is not UTF-8 text\n"
+    );
+    assert_eq!(f.app.seen(), 1);
+    let records = f.decisions_exactly(1).await;
+    assert!(
+        records[0]
+            .headers
+            .iter()
+            .any(|(name, value)| name == "x-tenant" && value == "caf\u{e9}"),
         "{:?}",
         records[0].headers
     );
