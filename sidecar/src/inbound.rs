@@ -7,6 +7,7 @@ mod forward;
 mod h2;
 mod handshake;
 mod http;
+mod lapse;
 mod path;
 mod record;
 mod revoke;
@@ -31,6 +32,7 @@ use crate::config::{InboundConfig, Limits, Mode, Mtls, Protocol};
 use crate::decision_log::DecisionLog;
 use crate::identity_source::Current;
 use crate::metrics::{Direction, HandshakeFailure, Metrics};
+use lapse::{BundleWatch, Credentials};
 
 /// How long open connections get to finish when the sidecar stops.
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -48,6 +50,8 @@ pub(crate) struct Shared {
     pub(crate) log: DecisionLog,
     pub(crate) ids: DecisionIds,
     pub(crate) identity: watch::Receiver<Option<Current>>,
+    /// The trust bundles the TLS verifier uses (for [`lapse`]).
+    pub(crate) bundles: Arc<dyn BundleSource>,
     pub(crate) app: forward::App,
     pub(crate) http: http::Server,
     pub(crate) h2: crate::h2_server::H2Server,
@@ -129,7 +133,7 @@ impl Inbound {
     pub(crate) async fn new(inputs: InboundInputs) -> Result<Self, crate::Error> {
         let tls = handshake::server_config(
             inputs.resolver,
-            inputs.bundles,
+            Arc::clone(&inputs.bundles),
             inputs.config.tls12,
             inputs.config.protocol,
         )
@@ -166,6 +170,7 @@ impl Inbound {
             log: inputs.log,
             ids: DecisionIds::new(),
             identity: inputs.identity,
+            bundles: inputs.bundles,
             app,
             http,
             h2,
@@ -263,7 +268,8 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, source: Socket
                         return;
                     }
                 };
-                return serve_io(&shared, stream, info, h2).await;
+                let watch = BundleWatch::now(&shared.identity, &shared.bundles);
+                return serve_io(&shared, stream, info, h2, None, watch).await;
             }
             Ok(Ok(1)) => {}
             Ok(_) => return,
@@ -276,6 +282,8 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, source: Socket
         }
     }
     let started = Instant::now();
+    // Before the handshake: a bundle change while it runs is then checked against the caller.
+    let watch = BundleWatch::now(&shared.identity, &shared.bundles);
     let accepted = tokio::time::timeout(
         shared.limits.handshake_timeout,
         tokio_rustls::TlsAcceptor::from(Arc::clone(&shared.tls)).accept(stream),
@@ -308,6 +316,12 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, source: Socket
             .handshake_failed(Direction::Inbound, HandshakeFailure::Other.as_str());
         return;
     };
+    let Some(credentials) = handshake::credentials(session) else {
+        shared
+            .metrics
+            .handshake_failed(Direction::Inbound, HandshakeFailure::Other.as_str());
+        return;
+    };
     let info = ConnInfo {
         source,
         source_text: source.to_string(),
@@ -316,7 +330,7 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, source: Socket
         own_id,
     };
     tracing::debug!(src.addr = %source, took = ?started.elapsed(), "tls established");
-    serve_io(&shared, tls, info, h2).await;
+    serve_io(&shared, tls, info, h2, Some(credentials), watch).await;
 }
 
 /// Serves an established connection; `h2`: the caller chose HTTP/2 (ALPN `h2`, or the h2c
@@ -327,20 +341,35 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, source: Socket
 /// connection speaks. Awaited in place (`-Zprint-type-sizes`), they made every connection's task
 /// 13.1 KB: the HTTP/2 server's state (9.1 KB) paid by HTTP/1.1 and TCP connections too (HTTP/1.1
 /// serving needs 3.9 KB), beside room for the TLS handshake's (1.3 KB).
+///
+/// When the caller's credentials lapse ([`lapse`]), an HTTP connection takes no new request
+/// (HTTP/1.1: closes after the one in flight; HTTP/2: GOAWAY) and is dropped if what it has in
+/// flight is not done one idle timeout later; a TCP connection or an upgraded one is closed.
 fn serve_io<'a, I>(
     shared: &'a Arc<Shared>,
     io: I,
     info: ConnInfo,
     h2: bool,
+    credentials: Option<Credentials>,
+    watch: BundleWatch,
 ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (io, activity) = crate::idle::IdleIo::new(io);
+    let grace = shared.limits.idle_timeout;
     let idle = activity.expired(shared.limits.idle_timeout);
+    let dropped = lapse::lapsed_with_grace(credentials.clone(), watch.clone(), grace);
+    let idle = async move {
+        tokio::select! {
+            () = idle => {}
+            () = dropped => tracing::debug!("caller's credentials lapsed; closing"),
+        }
+    };
+    let lapsed = lapse::lapsed(credentials, watch);
     match shared.config.protocol {
-        Protocol::Http if h2 => Box::pin(h2::serve(Arc::clone(shared), io, info, idle)),
-        Protocol::Http => Box::pin(http::serve(Arc::clone(shared), io, info, idle)),
-        Protocol::Tcp => Box::pin(tcp::serve(shared, io, info, idle)),
+        Protocol::Http if h2 => Box::pin(h2::serve(Arc::clone(shared), io, info, idle, lapsed)),
+        Protocol::Http => Box::pin(http::serve(Arc::clone(shared), io, info, idle, lapsed)),
+        Protocol::Tcp => Box::pin(tcp::serve(shared, io, info, idle, lapsed)),
     }
 }

@@ -15,13 +15,15 @@ use super::{ConnInfo, Shared};
 use crate::config::AppProtocol;
 use crate::h2_server::Conn;
 
-/// Serves one HTTP/2 connection until it ends or `idle` completes. When the sidecar stops, the
-/// connection sends GOAWAY, finishes the streams in flight and closes.
+/// Serves one HTTP/2 connection until it ends or `idle` completes. When the sidecar stops, or
+/// `lapsed` completes (the caller's credentials lapsed), the connection sends GOAWAY, finishes
+/// the streams in flight and closes.
 pub(super) async fn serve<I>(
     shared: Arc<Shared>,
     io: I,
     conn: ConnInfo,
     idle: impl Future<Output = ()>,
+    lapsed: impl Future<Output = ()>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -30,7 +32,10 @@ pub(super) async fn serve<I>(
     let xfcc = record::xfcc(conn);
     let mut stop = shared.stop.subscribe();
     let stop = async move {
-        let _ = stop.wait_for(|stop| *stop).await;
+        tokio::select! {
+            _ = stop.wait_for(|stop| *stop) => {}
+            () = lapsed => {}
+        }
     };
     let connection = Conn {
         io,

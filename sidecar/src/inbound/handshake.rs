@@ -9,6 +9,7 @@ use warden_identity::tls::{Authorize, BundleSource, SpiffeClientCertVerifier, Sv
 use warden_identity::{SvidError, TlsVerifyError};
 
 use super::Peer;
+use super::lapse::Credentials;
 use crate::config::Protocol;
 use crate::metrics::HandshakeFailure;
 
@@ -55,6 +56,17 @@ pub(super) fn peer(session: &ServerConnection) -> Option<Peer> {
     Some(Peer {
         id,
         leaf_hash: hex(digest.as_ref()),
+    })
+}
+
+/// The verified peer's chain and its leaf's `notAfter`, for [`super::lapse`].
+pub(super) fn credentials(session: &ServerConnection) -> Option<Credentials> {
+    let certs = session.peer_certificates()?;
+    let (_, leaf) = x509_parser::parse_x509_certificate(certs.first()?.as_ref()).ok()?;
+    let secs = u64::try_from(leaf.validity().not_after.timestamp()).ok()?;
+    Some(Credentials {
+        chain: certs.iter().map(|c| c.clone().into_owned()).collect(),
+        not_after: std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
     })
 }
 

@@ -66,14 +66,15 @@ impl Server {
     }
 }
 
-/// Serves one connection until it ends or `idle` completes. When the sidecar stops, the
-/// connection is shut down gracefully: requests in flight finish, then it closes (HTTP/2 sends
-/// GOAWAY).
+/// Serves one connection until it ends or `idle` completes. When the sidecar stops, or
+/// `lapsed` completes (the caller's credentials lapsed), the connection is shut down
+/// gracefully: the request in flight finishes, then it closes; an upgraded connection is closed.
 pub(super) async fn serve<I>(
     shared: Arc<Shared>,
     io: I,
     info: ConnInfo,
     idle: impl Future<Output = ()>,
+    lapsed: impl Future<Output = ()>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -138,6 +139,8 @@ pub(super) async fn serve<I>(
         .with_upgrades();
     tokio::pin!(served);
     tokio::pin!(idle);
+    tokio::pin!(lapsed);
+    let mut lapsed_done = false;
     let mut stop = shared.stop.subscribe();
     let mut draining = false;
     loop {
@@ -156,7 +159,18 @@ pub(super) async fn serve<I>(
                 draining = true;
                 served.as_mut().graceful_shutdown();
             }
+            () = &mut lapsed, if !lapsed_done => {
+                lapsed_done = true;
+                if !draining {
+                    draining = true;
+                    served.as_mut().graceful_shutdown();
+                }
+            }
         }
+    }
+    if lapsed_done {
+        // An upgrade accepted just before: its caller's credentials have lapsed.
+        return;
     }
     // An upgraded connection: the tunnel runs here, so that it holds the connection's slot and
     // closes when the sidecar stops.
@@ -165,6 +179,9 @@ pub(super) async fn serve<I>(
             () = tunnel => {}
             _ = stop.wait_for(|stop| *stop) => {
                 tracing::debug!(src.addr = %conn.source, "sidecar stopping; upgraded connection closed");
+            }
+            () = &mut lapsed => {
+                tracing::debug!(src.addr = %conn.source, "caller's credentials lapsed; upgraded connection closed");
             }
         }
     }

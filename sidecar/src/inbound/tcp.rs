@@ -22,6 +22,7 @@ pub(super) async fn serve<I>(
     mut io: I,
     conn: ConnInfo,
     idle: impl Future<Output = ()>,
+    lapsed: impl Future<Output = ()>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -82,6 +83,7 @@ pub(super) async fn serve<I>(
         }
         () = idle => tracing::debug!(src.addr = %conn.source, "idle timeout"),
         () = revoke::revoked(shared, &conn, version, &revoke::Connect) => {}
+        () = lapsed => tracing::debug!(src.addr = %conn.source, "caller's credentials lapsed"),
         _ = stop.wait_for(|stop| *stop) => tracing::debug!(src.addr = %conn.source, "sidecar stopping"),
     }
 }

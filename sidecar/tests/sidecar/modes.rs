@@ -177,3 +177,33 @@ async fn tcp_connection_is_closed_when_a_new_policy_no_longer_allows_it() {
     assert_eq!(records[1].decision, warden_policy::Outcome::Deny);
     assert_eq!(records[1].action, "connect");
 }
+
+#[tokio::test]
+async fn tcp_connection_is_closed_when_its_callers_svid_expires() {
+    let (addr, _) = echo().await;
+    let f = Fixture::start(Options {
+        inbound_extra: r#"protocol = "tcp""#,
+        app_addr: Some(addr),
+        ..Options::default()
+    })
+    .await;
+    let svid =
+        f.ca.issue_svid(&id(WEB_ID), std::time::Duration::from_secs(2));
+    let client = Client::new(Some(svid), std::iter::once(f.ca.bundle()).collect());
+    let mut tls = client.connect(f.inbound).await.unwrap();
+    // Bytes keep moving (the idle timeout never fires) until the sidecar closes the connection.
+    let started = tokio::time::Instant::now();
+    let mut buf = [0u8; 4];
+    loop {
+        let echoed = async {
+            tls.write_all(b"ping").await?;
+            tls.read_exact(&mut buf).await
+        };
+        if echoed.await.is_err() {
+            break;
+        }
+        assert!(started.elapsed() < WAIT, "still open after {WAIT:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(started.elapsed() >= std::time::Duration::from_millis(500));
+}

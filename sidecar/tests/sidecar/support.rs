@@ -192,6 +192,16 @@ impl WorkloadApi {
 
     /// Publishes `svid` with `ca`'s bundle and the given federated bundles.
     pub(crate) fn set(&self, svid: &X509Svid, ca: &TestCa, federated: &[&TestCa]) {
+        self.set_with_bundle(svid, &ca.bundle(), federated);
+    }
+
+    /// [`Self::set`] with the SVID's trust domain bundle given whole (several roots, say).
+    pub(crate) fn set_with_bundle(
+        &self,
+        svid: &X509Svid,
+        bundle: &warden_identity::Bundle,
+        federated: &[&TestCa],
+    ) {
         let mut fed = HashMap::new();
         for f in federated {
             fed.insert(
@@ -204,7 +214,7 @@ impl WorkloadApi {
                 spiffe_id: svid.spiffe_id().to_string(),
                 x509_svid: svid.cert_chain_der(),
                 x509_svid_key: svid.private_key().secret_pkcs8_der().to_vec(),
-                bundle: ca.bundle().x509_authorities_der(),
+                bundle: bundle.x509_authorities_der(),
                 hint: String::new(),
             }],
             crl: vec![],
