@@ -192,18 +192,9 @@ async fn tcp_connection_is_closed_when_its_callers_svid_expires() {
     let client = Client::new(Some(svid), std::iter::once(f.ca.bundle()).collect());
     let mut tls = client.connect(f.inbound).await.unwrap();
     // Bytes keep moving (the idle timeout never fires) until the sidecar closes the connection.
-    let started = tokio::time::Instant::now();
-    let mut buf = [0u8; 4];
-    loop {
-        let echoed = async {
-            tls.write_all(b"ping").await?;
-            tls.read_exact(&mut buf).await
-        };
-        if echoed.await.is_err() {
-            break;
-        }
-        assert!(started.elapsed() < WAIT, "still open after {WAIT:?}");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert!(started.elapsed() >= std::time::Duration::from_millis(500));
+    let open_for = crate::raw_http::echo_until_closed(&mut tls, b"ping").await;
+    assert!(
+        open_for >= std::time::Duration::from_millis(500),
+        "{open_for:?}"
+    );
 }

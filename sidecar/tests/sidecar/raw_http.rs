@@ -92,3 +92,25 @@ pub(crate) async fn closed<I: AsyncRead + Unpin>(io: &mut I, within: Duration) {
         Err(_) => panic!("still open after {within:?}"),
     }
 }
+
+/// Writes `msg` and reads its echo every 100 ms (bytes keep moving, so no idle timeout is what
+/// ends it) until the other side closes; returns how long that took. Fails the test if it is
+/// still open after [`WAIT`].
+pub(crate) async fn echo_until_closed<I: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut I,
+    msg: &[u8],
+) -> Duration {
+    let started = tokio::time::Instant::now();
+    let mut back = vec![0u8; msg.len()];
+    loop {
+        let echoed = async {
+            io.write_all(msg).await?;
+            io.read_exact(&mut back).await
+        };
+        if echoed.await.is_err() {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < WAIT, "still open after {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -154,7 +154,6 @@ async fn upgrade_to_an_app_that_is_down_gets_502_and_the_connection_stays_http()
 
 #[tokio::test]
 async fn an_upgraded_connection_is_closed_when_its_callers_svid_expires() {
-    use tokio::io::AsyncReadExt;
     let f = Fixture::start(Options::default()).await;
     let svid = f.ca.issue_svid(&id(WEB_ID), Duration::from_secs(2));
     let client = Client::new(Some(svid), std::iter::once(f.ca.bundle()).collect()).http1();
@@ -163,18 +162,6 @@ async fn an_upgraded_connection_is_closed_when_its_callers_svid_expires() {
     assert!(head.starts_with("http/1.1 101"), "{head}");
     read_line(&mut tls).await;
     // Bytes keep moving through the tunnel until the sidecar closes it.
-    let started = tokio::time::Instant::now();
-    let mut back = [0u8; 5];
-    loop {
-        let echoed = async {
-            tls.write_all(b"ping\n").await?;
-            tls.read_exact(&mut back).await
-        };
-        if echoed.await.is_err() {
-            break;
-        }
-        assert!(started.elapsed() < WAIT, "still open after {WAIT:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(started.elapsed() >= Duration::from_millis(500));
+    let open_for = echo_until_closed(&mut tls, b"ping\n").await;
+    assert!(open_for >= Duration::from_millis(500), "{open_for:?}");
 }
