@@ -16,6 +16,8 @@ use std::time::Duration;
 
 use http::{HeaderValue, header};
 use hyper::body::{Body, Incoming};
+
+use crate::lapse::{Validity, Verified};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
@@ -27,7 +29,7 @@ use tokio::time::Instant;
 /// one reaper task, which runs while the list is not empty.
 #[derive(Debug)]
 pub(crate) struct H1Idle<B = Incoming> {
-    conns: Mutex<Vec<(Instant, SendRequest<B>)>>,
+    conns: Mutex<Vec<(Instant, Upstream<B>)>>,
     max_idle: Duration,
     max: usize,
     /// Whether the reaper task runs.
@@ -39,8 +41,16 @@ pub(crate) struct H1Idle<B = Incoming> {
 /// finished its last exchange; otherwise dropped, which closes it).
 #[derive(Debug)]
 pub(crate) struct H1Conn<B: Body + Send + 'static = Incoming> {
-    slot: tokio::sync::Mutex<Option<(Instant, SendRequest<B>)>>,
+    slot: tokio::sync::Mutex<Option<(Instant, Upstream<B>)>>,
     idle: Arc<H1Idle<B>>,
+}
+
+/// An upstream connection's handle, and what its handshake verified of the upstream (`None`:
+/// a plaintext connection, to the local app).
+#[derive(Debug)]
+pub(crate) struct Upstream<B> {
+    pub(crate) sender: SendRequest<B>,
+    validity: Option<Arc<Validity>>,
 }
 
 /// Why a request got no response.
@@ -55,13 +65,14 @@ pub(crate) enum H1Error<E> {
 /// Runs the HTTP/1.1 client handshake on `io` and spawns the connection's driver. `upgrades`:
 /// the connection may switch protocols (only one opened for an upgrade request may: an
 /// unsolicited 101 on a shared one is an error).
-pub(crate) async fn handshake<I, B>(io: I, upgrades: bool) -> Result<SendRequest<B>, hyper::Error>
+pub(crate) async fn handshake<I, B>(io: I, upgrades: bool) -> Result<Upstream<B>, hyper::Error>
 where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + Verified + Unpin + Send + 'static,
     B: Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let validity = io.validity();
     let (sender, connection) = http1::Builder::new().handshake(TokioIo::new(io)).await?;
     tokio::spawn(async move {
         let result = match upgrades {
@@ -72,7 +83,7 @@ where
             tracing::debug!(error = %e, "http/1.1 upstream connection ended with an error");
         }
     });
-    Ok(sender)
+    Ok(Upstream { sender, validity })
 }
 
 // === impl H1Idle ===
@@ -97,16 +108,20 @@ impl<B: Body + Send + 'static> H1Idle<B> {
     }
 
     /// Whether a connection last used at `used` may still carry a request.
-    fn fresh(&self, used: Instant, sender: &SendRequest<B>) -> bool {
-        used.elapsed() < self.max_idle && !sender.is_closed()
+    /// Not when the upstream's credentials no longer hold (its SVID expired, or the bundles no
+    /// longer verify it): what it has in flight finishes, new requests go to a new connection.
+    fn fresh(&self, used: Instant, upstream: &Upstream<B>) -> bool {
+        used.elapsed() < self.max_idle
+            && !upstream.sender.is_closed()
+            && upstream.validity.as_ref().is_none_or(|v| v.holds())
     }
 
     /// The most recently idled connection that is still open and fresh.
-    fn take(&self) -> Option<SendRequest<B>> {
+    fn take(&self) -> Option<Upstream<B>> {
         let mut conns = self.conns.lock().ok()?;
-        while let Some((used, sender)) = conns.pop() {
-            if self.fresh(used, &sender) {
-                return Some(sender);
+        while let Some((used, upstream)) = conns.pop() {
+            if self.fresh(used, &upstream) {
+                return Some(upstream);
             }
         }
         None
@@ -114,8 +129,8 @@ impl<B: Body + Send + 'static> H1Idle<B> {
 
     /// Keeps `sender` for the next caller connection if it is open, between exchanges, and there
     /// is room; drops stale entries on the way. Starts the reaper unless it runs.
-    fn put(self: &Arc<Self>, used: Instant, sender: SendRequest<B>) {
-        if !self.fresh(used, &sender) || !sender.is_ready() {
+    fn put(self: &Arc<Self>, used: Instant, upstream: Upstream<B>) {
+        if !self.fresh(used, &upstream) || !upstream.sender.is_ready() {
             return;
         }
         {
@@ -126,7 +141,7 @@ impl<B: Body + Send + 'static> H1Idle<B> {
             if conns.len() >= self.max {
                 return;
             }
-            conns.push((used, sender));
+            conns.push((used, upstream));
         }
         // Outside a runtime (a drop during shutdown) there is nothing to close it for.
         if let Ok(runtime) = tokio::runtime::Handle::try_current()
@@ -169,7 +184,7 @@ impl<B: Body + Send + 'static> H1Conn<B> {
     ) -> Result<Response<Incoming>, H1Error<E>>
     where
         C: Fn() -> F,
-        F: Future<Output = Result<SendRequest<B>, E>>,
+        F: Future<Output = Result<Upstream<B>, E>>,
     {
         chunked_when_unsized(&mut req);
         let mut slot = self.slot.lock().await;
@@ -177,18 +192,18 @@ impl<B: Body + Send + 'static> H1Conn<B> {
         loop {
             let held = slot
                 .take()
-                .and_then(|(used, sender)| self.idle.fresh(used, &sender).then_some(sender));
+                .and_then(|(used, open)| self.idle.fresh(used, &open).then_some(open));
             // Connecting is boxed: a large future the common path should not carry.
-            let mut sender = match held.or_else(|| self.idle.take()) {
-                Some(mut open) => match open.ready().await {
+            let mut upstream = match held.or_else(|| self.idle.take()) {
+                Some(mut open) => match open.sender.ready().await {
                     Ok(()) => open,
                     Err(_) => Box::pin(connect()).await.map_err(H1Error::Connect)?,
                 },
                 None => Box::pin(connect()).await.map_err(H1Error::Connect)?,
             };
-            match sender.try_send_request(req).await {
+            match upstream.sender.try_send_request(req).await {
                 Ok(resp) => {
-                    *slot = Some((Instant::now(), sender));
+                    *slot = Some((Instant::now(), upstream));
                     return Ok(resp);
                 }
                 Err(mut e) => match e.take_message() {
@@ -225,8 +240,8 @@ fn chunked_when_unsized<B: Body>(req: &mut Request<B>) {
 
 impl<B: Body + Send + 'static> Drop for H1Conn<B> {
     fn drop(&mut self) {
-        if let Some((used, sender)) = self.slot.get_mut().take() {
-            self.idle.put(used, sender);
+        if let Some((used, upstream)) = self.slot.get_mut().take() {
+            self.idle.put(used, upstream);
         }
     }
 }
@@ -239,14 +254,11 @@ mod tests {
 
     /// An open HTTP/1.1 client connection, ready for a request, over an in-memory stream (whose
     /// other end is kept), its connection task spawned.
-    async fn open() -> (SendRequest<Incoming>, DuplexStream) {
+    async fn open() -> (Upstream<Incoming>, DuplexStream) {
         let (ours, theirs) = tokio::io::duplex(1024);
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(ours))
-            .await
-            .unwrap();
-        tokio::spawn(connection);
-        sender.ready().await.unwrap();
-        (sender, theirs)
+        let mut upstream = handshake(ours, false).await.unwrap();
+        upstream.sender.ready().await.unwrap();
+        (upstream, theirs)
     }
 
     #[tokio::test(start_paused = true)]

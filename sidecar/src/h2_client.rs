@@ -30,6 +30,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::MissedTickBehavior;
 
 use crate::h2_body::{self, H2Body};
+use crate::lapse::{Validity, Verified};
 
 /// Stream flow-control window offered to the peer (hyper's default).
 const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
@@ -63,6 +64,8 @@ struct Open {
     sender: SendRequest<Bytes>,
     state: Arc<ConnState>,
     last_used: Instant,
+    /// What the handshake verified of the upstream (`None`: plaintext, to the local app).
+    validity: Option<Arc<Validity>>,
 }
 
 /// What a connection's driver and its requests share.
@@ -142,7 +145,7 @@ impl SharedH2 {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
         D: Fn() -> F + 'a,
         F: Future<Output = Result<I, E>> + 'a,
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        I: AsyncRead + AsyncWrite + Verified + Unpin + Send + 'static,
         E: 'a,
     {
         let started = self.send_on_open(req);
@@ -196,7 +199,7 @@ impl SharedH2 {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
         D: Fn() -> F,
         F: Future<Output = Result<I, E>>,
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        I: AsyncRead + AsyncWrite + Verified + Unpin + Send + 'static,
     {
         let mut retried = false;
         let (mut sender, state) = loop {
@@ -225,7 +228,7 @@ impl SharedH2 {
     where
         D: Fn() -> F,
         F: Future<Output = Result<I, E>>,
-        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        I: AsyncRead + AsyncWrite + Verified + Unpin + Send + 'static,
     {
         let _connecting = self.connecting.lock().await;
         // Another request may have connected while this one waited.
@@ -233,6 +236,7 @@ impl SharedH2 {
             return Ok(open);
         }
         let io = dial().await.map_err(H2Error::Connect)?;
+        let validity = io.validity();
         let (sender, connection) = self
             .builder
             .handshake::<_, Bytes>(io)
@@ -244,18 +248,21 @@ impl SharedH2 {
             sender: sender.clone(),
             state: Arc::clone(&state),
             last_used: Instant::now(),
+            validity,
         });
         Ok((sender, state))
     }
 
-    /// The current connection's handle if it is open and was used within `max_idle`; marks it
-    /// used. A stale one is dropped (it closes once its streams are done).
+    /// The current connection's handle if it is open, was used within `max_idle`, and its
+    /// upstream's credentials still hold (see [`Validity`]); marks it used. Any other is dropped
+    /// (it closes once its streams are done).
     fn open(&self) -> Option<(SendRequest<Bytes>, Arc<ConnState>)> {
         let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
         let open = current.as_mut()?;
         let now = Instant::now();
         if open.state.closed.load(Ordering::Relaxed)
             || now.duration_since(open.last_used) > self.max_idle
+            || open.validity.as_ref().is_some_and(|v| !v.holds())
         {
             *current = None;
             return None;

@@ -7,7 +7,6 @@ mod forward;
 mod h2;
 mod handshake;
 mod http;
-mod lapse;
 mod path;
 mod record;
 mod revoke;
@@ -31,8 +30,8 @@ pub(crate) use record::DecisionIds;
 use crate::config::{InboundConfig, Limits, Mode, Mtls, Protocol};
 use crate::decision_log::DecisionLog;
 use crate::identity_source::Current;
+use crate::lapse::{self, BundleWatch, Credentials};
 use crate::metrics::{Direction, HandshakeFailure, Metrics};
-use lapse::{BundleWatch, Credentials};
 
 /// How long open connections get to finish when the sidecar stops.
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);

@@ -23,6 +23,7 @@ mod hop_by_hop;
 mod identity_source;
 mod idle;
 mod inbound;
+mod lapse;
 mod metrics;
 pub mod outbound;
 mod runner;

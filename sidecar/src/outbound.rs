@@ -134,6 +134,9 @@ pub struct Outbound {
     upstream: route::Upstream,
     tls: Arc<rustls::ClientConfig>,
     resolver: Arc<SvidCertResolver>,
+    /// What the TLS verifier trusts: pooled connections are checked against it again when it
+    /// changes.
+    bundles: Arc<dyn BundleSource>,
     hooks: Arc<dyn OutboundHooks>,
     limits: OutboundLimits,
 }
@@ -183,12 +186,13 @@ impl Outbound {
         route.validate()?;
         let upstream = route.validate_upstream()?;
         let authorize = Authorize::AnyOf(route.expected_ids.clone());
-        let tls = connect::client_config(resolver.clone(), bundles, authorize)?;
+        let tls = connect::client_config(resolver.clone(), Arc::clone(&bundles), authorize)?;
         Ok(Self {
             route,
             upstream,
             tls: Arc::new(tls),
             resolver,
+            bundles,
             hooks,
             limits: OutboundLimits::default(),
         })

@@ -20,12 +20,11 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::Either;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1;
 use hyper::upgrade::OnUpgrade;
 use tokio::net::TcpStream;
 
 use crate::config::AppProtocol;
-use crate::h1_client::{self, H1Conn, H1Error, H1Idle};
+use crate::h1_client::{self, H1Conn, H1Error, H1Idle, Upstream};
 use crate::h2_body::H2Body;
 use crate::h2_client::{H2Error, SharedH2};
 use crate::{hop_by_hop, upgrade};
@@ -198,7 +197,7 @@ impl App {
         *req.uri_mut() = Uri::from(path_of(&req));
         upgrade::strip_keeping_upgrade(req.headers_mut(), true);
         // Connecting is boxed, as on the common path.
-        let mut sender = Box::pin(self.connect_http1(true)).await?;
+        let mut sender = Box::pin(self.connect_http1(true)).await?.sender;
         sender.ready().await.map_err(|e| self.failed(&e))?;
         let mut resp = sender
             .send_request(req)
@@ -244,13 +243,13 @@ impl App {
         Ok(stream)
     }
 
-    async fn connect_h1(&self) -> Result<http1::SendRequest<Incoming>, AppError> {
+    async fn connect_h1(&self) -> Result<Upstream<Incoming>, AppError> {
         self.connect_http1(false).await
     }
 
     /// A new HTTP/1.1 app connection; `upgrades`: it may switch protocols (only connections
     /// opened for an upgrade request may: an unsolicited 101 on a shared one is an error).
-    async fn connect_http1<B>(&self, upgrades: bool) -> Result<http1::SendRequest<B>, AppError>
+    async fn connect_http1<B>(&self, upgrades: bool) -> Result<Upstream<B>, AppError>
     where
         B: Body + Send + 'static,
         B::Data: Send,

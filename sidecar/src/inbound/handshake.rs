@@ -9,8 +9,8 @@ use warden_identity::tls::{Authorize, BundleSource, SpiffeClientCertVerifier, Sv
 use warden_identity::{SvidError, TlsVerifyError};
 
 use super::Peer;
-use super::lapse::Credentials;
 use crate::config::Protocol;
+use crate::lapse::Credentials;
 use crate::metrics::HandshakeFailure;
 
 /// TLS 1.3 (and 1.2 when `tls12`), ring, a client SVID required and verified against the live
@@ -59,15 +59,9 @@ pub(super) fn peer(session: &ServerConnection) -> Option<Peer> {
     })
 }
 
-/// The verified peer's chain and its leaf's `notAfter`, for [`super::lapse`].
+/// The verified peer's chain and its leaf's `notAfter`, for [`crate::lapse`].
 pub(super) fn credentials(session: &ServerConnection) -> Option<Credentials> {
-    let certs = session.peer_certificates()?;
-    let (_, leaf) = x509_parser::parse_x509_certificate(certs.first()?.as_ref()).ok()?;
-    let secs = u64::try_from(leaf.validity().not_after.timestamp()).ok()?;
-    Some(Credentials {
-        chain: certs.iter().map(|c| c.clone().into_owned()).collect(),
-        not_after: std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
-    })
+    Credentials::of(session.peer_certificates()?)
 }
 
 /// The negotiated version, as policies see it.

@@ -19,6 +19,7 @@ use warden_identity::tls::{
 
 use super::OutboundHooks;
 use super::route::Upstream;
+use crate::lapse::{Credentials, Validity, Verified};
 
 /// ALPN of the upstream connections that carry local HTTP/1.x requests.
 pub(crate) const ALPN_HTTP1: &[u8] = b"http/1.1";
@@ -78,15 +79,17 @@ struct Inner {
     upstream: Upstream,
     tls: TlsConnector,
     resolver: Arc<SvidCertResolver>,
+    bundles: Arc<dyn BundleSource>,
     hooks: Arc<dyn OutboundHooks>,
     connect_timeout: Duration,
     handshake_timeout: Duration,
 }
 
-/// A mutual TLS connection to the upstream.
+/// A mutual TLS connection to the upstream, with what its handshake verified.
 #[derive(Debug)]
 pub(crate) struct UpstreamStream {
     tls: TlsStream<TcpStream>,
+    validity: Arc<Validity>,
 }
 
 /// Builds the TLS client configuration of a route: TLS 1.3 only, ring, the client certificate
@@ -255,6 +258,7 @@ impl MtlsConnector {
         upstream: Upstream,
         tls: Arc<ClientConfig>,
         resolver: Arc<SvidCertResolver>,
+        bundles: Arc<dyn BundleSource>,
         hooks: Arc<dyn OutboundHooks>,
         connect_timeout: Duration,
         handshake_timeout: Duration,
@@ -264,6 +268,7 @@ impl MtlsConnector {
                 upstream,
                 tls: TlsConnector::from(tls),
                 resolver,
+                bundles,
                 hooks,
                 connect_timeout,
                 handshake_timeout,
@@ -280,6 +285,8 @@ impl MtlsConnector {
     /// hooks.
     pub(crate) async fn connect(&self) -> Result<UpstreamStream, ConnectError> {
         let inner = &*self.inner;
+        // Before the handshake: a bundle change while it runs is checked at the first use.
+        let bundles = inner.bundles.bundles();
         let result = match inner.resolver.current() {
             // Fail closed without dialing: a handshake without a client certificate would
             // only be refused by the upstream.
@@ -293,8 +300,19 @@ impl MtlsConnector {
                 Err(err) => return Err(err),
             },
         };
-        match result {
-            Ok(tls) => Ok(UpstreamStream { tls }),
+        match result.and_then(|tls| match credentials(&tls) {
+            Some(credentials) => Ok((tls, credentials)),
+            // Unreachable after the verifier accepted the upstream; refuse rather than assume.
+            None => Err(ConnectError::Handshake {
+                upstream: inner.upstream.host_port.clone(),
+                failure: HandshakeFailure::InvalidSvid,
+                detail: "the upstream's certificate could not be read".to_owned(),
+            }),
+        }) {
+            Ok((tls, credentials)) => Ok(UpstreamStream {
+                tls,
+                validity: Arc::new(Validity::new(credentials, &inner.bundles, bundles)),
+            }),
             Err(err) => {
                 if let ConnectError::Handshake { failure, .. } = &err {
                     inner.hooks.handshake_failed(failure.as_str());
@@ -386,7 +404,19 @@ async fn connect_first(addrs: impl Iterator<Item = std::net::SocketAddr>) -> io:
     Err(last)
 }
 
+/// The upstream's verified chain and its leaf's `notAfter`.
+fn credentials(tls: &TlsStream<TcpStream>) -> Option<Credentials> {
+    let certs = tls.get_ref().1.peer_certificates()?;
+    Credentials::of(certs)
+}
+
 // === impl UpstreamStream ===
+
+impl Verified for UpstreamStream {
+    fn validity(&self) -> Option<Arc<Validity>> {
+        Some(Arc::clone(&self.validity))
+    }
+}
 
 impl AsyncRead for UpstreamStream {
     fn poll_read(

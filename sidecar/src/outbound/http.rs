@@ -17,13 +17,12 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::{Body, Incoming};
-use hyper::client::conn::http1;
 use hyper::upgrade::OnUpgrade;
 
 use super::HandshakeFailure;
 use super::connect::{self, ConnectError, MtlsConnector};
 use super::{OutboundHooks, OutboundLimits};
-use crate::h1_client::{self, H1Conn, H1Error, H1Idle};
+use crate::h1_client::{self, H1Conn, H1Error, H1Idle, Upstream};
 use crate::h2_body::H2Body;
 use crate::h2_client::{H2Error, KeepAlive, SharedH2};
 use crate::hop_by_hop;
@@ -294,7 +293,8 @@ impl HttpProxy {
         // Connecting is boxed, as on the common path.
         let mut sender = Box::pin(self.connect_http1(true))
             .await
-            .map_err(|e| self.failure(&*e))?;
+            .map_err(|e| self.failure(&*e))?
+            .sender;
         sender.ready().await.map_err(|e| self.failure(&e))?;
         let mut response = sender
             .send_request(req)
@@ -334,7 +334,7 @@ impl HttpProxy {
     async fn connect_http1(
         &self,
         upgrades: bool,
-    ) -> Result<http1::SendRequest<Incoming>, Box<dyn StdError + Send + Sync>> {
+    ) -> Result<Upstream<Incoming>, Box<dyn StdError + Send + Sync>> {
         let stream = self.http1.connect().await?;
         Ok(h1_client::handshake(stream, upgrades).await?)
     }

@@ -74,6 +74,7 @@ pub(super) async fn serve(
         upstream,
         tls,
         resolver,
+        bundles,
         hooks,
         limits,
     } = outbound;
@@ -82,6 +83,7 @@ pub(super) async fn serve(
             upstream.clone(),
             tls,
             resolver.clone(),
+            Arc::clone(&bundles),
             hooks.clone(),
             limits.connect_timeout,
             limits.handshake_timeout,

@@ -10,6 +10,7 @@ use tokio::net::TcpStream;
 use super::connect::{self, MtlsConnector};
 use super::{HandshakeFailure, OutboundHooks};
 use crate::idle::IdleIo;
+use crate::lapse::Verified;
 
 /// Proxies opaque local connections.
 #[derive(Debug)]
@@ -50,6 +51,7 @@ impl TcpProxy {
         // Every byte either way passes the local side: read from it to go upstream, written to
         // it when it comes back.
         let (mut local, activity) = IdleIo::new(local);
+        let validity = upstream.validity();
         tokio::select! {
             result = tokio::io::copy_bidirectional(&mut local, &mut upstream) => {
                 if let Err(err) = result {
@@ -68,6 +70,9 @@ impl TcpProxy {
             }
             () = Arc::clone(&activity).expired(self.idle_timeout) => {
                 tracing::debug!(src.addr = %peer, "outbound tcp connection idle; closing");
+            }
+            () = crate::lapse::no_longer_holds(validity) => {
+                tracing::info!(src.addr = %peer, "outbound tcp upstream's credentials lapsed; closing");
             }
         }
         self.hooks.tcp_connection_done(

@@ -1,5 +1,6 @@
 //! SVID and bundle rotation: new connections use what is in force at their handshake;
-//! established connections are not dropped.
+//! established connections are not dropped while the upstream still verifies (pooled ones take
+//! no new request once it does not; TCP ones close).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -133,5 +134,110 @@ async fn bundle_update_applies_to_the_next_handshake() {
     let reply = client.get(proxy.addr, "/").await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.header("x-peer-id"), CLIENT_ID);
+    proxy.stop().await;
+}
+
+/// A pooled upstream connection takes no new request once its upstream's CA has left the
+/// bundle: the next request opens a new connection, which the upstream's SVID no longer passes.
+async fn pooled_connection_after_its_upstream_ca_leaves_the_bundle(h2: bool) {
+    let pki = Pki::new();
+    // The upstream verifies clients with a bundle of its own, so only the proxy's view changes.
+    let upstream = Upstream::start(
+        pki.resolver(SERVER_ID),
+        Arc::new(Arc::new(TestCa::bundle_set(&[&pki.ca]))),
+        ALPN_BOTH,
+        App::Http { barrier: None },
+    )
+    .await;
+    let proxy = Proxy::http(&pki, &upstream).await;
+    let mut client = match h2 {
+        true => LocalClient::h2(proxy.addr).await,
+        false => LocalClient::h1(proxy.addr).await,
+    };
+    assert_eq!(client.get(proxy.addr, "/").await.status, StatusCode::OK);
+    assert_eq!(upstream.requests(), 1);
+    pki.bundles.set(TestCa::bundle_set(&[&TestCa::new(TD)]));
+    // Checked at most every 100 ms.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let reply = client.get(proxy.addr, "/").await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.body);
+    assert_eq!(upstream.requests(), 1);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn pooled_http1_connection_takes_no_request_after_its_upstream_ca_leaves_the_bundle() {
+    pooled_connection_after_its_upstream_ca_leaves_the_bundle(false).await;
+}
+
+#[tokio::test]
+async fn shared_h2_connection_takes_no_request_after_its_upstream_ca_leaves_the_bundle() {
+    pooled_connection_after_its_upstream_ca_leaves_the_bundle(true).await;
+}
+
+/// The upstream's SVID (2 s) expires while the shared h2 connection is kept busy: a request
+/// after that opens a new connection, refused for the expired SVID.
+#[tokio::test]
+async fn shared_h2_connection_takes_no_request_after_the_upstream_svid_expires() {
+    let pki = Pki::new();
+    let svid = pki
+        .ca
+        .issue_svid(&spiffe_id(SERVER_ID), Duration::from_secs(2));
+    let resolver = Arc::new(warden_identity::tls::SvidCertResolver::from_svid(&svid).unwrap());
+    let upstream = Upstream::start(
+        resolver,
+        pki.bundles(),
+        ALPN_BOTH,
+        App::Http { barrier: None },
+    )
+    .await;
+    let proxy = Proxy::http(&pki, &upstream).await;
+    let mut client = LocalClient::h2(proxy.addr).await;
+    let started = tokio::time::Instant::now();
+    let mut served = 0;
+    loop {
+        let reply = client.get(proxy.addr, "/").await;
+        if reply.status != StatusCode::OK {
+            assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.body);
+            break;
+        }
+        served += 1;
+        assert!(started.elapsed() < WAIT, "still served after {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // One connection served everything until the expiry.
+    assert!(served > 2, "{served}");
+    assert_eq!(upstream.connections(), 1);
+    proxy.stop().await;
+}
+
+/// An outbound TCP connection is closed once its upstream's CA leaves the bundle.
+#[tokio::test]
+async fn tcp_connection_is_closed_when_its_upstream_ca_leaves_the_bundle() {
+    let pki = Pki::new();
+    let upstream = Upstream::start(
+        pki.resolver(SERVER_ID),
+        Arc::new(Arc::new(TestCa::bundle_set(&[&pki.ca]))),
+        &[],
+        App::Echo,
+    )
+    .await;
+    let proxy = Proxy::start(ProxyOptions {
+        protocol: Protocol::Tcp,
+        ..ProxyOptions::http(&pki, &upstream)
+    })
+    .await;
+    let mut local = tokio::io::BufReader::new(TcpStream::connect(proxy.addr).await.unwrap());
+    let mut line = String::new();
+    tokio::time::timeout(WAIT, local.read_line(&mut line))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(line, format!("peer={CLIENT_ID}\n"));
+    pki.bundles.set(TestCa::bundle_set(&[&TestCa::new(TD)]));
+    // Closed within a few of the 100 ms checks: the read ends.
+    let mut rest = String::new();
+    let read = tokio::time::timeout(WAIT, local.read_line(&mut rest)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?} {rest:?}");
     proxy.stop().await;
 }
