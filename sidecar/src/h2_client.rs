@@ -16,8 +16,9 @@
 //! sent once more on a new connection. With [`KeepAlive`], the connection pings its peer while
 //! exchanges are in flight and is dropped when a ping goes unanswered.
 
+use std::any::Any;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -47,6 +48,12 @@ pub(crate) struct SharedH2 {
     current: Mutex<Option<Open>>,
     /// Held while connecting, so that waiting requests share one new connection.
     connecting: tokio::sync::Mutex<()>,
+    /// Connection attempts finished, and the last one that failed (its number and the
+    /// dialer's error, type-erased: a `SharedH2`'s dialer has one error type). Requests that
+    /// waited while an attempt failed share its error instead of each dialing in turn, which
+    /// would keep the k-th waiter k connect timeouts.
+    attempts: AtomicU64,
+    failed: Mutex<Option<(u64, Box<dyn Any + Send>)>>,
     builder: h2::client::Builder,
     keep_alive: Option<KeepAlive>,
     max_idle: Duration,
@@ -121,6 +128,8 @@ impl SharedH2 {
         Self {
             current: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
+            attempts: AtomicU64::new(0),
+            failed: Mutex::new(None),
             builder,
             keep_alive,
             max_idle,
@@ -146,7 +155,7 @@ impl SharedH2 {
         D: Fn() -> F + 'a,
         F: Future<Output = Result<I, E>> + 'a,
         I: AsyncRead + AsyncWrite + Verified + Unpin + Send + 'static,
-        E: 'a,
+        E: Clone + Send + 'static,
     {
         let started = self.send_on_open(req);
         async move {
@@ -200,6 +209,7 @@ impl SharedH2 {
         D: Fn() -> F,
         F: Future<Output = Result<I, E>>,
         I: AsyncRead + AsyncWrite + Verified + Unpin + Send + 'static,
+        E: Clone + Send + 'static,
     {
         let mut retried = false;
         let (mut sender, state) = loop {
@@ -229,13 +239,28 @@ impl SharedH2 {
         D: Fn() -> F,
         F: Future<Output = Result<I, E>>,
         I: AsyncRead + AsyncWrite + Verified + Unpin + Send + 'static,
+        E: Clone + Send + 'static,
     {
+        let seen = self.attempts.load(Ordering::Acquire);
         let _connecting = self.connecting.lock().await;
-        // Another request may have connected while this one waited.
+        // Another request may have connected while this one waited…
         if let Some(open) = self.open() {
             return Ok(open);
         }
-        let io = dial().await.map_err(H2Error::Connect)?;
+        // …or failed to: then this request fails the same way.
+        if let Some(e) = self.failed_since::<E>(seen) {
+            return Err(H2Error::Connect(e));
+        }
+        let dialed = dial().await;
+        let attempt = self.attempts.fetch_add(1, Ordering::AcqRel) + 1;
+        let io = match dialed {
+            Ok(io) => io,
+            Err(e) => {
+                *self.failed.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some((attempt, Box::new(e.clone())));
+                return Err(H2Error::Connect(e));
+            }
+        };
         let validity = io.validity();
         let (sender, connection) = self
             .builder
@@ -251,6 +276,13 @@ impl SharedH2 {
             validity,
         });
         Ok((sender, state))
+    }
+
+    /// The error of an attempt that finished after `seen` attempts had, if it failed.
+    fn failed_since<E: Clone + 'static>(&self, seen: u64) -> Option<E> {
+        let failed = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
+        let (attempt, e) = failed.as_ref()?;
+        (*attempt > seen).then(|| e.downcast_ref::<E>().cloned())?
     }
 
     /// The current connection's handle if it is open, was used within `max_idle`, and its

@@ -318,11 +318,13 @@ impl HttpProxy {
         B: Body<Data = Bytes> + Unpin + Send + 'static,
         B::Error: Into<Box<dyn StdError + Send + Sync>>,
     {
-        let sent = self.h2.send(req, || self.h2_connector.connect());
+        // The dialer's error is shared with the requests that waited for the same attempt.
+        let dial = || async { self.h2_connector.connect().await.map_err(Arc::new) };
+        let sent = self.h2.send(req, dial);
         async move {
             match sent.await {
                 Ok(response) => Ok(response.map(Either::Right)),
-                Err(H2Error::Connect(e)) => Err(self.failure(&e)),
+                Err(H2Error::Connect(e)) => Err(self.failure(&*e)),
                 Err(H2Error::Http(e)) => Err(self.failure(&e)),
             }
         }

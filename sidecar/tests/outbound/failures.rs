@@ -465,3 +465,31 @@ async fn upstream_that_never_accepts_hits_the_connect_timeout_and_gets_504() {
     drop(listener);
     proxy.stop().await;
 }
+
+/// Requests waiting for the same HTTP/2 connection attempt share its failure: 8 at once to a
+/// silent upstream make one attempt (each 504), not 8 in turn.
+#[tokio::test]
+async fn concurrent_h2_requests_to_a_silent_upstream_share_one_failed_attempt() {
+    let pki = Pki::new();
+    let (_upstream, proxy) = with_short_timeouts(&pki, App::Silent, |_| {}).await;
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let addr = proxy.addr;
+        set.spawn(async move { LocalClient::h2(addr).await.get(addr, "/").await });
+    }
+    while let Some(reply) = set.join_next().await {
+        let reply = reply.unwrap();
+        assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT, "{}", reply.body);
+        assert!(
+            reply.body.contains("no answer within 300ms"),
+            "{}",
+            reply.body
+        );
+    }
+    let attempts = proxy.hooks.handshake_failures().len();
+    assert!(
+        attempts <= 2,
+        "{attempts} handshake attempts for 8 waiting requests"
+    );
+    proxy.stop().await;
+}
