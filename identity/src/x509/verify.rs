@@ -26,11 +26,15 @@ struct SpiffeEku;
 ///   `digitalSignature` and neither `keyCertSign` nor `cRLSign`;
 /// - the leaf's extended key usage, when present, has both `serverAuth` and `clientAuth`;
 /// - the chain validates per RFC 5280 (signatures, validity at `now`, basic constraints and
-///   path length, name constraints) against the X.509 authorities of the bundle for the
-///   **leaf's** trust domain only; no bundle means untrusted;
+///   path length, DNS and IP name constraints) against the X.509 authorities of the bundle for
+///   the **leaf's** trust domain only; no bundle means untrusted;
 /// - every intermediate on the validated path is a CA with a critical key usage that has
 ///   `keyCertSign`, and its SPIFFE ID, if any, has no path;
 /// - the path length constraint of the bundle authority that anchors the path.
+///
+/// Not supported: URI name constraints on a CA (X-10 says a CA MAY use them). rustls-webpki
+/// does not evaluate them and fails closed, so every SVID under such a CA is refused as
+/// untrusted ("name constraint violated"); Warden's own CA does not set them.
 ///
 /// Not checked: revocation (SPIFFE relies on short lifetimes); the key usage and SPIFFE ID of
 /// the bundle's own authorities (they are configured trust); whether intermediates are in
