@@ -7,12 +7,14 @@
 //! `NORMALIZE_AND_MERGE_SLASHES`):
 //! - percent-encoded unreserved characters (RFC 3986 §2.3: letters, digits, `-._~`) are decoded,
 //!   and the hex digits of every other escape are upper-cased (§6.2.2.1, .2);
+//! - a backslash becomes a slash (as Istio's `BASE` normalization does: many servers and
+//!   frameworks treat `\` as a separator, so `/public\..\admin` is `/admin` to them);
 //! - runs of slashes become one;
 //! - `.` and `..` segments are removed (§5.2.4); `..` never climbs above the root.
 //!
 //! Escaped slashes and backslashes (`%2F`, `%5C`) stay escaped: they may be data (an object key,
 //! a repository `group%2Fname`), as Envoy keeps them by default. A malformed escape (`%`
-//! not followed by two hex digits) is refused. Paths that are not absolute (`*` of
+//! not followed by two hex digits), and `%00`, are refused (400). Paths that are not absolute (`*` of
 //! `OPTIONS *`, the authority form of `CONNECT`) are left as they are.
 
 use std::borrow::Cow;
@@ -20,11 +22,19 @@ use std::fmt;
 
 /// Why a path was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct BadPath;
+pub(crate) enum BadPath {
+    /// `%` not followed by two hex digits.
+    Malformed,
+    /// `%00`: a NUL byte, which ends the path early for some servers.
+    Nul,
+}
 
 impl fmt::Display for BadPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("malformed percent-encoding in the request path")
+        f.write_str(match self {
+            Self::Malformed => "malformed percent-encoding in the request path",
+            Self::Nul => "an encoded NUL (%00) in the request path",
+        })
     }
 }
 
@@ -34,13 +44,20 @@ pub(crate) fn normalize(path: &str) -> Result<Cow<'_, str>, BadPath> {
     if !path.starts_with('/') || is_normal(path) {
         return Ok(Cow::Borrowed(path));
     }
+    let slashed;
+    let path = if path.contains('\\') {
+        slashed = path.replace('\\', "/");
+        &slashed
+    } else {
+        path
+    };
     let decoded = decode_unreserved(path)?;
     Ok(Cow::Owned(remove_dot_segments(&decoded)))
 }
 
-/// No escapes, no empty segment but a trailing one, no `.` or `..` segment.
+/// No escapes, no backslash, no empty segment but a trailing one, no `.` or `..` segment.
 fn is_normal(path: &str) -> bool {
-    if path.contains('%') {
+    if path.contains(['%', '\\']) {
         return false;
     }
     let mut segments = path.split('/').skip(1).peekable();
@@ -64,8 +81,11 @@ fn decode_unreserved(path: &str) -> Result<String, BadPath> {
         let hex = escape
             .get(1..3)
             .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
-            .ok_or(BadPath)?;
-        let byte = u8::from_str_radix(hex, 16).map_err(|_| BadPath)?;
+            .ok_or(BadPath::Malformed)?;
+        let byte = u8::from_str_radix(hex, 16).map_err(|_| BadPath::Malformed)?;
+        if byte == 0 {
+            return Err(BadPath::Nul);
+        }
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
             out.push(char::from(byte));
         } else {
@@ -190,7 +210,22 @@ mod tests {
     #[test]
     fn malformed_escapes_are_refused() {
         for path in ["/a%", "/a%4", "/a%zz", "/a%+1", "/a%-1/b", "/%g0"] {
-            assert_eq!(normalize(path), Err(BadPath), "{path}");
+            assert_eq!(normalize(path), Err(BadPath::Malformed), "{path}");
+        }
+        for path in ["/a%00", "/%00/b"] {
+            assert_eq!(normalize(path), Err(BadPath::Nul), "{path}");
+        }
+    }
+
+    #[test]
+    fn backslashes_become_slashes_before_dot_segments_go() {
+        for (path, want) in [
+            ("/public\\..\\admin", "/admin"),
+            ("/a\\b", "/a/b"),
+            ("\\\\admin", "\\\\admin"),
+            ("/a\\\\b/", "/a/b/"),
+        ] {
+            assert_eq!(n(path), want, "{path}");
         }
     }
 }

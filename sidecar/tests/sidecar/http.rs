@@ -428,6 +428,7 @@ async fn paths_are_normalized_before_the_decision_and_the_app_gets_the_normal_fo
         "/public/./../private",
         "/public/.%2e/private",
         "/public//../../private",
+        "/public\\..\\private",
     ] {
         let (status, _, body) = plaintext_get(&f, path).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {body}");
@@ -439,24 +440,28 @@ async fn paths_are_normalized_before_the_decision_and_the_app_gets_the_normal_fo
         ("/%70ublic/./a//b?x=%2e", "/public/a/b?x=%2e"),
         ("/public/a/%2e%2E/b", "/public/b"),
         ("/public/group%2fname", "/public/group%2Fname"),
+        ("/public\\a", "/public/a"),
     ] {
         let (status, headers, body) = plaintext_get(&f, path).await;
         assert_eq!(status, StatusCode::OK, "{path}: {body}");
         assert_eq!(headers["x-seen-uri"], seen, "{path}");
     }
-    // A malformed escape is refused before any decision and reaches nobody.
+    // A malformed escape, or an encoded NUL, is refused before any decision and reaches nobody.
     let (status, _, body) = plaintext_get(&f, "/public/%zz").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(body.contains("percent-encoding"), "{body}");
-    assert_eq!(f.app.seen(), 4);
+    let (status, _, body) = plaintext_get(&f, "/public/a%00.txt").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("NUL"), "{body}");
+    assert_eq!(f.app.seen(), 5);
     // The log shows each path as decided.
-    let records = f.decisions_exactly(9).await;
+    let records = f.decisions_exactly(11).await;
     assert!(
-        records[..5].iter().all(|r| r.path == "/private"),
+        records[..6].iter().all(|r| r.path == "/private"),
         "{records:?}"
     );
-    assert_eq!(records[6].path, "/public/a/b");
-    assert_eq!(records[6].query, "x=%2e");
+    assert_eq!(records[7].path, "/public/a/b");
+    assert_eq!(records[7].query, "x=%2e");
     // HTTP/2 (`:path`, with scheme and authority kept): the same.
     let web = f.client(WEB_ID);
     let (status, headers, body) = web
@@ -466,7 +471,7 @@ async fn paths_are_normalized_before_the_decision_and_the_app_gets_the_normal_fo
     assert_eq!(status, StatusCode::OK, "{body}");
     let seen = headers["x-seen-uri"].to_str().unwrap();
     assert!(seen.ends_with("/orders?id=1"), "{seen}");
-    assert_eq!(f.decisions(10).await[9].path, "/orders");
+    assert_eq!(f.decisions(12).await[11].path, "/orders");
 }
 
 #[tokio::test]
