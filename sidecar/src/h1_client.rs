@@ -53,6 +53,13 @@ pub(crate) struct Upstream<B> {
     validity: Option<Arc<Validity>>,
 }
 
+impl<B> Upstream<B> {
+    /// What the handshake verified of the upstream.
+    pub(crate) fn validity(&self) -> Option<Arc<Validity>> {
+        self.validity.clone()
+    }
+}
+
 /// Why a request got no response.
 #[derive(Debug)]
 pub(crate) enum H1Error<E> {
@@ -111,9 +118,10 @@ impl<B: Body + Send + 'static> H1Idle<B> {
     /// Not when the upstream's credentials no longer hold (its SVID expired, or the bundles no
     /// longer verify it): what it has in flight finishes, new requests go to a new connection.
     fn fresh(&self, used: Instant, upstream: &Upstream<B>) -> bool {
-        used.elapsed() < self.max_idle
+        let now = Instant::now();
+        now.duration_since(used) < self.max_idle
             && !upstream.sender.is_closed()
-            && upstream.validity.as_ref().is_none_or(|v| v.holds())
+            && (upstream.validity.as_ref()).is_none_or(|v| v.holds_at(now.into_std()))
     }
 
     /// The most recently idled connection that is still open and fresh.

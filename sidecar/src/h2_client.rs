@@ -294,7 +294,7 @@ impl SharedH2 {
         let now = Instant::now();
         if open.state.closed.load(Ordering::Relaxed)
             || now.duration_since(open.last_used) > self.max_idle
-            || open.validity.as_ref().is_some_and(|v| !v.holds())
+            || open.validity.as_ref().is_some_and(|v| !v.holds_at(now))
         {
             *current = None;
             return None;

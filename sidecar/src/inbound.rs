@@ -30,7 +30,7 @@ pub(crate) use record::DecisionIds;
 use crate::config::{InboundConfig, Limits, Mode, Mtls, Protocol};
 use crate::decision_log::DecisionLog;
 use crate::identity_source::Current;
-use crate::lapse::{self, BundleWatch, Credentials};
+use crate::lapse::{self, BundleWatch, Credentials, LapseSignal};
 use crate::metrics::{Direction, HandshakeFailure, Metrics};
 
 /// How long open connections get to finish when the sidecar stops.
@@ -342,8 +342,9 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, source: Socket
 /// serving needs 3.9 KB), beside room for the TLS handshake's (1.3 KB).
 ///
 /// When the caller's credentials lapse ([`lapse`]), an HTTP connection takes no new request
-/// (HTTP/1.1: closes after the one in flight; HTTP/2: GOAWAY) and is dropped if what it has in
-/// flight is not done one idle timeout later; a TCP connection or an upgraded one is closed.
+/// (HTTP/1.1: closes after the one in flight; HTTP/2: GOAWAY, and a stream opened after it gets
+/// 503) and is dropped if what it has in flight is not done one idle timeout later; a TCP
+/// connection or an upgraded one is closed.
 fn serve_io<'a, I>(
     shared: &'a Arc<Shared>,
     io: I,
@@ -358,16 +359,30 @@ where
     let (io, activity) = crate::idle::IdleIo::new(io);
     let grace = shared.limits.idle_timeout;
     let idle = activity.expired(shared.limits.idle_timeout);
-    let dropped = lapse::lapsed_with_grace(credentials.clone(), watch.clone(), grace);
+    let signal = Arc::new(LapseSignal::default());
+    let dropped = {
+        let signal = Arc::clone(&signal);
+        async move {
+            signal.wait().await;
+            tokio::time::sleep(grace).await;
+        }
+    };
     let idle = async move {
         tokio::select! {
             () = idle => {}
             () = dropped => tracing::debug!("caller's credentials lapsed; closing"),
         }
     };
-    let lapsed = lapse::lapsed(credentials, watch);
+    let lapsed = lapse::lapsed(credentials, watch, Arc::clone(&signal));
     match shared.config.protocol {
-        Protocol::Http if h2 => Box::pin(h2::serve(Arc::clone(shared), io, info, idle, lapsed)),
+        Protocol::Http if h2 => Box::pin(h2::serve(
+            Arc::clone(shared),
+            io,
+            info,
+            idle,
+            lapsed,
+            signal,
+        )),
         Protocol::Http => Box::pin(http::serve(Arc::clone(shared), io, info, idle, lapsed)),
         Protocol::Tcp => Box::pin(tcp::serve(shared, io, info, idle, lapsed)),
     }

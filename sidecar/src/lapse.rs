@@ -7,44 +7,78 @@
 //! A rotation that keeps trust (the old authority stays in the bundle beside the new one, as
 //! SPIRE keeps it until its last SVID expires) does not end any connection.
 
-use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::watch;
-use tokio::time::Instant;
+use tokio::sync::{Notify, watch};
 use warden_identity::tls::BundleSource;
-use warden_identity::{BundleSet, CertificateDer};
+use warden_identity::{Bundle, BundleSet, CertificateDer, TrustDomain};
 
 use crate::identity_source::Current;
 
-/// The verified caller's chain and when its leaf expires, kept for the connection's life.
+/// How often a pooled connection's chain is looked at again for a bundle change (its expiry is
+/// checked at every use).
+const RECHECK: Duration = Duration::from_millis(100);
+/// How often an outbound TCP connection looks at its upstream's bundles.
+const TCP_RECHECK: Duration = Duration::from_secs(1);
+
+/// The verified peer's chain, trust domain and when its leaf expires, kept for the connection's
+/// life.
 #[derive(Debug, Clone)]
 pub(crate) struct Credentials {
     pub(crate) chain: Arc<[CertificateDer<'static>]>,
+    trust_domain: TrustDomain,
     /// The end of the leaf's validity: the first instant it is no longer valid.
     pub(crate) not_after: SystemTime,
 }
 
 impl Credentials {
-    /// A verified peer's chain (leaf first) and its leaf's `notAfter`; `None` if the leaf does
-    /// not parse (which a verifier that accepted it rules out).
+    /// A verified peer's chain (leaf first), its trust domain and its leaf's `notAfter`; `None`
+    /// if the leaf does not parse or is no SVID (which a verifier that accepted it rules out).
     pub(crate) fn of(certs: &[CertificateDer<'_>]) -> Option<Self> {
         let (_, leaf) = x509_parser::parse_x509_certificate(certs.first()?.as_ref()).ok()?;
         let secs = u64::try_from(leaf.validity().not_after.timestamp()).ok()?;
         Some(Self {
             chain: certs.iter().map(|c| c.clone().into_owned()).collect(),
+            trust_domain: warden_identity::peer_spiffe_id(certs)?.trust_domain(),
             // `notAfter` is inclusive (RFC 5280 §4.1.2.5), and the verifier compares whole
             // seconds: the certificate is valid through the end of that second.
             not_after: std::time::UNIX_EPOCH + Duration::from_secs(secs.saturating_add(1)),
         })
+    }
+
+    /// When the leaf expires, on the monotonic clock.
+    fn expires(&self) -> Instant {
+        let left = self
+            .not_after
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        Instant::now() + left
+    }
+
+    /// Whether the chain still verifies after the bundles went from `old` to `new`: at once
+    /// when the peer's trust domain has the same X.509 authorities in both (an SVID rotation
+    /// sends the bundles again unchanged), else by verifying it.
+    fn verifies(&self, old: &BundleSet, new: &BundleSet) -> bool {
+        let td = &self.trust_domain;
+        if old.get(td).map(Bundle::x509_authorities) == new.get(td).map(Bundle::x509_authorities) {
+            return true;
+        }
+        match warden_identity::verify_x509_svid(&self.chain, new, SystemTime::now()) {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::info!(error = %e, trust_domain = %self.trust_domain, "peer no longer verifies under the new bundles");
+                false
+            }
+        }
     }
 }
 
 /// The bundles and their change notifications, taken before a handshake: a bundle that
 /// changes while the handshake runs is noticed (the receiver has seen nothing newer than the
 /// bundles kept).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct BundleWatch {
     changes: watch::Receiver<Option<Current>>,
     bundles: Arc<BundleSet>,
@@ -67,10 +101,42 @@ impl BundleWatch {
     }
 }
 
-/// Completes when `credentials` lapse: at the leaf's `notAfter`, or at the first bundle change
-/// after which the chain no longer verifies (once the identity source is gone, at the expiry
-/// alone). Never without credentials (a plaintext connection).
-pub(crate) async fn lapsed(credentials: Option<Credentials>, watch: BundleWatch) {
+/// Set once an inbound connection's caller has lapsed; shared by the parts of the connection
+/// that act on it (the graceful close, the HTTP/2 streams opened after it, the hard close).
+#[derive(Debug, Default)]
+pub(crate) struct LapseSignal {
+    lapsed: AtomicBool,
+    notify: Notify,
+}
+
+impl LapseSignal {
+    /// Whether the caller has lapsed.
+    pub(crate) fn is_lapsed(&self) -> bool {
+        self.lapsed.load(Ordering::Acquire)
+    }
+
+    fn fire(&self) {
+        self.lapsed.store(true, Ordering::Release);
+        // A permit when nobody waits yet: `wait` then returns at once.
+        self.notify.notify_one();
+    }
+
+    /// Completes once the caller has lapsed (for one waiter).
+    pub(crate) async fn wait(&self) {
+        if !self.is_lapsed() {
+            self.notify.notified().await;
+        }
+    }
+}
+
+/// Completes when `credentials` lapse, and fires `signal`: at the leaf's `notAfter`, or at the
+/// first bundle change after which the chain no longer verifies (once the identity source is
+/// gone, at the expiry alone). Never without credentials (a plaintext connection).
+pub(crate) async fn lapsed(
+    credentials: Option<Credentials>,
+    watch: BundleWatch,
+    signal: Arc<LapseSignal>,
+) {
     let Some(credentials) = credentials else {
         return std::future::pending().await;
     };
@@ -79,64 +145,39 @@ pub(crate) async fn lapsed(credentials: Option<Credentials>, watch: BundleWatch)
         mut bundles,
         source,
     } = watch;
-    let left = credentials
-        .not_after
-        .duration_since(SystemTime::now())
-        .unwrap_or(Duration::ZERO);
-    let expiry = tokio::time::sleep_until(Instant::now() + left);
+    let expiry = tokio::time::sleep_until(credentials.expires().into());
     tokio::pin!(expiry);
     loop {
         tokio::select! {
             () = &mut expiry => {
-                tracing::debug!("caller's svid expired; closing its connection");
-                return;
+                tracing::debug!("caller's svid expired");
+                break;
             }
             changed = changes.changed() => {
                 if changed.is_err() {
                     // No more bundles will come: only the expiry is left.
                     (&mut expiry).await;
-                    return;
+                    break;
                 }
                 let current = source.bundles();
                 if Arc::ptr_eq(&current, &bundles) {
                     continue;
                 }
+                let verifies = credentials.verifies(&bundles, &current);
                 bundles = current;
-                let verified = warden_identity::verify_x509_svid(
-                    &credentials.chain,
-                    &bundles,
-                    SystemTime::now(),
-                );
-                if let Err(e) = verified {
-                    tracing::info!(error = %e, "caller no longer verifies under the new bundles; closing its connection");
-                    return;
+                if !verifies {
+                    break;
                 }
             }
         }
     }
+    signal.fire();
 }
-
-/// [`lapsed`], then `grace` more: when a connection whose caller lapsed is dropped if what it
-/// had in flight has not finished.
-pub(crate) fn lapsed_with_grace(
-    credentials: Option<Credentials>,
-    watch: BundleWatch,
-    grace: Duration,
-) -> impl Future<Output = ()> + Send + 'static {
-    let lapsed = lapsed(credentials, watch);
-    async move {
-        lapsed.await;
-        tokio::time::sleep(grace).await;
-    }
-}
-
-/// How often a pooled connection's chain is looked at again for a bundle change (the expiry is
-/// checked at every use).
-const RECHECK: Duration = Duration::from_millis(100);
 
 /// A pooled connection's peer credentials, checked when the connection is about to be used: a
-/// clock comparison, then at most every [`RECHECK`] the bundle handle, and one verification
-/// per bundle change.
+/// comparison with the time the caller read, an uncontended lock, and at most every
+/// [`RECHECK`] the bundle handle, with one verification per change of the peer's trust
+/// domain's authorities.
 #[derive(Debug)]
 pub(crate) struct Validity {
     credentials: Credentials,
@@ -162,27 +203,21 @@ impl Validity {
         source: &Arc<dyn BundleSource>,
         bundles: Arc<BundleSet>,
     ) -> Self {
-        let now = Instant::now();
-        let left = credentials
-            .not_after
-            .duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO);
         Self {
+            expires: credentials.expires(),
             credentials,
-            expires: now + left,
             source: Arc::clone(source),
             checked: Mutex::new(Checked {
                 bundles,
                 verified: true,
-                next: now + RECHECK,
+                next: Instant::now() + RECHECK,
             }),
         }
     }
 
-    /// Whether the peer's leaf has not expired and its chain verifies under the bundles in
-    /// force (as of at most [`RECHECK`] ago).
-    pub(crate) fn holds(&self) -> bool {
-        let now = Instant::now();
+    /// Whether, at `now`, the peer's leaf has not expired and its chain verifies under the
+    /// bundles in force (as of at most [`RECHECK`] ago).
+    pub(crate) fn holds_at(&self, now: Instant) -> bool {
         if now >= self.expires {
             return false;
         }
@@ -193,33 +228,34 @@ impl Validity {
         checked.next = now + RECHECK;
         let current = self.source.bundles();
         if !Arc::ptr_eq(&checked.bundles, &current) {
-            let verified = warden_identity::verify_x509_svid(
-                &self.credentials.chain,
-                &current,
-                SystemTime::now(),
-            );
-            if let Err(e) = &verified {
-                tracing::info!(error = %e, "upstream no longer verifies under the new bundles; its connection takes no new request");
+            if checked.verified {
+                checked.verified = self.credentials.verifies(&checked.bundles, &current);
             }
-            checked.verified = verified.is_ok();
             checked.bundles = current;
         }
         checked.verified
     }
 }
 
-/// Completes once `validity` no longer holds, looked at every [`RECHECK`]; never for `None`.
-/// For a connection that is not checked out per request (an outbound TCP route's).
+/// Completes once `validity` no longer holds: at the leaf's expiry, or within [`TCP_RECHECK`]
+/// of a bundle change that fails it; never for `None`. For a connection that is not checked
+/// out per request (an outbound TCP route's, an upgraded one).
 pub(crate) async fn no_longer_holds(validity: Option<Arc<Validity>>) {
     let Some(validity) = validity else {
         return std::future::pending().await;
     };
-    let mut tick = tokio::time::interval(RECHECK);
+    let expiry = tokio::time::sleep_until(validity.expires.into());
+    tokio::pin!(expiry);
+    let mut tick = tokio::time::interval(TCP_RECHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
-        if !validity.holds() {
-            return;
+        tokio::select! {
+            () = &mut expiry => return,
+            _ = tick.tick() => {
+                if !validity.holds_at(Instant::now()) {
+                    return;
+                }
+            }
         }
     }
 }

@@ -49,9 +49,20 @@ struct Pair {
 
 impl Pair {
     async fn start(f: &Fixture, caller: &str, expected: &str, protocol: Protocol) -> Self {
+        let bundles: Arc<dyn BundleSource> = Arc::new(Arc::new(TestCa::bundle_set(&[&f.ca])));
+        Self::start_with(f, caller, expected, protocol, bundles).await
+    }
+
+    /// [`Self::start`] trusting `bundles`.
+    async fn start_with(
+        f: &Fixture,
+        caller: &str,
+        expected: &str,
+        protocol: Protocol,
+        bundles: Arc<dyn BundleSource>,
+    ) -> Self {
         let svid = f.ca.issue_svid(&id(caller), Duration::from_secs(600));
         let resolver = Arc::new(SvidCertResolver::from_svid(&svid).unwrap());
-        let bundles: Arc<dyn BundleSource> = Arc::new(Arc::new(TestCa::bundle_set(&[&f.ca])));
         let route = Route {
             listen: "127.0.0.1:0".parse().unwrap(),
             upstream: f.inbound.to_string(),
@@ -175,6 +186,25 @@ async fn pair_carries_an_http_upgrade_and_then_the_upgraded_bytes_both_ways() {
     let head = raw_http::upgrade(&mut local, "GET", "echo").await;
     assert!(head.starts_with("http/1.1 403"), "{head}");
     assert_eq!(f.app.seen(), 1);
+}
+
+/// An upgraded connection through the outbound is closed once the upstream's CA leaves the
+/// outbound's bundles.
+#[tokio::test]
+async fn pair_upgraded_connection_is_closed_when_the_upstream_no_longer_verifies() {
+    let f = Fixture::start(Options::default()).await;
+    let bundles = Arc::new(warden_identity::tls::SharedBundles::new(
+        TestCa::bundle_set(&[&f.ca]),
+    ));
+    let pair = Pair::start_with(&f, WEB_ID, SIDECAR_ID, Protocol::Http, bundles.clone()).await;
+    let mut local = TcpStream::connect(pair.addr).await.unwrap();
+    let head = raw_http::upgrade(&mut local, "GET", "echo").await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    raw_http::read_line(&mut local).await;
+    raw_http::echo(&mut local, "ping\n").await;
+    bundles.set(TestCa::bundle_set(&[&TestCa::new(TD)]));
+    // Bytes keep moving until the outbound closes the tunnel (within 1 s of the change).
+    raw_http::echo_until_closed(&mut local, b"ping\n").await;
 }
 
 #[tokio::test]

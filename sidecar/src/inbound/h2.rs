@@ -9,21 +9,23 @@ use std::sync::Arc;
 use futures::future;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::http::handle;
+use super::http::{handle, lapsed_answer};
 use super::record;
 use super::{ConnInfo, Shared};
 use crate::config::AppProtocol;
 use crate::h2_server::Conn;
+use crate::lapse::LapseSignal;
 
 /// Serves one HTTP/2 connection until it ends or `idle` completes. When the sidecar stops, or
-/// `lapsed` completes (the caller's credentials lapsed), the connection sends GOAWAY, finishes
-/// the streams in flight and closes.
+/// `lapsed` completes (the caller's credentials lapsed, `signal`), the connection sends GOAWAY,
+/// finishes the streams in flight and closes; a stream opened after the lapse gets 503.
 pub(super) async fn serve<I>(
     shared: Arc<Shared>,
     io: I,
     conn: ConnInfo,
     idle: impl Future<Output = ()>,
     lapsed: impl Future<Output = ()>,
+    signal: Arc<LapseSignal>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -46,7 +48,12 @@ pub(super) async fn serve<I>(
     shared
         .h2
         .serve(connection, |req| {
-            handle(shared, conn, xfcc.clone(), req, |req| {
+            // The client may open streams until it acknowledges the GOAWAY: none is served
+            // once its credentials have lapsed.
+            if signal.is_lapsed() {
+                return future::Either::Right(future::ready(lapsed_answer(shared)));
+            }
+            future::Either::Left(handle(shared, conn, xfcc.clone(), req, |req| {
                 match shared.app.protocol() {
                     AppProtocol::Auto => future::Either::Left(shared.app.send_h2(req)),
                     // Boxed: the common path's stream futures stay as small as they were.
@@ -54,7 +61,7 @@ pub(super) async fn serve<I>(
                         future::Either::Right(Box::pin(shared.app.send_h2_as_h1(req)))
                     }
                 }
-            })
+            }))
         })
         .await;
 }

@@ -442,6 +442,23 @@ fn denied(decision_id: &str, grpc: bool) -> Response<ProxyBody> {
 }
 
 /// 400 for a request the sidecar will not decide on (for gRPC too: clients read it as INTERNAL).
+/// The answer to a request on a connection whose caller's credentials have lapsed (an HTTP/2
+/// stream opened before the client took the GOAWAY): 503, not decided, counted with decision
+/// `none`.
+pub(super) fn lapsed_answer(shared: &Shared) -> Response<ProxyBody> {
+    let response = plain(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the caller's credentials have lapsed; reconnect\n".to_owned(),
+    );
+    shared.metrics.request(
+        Direction::Inbound,
+        DecisionLabel::None,
+        Some(response.status().as_u16()),
+        std::time::Duration::ZERO,
+    );
+    response
+}
+
 fn bad_request(message: &str) -> Response<ProxyBody> {
     plain(StatusCode::BAD_REQUEST, format!("{message}\n"))
 }

@@ -291,10 +291,11 @@ impl HttpProxy {
     ) -> Result<Response<UpstreamBody>, (StatusCode, String)> {
         to_http11_origin_form(&mut req);
         // Connecting is boxed, as on the common path.
-        let mut sender = Box::pin(self.connect_http1(true))
+        let upstream = Box::pin(self.connect_http1(true))
             .await
-            .map_err(|e| self.failure(&*e))?
-            .sender;
+            .map_err(|e| self.failure(&*e))?;
+        let validity = upstream.validity();
+        let mut sender = upstream.sender;
         sender.ready().await.map_err(|e| self.failure(&e))?;
         let mut response = sender
             .send_request(req)
@@ -302,8 +303,10 @@ impl HttpProxy {
             .map_err(|e| self.failure(&e))?;
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             let upstream = hyper::upgrade::on(&mut response);
-            // The inbound sidecar decides what it lets through; nothing to revoke here.
-            tunnel.open(caller, upstream, self.idle_timeout, std::future::pending());
+            // The inbound sidecar decides what it lets through; the tunnel ends only when the
+            // upstream's credentials lapse.
+            let lapsed = crate::lapse::no_longer_holds(validity);
+            tunnel.open(caller, upstream, self.idle_timeout, lapsed);
         }
         Ok(response.map(Either::Left))
     }

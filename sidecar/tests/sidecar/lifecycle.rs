@@ -5,14 +5,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::StatusCode;
-use http_body_util::Full;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use warden_identity::test_util::TestCa;
 use warden_sidecar::{Config, Overrides, Sidecar};
 
+use crate::lapse::closed_sender;
 use crate::support::*;
 
 fn free_port() -> std::net::SocketAddr {
@@ -451,111 +450,6 @@ async fn trust_bundle_swapped_live_applies_to_new_handshakes_and_closes_connecti
     // The connection made under the old bundle is closed: its caller's CA is no longer
     // trusted. (A rotation that keeps the old root keeps it: the next test.)
     closed_sender(&mut kept).await;
-}
-
-#[tokio::test]
-async fn a_rotation_that_keeps_the_old_root_keeps_established_connections() {
-    let f = Fixture::start(Options::default()).await;
-    let new_ca = TestCa::new(TD);
-    let mut both = f.ca.bundle();
-    both.add_x509_authority(new_ca.root_cert().clone());
-    let svid = f.ca.issue_svid(&id(WEB_ID), Duration::from_secs(600));
-    let client = Client::new(Some(svid), std::iter::once(both.clone()).collect()).http1();
-    let mut kept = client.http1_sender(f.inbound).await;
-    assert_eq!(
-        kept.send_request(get("/x")).await.unwrap().status(),
-        StatusCode::OK
-    );
-    // The sidecar moves to an SVID of the new root; the bundle holds both roots.
-    let own = new_ca.issue_svid(&id(SIDECAR_ID), Duration::from_secs(3600));
-    f.api.set_with_bundle(&own, &both, &[]);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let tls = client.connect(f.inbound).await.unwrap();
-        if tls.get_ref().1.peer_certificates().unwrap()[0].as_ref() == own.cert_chain()[0].as_ref()
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the new svid was never used"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    kept.ready().await.unwrap();
-    assert_eq!(
-        kept.send_request(get("/x")).await.unwrap().status(),
-        StatusCode::OK
-    );
-}
-
-#[tokio::test]
-async fn a_connection_is_not_served_past_its_callers_svid_expiry() {
-    let f = Fixture::start(Options::default()).await;
-    let svid = f.ca.issue_svid(&id(WEB_ID), Duration::from_secs(2));
-    let client = Client::new(Some(svid), std::iter::once(f.ca.bundle()).collect()).http1();
-    let mut kept = client.http1_sender(f.inbound).await;
-    assert_eq!(
-        kept.send_request(get("/x")).await.unwrap().status(),
-        StatusCode::OK
-    );
-    // Busy all along (the idle timeout never fires), and closed once the SVID has expired
-    // (`notAfter` is in whole seconds: at least 1 s after the handshake), not before.
-    let started = tokio::time::Instant::now();
-    closed_sender(&mut kept).await;
-    assert!(
-        started.elapsed() >= Duration::from_millis(500),
-        "{:?}",
-        started.elapsed()
-    );
-    assert!(client.request(f.inbound, get("/x")).await.is_err());
-}
-
-/// The same over HTTP/2: GOAWAY once the SVID has expired.
-#[tokio::test]
-async fn an_http2_connection_is_not_served_past_its_callers_svid_expiry() {
-    let f = Fixture::start(Options::default()).await;
-    let svid = f.ca.issue_svid(&id(WEB_ID), Duration::from_secs(2));
-    let client = Client::new(Some(svid), std::iter::once(f.ca.bundle()).collect());
-    let tls = client.connect(f.inbound).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tls),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
-    let started = tokio::time::Instant::now();
-    let mut served = 0;
-    while sender.ready().await.is_ok() {
-        match sender.send_request(get_h2("/x")).await {
-            Ok(resp) => {
-                assert_eq!(resp.status(), StatusCode::OK);
-                served += 1;
-            }
-            Err(_) => break,
-        }
-        assert!(started.elapsed() < WAIT, "still served after {WAIT:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(served > 0 && started.elapsed() >= Duration::from_millis(500));
-}
-
-/// Keeps sending requests on `sender` (so that neither the idle timeout nor the request-head
-/// deadline can be what closes it) until the server closes the connection.
-async fn closed_sender(sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while sender.ready().await.is_ok() {
-        if let Ok(resp) = sender.send_request(get("/x")).await {
-            assert_eq!(resp.status(), StatusCode::OK);
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the connection was still served after {WAIT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test]

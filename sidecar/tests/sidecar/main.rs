@@ -16,6 +16,7 @@ mod grpc;
 mod grpc_bidi;
 mod h2;
 mod http;
+mod lapse;
 mod lifecycle;
 mod modes;
 mod raw_http;

@@ -187,9 +187,7 @@ async fn tcp_connection_is_closed_when_its_callers_svid_expires() {
         ..Options::default()
     })
     .await;
-    let svid =
-        f.ca.issue_svid(&id(WEB_ID), std::time::Duration::from_secs(2));
-    let client = Client::new(Some(svid), std::iter::once(f.ca.bundle()).collect());
+    let client = crate::lapse::short_lived(&f);
     let mut tls = client.connect(f.inbound).await.unwrap();
     // Bytes keep moving (the idle timeout never fires) until the sidecar closes the connection.
     let open_for = crate::raw_http::echo_until_closed(&mut tls, b"ping").await;

@@ -114,3 +114,12 @@ pub(crate) async fn echo_until_closed<I: AsyncRead + AsyncWrite + Unpin>(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// An HTTP/2 frame: type, flags, stream id, payload.
+pub(crate) fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+    let mut out = vec![len[1], len[2], len[3], kind, flags];
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}

@@ -346,12 +346,3 @@ async fn an_http2_host_without_authority_is_what_the_policy_and_the_app_see() {
         records[0].headers
     );
 }
-
-/// An HTTP/2 frame: type, flags, stream id, payload.
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
-    let mut out = vec![len[1], len[2], len[3], kind, flags];
-    out.extend_from_slice(&stream.to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}

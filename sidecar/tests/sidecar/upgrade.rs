@@ -155,8 +155,7 @@ async fn upgrade_to_an_app_that_is_down_gets_502_and_the_connection_stays_http()
 #[tokio::test]
 async fn an_upgraded_connection_is_closed_when_its_callers_svid_expires() {
     let f = Fixture::start(Options::default()).await;
-    let svid = f.ca.issue_svid(&id(WEB_ID), Duration::from_secs(2));
-    let client = Client::new(Some(svid), std::iter::once(f.ca.bundle()).collect()).http1();
+    let client = crate::lapse::short_lived(&f).http1();
     let mut tls = client.connect(f.inbound).await.unwrap();
     let head = upgrade(&mut tls, "GET", "echo").await;
     assert!(head.starts_with("http/1.1 101"), "{head}");
