@@ -113,15 +113,20 @@ async fn echo() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
     (addr, count)
 }
 
-#[tokio::test]
-async fn tcp_mode_decides_connect_once_then_copies_bytes() {
-    let (addr, connections) = echo().await;
-    let f = Fixture::start(Options {
+/// A sidecar whose inbound is `protocol = "tcp"` in front of `addr`.
+async fn tcp_fixture(addr: std::net::SocketAddr) -> Fixture {
+    Fixture::start(Options {
         inbound_extra: r#"protocol = "tcp""#,
         app_addr: Some(addr),
         ..Options::default()
     })
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn tcp_mode_decides_connect_once_then_copies_bytes() {
+    let (addr, connections) = echo().await;
+    let f = tcp_fixture(addr).await;
     let web = f.client(WEB_ID);
     let mut tls = web.connect(f.inbound).await.unwrap();
     for msg in [&b"ping"[..], b"pong and more"] {
@@ -151,12 +156,7 @@ async fn tcp_mode_decides_connect_once_then_copies_bytes() {
 #[tokio::test]
 async fn tcp_connection_is_closed_when_a_new_policy_no_longer_allows_it() {
     let (addr, _) = echo().await;
-    let f = Fixture::start(Options {
-        inbound_extra: r#"protocol = "tcp""#,
-        app_addr: Some(addr),
-        ..Options::default()
-    })
-    .await;
+    let f = tcp_fixture(addr).await;
     let web = f.client(WEB_ID);
     let mut tls = web.connect(f.inbound).await.unwrap();
     tls.write_all(b"ping").await.unwrap();
@@ -181,12 +181,7 @@ async fn tcp_connection_is_closed_when_a_new_policy_no_longer_allows_it() {
 #[tokio::test]
 async fn tcp_connection_is_closed_when_its_callers_svid_expires() {
     let (addr, _) = echo().await;
-    let f = Fixture::start(Options {
-        inbound_extra: r#"protocol = "tcp""#,
-        app_addr: Some(addr),
-        ..Options::default()
-    })
-    .await;
+    let f = tcp_fixture(addr).await;
     let client = crate::lapse::short_lived(&f);
     let mut tls = client.connect(f.inbound).await.unwrap();
     // Bytes keep moving (the idle timeout never fires) until the sidecar closes the connection.
