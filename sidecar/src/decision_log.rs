@@ -401,7 +401,15 @@ impl Rotating {
                     std::fs::rename(&from, numbered(&self.path, n + 1))?;
                 }
             }
-            std::fs::rename(&self.path, numbered(&self.path, 1))?;
+            match std::fs::rename(&self.path, numbered(&self.path, 1)) {
+                Ok(()) => {}
+                // Removed from outside (`rm` to free disk, a tool that moved it): nothing to
+                // rotate, the lines go to a new file.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    tracing::warn!(path = %self.path.display(), "decision log file was removed; starting a new one");
+                }
+                Err(e) => return Err(e),
+            }
             self.file = open_0600(&self.path)?;
         }
         self.written = 0;
@@ -415,12 +423,23 @@ fn numbered(path: &Path, n: u32) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// Opens (or creates) the log file for appending, mode 0600. A symbolic link or anything but a
+/// regular file is refused: whoever can write in the log directory could otherwise point the
+/// log (and the `chmod` below) at another file of the sidecar's user.
 fn open_0600(path: &Path) -> io::Result<File> {
     let file = OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
-        .open(path)?;
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => io::Error::other("is a symbolic link, which is refused"),
+            _ => e,
+        })?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::other("is not a regular file"));
+    }
     // An existing file keeps its mode on open: make sure it is private.
     use std::os::unix::fs::PermissionsExt;
     file.set_permissions(std::fs::Permissions::from_mode(0o600))?;

@@ -219,6 +219,14 @@ impl Metrics {
         status: Option<u16>,
         latency: Duration,
     ) {
+        self.count(direction, decision, status);
+        if let Some(h) = self.latency.get(direction as usize) {
+            h.observe(latency.as_secs_f64());
+        }
+    }
+
+    /// Counts one request (or connection) in `requests_total` only.
+    fn count(&self, direction: Direction, decision: DecisionLabel, status: Option<u16>) {
         let class = match status {
             Some(s @ 100..=599) => usize::from(s / 100) - 1,
             _ => CLASSES.len() - 1,
@@ -227,9 +235,6 @@ impl Metrics {
             (direction as usize * DECISIONS.len() + decision as usize) * CLASSES.len() + class;
         if let Some(c) = self.requests.get(index) {
             c.inc();
-        }
-        if let Some(h) = self.latency.get(direction as usize) {
-            h.observe(latency.as_secs_f64());
         }
     }
 
@@ -318,11 +323,37 @@ impl OutboundHooks for OutboundMetrics {
         };
         self.0.handshake_failed(Direction::Outbound, reason);
     }
+
+    /// An outbound TCP connection is counted once it ends (its lifetime is no request latency).
+    fn tcp_connection_done(&self, _sent: u64, _received: u64, _duration: Duration) {
+        self.0.count(Direction::Outbound, DecisionLabel::None, None);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outbound_tcp_connections_are_counted_without_a_latency() {
+        let m = Arc::new(Metrics::new());
+        let hooks = OutboundMetrics(Arc::clone(&m));
+        hooks.tcp_connection_done(10, 20, Duration::from_secs(30));
+        hooks.tcp_connection_done(0, 0, Duration::from_millis(1));
+        let text = m.encode();
+        assert!(
+            text.contains(
+                r#"warden_sidecar_requests_total{direction="outbound",decision="none",status_class="none"} 2"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"warden_sidecar_request_duration_seconds_count{direction="outbound"} 0"#
+            ),
+            "{text}"
+        );
+    }
 
     #[test]
     fn requests_are_counted_by_direction_decision_and_status_class() {

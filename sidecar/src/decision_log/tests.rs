@@ -293,3 +293,62 @@ fn missing_directory_is_an_error_naming_the_path() {
         .unwrap();
     assert!(err.to_string().contains("/nonexistent/dir/decisions.log"));
 }
+
+#[test]
+fn a_symbolic_link_or_a_non_file_at_the_path_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "keep me\n").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let path = dir.path().join("decisions.log");
+    std::os::unix::fs::symlink(&victim, &path).unwrap();
+    let err = Rotating::open(&path, 4096, 1).err().unwrap().to_string();
+    assert!(
+        err.contains("decisions.log") && err.contains("symbolic link"),
+        "{err}"
+    );
+    let mode = std::fs::metadata(&victim).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o644);
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me\n");
+    // A directory is no log file either.
+    let err = Rotating::open(dir.path(), 4096, 1)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(!err.is_empty());
+    // A link planted in place of the live file before a rotation: the rotation moves the link,
+    // and the new live file is a file of its own; the target is never written nor chmod-ed.
+    let path = dir.path().join("rotating.log");
+    let mut r = Rotating::open(&path, 4096, 1).unwrap();
+    r.write_lines(&line(0)).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    std::os::unix::fs::symlink(&victim, &path).unwrap();
+    let batch: Vec<u8> = (1..100).flat_map(line).collect();
+    r.write_lines(&batch).unwrap();
+    assert!(std::fs::symlink_metadata(&path).unwrap().is_file());
+    assert!(ids_in(&path).contains(&"d99".to_owned()));
+    let mode = std::fs::metadata(&victim).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o644);
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me\n");
+}
+
+#[test]
+fn a_log_file_removed_from_outside_is_started_again_and_the_rotated_files_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("decisions.log");
+    let mut r = Rotating::open(&path, 4096, 3).unwrap();
+    let batch = |range: std::ops::Range<usize>| -> Vec<u8> { range.flat_map(line).collect() };
+    r.write_lines(&batch(0..60)).unwrap();
+    assert!(numbered(&path, 1).exists());
+    std::fs::remove_file(&path).unwrap();
+    // Enough for several rotations.
+    for n in 0..10 {
+        r.write_lines(&batch(100 + n * 20..120 + n * 20)).unwrap();
+    }
+    assert!(path.exists());
+    for p in [numbered(&path, 1), numbered(&path, 2), numbered(&path, 3)] {
+        assert!(!ids_in(&p).is_empty(), "{}", p.display());
+    }
+    let last: Vec<String> = ids_in(&path);
+    assert_eq!(last.last().map(String::as_str), Some("d299"));
+}
