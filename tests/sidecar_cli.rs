@@ -59,6 +59,24 @@ fn check_config_accepts_a_valid_config_with_a_one_line_summary() {
 }
 
 #[test]
+fn check_config_warns_of_an_admin_listener_beyond_loopback() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = check(tmp.path(), &valid(&policies()), &[]);
+    assert!(out.stderr.is_empty(), "{out:?}");
+    let out = check(
+        tmp.path(),
+        &valid(&policies()),
+        &["--admin-listen", "0.0.0.0:15090"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("warning: admin listener `0.0.0.0:15090` is not on loopback"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn check_config_rejects_unknown_keys_and_bad_values_naming_them() {
     let tmp = tempfile::tempdir().unwrap();
     for (toml, needle) in [

@@ -315,6 +315,21 @@ impl Config {
     }
 
     /// A one-line summary of what this config runs.
+    /// What is allowed but worth an operator's attention: today, an admin listener
+    /// (`/metrics`, `/healthz`, `/readyz`, no authentication) bound beyond loopback, as a
+    /// kubelet probing the pod IP needs.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if !self.admin_listen.ip().is_loopback() {
+            warnings.push(format!(
+                "admin listener `{}` is not on loopback: /metrics, /healthz and /readyz are \
+                 reachable from the network without authentication",
+                self.admin_listen
+            ));
+        }
+        warnings
+    }
+
     pub fn summary(&self) -> String {
         let inbound = match &self.inbound {
             Some(i) => format!(

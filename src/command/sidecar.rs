@@ -157,9 +157,15 @@ fn run_sidecar(args: RunArgs) -> anyhow::Result<Exit> {
             None => String::new(),
         };
         println!("config ok: {}{policy}", config.summary());
+        for warning in config.warnings() {
+            eprintln!("warning: {warning}");
+        }
         return Ok(Exit::Ok);
     }
     super::init_tracing();
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     // One worker: a current-thread runtime (no work-stealing, no cross-thread wake-ups).
     let mut builder = match config.worker_threads() {
         1 => tokio::runtime::Builder::new_current_thread(),
