@@ -6,7 +6,8 @@
 //!
 //! A name is secret when, lowercased, it is one of [`SECRET_NAMES`] or contains one of
 //! [`SECRET_PARTS`]: `authorization`, `x-auth-token`, `x-amz-security-token`, `set-cookie`,
-//! `client_secret`, `api_key`, `X-Amz-Signature`, `password` and `key` are; `x-request-id`,
+//! `client_secret`, `api_key`, `X-Amz-Signature`, `x-goog-iap-jwt-assertion`,
+//! `client_assertion`, `password` and `key` are; `x-request-id`,
 //! `keyword`, `page` and `accept` are not.
 
 use std::borrow::Cow;
@@ -27,11 +28,13 @@ pub(crate) const SECRET_PARTS: &[&str] = &[
     "api_key",
     "apikey",
     "private",
+    "jwt",
+    "assertion",
 ];
 
 /// Whole names that carry a credential though they contain no part above (query parameters of
 /// API-key schemes, pre-signed URLs).
-pub(crate) const SECRET_NAMES: &[&str] = &["key", "sig", "code", "pwd", "jwt", "assertion"];
+pub(crate) const SECRET_NAMES: &[&str] = &["key", "sig", "code", "pwd"];
 
 /// Whether a header or query parameter named `name` carries a credential.
 pub fn is_secret_name(name: &str) -> bool {
@@ -119,6 +122,10 @@ mod tests {
             "key",
             "sig",
             "jsessionid",
+            "jwt",
+            "x-goog-iap-jwt-assertion",
+            "x-jwt-assertion",
+            "client_assertion",
         ] {
             assert!(is_secret_name(name), "{name}");
         }
