@@ -35,6 +35,8 @@ use crate::metrics::{Direction, HandshakeFailure, Metrics};
 
 /// How long open connections get to finish when the sidecar stops.
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// At most one "connections refused" warning per this long.
+const REFUSAL_WARNING_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 /// The first byte of a TLS record carrying a handshake message.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
@@ -193,6 +195,7 @@ impl Inbound {
     #[tracing::instrument(name = "inbound", skip_all, fields(listen = ?self.listener.local_addr().ok()))]
     pub(crate) async fn run(self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let mut refusals = Throttle::new(REFUSAL_WARNING_EVERY);
         loop {
             let (stream, source) = tokio::select! {
                 () = &mut shutdown => break,
@@ -208,7 +211,11 @@ impl Inbound {
             };
             let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() else {
                 self.shared.metrics.connection_refused();
-                tracing::warn!(src.addr = %source, "connection refused: max_connections reached");
+                // Anyone can connect: one warning per interval, with the count, not one per
+                // connection (the metric counts each).
+                if let Some(refused) = refusals.note(std::time::Instant::now()) {
+                    tracing::warn!(src.addr = %source, refused, "connections refused: max_connections reached");
+                }
                 drop(stream);
                 continue;
             };
@@ -385,5 +392,57 @@ where
         )),
         Protocol::Http => Box::pin(http::serve(Arc::clone(shared), io, info, idle, lapsed)),
         Protocol::Tcp => Box::pin(tcp::serve(shared, io, info, idle, lapsed)),
+    }
+}
+
+/// Counts events and says when to report them: the first at once, then at most once per
+/// `every`, with how many happened since the last report.
+#[derive(Debug)]
+struct Throttle {
+    every: std::time::Duration,
+    last: Option<std::time::Instant>,
+    count: u64,
+}
+
+impl Throttle {
+    fn new(every: std::time::Duration) -> Self {
+        Self {
+            every,
+            last: None,
+            count: 0,
+        }
+    }
+
+    /// Notes one event at `now`; `Some(n)` when it is time to report the `n` since the last.
+    fn note(&mut self, now: std::time::Instant) -> Option<u64> {
+        self.count += 1;
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < self.every)
+        {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.count))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::Throttle;
+
+    #[test]
+    fn throttle_reports_the_first_event_then_once_per_interval_with_the_count() {
+        let mut t = Throttle::new(Duration::from_secs(10));
+        let start = Instant::now();
+        assert_eq!(t.note(start), Some(1));
+        for ms in 1..=500 {
+            assert_eq!(t.note(start + Duration::from_millis(ms)), None);
+        }
+        assert_eq!(t.note(start + Duration::from_secs(10)), Some(501));
+        assert_eq!(t.note(start + Duration::from_secs(11)), None);
+        assert_eq!(t.note(start + Duration::from_secs(25)), Some(2));
     }
 }
