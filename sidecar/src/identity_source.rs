@@ -94,14 +94,20 @@ impl IdentitySource {
         self.current.subscribe()
     }
 
-    /// Streams updates until a fatal refusal (InvalidArgument: the request itself is wrong and
-    /// must not be retried, rule W-5). Every other failure is retried with backoff.
+    /// Streams updates until a fatal refusal (InvalidArgument: the request itself is wrong;
+    /// Unimplemented: the endpoint does not serve the RPC; neither is retried, rule W-5). Every
+    /// other failure is retried with backoff.
     #[tracing::instrument(name = "workload_api", skip_all, fields(socket = %self.socket.display()))]
     pub(crate) async fn run(self: Arc<Self>) -> Result<(), FatalError> {
         let mut backoff = MIN_BACKOFF;
         loop {
             match self.stream_once().await {
-                Ok(()) => tracing::warn!("workload api stream ended; reopening"),
+                Ok(progressed) => {
+                    if progressed {
+                        backoff = MIN_BACKOFF;
+                    }
+                    tracing::warn!("workload api stream ended; reopening");
+                }
                 Err(Failure::Fatal(message)) => {
                     return Err(FatalError {
                         socket: self.socket.display().to_string(),
@@ -123,7 +129,9 @@ impl IdentitySource {
         }
     }
 
-    async fn stream_once(&self) -> Result<(), Failure> {
+    /// Opens the stream and applies its messages until it ends: `Ok(true)` when it ended
+    /// cleanly after at least one update was applied.
+    async fn stream_once(&self) -> Result<bool, Failure> {
         let addr = format!("unix://{}", self.socket.display());
         let retry = |message: String| Failure::Retry {
             message,
@@ -158,7 +166,7 @@ impl IdentitySource {
                     // next message (every message is complete state, rule W-6).
                     Err(e) => tracing::error!(error = %e, "workload api update ignored"),
                 },
-                Ok(None) => return Ok(()),
+                Ok(None) => return Ok(progressed),
                 Err(status) => {
                     return Err(match status_failure(status) {
                         Failure::Retry { message, .. } => Failure::Retry {
@@ -203,7 +211,9 @@ enum Failure {
 fn status_failure(status: tonic::Status) -> Failure {
     let message = format!("{:?}: {}", status.code(), status.message());
     match status.code() {
-        tonic::Code::InvalidArgument => Failure::Fatal(message),
+        // W-5: the request is wrong, or the endpoint does not serve this RPC: retrying cannot
+        // help.
+        tonic::Code::InvalidArgument | tonic::Code::Unimplemented => Failure::Fatal(message),
         _ => Failure::Retry {
             message,
             progressed: false,
@@ -238,9 +248,14 @@ pub(crate) fn parse_update(
             svid.spiffe_id()
         )));
     }
+    // An SVID no peer would accept never replaces one they do.
+    if let Some(leaf) = svid.cert_chain().first() {
+        usable_now(leaf.as_ref(), SystemTime::now()).map_err(bad_svid)?;
+    }
     let own_td = svid.spiffe_id().trust_domain().clone();
     let mut set = BundleSet::new();
     set.insert(bundle_from_der(own_td, &chosen.bundle)?);
+    let mut seen = std::collections::BTreeSet::new();
     for (key, der) in &msg.federated_bundles {
         // Keys are the trust domain's SPIFFE ID (`spiffe://td`, rule W-12); accept a bare name.
         let name = key.strip_prefix("spiffe://").unwrap_or(key);
@@ -248,6 +263,14 @@ pub(crate) fn parse_update(
             td: key.clone(),
             reason: e.to_string(),
         })?;
+        // Two keys for one trust domain (`spiffe://td` and `td`, or another case): which
+        // would win depends on the map's order, so the message is refused (B-7).
+        if !seen.insert(td.clone()) {
+            return Err(UpdateError::BadBundle {
+                td: td.to_string(),
+                reason: "given more than once".to_owned(),
+            });
+        }
         // A federated trust domain without X.509 authorities (its bundle has only JWT keys,
         // say) is trusted for no X.509-SVID: left out of the set, not a reason to refuse the
         // whole update (B-1, W-6).
@@ -269,6 +292,30 @@ fn bundle_from_der(td: TrustDomain, der: &[u8]) -> Result<Bundle, UpdateError> {
         bundle.add_x509_authority(cert);
     }
     Ok(bundle)
+}
+
+/// How far in the future an SVID's `notBefore` may be (clock skew between agent and sidecar)
+/// before the SVID is refused as not valid yet.
+const NOT_BEFORE_SKEW: Duration = Duration::from_secs(300);
+
+/// Refuses a leaf that has expired at `now`, or that becomes valid only more than
+/// [`NOT_BEFORE_SKEW`] later.
+fn usable_now(leaf: &[u8], now: SystemTime) -> Result<(), String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf)
+        .map_err(|_| "the leaf is not der x.509".to_owned())?;
+    let secs = |t: x509_parser::time::ASN1Time| t.timestamp();
+    let now_secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let validity = cert.validity();
+    if secs(validity.not_after) < now_secs {
+        return Err(format!("it expired at {}", validity.not_after));
+    }
+    let skew = i64::try_from(NOT_BEFORE_SKEW.as_secs()).unwrap_or(i64::MAX);
+    if secs(validity.not_before) > now_secs.saturating_add(skew) {
+        return Err(format!("it is not valid before {}", validity.not_before));
+    }
+    Ok(())
 }
 
 /// Splits concatenated DER certificates (the Workload API's encoding).
@@ -408,5 +455,64 @@ mod tests {
             parse_update(&msg, None),
             Err(UpdateError::BadBundle { .. })
         ));
+    }
+
+    #[test]
+    fn an_expired_or_not_yet_valid_svid_is_refused_and_the_old_one_kept() {
+        let ca = TestCa::new("example.org");
+        let id: SpiffeId = "spiffe://example.org/a".parse().unwrap();
+        let source = IdentitySource::new(Path::new("/nonexistent"), None);
+        let good = response(&ca, &["spiffe://example.org/a"]);
+        source.apply(&good).unwrap();
+        let first = source.subscribe().borrow().as_ref().unwrap().not_after;
+        let now = SystemTime::now();
+        let hour = Duration::from_secs(3600);
+        for (not_before, not_after, why) in [
+            (now - 2 * hour, now - hour, "expired"),
+            (now + hour, now + 2 * hour, "not valid before"),
+        ] {
+            let svid = ca.issue_svid_valid(&id, not_before, not_after);
+            let mut msg = good.clone();
+            if let Some(s) = msg.svids.first_mut() {
+                s.x509_svid = svid.cert_chain_der();
+                s.x509_svid_key = svid.private_key().secret_pkcs8_der().to_vec();
+            }
+            let err = source.apply(&msg).unwrap_err();
+            assert!(
+                matches!(&err, UpdateError::BadSvid { reason, .. } if reason.contains(why)),
+                "{err}"
+            );
+            assert_eq!(
+                source.subscribe().borrow().as_ref().unwrap().not_after,
+                first
+            );
+        }
+        // A little clock skew (a `notBefore` a minute ahead) is accepted.
+        let svid = ca.issue_svid_valid(&id, now + Duration::from_secs(60), now + hour);
+        let mut msg = good.clone();
+        if let Some(s) = msg.svids.first_mut() {
+            s.x509_svid = svid.cert_chain_der();
+            s.x509_svid_key = svid.private_key().secret_pkcs8_der().to_vec();
+        }
+        source.apply(&msg).unwrap();
+    }
+
+    #[test]
+    fn a_trust_domain_given_twice_among_the_federated_bundles_is_refused_b7() {
+        let ca = TestCa::new("example.org");
+        let a = TestCa::new("partner.org");
+        let b = TestCa::new("partner.org");
+        let mut msg = response(&ca, &["spiffe://example.org/a"]);
+        msg.federated_bundles.insert(
+            "spiffe://partner.org".to_owned(),
+            a.bundle().x509_authorities_der(),
+        );
+        msg.federated_bundles
+            .insert("partner.org".to_owned(), b.bundle().x509_authorities_der());
+        let err = parse_update(&msg, None).unwrap_err();
+        assert!(
+            matches!(&err, UpdateError::BadBundle { td, reason } if td == "partner.org" && reason.contains("more than once")),
+            "{err}"
+        );
     }
 }

@@ -179,11 +179,13 @@ async fn main(inputs: MainInputs) -> Result<(), Error> {
     let mut current = identity.subscribe();
     let resolver = identity.resolver();
     let bundles: Arc<dyn BundleSource> = identity.bundles();
-    let mut identity_task = tokio::spawn(Arc::clone(&identity).run());
+    // Aborted however this function returns (an early `?` or a shutdown before the first
+    // SVID included): a dropped handle would leave it reconnecting to the agent.
+    let mut identity_task = AbortOnDrop(tokio::spawn(Arc::clone(&identity).run()));
     // Fail closed: no listener until the first SVID.
     tokio::select! {
         r = current.wait_for(Option::is_some) => { r.map_err(|e| Error::Internal(e.to_string()))?; }
-        r = &mut identity_task => return Err(identity_ended(r)),
+        r = &mut identity_task.0 => return Err(identity_ended(r)),
         () = signal(shutdown.clone()) => return Ok(()),
     }
     let expiry_metrics = Arc::clone(&metrics);
@@ -258,17 +260,26 @@ async fn main(inputs: MainInputs) -> Result<(), Error> {
     bound.send_replace(Some(addrs));
 
     tokio::select! {
-        r = &mut identity_task => {
+        r = &mut identity_task.0 => {
             admin_state.listening.store(false, Ordering::Release);
             return Err(identity_ended(r));
         }
         () = signal(shutdown) => {}
     }
-    identity_task.abort();
+    drop(identity_task);
     for task in tasks {
         let _ = task.await;
     }
     Ok(())
+}
+
+/// A task aborted when its handle is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn identity_ended(
@@ -284,4 +295,32 @@ fn identity_ended(
 /// Completes when `true` is sent (or the sender is gone).
 async fn signal(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::AbortOnDrop;
+
+    #[tokio::test]
+    async fn a_dropped_abort_on_drop_stops_its_task() {
+        let ticks = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&ticks);
+        let task = AbortOnDrop(tokio::spawn(async move {
+            loop {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }));
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        drop(task);
+        tokio::task::yield_now().await;
+        let after_drop = ticks.load(Ordering::SeqCst);
+        assert!(after_drop > 0);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(ticks.load(Ordering::SeqCst), after_drop);
+    }
 }

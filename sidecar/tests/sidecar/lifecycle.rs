@@ -71,16 +71,22 @@ async fn no_listener_and_not_ready_until_the_first_svid_arrives() {
 }
 
 #[tokio::test]
-async fn invalid_argument_from_the_workload_api_stops_the_sidecar_without_retry_w5() {
-    let dir = tempfile::tempdir().unwrap();
-    let api = WorkloadApi::start_with(dir.path(), Some(tonic::Code::InvalidArgument)).await;
-    let config = config(dir.path(), &api, free_port()).await;
-    let sidecar = Sidecar::start(config).await.unwrap();
-    let err = tokio::time::timeout(WAIT, sidecar.wait())
-        .await
-        .unwrap()
-        .unwrap_err();
-    assert!(err.to_string().contains("refused"), "{err}");
+async fn invalid_argument_or_unimplemented_from_the_workload_api_stops_the_sidecar_without_retry_w5()
+ {
+    for (code, named) in [
+        (tonic::Code::InvalidArgument, "refused"),
+        (tonic::Code::Unimplemented, "Unimplemented"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let api = WorkloadApi::start_with(dir.path(), Some(code)).await;
+        let config = config(dir.path(), &api, free_port()).await;
+        let sidecar = Sidecar::start(config).await.unwrap();
+        let err = tokio::time::timeout(WAIT, sidecar.wait())
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(err.to_string().contains(named), "{code:?}: {err}");
+    }
 }
 
 #[tokio::test]
