@@ -110,13 +110,7 @@ async fn http1_app_protocol_carries_http2_callers_to_an_http1_only_app_and_reuse
     );
     // Many streams at once on one HTTP/2 connection: each gets an app connection of its own.
     let tls = f.client(WEB_ID).connect(f.inbound).await.unwrap();
-    let (sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        TokioIo::new(tls),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let sender = crate::raw_http::h2_sender(tls).await;
     let calls = (0..20).map(|_| {
         let mut sender = sender.clone();
         async move {
@@ -144,13 +138,7 @@ async fn http1_app_protocol_carries_http2_callers_to_an_http1_only_app_and_reuse
         .body(StreamBody::new(futures::stream::iter(frames)))
         .unwrap();
     let tls = f.client(WEB_ID).connect(f.inbound).await.unwrap();
-    let (mut streaming, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        TokioIo::new(tls),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut streaming = crate::raw_http::h2_sender(tls).await;
     let resp = streaming.send_request(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let body = resp.into_body().collect().await.unwrap().to_bytes();

@@ -78,11 +78,7 @@ async fn grpc_bidi_stream_passes_each_message_as_sent_and_the_trailers_at_the_en
     })
     .await;
     let tls = f.client(WEB_ID).connect(f.inbound).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut sender = crate::raw_http::h2_sender(tls).await;
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
     let req = Request::post("https://api.local/test.Echo/Chat")
         .version(http::Version::HTTP_2)

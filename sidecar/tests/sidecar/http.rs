@@ -88,13 +88,7 @@ async fn http2_connection_multiplexes_many_requests_to_the_app_pool() {
     let f = Fixture::start(Options::default()).await;
     let web = f.client(WEB_ID);
     let tls = web.connect(f.inbound).await.unwrap();
-    let (sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tls),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let sender = crate::raw_http::h2_sender(tls).await;
     let mut tasks = Vec::new();
     for i in 0..50 {
         let mut s = sender.clone();

@@ -77,13 +77,7 @@ async fn an_http2_connection_is_not_served_past_its_callers_svid_expiry() {
     let f = Fixture::start(Options::default()).await;
     let client = short_lived(&f);
     let tls = client.connect(f.inbound).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tls),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut sender = crate::raw_http::h2_sender(tls).await;
     let started = tokio::time::Instant::now();
     let mut served = 0;
     while sender.ready().await.is_ok() {

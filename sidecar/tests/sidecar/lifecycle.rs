@@ -113,13 +113,7 @@ async fn svid_rotation_under_continuous_load_loses_no_request() {
             let mut failures = Vec::new();
             if w % 2 == 0 {
                 let tls = web.connect(addr).await.unwrap();
-                let (mut sender, conn) = hyper::client::conn::http2::handshake(
-                    hyper_util::rt::TokioExecutor::new(),
-                    hyper_util::rt::TokioIo::new(tls),
-                )
-                .await
-                .unwrap();
-                tokio::spawn(conn);
+                let mut sender = crate::raw_http::h2_sender(tls).await;
                 while !stop.load(Ordering::SeqCst) {
                     match sender.send_request(get_h2("/load")).await {
                         Ok(r) if r.status() == StatusCode::OK => {
@@ -331,13 +325,7 @@ async fn workload_api_stream_loss_is_retried_and_established_connections_stay() 
     };
     let tls = web.connect(f.inbound).await.unwrap();
     let first = leaf(&tls);
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tls),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut sender = crate::raw_http::h2_sender(tls).await;
     // The agent goes away and comes back with a new SVID.
     f.api.break_streams();
     f.api.set(

@@ -123,3 +123,22 @@ pub(crate) fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8>
     out.extend_from_slice(payload);
     out
 }
+
+/// An HTTP/2 client connection over `io` (an established TLS stream with ALPN `h2`), its
+/// connection task spawned: the handle to send requests on.
+pub(crate) async fn h2_sender<I, B>(io: I) -> hyper::client::conn::http2::SendRequest<B>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    B: hyper::body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(io),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    sender
+}

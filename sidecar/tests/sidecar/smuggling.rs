@@ -201,13 +201,7 @@ async fn an_upgraded_connection_is_decided_again_on_its_normalized_path() {
 async fn a_client_certificate_header_sent_as_an_http2_trailer_does_not_reach_the_app() {
     let f = Fixture::start(Options::default()).await;
     let tls = f.client(WEB_ID).connect(f.inbound).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tls),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut sender = crate::raw_http::h2_sender(tls).await;
     let mut trailers = http::HeaderMap::new();
     trailers.insert(
         "x-forwarded-client-cert",
