@@ -140,26 +140,40 @@ impl TestCa {
 
     /// An intermediate CA signed by this one (SPIFFE ID `spiffe://<td>`).
     pub fn intermediate(&self) -> Self {
-        self.make_intermediate(None, BasicConstraints::Unconstrained)
+        self.make_intermediate(None, BasicConstraints::Unconstrained, None)
+    }
+
+    /// An intermediate CA signed by this one that is valid until `not_after` (and from an hour
+    /// ago): leaves it signs may outlive it.
+    pub fn intermediate_until(&self, not_after: SystemTime) -> Self {
+        self.make_intermediate(None, BasicConstraints::Unconstrained, Some(not_after))
     }
 
     /// An intermediate CA whose path length constraint is `path_len` (rule X-10).
     pub fn intermediate_with_path_len(&self, path_len: u8) -> Self {
-        self.make_intermediate(None, BasicConstraints::Constrained(path_len))
+        self.make_intermediate(None, BasicConstraints::Constrained(path_len), None)
     }
 
     /// An intermediate CA signed by this one that breaks the profile in one way.
     pub fn bad_intermediate(&self, bad: BadCa) -> Self {
-        self.make_intermediate(Some(bad), BasicConstraints::Unconstrained)
+        self.make_intermediate(Some(bad), BasicConstraints::Unconstrained, None)
     }
 
-    fn make_intermediate(&self, bad: Option<BadCa>, constraints: BasicConstraints) -> Self {
+    fn make_intermediate(
+        &self,
+        bad: Option<BadCa>,
+        constraints: BasicConstraints,
+        not_after: Option<SystemTime>,
+    ) -> Self {
         let key = KeyPair::generate().expect("generate p-256 key");
         let is_ca = match bad {
             Some(BadCa::NotCa) => IsCa::ExplicitNoCa,
             _ => IsCa::Ca(constraints),
         };
-        let params = ca_params(&self.trust_domain, "intermediate", is_ca, bad);
+        let mut params = ca_params(&self.trust_domain, "intermediate", is_ca, bad);
+        if let Some(not_after) = not_after {
+            params.not_after = not_after.into();
+        }
         let cert = params
             .signed_by(&key, &self.issuer)
             .expect("sign intermediate")

@@ -71,8 +71,14 @@ pub(crate) enum H1Error<E> {
 
 /// Runs the HTTP/1.1 client handshake on `io` and spawns the connection's driver. `upgrades`:
 /// the connection may switch protocols (only one opened for an upgrade request may: an
-/// unsolicited 101 on a shared one is an error).
-pub(crate) async fn handshake<I, B>(io: I, upgrades: bool) -> Result<Upstream<B>, hyper::Error>
+/// unsolicited 101 on a shared one is an error). Once the peer a handshake verified no longer
+/// holds, the connection takes no new request; `lapse_grace` later the driver drops it with
+/// what is still in flight.
+pub(crate) async fn handshake<I, B>(
+    io: I,
+    upgrades: bool,
+    lapse_grace: Duration,
+) -> Result<Upstream<B>, hyper::Error>
 where
     I: AsyncRead + AsyncWrite + Verified + Unpin + Send + 'static,
     B: Body + Send + 'static,
@@ -81,11 +87,15 @@ where
 {
     let validity = io.validity();
     let (sender, connection) = http1::Builder::new().handshake(TokioIo::new(io)).await?;
+    let lapsed = validity.clone();
     tokio::spawn(async move {
-        let result = match upgrades {
-            true => connection.with_upgrades().await,
-            false => connection.await,
+        let run = async {
+            match upgrades {
+                true => connection.with_upgrades().await,
+                false => connection.await,
+            }
         };
+        let result = crate::lapse::drive_while_it_holds(run, lapsed, lapse_grace).await;
         if let Err(e) = result {
             tracing::debug!(error = %e, "http/1.1 upstream connection ended with an error");
         }
@@ -264,7 +274,7 @@ mod tests {
     /// other end is kept), its connection task spawned.
     async fn open() -> (Upstream<Incoming>, DuplexStream) {
         let (ours, theirs) = tokio::io::duplex(1024);
-        let mut upstream = handshake(ours, false).await.unwrap();
+        let mut upstream = handshake(ours, false, Duration::ZERO).await.unwrap();
         upstream.sender.ready().await.unwrap();
         (upstream, theirs)
     }

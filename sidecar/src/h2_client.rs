@@ -57,6 +57,9 @@ pub(crate) struct SharedH2 {
     builder: h2::client::Builder,
     keep_alive: Option<KeepAlive>,
     max_idle: Duration,
+    /// How long a connection whose upstream no longer holds (see [`Validity`]) keeps what is
+    /// in flight before it is dropped.
+    lapse_grace: Duration,
 }
 
 /// Pings while exchanges are in flight: every `interval`, each to be answered within `timeout`.
@@ -116,8 +119,13 @@ pub(crate) enum H2Error<E> {
 // === impl SharedH2 ===
 
 impl SharedH2 {
-    /// One idle for longer than `max_idle` is replaced.
-    pub(crate) fn new(max_idle: Duration, keep_alive: Option<KeepAlive>) -> Self {
+    /// One idle for longer than `max_idle` is replaced; one whose upstream no longer holds
+    /// takes no new stream and is dropped `lapse_grace` later.
+    pub(crate) fn new(
+        max_idle: Duration,
+        keep_alive: Option<KeepAlive>,
+        lapse_grace: Duration,
+    ) -> Self {
         let mut builder = h2::client::Builder::new();
         builder
             .initial_window_size(STREAM_WINDOW)
@@ -133,6 +141,7 @@ impl SharedH2 {
             builder,
             keep_alive,
             max_idle,
+            lapse_grace,
         }
     }
 
@@ -268,7 +277,12 @@ impl SharedH2 {
             .await
             .map_err(H2Error::Http)?;
         let state = Arc::new(ConnState::default());
-        tokio::spawn(drive(connection, Arc::clone(&state), self.keep_alive));
+        tokio::spawn(drive(
+            connection,
+            Arc::clone(&state),
+            self.keep_alive,
+            (validity.clone(), self.lapse_grace),
+        ));
         *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(Open {
             sender: sender.clone(),
             state: Arc::clone(&state),
@@ -356,19 +370,24 @@ impl Drop for InFlight {
     }
 }
 
-/// Runs the connection until it ends (the peer closed it, it failed, or every handle and stream
-/// is gone), pinging per `keep_alive`; then marks it closed.
+/// Runs the connection until it ends (the peer closed it, it failed, every handle and stream
+/// is gone, or its upstream's `validity` stopped holding a `grace` ago), pinging per
+/// `keep_alive`; then marks it closed.
 async fn drive<I>(
     connection: Connection<I, Bytes>,
     state: Arc<ConnState>,
     keep_alive: Option<KeepAlive>,
+    (validity, grace): (Option<Arc<Validity>>, Duration),
 ) where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let result = match keep_alive {
-        Some(keep_alive) => drive_with_pings(connection, &state, keep_alive).await,
-        None => connection.await,
+    let run = async {
+        match keep_alive {
+            Some(keep_alive) => drive_with_pings(connection, &state, keep_alive).await,
+            None => connection.await,
+        }
     };
+    let result = crate::lapse::drive_while_it_holds(run, validity, grace).await;
     state.closed.store(true, Ordering::Relaxed);
     if let Err(e) = result {
         tracing::debug!(error = %e, "h2 client connection ended with an error");

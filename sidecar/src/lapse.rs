@@ -23,32 +23,39 @@ const RECHECK: Duration = Duration::from_millis(100);
 /// How often an outbound TCP connection looks at its upstream's bundles.
 const TCP_RECHECK: Duration = Duration::from_secs(1);
 
-/// The verified peer's chain, trust domain and when its leaf expires, kept for the connection's
-/// life.
+/// The verified peer's chain, trust domain and when the chain expires, kept for the
+/// connection's life.
 #[derive(Debug, Clone)]
 pub(crate) struct Credentials {
     pub(crate) chain: Arc<[CertificateDer<'static>]>,
     trust_domain: TrustDomain,
-    /// The end of the leaf's validity: the first instant it is no longer valid.
+    /// The end of the chain's validity (the earliest `notAfter` of the certificates it sent):
+    /// the first instant it is no longer valid.
     pub(crate) not_after: SystemTime,
 }
 
 impl Credentials {
-    /// A verified peer's chain (leaf first), its trust domain and its leaf's `notAfter`; `None`
-    /// if the leaf does not parse or is no SVID (which a verifier that accepted it rules out).
+    /// A verified peer's chain (leaf first), its trust domain and the earliest `notAfter` in
+    /// the chain; `None` if a certificate does not parse or the leaf is no SVID (which a
+    /// verifier that accepted the chain rules out). An intermediate that expires before the
+    /// leaf ends the chain's validity there: the verifier checks every certificate's.
     pub(crate) fn of(certs: &[CertificateDer<'_>]) -> Option<Self> {
-        let (_, leaf) = x509_parser::parse_x509_certificate(certs.first()?.as_ref()).ok()?;
-        let secs = u64::try_from(leaf.validity().not_after.timestamp()).ok()?;
+        let mut earliest: Option<u64> = None;
+        for cert in certs {
+            let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+            let secs = u64::try_from(parsed.validity().not_after.timestamp()).ok()?;
+            earliest = Some(earliest.map_or(secs, |e| e.min(secs)));
+        }
         Some(Self {
             chain: certs.iter().map(|c| c.clone().into_owned()).collect(),
             trust_domain: warden_identity::peer_spiffe_id(certs)?.trust_domain(),
             // `notAfter` is inclusive (RFC 5280 §4.1.2.5), and the verifier compares whole
             // seconds: the certificate is valid through the end of that second.
-            not_after: std::time::UNIX_EPOCH + Duration::from_secs(secs.saturating_add(1)),
+            not_after: std::time::UNIX_EPOCH + Duration::from_secs(earliest?.saturating_add(1)),
         })
     }
 
-    /// When the leaf expires, on the monotonic clock.
+    /// When the chain expires, on the monotonic clock.
     fn expires(&self) -> Instant {
         let left = self
             .not_after
@@ -129,9 +136,9 @@ impl LapseSignal {
     }
 }
 
-/// Completes when `credentials` lapse, and fires `signal`: at the leaf's `notAfter`, or at the
-/// first bundle change after which the chain no longer verifies (once the identity source is
-/// gone, at the expiry alone). Never without credentials (a plaintext connection).
+/// Completes when `credentials` lapse, and fires `signal`: at the chain's earliest `notAfter`,
+/// or at the first bundle change after which the chain no longer verifies (once the identity
+/// source is gone, at the expiry alone). Never without credentials (a plaintext connection).
 pub(crate) async fn lapsed(
     credentials: Option<Credentials>,
     watch: BundleWatch,
@@ -181,7 +188,7 @@ pub(crate) async fn lapsed(
 #[derive(Debug)]
 pub(crate) struct Validity {
     credentials: Credentials,
-    /// The leaf's `notAfter` on the monotonic clock.
+    /// The chain's `notAfter` on the monotonic clock.
     expires: Instant,
     source: Arc<dyn BundleSource>,
     checked: Mutex<Checked>,
@@ -215,8 +222,8 @@ impl Validity {
         }
     }
 
-    /// Whether, at `now`, the peer's leaf has not expired and its chain verifies under the
-    /// bundles in force (as of at most [`RECHECK`] ago).
+    /// Whether, at `now`, no certificate of the peer's chain has expired and the chain verifies
+    /// under the bundles in force (as of at most [`RECHECK`] ago).
     pub(crate) fn holds_at(&self, now: Instant) -> bool {
         if now >= self.expires {
             return false;
@@ -237,7 +244,7 @@ impl Validity {
     }
 }
 
-/// Completes once `validity` no longer holds: at the leaf's expiry, or within [`TCP_RECHECK`]
+/// Completes once `validity` no longer holds: at the chain's expiry, or within [`TCP_RECHECK`]
 /// of a bundle change that fails it; never for `None`. For a connection that is not checked
 /// out per request (an outbound TCP route's, an upgraded one).
 pub(crate) async fn no_longer_holds(validity: Option<Arc<Validity>>) {
@@ -256,6 +263,28 @@ pub(crate) async fn no_longer_holds(validity: Option<Arc<Validity>>) {
                     return;
                 }
             }
+        }
+    }
+}
+
+/// Runs a pooled upstream connection's driver `run` until it ends, or until `grace` after its
+/// upstream's `validity` stopped holding (see [`no_longer_holds`]; never for `None`): the
+/// connection is then dropped with whatever is still in flight on it, so a stream that never
+/// ends does not keep an upstream that no longer verifies.
+pub(crate) async fn drive_while_it_holds<E>(
+    run: impl Future<Output = Result<(), E>>,
+    validity: Option<Arc<Validity>>,
+    grace: Duration,
+) -> Result<(), E> {
+    let lapsed = async {
+        no_longer_holds(validity).await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        result = run => result,
+        () = lapsed => {
+            tracing::info!(?grace, "upstream's credentials lapsed: its connection is closed");
+            Ok(())
         }
     }
 }

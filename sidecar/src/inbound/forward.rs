@@ -73,8 +73,8 @@ pub(crate) struct App {
 
 impl App {
     pub(crate) fn new(addr: SocketAddr, protocol: AppProtocol, idle_timeout: Duration) -> Self {
-        // Loopback: no keep-alive pings.
-        let h2 = SharedH2::new(idle_timeout, None);
+        // Loopback: no keep-alive pings; plaintext, so nothing verified can lapse.
+        let h2 = SharedH2::new(idle_timeout, None, Duration::ZERO);
         let authority = Authority::try_from(addr.to_string())
             .unwrap_or_else(|_| Authority::from_static("127.0.0.1"));
         Self {
@@ -256,7 +256,8 @@ impl App {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let stream = self.connect_tcp().await?;
-        h1_client::handshake(stream, upgrades)
+        // Plaintext: nothing verified can lapse, so no grace is needed.
+        h1_client::handshake(stream, upgrades, Duration::ZERO)
             .await
             .map_err(|e| self.failed(&e))
     }

@@ -97,7 +97,11 @@ impl HttpProxy {
         Self {
             http1,
             http1_idle,
-            h2: SharedH2::new(limits.idle_timeout / 2, Some(keep_alive)),
+            h2: SharedH2::new(
+                limits.idle_timeout / 2,
+                Some(keep_alive),
+                limits.idle_timeout,
+            ),
             h2_connector: h2,
             upstream_authority: upstream.parse().ok(),
             max_headers: limits.max_headers,
@@ -341,7 +345,7 @@ impl HttpProxy {
         upgrades: bool,
     ) -> Result<Upstream<Incoming>, Box<dyn StdError + Send + Sync>> {
         let stream = self.http1.connect().await?;
-        Ok(h1_client::handshake(stream, upgrades).await?)
+        Ok(h1_client::handshake(stream, upgrades, self.idle_timeout).await?)
     }
 
     /// The request's target with scheme `https`; the authority is the request's own (from its

@@ -137,18 +137,23 @@ async fn bundle_update_applies_to_the_next_handshake() {
     proxy.stop().await;
 }
 
-/// A pooled upstream connection takes no new request once its upstream's CA has left the
-/// bundle: the next request opens a new connection, which the upstream's SVID no longer passes.
-async fn pooled_connection_after_its_upstream_ca_leaves_the_bundle(h2: bool) {
-    let pki = Pki::new();
-    // The upstream verifies clients with a bundle of its own, so only the proxy's view changes.
-    let upstream = Upstream::start(
+/// An HTTP upstream that verifies clients with a bundle of its own, so that only the proxy's
+/// view changes when the test changes `pki.bundles`.
+async fn upstream_with_its_own_bundle(pki: &Pki) -> Upstream {
+    Upstream::start(
         pki.resolver(SERVER_ID),
         Arc::new(Arc::new(TestCa::bundle_set(&[&pki.ca]))),
         ALPN_BOTH,
         App::Http { barrier: None },
     )
-    .await;
+    .await
+}
+
+/// A pooled upstream connection takes no new request once its upstream's CA has left the
+/// bundle: the next request opens a new connection, which the upstream's SVID no longer passes.
+async fn pooled_connection_after_its_upstream_ca_leaves_the_bundle(h2: bool) {
+    let pki = Pki::new();
+    let upstream = upstream_with_its_own_bundle(&pki).await;
     let proxy = Proxy::http(&pki, &upstream).await;
     let mut client = match h2 {
         true => LocalClient::h2(proxy.addr).await,
@@ -239,5 +244,60 @@ async fn tcp_connection_is_closed_when_its_upstream_ca_leaves_the_bundle() {
     let mut rest = String::new();
     let read = tokio::time::timeout(WAIT, local.read_line(&mut rest)).await;
     assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?} {rest:?}");
+    proxy.stop().await;
+}
+
+/// A request still in flight on a pooled connection when its upstream's CA leaves the bundle
+/// has one idle timeout to finish: a stream that keeps going (bytes every 100 ms, so the idle
+/// timeout itself never fires) is cut then, over HTTP/1.1 and HTTP/2.
+#[tokio::test]
+async fn a_request_in_flight_when_the_upstream_lapses_has_one_idle_timeout_to_finish() {
+    use http_body_util::BodyExt;
+    let pki = Pki::new();
+    let upstream = upstream_with_its_own_bundle(&pki).await;
+    let mut limits = warden_sidecar::outbound::OutboundLimits::default();
+    limits.idle_timeout = Duration::from_secs(1);
+    let proxy = Proxy::start(ProxyOptions {
+        limits,
+        ..ProxyOptions::http(&pki, &upstream)
+    })
+    .await;
+    for h2 in [false, true] {
+        pki.bundles.set(TestCa::bundle_set(&[&pki.ca]));
+        let mut client = match h2 {
+            true => LocalClient::h2(proxy.addr).await,
+            false => LocalClient::h1(proxy.addr).await,
+        };
+        let (tx, body) = channel_body();
+        let response = client
+            .send(proxy.addr, http::Request::post("/echo").body(body).unwrap())
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let mut echoed = response.into_body();
+        pki.bundles.set(TestCa::bundle_set(&[&TestCa::new(TD)]));
+        let lapsed = tokio::time::Instant::now();
+        // Echoed while the grace lasts, then cut: the body ends in an error, or early.
+        let ended = loop {
+            if tx.send(bytes::Bytes::from_static(b"x")).await.is_err() {
+                break None;
+            }
+            match tokio::time::timeout(WAIT, echoed.frame()).await {
+                Ok(Some(Ok(_))) => {}
+                Ok(other) => break Some(other.map(|r| r.map(|_| ()))),
+                Err(_) => panic!("no echo within {WAIT:?}"),
+            }
+            assert!(
+                lapsed.elapsed() < WAIT,
+                "h2={h2}: still served after {WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        // The 1 s grace, after noticing within the 1 s check.
+        assert!(
+            lapsed.elapsed() >= Duration::from_secs(1),
+            "h2={h2}: cut after {:?} ({ended:?})",
+            lapsed.elapsed()
+        );
+    }
     proxy.stop().await;
 }

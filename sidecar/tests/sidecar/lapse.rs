@@ -54,13 +54,31 @@ async fn a_rotation_that_keeps_the_old_root_keeps_established_connections() {
 async fn a_connection_is_not_served_past_its_callers_svid_expiry() {
     let f = Fixture::start(Options::default()).await;
     let client = short_lived(&f).http1();
+    served_until_it_lapses(&client, &f).await;
+    assert!(client.request(f.inbound, get("/x")).await.is_err());
+}
+
+/// An intermediate that expires before the caller's leaf ends the chain there: the verifier
+/// checks every certificate's validity, so the connection does not outlive it.
+#[tokio::test]
+async fn a_connection_is_not_served_past_the_expiry_of_an_intermediate_in_the_callers_chain() {
+    let f = Fixture::start(Options::default()).await;
+    let intermediate =
+        f.ca.intermediate_until(std::time::SystemTime::now() + Duration::from_secs(2));
+    let svid = intermediate.issue_svid(&id(WEB_ID), Duration::from_secs(3600));
+    let client = Client::new(Some(svid), std::iter::once(f.ca.bundle()).collect()).http1();
+    served_until_it_lapses(&client, &f).await;
+}
+
+/// One HTTP/1.1 connection of `client`, kept busy (the idle timeout never fires), is served
+/// and then closed once what it presented expires (`notAfter` is in whole seconds: at least
+/// 1 s after the handshake), not before.
+async fn served_until_it_lapses(client: &Client, f: &Fixture) {
     let mut kept = client.http1_sender(f.inbound).await;
     assert_eq!(
         kept.send_request(get("/x")).await.unwrap().status(),
         StatusCode::OK
     );
-    // Busy all along (the idle timeout never fires), and closed once the SVID has expired
-    // (`notAfter` is in whole seconds: at least 1 s after the handshake), not before.
     let started = tokio::time::Instant::now();
     closed_sender(&mut kept).await;
     assert!(
@@ -68,7 +86,6 @@ async fn a_connection_is_not_served_past_its_callers_svid_expiry() {
         "{:?}",
         started.elapsed()
     );
-    assert!(client.request(f.inbound, get("/x")).await.is_err());
 }
 
 /// The same over HTTP/2: GOAWAY once the SVID has expired.
