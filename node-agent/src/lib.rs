@@ -20,4 +20,4 @@ mod workload_attestor;
 
 pub use agent::{AgentError, run};
 pub use config::{Config, ConfigError, RawConfig};
-pub use workload_attestor::{AttestError, PeerCredentials, WorkloadAttestor};
+pub use workload_attestor::{AttestError, PeerCredentials, ProcessPin, WorkloadAttestor};

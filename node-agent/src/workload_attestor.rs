@@ -3,15 +3,21 @@
 //! (`unix:uid`, `unix:gid`, `unix:user`, `unix:group`, `unix:path`, `unix:sha256`,
 //! `docker:id`, `k8s:pod-uid`).
 //!
-//! PID reuse: the process start time is read when the connection is accepted and again
-//! before and after the selectors are collected; if any reading differs, or the process is
-//! gone, or `/proc` reports another owner than the socket credentials, attestation fails and
-//! no identity is handed out.
+//! PID reuse: the connecting process is pinned by a pidfd taken at accept (`SO_PEERPIDFD`,
+//! Linux 6.5+). While that process has not been reaped (a zombie included) no other process can
+//! hold its PID, so when the pidfd still names the PID after the selectors are collected, every
+//! `/proc` file read described the process that connected. Without it (older kernels) the
+//! process start time read at accept is compared with readings before and after, which misses
+//! a PID reused between `connect()` and `accept()`. Either way, if the connecting process is
+//! gone, its PID was reused, or `/proc` reports another owner than the socket credentials,
+//! attestation fails and no identity is handed out.
 
 mod cgroup;
 mod process;
 
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use nix::unistd::{Gid, Group, Uid, User};
 use warden_identity::Selector;
@@ -19,7 +25,7 @@ use warden_identity::Selector;
 use process::ProcReader;
 
 /// The credentials of a Unix-socket peer, captured when the connection was accepted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct PeerCredentials {
     /// Process id of the connecting process.
     pub pid: i32,
@@ -29,6 +35,20 @@ pub struct PeerCredentials {
     pub gid: u32,
     /// The process start time (ticks since boot) read right after `accept()`, if it could be.
     pub start_time: Option<u64>,
+    /// What pins the process that connected.
+    pub pin: ProcessPin,
+}
+
+/// What pins the process that connected (`SO_PEERPIDFD`).
+#[derive(Debug, Clone)]
+pub enum ProcessPin {
+    /// A pidfd of the process that connected: until it is reaped, its PID is not reused.
+    Pidfd(Arc<OwnedFd>),
+    /// The process that connected had been reaped by the time the connection was accepted.
+    Gone,
+    /// The kernel has no `SO_PEERPIDFD` (before Linux 6.5): the start time read at accept is
+    /// all there is.
+    Unsupported,
 }
 
 /// Why a workload could not be attested.
@@ -104,8 +124,15 @@ impl WorkloadAttestor {
         if pid <= 0 {
             return Err(AttestError::NoCredentials);
         }
+        self.still_connected(peer)?;
+        // Without a pidfd, a start time that could not be read at accept leaves nothing to
+        // tell the process that connected from one that took its PID since: fail closed.
+        let at_accept = match (&peer.pin, peer.start_time) {
+            (ProcessPin::Unsupported, None) => return Err(AttestError::ProcessGone(pid)),
+            (_, at_accept) => at_accept,
+        };
         let before = self.proc.start_time(pid)?;
-        if peer.start_time.is_some_and(|at_accept| at_accept != before) {
+        if at_accept.is_some_and(|at_accept| at_accept != before) {
             return Err(AttestError::PidReused(pid));
         }
         let (proc_uid, _proc_gid) = self.proc.owner(pid)?;
@@ -154,9 +181,23 @@ impl WorkloadAttestor {
         if after != before {
             return Err(AttestError::PidReused(pid));
         }
+        // The process that connected still holds the PID: it is the one described.
+        self.still_connected(peer)?;
         selectors.sort();
         selectors.dedup();
         Ok(selectors)
+    }
+}
+
+impl WorkloadAttestor {
+    /// Whether the process that connected still holds `peer.pid` (not reaped), as far as its
+    /// pin tells.
+    fn still_connected(&self, peer: &PeerCredentials) -> Result<(), AttestError> {
+        match &peer.pin {
+            ProcessPin::Pidfd(pidfd) if process::pidfd_pid(pidfd) == Some(peer.pid) => Ok(()),
+            ProcessPin::Pidfd(_) | ProcessPin::Gone => Err(AttestError::ProcessGone(peer.pid)),
+            ProcessPin::Unsupported => Ok(()),
+        }
     }
 }
 
@@ -164,22 +205,26 @@ impl WorkloadAttestor {
 mod tests {
     use super::*;
 
+    /// This process, as the listener would have seen it connect: pinned by a pidfd (the
+    /// creator of a socket pair is its peer) and with its start time.
     fn me() -> PeerCredentials {
+        let pid = i32::try_from(std::process::id()).unwrap();
+        let (ours, _theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let pidfd =
+            nix::sys::socket::getsockopt(&ours, nix::sys::socket::sockopt::PeerPidfd).unwrap();
         PeerCredentials {
-            pid: i32::try_from(std::process::id()).unwrap(),
+            pid,
             uid: nix::unistd::getuid().as_raw(),
             gid: nix::unistd::getgid().as_raw(),
-            start_time: None,
+            start_time: WorkloadAttestor::new().start_time(pid),
+            pin: ProcessPin::Pidfd(Arc::new(pidfd)),
         }
     }
 
     #[test]
     fn attests_own_process_with_unix_selectors() {
         let attestor = WorkloadAttestor::new();
-        let peer = PeerCredentials {
-            start_time: attestor.start_time(me().pid),
-            ..me()
-        };
+        let peer = me();
         let selectors = attestor.attest(&peer).unwrap();
         let has = |s: String| selectors.contains(&s.parse().unwrap());
         assert!(has(format!("unix:uid:{}", peer.uid)));
@@ -233,6 +278,28 @@ mod tests {
         assert!(matches!(err, AttestError::OwnerMismatch { .. }), "{err}");
     }
 
+    /// On a kernel without `SO_PEERPIDFD`, a peer whose start time could not be read at accept
+    /// (it was gone) cannot be told from a process that took its PID since.
+    #[test]
+    fn refuses_an_unpinned_peer_without_a_start_time_at_accept() {
+        let peer = PeerCredentials {
+            start_time: None,
+            pin: ProcessPin::Unsupported,
+            ..me()
+        };
+        let pid = peer.pid;
+        assert_eq!(
+            WorkloadAttestor::new().attest(&peer),
+            Err(AttestError::ProcessGone(pid))
+        );
+        // The same with a start time: the fallback check.
+        let peer = PeerCredentials {
+            pin: ProcessPin::Unsupported,
+            ..me()
+        };
+        assert!(WorkloadAttestor::new().attest(&peer).is_ok());
+    }
+
     #[test]
     fn refuses_missing_credentials() {
         let peer = PeerCredentials { pid: 0, ..me() };
@@ -266,6 +333,7 @@ mod tests {
             uid: 1234,
             gid: 99,
             start_time: Some(5555),
+            pin: ProcessPin::Unsupported,
         };
         let selectors = WorkloadAttestor::with_proc_root(dir.path())
             .attest(&peer)

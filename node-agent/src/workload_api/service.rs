@@ -64,12 +64,12 @@ impl Service {
         let peer = req
             .extensions()
             .get::<PeerInfo>()
-            .and_then(|p| p.0)
+            .and_then(|p| p.0.as_ref())
             .ok_or_else(|| {
                 self.inner.metrics.attestation(AttestationResult::Error);
                 Status::permission_denied("caller could not be attested: no peer credentials")
             })?;
-        match self.inner.attestor.attest(&peer) {
+        match self.inner.attestor.attest(peer) {
             Ok(selectors) => {
                 debug!(pid = peer.pid, uid = peer.uid, selectors = ?selectors, "workload attested");
                 Ok(selectors.into_iter().collect())

@@ -1,6 +1,18 @@
 //! Container identity from `/proc/PID/cgroup`: the Docker container id (`docker:id`) and the
 //! Kubernetes pod UID (`k8s:pod-uid`), for cgroup v1 (`ID:controllers:/path`) and cgroup v2
 //! (`0::/path`) line formats, with both the cgroupfs and the systemd cgroup drivers.
+//!
+//! Only the layouts a container runtime creates from the cgroup root count, anchored at the
+//! root: `/docker/<id>`, `/system.slice/docker-<id>.scope`, `/machine.slice/libpod-<id>.scope`,
+//! `/kubepods[/<qos>]/pod<uid>[/<id>]` and `/kubepods.slice[/kubepods-<qos>.slice]/
+//! kubepods[-<qos>]-pod<uid>.slice[/<runtime>-<id>.scope]`. Creating a cgroup there takes
+//! root. A container id or pod UID anywhere else in a path names nothing: under systemd every
+//! user owns a delegated subtree (`/user.slice/user-<uid>.slice/user@<uid>.service/...`) in
+//! which they can make a cgroup named `docker-<id>.scope` after any container whose id they
+//! read from another process's world-readable `/proc/PID/cgroup`.
+//!
+//! The paths are read in the agent's cgroup namespace: the agent must run in the host's (as
+//! SPIRE's agent must), or containers' paths do not start at the root and name nothing.
 
 /// What the cgroup paths of one process say about its container.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -23,49 +35,113 @@ pub(crate) fn parse_cgroup_file(text: &str) -> ContainerInfo {
         else {
             continue;
         };
+        let found = parse_path(path);
         if info.container_id.is_none() {
-            info.container_id = container_id_from_path(path);
+            info.container_id = found.container_id;
         }
         if info.pod_uid.is_none() {
-            info.pod_uid = pod_uid_from_path(path);
+            info.pod_uid = found.pod_uid;
         }
     }
     info
 }
 
-/// The container id in a cgroup path: the last path segment that is (or, for the systemd
-/// driver, wraps) 64 lowercase hex characters, e.g. `/docker/<id>`,
-/// `/system.slice/docker-<id>.scope`, `/kubepods/besteffort/pod<uid>/<id>`,
-/// `/kubepods.slice/.../cri-containerd-<id>.scope`.
-fn container_id_from_path(path: &str) -> Option<String> {
-    path.split('/').rev().find_map(|segment| {
-        let core = segment.strip_suffix(".scope").unwrap_or(segment);
-        // `docker-<id>`, `cri-containerd-<id>`, `crio-<id>`, `libpod-<id>` or the bare id.
-        let candidate = core.rsplit('-').next().unwrap_or(core);
-        is_container_id(candidate).then(|| candidate.to_owned())
-    })
+/// What one cgroup path names, if it is one of the runtime layouts (see the module docs).
+fn parse_path(path: &str) -> ContainerInfo {
+    let Some(rest) = path.strip_prefix('/') else {
+        return ContainerInfo::default();
+    };
+    let segments: Vec<&str> = rest.split('/').collect();
+    match segments.as_slice() {
+        ["docker", id, ..] => container(bare_id(id), None),
+        ["system.slice", scope, ..] => container(scoped_id(scope, &["docker"]), None),
+        ["machine.slice", scope, ..] => container(scoped_id(scope, &["libpod"]), None),
+        ["kubepods", rest @ ..] => {
+            let rest = match rest {
+                ["burstable" | "besteffort", rest @ ..] => rest,
+                rest => rest,
+            };
+            match rest {
+                [pod, tail @ ..] => match pod.strip_prefix("pod").filter(|uid| is_uuid(uid)) {
+                    Some(uid) => container(
+                        tail.first().and_then(|id| bare_id(id)),
+                        Some(uid.to_owned()),
+                    ),
+                    None => ContainerInfo::default(),
+                },
+                [] => ContainerInfo::default(),
+            }
+        }
+        ["kubepods.slice", rest @ ..] => {
+            let rest = match rest {
+                [qos, rest @ ..]
+                    if matches!(
+                        *qos,
+                        "kubepods-burstable.slice" | "kubepods-besteffort.slice"
+                    ) =>
+                {
+                    rest
+                }
+                rest => rest,
+            };
+            match rest {
+                [pod, tail @ ..] => match systemd_pod_uid(pod) {
+                    Some(uid) => container(
+                        tail.first().and_then(|scope| {
+                            scoped_id(scope, &["cri-containerd", "crio", "docker"])
+                        }),
+                        Some(uid),
+                    ),
+                    None => ContainerInfo::default(),
+                },
+                [] => ContainerInfo::default(),
+            }
+        }
+        _ => ContainerInfo::default(),
+    }
+}
+
+fn container(container_id: Option<String>, pod_uid: Option<String>) -> ContainerInfo {
+    ContainerInfo {
+        container_id,
+        pod_uid,
+    }
+}
+
+/// A segment that is a bare container id (cgroupfs driver).
+fn bare_id(segment: &str) -> Option<String> {
+    is_container_id(segment).then(|| segment.to_owned())
+}
+
+/// The id in a systemd scope `<runtime>-<id>.scope`, for one of `runtimes`.
+fn scoped_id(segment: &str, runtimes: &[&str]) -> Option<String> {
+    let core = segment.strip_suffix(".scope")?;
+    let (runtime, id) = core.rsplit_once('-')?;
+    (runtimes.contains(&runtime) && is_container_id(id)).then(|| id.to_owned())
+}
+
+/// The pod UID in a systemd pod slice, `kubepods[-<qos>]-pod<uid>.slice` with underscores for
+/// the UID's dashes.
+fn systemd_pod_uid(segment: &str) -> Option<String> {
+    let core = segment.strip_suffix(".slice")?;
+    let uid = [
+        "kubepods-pod",
+        "kubepods-burstable-pod",
+        "kubepods-besteffort-pod",
+    ]
+    .iter()
+    .find_map(|prefix| core.strip_prefix(prefix))?;
+    if uid.contains('-') {
+        return None;
+    }
+    let uid = uid.replace('_', "-");
+    is_uuid(&uid).then_some(uid)
 }
 
 fn is_container_id(s: &str) -> bool {
     s.len() == 64
         && s.bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
-/// The pod UID in a cgroup path: a segment `pod<uid>` (cgroupfs driver, dashes) or
-/// `kubepods-<qos>-pod<uid>.slice` (systemd driver, underscores instead of dashes).
-fn pod_uid_from_path(path: &str) -> Option<String> {
-    path.split('/').find_map(|segment| {
-        let core = segment.strip_suffix(".slice").unwrap_or(segment);
-        let start = core.rfind("pod")?;
-        let uid = core.get(start + 3..)?.replace('_', "-");
-        // Everything before `pod` must be the kubepods prefix (or nothing).
-        let prefix = core.get(..start)?;
-        if !(prefix.is_empty() || prefix.starts_with("kubepods")) {
-            return None;
-        }
-        is_uuid(&uid).then_some(uid)
-    })
 }
 
 fn is_uuid(s: &str) -> bool {
@@ -155,6 +231,47 @@ mod tests {
             "garbage\n0::/docker/{short}\n0::/docker/{upper}\n0::/pods/podnot-a-uid\n0::/x/evilpod{POD}\n"
         );
         assert_eq!(parse_cgroup_file(&text), ContainerInfo::default());
+    }
+
+    /// Any user can make cgroups named after a container or pod in their own delegated
+    /// subtree: such paths name nothing.
+    #[test]
+    fn container_and_pod_names_outside_the_runtime_layouts_name_nothing() {
+        let user = "/user.slice/user-1000.slice/user@1000.service/app.slice";
+        let underscored = POD.replace('-', "_");
+        for path in [
+            format!("{user}/docker-{ID}.scope"),
+            format!("{user}/docker/{ID}"),
+            format!("{user}/kubepods/burstable/pod{POD}/{ID}"),
+            format!("{user}/kubepods-besteffort-pod{underscored}.slice/cri-containerd-{ID}.scope"),
+            // Rootless podman: the user's own containers, in the user's subtree.
+            format!("/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope"),
+            format!("/system.slice/evil-{ID}.scope"),
+            format!("/system.slice/docker-{ID}.service"),
+            format!("/../docker/{ID}"),
+            format!("docker/{ID}"),
+            format!("/kubepods/pod{POD}x/{ID}"),
+            format!("/kubepods.slice/evil-pod{underscored}.slice/crio-{ID}.scope"),
+            format!("/kubepods.slice/kubepods-pod{POD}.slice/crio-{ID}.scope"),
+        ] {
+            assert_eq!(
+                parse_cgroup_file(&format!("0::{path}\n")),
+                ContainerInfo::default(),
+                "{path}"
+            );
+        }
+        // What the runtimes themselves make, for contrast.
+        let rootful_podman = format!("0::/machine.slice/libpod-{ID}.scope\n");
+        assert_eq!(
+            parse_cgroup_file(&rootful_podman).container_id.as_deref(),
+            Some(ID)
+        );
+        let pod_only = format!("0::/kubepods/besteffort/pod{POD}\n");
+        let info = parse_cgroup_file(&pod_only);
+        assert_eq!(
+            (info.pod_uid.as_deref(), info.container_id),
+            (Some(POD), None)
+        );
     }
 
     #[test]

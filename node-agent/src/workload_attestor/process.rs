@@ -1,6 +1,7 @@
 //! Facts about one process read from `/proc`: its start time (to detect PID reuse), its
 //! owner, its executable's path and the SHA-256 digest of the executable (cached by device,
-//! inode, size and mtime so a busy workload does not make the agent hash its binary per call).
+//! inode, size, mtime and ctime so a busy workload does not make the agent hash its binary per
+//! call).
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -22,7 +23,9 @@ pub(crate) struct ProcReader {
     digests: Mutex<HashMap<FileKey, String>>,
 }
 
-/// Identifies one version of a file: a rewritten binary gets a new mtime or size.
+/// Identifies one version of a file. The mtime is the owner's to set (`touch -r`), so the
+/// ctime is part of it too: any write or metadata change sets it to the current time, which no
+/// one but the clock's owner chooses.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct FileKey {
     dev: u64,
@@ -30,6 +33,22 @@ struct FileKey {
     size: u64,
     mtime: i64,
     mtime_nsec: i64,
+    ctime: i64,
+    ctime_nsec: i64,
+}
+
+impl FileKey {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.len(),
+            mtime: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec(),
+            ctime: meta.ctime(),
+            ctime_nsec: meta.ctime_nsec(),
+        }
+    }
 }
 
 // === impl ProcReader ===
@@ -81,7 +100,8 @@ impl ProcReader {
     }
 
     /// The SHA-256 of the executable, hex, read through `/proc/PID/exe` (so a binary replaced
-    /// on disk after start is still the one hashed). Cached per file version.
+    /// on disk after start is still the one hashed). Cached per file version; `None` when the
+    /// file changed while it was being hashed (no digest is better than one of a mixture).
     pub(crate) fn exe_sha256(&self, pid: i32) -> Option<String> {
         let exe = self.pid_dir(pid).join("exe");
         let mut file = std::fs::File::open(&exe).ok()?;
@@ -89,19 +109,16 @@ impl ProcReader {
         if meta.len() > MAX_DIGEST_BYTES {
             return None;
         }
-        let key = FileKey {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            size: meta.len(),
-            mtime: meta.mtime(),
-            mtime_nsec: meta.mtime_nsec(),
-        };
+        let key = FileKey::of(&meta);
         if let Ok(cache) = self.digests.lock()
             && let Some(hit) = cache.get(&key)
         {
             return Some(hit.clone());
         }
         let digest = sha256_reader(&mut file).ok()?;
+        if FileKey::of(&file.metadata().ok()?) != key {
+            return None;
+        }
         if let Ok(mut cache) = self.digests.lock() {
             if cache.len() > 4096 {
                 cache.clear();
@@ -129,6 +146,18 @@ fn sha256_reader(r: &mut impl Read) -> std::io::Result<String> {
         hasher.update(buf.get(..n).unwrap_or_default());
     }
     Ok(hex::encode(hasher.finalize()))
+}
+
+/// The PID the process behind `pidfd` has in the agent's PID namespace, from the real
+/// `/proc/self/fdinfo` (`Pid:`, -1 once the process has been reaped); `None` if unreadable.
+pub(crate) fn pidfd_pid(pidfd: &std::os::fd::OwnedFd) -> Option<i32> {
+    use std::os::fd::AsRawFd;
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd())).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("Pid:"))?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Field 22 of a `/proc/PID/stat` line. The command name (field 2) may hold spaces and
@@ -203,6 +232,34 @@ mod tests {
         assert_eq!(reader.cached_digests(), 1);
         assert_eq!(reader.exe_sha256(pid).unwrap(), digest);
         assert_eq!(reader.cached_digests(), 1, "second call must hit the cache");
+    }
+
+    /// The owner of a binary can rewrite it and set its mtime back (`touch -r`): the digest
+    /// is of what the file holds now, not what the cache had for that mtime.
+    #[test]
+    fn a_rewritten_executable_with_its_mtime_restored_is_hashed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("app");
+        std::fs::write(&exe, b"the legitimate binary").unwrap();
+        std::fs::create_dir(dir.path().join("77")).unwrap();
+        std::os::unix::fs::symlink(&exe, dir.path().join("77/exe")).unwrap();
+        let reader = ProcReader::new(dir.path());
+        let first = reader.exe_sha256(77).unwrap();
+        let mtime = std::fs::metadata(&exe).unwrap().modified().unwrap();
+        // A filesystem with coarse timestamps gives the rewrite a later ctime only after a tick.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&exe, b"the malicious  binary").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&exe)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        assert_eq!(std::fs::metadata(&exe).unwrap().modified().unwrap(), mtime);
+        let second = reader.exe_sha256(77).unwrap();
+        assert_ne!(second, first);
+        let mut file = std::fs::File::open(&exe).unwrap();
+        assert_eq!(second, sha256_reader(&mut file).unwrap());
     }
 
     #[test]
