@@ -27,6 +27,12 @@ use crate::cache::CacheState;
 use crate::metrics::Metrics;
 use crate::workload_attestor::WorkloadAttestor;
 
+/// Attestations that run at once (on blocking threads); more callers wait their turn.
+const MAX_ATTESTING: usize = 4;
+/// Streams one connection may have open at once (HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`):
+/// a workload needs a few (SVIDs, bundles, JWT bundles); each open stream holds a task.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
+
 /// Why the Workload API could not be served.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -76,6 +82,7 @@ impl WorkloadApi {
         let service = service::Service::new(service::Inner {
             state,
             attestor: Arc::clone(&attestor),
+            attesting: Arc::new(tokio::sync::Semaphore::new(MAX_ATTESTING)),
             jwt: jwt::JwtCache::new(minter),
             metrics,
             closing: closing_rx,
@@ -115,6 +122,7 @@ impl WorkloadApi {
             .build_v1()
             .map_err(|e| WorkloadApiError::Reflection(e.to_string()))?;
         let result = tonic::transport::Server::builder()
+            .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
             .add_service(SpiffeWorkloadApiServer::new(self.service))
             .add_service(reflection)
             .serve_with_incoming_shutdown(incoming, shutdown)

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use futures::Stream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{debug, warn};
@@ -37,6 +37,10 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 pub(crate) struct Inner {
     pub(crate) state: watch::Receiver<Arc<CacheState>>,
     pub(crate) attestor: Arc<WorkloadAttestor>,
+    /// Attestations running at once. Each reads `/proc` and may hash an executable of up to
+    /// 1 GiB: they run on blocking threads, never on the async workers that serve everything
+    /// else, and at most this many at a time.
+    pub(crate) attesting: Arc<Semaphore>,
     pub(crate) jwt: JwtCache,
     pub(crate) metrics: Arc<Metrics>,
     /// Becomes `true` when the server shuts down; open streams then end.
@@ -59,17 +63,30 @@ impl Service {
     }
 
     /// Checks the security header (W-2), attests the caller and returns its selectors.
-    fn attest<T>(&self, req: &Request<T>) -> Result<BTreeSet<Selector>, Status> {
+    async fn attest<T>(&self, req: &Request<T>) -> Result<BTreeSet<Selector>, Status> {
         check_header(req)?;
         let peer = req
             .extensions()
             .get::<PeerInfo>()
-            .and_then(|p| p.0.as_ref())
+            .and_then(|p| p.0.clone())
             .ok_or_else(|| {
                 self.inner.metrics.attestation(AttestationResult::Error);
                 Status::permission_denied("caller could not be attested: no peer credentials")
             })?;
-        match self.inner.attestor.attest(peer) {
+        let unavailable = |_| Status::unavailable("agent is shutting down");
+        let permit = Arc::clone(&self.inner.attesting)
+            .acquire_owned()
+            .await
+            .map_err(unavailable)?;
+        let attestor = Arc::clone(&self.inner.attestor);
+        let (peer, attested) = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let attested = attestor.attest(&peer);
+            (peer, attested)
+        })
+        .await
+        .map_err(|_| Status::internal("workload attestation failed"))?;
+        match attested {
             Ok(selectors) => {
                 debug!(pid = peer.pid, uid = peer.uid, selectors = ?selectors, "workload attested");
                 Ok(selectors.into_iter().collect())
@@ -176,7 +193,7 @@ impl SpiffeWorkloadApi for Service {
         &self,
         req: Request<X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
-        let selectors = self.attest(&req)?;
+        let selectors = self.attest(&req).await?;
         let state = self.ready_state()?;
         self.require_identity(&state, &selectors)?;
         let first = responses::x509_svids(&state, &selectors)
@@ -192,7 +209,7 @@ impl SpiffeWorkloadApi for Service {
         &self,
         req: Request<X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
-        let selectors = self.attest(&req)?;
+        let selectors = self.attest(&req).await?;
         let state = self.ready_state()?;
         self.require_identity(&state, &selectors)?;
         let first = responses::x509_bundles(&state, &selectors)
@@ -208,7 +225,7 @@ impl SpiffeWorkloadApi for Service {
         &self,
         req: Request<JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
-        let selectors = self.attest(&req)?;
+        let selectors = self.attest(&req).await?;
         let state = self.ready_state()?;
         self.require_identity(&state, &selectors)?;
         let first = responses::jwt_bundles(&state, &selectors)
@@ -224,7 +241,7 @@ impl SpiffeWorkloadApi for Service {
         &self,
         req: Request<JwtsvidRequest>,
     ) -> Result<Response<JwtsvidResponse>, Status> {
-        let selectors = self.attest(&req)?;
+        let selectors = self.attest(&req).await?;
         let body = req.get_ref();
         if body.audience.is_empty() || body.audience.iter().any(String::is_empty) {
             return Err(Status::invalid_argument("audience must be specified"));
@@ -296,5 +313,78 @@ impl SpiffeWorkloadApi for Service {
             spiffe_id: valid.spiffe_id().to_string(),
             claims: Some(responses::json_to_struct(valid.claims())),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::workload_api::jwt::{JwtMinter, MintError, MintFuture};
+    use crate::workload_attestor::{PeerCredentials, ProcessPin};
+
+    #[derive(Debug)]
+    struct NoMinter;
+
+    impl JwtMinter for NoMinter {
+        fn mint<'a>(&'a self, _: &'a crate::cache::Entry, _: &'a [String]) -> MintFuture<'a> {
+            Box::pin(async { Err(MintError::Unavailable("no ca in this test".into())) })
+        }
+    }
+
+    /// An attestation that blocks (here, on a `/proc/PID/stat` that is a FIFO nobody writes
+    /// yet; for real, hashing a large executable) does not hold the runtime's thread: on a
+    /// single-threaded runtime, other work goes on while it waits.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_blocked_attestation_does_not_hold_the_async_runtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid = i32::try_from(std::process::id()).unwrap();
+        std::fs::create_dir(dir.path().join(pid.to_string())).unwrap();
+        let stat = dir.path().join(pid.to_string()).join("stat");
+        nix::unistd::mkfifo(&stat, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let (_cache, state) = crate::cache::Cache::new("example.org".parse().unwrap());
+        let (_closing_tx, closing) = watch::channel(false);
+        let service = Service::new(Inner {
+            state,
+            attestor: Arc::new(WorkloadAttestor::with_proc_root(dir.path())),
+            attesting: Arc::new(Semaphore::new(1)),
+            jwt: JwtCache::new(Arc::new(NoMinter)),
+            metrics: Arc::new(Metrics::new()),
+            closing,
+        });
+        let mut req = Request::new(());
+        req.metadata_mut()
+            .insert(WORKLOAD_API_HEADER, "true".parse().unwrap());
+        req.extensions_mut().insert(PeerInfo(Some(PeerCredentials {
+            pid,
+            uid: 0,
+            gid: 0,
+            start_time: Some(1),
+            pin: ProcessPin::Unsupported,
+        })));
+        // If the attestation ran on this thread, only this would end its wait (after 10 s).
+        let released = Arc::new(AtomicBool::new(false));
+        let fallback = {
+            let (stat, released) = (stat.clone(), Arc::clone(&released));
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_secs(10));
+                released.store(true, Ordering::SeqCst);
+                let _ = std::fs::OpenOptions::new().write(true).open(&stat);
+            })
+        };
+        let attesting = tokio::spawn(async move { service.attest(&req).await });
+        // The attestation has started and blocks on the FIFO; this thread goes on.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            !released.load(Ordering::SeqCst),
+            "the runtime was held until the fallback released the attestation"
+        );
+        // Release it: a stat line that is not one fails the attestation, as it should.
+        std::fs::write(&stat, "not a stat line").unwrap();
+        let attested = attesting.await.unwrap();
+        assert_eq!(attested.unwrap_err().code(), tonic::Code::PermissionDenied);
+        drop(fallback);
     }
 }
