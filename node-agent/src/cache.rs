@@ -319,7 +319,7 @@ impl Cache {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::Duration;
 
     use rcgen::{CertificateParams, KeyPair, PublicKeyData, SanType};
@@ -327,7 +327,8 @@ mod tests {
 
     use super::*;
 
-    fn svid(id: &str, life: Duration) -> Svid {
+    /// A self-signed SVID for `id`, valid from a second ago for `life`.
+    pub(crate) fn svid(id: &str, life: Duration) -> Svid {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.subject_alt_names = vec![SanType::URI(id.try_into().unwrap())];

@@ -13,6 +13,11 @@ use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 use crate::cache::Svid;
 use crate::trust::certificates_from_pem;
 
+const KEY: &str = "agent.key";
+const CERT: &str = "agent.pem";
+const NEXT_KEY: &str = "agent.key.next";
+const NEXT_CERT: &str = "agent.pem.next";
+
 /// A data-directory problem.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -50,25 +55,52 @@ impl Store {
 
     /// Writes `name` atomically (temp file + rename) with `mode`.
     fn write(&self, name: &str, data: &[u8], mode: u32) -> Result<(), StoreError> {
+        let tmp = format!(".{name}.tmp");
+        self.write_new(&tmp, data, mode)?;
+        self.rename(&tmp, name)?;
+        self.sync_dir()
+    }
+
+    /// Writes `name` afresh (replacing a leftover) with `mode`, and syncs it.
+    fn write_new(&self, name: &str, data: &[u8], mode: u32) -> Result<(), StoreError> {
         let target = self.path(name);
-        let tmp = self.path(&format!(".{name}.tmp"));
         let err = |e| StoreError::Write(target.clone(), e);
-        let _ = std::fs::remove_file(&tmp);
+        let _ = std::fs::remove_file(&target);
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(mode)
-            .open(&tmp)
+            .open(&target)
             .map_err(err)?;
         f.write_all(data).map_err(err)?;
-        f.sync_all().map_err(err)?;
-        std::fs::rename(&tmp, &target).map_err(err)
+        f.sync_all().map_err(err)
     }
 
-    /// Stores the agent SVID and key (0600).
+    fn rename(&self, from: &str, to: &str) -> Result<(), StoreError> {
+        std::fs::rename(self.path(from), self.path(to))
+            .map_err(|e| StoreError::Write(self.path(to), e))
+    }
+
+    /// Makes the renames in the directory durable.
+    fn sync_dir(&self) -> Result<(), StoreError> {
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| StoreError::Write(self.dir.clone(), e))
+    }
+
+    /// Stores the agent SVID and key (0600). Both are written in full first (`agent.key.next`,
+    /// `agent.pem.next`), then renamed into place one after the other: a crash between the
+    /// two renames leaves the new key beside the old certificate, and [`Store::load_agent`]
+    /// then finds the new certificate in `agent.pem.next`. A crash before them leaves the old
+    /// pair, which the CA still accepts (it keeps the previous serial until the new one is
+    /// used).
     pub fn save_agent(&self, svid: &Svid) -> Result<(), StoreError> {
-        self.write("agent.key", svid.key_pem().as_bytes(), 0o600)?;
-        self.write("agent.pem", svid.chain_pem().as_bytes(), 0o644)
+        self.write_new(NEXT_KEY, svid.key_pem().as_bytes(), 0o600)?;
+        self.write_new(NEXT_CERT, svid.chain_pem().as_bytes(), 0o644)?;
+        self.sync_dir()?;
+        self.rename(NEXT_KEY, KEY)?;
+        self.rename(NEXT_CERT, CERT)?;
+        self.sync_dir()
     }
 
     /// Stores the trust bundle PEM.
@@ -76,17 +108,32 @@ impl Store {
         self.write("bundle.pem", pem.as_bytes(), 0o644)
     }
 
-    /// The stored agent SVID, if there is one.
+    /// The stored agent SVID, if there is one: `agent.key` with `agent.pem`, or with
+    /// `agent.pem.next` when a save was cut between its two renames (the save is then
+    /// completed).
     pub fn load_agent(&self) -> Result<Option<Svid>, StoreError> {
-        let (cert_path, key_path) = (self.path("agent.pem"), self.path("agent.key"));
-        let (Ok(cert_pem), Ok(key_pem)) = (std::fs::read(&cert_path), std::fs::read(&key_path))
-        else {
+        let Ok(key_pem) = std::fs::read(self.path(KEY)) else {
             return Ok(None);
         };
+        if let Ok(cert_pem) = std::fs::read(self.path(NEXT_CERT))
+            && let Ok(svid) = self.pair(&cert_pem, &key_pem)
+        {
+            self.rename(NEXT_CERT, CERT)?;
+            self.sync_dir()?;
+            return Ok(Some(svid));
+        }
+        let Ok(cert_pem) = std::fs::read(self.path(CERT)) else {
+            return Ok(None);
+        };
+        self.pair(&cert_pem, &key_pem).map(Some)
+    }
+
+    /// The SVID of a certificate chain and a key, both PEM, if they belong together.
+    fn pair(&self, cert_pem: &[u8], key_pem: &[u8]) -> Result<Svid, StoreError> {
         let corrupt = |m: String| StoreError::Corrupt(self.dir.clone(), m);
         let chain: Vec<CertificateDer<'static>> =
-            certificates_from_pem("agent.pem", &cert_pem).map_err(|e| corrupt(e.to_string()))?;
-        let key = pem::parse(&key_pem).map_err(|_| corrupt("agent.key is not pem".into()))?;
+            certificates_from_pem(CERT, cert_pem).map_err(|e| corrupt(e.to_string()))?;
+        let key = pem::parse(key_pem).map_err(|_| corrupt("agent.key is not pem".into()))?;
         let pair = KeyPair::try_from(key.contents())
             .map_err(|_| corrupt("agent.key is not a pkcs#8 key".into()))?;
         let svid = Svid::new(
@@ -95,7 +142,7 @@ impl Store {
             &pair.subject_public_key_info(),
         )
         .map_err(|e| corrupt(e.to_string()))?;
-        Ok(Some(svid))
+        Ok(svid)
     }
 }
 
@@ -116,6 +163,87 @@ mod tests {
         assert_eq!(mode, 0o711);
         std::fs::write(dir.path().join("data/agent.pem"), "garbage").unwrap();
         std::fs::write(dir.path().join("data/agent.key"), "garbage").unwrap();
+        let err = store.load_agent().unwrap_err();
+        assert!(err.to_string().contains("unusable"), "{err}");
+    }
+
+    fn saved(store: &Store, id: &str) -> Svid {
+        let svid = crate::cache::tests::svid(id, std::time::Duration::from_secs(3600));
+        store.save_agent(&svid).unwrap();
+        svid
+    }
+
+    fn chain_of(svid: &Svid) -> String {
+        svid.chain_pem()
+    }
+
+    #[test]
+    fn a_saved_svid_loads_back_with_its_key_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let svid = saved(&store, "spiffe://example.org/agent/a");
+        let loaded = store.load_agent().unwrap().unwrap();
+        assert_eq!(chain_of(&loaded), chain_of(&svid));
+        let mode = |name: &str| {
+            std::fs::metadata(dir.path().join(name))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!(mode(KEY), 0o600);
+        assert!(!dir.path().join(NEXT_KEY).exists() && !dir.path().join(NEXT_CERT).exists());
+    }
+
+    /// A crash between the two renames of a save: the new key is in place, the new
+    /// certificate still in `agent.pem.next`. The new pair loads, and the save is completed.
+    #[test]
+    fn a_save_cut_between_its_renames_loads_the_new_pair() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let old = saved(&store, "spiffe://example.org/agent/a");
+        let new = crate::cache::tests::svid(
+            "spiffe://example.org/agent/a",
+            std::time::Duration::from_secs(3600),
+        );
+        store
+            .write_new(NEXT_KEY, new.key_pem().as_bytes(), 0o600)
+            .unwrap();
+        store
+            .write_new(NEXT_CERT, new.chain_pem().as_bytes(), 0o644)
+            .unwrap();
+        store.rename(NEXT_KEY, KEY).unwrap();
+        let loaded = store.load_agent().unwrap().unwrap();
+        assert_eq!(chain_of(&loaded), chain_of(&new));
+        assert_ne!(chain_of(&loaded), chain_of(&old));
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(CERT)).unwrap(),
+            new.chain_pem()
+        );
+        assert!(!dir.path().join(NEXT_CERT).exists());
+        // A later save cut before its renames: the pair in place is whole and loads.
+        store
+            .write_new(NEXT_KEY, old.key_pem().as_bytes(), 0o600)
+            .unwrap();
+        store
+            .write_new(NEXT_CERT, old.chain_pem().as_bytes(), 0o644)
+            .unwrap();
+        assert_eq!(
+            chain_of(&store.load_agent().unwrap().unwrap()),
+            chain_of(&new)
+        );
+    }
+
+    #[test]
+    fn a_key_that_is_not_the_certificates_is_named_unusable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        saved(&store, "spiffe://example.org/agent/a");
+        let other = crate::cache::tests::svid(
+            "spiffe://example.org/agent/a",
+            std::time::Duration::from_secs(3600),
+        );
+        std::fs::write(dir.path().join(KEY), other.key_pem()).unwrap();
         let err = store.load_agent().unwrap_err();
         assert!(err.to_string().contains("unusable"), "{err}");
     }
