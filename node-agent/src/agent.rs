@@ -47,6 +47,17 @@ pub enum AgentError {
     /// Health listener problem.
     #[error("cannot bind the health listener `{0}`: {1}")]
     Http(String, std::io::Error),
+    /// The agent SVID expired before it could be renewed (the CA was away), and the node's
+    /// attestation cannot be repeated (a join token is used once).
+    #[error(
+        "the agent svid `{spiffe_id}` expired at {expired} before it could be renewed, and a join token cannot attest the node again: create a new token (`warden token create`) and restart the agent with it"
+    )]
+    AgentSvidExpired {
+        /// The agent's SPIFFE ID.
+        spiffe_id: String,
+        /// When it expired (RFC 3339).
+        expired: String,
+    },
 }
 
 /// Runs the agent until `shutdown` completes.
@@ -102,17 +113,26 @@ pub async fn run(
         Arc::clone(&metrics),
         minter,
     );
-    let sync_task = tokio::spawn(syncer.run(cache, stopped(stop_rx.clone())));
+    let mut sync_task = tokio::spawn(syncer.run(cache, stopped(stop_rx.clone())));
 
-    shutdown.await;
-    info!("shutting down");
+    // The sync loop ends by itself only when the agent can go on no longer.
+    let fatal = tokio::select! {
+        () = shutdown => None,
+        ended = &mut sync_task => ended.ok().and_then(Result::err),
+    };
+    match &fatal {
+        None => info!("shutting down"),
+        Some(e) => tracing::error!(error = %e, "stopping the agent"),
+    }
     stop_tx.send_replace(true);
-    let _ = sync_task.await;
+    if fatal.is_none() {
+        let _ = sync_task.await;
+    }
     if let Ok(Err(e)) = api_task.await {
         warn!(error = %e, "workload api stopped with an error");
     }
     let _ = http_task.await;
-    Ok(())
+    fatal.map_or(Ok(()), Err)
 }
 
 /// A stored, unexpired agent SVID; else a fresh attestation.
@@ -163,6 +183,7 @@ async fn obtain_agent_svid(
     }
 }
 
+/// Attests the node to the CA at `config.server` (trusting `roots`) with `attestation`.
 async fn attest(
     config: &Config,
     roots: &[rustls_pki_types::CertificateDer<'static>],

@@ -1,7 +1,9 @@
 //! The sync loop: keeps the agent SVID renewed (half-life), the entries and bundles in step
 //! with the CA, and every entry's X.509-SVID fetched in batches and rotated at half-life with
 //! ±10% per-entry jitter. Failures leave the cache serving as it is and retry with
-//! exponential backoff and jitter.
+//! exponential backoff and jitter. An agent SVID that expired while the CA was away is
+//! replaced by attesting the node again with x509pop; with a join token (used once) the loop
+//! ends with [`AgentError::AgentSvidExpired`] and the agent stops.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -12,9 +14,11 @@ use rustls_pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
+use super::AgentError;
 use crate::ca_client::{CaClient, CaError};
 use crate::cache::{Cache, Entry, Svid};
 use crate::config::Config;
+use crate::config::NodeAttestation;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::workload_api::{JwtMinter, MintError, MintFuture, MintedJwt};
@@ -94,6 +98,14 @@ impl JwtMinter for CaMinter {
     }
 }
 
+/// Why an expired agent SVID was not replaced.
+enum Expired {
+    /// The node cannot attest again: the agent stops.
+    Fatal(AgentError),
+    /// Attesting again failed this time (the CA is away): retried with backoff.
+    Retry(CaError),
+}
+
 /// The sync loop's state.
 #[derive(Debug)]
 pub(crate) struct Syncer {
@@ -130,11 +142,22 @@ impl Syncer {
         }
     }
 
-    pub(crate) async fn run(mut self, mut cache: Cache, stop: impl Future<Output = ()>) {
+    /// Syncs until `stop` completes (`Ok`), or until the agent cannot go on: its SVID expired
+    /// and the node cannot attest again.
+    pub(crate) async fn run(
+        mut self,
+        mut cache: Cache,
+        stop: impl Future<Output = ()>,
+    ) -> Result<(), AgentError> {
         tokio::pin!(stop);
         let mut backoff = Backoff::new();
         loop {
-            let delay = match self.sync_once(&mut cache).await {
+            let synced = match self.replace_expired_agent_svid().await {
+                Ok(()) => self.sync_once(&mut cache).await,
+                Err(Expired::Fatal(e)) => return Err(e),
+                Err(Expired::Retry(e)) => Err(e),
+            };
+            let delay = match synced {
                 Ok(()) => {
                     backoff.reset();
                     let now = SystemTime::now();
@@ -163,9 +186,40 @@ impl Syncer {
             };
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
-                () = &mut stop => return,
+                () = &mut stop => return Ok(()),
             }
         }
+    }
+
+    /// Attests the node again when the agent SVID has expired (the CA refuses it for
+    /// everything, renewal included): with x509pop; with a join token, which is used once, the
+    /// agent cannot go on.
+    async fn replace_expired_agent_svid(&mut self) -> Result<(), Expired> {
+        let expired_at = self.agent.not_after();
+        if expired_at > SystemTime::now() {
+            return Ok(());
+        }
+        let x509pop = matches!(
+            self.config.attestation,
+            Some(NodeAttestation::X509Pop { .. })
+        );
+        let Some(attestation) = self.config.attestation.as_ref().filter(|_| x509pop) else {
+            return Err(Expired::Fatal(AgentError::AgentSvidExpired {
+                spiffe_id: self.agent.spiffe_id().to_string(),
+                expired: humantime::format_rfc3339_seconds(expired_at).to_string(),
+            }));
+        };
+        warn!(expired = %humantime::format_rfc3339_seconds(expired_at), "agent svid expired; attesting the node again");
+        let (svid, _) = super::attest(&self.config, &self.roots, attestation)
+            .await
+            .map_err(Expired::Retry)?;
+        if let Err(e) = self.store.save_agent(&svid) {
+            warn!(error = %e, "cannot store the new agent svid");
+        }
+        info!(spiffe_id = %svid.spiffe_id(), not_after = ?svid.not_after(), "node attested again");
+        self.agent = svid;
+        self.client = None;
+        Ok(())
     }
 
     async fn connect(&mut self) -> Result<CaClient, CaError> {

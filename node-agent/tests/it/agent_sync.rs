@@ -17,16 +17,16 @@ use warden_node_agent::{AgentError, Config};
 use crate::support::{TD, TestCa, uid_selector};
 use crate::test_ca::{TestCaServer, entry_proto, new_state};
 
-const WAIT: Duration = Duration::from_secs(20);
+pub(crate) const WAIT: Duration = Duration::from_secs(20);
 
-struct RunningAgent {
+pub(crate) struct RunningAgent {
     socket: PathBuf,
     http: String,
     stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), AgentError>>,
+    pub(crate) task: tokio::task::JoinHandle<Result<(), AgentError>>,
 }
 
-fn config(ca_addr: &str, dir: &Path, root_pem: &str, token: Option<&str>) -> Config {
+pub(crate) fn config(ca_addr: &str, dir: &Path, root_pem: &str, token: Option<&str>) -> Config {
     let bundle = dir.join("root.pem");
     std::fs::write(&bundle, root_pem).unwrap();
     Config {
@@ -41,7 +41,7 @@ fn config(ca_addr: &str, dir: &Path, root_pem: &str, token: Option<&str>) -> Con
 }
 
 impl RunningAgent {
-    fn start(config: Config) -> Self {
+    pub(crate) fn start(config: Config) -> Self {
         let (tx, rx) = oneshot::channel::<()>();
         let socket = config.socket.clone();
         let http = config.http_listen.to_string();
@@ -56,7 +56,7 @@ impl RunningAgent {
         }
     }
 
-    async fn client(&self) -> spiffe::WorkloadApiClient {
+    pub(crate) async fn client(&self) -> spiffe::WorkloadApiClient {
         let deadline = Instant::now() + WAIT;
         loop {
             if self.socket.exists()
@@ -74,7 +74,7 @@ impl RunningAgent {
     }
 
     /// Polls until the agent serves an X.509-SVID.
-    async fn first_svid(&self) -> spiffe::X509Svid {
+    pub(crate) async fn first_svid(&self) -> spiffe::X509Svid {
         let client = self.client().await;
         let deadline = Instant::now() + WAIT;
         loop {
@@ -83,6 +83,25 @@ impl RunningAgent {
                 Err(e) => assert!(Instant::now() < deadline, "no svid in time: {e:?}"),
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Polls until the agent serves `spiffe://<TD>/<path>` (it synced that entry), failing the
+    /// test if the agent stops first.
+    pub(crate) async fn serves(&self, client: &spiffe::WorkloadApiClient, path: &str) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let ids: Vec<String> = client
+                .fetch_all_x509_svids()
+                .await
+                .map(|v| v.iter().map(|s| s.spiffe_id().to_string()).collect())
+                .unwrap_or_default();
+            if ids.contains(&format!("spiffe://{TD}/{path}")) {
+                return;
+            }
+            assert!(!self.task.is_finished(), "the agent stopped");
+            assert!(Instant::now() < deadline, "agent did not resync: {ids:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -95,7 +114,7 @@ impl RunningAgent {
         out
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
@@ -107,7 +126,7 @@ impl RunningAgent {
     }
 }
 
-async fn ca_with(
+pub(crate) async fn ca_with(
     entries: usize,
     svid_ttl: Duration,
     agent_ttl: Duration,
@@ -405,19 +424,7 @@ async fn agent_keeps_serving_while_ca_is_down_and_resyncs_when_it_returns() {
         .entries
         .push(entry_proto("new", "new", &uid_selector()));
     let server = TestCaServer::start(Arc::clone(&ca), state, addr).await;
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let ids: Vec<String> = client
-            .fetch_all_x509_svids()
-            .await
-            .map(|v| v.iter().map(|s| s.spiffe_id().to_string()).collect())
-            .unwrap_or_default();
-        if ids.contains(&format!("spiffe://{TD}/new")) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "agent did not resync: {ids:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    agent.serves(&client, "new").await;
     agent.stop().await;
     server.stop().await;
 }

@@ -1,0 +1,87 @@
+//! An agent whose own SVID expires while the CA is away: it attests the node again with
+//! x509pop and carries on; with a join token (used once) it stops and says what to do.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use warden_node_agent::AgentError;
+use warden_node_agent::config::NodeAttestation;
+
+use crate::agent_sync::{RunningAgent, WAIT, ca_with, config};
+use crate::support::TestCa;
+use crate::test_ca::TestCaServer;
+
+/// Agent SVIDs live 2 s (renewed at half-life, unless the CA is away).
+const AGENT_TTL: Duration = Duration::from_secs(2);
+/// Longer than an agent SVID lives, `notAfter`'s whole second included.
+const OUTAGE: Duration = Duration::from_secs(4);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_token_agent_whose_svid_expired_stops_and_says_to_attest_again() {
+    let (ca, server) = ca_with(1, Duration::from_secs(3600), AGENT_TTL, &["tok"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = RunningAgent::start(config(
+        &server.addr.to_string(),
+        dir.path(),
+        &ca.root_pem(),
+        Some("tok"),
+    ));
+    agent.first_svid().await;
+    server.stop().await;
+    let ended = tokio::time::timeout(WAIT, agent.task)
+        .await
+        .unwrap()
+        .unwrap();
+    let Err(err @ AgentError::AgentSvidExpired { .. }) = ended else {
+        panic!("{ended:?}");
+    };
+    assert!(
+        err.to_string()
+            .contains("a join token cannot attest the node again"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_x509pop_agent_whose_svid_expired_attests_again_when_the_ca_returns() {
+    let (ca, server) = ca_with(1, Duration::from_secs(3600), AGENT_TTL, &[]).await;
+    let node_ca = TestCa::new("nodes.test");
+    server.state.lock().unwrap().node_ca = Some(node_ca.root().clone());
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_pem, key_pem) = node_ca.node_cert_pem("node-1");
+    std::fs::write(dir.path().join("node.pem"), &cert_pem).unwrap();
+    std::fs::write(dir.path().join("node.key"), &key_pem).unwrap();
+    let addr = server.addr;
+    let state = Arc::clone(&server.state);
+    let mut cfg = config(&addr.to_string(), dir.path(), &ca.root_pem(), None);
+    cfg.attestation = Some(NodeAttestation::X509Pop {
+        cert: dir.path().join("node.pem"),
+        key: dir.path().join("node.key"),
+    });
+    let agent = RunningAgent::start(cfg);
+    agent.first_svid().await;
+    server.stop().await;
+    tokio::time::sleep(OUTAGE).await;
+    let stored = std::fs::read(dir.path().join("data/agent.pem")).unwrap();
+
+    // The CA returns with a new entry: only an agent with a valid SVID can sync it.
+    state
+        .lock()
+        .unwrap()
+        .entries
+        .push(crate::test_ca::entry_proto(
+            "new",
+            "new",
+            &crate::support::uid_selector(),
+        ));
+    let server = TestCaServer::start(Arc::clone(&ca), state, addr).await;
+    let client = agent.client().await;
+    agent.serves(&client, "new").await;
+    assert_ne!(
+        std::fs::read(dir.path().join("data/agent.pem")).unwrap(),
+        stored,
+        "the new agent svid is stored"
+    );
+    agent.stop().await;
+    server.stop().await;
+}
