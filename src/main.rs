@@ -1,5 +1,8 @@
 //! `warden`: the one command-line door to Warden's CA, agent, policy engine and sidecar.
 
+#[macro_use]
+mod output;
+
 mod command;
 mod memory;
 

@@ -207,6 +207,41 @@ fn eval_denies_a_bad_spiffe_id_with_the_reason() {
     assert!(out.contains("is not a spiffe id"), "{out}");
 }
 
+/// A reader that went away (`warden policy eval … | grep -q deny`) is no crash: the rest of
+/// the output is dropped and the decision's exit code stands (allow 0, deny 2).
+#[test]
+fn eval_with_its_stdout_closed_keeps_the_decisions_exit_code() {
+    for (principal, want) in [
+        ("spiffe://example.org/ns/prod/sa/frontend", 0),
+        ("spiffe://example.org/ns/prod/sa/legacy-batch", 2),
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = std::process::Command::new(assert_cmd::cargo::cargo_bin!("warden"))
+            .args([
+                "policy",
+                "eval",
+                s(&shipped()),
+                "--principal",
+                principal,
+                "--action",
+                "POST",
+                "--resource",
+                "api",
+                "--path",
+                "/v1/orders",
+                "--header",
+                "Content-Type=application/json",
+            ])
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(want), "{principal}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
 #[test]
 fn eval_on_an_invalid_set_exits_3() {
     let dir = copy_of_shipped();

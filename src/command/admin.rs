@@ -240,9 +240,9 @@ pub(crate) fn run_token(cmd: TokenCommand) -> anyhow::Result<Exit> {
                 "token": t.token, "expires_at": t.expires_at, "agent_id": t.agent_id,
             })),
             Output::Table => {
-                println!("token:      {}", t.token);
-                println!("agent id:   {}", t.agent_id);
-                println!("expires at: {}", output::time(t.expires_at));
+                outln!("token:      {}", t.token);
+                outln!("agent id:   {}", t.agent_id);
+                outln!("expires at: {}", output::time(t.expires_at));
             }
         }
         Ok(Exit::Ok)
@@ -374,8 +374,8 @@ pub(crate) fn run_bundle(cmd: BundleCommand) -> anyhow::Result<Exit> {
                 };
                 let bundle = output::bundle_from_proto(&rpc(c.get_bundle(req).await)?)?;
                 match format {
-                    BundleFormat::Pem => print!("{}", bundle.to_pem()),
-                    BundleFormat::Jwks => println!("{}", bundle.to_jwks()),
+                    BundleFormat::Pem => out!("{}", bundle.to_pem()),
+                    BundleFormat::Jwks => outln!("{}", bundle.to_jwks()),
                 }
             }
             BundleCommand::List { conn } => {
@@ -442,12 +442,13 @@ pub(crate) fn run_audit(cmd: AuditCommand) -> anyhow::Result<Exit> {
                         "problem": if v.ok { None } else { Some(&v.problem) },
                     })),
                     Output::Table if v.ok => {
-                        println!("audit log verified: {} records, chain intact", v.records)
+                        outln!("audit log verified: {} records, chain intact", v.records)
                     }
                     Output::Table => {
-                        println!(
+                        outln!(
                             "audit log does not verify: first bad record is {}: {}",
-                            v.first_bad_seq, v.problem
+                            v.first_bad_seq,
+                            v.problem
                         );
                     }
                 }
@@ -460,7 +461,7 @@ pub(crate) fn run_audit(cmd: AuditCommand) -> anyhow::Result<Exit> {
 fn done(out: Output, message: &str) {
     match out {
         Output::Json => print_json(&serde_json::json!({ "ok": true, "message": message })),
-        Output::Table => println!("{message}"),
+        Output::Table => outln!("{message}"),
     }
 }
 

@@ -68,10 +68,10 @@ pub(crate) fn run(cmd: AgentCommand) -> anyhow::Result<Exit> {
             let ready =
                 super::runtime()?.block_on(warden_node_agent::client::healthcheck(&http_listen))?;
             if ready {
-                println!("ready");
+                outln!("ready");
                 Ok(Exit::Ok)
             } else {
-                println!("not ready");
+                outln!("not ready");
                 Ok(Exit::Error)
             }
         }
@@ -115,7 +115,7 @@ fn run_agent(args: RunArgs) -> anyhow::Result<Exit> {
             Some(warden_node_agent::config::NodeAttestation::X509Pop { .. }) => "x509pop",
             None => "stored agent svid",
         };
-        println!(
+        outln!(
             "configuration ok: ca `{}`, attestation by {attestation}, workload api `{}`",
             config.server,
             config.socket.display()

@@ -136,7 +136,7 @@ fn init(args: InitArgs) -> anyhow::Result<Exit> {
         force: args.force,
     };
     let report = super::runtime()?.block_on(init_ca(&opts))?;
-    println!(
+    outln!(
         "ca initialised for `{}`\n  trust anchor: {} (serial {}{})\n  datastore: {}",
         opts.trust_domain,
         report.root_cert_path.display(),
@@ -172,7 +172,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
             eprintln!("error: {e}");
             return Ok(Exit::Invalid);
         }
-        println!("configuration ok");
+        outln!("configuration ok");
         return Ok(Exit::Ok);
     }
     super::runtime()?.block_on(async {

@@ -76,7 +76,7 @@ pub(crate) fn run(cmd: PolicyCommand) -> anyhow::Result<Exit> {
     match cmd {
         PolicyCommand::Validate { dir } => Ok(match PolicySet::load(&dir) {
             Ok(set) => {
-                println!(
+                outln!(
                     "ok: {} policies, version {}",
                     set.policies().len(),
                     set.version()
@@ -152,11 +152,11 @@ fn fmt(dir: &Path, check: bool) -> anyhow::Result<Exit> {
     for f in files.iter().filter(|f| f.changed()) {
         unformatted += 1;
         if check {
-            println!("not formatted: {}", f.path().display());
+            outln!("not formatted: {}", f.path().display());
         } else {
             std::fs::write(f.path(), f.formatted())
                 .map_err(|e| anyhow::anyhow!("cannot write `{}`: {e}", f.path().display()))?;
-            println!("formatted: {}", f.path().display());
+            outln!("formatted: {}", f.path().display());
         }
     }
     Ok(if check && unformatted > 0 {
@@ -176,22 +176,22 @@ fn test(dir: &Path) -> anyhow::Result<Exit> {
         Err(e) => return Ok(report(&e, Exit::Error)),
     };
     for r in report_.results().iter().filter(|r| !r.passed()) {
-        println!("FAIL {} ({})", r.name(), r.file().display());
+        outln!("FAIL {} ({})", r.name(), r.file().display());
         let expected_ids = r
             .expected_policies()
             .map(|p| format!(" by [{}]", p.join(", ")))
             .unwrap_or_default();
-        println!("  expected: {}{expected_ids}", r.expected());
-        println!(
+        outln!("  expected: {}{expected_ids}", r.expected());
+        outln!(
             "  got:      {} by [{}]",
             r.decision().outcome(),
             r.decision().policy_ids().join(", ")
         );
         for e in r.decision().errors() {
-            println!("  error:    {e}");
+            outln!("  error:    {e}");
         }
     }
-    println!("{} passed, {} failed", report_.passed(), report_.failed());
+    outln!("{} passed, {} failed", report_.passed(), report_.failed());
     Ok(if report_.failed() > 0 {
         Exit::Denied
     } else {
@@ -216,10 +216,10 @@ fn eval(dir: &Path, spec: &RequestSpec) -> anyhow::Result<Exit> {
 }
 
 fn print_decision(set: &PolicySet, decision: &Decision, indent: &str) {
-    println!("{indent}decision: {}", decision.outcome());
-    println!("{indent}version:  {}", set.version());
+    outln!("{indent}decision: {}", decision.outcome());
+    outln!("{indent}version:  {}", set.version());
     if decision.policy_ids().is_empty() {
-        println!("{indent}policies: none (default deny)");
+        outln!("{indent}policies: none (default deny)");
     }
     for id in decision.policy_ids() {
         let location = set
@@ -227,10 +227,10 @@ fn print_decision(set: &PolicySet, decision: &Decision, indent: &str) {
             .and_then(|p| p.location())
             .map(ToString::to_string)
             .unwrap_or_default();
-        println!("{indent}policy:   {id} ({location})");
+        outln!("{indent}policy:   {id} ({location})");
     }
     for e in decision.errors() {
-        println!("{indent}error:    {e}");
+        outln!("{indent}error:    {e}");
     }
 }
 
@@ -246,7 +246,7 @@ fn diff(old_dir: &Path, new_dir: &Path, requests: &Path) -> anyhow::Result<Exit>
     for c in report_.changes() {
         let r = c.record();
         let who = r.peer_spiffe_id.as_deref().unwrap_or("anonymous");
-        println!(
+        outln!(
             "{}:{}: {who} {} {} {}: {} -> {}",
             requests.display(),
             c.line(),
@@ -256,13 +256,13 @@ fn diff(old_dir: &Path, new_dir: &Path, requests: &Path) -> anyhow::Result<Exit>
             c.old().outcome(),
             c.new_decision().outcome()
         );
-        println!("  old: [{}]", c.old().policy_ids().join(", "));
-        println!("  new: [{}]", c.new_decision().policy_ids().join(", "));
+        outln!("  old: [{}]", c.old().policy_ids().join(", "));
+        outln!("  new: [{}]", c.new_decision().policy_ids().join(", "));
         for e in c.new_decision().errors() {
-            println!("  error: {e}");
+            outln!("  error: {e}");
         }
     }
-    println!(
+    outln!(
         "{} requests replayed, {} decisions change",
         report_.replayed(),
         report_.changes().len()

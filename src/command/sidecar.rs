@@ -156,7 +156,7 @@ fn run_sidecar(args: RunArgs) -> anyhow::Result<Exit> {
             },
             None => String::new(),
         };
-        println!("config ok: {}{policy}", config.summary());
+        outln!("config ok: {}{policy}", config.summary());
         for warning in config.warnings() {
             eprintln!("warning: {warning}");
         }

@@ -38,17 +38,17 @@ pub(crate) fn run(cmd: SvidCommand) -> anyhow::Result<Exit> {
             let rt = super::runtime()?;
             if jwt {
                 for (id, token) in rt.block_on(client::fetch_jwt(&socket, &audience))? {
-                    println!("{id}\n{token}");
+                    outln!("{id}\n{token}");
                 }
                 return Ok(Exit::Ok);
             }
             let svids = rt.block_on(client::fetch_x509(&socket))?;
             for s in &svids {
-                println!("{}\texpires {}", s.spiffe_id, s.expires);
+                outln!("{}\texpires {}", s.spiffe_id, s.expires);
             }
             if let (Some(dir), Some(default)) = (write, svids.first()) {
                 client::write_svid(&dir, default)?;
-                println!("wrote {}/svid.pem, svid.key, bundle.pem", dir.display());
+                outln!("wrote {}/svid.pem, svid.key, bundle.pem", dir.display());
             }
             Ok(Exit::Ok)
         }

@@ -9,7 +9,6 @@ mod steps;
 mod summary;
 mod supervisor;
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -24,16 +23,6 @@ use self::layout::{Layout, Ports, Workload};
 use self::steps::StepError;
 use self::supervisor::Supervisor;
 use super::Exit;
-
-/// Prints a line to stdout, ignoring a closed stdout (the mesh still has to be stopped cleanly).
-macro_rules! say {
-    ($($arg:tt)*) => {{
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, $($arg)*);
-        let _ = out.flush();
-    }};
-}
-pub(crate) use say;
 
 /// `warden up` flags.
 #[derive(Debug, clap::Args)]

@@ -17,7 +17,7 @@ pub(crate) enum Output {
 }
 
 pub(crate) fn print_json(v: &Value) {
-    println!(
+    outln!(
         "{}",
         serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
     );
@@ -36,7 +36,7 @@ fn table(headers: &[&str], rows: &[Vec<String>]) {
             .zip(&widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
-        println!("{}", parts.join("  ").trim_end());
+        outln!("{}", parts.join("  ").trim_end());
     };
     line(headers.iter().map(|h| (*h).to_owned()).collect());
     for row in rows {
@@ -92,7 +92,7 @@ pub(crate) fn print_entry(out: Output, e: &v1::Entry) {
                 ("updated", time(e.updated_at)),
             ];
             for (k, v) in rows {
-                println!("{:<15} {v}", format!("{k}:"));
+                outln!("{:<15} {v}", format!("{k}:"));
             }
         }
     }

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::layout::{self, Workload};
 use super::supervisor::{Running, Supervisor, one_shot};
-use super::{Plan, probe, say};
+use super::{Plan, probe};
 
 /// Steps in all (the progress lines say `[i/TOTAL]`).
 const TOTAL: usize = 9;

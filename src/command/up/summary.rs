@@ -1,9 +1,7 @@
 //! The summary `warden up` prints once the mesh runs: trust domain, workloads, logs, and two
 //! requests to paste — one the policies allow, one they deny.
 
-use std::io::Write as _;
-
-use super::{Plan, say};
+use super::Plan;
 
 /// Prints the summary to stdout.
 pub(crate) fn print(plan: &Plan) {

@@ -5,7 +5,7 @@
 
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+use std::io::{Read as _, Seek as _, SeekFrom};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -133,7 +133,7 @@ impl Running {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        super::say!(
+        say!(
             "  {} did not stop within {} s of SIGTERM: killing it",
             self.what,
             STOP_GRACE.as_secs()
@@ -226,7 +226,7 @@ impl Supervisor {
     pub(crate) fn stop_all(&mut self, announce: bool) {
         while let Some(mut c) = self.children.pop() {
             if announce && c.exited().is_none() {
-                println!("  stopping {}", c.what);
+                say!("  stopping {}", c.what);
             }
             c.stop();
         }
