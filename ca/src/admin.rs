@@ -113,6 +113,17 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AdminError> {
     let listener = bind(socket).await?;
+    serve_bound(listener, socket, service, shutdown).await
+}
+
+/// [`serve`] on a socket already bound by [`bind`] (`warden ca serve` binds it before anything
+/// else, so that a second CA on the same data directory stops at once).
+pub(crate) async fn serve_bound(
+    listener: UnixListener,
+    socket: &Path,
+    service: AdminService,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), AdminError> {
     let check = PeerCheck::new(nix::unistd::Uid::effective().as_raw());
     tracing::info!(socket = %socket.display(), "admin api listening");
     let result = tonic::transport::Server::builder()
@@ -125,7 +136,8 @@ pub async fn serve(
     result.map_err(AdminError::from)
 }
 
-async fn bind(socket: &Path) -> Result<UnixListener, AdminError> {
+/// Binds the admin socket (see [`serve`]): refuses one in use by a live process.
+pub(crate) async fn bind(socket: &Path) -> Result<UnixListener, AdminError> {
     if let Some(dir) = socket
         .parent()
         .filter(|d| !d.as_os_str().is_empty() && !d.exists())

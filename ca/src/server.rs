@@ -9,7 +9,9 @@ mod tls;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use tokio::net::TcpListener;
@@ -57,6 +59,9 @@ pub enum ServerError {
     /// TLS setup failed.
     #[error("tls setup failed: {0}")]
     Tls(String),
+    /// The admin socket could not be bound (another CA serves this data directory).
+    #[error(transparent)]
+    Admin(#[from] crate::admin::AdminError),
     /// A listener failed while serving.
     #[error("{what} server failed: {reason}")]
     Serve {
@@ -78,7 +83,11 @@ pub struct Running {
     pub authority: Arc<Authority>,
     stop: watch::Sender<bool>,
     tasks: Vec<(&'static str, JoinHandle<Result<(), String>>)>,
+    /// Tasks that ended before the shutdown, with their results.
+    ended: Vec<(&'static str, TaskResult)>,
 }
+
+type TaskResult = Result<Result<(), String>, tokio::task::JoinError>;
 
 /// Starts the CA with the system clock.
 pub async fn start(config: &Config) -> Result<Running, ServerError> {
@@ -92,6 +101,8 @@ pub async fn start_with_clock(
 ) -> Result<Running, ServerError> {
     let td = read_trust_domain(&config.data_dir)?;
     let node_cas = read_node_cas(&config.node_cas)?;
+    // First: a second CA on this data directory stops here, before it touches the datastore.
+    let admin_listener = crate::admin::bind(&config.admin_socket).await?;
     let ds = Datastore::open(&config.datastore).await?;
     let authority = Authority::load(&config.data_dir, td, ds, clock, config.ttls).await?;
     let metrics = Arc::new(Metrics::new());
@@ -156,7 +167,7 @@ pub async fn start_with_clock(
     tasks.push((
         "admin api",
         tokio::spawn(async move {
-            crate::admin::serve(&admin_socket, admin, admin_stop)
+            crate::admin::serve_bound(admin_listener, &admin_socket, admin, admin_stop)
                 .await
                 .map_err(|e| e.to_string())
         }),
@@ -180,6 +191,7 @@ pub async fn start_with_clock(
         authority,
         stop,
         tasks,
+        ended: Vec::new(),
     })
 }
 
@@ -197,18 +209,42 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> Result<
         datastore = %running.authority.datastore().location(),
         "datastore open"
     );
-    shutdown.await;
-    tracing::info!("shutting down");
+    let mut running = running;
+    tokio::select! {
+        () = shutdown => tracing::info!("shutting down"),
+        what = running.first_to_end() => tracing::error!(listener = what, "stopped early; shutting down"),
+    }
     running.shutdown().await
 }
 
 impl Running {
+    /// Completes when a listener or the rotation loop ends by itself (each runs until the
+    /// shutdown otherwise), with its name. Its result is kept for [`Running::shutdown`].
+    async fn first_to_end(&mut self) -> &'static str {
+        let (index, what, result) = std::future::poll_fn(|cx| {
+            for (index, (what, task)) in self.tasks.iter_mut().enumerate() {
+                if let Poll::Ready(result) = Pin::new(task).poll(cx) {
+                    return Poll::Ready((index, *what, result));
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        self.tasks.remove(index);
+        self.ended.push((what, result));
+        what
+    }
+
     /// Stops every listener and the rotation loop, waits for them, closes the datastore.
     pub async fn shutdown(self) -> Result<(), ServerError> {
         let _ = self.stop.send(true);
         let mut first_err = None;
+        let mut results = self.ended;
         for (what, task) in self.tasks {
-            match task.await {
+            results.push((what, task.await));
+        }
+        for (what, result) in results {
+            match result {
                 Ok(Ok(())) => {}
                 Ok(Err(reason)) => {
                     first_err.get_or_insert(ServerError::Serve { what, reason });

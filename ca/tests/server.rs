@@ -291,6 +291,30 @@ async fn init_writes_private_files_and_refuses_to_overwrite() {
     running.shutdown().await.unwrap();
 }
 
+/// A second CA on the data directory of a running one stops at once, naming the admin socket
+/// in use, before it opens the datastore; the first goes on serving. Before, the second ran
+/// without an admin API, answered `/readyz` and published bundles of its own, and said so
+/// only when stopped.
+#[tokio::test]
+async fn a_second_ca_on_a_served_data_dir_stops_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    init(dir.path()).await;
+    let cfg = config(dir.path(), default_ttls(), vec![]);
+    let first = warden_ca::server::start(&cfg).await.unwrap();
+    let err = warden_ca::server::start(&cfg).await.unwrap_err();
+    assert!(
+        matches!(err, warden_ca::server::ServerError::Admin(_))
+            && err.to_string().contains("admin.sock")
+            && err.to_string().contains("in use"),
+        "{err}"
+    );
+    // The first CA's admin socket is still there, and still answers.
+    tokio::net::UnixStream::connect(dir.path().join("admin.sock"))
+        .await
+        .unwrap();
+    first.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn upstream_ca_becomes_the_trust_anchor() {
     let dir = tempfile::tempdir().unwrap();
