@@ -156,10 +156,10 @@ fn agent_run_with_missing_trust_bundle_names_the_file() {
         .arg(dir.path().join("data"))
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(3));
     let err = stderr(&out);
     assert!(
-        err.contains("cannot read trust bundle") && err.contains("missing.pem"),
+        err.contains("`trust_bundle` file") && err.contains("missing.pem"),
         "{err}"
     );
     assert!(!err.contains("error: t\n"), "the token must not be echoed");

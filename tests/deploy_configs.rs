@@ -72,20 +72,27 @@ fn ca_dir(tmp: &Path) -> PathBuf {
     dir
 }
 
+/// `warden ca serve --check-config --config <config> --data-dir <ca>`, then `extra`.
+fn ca_check(config: &Path, ca: &Path, extra: &[&str]) -> (Option<i32>, String, String) {
+    let mut args = vec![
+        "ca",
+        "serve",
+        "--check-config",
+        "--config",
+        s(config),
+        "--data-dir",
+        s(ca),
+    ];
+    args.extend_from_slice(extra);
+    warden(&args)
+}
+
 #[test]
 fn example_ca_config_passes_check_config() {
     let tmp = tempfile::tempdir().unwrap();
     let ca = ca_dir(tmp.path());
     // `data_dir` points at the CA made above; every other key is the example's.
-    let (code, out, err) = warden(&[
-        "ca",
-        "serve",
-        "--check-config",
-        "--config",
-        s(&deploy("ca.toml")),
-        "--data-dir",
-        s(&ca),
-    ]);
+    let (code, out, err) = ca_check(&deploy("ca.toml"), &ca, &[]);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("configuration ok"), "{out}");
 }
@@ -104,28 +111,25 @@ fn broken_ca_configs_fail_naming_the_key() {
         ),
     ] {
         let bad = broken(tmp.path(), "ca.toml", from, to);
-        let (code, out, err) = warden(&[
-            "ca",
-            "serve",
-            "--check-config",
-            "--config",
-            s(&bad),
-            "--data-dir",
-            s(&ca),
-        ]);
+        let (code, out, err) = ca_check(&bad, &ca, &[]);
         assert_eq!(code, Some(3), "{to}: {out}{err}");
         assert!(err.contains(&format!("`{named}`")), "{to}: {err}");
     }
 }
 
+/// The example with the trust bundle a CA would have handed out (the check reads it).
 #[test]
 fn example_agent_config_passes_check_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = ca_dir(tmp.path()).join("root.crt.pem");
     let (code, out, err) = warden(&[
         "agent",
         "run",
         "--check-config",
         "--config",
         s(&deploy("agent.toml")),
+        "--trust-bundle",
+        s(&bundle),
     ]);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(
@@ -155,6 +159,58 @@ fn broken_agent_configs_fail_naming_the_key() {
         let (code, out, err) = warden(&["agent", "run", "--check-config", "--config", s(&bad)]);
         assert_eq!(code, Some(3), "{to}: {out}{err}");
         assert!(err.contains(&format!("`{named}`")), "{to}: {err}");
+    }
+}
+
+/// `--check-config` reads the files the config names, as starting would: a missing or garbled
+/// trust bundle or node CA file, or a server that is no `host:port`, fails the check (exit 3)
+/// naming the setting, not the start after it.
+#[test]
+fn check_config_fails_for_what_would_fail_the_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = ca_dir(tmp.path());
+    let bundle = ca.join("root.crt.pem");
+    let junk = tmp.path().join("junk.pem");
+    std::fs::write(&junk, "not pem").unwrap();
+    let example = deploy("agent.toml");
+    let agent = |extra: &[&str]| {
+        let mut args = vec!["agent", "run", "--check-config", "--config", s(&example)];
+        args.extend_from_slice(extra);
+        warden(&args)
+    };
+    for (extra, named) in [
+        (
+            vec!["--trust-bundle", "/nonexistent/bundle.pem"],
+            "`trust_bundle` file `/nonexistent/bundle.pem`",
+        ),
+        (vec!["--trust-bundle", s(&junk)], "`trust_bundle` file"),
+        (
+            vec!["--trust-bundle", s(&bundle), "--server", "nohostport"],
+            "invalid `server`: `nohostport`",
+        ),
+        (
+            vec![
+                "--trust-bundle",
+                s(&bundle),
+                "--x509pop-cert",
+                s(&junk),
+                "--x509pop-key",
+                s(&junk),
+            ],
+            "`x509pop_cert` file",
+        ),
+    ] {
+        let (code, out, err) = agent(&extra);
+        assert_eq!(code, Some(3), "{extra:?}: {out}{err}");
+        assert!(err.contains(named), "{extra:?}: {err}");
+    }
+    for node_ca in ["/nonexistent/node-ca.pem", s(&junk)] {
+        let (code, out, err) = ca_check(&deploy("ca.toml"), &ca, &["--node-ca", node_ca]);
+        assert_eq!(code, Some(3), "{node_ca}: {out}{err}");
+        assert!(
+            err.contains("invalid node ca file") && err.contains(node_ca),
+            "{err}"
+        );
     }
 }
 

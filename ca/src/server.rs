@@ -89,6 +89,15 @@ pub struct Running {
 
 type TaskResult = Result<Result<(), String>, tokio::task::JoinError>;
 
+/// Reads what starting reads from the files `config` names, short of the datastore and the
+/// keys: the data directory's trust domain and the node CA files. `--check-config` runs
+/// this, so that a configuration it passes does not fail to start for one of them.
+pub fn check(config: &Config) -> Result<(), ServerError> {
+    read_trust_domain(&config.data_dir)?;
+    read_node_cas(&config.node_cas)?;
+    Ok(())
+}
+
 /// Starts the CA with the system clock.
 pub async fn start(config: &Config) -> Result<Running, ServerError> {
     start_with_clock(config, Arc::new(SystemClock)).await

@@ -103,6 +103,16 @@ pub enum ConfigError {
     /// Both attestation methods given, or half of x509pop.
     #[error("{0}")]
     Attestation(&'static str),
+    /// A file the configuration names is unusable.
+    #[error("`{key}` file `{path}`: {reason}")]
+    File {
+        /// The setting that names it.
+        key: &'static str,
+        /// The path.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 // === impl RawConfig ===
@@ -137,6 +147,9 @@ impl TryFrom<RawConfig> for Config {
 
     fn try_from(raw: RawConfig) -> Result<Self, Self::Error> {
         let server = raw.server.ok_or(ConfigError::Missing("server", "server"))?;
+        if !is_host_port(&server) {
+            return Err(ConfigError::Invalid("server", server));
+        }
         let trust_bundle = raw
             .trust_bundle
             .ok_or(ConfigError::Missing("trust_bundle", "trust-bundle"))?;
@@ -188,6 +201,57 @@ impl TryFrom<RawConfig> for Config {
             sync_interval,
         })
     }
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Reads the files the configuration names, as starting would: the trust bundle (PEM
+    /// certificates) and the x509pop certificate and key. `--check-config` runs this, so that
+    /// a configuration it passes does not fail to start for a missing or garbled file.
+    pub fn check_files(&self) -> Result<(), ConfigError> {
+        let file = |key: &'static str, path: &Path| -> Result<Vec<u8>, ConfigError> {
+            std::fs::read(path).map_err(|e| ConfigError::File {
+                key,
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })
+        };
+        let bad = |key: &'static str, path: &Path, reason: String| ConfigError::File {
+            key,
+            path: path.display().to_string(),
+            reason,
+        };
+        let bundle = file("trust_bundle", &self.trust_bundle)?;
+        crate::trust::certificates_from_pem("trust bundle", &bundle)
+            .map_err(|e| bad("trust_bundle", &self.trust_bundle, e.to_string()))?;
+        if let Some(NodeAttestation::X509Pop { cert, key }) = &self.attestation {
+            let chain = file("x509pop_cert", cert)?;
+            crate::trust::certificates_from_pem("x509pop certificate", &chain)
+                .map_err(|e| bad("x509pop_cert", cert, e.to_string()))?;
+            let key_pem = file("x509pop_key", key)?;
+            pem::parse(&key_pem)
+                .map_err(|_| bad("x509pop_key", key, "holds no pem private key".into()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether `s` is `host:port`: a host name or IP address (IPv6 in brackets) and a port.
+fn is_host_port(s: &str) -> bool {
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return false;
+    };
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        }
+    };
+    host_ok && port.parse::<u16>().is_ok_and(|p| p != 0)
 }
 
 #[cfg(test)]
@@ -265,6 +329,85 @@ mod tests {
             Config::try_from(bad).unwrap_err().to_string(),
             "invalid `sync_interval`: `soon`"
         );
+    }
+
+    #[test]
+    fn a_server_that_is_not_host_and_port_is_named() {
+        for good in [
+            "ca.example.org:8081",
+            "127.0.0.1:8081",
+            "[::1]:8081",
+            "ca:1",
+        ] {
+            let raw = RawConfig {
+                server: Some(good.into()),
+                ..base()
+            };
+            assert!(Config::try_from(raw).is_ok(), "{good}");
+        }
+        for bad in [
+            "nohostport",
+            "ca:",
+            ":8081",
+            "ca:0",
+            "ca:99999",
+            "http://ca:8081",
+            "[::1:8081",
+        ] {
+            let raw = RawConfig {
+                server: Some(bad.into()),
+                ..base()
+            };
+            assert_eq!(
+                Config::try_from(raw).unwrap_err(),
+                ConfigError::Invalid("server", bad.into()),
+                "{bad}"
+            );
+        }
+    }
+
+    /// What starting would read, `--check-config` reads: a missing or garbled trust bundle or
+    /// x509pop file is named with its setting.
+    #[test]
+    fn files_the_config_names_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name);
+        let config = |bundle: &str, pop: Option<(&str, &str)>| {
+            Config::try_from(RawConfig {
+                trust_bundle: Some(path(bundle)),
+                join_token: pop.is_none().then(|| "t".into()),
+                x509pop_cert: pop.map(|(c, _)| path(c)),
+                x509pop_key: pop.map(|(_, k)| path(k)),
+                ..base()
+            })
+            .unwrap()
+        };
+        let key = |e: ConfigError| match e {
+            ConfigError::File { key, .. } => key,
+            other => panic!("{other}"),
+        };
+        let ca = rcgen::CertificateParams::new(vec!["n".into()]).unwrap();
+        let pair = rcgen::KeyPair::generate().unwrap();
+        std::fs::write(path("good.pem"), ca.self_signed(&pair).unwrap().pem()).unwrap();
+        std::fs::write(path("good.key"), pair.serialize_pem()).unwrap();
+        std::fs::write(path("junk.pem"), "junk").unwrap();
+        assert!(config("good.pem", None).check_files().is_ok());
+        assert!(
+            config("good.pem", Some(("good.pem", "good.key")))
+                .check_files()
+                .is_ok()
+        );
+        assert_eq!(
+            key(config("nope.pem", None).check_files().unwrap_err()),
+            "trust_bundle"
+        );
+        let junk = config("junk.pem", None).check_files().unwrap_err();
+        assert!(junk.to_string().contains("junk.pem"), "{junk}");
+        assert_eq!(key(junk), "trust_bundle");
+        let pop = |c, k| key(config("good.pem", Some((c, k))).check_files().unwrap_err());
+        assert_eq!(pop("junk.pem", "good.key"), "x509pop_cert");
+        assert_eq!(pop("good.pem", "nope.key"), "x509pop_key");
+        assert_eq!(pop("good.pem", "junk.pem"), "x509pop_key");
     }
 
     #[test]

@@ -102,7 +102,8 @@ fn run_agent(args: RunArgs) -> anyhow::Result<Exit> {
         http_listen: args.http_listen,
         sync_interval: args.sync_interval,
     };
-    let config = match Config::try_from(file.merge(flags)) {
+    let config = match Config::try_from(file.merge(flags)).and_then(|c| c.check_files().map(|()| c))
+    {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");

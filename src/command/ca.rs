@@ -167,11 +167,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
             return Ok(Exit::Invalid);
         }
     };
+    if let Err(e) = warden_ca::server::check(&config) {
+        eprintln!("error: {e}");
+        return Ok(Exit::Invalid);
+    }
     if args.check_config {
-        if let Err(e) = warden_ca::authority::read_trust_domain(&config.data_dir) {
-            eprintln!("error: {e}");
-            return Ok(Exit::Invalid);
-        }
         outln!("configuration ok");
         return Ok(Exit::Ok);
     }
