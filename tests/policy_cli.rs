@@ -312,6 +312,28 @@ fn fmt_check_lists_unformatted_files_and_fmt_fixes_them() {
     assert_eq!(code, 0, "formatting keeps the set valid: {err}");
 }
 
+/// A file `fmt` cannot rewrite is left as it was, and the command fails naming it. Before,
+/// `fmt` truncated the file and then wrote it: a failure in between left it empty, which is
+/// still a valid policy file, with the policies in it gone.
+#[test]
+fn fmt_that_cannot_write_a_file_leaves_it_whole() {
+    let dir = copy_of_shipped();
+    let ugly = "@id(\"u\")   permit(principal,action,resource)  ;";
+    std::fs::write(dir.path().join("ugly.cedar"), ugly).unwrap();
+    // A directory where the rewrite's temporary file goes.
+    std::fs::create_dir(dir.path().join(".ugly.cedar.fmt.tmp")).unwrap();
+    let (code, out, err) = run(&["policy", "fmt", s(dir.path())]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("cannot write") && err.contains("ugly.cedar"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("ugly.cedar")).unwrap(),
+        ugly
+    );
+}
+
 #[test]
 fn fmt_reports_a_syntax_error_with_its_location() {
     let dir = copy_of_shipped();

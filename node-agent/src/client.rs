@@ -1,8 +1,6 @@
 //! A small Workload API client for `warden svid fetch` and `warden agent healthcheck`: fetches
 //! X.509-SVIDs and JWT-SVIDs from an agent socket and writes them as PEM files.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -161,26 +159,30 @@ pub async fn fetch_jwt(
         .collect())
 }
 
-/// Writes `svid.pem`, `svid.key` (0600) and `bundle.pem` of `svid` into `dir`.
+/// Writes `svid.pem`, `svid.key` (0600) and `bundle.pem` of `svid` into `dir`: all three in
+/// full first (`.svid.pem.tmp`, …), then each renamed into place, so that a failure loses no
+/// file that was there and a reader never sees a half-written one.
 pub fn write_svid(dir: &Path, svid: &FetchedSvid) -> Result<(), ClientError> {
     std::fs::create_dir_all(dir).map_err(|e| ClientError::Write(dir.to_owned(), e))?;
-    for (name, data, mode) in [
+    let files = [
         ("svid.pem", &svid.chain_pem, 0o644),
         ("svid.key", &svid.key_pem, 0o600),
         ("bundle.pem", &svid.bundle_pem, 0o644),
-    ] {
-        let path = dir.join(name);
-        let _ = std::fs::remove_file(&path);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&path)
-            .map_err(|e| ClientError::Write(path.clone(), e))?;
-        f.write_all(data.as_bytes())
-            .map_err(|e| ClientError::Write(path.clone(), e))?;
+    ];
+    let tmp = |name: &str| dir.join(format!(".{name}.tmp"));
+    for (name, data, mode) in &files {
+        if let Err(e) = crate::store::write_new(&tmp(name), data.as_bytes(), *mode) {
+            for (name, _, _) in &files {
+                let _ = std::fs::remove_file(tmp(name));
+            }
+            return Err(ClientError::Write(dir.join(name), e));
+        }
     }
-    Ok(())
+    for (name, _, _) in &files {
+        let path = dir.join(name);
+        std::fs::rename(tmp(name), &path).map_err(|e| ClientError::Write(path, e))?;
+    }
+    crate::store::sync_dir(dir).map_err(|e| ClientError::Write(dir.to_owned(), e))
 }
 
 /// Asks the agent's `/readyz` at `addr`; `Ok(true)` when ready.
@@ -226,5 +228,59 @@ mod tests {
             Err(ClientError::BadAddress(_))
         ));
         assert!(matches!(socket_path(None), Err(ClientError::NoSocket)));
+    }
+
+    fn fetched(n: u8) -> FetchedSvid {
+        FetchedSvid {
+            spiffe_id: "spiffe://example.org/w".into(),
+            expires: String::new(),
+            chain_pem: format!("chain {n}"),
+            key_pem: format!("key {n}"),
+            bundle_pem: format!("bundle {n}"),
+        }
+    }
+
+    fn read(dir: &Path, name: &str) -> String {
+        std::fs::read_to_string(dir.join(name)).unwrap()
+    }
+
+    /// Writing over an earlier SVID replaces all three files; a write that fails part-way
+    /// leaves all three as they were (and no temporary file), naming the file it could not
+    /// write.
+    #[test]
+    fn writing_an_svid_replaces_all_files_or_none() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        write_svid(dir.path(), &fetched(1)).unwrap();
+        write_svid(dir.path(), &fetched(2)).unwrap();
+        assert_eq!(
+            [
+                read(dir.path(), "svid.pem"),
+                read(dir.path(), "svid.key"),
+                read(dir.path(), "bundle.pem")
+            ],
+            ["chain 2", "key 2", "bundle 2"]
+        );
+        let mode = std::fs::metadata(dir.path().join("svid.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // The last file cannot be written (a directory stands where its temporary goes).
+        std::fs::create_dir(dir.path().join(".bundle.pem.tmp")).unwrap();
+        let err = write_svid(dir.path(), &fetched(3)).unwrap_err();
+        assert!(err.to_string().contains("bundle.pem"), "{err}");
+        assert_eq!(
+            [
+                read(dir.path(), "svid.pem"),
+                read(dir.path(), "svid.key"),
+                read(dir.path(), "bundle.pem")
+            ],
+            ["chain 2", "key 2", "bundle 2"]
+        );
+        assert!(
+            !dir.path().join(".svid.pem.tmp").exists()
+                && !dir.path().join(".svid.key.tmp").exists()
+        );
     }
 }

@@ -63,17 +63,8 @@ impl Store {
 
     /// Writes `name` afresh (replacing a leftover) with `mode`, and syncs it.
     fn write_new(&self, name: &str, data: &[u8], mode: u32) -> Result<(), StoreError> {
-        let target = self.path(name);
-        let err = |e| StoreError::Write(target.clone(), e);
-        let _ = std::fs::remove_file(&target);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&target)
-            .map_err(err)?;
-        f.write_all(data).map_err(err)?;
-        f.sync_all().map_err(err)
+        let path = self.path(name);
+        write_new(&path, data, mode).map_err(|e| StoreError::Write(path, e))
     }
 
     fn rename(&self, from: &str, to: &str) -> Result<(), StoreError> {
@@ -83,9 +74,7 @@ impl Store {
 
     /// Makes the renames in the directory durable.
     fn sync_dir(&self) -> Result<(), StoreError> {
-        std::fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| StoreError::Write(self.dir.clone(), e))
+        sync_dir(&self.dir).map_err(|e| StoreError::Write(self.dir.clone(), e))
     }
 
     /// Stores the agent SVID and key (0600). Both are written in full first (`agent.key.next`,
@@ -144,6 +133,24 @@ impl Store {
         .map_err(|e| corrupt(e.to_string()))?;
         Ok(svid)
     }
+}
+
+/// Writes `path` afresh (replacing a leftover) with `mode`, and syncs it: the first half of an
+/// atomic replacement, whose rename follows.
+pub(crate) fn write_new(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
+/// Makes the renames in `dir` durable.
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir).and_then(|d| d.sync_all())
 }
 
 #[cfg(test)]

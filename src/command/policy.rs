@@ -154,7 +154,7 @@ fn fmt(dir: &Path, check: bool) -> anyhow::Result<Exit> {
         if check {
             outln!("not formatted: {}", f.path().display());
         } else {
-            std::fs::write(f.path(), f.formatted())
+            replace_file(f.path(), f.formatted())
                 .map_err(|e| anyhow::anyhow!("cannot write `{}`: {e}", f.path().display()))?;
             outln!("formatted: {}", f.path().display());
         }
@@ -164,6 +164,28 @@ fn fmt(dir: &Path, check: bool) -> anyhow::Result<Exit> {
     } else {
         Exit::Ok
     })
+}
+
+/// Replaces the file at `path` with `text`: written in full beside it first (`.<name>.fmt.tmp`,
+/// with the file's permissions), then renamed over it. A failure leaves the file as it was, and
+/// a sidecar reloading the directory never reads half of it: an empty or cut policy file is
+/// still a valid set, with fewer policies in it.
+fn replace_file(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.fmt.tmp"));
+    let permissions = std::fs::metadata(path)?.permissions();
+    let written = (|| {
+        let mut file = std::fs::File::create_new(&tmp)?;
+        file.write_all(text.as_bytes())?;
+        file.set_permissions(permissions)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 fn test(dir: &Path) -> anyhow::Result<Exit> {
