@@ -319,6 +319,18 @@ fn bundle_commands_show_set_list_and_delete() {
         .clone();
     let doc: serde_json::Value = serde_json::from_slice(&jwks).unwrap();
     assert_eq!(doc["keys"][0]["kid"], "own");
+    // `--output json`, as every admin command takes it: the same JSON document, not PEM.
+    let json = ca
+        .warden(&["bundle", "show", "--output", "json"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&json).unwrap(),
+        doc
+    );
 
     let mut other = Bundle::new("other.org".parse().unwrap());
     other.add_jwt_authority(JwtAuthority::new(

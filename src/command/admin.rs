@@ -171,7 +171,8 @@ pub(crate) enum BundleFormat {
 /// `warden bundle ...`
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum BundleCommand {
-    /// Print a bundle document: the CA's own by default.
+    /// Print a bundle document: the CA's own by default. With `--output json`, the SPIFFE
+    /// bundle (JWKS), whatever `--format` says.
     Show {
         /// Document format.
         #[arg(long, value_enum, default_value = "pem")]
@@ -373,9 +374,9 @@ pub(crate) fn run_bundle(cmd: BundleCommand) -> anyhow::Result<Exit> {
                     trust_domain: trust_domain.unwrap_or_default(),
                 };
                 let bundle = output::bundle_from_proto(&rpc(c.get_bundle(req).await)?)?;
-                match format {
-                    BundleFormat::Pem => out!("{}", bundle.to_pem()),
-                    BundleFormat::Jwks => outln!("{}", bundle.to_jwks()),
+                match (conn.output, format) {
+                    (Output::Table, BundleFormat::Pem) => out!("{}", bundle.to_pem()),
+                    (Output::Json, _) | (_, BundleFormat::Jwks) => outln!("{}", bundle.to_jwks()),
                 }
             }
             BundleCommand::List { conn } => {
