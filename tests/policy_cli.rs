@@ -242,6 +242,27 @@ fn eval_with_its_stdout_closed_keeps_the_decisions_exit_code() {
     }
 }
 
+/// A `--time` that is no time is a usage error (64), like a `--header` without `=`: the
+/// request is refused before any policy is read.
+#[test]
+fn eval_rejects_a_time_that_is_not_one() {
+    let (code, _out, err) = run(&[
+        "policy",
+        "eval",
+        s(&shipped()),
+        "--principal",
+        "anonymous",
+        "--action",
+        "GET",
+        "--resource",
+        "api",
+        "--time",
+        "yesterday",
+    ]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("time `yesterday` is not"), "{err}");
+}
+
 #[test]
 fn eval_on_an_invalid_set_exits_3() {
     let dir = copy_of_shipped();
@@ -342,9 +363,13 @@ fn fmt_reports_a_syntax_error_with_its_location() {
         "@id(\"b\")\npermit(principal action, resource);",
     )
     .unwrap();
+    // Exit 3, an invalid policy set, as for `validate`: not 1, which `--check` gives for files
+    // that are only unformatted.
     let (code, _, err) = run(&["policy", "fmt", "--check", s(dir.path())]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 3);
     assert!(err.contains("bad.cedar:2:"), "{err}");
+    let (code, _, err) = run(&["policy", "fmt", s(&dir.path().join("missing"))]);
+    assert_eq!(code, 3, "{err}");
 }
 
 const LOG: &str = r#"{"time":"2026-01-05T14:00:00.000Z","decision_id":"1","peer_spiffe_id":"spiffe://example.org/ns/prod/sa/frontend","source_addr":"10.0.0.7:5000","resource":"api","method":"GET","path":"/v1/orders","headers":[],"action":"GET","tls_version":"TLSv1.3","decision":"allow","policy_ids":["frontend-reads-api"],"policy_version":"sha256:x","eval_time_us":3,"upstream_status":200,"latency_us":500}

@@ -272,6 +272,27 @@ fn up_refuses_bad_flags_and_foreign_dirs() {
     let (code, err) = run(&["--dir", d, "--policies", "no-such-policies"]);
     assert_eq!(code, Some(3), "{err}");
     assert!(err.contains("`no-such-policies` does not exist"), "{err}");
+    // A policy set that does not validate is invalid configuration too (3), named by the check.
+    let invalid = tmp.path().join("invalid-policies");
+    std::fs::create_dir(&invalid).unwrap();
+    std::fs::write(
+        invalid.join("x.cedar"),
+        "permit(principal, action, resource);",
+    )
+    .unwrap();
+    let (code, err) = run(&[
+        "--dir",
+        d,
+        "--policies",
+        invalid.to_str().unwrap(),
+        "--base-port",
+        &free_base(3).to_string(),
+    ]);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(
+        err.contains("policy validate") && err.contains("x.cedar"),
+        "{err}"
+    );
 
     // A directory that `up` did not make is neither used nor deleted by --reset.
     let foreign = tmp.path().join("home");

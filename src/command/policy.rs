@@ -56,7 +56,7 @@ pub(crate) enum PolicyCommand {
         #[arg(long)]
         tls_version: Option<String>,
         /// Request time, `YYYY-MM-DDThh:mm:ss[.sss]Z` (default: now).
-        #[arg(long)]
+        #[arg(long, value_parser = check_time)]
         time: Option<String>,
     },
     /// Replay recorded requests against two policy sets and list every changed decision.
@@ -120,6 +120,12 @@ pub(crate) fn run(cmd: PolicyCommand) -> anyhow::Result<Exit> {
     }
 }
 
+fn check_time(s: &str) -> Result<String, String> {
+    warden_policy::parse_time(s)
+        .map(|_| s.to_owned())
+        .ok_or_else(|| format!("time `{s}` is not `YYYY-MM-DDThh:mm:ss[.sss]Z`"))
+}
+
 fn parse_header(s: &str) -> Result<(String, String), String> {
     let (name, value) = s
         .split_once('=')
@@ -146,7 +152,7 @@ fn load(dir: &Path) -> Result<PolicySet, Exit> {
 fn fmt(dir: &Path, check: bool) -> anyhow::Result<Exit> {
     let files = match warden_policy::format_dir(dir) {
         Ok(f) => f,
-        Err(e) => return Ok(report(&e, Exit::Error)),
+        Err(e) => return Ok(report(&e, Exit::Invalid)),
     };
     let mut unformatted = 0;
     for f in files.iter().filter(|f| f.changed()) {

@@ -255,7 +255,7 @@ async fn orchestrate(plan: Plan) -> anyhow::Result<Exit> {
             report_failure(&err);
             say!("stopping everything that was started");
             sup.stop_all(true);
-            return Ok(Exit::Error);
+            return Ok(err.exit);
         }
         Some(Ok(())) => {}
     }

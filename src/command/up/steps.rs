@@ -29,6 +29,8 @@ const TAIL: usize = 15;
 pub(crate) struct StepError {
     pub(crate) message: String,
     pub(crate) log: Option<(PathBuf, Vec<String>)>,
+    /// What `warden up` exits with: 1, or 3 for an invalid policy set.
+    pub(crate) exit: crate::command::Exit,
 }
 
 /// What must hold for a child to count as ready.
@@ -46,6 +48,7 @@ impl StepError {
         Self {
             message: message.into(),
             log: None,
+            exit: crate::command::Exit::Error,
         }
     }
 
@@ -54,6 +57,7 @@ impl StepError {
         Self {
             message,
             log: Some((child.log().to_path_buf(), child.tail(TAIL))),
+            exit: crate::command::Exit::Error,
         }
     }
 
@@ -153,10 +157,12 @@ async fn run_json(what: &str, args: &[&str]) -> Result<Value, StepError> {
 async fn check_policies(plan: &Plan) -> Result<String, StepError> {
     let out = one_shot(&os(&["policy", "validate", p(&plan.policies)]), ONE_SHOT).await?;
     if !out.status.success() {
-        return Err(StepError::command(
+        let mut err = StepError::command(
             &format!("`warden policy validate {}`", plan.policies.display()),
             &out,
-        ));
+        );
+        err.exit = crate::command::Exit::Invalid;
+        return Err(err);
     }
     Ok(format!("valid: {}", plan.policies.display()))
 }
