@@ -72,3 +72,82 @@ fn command_names(help: &str) -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+/// A lifetime of 0 (which the CA would read as "its default") and an `audit list --limit`
+/// outside 1..=1000 are usage errors, caught before any CA is asked.
+#[test]
+fn out_of_range_admin_flags_are_usage_errors() {
+    for args in [
+        &["token", "create", "--ttl", "0"][..],
+        &["token", "create", "--ttl", "0s"],
+        &["audit", "list", "--limit", "0"],
+        &["audit", "list", "--limit", "5000"],
+    ] {
+        let out = warden()
+            .args(args)
+            .args(["--admin-socket", "/nonexistent/admin.sock"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {err}");
+        assert!(err.contains(args[2]), "{args:?}: {err}");
+    }
+}
+
+/// An error is said once: the cause is not repeated after a message that already names it.
+/// Log lines written to a pipe carry no colour codes.
+#[test]
+fn errors_name_their_cause_once_and_piped_logs_are_plain() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("file");
+    std::fs::write(&file, "").unwrap();
+    let out = warden()
+        .args(["ca", "init", "--trust-domain", "example.org", "--data-dir"])
+        .arg(file.join("ca"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.matches("Not a directory").count(), 1, "{err}");
+    let out = warden()
+        .args(["ca", "init", "--trust-domain", "example.org", "--data-dir"])
+        .arg(dir.path().join("ca"))
+        .env_remove("NO_COLOR")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ca initialised"), "{err}");
+    assert!(!err.contains('\u{1b}'), "{err:?}");
+}
+
+/// A Workload API socket that is there but does not answer is named with what the socket did,
+/// and an agent health listener that does not answer is called that.
+#[test]
+fn unreachable_agent_endpoints_are_named_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_socket = dir.path().join("plain-file");
+    std::fs::write(&not_a_socket, "").unwrap();
+    let out = warden()
+        .args(["svid", "fetch", "--socket"])
+        .arg(&not_a_socket)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("plain-file") && err.contains("refused"),
+        "{err}"
+    );
+    let port = warden_identity::test_util::free_port();
+    let out = warden()
+        .args([
+            "agent",
+            "healthcheck",
+            "--http-listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("health listener"), "{err}");
+}

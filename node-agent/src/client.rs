@@ -21,9 +21,12 @@ pub enum ClientError {
     /// The socket address is not a path or `unix:///path`.
     #[error("invalid workload api address `{0}`: expected a path or `unix:///path`")]
     BadAddress(String),
-    /// Cannot connect.
-    #[error("cannot reach the workload api at `{0}`: is `warden agent run` running?")]
-    Unreachable(String),
+    /// Cannot connect to the Workload API socket.
+    #[error("cannot reach the workload api at `{0}` ({1}): is `warden agent run` running?")]
+    Unreachable(String, String),
+    /// Cannot reach the agent's health listener.
+    #[error("cannot reach the agent's health listener at `{0}`: is `warden agent run` running?")]
+    HealthUnreachable(String),
     /// The agent answered with an error.
     #[error("the agent refused: {0}")]
     Refused(String),
@@ -73,7 +76,12 @@ async fn connect(
         .connect_timeout(Duration::from_secs(5))
         .connect()
         .await
-        .map_err(|_| ClientError::Unreachable(socket.display().to_string()))?;
+        .map_err(|e| {
+            // tonic's transport error says little; its source says what the socket did.
+            let why =
+                std::error::Error::source(&e).map_or_else(|| e.to_string(), ToString::to_string);
+            ClientError::Unreachable(socket.display().to_string(), why)
+        })?;
     Ok(SpiffeWorkloadApiClient::new(channel))
 }
 
@@ -188,7 +196,7 @@ pub fn write_svid(dir: &Path, svid: &FetchedSvid) -> Result<(), ClientError> {
 /// Asks the agent's `/readyz` at `addr`; `Ok(true)` when ready.
 pub async fn healthcheck(addr: &str) -> Result<bool, ClientError> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let unreachable = || ClientError::Unreachable(addr.to_owned());
+    let unreachable = || ClientError::HealthUnreachable(addr.to_owned());
     let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
         .await
         .map_err(|_| unreachable())?

@@ -217,7 +217,7 @@ pub(crate) enum AuditCommand {
         #[arg(long, default_value_t = 0)]
         after: u64,
         /// At most this many records (1..=1000).
-        #[arg(long, default_value_t = 100)]
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
         limit: u32,
         #[command(flatten)]
         conn: Conn,
@@ -485,6 +485,12 @@ fn parse_duration(s: &str) -> Result<u32, String> {
             ));
         }
     };
+    if n == 0 {
+        // 0 on the wire means "the CA's default": a flag that says 0 would get that silently.
+        return Err(format!(
+            "`{s}` is no lifetime: give at least 1s, or leave the flag out for the default"
+        ));
+    }
     n.checked_mul(mult)
         .and_then(|v| u32::try_from(v).ok())
         .ok_or_else(|| format!("duration `{s}` is too long"))
@@ -516,6 +522,12 @@ mod tests {
                 .unwrap_err()
                 .contains("too long")
         );
+        for zero in ["0", "0s", "0d"] {
+            assert!(
+                parse_duration(zero).unwrap_err().contains("is no lifetime"),
+                "{zero}"
+            );
+        }
     }
 
     #[test]
