@@ -6,6 +6,7 @@
 mod verifier;
 
 use std::sync::Arc;
+use tracing::warn;
 
 use hyper_util::rt::TokioIo;
 use rcgen::{CertificateParams, KeyPair, PublicKeyData, SanType};
@@ -309,44 +310,80 @@ impl CaClient {
     }
 
     /// Signs X.509-SVIDs for `entries` in batches of [`SIGN_BATCH`]; returns `(entry id, svid)`.
+    /// The CA refuses a whole batch for one entry it will not sign (deleted or reassigned since
+    /// the entries were listed): that batch is then signed entry by entry, and the refused
+    /// entries are left out (logged), so that one of them costs the others nothing.
     pub async fn sign_x509_svids(
         &self,
         entries: &[Arc<Entry>],
     ) -> Result<Vec<(String, Svid)>, CaError> {
         let mut out = Vec::with_capacity(entries.len());
         for batch in entries.chunks(SIGN_BATCH) {
-            let mut keys = Vec::with_capacity(batch.len());
-            let mut csrs = Vec::with_capacity(batch.len());
-            for e in batch {
-                let (key, csr) = key_and_csr(Some(&e.spiffe_id))?;
-                keys.push(key);
-                csrs.push(SvidCsr {
-                    entry_id: e.id.clone(),
-                    csr,
-                });
-            }
-            let resp = self
-                .client
-                .clone()
-                .sign_x509_svids(SignX509SvidsRequest { csrs })
-                .await
-                .map_err(|s| self.err(s))?
-                .into_inner();
-            if resp.svids.len() != batch.len() {
-                return Err(CaError::BadAnswer(format!(
-                    "asked for {} svids, got {}",
-                    batch.len(),
-                    resp.svids.len()
-                )));
-            }
-            for ((e, key), svid) in batch.iter().zip(&keys).zip(&resp.svids) {
-                out.push((
-                    e.id.clone(),
-                    svid_from_proto(Some(svid), key, Some(&e.spiffe_id))?,
-                ));
+            match self.sign_batch(batch).await {
+                Ok(signed) => out.extend(signed),
+                Err(CaError::Refused(_)) if batch.len() > 1 => {
+                    for entry in batch {
+                        out.extend(self.sign_or_skip(entry).await?);
+                    }
+                }
+                Err(CaError::Refused(why)) => {
+                    warn!(entry = %batch.first().map_or("", |e| e.id.as_str()), reason = %why, "the ca refused to sign this entry; it is left without an svid");
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok(out)
+    }
+
+    /// Signs `entry` alone; `None` (logged) when the CA refuses it.
+    async fn sign_or_skip(&self, entry: &Arc<Entry>) -> Result<Option<(String, Svid)>, CaError> {
+        match self.sign_batch(std::slice::from_ref(entry)).await {
+            Ok(mut signed) => Ok(signed.pop()),
+            Err(CaError::Refused(why)) => {
+                warn!(entry = %entry.id, spiffe_id = %entry.spiffe_id, reason = %why, "the ca refused to sign this entry; it is left without an svid");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One `SignX509Svids` call for `batch`.
+    async fn sign_batch(&self, batch: &[Arc<Entry>]) -> Result<Vec<(String, Svid)>, CaError> {
+        let mut keys = Vec::with_capacity(batch.len());
+        let mut csrs = Vec::with_capacity(batch.len());
+        for e in batch {
+            let (key, csr) = key_and_csr(Some(&e.spiffe_id))?;
+            keys.push(key);
+            csrs.push(SvidCsr {
+                entry_id: e.id.clone(),
+                csr,
+            });
+        }
+        let resp = self
+            .client
+            .clone()
+            .sign_x509_svids(SignX509SvidsRequest { csrs })
+            .await
+            .map_err(|s| self.err(s))?
+            .into_inner();
+        if resp.svids.len() != batch.len() {
+            return Err(CaError::BadAnswer(format!(
+                "asked for {} svids, got {}",
+                batch.len(),
+                resp.svids.len()
+            )));
+        }
+        batch
+            .iter()
+            .zip(&keys)
+            .zip(&resp.svids)
+            .map(|((e, key), svid)| {
+                Ok((
+                    e.id.clone(),
+                    svid_from_proto(Some(svid), key, Some(&e.spiffe_id))?,
+                ))
+            })
+            .collect()
     }
 
     /// Signs a JWT-SVID; returns the token and its expiry (unix seconds).

@@ -7,7 +7,7 @@
     reason = "test support code outside #[test] functions; a failure is a test failure"
 )]
 
-mod agent_expiry;
+mod agent_recovery;
 mod agent_sync;
 mod support;
 mod test_ca;

@@ -40,6 +40,8 @@ pub(crate) struct CaState {
     /// challenge id -> (leaf DER, nonce)
     pub(crate) challenges: HashMap<String, (Vec<u8>, Vec<u8>)>,
     pub(crate) renewals: usize,
+    /// Entries listed but refused at signing (as if deleted in between).
+    pub(crate) unsignable: HashSet<String>,
 }
 
 pub(crate) struct TestCaServer {
@@ -385,10 +387,11 @@ impl AgentApi for Service {
             (st.entries.clone(), st.svid_ttl)
         };
         let mut out = Vec::new();
+        let unsignable = self.state.lock().unwrap().unsignable.clone();
         for csr in &req.get_ref().csrs {
             let e = entries
                 .iter()
-                .find(|e| e.id == csr.entry_id)
+                .find(|e| e.id == csr.entry_id && !unsignable.contains(&e.id))
                 .ok_or_else(|| {
                     Status::permission_denied(format!("entry `{}` is not yours", csr.entry_id))
                 })?;

@@ -1,5 +1,6 @@
-//! An agent whose own SVID expires while the CA is away: it attests the node again with
-//! x509pop and carries on; with a join token (used once) it stops and says what to do.
+//! What an agent recovers from, and what it cannot: its own SVID expiring while the CA is away
+//! (it attests the node again with x509pop; with a join token, used once, it stops and says
+//! what to do), and an entry the CA refuses to sign.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,6 +82,46 @@ async fn an_x509pop_agent_whose_svid_expired_attests_again_when_the_ca_returns()
         std::fs::read(dir.path().join("data/agent.pem")).unwrap(),
         stored,
         "the new agent svid is stored"
+    );
+    agent.stop().await;
+    server.stop().await;
+}
+
+/// The CA refuses a whole signing batch for one entry (deleted since it was listed): the
+/// other entries still get their SVIDs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_the_ca_refuses_to_sign_costs_the_others_nothing() {
+    let (ca, server) = ca_with(
+        3,
+        Duration::from_secs(3600),
+        Duration::from_secs(3600),
+        &["tok"],
+    )
+    .await;
+    server.state.lock().unwrap().unsignable.insert("e1".into());
+    let dir = tempfile::tempdir().unwrap();
+    let agent = RunningAgent::start(config(
+        &server.addr.to_string(),
+        dir.path(),
+        &ca.root_pem(),
+        Some("tok"),
+    ));
+    let client = agent.client().await;
+    agent.serves(&client, "w2").await;
+    let ids: Vec<String> = client
+        .fetch_all_x509_svids()
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.spiffe_id().to_string())
+        .collect();
+    assert!(
+        ids.contains(&format!("spiffe://{}/w0", crate::support::TD)),
+        "{ids:?}"
+    );
+    assert!(
+        !ids.contains(&format!("spiffe://{}/w1", crate::support::TD)),
+        "{ids:?}"
     );
     agent.stop().await;
     server.stop().await;
