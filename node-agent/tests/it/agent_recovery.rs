@@ -21,12 +21,7 @@ const OUTAGE: Duration = Duration::from_secs(4);
 async fn a_join_token_agent_whose_svid_expired_stops_and_says_to_attest_again() {
     let (ca, server) = ca_with(1, Duration::from_secs(3600), AGENT_TTL, &["tok"]).await;
     let dir = tempfile::tempdir().unwrap();
-    let agent = RunningAgent::start(config(
-        &server.addr.to_string(),
-        dir.path(),
-        &ca.root_pem(),
-        Some("tok"),
-    ));
+    let agent = RunningAgent::joined(&server, dir.path(), &ca);
     agent.first_svid().await;
     server.stop().await;
     let ended = tokio::time::timeout(WAIT, agent.task)
@@ -100,12 +95,7 @@ async fn an_entry_the_ca_refuses_to_sign_costs_the_others_nothing() {
     .await;
     server.state.lock().unwrap().unsignable.insert("e1".into());
     let dir = tempfile::tempdir().unwrap();
-    let agent = RunningAgent::start(config(
-        &server.addr.to_string(),
-        dir.path(),
-        &ca.root_pem(),
-        Some("tok"),
-    ));
+    let agent = RunningAgent::joined(&server, dir.path(), &ca);
     let client = agent.client().await;
     agent.serves(&client, "w2").await;
     let ids: Vec<String> = client

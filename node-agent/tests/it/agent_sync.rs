@@ -41,6 +41,16 @@ pub(crate) fn config(ca_addr: &str, dir: &Path, root_pem: &str, token: Option<&s
 }
 
 impl RunningAgent {
+    /// An agent of the CA `server` (root `ca`) in `dir`, attesting with the join token `tok`.
+    pub(crate) fn joined(server: &TestCaServer, dir: &Path, ca: &TestCa) -> Self {
+        Self::start(config(
+            &server.addr.to_string(),
+            dir,
+            &ca.root_pem(),
+            Some("tok"),
+        ))
+    }
+
     pub(crate) fn start(config: Config) -> Self {
         let (tx, rx) = oneshot::channel::<()>();
         let socket = config.socket.clone();
@@ -164,12 +174,7 @@ async fn join_token_attestation_serves_svids_and_stores_agent_key_0600() {
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let agent = RunningAgent::start(config(
-        &server.addr.to_string(),
-        dir.path(),
-        &ca.root_pem(),
-        Some("tok"),
-    ));
+    let agent = RunningAgent::joined(&server, dir.path(), &ca);
     let svid = agent.first_svid().await;
     assert_eq!(svid.spiffe_id().to_string(), format!("spiffe://{TD}/w0"));
     let key_mode = std::fs::metadata(dir.path().join("data/agent.key"))
@@ -297,12 +302,7 @@ async fn restarted_agent_reuses_its_stored_svid_without_a_new_token() {
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let agent = RunningAgent::start(config(
-        &server.addr.to_string(),
-        dir.path(),
-        &ca.root_pem(),
-        Some("tok"),
-    ));
+    let agent = RunningAgent::joined(&server, dir.path(), &ca);
     agent.first_svid().await;
     agent.stop().await;
     // Same data dir, no token (and the token is spent anyway).
@@ -328,12 +328,7 @@ async fn streaming_client_sees_rotated_svid_before_the_old_one_expires() {
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let agent = RunningAgent::start(config(
-        &server.addr.to_string(),
-        dir.path(),
-        &ca.root_pem(),
-        Some("tok"),
-    ));
+    let agent = RunningAgent::joined(&server, dir.path(), &ca);
     let first = agent.first_svid().await;
     let client = agent.client().await;
     let mut stream = Box::pin(client.stream_x509_svids().await.unwrap());
@@ -439,12 +434,7 @@ async fn entry_deleted_at_the_ca_is_withdrawn_from_the_stream() {
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let agent = RunningAgent::start(config(
-        &server.addr.to_string(),
-        dir.path(),
-        &ca.root_pem(),
-        Some("tok"),
-    ));
+    let agent = RunningAgent::joined(&server, dir.path(), &ca);
     agent.first_svid().await;
     let client = agent.client().await;
     let mut stream = Box::pin(client.stream_x509_contexts().await.unwrap());
@@ -485,12 +475,7 @@ async fn agent_svid_is_renewed_at_half_life() {
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let agent = RunningAgent::start(config(
-        &server.addr.to_string(),
-        dir.path(),
-        &ca.root_pem(),
-        Some("tok"),
-    ));
+    let agent = RunningAgent::joined(&server, dir.path(), &ca);
     agent.first_svid().await;
     let before = std::fs::read(dir.path().join("data/agent.pem")).unwrap();
     let deadline = Instant::now() + WAIT;
@@ -519,12 +504,7 @@ async fn jwt_svids_are_minted_by_the_ca_and_validate_with_served_bundles() {
     )
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let agent = RunningAgent::start(config(
-        &server.addr.to_string(),
-        dir.path(),
-        &ca.root_pem(),
-        Some("tok"),
-    ));
+    let agent = RunningAgent::joined(&server, dir.path(), &ca);
     agent.first_svid().await;
     let client = agent.client().await;
     let jwt = client.fetch_jwt_svid(["backend"], None).await.unwrap();
