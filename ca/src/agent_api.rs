@@ -23,7 +23,9 @@ use warden_api::v1::agent_api_server::AgentApi;
 use warden_identity::{BundleSet, Selector, SpiffeId};
 
 use crate::authority::Authority;
-use crate::datastore::{AgentRecord, Datastore, IssuedSvid, join_token_agent_id, join_token_hash};
+use crate::datastore::{
+    AGENT_PATH_PREFIX, AgentRecord, Datastore, IssuedSvid, join_token_agent_id, join_token_hash,
+};
 use crate::http::Metrics;
 
 pub use x509pop::CHALLENGE_TTL;
@@ -88,7 +90,7 @@ impl AgentService {
         bundles.insert((*self.inner.authority.bundle()).clone());
         let id = warden_identity::verify_x509_svid(&certs, &bundles, self.now())
             .map_err(|e| Status::unauthenticated(format!("agent svid rejected: {e}")))?;
-        if !id.path().starts_with("/agent/") {
+        if !id.path().starts_with(AGENT_PATH_PREFIX) {
             return Err(Status::permission_denied(format!(
                 "`{id}` is not an agent id"
             )));

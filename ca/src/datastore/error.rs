@@ -91,6 +91,15 @@ pub enum EntryError {
     /// The SPIFFE ID has no path (X-2: a workload ID names a workload, not a trust domain).
     #[error("entry spiffe id `{0}` has no path")]
     RootId(String),
+    /// The SPIFFE ID is reserved: the CA's own ID, or an agent ID (under `/agent/`). A workload
+    /// holding one would pass for the CA, or for that agent on the agent API.
+    #[error("entry spiffe id `{id}` is reserved: {reason}")]
+    ReservedId {
+        /// The ID given.
+        id: String,
+        /// Which reserved path it is.
+        reason: &'static str,
+    },
     /// An entry may not be its own parent.
     #[error("entry spiffe id `{0}` is also its parent id")]
     OwnParent(String),

@@ -189,6 +189,14 @@ async fn bad_admin_input_is_invalid_argument_naming_the_value_and_changes_nothin
                 "has no selectors",
             ),
             (
+                entry("spiffe://example.org/warden/ca", AGENT, &["unix:uid:1"]),
+                "`spiffe://example.org/warden/ca` is reserved: it is the ca's own id",
+            ),
+            (
+                entry(AGENT, "spiffe://example.org/warden/ca", &["unix:uid:1"]),
+                "ids under `/agent/` are agent ids",
+            ),
+            (
                 v1::Entry {
                     x509_svid_ttl: 1,
                     ..entry("spiffe://example.org/web", AGENT, &["unix:uid:1"])
