@@ -281,6 +281,7 @@ fn node_commands_list_ban_and_evict() {
         attestor: "x509pop".into(),
         selectors: vec!["x509pop:subject:cn:web".parse().unwrap()],
         serial: "01".into(),
+        previous_serial: None,
         expires_at: 2_000_000_000,
         banned: false,
         attested_at: 1,

@@ -4,11 +4,14 @@
 //! Served over TLS 1.3 (see [`crate::server`]); a client certificate is optional at the TLS
 //! layer. Attestation RPCs need none; every other RPC authenticates the caller from the peer
 //! certificates of its connection: a valid agent SVID of this trust domain (verified again here
-//! against the current bundle) whose agent is in the datastore and not banned, checked on every
-//! call. Failed calls leave the datastore unchanged (signing happens before any write).
+//! against the current bundle) whose agent is in the datastore and not banned, and whose serial
+//! is the agent's current one (or the previous one until the current one is first presented),
+//! checked on every call (see `caller.rs`). Failed calls leave the datastore unchanged (signing
+//! happens before any write).
 //!
 //! `FetchBundles` returns the own bundle and **all** federated bundles the CA stores.
 
+mod caller;
 mod convert;
 mod x509pop;
 
@@ -17,16 +20,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tonic::{Request, Response, Status};
-use warden_api::transport::TlsConnectInfo;
 use warden_api::v1 as pb;
 use warden_api::v1::agent_api_server::AgentApi;
-use warden_identity::{BundleSet, Selector, SpiffeId};
+use warden_identity::{Selector, SpiffeId};
 
 use crate::authority::Authority;
-use crate::datastore::{
-    AGENT_PATH_PREFIX, AgentRecord, Datastore, IssuedSvid, join_token_agent_id, join_token_hash,
-};
+use crate::datastore::{AgentRecord, Datastore, IssuedSvid, join_token_agent_id, join_token_hash};
 use crate::http::Metrics;
+use caller::Caller;
 
 pub use x509pop::CHALLENGE_TTL;
 
@@ -77,50 +78,15 @@ impl AgentService {
         self.inner.authority.clock().now()
     }
 
-    /// The verified, attested, unbanned agent calling over mutual TLS.
-    async fn caller<T>(&self, req: &Request<T>) -> Result<AgentRecord, Status> {
-        let certs = req
-            .extensions()
-            .get::<TlsConnectInfo>()
-            .and_then(|i| i.peer_certificates.clone())
-            .ok_or_else(|| {
-                Status::unauthenticated("this call requires mutual tls with an agent svid")
-            })?;
-        let mut bundles = BundleSet::new();
-        bundles.insert((*self.inner.authority.bundle()).clone());
-        let id = warden_identity::verify_x509_svid(&certs, &bundles, self.now())
-            .map_err(|e| Status::unauthenticated(format!("agent svid rejected: {e}")))?;
-        if !id.path().starts_with(AGENT_PATH_PREFIX) {
-            return Err(Status::permission_denied(format!(
-                "`{id}` is not an agent id"
-            )));
-        }
-        let agent = self
-            .inner
-            .ds
-            .get_agent(&id)
-            .await
-            .map_err(convert::ds_status)?
-            .ok_or_else(|| {
-                Status::permission_denied(format!(
-                    "unknown agent `{id}` (never attested, or evicted)"
-                ))
-            })?;
-        if agent.banned {
-            return Err(Status::permission_denied(format!("agent `{id}` is banned")));
-        }
-        Ok(agent)
-    }
-
-    /// Signs the agent SVID and records the agent (`agent.attested` or `agent.renewed`).
+    /// Signs the agent SVID and records the agent: `agent.attested`, or `agent.renewed` when
+    /// `renewing` (whose presented serial becomes the previous serial).
     async fn issue_agent(
         &self,
         id: SpiffeId,
         attestor: &str,
         selectors: Vec<Selector>,
         csr: &rcgen::CertificateSigningRequestParams,
-        audit_kind: &str,
-        attested_at: Option<i64>,
+        renewing: Option<&Caller>,
     ) -> Result<pb::AttestResponse, Status> {
         let signed = self
             .inner
@@ -133,10 +99,16 @@ impl AgentService {
             attestor: attestor.to_owned(),
             selectors,
             serial: signed.serial.clone(),
+            previous_serial: renewing.map(|c| c.serial.clone()),
             expires_at: convert::unix(signed.not_after),
             banned: false,
-            attested_at: attested_at.unwrap_or(now),
+            attested_at: renewing.map_or(now, |c| c.agent.attested_at),
             renewed_at: now,
+        };
+        let audit_kind = if renewing.is_some() {
+            "agent.renewed"
+        } else {
+            "agent.attested"
         };
         self.inner
             .ds
@@ -202,7 +174,7 @@ impl AgentApi for AgentService {
                 .map_err(convert::token_status)?;
             let id = join_token_agent_id(self.inner.authority.trust_domain(), &req.token);
             tracing::info!(agent = %id, "agent attested with a join token");
-            self.issue_agent(id, "join_token", Vec::new(), &csr, "agent.attested", None)
+            self.issue_agent(id, "join_token", Vec::new(), &csr, None)
                 .await
         }
         .await;
@@ -238,15 +210,8 @@ impl AgentApi for AgentService {
                 self.now(),
             )?;
             tracing::info!(agent = %node.agent_id, "agent attested with x509pop");
-            self.issue_agent(
-                node.agent_id,
-                "x509pop",
-                node.selectors,
-                &csr,
-                "agent.attested",
-                None,
-            )
-            .await
+            self.issue_agent(node.agent_id, "x509pop", node.selectors, &csr, None)
+                .await
         }
         .await;
         self.count_attestation("x509pop", result.is_ok());
@@ -257,16 +222,16 @@ impl AgentApi for AgentService {
         &self,
         request: Request<pb::RenewAgentRequest>,
     ) -> Result<Response<pb::AttestResponse>, Status> {
-        let agent = self.caller(&request).await?;
+        let caller = self.authenticate(&request).await?;
         let csr = parse_csr(&request.get_ref().csr)?;
+        let agent = &caller.agent;
         let resp = self
             .issue_agent(
                 agent.spiffe_id.clone(),
                 &agent.attestor,
                 agent.selectors.clone(),
                 &csr,
-                "agent.renewed",
-                Some(agent.attested_at),
+                Some(&caller),
             )
             .await?;
         Ok(Response::new(resp))

@@ -1,5 +1,6 @@
-//! Attested node agents: upsert on attestation and renewal, eviction (delete; it may attest
-//! again) and banning (kept with `banned`, refused forever).
+//! Attested node agents: upsert on attestation and renewal, the current and previous SVID serial
+//! the agent API accepts, eviction (delete; it may attest again) and banning (kept with `banned`,
+//! refused forever).
 
 use serde_json::json;
 use warden_identity::{Selector, SpiffeId};
@@ -8,10 +9,20 @@ use super::Datastore;
 use super::error::DatastoreError;
 use super::model::AgentRecord;
 
-const AGENT_COLUMNS: &str =
-    "spiffe_id, attestor, selectors, serial, expires_at, banned, attested_at, renewed_at";
+const AGENT_COLUMNS: &str = "spiffe_id, attestor, selectors, serial, previous_serial, expires_at, \
+     banned, attested_at, renewed_at";
 
-type AgentRow = (String, String, String, String, i64, bool, i64, i64);
+type AgentRow = (
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    i64,
+    bool,
+    i64,
+    i64,
+);
 
 /// Audit kinds [`Datastore::upsert_agent`] accepts.
 const UPSERT_KINDS: [&str; 2] = ["agent.attested", "agent.renewed"];
@@ -36,17 +47,20 @@ impl Datastore {
         let selectors = encode_selectors(&a.selectors)?;
         in_tx!(self, |tx, audit| {
             let done = sqlx::query(
-                "INSERT INTO agents (spiffe_id, attestor, selectors, serial, expires_at, banned, attested_at, renewed_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                "INSERT INTO agents (spiffe_id, attestor, selectors, serial, previous_serial, expires_at, \
+                 banned, attested_at, renewed_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
                  ON CONFLICT (spiffe_id) DO UPDATE SET attestor = excluded.attestor, \
-                 selectors = excluded.selectors, serial = excluded.serial, expires_at = excluded.expires_at, \
+                 selectors = excluded.selectors, serial = excluded.serial, \
+                 previous_serial = excluded.previous_serial, expires_at = excluded.expires_at, \
                  attested_at = excluded.attested_at, renewed_at = excluded.renewed_at \
-                 WHERE agents.banned = $9",
+                 WHERE agents.banned = $10",
             )
             .bind(id.clone())
             .bind(a.attestor.clone())
             .bind(selectors)
             .bind(a.serial.clone())
+            .bind(a.previous_serial.clone())
             .bind(a.expires_at)
             .bind(a.banned)
             .bind(a.attested_at)
@@ -65,11 +79,34 @@ impl Datastore {
                     "attestor": a.attestor,
                     "selectors": a.selectors.iter().map(ToString::to_string).collect::<Vec<_>>(),
                     "serial": a.serial,
+                    "previous_serial": a.previous_serial,
                     "expires_at": a.expires_at,
                 }),
             )?;
         });
         tracing::info!(spiffe_id = %id, kind = audit_kind, "agent recorded");
+        Ok(())
+    }
+
+    /// Forgets the agent's previous serial once it has presented its current one, `serial`: from
+    /// then on only `serial` is accepted. Does nothing if `serial` is no longer current (a newer
+    /// renewal or attestation won). Not audited: it only narrows what is accepted, and the renewal
+    /// that set the previous serial is.
+    pub async fn confirm_agent_serial(
+        &self,
+        id: &SpiffeId,
+        serial: &str,
+    ) -> Result<(), DatastoreError> {
+        on_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE agents SET previous_serial = NULL \
+                 WHERE spiffe_id = $1 AND serial = $2 AND previous_serial IS NOT NULL",
+            )
+            .bind(id.to_string())
+            .bind(serial.to_owned())
+            .execute(pool)
+            .await?;
+        });
         Ok(())
     }
 
@@ -145,7 +182,17 @@ fn encode_selectors(selectors: &[Selector]) -> Result<String, DatastoreError> {
 }
 
 fn from_row(row: AgentRow) -> Result<AgentRecord, DatastoreError> {
-    let (spiffe_id, attestor, selectors, serial, expires_at, banned, attested_at, renewed_at) = row;
+    let (
+        spiffe_id,
+        attestor,
+        selectors,
+        serial,
+        previous_serial,
+        expires_at,
+        banned,
+        attested_at,
+        renewed_at,
+    ) = row;
     let corrupt = |detail: String| DatastoreError::Corrupt {
         what: "agent",
         id: spiffe_id.clone(),
@@ -164,6 +211,7 @@ fn from_row(row: AgentRow) -> Result<AgentRecord, DatastoreError> {
         attestor,
         selectors,
         serial,
+        previous_serial,
         expires_at,
         banned,
         attested_at,

@@ -79,6 +79,10 @@ pub struct AgentRecord {
     pub selectors: Vec<Selector>,
     /// Serial (hex) of the agent's current SVID.
     pub serial: String,
+    /// Serial (hex) of the SVID the agent renewed from, accepted besides `serial` until the agent
+    /// first presents `serial`: a renewal whose reply was lost does not lock the agent out.
+    /// `None` after an attestation and once the new SVID has been presented.
+    pub previous_serial: Option<String>,
     /// NotAfter of the agent's current SVID, unix seconds.
     pub expires_at: i64,
     /// A banned agent is refused forever.

@@ -322,6 +322,7 @@ async fn agents_are_listed_banned_and_evicted_over_the_socket() {
             attestor: "join_token".into(),
             selectors: vec![],
             serial: "0a".into(),
+            previous_serial: None,
             expires_at: 10,
             banned: false,
             attested_at: 1,

@@ -10,6 +10,7 @@ fn agent(serial: &str) -> AgentRecord {
         attestor: "join_token".into(),
         selectors: vec!["x509pop:subject:cn:web".parse().unwrap()],
         serial: serial.into(),
+        previous_serial: None,
         expires_at: 2_000,
         banned: false,
         attested_at: 1_000,
@@ -27,6 +28,7 @@ async fn agent_upsert_renew_and_list_round_trip() {
             .await
             .unwrap();
         let mut renewed = agent("02");
+        renewed.previous_serial = Some("01".into());
         renewed.renewed_at = 1_500;
         ds.upsert_agent(&renewed, "agent.renewed").await.unwrap();
         assert_eq!(
@@ -35,6 +37,13 @@ async fn agent_upsert_renew_and_list_round_trip() {
             "{}",
             b.name
         );
+        // Presenting a serial that is not the current one keeps the previous serial; presenting
+        // the current one forgets it.
+        ds.confirm_agent_serial(&id, "01").await.unwrap();
+        assert_eq!(ds.get_agent(&id).await.unwrap(), Some(renewed.clone()));
+        ds.confirm_agent_serial(&id, "02").await.unwrap();
+        renewed.previous_serial = None;
+        assert_eq!(ds.get_agent(&id).await.unwrap(), Some(renewed.clone()));
         assert_eq!(ds.list_agents().await.unwrap(), vec![renewed]);
         let audit = ds.list_audit(0, 0).await.unwrap();
         assert_eq!(
@@ -113,5 +122,30 @@ async fn banned_agent_is_kept_and_refused_forever_and_evicted_agent_is_gone() {
                 "agent.attested"
             ]
         );
+    }
+}
+
+#[tokio::test]
+async fn agents_stored_before_the_previous_serial_column_upgrade_with_none() {
+    for b in backends().await {
+        // Back to the schema of migration 1, with an agent stored then.
+        b.raw_exec(
+            "DELETE FROM _sqlx_migrations WHERE version = 2; \
+             ALTER TABLE agents DROP COLUMN previous_serial; \
+             INSERT INTO agents (spiffe_id, attestor, selectors, serial, expires_at, banned, \
+             attested_at, renewed_at) VALUES \
+             ('spiffe://example.org/agent/join_token/0123456789abcdef', 'join_token', '[]', \
+             '01', 2000, false, 1000, 1000)",
+        )
+        .await;
+        b.ds.close().await;
+        let ds = warden_ca::datastore::Datastore::open(&b.url).await.unwrap();
+        let got = ds
+            .get_agent(&AGENT.parse().unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.serial, "01", "{}", b.name);
+        assert_eq!(got.previous_serial, None, "{}", b.name);
     }
 }

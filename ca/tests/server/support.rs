@@ -7,8 +7,8 @@ use rcgen::{CertificateParams, KeyPair, SanType};
 use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 use tonic::transport::Channel;
 use warden_api::transport::connect_tls;
-use warden_api::v1::AttestJoinTokenRequest;
 use warden_api::v1::agent_api_client::AgentApiClient;
+use warden_api::v1::{AttestJoinTokenRequest, ListEntriesRequest, RenewAgentRequest};
 use warden_ca::authority::{InitOptions, KeyType, Ttls, init_ca};
 use warden_ca::config::Config;
 use warden_ca::datastore::{Datastore, NewEntry, ca_spiffe_id, join_token_hash};
@@ -167,6 +167,27 @@ impl TestCa {
             .unwrap()
             .into_inner();
         svid_of(resp.svid.as_ref().unwrap(), &key)
+    }
+
+    /// Renews the agent SVID `svid` over a new connection authenticated with it.
+    pub(crate) async fn renew(&self, svid: &X509Svid) -> Result<X509Svid, tonic::Status> {
+        let (key, csr) = key_and_csr(None);
+        let resp = self
+            .as_agent(svid)
+            .await
+            .renew_agent(RenewAgentRequest { csr })
+            .await?
+            .into_inner();
+        Ok(svid_of(resp.svid.as_ref().unwrap(), &key))
+    }
+
+    /// Makes one authenticated call (`ListEntries`) over a new connection with `svid`.
+    pub(crate) async fn call_as(&self, svid: &X509Svid) -> Result<(), tonic::Status> {
+        self.as_agent(svid)
+            .await
+            .list_entries(ListEntriesRequest {})
+            .await
+            .map(|_| ())
     }
 
     pub(crate) async fn entry(&self, id: &str, parent: &SpiffeId, dns: &[&str]) -> String {
