@@ -287,9 +287,7 @@ fn node_commands_list_ban_and_evict() {
         attested_at: 1,
         renewed_at: 1,
     };
-    ca.rt
-        .block_on(ca.ds.upsert_agent(&rec, "agent.attested"))
-        .unwrap();
+    ca.rt.block_on(ca.ds.attest_agent(&rec)).unwrap();
     let list = ca.json(&["node", "list"]);
     assert_eq!(list[0]["spiffe_id"], id);
     ca.warden(&["node", "ban", id]).assert().success();

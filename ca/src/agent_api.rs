@@ -25,9 +25,11 @@ use warden_api::v1::agent_api_server::AgentApi;
 use warden_identity::{Selector, SpiffeId};
 
 use crate::authority::Authority;
-use crate::datastore::{AgentRecord, Datastore, IssuedSvid, join_token_agent_id, join_token_hash};
+use crate::authority::SignedSvid;
+use crate::datastore::{
+    AgentRecord, AgentRenewal, Datastore, IssuedSvid, join_token_agent_id, join_token_hash,
+};
 use crate::http::Metrics;
-use caller::Caller;
 
 pub use x509pop::CHALLENGE_TTL;
 
@@ -78,47 +80,51 @@ impl AgentService {
         self.inner.authority.clock().now()
     }
 
-    /// Signs the agent SVID and records the agent: `agent.attested`, or `agent.renewed` when
-    /// `renewing` (whose presented serial becomes the previous serial).
-    async fn issue_agent(
+    /// Signs the agent SVID for `id` with the agent TTL.
+    fn sign_agent(
+        &self,
+        id: &SpiffeId,
+        csr: &rcgen::CertificateSigningRequestParams,
+    ) -> Result<SignedSvid, Status> {
+        self.inner
+            .authority
+            .sign_parsed(csr, id, &[], self.inner.agent_ttl)
+            .map_err(convert::sign_status)
+    }
+
+    /// Signs the agent SVID of a newly attested agent and records it (`agent.attested`).
+    async fn attest_agent(
         &self,
         id: SpiffeId,
         attestor: &str,
         selectors: Vec<Selector>,
         csr: &rcgen::CertificateSigningRequestParams,
-        renewing: Option<&Caller>,
     ) -> Result<pb::AttestResponse, Status> {
-        let signed = self
-            .inner
-            .authority
-            .sign_parsed(csr, &id, &[], self.inner.agent_ttl)
-            .map_err(convert::sign_status)?;
+        let signed = self.sign_agent(&id, csr)?;
         let now = convert::unix(signed.issued_at);
         let record = AgentRecord {
-            spiffe_id: id.clone(),
+            spiffe_id: id,
             attestor: attestor.to_owned(),
             selectors,
             serial: signed.serial.clone(),
-            previous_serial: renewing.map(|c| c.serial.clone()),
+            previous_serial: None,
             expires_at: convert::unix(signed.not_after),
             banned: false,
-            attested_at: renewing.map_or(now, |c| c.agent.attested_at),
+            attested_at: now,
             renewed_at: now,
-        };
-        let audit_kind = if renewing.is_some() {
-            "agent.renewed"
-        } else {
-            "agent.attested"
         };
         self.inner
             .ds
-            .upsert_agent(&record, audit_kind)
+            .attest_agent(&record)
             .await
             .map_err(convert::ds_status)?;
-        let bundles = self.bundles().await?;
+        self.agent_svid_response(&signed).await
+    }
+
+    async fn agent_svid_response(&self, signed: &SignedSvid) -> Result<pb::AttestResponse, Status> {
         Ok(pb::AttestResponse {
-            svid: Some(convert::svid(&signed)),
-            bundles: Some(bundles),
+            svid: Some(convert::svid(signed)),
+            bundles: Some(self.bundles().await?),
         })
     }
 
@@ -174,8 +180,7 @@ impl AgentApi for AgentService {
                 .map_err(convert::token_status)?;
             let id = join_token_agent_id(self.inner.authority.trust_domain(), &req.token);
             tracing::info!(agent = %id, "agent attested with a join token");
-            self.issue_agent(id, "join_token", Vec::new(), &csr, None)
-                .await
+            self.attest_agent(id, "join_token", Vec::new(), &csr).await
         }
         .await;
         self.count_attestation("join_token", result.is_ok());
@@ -210,7 +215,7 @@ impl AgentApi for AgentService {
                 self.now(),
             )?;
             tracing::info!(agent = %node.agent_id, "agent attested with x509pop");
-            self.issue_agent(node.agent_id, "x509pop", node.selectors, &csr, None)
+            self.attest_agent(node.agent_id, "x509pop", node.selectors, &csr)
                 .await
         }
         .await;
@@ -224,17 +229,20 @@ impl AgentApi for AgentService {
     ) -> Result<Response<pb::AttestResponse>, Status> {
         let caller = self.authenticate(&request).await?;
         let csr = parse_csr(&request.get_ref().csr)?;
-        let agent = &caller.agent;
-        let resp = self
-            .issue_agent(
-                agent.spiffe_id.clone(),
-                &agent.attestor,
-                agent.selectors.clone(),
-                &csr,
-                Some(&caller),
-            )
-            .await?;
-        Ok(Response::new(resp))
+        let signed = self.sign_agent(&caller.agent.spiffe_id, &csr)?;
+        // Update-only: an eviction, ban or other renewal since `authenticate` is not undone.
+        self.inner
+            .ds
+            .renew_agent(&AgentRenewal {
+                spiffe_id: caller.agent.spiffe_id.clone(),
+                presented_serial: caller.serial.clone(),
+                serial: signed.serial.clone(),
+                expires_at: convert::unix(signed.not_after),
+                renewed_at: convert::unix(signed.issued_at),
+            })
+            .await
+            .map_err(convert::renew_status)?;
+        Ok(Response::new(self.agent_svid_response(&signed).await?))
     }
 
     async fn list_entries(

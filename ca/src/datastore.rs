@@ -77,8 +77,8 @@ use warden_identity::{SpiffeId, TrustDomain};
 
 pub use error::{DatastoreError, EntryError, TokenError};
 pub use model::{
-    AgentRecord, AuditEvent, AuditRecord, AuditVerification, BadAuditRecord, CaRecord,
-    CaRecordKind, CaRecordState, Entry, EntryFilter, IssuedSvid, NewEntry,
+    AgentRecord, AgentRenewal, AuditEvent, AuditRecord, AuditVerification, BadAuditRecord,
+    CaRecord, CaRecordKind, CaRecordState, Entry, EntryFilter, IssuedSvid, NewEntry,
 };
 pub use validate::{MAX_HINT_LEN, MAX_JWT_SVID_TTL, MAX_X509_SVID_TTL, MIN_SVID_TTL};
 

@@ -1,13 +1,13 @@
-//! Attested node agents: upsert on attestation and renewal, the current and previous SVID serial
-//! the agent API accepts, eviction (delete; it may attest again) and banning (kept with `banned`,
-//! refused forever).
+//! Attested node agents: insert (or replace) on attestation, update-only renewal, the current and
+//! previous SVID serial the agent API accepts, eviction (delete; it may attest again) and banning
+//! (kept with `banned`, refused forever).
 
 use serde_json::json;
 use warden_identity::{Selector, SpiffeId};
 
 use super::Datastore;
 use super::error::DatastoreError;
-use super::model::AgentRecord;
+use super::model::{AgentRecord, AgentRenewal};
 
 const AGENT_COLUMNS: &str = "spiffe_id, attestor, selectors, serial, previous_serial, expires_at, \
      banned, attested_at, renewed_at";
@@ -24,43 +24,32 @@ type AgentRow = (
     i64,
 );
 
-/// Audit kinds [`Datastore::upsert_agent`] accepts.
-const UPSERT_KINDS: [&str; 2] = ["agent.attested", "agent.renewed"];
-
 // === impl Datastore ===
 
 impl Datastore {
-    /// Inserts or replaces an agent's record, auditing `audit_kind` (`agent.attested` or
-    /// `agent.renewed`) with the agent as actor. A banned agent is never overwritten:
+    /// Records an attested agent, auditing `agent.attested` with the agent as actor. An agent
+    /// with the same ID that is not banned is replaced (it attested again, e.g. an x509pop node
+    /// that lost its data dir), and `a.previous_serial` is ignored: after an attestation only
+    /// its new SVID is accepted. A banned agent is never overwritten:
     /// [`DatastoreError::AgentBanned`].
-    pub async fn upsert_agent(
-        &self,
-        a: &AgentRecord,
-        audit_kind: &str,
-    ) -> Result<(), DatastoreError> {
-        if !UPSERT_KINDS.contains(&audit_kind) {
-            return Err(DatastoreError::Invalid(format!(
-                "agent audit kind `{audit_kind}` is not `agent.attested` or `agent.renewed`"
-            )));
-        }
+    pub async fn attest_agent(&self, a: &AgentRecord) -> Result<(), DatastoreError> {
         let id = a.spiffe_id.to_string();
         let selectors = encode_selectors(&a.selectors)?;
         in_tx!(self, |tx, audit| {
             let done = sqlx::query(
                 "INSERT INTO agents (spiffe_id, attestor, selectors, serial, previous_serial, expires_at, \
                  banned, attested_at, renewed_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                 VALUES ($1, $2, $3, $4, NULL, $5, $6, $7, $8) \
                  ON CONFLICT (spiffe_id) DO UPDATE SET attestor = excluded.attestor, \
-                 selectors = excluded.selectors, serial = excluded.serial, \
-                 previous_serial = excluded.previous_serial, expires_at = excluded.expires_at, \
-                 attested_at = excluded.attested_at, renewed_at = excluded.renewed_at \
-                 WHERE agents.banned = $10",
+                 selectors = excluded.selectors, serial = excluded.serial, previous_serial = NULL, \
+                 expires_at = excluded.expires_at, attested_at = excluded.attested_at, \
+                 renewed_at = excluded.renewed_at \
+                 WHERE agents.banned = $9",
             )
             .bind(id.clone())
             .bind(a.attestor.clone())
             .bind(selectors)
             .bind(a.serial.clone())
-            .bind(a.previous_serial.clone())
             .bind(a.expires_at)
             .bind(a.banned)
             .bind(a.attested_at)
@@ -72,19 +61,73 @@ impl Datastore {
                 return Err(DatastoreError::AgentBanned(id.clone()));
             }
             audit.record(
-                audit_kind,
+                "agent.attested",
                 &id,
                 &id,
                 json!({
                     "attestor": a.attestor,
                     "selectors": a.selectors.iter().map(ToString::to_string).collect::<Vec<_>>(),
                     "serial": a.serial,
-                    "previous_serial": a.previous_serial,
                     "expires_at": a.expires_at,
                 }),
             )?;
         });
-        tracing::info!(spiffe_id = %id, kind = audit_kind, "agent recorded");
+        tracing::info!(spiffe_id = %id, "agent attested");
+        Ok(())
+    }
+
+    /// Records a renewal, auditing `agent.renewed` with the agent as actor: the new serial
+    /// becomes current and the presented one previous. Only an existing agent is updated, and
+    /// only while the presented serial is still its current or previous one; otherwise nothing
+    /// is written and the error says why: evicted ([`DatastoreError::NotFound`]), banned
+    /// ([`DatastoreError::AgentBanned`]), or superseded meanwhile
+    /// ([`DatastoreError::AgentSerialMismatch`]). So a renewal racing an eviction, a ban or
+    /// another renewal never undoes it.
+    pub async fn renew_agent(&self, r: &AgentRenewal) -> Result<(), DatastoreError> {
+        let id = r.spiffe_id.to_string();
+        in_tx!(self, |tx, audit| {
+            let done = sqlx::query(
+                "UPDATE agents SET serial = $1, previous_serial = $2, expires_at = $3, renewed_at = $4 \
+                 WHERE spiffe_id = $5 AND banned = $6 AND (serial = $2 OR previous_serial = $2)",
+            )
+            .bind(r.serial.clone())
+            .bind(r.presented_serial.clone())
+            .bind(r.expires_at)
+            .bind(r.renewed_at)
+            .bind(id.clone())
+            .bind(false)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() != 1 {
+                let banned: Option<bool> =
+                    sqlx::query_scalar("SELECT banned FROM agents WHERE spiffe_id = $1")
+                        .bind(id.clone())
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                return Err(match banned {
+                    None => DatastoreError::NotFound {
+                        what: "agent",
+                        id: id.clone(),
+                    },
+                    Some(true) => DatastoreError::AgentBanned(id.clone()),
+                    Some(false) => DatastoreError::AgentSerialMismatch {
+                        id: id.clone(),
+                        serial: r.presented_serial.clone(),
+                    },
+                });
+            }
+            audit.record(
+                "agent.renewed",
+                &id,
+                &id,
+                json!({
+                    "serial": r.serial,
+                    "previous_serial": r.presented_serial,
+                    "expires_at": r.expires_at,
+                }),
+            )?;
+        });
+        tracing::info!(spiffe_id = %id, "agent renewed");
         Ok(())
     }
 

@@ -61,6 +61,15 @@ pub enum DatastoreError {
     /// The agent is banned: it may not attest or renew again.
     #[error("agent `{0}` is banned")]
     AgentBanned(String),
+    /// A renewal presented a serial that is no longer the agent's current or previous one (another
+    /// renewal or an attestation came first).
+    #[error("agent `{id}` svid serial `{serial}` is no longer current (svid serial mismatch)")]
+    AgentSerialMismatch {
+        /// The agent.
+        id: String,
+        /// The serial presented.
+        serial: String,
+    },
     /// The entry was changed concurrently (its revision moved on).
     #[error("entry `{id}` was changed concurrently (revision {expected} is no longer current)")]
     Conflict {

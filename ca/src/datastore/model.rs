@@ -93,6 +93,22 @@ pub struct AgentRecord {
     pub renewed_at: i64,
 }
 
+/// A renewal of an attested agent's SVID, for [`Datastore::renew_agent`](super::Datastore::renew_agent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentRenewal {
+    /// The agent.
+    pub spiffe_id: SpiffeId,
+    /// Serial (hex) of the SVID the agent renewed with: its current or previous serial. It
+    /// becomes the previous serial.
+    pub presented_serial: String,
+    /// Serial (hex) of the new SVID.
+    pub serial: String,
+    /// NotAfter of the new SVID, unix seconds.
+    pub expires_at: i64,
+    /// Unix seconds.
+    pub renewed_at: i64,
+}
+
 /// What a CA journal record describes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CaRecordKind {

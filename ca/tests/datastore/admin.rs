@@ -328,7 +328,7 @@ async fn agents_are_listed_banned_and_evicted_over_the_socket() {
             attested_at: 1,
             renewed_at: 1,
         };
-        b.ds.upsert_agent(&rec, "agent.attested").await.unwrap();
+        b.ds.attest_agent(&rec).await.unwrap();
         let s = Server::start(&b).await;
         let mut c = s.client.clone();
         let agents = c

@@ -2,7 +2,7 @@
 
 use warden_ca::datastore::{CaRecord, CaRecordKind, CaRecordState, DatastoreError, IssuedSvid};
 
-use super::harness::{AGENT, backends};
+use super::harness::{AGENT, audit_kinds, backends};
 
 fn record(id: &str, kind: CaRecordKind, state: CaRecordState, not_before: i64) -> CaRecord {
     CaRecord {
@@ -65,13 +65,7 @@ async fn ca_records_move_through_states_and_activation_is_audited_as_rotation() 
             ]
         );
         assert_eq!(records[0].der, vec![0x30, 0x03, 1, 2, 3], "{}", b.name);
-        let kinds: Vec<String> = ds
-            .list_audit(0, 0)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|r| r.kind)
-            .collect();
+        let kinds = audit_kinds(ds).await;
         assert_eq!(
             kinds,
             [

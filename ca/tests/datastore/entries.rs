@@ -2,7 +2,7 @@
 
 use warden_ca::datastore::{DatastoreError, EntryError, EntryFilter, MAX_X509_SVID_TTL};
 
-use super::harness::{ADMIN, AGENT, backends, new_entry};
+use super::harness::{ADMIN, AGENT, audit_kinds, backends, new_entry};
 
 #[tokio::test]
 async fn entry_crud_round_trips_bumps_revision_and_audits_each_change() {
@@ -54,13 +54,7 @@ async fn entry_crud_round_trips_bumps_revision_and_audits_each_change() {
             "{err}"
         );
 
-        let kinds: Vec<String> = ds
-            .list_audit(0, 0)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|r| r.kind)
-            .collect();
+        let kinds = audit_kinds(ds).await;
         assert_eq!(
             kinds,
             [

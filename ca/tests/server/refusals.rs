@@ -204,10 +204,7 @@ async fn svids_from_before_an_eviction_stay_refused_after_re_attestation() {
     ca.ds().evict_agent(old.spiffe_id(), "test").await.unwrap();
     // The same agent ID attests again (as an x509pop node with the same certificate would).
     record.serial = "7f000000000000000000000000000001".into();
-    ca.ds()
-        .upsert_agent(&record, "agent.attested")
-        .await
-        .unwrap();
+    ca.ds().attest_agent(&record).await.unwrap();
     assert_serial_mismatch(ca.call_as(&old).await);
     assert_serial_mismatch(ca.renew(&old).await);
 }
