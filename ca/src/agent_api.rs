@@ -6,8 +6,9 @@
 //! certificates of its connection: a valid agent SVID of this trust domain (verified again here
 //! against the current bundle) whose agent is in the datastore and not banned, and whose serial
 //! is the agent's current one (or the previous one until the current one is first presented),
-//! checked on every call (see `caller.rs`). Failed calls leave the datastore unchanged (signing
-//! happens before any write).
+//! checked on every call (see `caller.rs`). Failed calls leave the datastore unchanged: signing
+//! happens before any write, and a join token is consumed in the same transaction that records
+//! its agent.
 //!
 //! `FetchBundles` returns the own bundle and **all** federated bundles the CA stores.
 
@@ -101,31 +102,14 @@ impl AgentService {
         csr: &rcgen::CertificateSigningRequestParams,
     ) -> Result<pb::AttestResponse, Status> {
         let signed = self.sign_agent(&id, csr)?;
-        let now = convert::unix(signed.issued_at);
-        let record = AgentRecord {
-            spiffe_id: id,
-            attestor: attestor.to_owned(),
-            selectors,
-            serial: signed.serial.clone(),
-            previous_serial: None,
-            expires_at: convert::unix(signed.not_after),
-            banned: false,
-            attested_at: now,
-            renewed_at: now,
-        };
+        let bundles = self.bundles().await?;
+        let record = new_agent_record(id, attestor, selectors, &signed);
         self.inner
             .ds
             .attest_agent(&record)
             .await
             .map_err(convert::ds_status)?;
-        self.agent_svid_response(&signed).await
-    }
-
-    async fn agent_svid_response(&self, signed: &SignedSvid) -> Result<pb::AttestResponse, Status> {
-        Ok(pb::AttestResponse {
-            svid: Some(convert::svid(signed)),
-            bundles: Some(self.bundles().await?),
-        })
+        Ok(agent_svid_response(&signed, bundles))
     }
 
     async fn bundles(&self) -> Result<pb::Bundles, Status> {
@@ -151,6 +135,36 @@ impl AgentService {
     }
 }
 
+/// The record of an agent attested just now with the SVID `signed`.
+fn new_agent_record(
+    id: SpiffeId,
+    attestor: &str,
+    selectors: Vec<Selector>,
+    signed: &SignedSvid,
+) -> AgentRecord {
+    let now = convert::unix(signed.issued_at);
+    AgentRecord {
+        spiffe_id: id,
+        attestor: attestor.to_owned(),
+        selectors,
+        serial: signed.serial.clone(),
+        previous_serial: None,
+        expires_at: convert::unix(signed.not_after),
+        banned: false,
+        attested_at: now,
+        renewed_at: now,
+    }
+}
+
+/// The reply to an attestation or renewal. The bundles are read before the agent is recorded,
+/// so that no read after the write can fail the call once the write committed.
+fn agent_svid_response(signed: &SignedSvid, bundles: pb::Bundles) -> pb::AttestResponse {
+    pb::AttestResponse {
+        svid: Some(convert::svid(signed)),
+        bundles: Some(bundles),
+    }
+}
+
 fn parse_csr(der: &[u8]) -> Result<rcgen::CertificateSigningRequestParams, Status> {
     crate::authority::parse_csr(der).map_err(convert::sign_status)
 }
@@ -172,15 +186,23 @@ impl AgentApi for AgentService {
                 )));
             }
             let csr = parse_csr(&req.csr)?;
-            let hash = join_token_hash(&req.token);
+            let id = join_token_agent_id(self.inner.authority.trust_domain(), &req.token);
+            // Sign first: a CSR the CA refuses leaves the token unused. The token is then
+            // consumed and the agent recorded in one transaction.
+            let signed = self.sign_agent(&id, &csr)?;
+            let bundles = self.bundles().await?;
+            let record = new_agent_record(id, "join_token", Vec::new(), &signed);
             self.inner
                 .ds
-                .consume_join_token(&hash, convert::unix(self.now()))
+                .attest_agent_with_join_token(
+                    &join_token_hash(&req.token),
+                    convert::unix(self.now()),
+                    &record,
+                )
                 .await
                 .map_err(convert::token_status)?;
-            let id = join_token_agent_id(self.inner.authority.trust_domain(), &req.token);
-            tracing::info!(agent = %id, "agent attested with a join token");
-            self.attest_agent(id, "join_token", Vec::new(), &csr).await
+            tracing::info!(agent = %record.spiffe_id, "agent attested with a join token");
+            Ok(agent_svid_response(&signed, bundles))
         }
         .await;
         self.count_attestation("join_token", result.is_ok());
@@ -230,6 +252,7 @@ impl AgentApi for AgentService {
         let caller = self.authenticate(&request).await?;
         let csr = parse_csr(&request.get_ref().csr)?;
         let signed = self.sign_agent(&caller.agent.spiffe_id, &csr)?;
+        let bundles = self.bundles().await?;
         // Update-only: an eviction, ban or other renewal since `authenticate` is not undone.
         self.inner
             .ds
@@ -242,7 +265,7 @@ impl AgentApi for AgentService {
             })
             .await
             .map_err(convert::renew_status)?;
-        Ok(Response::new(self.agent_svid_response(&signed).await?))
+        Ok(Response::new(agent_svid_response(&signed, bundles)))
     }
 
     async fn list_entries(

@@ -24,6 +24,54 @@ type AgentRow = (
     i64,
 );
 
+/// Inserts (or replaces, unless banned) the attested agent `$a` inside the transaction `$tx`,
+/// pushing its `agent.attested` record onto `$audit`; returns early with
+/// [`DatastoreError::AgentBanned`] (converted with `into`) when the ID is banned. Shared by
+/// [`Datastore::attest_agent`] and the join-token attestation, which consumes its token in the
+/// same transaction.
+macro_rules! insert_agent {
+    ($tx:ident, $audit:ident, $a:expr) => {{
+        let a: &$crate::datastore::AgentRecord = $a;
+        let id = a.spiffe_id.to_string();
+        let done = sqlx::query(
+            "INSERT INTO agents (spiffe_id, attestor, selectors, serial, previous_serial, expires_at, \
+             banned, attested_at, renewed_at) \
+             VALUES ($1, $2, $3, $4, NULL, $5, $6, $7, $8) \
+             ON CONFLICT (spiffe_id) DO UPDATE SET attestor = excluded.attestor, \
+             selectors = excluded.selectors, serial = excluded.serial, previous_serial = NULL, \
+             expires_at = excluded.expires_at, attested_at = excluded.attested_at, \
+             renewed_at = excluded.renewed_at \
+             WHERE agents.banned = $9",
+        )
+        .bind(id.clone())
+        .bind(a.attestor.clone())
+        .bind($crate::datastore::agents::encode_selectors(&a.selectors)?)
+        .bind(a.serial.clone())
+        .bind(a.expires_at)
+        .bind(a.banned)
+        .bind(a.attested_at)
+        .bind(a.renewed_at)
+        .bind(false)
+        .execute(&mut *$tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Err($crate::datastore::DatastoreError::AgentBanned(id).into());
+        }
+        $audit.record(
+            "agent.attested",
+            &id,
+            &id,
+            serde_json::json!({
+                "attestor": a.attestor,
+                "selectors": a.selectors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "serial": a.serial,
+                "expires_at": a.expires_at,
+            }),
+        )?;
+    }};
+}
+pub(crate) use insert_agent;
+
 // === impl Datastore ===
 
 impl Datastore {
@@ -33,46 +81,10 @@ impl Datastore {
     /// its new SVID is accepted. A banned agent is never overwritten:
     /// [`DatastoreError::AgentBanned`].
     pub async fn attest_agent(&self, a: &AgentRecord) -> Result<(), DatastoreError> {
-        let id = a.spiffe_id.to_string();
-        let selectors = encode_selectors(&a.selectors)?;
         in_tx!(self, |tx, audit| {
-            let done = sqlx::query(
-                "INSERT INTO agents (spiffe_id, attestor, selectors, serial, previous_serial, expires_at, \
-                 banned, attested_at, renewed_at) \
-                 VALUES ($1, $2, $3, $4, NULL, $5, $6, $7, $8) \
-                 ON CONFLICT (spiffe_id) DO UPDATE SET attestor = excluded.attestor, \
-                 selectors = excluded.selectors, serial = excluded.serial, previous_serial = NULL, \
-                 expires_at = excluded.expires_at, attested_at = excluded.attested_at, \
-                 renewed_at = excluded.renewed_at \
-                 WHERE agents.banned = $9",
-            )
-            .bind(id.clone())
-            .bind(a.attestor.clone())
-            .bind(selectors)
-            .bind(a.serial.clone())
-            .bind(a.expires_at)
-            .bind(a.banned)
-            .bind(a.attested_at)
-            .bind(a.renewed_at)
-            .bind(false)
-            .execute(&mut *tx)
-            .await?;
-            if done.rows_affected() != 1 {
-                return Err(DatastoreError::AgentBanned(id.clone()));
-            }
-            audit.record(
-                "agent.attested",
-                &id,
-                &id,
-                json!({
-                    "attestor": a.attestor,
-                    "selectors": a.selectors.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                    "serial": a.serial,
-                    "expires_at": a.expires_at,
-                }),
-            )?;
+            insert_agent!(tx, audit, a);
         });
-        tracing::info!(spiffe_id = %id, "agent attested");
+        tracing::info!(spiffe_id = %a.spiffe_id, "agent attested");
         Ok(())
     }
 
@@ -218,7 +230,7 @@ impl Datastore {
     }
 }
 
-fn encode_selectors(selectors: &[Selector]) -> Result<String, DatastoreError> {
+pub(super) fn encode_selectors(selectors: &[Selector]) -> Result<String, DatastoreError> {
     let list: Vec<String> = selectors.iter().map(ToString::to_string).collect();
     serde_json::to_string(&list)
         .map_err(|e| DatastoreError::Invalid(format!("cannot encode selectors: {e}")))

@@ -70,7 +70,24 @@ async fn malformed_csr_is_refused_without_consuming_the_token() {
     // Oversize.
     let err = attest_err(&ca, "tok-bad-csr", vec![0x30; 16 * 1024 + 1]).await;
     assert!(err.message().contains("oversize csr"), "{}", err.message());
+    // A well-formed CSR naming another SPIFFE ID than the token's agent ID.
+    for other in ["spiffe://example.org/warden/ca", "spiffe://example.org/web"] {
+        let (_, csr) = key_and_csr(Some(other));
+        let err = attest_err(&ca, "tok-bad-csr", csr).await;
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(
+            err.message().contains("csr id mismatch") && err.message().contains(other),
+            "{}",
+            err.message()
+        );
+    }
     assert!(ca.ds().list_agents().await.unwrap().is_empty());
+    let audit = ca.ds().list_audit(0, 0).await.unwrap();
+    assert!(
+        audit.iter().all(|r| r.kind != "token.used"),
+        "{:?}",
+        audit.iter().map(|r| &r.kind).collect::<Vec<_>>()
+    );
     // The token is still usable.
     let (_, csr) = key_and_csr(None);
     ca.anon()
