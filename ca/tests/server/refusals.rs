@@ -89,15 +89,8 @@ async fn malformed_csr_is_refused_without_consuming_the_token() {
         audit.iter().map(|r| &r.kind).collect::<Vec<_>>()
     );
     // The token is still usable.
-    let (_, csr) = key_and_csr(None);
-    ca.anon()
-        .await
-        .attest_join_token(AttestJoinTokenRequest {
-            token: "tok-bad-csr".into(),
-            csr,
-        })
-        .await
-        .unwrap();
+    let (key, csr) = key_and_csr(None);
+    ca.attest_csr("tok-bad-csr", &key, csr).await.unwrap();
 }
 
 #[tokio::test]
@@ -343,15 +336,7 @@ async fn signing_refusals_name_the_entry_and_write_nothing() {
 async fn id_from_another_trust_domain_is_refused() {
     let ca = start_ca().await;
     let (_, csr) = key_and_csr(None);
-    let err = ca
-        .running
-        .authority
-        .sign_x509_svid(
-            &csr,
-            &"spiffe://evil.org/x".parse().unwrap(),
-            &[],
-            Duration::ZERO,
-        )
+    let err = sign_direct(&ca.running.authority, &csr, "spiffe://evil.org/x")
         .unwrap_err()
         .to_string();
     assert!(
