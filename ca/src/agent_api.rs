@@ -14,6 +14,7 @@
 
 mod caller;
 mod convert;
+mod failures;
 mod x509pop;
 
 use std::collections::HashMap;
@@ -25,12 +26,13 @@ use warden_api::v1 as pb;
 use warden_api::v1::agent_api_server::AgentApi;
 use warden_identity::{Selector, SpiffeId};
 
-use crate::authority::Authority;
-use crate::authority::SignedSvid;
+use crate::authority::{Authority, SignedSvid};
 use crate::datastore::{
-    AgentRecord, AgentRenewal, Datastore, IssuedSvid, join_token_agent_id, join_token_hash,
+    AgentRecord, AgentRenewal, Datastore, IssuedJwtSvid, IssuedSvid, TokenError,
+    join_token_agent_id, join_token_hash,
 };
 use crate::http::Metrics;
+use failures::{Attempt, src_addr};
 
 pub use x509pop::CHALLENGE_TTL;
 
@@ -129,10 +131,6 @@ impl AgentService {
             federated,
         })
     }
-
-    fn count_attestation(&self, attestor: &str, ok: bool) {
-        self.inner.metrics.attestation(attestor, ok);
-    }
 }
 
 /// The record of an agent attested just now with the SVID `signed`.
@@ -175,8 +173,12 @@ impl AgentApi for AgentService {
         &self,
         request: Request<pb::AttestJoinTokenRequest>,
     ) -> Result<Response<pb::AttestResponse>, Status> {
+        let req = request.get_ref();
+        let valid_len = !req.token.is_empty() && req.token.len() <= MAX_TOKEN_LEN;
+        let agent_id =
+            valid_len.then(|| join_token_agent_id(self.inner.authority.trust_domain(), &req.token));
+        let mut known_token_refused = false;
         let result = async {
-            let req = request.get_ref();
             if req.token.is_empty() {
                 return Err(Status::invalid_argument("join token is empty"));
             }
@@ -186,7 +188,10 @@ impl AgentApi for AgentService {
                 )));
             }
             let csr = parse_csr(&req.csr)?;
-            let id = join_token_agent_id(self.inner.authority.trust_domain(), &req.token);
+            // Some for every token that passed the checks above.
+            let id = agent_id
+                .clone()
+                .ok_or_else(|| Status::invalid_argument("join token is empty"))?;
             // Sign first: a CSR the CA refuses leaves the token unused. The token is then
             // consumed and the agent recorded in one transaction.
             let signed = self.sign_agent(&id, &csr)?;
@@ -200,12 +205,22 @@ impl AgentApi for AgentService {
                     &record,
                 )
                 .await
-                .map_err(convert::token_status)?;
+                .map_err(|e| {
+                    known_token_refused =
+                        matches!(e, TokenError::Expired | TokenError::AlreadyUsed);
+                    convert::token_status(e)
+                })?;
             tracing::info!(agent = %record.spiffe_id, "agent attested with a join token");
             Ok(agent_svid_response(&signed, bundles))
         }
         .await;
-        self.count_attestation("join_token", result.is_ok());
+        let attempt = Attempt {
+            attestor: "join_token",
+            agent: agent_id.as_ref(),
+            src: src_addr(&request),
+            audit: known_token_refused,
+        };
+        self.attestation_done(attempt, &result).await;
         result.map(Response::new)
     }
 
@@ -241,7 +256,13 @@ impl AgentApi for AgentService {
                 .await
         }
         .await;
-        self.count_attestation("x509pop", result.is_ok());
+        let attempt = Attempt {
+            attestor: "x509pop",
+            agent: None,
+            src: src_addr(&request),
+            audit: false,
+        };
+        self.attestation_done(attempt, &result).await;
         result.map(Response::new)
     }
 
@@ -393,6 +414,21 @@ impl AgentApi for AgentService {
                 Duration::from_secs(u64::from(entry.jwt_svid_ttl)),
             )
             .map_err(convert::sign_status)?;
+        // Audited before it is handed out: a token the audit log cannot show is not issued.
+        self.inner
+            .ds
+            .record_jwt_svid_issued(
+                &IssuedJwtSvid {
+                    spiffe_id: jwt.spiffe_id.clone(),
+                    entry_id: entry.id.clone(),
+                    audience: req.audience.clone(),
+                    kid: jwt.kid.clone(),
+                    expires_at: convert::unix(jwt.expires_at),
+                },
+                &agent.spiffe_id,
+            )
+            .await
+            .map_err(convert::ds_status)?;
         Ok(Response::new(pb::SignJwtSvidResponse {
             spiffe_id: jwt.spiffe_id.to_string(),
             token: jwt.token,

@@ -78,7 +78,7 @@ use warden_identity::{SpiffeId, TrustDomain};
 pub use error::{DatastoreError, EntryError, TokenError};
 pub use model::{
     AgentRecord, AgentRenewal, AuditEvent, AuditRecord, AuditVerification, BadAuditRecord,
-    CaRecord, CaRecordKind, CaRecordState, Entry, EntryFilter, IssuedSvid, NewEntry,
+    CaRecord, CaRecordKind, CaRecordState, Entry, EntryFilter, IssuedJwtSvid, IssuedSvid, NewEntry,
 };
 pub use validate::{MAX_HINT_LEN, MAX_JWT_SVID_TTL, MAX_X509_SVID_TTL, MIN_SVID_TTL};
 

@@ -8,6 +8,8 @@
     reason = "test helpers outside #[test] functions: a failure there is a test failure"
 )]
 
+#[path = "server/audit.rs"]
+mod audit;
 #[path = "server/refusals.rs"]
 mod refusals;
 #[path = "server/rotation.rs"]

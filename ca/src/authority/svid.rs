@@ -93,6 +93,8 @@ pub struct SignedJwtSvid {
     pub spiffe_id: SpiffeId,
     /// The compact JWS.
     pub token: String,
+    /// `kid` of the key that signed it.
+    pub kid: String,
     /// `exp`.
     pub expires_at: SystemTime,
 }
@@ -312,6 +314,7 @@ impl Authority {
         Ok(SignedJwtSvid {
             spiffe_id: id.clone(),
             token,
+            kid: signer.kid().to_owned(),
             expires_at,
         })
     }

@@ -163,10 +163,26 @@ pub struct IssuedSvid {
     pub expires_at: i64,
 }
 
+/// One issued JWT-SVID, for the audit log (the token itself is never stored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedJwtSvid {
+    /// Its subject.
+    pub spiffe_id: SpiffeId,
+    /// The entry it was issued for.
+    pub entry_id: String,
+    /// Its `aud`.
+    pub audience: Vec<String>,
+    /// `kid` of the key that signed it.
+    pub kid: String,
+    /// Its `exp`, unix seconds.
+    pub expires_at: i64,
+}
+
 /// An audit event to append.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AuditEvent {
-    /// Dotted kind: `entry.created`, `token.used`, `svid.issued`, `ca.rotated`, ...
+    /// Dotted kind: `entry.created`, `token.used`, `svid.issued`, `jwt_svid.issued`,
+    /// `ca.rotated`, ...
     pub kind: String,
     /// Who did it: `admin:uid=1000`, an agent SPIFFE ID, or `ca`.
     pub actor: String,
