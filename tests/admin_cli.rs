@@ -17,7 +17,7 @@ use assert_cmd::Command;
 use sqlx::Connection as _;
 use tokio::sync::{oneshot, watch};
 use warden_ca::admin::{AdminService, serve};
-use warden_ca::datastore::{AgentRecord, Datastore};
+use warden_ca::datastore::{AgentRecord, AuditEvent, Datastore, IssuedJwtSvid};
 use warden_identity::{Bundle, JwtAuthority, JwtSigner};
 
 struct Ca {
@@ -86,14 +86,19 @@ impl Ca {
     fn json(&self, args: &[&str]) -> serde_json::Value {
         let mut all = args.to_vec();
         all.extend(["--output", "json"]);
+        serde_json::from_str(&self.text(&all)).unwrap()
+    }
+
+    /// The standard output of a successful `warden args...`.
+    fn text(&self, args: &[&str]) -> String {
         let out = self
-            .warden(&all)
+            .warden(args)
             .assert()
             .success()
             .get_output()
             .stdout
             .clone();
-        serde_json::from_slice(&out).unwrap()
+        String::from_utf8(out).unwrap()
     }
 }
 
@@ -122,14 +127,7 @@ fn token_create_prints_a_token_once_and_its_agent_id() {
             .unwrap()
             .starts_with("spiffe://example.org/agent/join_token/")
     );
-    let table = ca
-        .warden(&["token", "create"])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    let table = String::from_utf8(table).unwrap();
+    let table = ca.text(&["token", "create"]);
     assert!(
         table.contains("token:") && table.contains("agent id:") && table.contains("expires at:"),
         "{table}"
@@ -171,14 +169,7 @@ fn entry_commands_create_list_show_update_and_delete() {
     assert_eq!(e["x509_svid_ttl"], 3600);
     assert_eq!(e["selectors"].as_array().unwrap().len(), 2);
 
-    let list = ca
-        .warden(&["entry", "list", "--selector", "unix:uid:1000"])
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    let list = String::from_utf8(list).unwrap();
+    let list = ca.text(&["entry", "list", "--selector", "unix:uid:1000"]);
     assert!(list.starts_with("ID"), "{list}");
     assert!(
         list.contains(&id) && list.contains("spiffe://example.org/web"),
@@ -281,14 +272,13 @@ fn node_commands_list_ban_and_evict() {
         attestor: "x509pop".into(),
         selectors: vec!["x509pop:subject:cn:web".parse().unwrap()],
         serial: "01".into(),
+        previous_serial: None,
         expires_at: 2_000_000_000,
         banned: false,
         attested_at: 1,
         renewed_at: 1,
     };
-    ca.rt
-        .block_on(ca.ds.upsert_agent(&rec, "agent.attested"))
-        .unwrap();
+    ca.rt.block_on(ca.ds.attest_agent(&rec)).unwrap();
     let list = ca.json(&["node", "list"]);
     assert_eq!(list[0]["spiffe_id"], id);
     ca.warden(&["node", "ban", id]).assert().success();
@@ -442,6 +432,48 @@ fn audit_verify_exits_1_naming_the_first_tampered_record() {
         .clone();
     let v: serde_json::Value = serde_json::from_slice(&v).unwrap();
     assert_eq!(v["first_bad_seq"], 2);
+}
+
+#[test]
+fn audit_list_prints_jwt_svid_issuance_and_failed_attestations() {
+    let ca = Ca::start();
+    let agent = "spiffe://example.org/agent/join_token/0123456789abcdef";
+    let jwt = IssuedJwtSvid {
+        spiffe_id: "spiffe://example.org/web".parse().unwrap(),
+        entry_id: "e1".into(),
+        audience: vec!["billing".into()],
+        kid: "k1".into(),
+        expires_at: 2_000_000_000,
+    };
+    let failed = AuditEvent {
+        kind: "agent.attestation_failed".into(),
+        actor: "anonymous".into(),
+        subject: agent.into(),
+        detail: serde_json::json!({ "attestor": "join_token", "reason": "join token expired" }),
+    };
+    ca.rt.block_on(async {
+        ca.ds
+            .record_jwt_svid_issued(&jwt, &agent.parse().unwrap())
+            .await
+            .unwrap();
+        ca.ds.append_audit(&failed).await.unwrap();
+    });
+    let out = ca.text(&["audit", "list"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    for (line, words) in lines[1..].iter().zip([
+        ["jwt_svid.issued", agent, "spiffe://example.org/web"],
+        ["agent.attestation_failed", "anonymous", agent],
+    ]) {
+        assert!(words.iter().all(|w| line.contains(w)), "{line}");
+    }
+    let list = ca.json(&["audit", "list"]);
+    assert_eq!(
+        list[0]["detail"]["audience"],
+        serde_json::json!(["billing"])
+    );
+    assert_eq!(list[0]["detail"]["kid"], "k1");
+    assert_eq!(list[1]["detail"]["reason"], "join token expired");
 }
 
 /// As root, runs the client as `nobody` (with the socket opened up to it) and expects the peer

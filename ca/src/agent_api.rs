@@ -4,12 +4,17 @@
 //! Served over TLS 1.3 (see [`crate::server`]); a client certificate is optional at the TLS
 //! layer. Attestation RPCs need none; every other RPC authenticates the caller from the peer
 //! certificates of its connection: a valid agent SVID of this trust domain (verified again here
-//! against the current bundle) whose agent is in the datastore and not banned, checked on every
-//! call. Failed calls leave the datastore unchanged (signing happens before any write).
+//! against the current bundle) whose agent is in the datastore and not banned, and whose serial
+//! is the agent's current one (or the previous one until the current one is first presented),
+//! checked on every call (see `caller.rs`). Failed calls leave the datastore unchanged: signing
+//! happens before any write, and a join token is consumed in the same transaction that records
+//! its agent.
 //!
 //! `FetchBundles` returns the own bundle and **all** federated bundles the CA stores.
 
+mod caller;
 mod convert;
+mod failures;
 mod x509pop;
 
 use std::collections::HashMap;
@@ -17,14 +22,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tonic::{Request, Response, Status};
-use warden_api::transport::TlsConnectInfo;
 use warden_api::v1 as pb;
 use warden_api::v1::agent_api_server::AgentApi;
-use warden_identity::{BundleSet, Selector, SpiffeId};
+use warden_identity::{Selector, SpiffeId};
 
-use crate::authority::Authority;
-use crate::datastore::{AgentRecord, Datastore, IssuedSvid, join_token_agent_id, join_token_hash};
+use crate::authority::{Authority, SignedSvid};
+use crate::datastore::{
+    AgentRecord, AgentRenewal, Datastore, IssuedJwtSvid, IssuedSvid, TokenError,
+    join_token_agent_id, join_token_hash,
+};
 use crate::http::Metrics;
+use failures::{Attempt, src_addr};
 
 pub use x509pop::CHALLENGE_TTL;
 
@@ -75,77 +83,35 @@ impl AgentService {
         self.inner.authority.clock().now()
     }
 
-    /// The verified, attested, unbanned agent calling over mutual TLS.
-    async fn caller<T>(&self, req: &Request<T>) -> Result<AgentRecord, Status> {
-        let certs = req
-            .extensions()
-            .get::<TlsConnectInfo>()
-            .and_then(|i| i.peer_certificates.clone())
-            .ok_or_else(|| {
-                Status::unauthenticated("this call requires mutual tls with an agent svid")
-            })?;
-        let mut bundles = BundleSet::new();
-        bundles.insert((*self.inner.authority.bundle()).clone());
-        let id = warden_identity::verify_x509_svid(&certs, &bundles, self.now())
-            .map_err(|e| Status::unauthenticated(format!("agent svid rejected: {e}")))?;
-        if !id.path().starts_with("/agent/") {
-            return Err(Status::permission_denied(format!(
-                "`{id}` is not an agent id"
-            )));
-        }
-        let agent = self
-            .inner
-            .ds
-            .get_agent(&id)
-            .await
-            .map_err(convert::ds_status)?
-            .ok_or_else(|| {
-                Status::permission_denied(format!(
-                    "unknown agent `{id}` (never attested, or evicted)"
-                ))
-            })?;
-        if agent.banned {
-            return Err(Status::permission_denied(format!("agent `{id}` is banned")));
-        }
-        Ok(agent)
+    /// Signs the agent SVID for `id` with the agent TTL.
+    fn sign_agent(
+        &self,
+        id: &SpiffeId,
+        csr: &rcgen::CertificateSigningRequestParams,
+    ) -> Result<SignedSvid, Status> {
+        self.inner
+            .authority
+            .sign_parsed(csr, id, &[], self.inner.agent_ttl)
+            .map_err(convert::sign_status)
     }
 
-    /// Signs the agent SVID and records the agent (`agent.attested` or `agent.renewed`).
-    async fn issue_agent(
+    /// Signs the agent SVID of a newly attested agent and records it (`agent.attested`).
+    async fn attest_agent(
         &self,
         id: SpiffeId,
         attestor: &str,
         selectors: Vec<Selector>,
         csr: &rcgen::CertificateSigningRequestParams,
-        audit_kind: &str,
-        attested_at: Option<i64>,
     ) -> Result<pb::AttestResponse, Status> {
-        let signed = self
-            .inner
-            .authority
-            .sign_parsed(csr, &id, &[], self.inner.agent_ttl)
-            .map_err(convert::sign_status)?;
-        let now = convert::unix(signed.issued_at);
-        let record = AgentRecord {
-            spiffe_id: id.clone(),
-            attestor: attestor.to_owned(),
-            selectors,
-            serial: signed.serial.clone(),
-            expires_at: convert::unix(signed.not_after),
-            banned: false,
-            attested_at: attested_at.unwrap_or(now),
-            renewed_at: now,
-        };
+        let signed = self.sign_agent(&id, csr)?;
+        let bundles = self.bundles().await?;
+        let record = new_agent_record(id, attestor, selectors, &signed);
         self.inner
             .ds
-            .upsert_agent(&record, audit_kind)
+            .attest_agent(&record)
             .await
             .map_err(convert::ds_status)?;
-        let bundles = self.bundles().await?;
-        Ok(pb::AttestResponse {
-            svid: Some(convert::svid(&signed)),
-            bundles: Some(bundles),
-        })
+        Ok(agent_svid_response(&signed, bundles))
     }
 
     async fn bundles(&self) -> Result<pb::Bundles, Status> {
@@ -165,9 +131,35 @@ impl AgentService {
             federated,
         })
     }
+}
 
-    fn count_attestation(&self, attestor: &str, ok: bool) {
-        self.inner.metrics.attestation(attestor, ok);
+/// The record of an agent attested just now with the SVID `signed`.
+fn new_agent_record(
+    id: SpiffeId,
+    attestor: &str,
+    selectors: Vec<Selector>,
+    signed: &SignedSvid,
+) -> AgentRecord {
+    let now = convert::unix(signed.issued_at);
+    AgentRecord {
+        spiffe_id: id,
+        attestor: attestor.to_owned(),
+        selectors,
+        serial: signed.serial.clone(),
+        previous_serial: None,
+        expires_at: convert::unix(signed.not_after),
+        banned: false,
+        attested_at: now,
+        renewed_at: now,
+    }
+}
+
+/// The reply to an attestation or renewal. The bundles are read before the agent is recorded,
+/// so that no read after the write can fail the call once the write committed.
+fn agent_svid_response(signed: &SignedSvid, bundles: pb::Bundles) -> pb::AttestResponse {
+    pb::AttestResponse {
+        svid: Some(convert::svid(signed)),
+        bundles: Some(bundles),
     }
 }
 
@@ -181,8 +173,12 @@ impl AgentApi for AgentService {
         &self,
         request: Request<pb::AttestJoinTokenRequest>,
     ) -> Result<Response<pb::AttestResponse>, Status> {
+        let req = request.get_ref();
+        let valid_len = !req.token.is_empty() && req.token.len() <= MAX_TOKEN_LEN;
+        let agent_id =
+            valid_len.then(|| join_token_agent_id(self.inner.authority.trust_domain(), &req.token));
+        let mut known_token_refused = false;
         let result = async {
-            let req = request.get_ref();
             if req.token.is_empty() {
                 return Err(Status::invalid_argument("join token is empty"));
             }
@@ -192,19 +188,39 @@ impl AgentApi for AgentService {
                 )));
             }
             let csr = parse_csr(&req.csr)?;
-            let hash = join_token_hash(&req.token);
+            // Some for every token that passed the checks above.
+            let id = agent_id
+                .clone()
+                .ok_or_else(|| Status::invalid_argument("join token is empty"))?;
+            // Sign first: a CSR the CA refuses leaves the token unused. The token is then
+            // consumed and the agent recorded in one transaction.
+            let signed = self.sign_agent(&id, &csr)?;
+            let bundles = self.bundles().await?;
+            let record = new_agent_record(id, "join_token", Vec::new(), &signed);
             self.inner
                 .ds
-                .consume_join_token(&hash, convert::unix(self.now()))
+                .attest_agent_with_join_token(
+                    &join_token_hash(&req.token),
+                    convert::unix(self.now()),
+                    &record,
+                )
                 .await
-                .map_err(convert::token_status)?;
-            let id = join_token_agent_id(self.inner.authority.trust_domain(), &req.token);
-            tracing::info!(agent = %id, "agent attested with a join token");
-            self.issue_agent(id, "join_token", Vec::new(), &csr, "agent.attested", None)
-                .await
+                .map_err(|e| {
+                    known_token_refused =
+                        matches!(e, TokenError::Expired | TokenError::AlreadyUsed);
+                    convert::token_status(e)
+                })?;
+            tracing::info!(agent = %record.spiffe_id, "agent attested with a join token");
+            Ok(agent_svid_response(&signed, bundles))
         }
         .await;
-        self.count_attestation("join_token", result.is_ok());
+        let attempt = Attempt {
+            attestor: "join_token",
+            agent: agent_id.as_ref(),
+            src: src_addr(&request),
+            audit: known_token_refused,
+        };
+        self.attestation_done(attempt, &result).await;
         result.map(Response::new)
     }
 
@@ -236,18 +252,17 @@ impl AgentApi for AgentService {
                 self.now(),
             )?;
             tracing::info!(agent = %node.agent_id, "agent attested with x509pop");
-            self.issue_agent(
-                node.agent_id,
-                "x509pop",
-                node.selectors,
-                &csr,
-                "agent.attested",
-                None,
-            )
-            .await
+            self.attest_agent(node.agent_id, "x509pop", node.selectors, &csr)
+                .await
         }
         .await;
-        self.count_attestation("x509pop", result.is_ok());
+        let attempt = Attempt {
+            attestor: "x509pop",
+            agent: None,
+            src: src_addr(&request),
+            audit: false,
+        };
+        self.attestation_done(attempt, &result).await;
         result.map(Response::new)
     }
 
@@ -255,19 +270,23 @@ impl AgentApi for AgentService {
         &self,
         request: Request<pb::RenewAgentRequest>,
     ) -> Result<Response<pb::AttestResponse>, Status> {
-        let agent = self.caller(&request).await?;
+        let caller = self.authenticate(&request).await?;
         let csr = parse_csr(&request.get_ref().csr)?;
-        let resp = self
-            .issue_agent(
-                agent.spiffe_id.clone(),
-                &agent.attestor,
-                agent.selectors.clone(),
-                &csr,
-                "agent.renewed",
-                Some(agent.attested_at),
-            )
-            .await?;
-        Ok(Response::new(resp))
+        let signed = self.sign_agent(&caller.agent.spiffe_id, &csr)?;
+        let bundles = self.bundles().await?;
+        // Update-only: an eviction, ban or other renewal since `authenticate` is not undone.
+        self.inner
+            .ds
+            .renew_agent(&AgentRenewal {
+                spiffe_id: caller.agent.spiffe_id.clone(),
+                presented_serial: caller.serial.clone(),
+                serial: signed.serial.clone(),
+                expires_at: convert::unix(signed.not_after),
+                renewed_at: convert::unix(signed.issued_at),
+            })
+            .await
+            .map_err(convert::renew_status)?;
+        Ok(Response::new(agent_svid_response(&signed, bundles)))
     }
 
     async fn list_entries(
@@ -395,6 +414,21 @@ impl AgentApi for AgentService {
                 Duration::from_secs(u64::from(entry.jwt_svid_ttl)),
             )
             .map_err(convert::sign_status)?;
+        // Audited before it is handed out: a token the audit log cannot show is not issued.
+        self.inner
+            .ds
+            .record_jwt_svid_issued(
+                &IssuedJwtSvid {
+                    spiffe_id: jwt.spiffe_id.clone(),
+                    entry_id: entry.id.clone(),
+                    audience: req.audience.clone(),
+                    kid: jwt.kid.clone(),
+                    expires_at: convert::unix(jwt.expires_at),
+                },
+                &agent.spiffe_id,
+            )
+            .await
+            .map_err(convert::ds_status)?;
         Ok(Response::new(pb::SignJwtSvidResponse {
             spiffe_id: jwt.spiffe_id.to_string(),
             token: jwt.token,

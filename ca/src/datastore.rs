@@ -77,8 +77,8 @@ use warden_identity::{SpiffeId, TrustDomain};
 
 pub use error::{DatastoreError, EntryError, TokenError};
 pub use model::{
-    AgentRecord, AuditEvent, AuditRecord, AuditVerification, BadAuditRecord, CaRecord,
-    CaRecordKind, CaRecordState, Entry, EntryFilter, IssuedSvid, NewEntry,
+    AgentRecord, AgentRenewal, AuditEvent, AuditRecord, AuditVerification, BadAuditRecord,
+    CaRecord, CaRecordKind, CaRecordState, Entry, EntryFilter, IssuedJwtSvid, IssuedSvid, NewEntry,
 };
 pub use validate::{MAX_HINT_LEN, MAX_JWT_SVID_TTL, MAX_X509_SVID_TTL, MIN_SVID_TTL};
 
@@ -100,6 +100,10 @@ pub(crate) enum Backend {
     Postgres(sqlx::PgPool),
 }
 
+/// The path prefix every agent ID has (`spiffe://<td>/agent/...`). The agent API treats a caller
+/// whose ID has it as that agent, so no registration entry may have an ID under it.
+pub const AGENT_PATH_PREFIX: &str = "/agent/";
+
 /// The SPIFFE ID a join-token agent gets:
 /// `spiffe://<td>/agent/join_token/<first 16 hex chars of sha256(token)>`.
 ///
@@ -109,7 +113,7 @@ pub fn join_token_agent_id(td: &TrustDomain, token: &str) -> SpiffeId {
         .chars()
         .take(16)
         .collect();
-    valid_id(td, &format!("/agent/join_token/{short}"))
+    valid_id(td, &format!("{AGENT_PATH_PREFIX}join_token/{short}"))
 }
 
 /// SHA-256 of a join token: the only form in which the datastore keeps it.
@@ -117,7 +121,8 @@ pub fn join_token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-/// The CA's own SPIFFE ID, `spiffe://<td>/warden/ca`: the parent of node alias entries.
+/// The CA's own SPIFFE ID, `spiffe://<td>/warden/ca`: the parent of node alias entries, and the
+/// ID agents accept the CA's server certificate by, so no registration entry may have it.
 pub fn ca_spiffe_id(td: &TrustDomain) -> SpiffeId {
     valid_id(td, "/warden/ca")
 }

@@ -8,6 +8,8 @@
     reason = "test helpers outside #[test] functions: a failure there is a test failure"
 )]
 
+#[path = "server/audit.rs"]
+mod audit;
 #[path = "server/refusals.rs"]
 mod refusals;
 #[path = "server/rotation.rs"]
@@ -210,6 +212,40 @@ async fn svid_and_intermediate_follow_the_spiffe_profile_x1_x3_x5_x6_x9() {
     ca.running.shutdown().await.unwrap();
 }
 
+#[tokio::test]
+async fn csr_subject_is_not_copied_into_issued_svids() {
+    let ca = start_ca().await;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "admin");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "ops");
+    let csr = params.serialize_request(&key).unwrap().der().to_vec();
+    // A workload SVID signed directly, and an agent SVID issued over the agent API.
+    let workload = sign_direct(&ca.running.authority, &csr, "spiffe://example.org/svc")
+        .unwrap()
+        .cert_chain;
+    ca.token("tok-cn").await;
+    let agent = ca.attest_csr("tok-cn", &key, csr).await.unwrap();
+    for leaf in [&workload[0], &agent.cert_chain()[0]] {
+        let (_, leaf) = X509Certificate::from_der(leaf).unwrap();
+        assert_eq!(
+            leaf.subject().iter_common_name().count(),
+            0,
+            "{}",
+            leaf.subject()
+        );
+        assert_eq!(leaf.subject().as_raw(), [0x30, 0x00], "{}", leaf.subject());
+        let san = leaf.subject_alternative_name().unwrap().unwrap();
+        assert!(san.critical, "X-3: an empty subject makes the SAN critical");
+    }
+    ca.running.shutdown().await.unwrap();
+}
+
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(format!("GET {path} HTTP/1.1\r\nHost: ca\r\nConnection: close\r\n\r\n").as_bytes())
@@ -356,15 +392,7 @@ async fn upstream_ca_becomes_the_trust_anchor() {
         up_cert.der().as_ref()
     );
     let (_, csr) = key_and_csr(None);
-    let s = running
-        .authority
-        .sign_x509_svid(
-            &csr,
-            &"spiffe://example.org/x".parse().unwrap(),
-            &[],
-            std::time::Duration::ZERO,
-        )
-        .unwrap();
+    let s = sign_direct(&running.authority, &csr, "spiffe://example.org/x").unwrap();
     let mut set = warden_identity::BundleSet::new();
     set.insert((*running.authority.bundle()).clone());
     verify_both(&s.cert_chain, &set, &up_cert.der().clone());
@@ -374,7 +402,7 @@ async fn upstream_ca_becomes_the_trust_anchor() {
 #[tokio::test]
 async fn admin_socket_issues_a_join_token_that_attests_and_reports_the_own_bundle() {
     use warden_api::v1::admin_api_client::AdminApiClient;
-    use warden_api::v1::{AttestJoinTokenRequest, CreateJoinTokenRequest, TrustDomainName};
+    use warden_api::v1::{CreateJoinTokenRequest, TrustDomainName};
     let ca = start_ca().await;
     let socket = ca.running.authority.data_dir().join("admin.sock");
     // The admin listener is spawned by start(); poll (bounded) until the socket answers.
@@ -398,17 +426,7 @@ async fn admin_socket_issues_a_join_token_that_attests_and_reports_the_own_bundl
         .unwrap()
         .into_inner();
     let (key, csr) = key_and_csr(None);
-    let resp = ca
-        .anon()
-        .await
-        .attest_join_token(AttestJoinTokenRequest {
-            token: token.token.clone(),
-            csr,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let svid = svid_of(resp.svid.as_ref().unwrap(), &key);
+    let svid = ca.attest_csr(&token.token, &key, csr).await.unwrap();
     assert_eq!(svid.spiffe_id().as_str(), token.agent_id);
     let own = admin
         .get_bundle(TrustDomainName {
@@ -466,15 +484,7 @@ async fn init_force_replaces_the_root_and_drops_old_intermediates_from_the_bundl
     let old = recs.iter().find(|r| r.id == old_int).unwrap();
     assert_eq!(old.state, warden_ca::datastore::CaRecordState::Retired);
     let (_, csr) = key_and_csr(None);
-    let s = running
-        .authority
-        .sign_x509_svid(
-            &csr,
-            &"spiffe://example.org/x".parse().unwrap(),
-            &[],
-            std::time::Duration::ZERO,
-        )
-        .unwrap();
+    let s = sign_direct(&running.authority, &csr, "spiffe://example.org/x").unwrap();
     let mut set = warden_identity::BundleSet::new();
     set.insert((*running.authority.bundle()).clone());
     verify_both(&s.cert_chain, &set, &running.authority.root_cert().clone());

@@ -80,7 +80,8 @@ pub(crate) enum EntryCommand {
 /// The fields of a new entry.
 #[derive(Debug, clap::Args)]
 pub(crate) struct EntryFields {
-    /// The SPIFFE ID handed out, e.g. `spiffe://example.org/web`.
+    /// The SPIFFE ID handed out, e.g. `spiffe://example.org/web`; not the CA's own
+    /// (`/warden/ca`) nor under `/agent/` (reserved).
     #[arg(long)]
     spiffe_id: String,
     /// The agent (or node alias) that may mint it; `spiffe://<td>/warden/ca` makes a node alias.

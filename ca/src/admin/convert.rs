@@ -22,9 +22,9 @@ pub fn status_from_datastore(err: DatastoreError) -> Status {
         }
         DatastoreError::NotFound { .. } => Status::not_found(msg),
         DatastoreError::AlreadyExists { .. } => Status::already_exists(msg),
-        DatastoreError::Conflict { .. } | DatastoreError::AgentBanned(_) => {
-            Status::failed_precondition(msg)
-        }
+        DatastoreError::Conflict { .. }
+        | DatastoreError::AgentBanned(_)
+        | DatastoreError::AgentSerialMismatch { .. } => Status::failed_precondition(msg),
         DatastoreError::Corrupt { .. } => Status::data_loss(msg),
         _ => {
             tracing::error!(error = %msg, "admin api: datastore failure");

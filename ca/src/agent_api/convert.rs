@@ -87,6 +87,17 @@ pub(crate) fn ds_status(e: DatastoreError) -> Status {
     }
 }
 
+/// The status for a failed renewal: the agent was evicted, banned or superseded meanwhile.
+pub(crate) fn renew_status(e: DatastoreError) -> Status {
+    match e {
+        DatastoreError::NotFound { id, .. } => {
+            Status::permission_denied(format!("unknown agent `{id}` (never attested, or evicted)"))
+        }
+        DatastoreError::AgentSerialMismatch { .. } => Status::permission_denied(e.to_string()),
+        other => ds_status(other),
+    }
+}
+
 pub(crate) fn token_status(e: TokenError) -> Status {
     match e {
         TokenError::Unknown => Status::permission_denied("join token is unknown"),

@@ -14,6 +14,8 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 use tonic::Status;
 use warden_identity::{Selector, SpiffeId, TrustDomain};
 
+use crate::datastore::AGENT_PATH_PREFIX;
+
 /// How long a challenge may be answered.
 pub const CHALLENGE_TTL: Duration = Duration::from_secs(60);
 /// Most outstanding challenges kept (older ones are dropped first when full).
@@ -181,7 +183,7 @@ impl X509Pop {
             })?;
         let fp = sha1_hex(challenge.leaf.as_ref());
         let agent_id = td
-            .id(&format!("/agent/x509pop/{fp}"))
+            .id(&format!("{AGENT_PATH_PREFIX}x509pop/{fp}"))
             .map_err(|e| Status::internal(e.to_string()))?;
         let mut selectors = Vec::new();
         if let Some(cn) = cert

@@ -1,16 +1,16 @@
 //! X.509-SVID issuance from PKCS#10 CSRs, and JWT-SVID issuance.
 //!
 //! The CA decides every field itself (PITFALLS 6, 7): the CSR contributes only its public key
-//! (after its signature is verified) and optionally a subject and a URI SAN, which must equal
-//! the SPIFFE ID being issued. The leaf gets exactly one URI SAN, the entry's DNS SANs,
+//! (after its signature is verified); its URI SAN, if any, must equal the SPIFFE ID being
+//! issued, and its subject and other fields are ignored (the leaf's subject is empty). The leaf gets exactly one URI SAN, the entry's DNS SANs,
 //! cA=false, keyUsage digitalSignature (critical, X-6), EKU serverAuth+clientAuth, SKI and
 //! AKI, a random serial, NotBefore = now - 10s and NotAfter = min(now + ttl, CA NotAfter).
 
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
-    CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose, SanType,
+    CertificateParams, CertificateSigningRequestParams, DistinguishedName, ExtendedKeyUsagePurpose,
+    IsCa, KeyUsagePurpose, SanType,
 };
 use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer};
 use warden_identity::SpiffeId;
@@ -93,6 +93,8 @@ pub struct SignedJwtSvid {
     pub spiffe_id: SpiffeId,
     /// The compact JWS.
     pub token: String,
+    /// `kid` of the key that signed it.
+    pub kid: String,
     /// `exp`.
     pub expires_at: SystemTime,
 }
@@ -246,12 +248,10 @@ impl Authority {
             sans.push(SanType::DnsName(dns));
         }
         params.subject_alt_names = sans;
-        let mut dn = DistinguishedName::new();
-        if let Some(cn) = csr.params.distinguished_name.get(&DnType::CommonName) {
-            dn.push(DnType::CommonName, cn.clone());
-        }
-        // With an empty subject rcgen marks the SAN extension critical.
-        params.distinguished_name = dn;
+        // The CSR's subject is ignored (as SPIRE does): a requester must not get a name such as
+        // `CN=admin` that a relying party matching on subjects would trust. With an empty
+        // subject rcgen marks the SAN extension critical.
+        params.distinguished_name = DistinguishedName::new();
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![
@@ -314,6 +314,7 @@ impl Authority {
         Ok(SignedJwtSvid {
             spiffe_id: id.clone(),
             token,
+            kid: signer.kid().to_owned(),
             expires_at,
         })
     }

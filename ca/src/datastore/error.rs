@@ -61,6 +61,15 @@ pub enum DatastoreError {
     /// The agent is banned: it may not attest or renew again.
     #[error("agent `{0}` is banned")]
     AgentBanned(String),
+    /// A renewal presented a serial that is no longer the agent's current or previous one (another
+    /// renewal or an attestation came first).
+    #[error("agent `{id}` svid serial `{serial}` is no longer current (svid serial mismatch)")]
+    AgentSerialMismatch {
+        /// The agent.
+        id: String,
+        /// The serial presented.
+        serial: String,
+    },
     /// The entry was changed concurrently (its revision moved on).
     #[error("entry `{id}` was changed concurrently (revision {expected} is no longer current)")]
     Conflict {
@@ -91,6 +100,15 @@ pub enum EntryError {
     /// The SPIFFE ID has no path (X-2: a workload ID names a workload, not a trust domain).
     #[error("entry spiffe id `{0}` has no path")]
     RootId(String),
+    /// The SPIFFE ID is reserved: the CA's own ID, or an agent ID (under `/agent/`). A workload
+    /// holding one would pass for the CA, or for that agent on the agent API.
+    #[error("entry spiffe id `{id}` is reserved: {reason}")]
+    ReservedId {
+        /// The ID given.
+        id: String,
+        /// Which reserved path it is.
+        reason: &'static str,
+    },
     /// An entry may not be its own parent.
     #[error("entry spiffe id `{0}` is also its parent id")]
     OwnParent(String),

@@ -79,12 +79,32 @@ pub struct AgentRecord {
     pub selectors: Vec<Selector>,
     /// Serial (hex) of the agent's current SVID.
     pub serial: String,
+    /// Serial (hex) of the SVID the agent renewed from, accepted besides `serial` until the agent
+    /// first presents `serial`: a renewal whose reply was lost does not lock the agent out.
+    /// `None` after an attestation and once the new SVID has been presented.
+    pub previous_serial: Option<String>,
     /// NotAfter of the agent's current SVID, unix seconds.
     pub expires_at: i64,
     /// A banned agent is refused forever.
     pub banned: bool,
     /// Unix seconds.
     pub attested_at: i64,
+    /// Unix seconds.
+    pub renewed_at: i64,
+}
+
+/// A renewal of an attested agent's SVID, for [`Datastore::renew_agent`](super::Datastore::renew_agent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentRenewal {
+    /// The agent.
+    pub spiffe_id: SpiffeId,
+    /// Serial (hex) of the SVID the agent renewed with: its current or previous serial. It
+    /// becomes the previous serial.
+    pub presented_serial: String,
+    /// Serial (hex) of the new SVID.
+    pub serial: String,
+    /// NotAfter of the new SVID, unix seconds.
+    pub expires_at: i64,
     /// Unix seconds.
     pub renewed_at: i64,
 }
@@ -143,10 +163,26 @@ pub struct IssuedSvid {
     pub expires_at: i64,
 }
 
+/// One issued JWT-SVID, for the audit log (the token itself is never stored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedJwtSvid {
+    /// Its subject.
+    pub spiffe_id: SpiffeId,
+    /// The entry it was issued for.
+    pub entry_id: String,
+    /// Its `aud`.
+    pub audience: Vec<String>,
+    /// `kid` of the key that signed it.
+    pub kid: String,
+    /// Its `exp`, unix seconds.
+    pub expires_at: i64,
+}
+
 /// An audit event to append.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AuditEvent {
-    /// Dotted kind: `entry.created`, `token.used`, `svid.issued`, `ca.rotated`, ...
+    /// Dotted kind: `entry.created`, `token.used`, `svid.issued`, `jwt_svid.issued`,
+    /// `ca.rotated`, ...
     pub kind: String,
     /// Who did it: `admin:uid=1000`, an agent SPIFFE ID, or `ca`.
     pub actor: String,

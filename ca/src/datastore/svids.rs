@@ -1,5 +1,6 @@
 //! The issued-SVID log: every X.509-SVID the CA signs, written in one batched transaction per
-//! signing request together with one `svid.issued` audit record per SVID.
+//! signing request together with one `svid.issued` audit record per SVID; and one
+//! `jwt_svid.issued` audit record per JWT-SVID (which has no serial to log).
 
 use serde_json::json;
 use warden_identity::SpiffeId;
@@ -7,7 +8,7 @@ use warden_identity::SpiffeId;
 use super::Datastore;
 use super::audit::INSERT_CHUNK;
 use super::error::DatastoreError;
-use super::model::IssuedSvid;
+use super::model::{IssuedJwtSvid, IssuedSvid};
 
 // === impl Datastore ===
 
@@ -62,6 +63,30 @@ impl Datastore {
                     json!({ "serial": s.serial, "entry_id": s.entry_id, "expires_at": s.expires_at }),
                 )?;
             }
+        });
+        Ok(())
+    }
+
+    /// Audits a JWT-SVID issued to `agent` as `jwt_svid.issued`, with the agent as actor, its
+    /// SPIFFE ID as subject, and the entry, audience, signing key ID and expiry as detail (never
+    /// the token).
+    pub async fn record_jwt_svid_issued(
+        &self,
+        jwt: &IssuedJwtSvid,
+        agent: &SpiffeId,
+    ) -> Result<(), DatastoreError> {
+        in_tx!(self, |tx, audit| {
+            audit.record(
+                "jwt_svid.issued",
+                agent.as_str(),
+                jwt.spiffe_id.as_str(),
+                json!({
+                    "entry_id": jwt.entry_id,
+                    "audience": jwt.audience,
+                    "kid": jwt.kid,
+                    "expires_at": jwt.expires_at,
+                }),
+            )?;
         });
         Ok(())
     }

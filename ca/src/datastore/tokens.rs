@@ -1,9 +1,42 @@
-//! Join tokens: stored only as their SHA-256, single use even under concurrent consumption.
+//! Join tokens: stored only as their SHA-256, single use even under concurrent consumption, and
+//! consumed in the same transaction as the agent they attest is recorded.
 
 use serde_json::json;
 
+use super::agents::insert_agent;
 use super::error::{DatastoreError, TokenError};
+use super::model::AgentRecord;
 use super::{Datastore, now_unix};
+
+/// Marks the token with hex hash `$hash` used at `$now` inside the transaction `$tx`, pushing
+/// its `token.used` record onto `$audit`; returns early with the [`TokenError`] naming why not.
+macro_rules! consume_token {
+    ($tx:ident, $audit:ident, $hash:expr, $now:expr) => {{
+        let hash: &str = $hash;
+        let now: i64 = $now;
+        let done = sqlx::query(
+            "UPDATE join_tokens SET used_at = $1 \
+             WHERE token_hash = $2 AND used_at IS NULL AND expires_at > $1",
+        )
+        .bind(now)
+        .bind(hash.to_owned())
+        .execute(&mut *$tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            let row: Option<(i64, Option<i64>)> =
+                sqlx::query_as("SELECT expires_at, used_at FROM join_tokens WHERE token_hash = $1")
+                    .bind(hash.to_owned())
+                    .fetch_optional(&mut *$tx)
+                    .await?;
+            return Err(match row {
+                None => TokenError::Unknown,
+                Some((_, Some(_))) => TokenError::AlreadyUsed,
+                Some((_, None)) => TokenError::Expired,
+            });
+        }
+        $audit.record("token.used", "ca", token_id(hash), json!({ "used_at": now }))?;
+    }};
+}
 
 // === impl Datastore ===
 
@@ -56,32 +89,32 @@ impl Datastore {
         now: i64,
     ) -> Result<(), TokenError> {
         let hash = hex::encode(token_hash);
-        let token_id = token_id(&hash);
         in_tx!(self, |tx, audit| {
-            let done = sqlx::query(
-                "UPDATE join_tokens SET used_at = $1 \
-                 WHERE token_hash = $2 AND used_at IS NULL AND expires_at > $1",
-            )
-            .bind(now)
-            .bind(hash.clone())
-            .execute(&mut *tx)
-            .await?;
-            if done.rows_affected() != 1 {
-                let row: Option<(i64, Option<i64>)> = sqlx::query_as(
-                    "SELECT expires_at, used_at FROM join_tokens WHERE token_hash = $1",
-                )
-                .bind(hash.clone())
-                .fetch_optional(&mut *tx)
-                .await?;
-                return Err(match row {
-                    None => TokenError::Unknown,
-                    Some((_, Some(_))) => TokenError::AlreadyUsed,
-                    Some((_, None)) => TokenError::Expired,
-                });
-            }
-            audit.record("token.used", "ca", token_id, json!({ "used_at": now }))?;
+            consume_token!(tx, audit, &hash, now);
         });
-        tracing::info!(token.id = %token_id, "join token used");
+        tracing::info!(token.id = %token_id(&hash), "join token used");
+        Ok(())
+    }
+
+    /// Consumes the join token (as [`consume_join_token`](Self::consume_join_token)) and records
+    /// the agent it attested (as [`attest_agent`](Self::attest_agent)) in one transaction: both
+    /// happen, or neither does, so a failure never burns the token without creating the agent.
+    pub async fn attest_agent_with_join_token(
+        &self,
+        token_hash: &[u8; 32],
+        now: i64,
+        agent: &AgentRecord,
+    ) -> Result<(), TokenError> {
+        let hash = hex::encode(token_hash);
+        in_tx!(self, |tx, audit| {
+            consume_token!(tx, audit, &hash, now);
+            insert_agent!(tx, audit, agent);
+        });
+        tracing::info!(
+            token.id = %token_id(&hash),
+            spiffe_id = %agent.spiffe_id,
+            "join token used; agent attested"
+        );
         Ok(())
     }
 }

@@ -1,9 +1,18 @@
-//! Checks on registration entries beyond what their types already guarantee: selectors present,
-//! TTLs in range, DNS names well formed, hint short enough. Returns the entry normalised
-//! (selectors sorted and deduplicated, DNS names lowercased).
+//! Checks on registration entries beyond what their types already guarantee: an ID that is not
+//! reserved, selectors present, TTLs in range, DNS names well formed, hint short enough. Returns
+//! the entry normalised (selectors sorted and deduplicated, DNS names lowercased).
+//!
+//! Parent IDs are not restricted beyond "not the entry's own ID": a parent is an agent ID (the
+//! entry goes to that agent), the CA's ID (the entry is a node alias) or a node alias's ID (the
+//! entry goes to every agent with the alias's selectors). Since no entry may have an agent ID or
+//! the CA's ID, an entry parented to `/agent/<x>` reaches only agent `<x>`, and an alias can
+//! neither stand in for an agent nor for the CA.
+
+use warden_identity::SpiffeId;
 
 use super::error::EntryError;
 use super::model::NewEntry;
+use super::{AGENT_PATH_PREFIX, ca_spiffe_id};
 
 /// Smallest non-default SVID TTL, seconds.
 pub const MIN_SVID_TTL: u32 = 5;
@@ -23,6 +32,7 @@ pub(crate) fn validate_entry(e: &NewEntry) -> Result<NewEntry, EntryError> {
     if e.spiffe_id.path().is_empty() {
         return Err(EntryError::RootId(e.spiffe_id.to_string()));
     }
+    check_not_reserved(&e.spiffe_id)?;
     if e.spiffe_id == e.parent_id {
         return Err(EntryError::OwnParent(e.spiffe_id.to_string()));
     }
@@ -47,6 +57,22 @@ pub(crate) fn validate_entry(e: &NewEntry) -> Result<NewEntry, EntryError> {
         return Err(EntryError::HintTooLong(e.hint.len()));
     }
     Ok(e)
+}
+
+/// Refuses the CA's own ID and any ID under the agent prefix (or the bare `/agent`).
+fn check_not_reserved(id: &SpiffeId) -> Result<(), EntryError> {
+    let reserved = |reason| EntryError::ReservedId {
+        id: id.to_string(),
+        reason,
+    };
+    if *id == ca_spiffe_id(&id.trust_domain()) {
+        return Err(reserved("it is the ca's own id (`/warden/ca`)"));
+    }
+    let agent_root = AGENT_PATH_PREFIX.trim_end_matches('/');
+    if id.path() == agent_root || id.path().starts_with(AGENT_PATH_PREFIX) {
+        return Err(reserved("ids under `/agent/` are agent ids"));
+    }
+    Ok(())
 }
 
 fn check_ttl(field: &'static str, value: u32, max: u32) -> Result<(), EntryError> {
@@ -166,7 +192,7 @@ mod tests {
     }
 
     #[test]
-    fn rejects_no_selectors_root_id_own_parent_and_long_hint() {
+    fn rejects_no_selectors_root_id_reserved_id_own_parent_and_long_hint() {
         let mut e = entry();
         e.selectors.clear();
         assert!(matches!(
@@ -179,6 +205,31 @@ mod tests {
         let mut e = entry();
         e.parent_id = e.spiffe_id.clone();
         assert!(matches!(validate_entry(&e), Err(EntryError::OwnParent(_))));
+        let mut e = entry();
+        e.spiffe_id = "spiffe://example.org/warden/ca".parse().unwrap();
+        assert!(matches!(
+            validate_entry(&e),
+            Err(EntryError::ReservedId { .. })
+        ));
+        for agent in ["/agent", "/agent/join_token/abc", "/agent/x509pop/aa/b"] {
+            let mut e = entry();
+            e.spiffe_id = format!("spiffe://example.org{agent}").parse().unwrap();
+            assert!(
+                matches!(validate_entry(&e), Err(EntryError::ReservedId { .. })),
+                "{agent}"
+            );
+        }
+        for fine in [
+            "/agents/x",
+            "/agentx",
+            "/warden/ca2",
+            "/warden/cax/y",
+            "/x/agent/y",
+        ] {
+            let mut e = entry();
+            e.spiffe_id = format!("spiffe://example.org{fine}").parse().unwrap();
+            assert!(validate_entry(&e).is_ok(), "{fine}");
+        }
         let mut e = entry();
         e.hint = "h".repeat(MAX_HINT_LEN + 1);
         assert!(matches!(

@@ -189,6 +189,14 @@ async fn bad_admin_input_is_invalid_argument_naming_the_value_and_changes_nothin
                 "has no selectors",
             ),
             (
+                entry("spiffe://example.org/warden/ca", AGENT, &["unix:uid:1"]),
+                "`spiffe://example.org/warden/ca` is reserved: it is the ca's own id",
+            ),
+            (
+                entry(AGENT, "spiffe://example.org/warden/ca", &["unix:uid:1"]),
+                "ids under `/agent/` are agent ids",
+            ),
+            (
                 v1::Entry {
                     x509_svid_ttl: 1,
                     ..entry("spiffe://example.org/web", AGENT, &["unix:uid:1"])
@@ -314,12 +322,13 @@ async fn agents_are_listed_banned_and_evicted_over_the_socket() {
             attestor: "join_token".into(),
             selectors: vec![],
             serial: "0a".into(),
+            previous_serial: None,
             expires_at: 10,
             banned: false,
             attested_at: 1,
             renewed_at: 1,
         };
-        b.ds.upsert_agent(&rec, "agent.attested").await.unwrap();
+        b.ds.attest_agent(&rec).await.unwrap();
         let s = Server::start(&b).await;
         let mut c = s.client.clone();
         let agents = c

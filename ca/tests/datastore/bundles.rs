@@ -6,7 +6,7 @@ use warden_ca::datastore::DatastoreError;
 use warden_identity::test_util::TestCa;
 use warden_identity::{JwtAuthority, JwtSigner};
 
-use super::harness::{ADMIN, backends};
+use super::harness::{ADMIN, audit_kinds, backends};
 
 #[tokio::test]
 async fn bundle_round_trips_through_the_store() {
@@ -47,13 +47,7 @@ async fn bundle_round_trips_through_the_store() {
             matches!(err, DatastoreError::NotFound { what: "bundle", .. }),
             "{err}"
         );
-        let kinds: Vec<String> =
-            b.ds.list_audit(0, 0)
-                .await
-                .unwrap()
-                .into_iter()
-                .map(|r| r.kind)
-                .collect();
+        let kinds = audit_kinds(&b.ds).await;
         assert_eq!(
             kinds,
             ["bundle.set", "bundle.set", "bundle.set", "bundle.deleted"]

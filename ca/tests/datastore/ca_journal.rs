@@ -1,8 +1,10 @@
-//! The CA journal and the issued-SVID log.
+//! The CA journal, the issued-SVID log and the JWT-SVID issuance audit.
 
-use warden_ca::datastore::{CaRecord, CaRecordKind, CaRecordState, DatastoreError, IssuedSvid};
+use warden_ca::datastore::{
+    CaRecord, CaRecordKind, CaRecordState, DatastoreError, IssuedJwtSvid, IssuedSvid,
+};
 
-use super::harness::{AGENT, backends};
+use super::harness::{AGENT, audit_kinds, backends};
 
 fn record(id: &str, kind: CaRecordKind, state: CaRecordState, not_before: i64) -> CaRecord {
     CaRecord {
@@ -65,13 +67,7 @@ async fn ca_records_move_through_states_and_activation_is_audited_as_rotation() 
             ]
         );
         assert_eq!(records[0].der, vec![0x30, 0x03, 1, 2, 3], "{}", b.name);
-        let kinds: Vec<String> = ds
-            .list_audit(0, 0)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|r| r.kind)
-            .collect();
+        let kinds = audit_kinds(ds).await;
         assert_eq!(
             kinds,
             [
@@ -135,5 +131,39 @@ async fn issued_svids_are_logged_in_one_batch_with_one_audit_record_each() {
         assert!(matches!(err, DatastoreError::AlreadyExists { .. }), "{err}");
         assert_eq!(b.count("issued_svids").await, 1200);
         assert_eq!(b.count("audit_log").await, 1200);
+    }
+}
+
+#[tokio::test]
+async fn issued_jwt_svids_are_audited_with_audience_key_and_expiry() {
+    for b in backends().await {
+        let agent = AGENT.parse().unwrap();
+        let jwt = IssuedJwtSvid {
+            spiffe_id: "spiffe://example.org/web".parse().unwrap(),
+            entry_id: "entry1".into(),
+            audience: vec!["billing".into(), "ledger".into()],
+            kid: "jwt-key-1".into(),
+            expires_at: 1_300,
+        };
+        b.ds.record_jwt_svid_issued(&jwt, &agent).await.unwrap();
+        let audit = b.ds.list_audit(0, 0).await.unwrap();
+        assert_eq!(audit.len(), 1, "{}", b.name);
+        let r = &audit[0];
+        assert_eq!(
+            (r.kind.as_str(), r.actor.as_str(), r.subject.as_str()),
+            ("jwt_svid.issued", AGENT, "spiffe://example.org/web")
+        );
+        let detail: serde_json::Value = serde_json::from_str(&r.detail).unwrap();
+        assert_eq!(
+            detail,
+            serde_json::json!({
+                "entry_id": "entry1",
+                "audience": ["billing", "ledger"],
+                "kid": "jwt-key-1",
+                "expires_at": 1_300,
+            })
+        );
+        assert_eq!(b.count("issued_svids").await, 0, "jwt-svids have no serial");
+        assert!(b.ds.verify_audit().await.unwrap().is_ok());
     }
 }

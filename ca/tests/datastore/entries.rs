@@ -2,7 +2,7 @@
 
 use warden_ca::datastore::{DatastoreError, EntryError, EntryFilter, MAX_X509_SVID_TTL};
 
-use super::harness::{ADMIN, AGENT, backends, new_entry};
+use super::harness::{ADMIN, AGENT, audit_kinds, backends, new_entry};
 
 #[tokio::test]
 async fn entry_crud_round_trips_bumps_revision_and_audits_each_change() {
@@ -54,13 +54,7 @@ async fn entry_crud_round_trips_bumps_revision_and_audits_each_change() {
             "{err}"
         );
 
-        let kinds: Vec<String> = ds
-            .list_audit(0, 0)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|r| r.kind)
-            .collect();
+        let kinds = audit_kinds(ds).await;
         assert_eq!(
             kinds,
             [
@@ -96,12 +90,30 @@ async fn invalid_entries_are_refused_and_leave_the_store_unchanged() {
         dns.dns_names = vec!["bad_name.example.org".into()];
         let mut root = new_entry("a", AGENT, &["unix:uid:1"]);
         root.spiffe_id = "spiffe://example.org".parse().unwrap();
+        // The CA's own ID (agents trust the CA by it) and agent IDs (the agent API takes a caller
+        // with one for that agent) are reserved, under any parent, node aliases included.
+        let ca_id = new_entry("warden/ca", AGENT, &["unix:uid:1"]);
+        let agent_id = new_entry("agent/join_token/ffffffffffffffff", AGENT, &["unix:uid:1"]);
+        let alias_as_agent = new_entry(
+            "agent/x509pop/aa",
+            "spiffe://example.org/warden/ca",
+            &["x509pop:subject:cn:web"],
+        );
         for (bad, want) in [
             (no_selectors, "has no selectors"),
             (ttl, "x509_svid_ttl `2592001` is out of range"),
             (short_ttl, "jwt_svid_ttl `1` is out of range"),
             (dns, "dns name `bad_name.example.org` is invalid"),
             (root, "has no path"),
+            (
+                ca_id,
+                "entry spiffe id `spiffe://example.org/warden/ca` is reserved: it is the ca's own id",
+            ),
+            (agent_id, "is reserved: ids under `/agent/` are agent ids"),
+            (
+                alias_as_agent,
+                "`spiffe://example.org/agent/x509pop/aa` is reserved",
+            ),
         ] {
             let err = ds.create_entry(&bad, ADMIN).await.unwrap_err();
             assert!(matches!(err, DatastoreError::InvalidEntry(_)), "{err}");
@@ -112,16 +124,22 @@ async fn invalid_entries_are_refused_and_leave_the_store_unchanged() {
             .create_entry(&new_entry("ok", AGENT, &["unix:uid:1"]), ADMIN)
             .await
             .unwrap();
-        let mut bad = good.clone();
-        bad.x509_svid_ttl = 2;
-        let err = ds.update_entry(&bad, ADMIN).await.unwrap_err();
-        assert!(
-            matches!(
-                err,
-                DatastoreError::InvalidEntry(EntryError::TtlOutOfRange { .. })
-            ),
-            "{err}"
-        );
+        let mut short_ttl = good.clone();
+        short_ttl.x509_svid_ttl = 2;
+        let mut reserved = good.clone();
+        reserved.spiffe_id = "spiffe://example.org/warden/ca".parse().unwrap();
+        for bad in [short_ttl, reserved] {
+            let err = ds.update_entry(&bad, ADMIN).await.unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    DatastoreError::InvalidEntry(
+                        EntryError::TtlOutOfRange { .. } | EntryError::ReservedId { .. }
+                    )
+                ),
+                "{err}"
+            );
+        }
         assert_eq!(ds.get_entry(&good.id).await.unwrap(), good);
         assert_eq!(b.count("entries").await, 1, "{}", b.name);
         assert_eq!(

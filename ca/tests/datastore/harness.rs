@@ -99,6 +99,16 @@ async fn postgres(base: &str) -> Backend {
     }
 }
 
+/// The kinds of all audit records, oldest first.
+pub(crate) async fn audit_kinds(ds: &Datastore) -> Vec<String> {
+    ds.list_audit(0, 0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.kind)
+        .collect()
+}
+
 /// A valid entry for `spiffe://example.org/<name>` under `parent`.
 pub(crate) fn new_entry(name: &str, parent: &str, selectors: &[&str]) -> NewEntry {
     NewEntry {

@@ -1,8 +1,10 @@
 //! Join tokens: hashed storage, single use under concurrency, expiry, unknown tokens.
 
-use warden_ca::datastore::{TokenError, join_token_agent_id, join_token_hash};
+use warden_ca::datastore::{
+    AgentRecord, DatastoreError, TokenError, join_token_agent_id, join_token_hash,
+};
 
-use super::harness::{ADMIN, backends};
+use super::harness::{ADMIN, audit_kinds, backends};
 
 #[tokio::test]
 async fn join_token_is_single_use_under_concurrent_consumption() {
@@ -98,6 +100,68 @@ async fn token_is_stored_and_audited_only_as_a_hash() {
                     && !wal.windows(needle.len()).any(|w| w == needle)
             );
         }
+    }
+}
+
+#[tokio::test]
+async fn join_token_attestation_consumes_the_token_and_records_the_agent_or_neither() {
+    for b in backends().await {
+        let ds = &b.ds;
+        let td = "example.org".parse().unwrap();
+        let agent = |token: &str| AgentRecord {
+            spiffe_id: join_token_agent_id(&td, token),
+            attestor: "join_token".into(),
+            selectors: vec![],
+            serial: "01".into(),
+            previous_serial: None,
+            expires_at: 2_000,
+            banned: false,
+            attested_at: 1_000,
+            renewed_at: 1_000,
+        };
+        // The agent's ID is banned: the agent is not written, so neither is the token's use.
+        let hash = join_token_hash("tok-banned-id");
+        ds.create_join_token(&hash, 500, ADMIN).await.unwrap();
+        let rec = agent("tok-banned-id");
+        ds.attest_agent(&rec).await.unwrap();
+        ds.ban_agent(&rec.spiffe_id, ADMIN).await.unwrap();
+        let err = ds
+            .attest_agent_with_join_token(&hash, 10, &rec)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, TokenError::Datastore(DatastoreError::AgentBanned(_))),
+            "{}: {err}",
+            b.name
+        );
+        assert_eq!(
+            audit_kinds(ds).await,
+            ["token.created", "agent.attested", "agent.banned"]
+        );
+        // An unknown token records no agent.
+        let other = agent("tok-unknown");
+        let err = ds
+            .attest_agent_with_join_token(&join_token_hash("tok-unknown"), 10, &other)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, TokenError::Unknown), "{err}");
+        assert_eq!(ds.get_agent(&other.spiffe_id).await.unwrap(), None);
+        // A good one does both.
+        let hash = join_token_hash("tok-good");
+        ds.create_join_token(&hash, 500, ADMIN).await.unwrap();
+        let good = agent("tok-good");
+        ds.attest_agent_with_join_token(&hash, 10, &good)
+            .await
+            .unwrap();
+        assert_eq!(ds.get_agent(&good.spiffe_id).await.unwrap(), Some(good));
+        assert!(matches!(
+            ds.consume_join_token(&hash, 10).await,
+            Err(TokenError::AlreadyUsed)
+        ));
+        assert_eq!(
+            audit_kinds(ds).await[3..],
+            ["token.created", "token.used", "agent.attested"]
+        );
     }
 }
 

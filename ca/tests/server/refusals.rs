@@ -70,17 +70,27 @@ async fn malformed_csr_is_refused_without_consuming_the_token() {
     // Oversize.
     let err = attest_err(&ca, "tok-bad-csr", vec![0x30; 16 * 1024 + 1]).await;
     assert!(err.message().contains("oversize csr"), "{}", err.message());
+    // A well-formed CSR naming another SPIFFE ID than the token's agent ID.
+    for other in ["spiffe://example.org/warden/ca", "spiffe://example.org/web"] {
+        let (_, csr) = key_and_csr(Some(other));
+        let err = attest_err(&ca, "tok-bad-csr", csr).await;
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(
+            err.message().contains("csr id mismatch") && err.message().contains(other),
+            "{}",
+            err.message()
+        );
+    }
     assert!(ca.ds().list_agents().await.unwrap().is_empty());
+    let audit = ca.ds().list_audit(0, 0).await.unwrap();
+    assert!(
+        audit.iter().all(|r| r.kind != "token.used"),
+        "{:?}",
+        audit.iter().map(|r| &r.kind).collect::<Vec<_>>()
+    );
     // The token is still usable.
-    let (_, csr) = key_and_csr(None);
-    ca.anon()
-        .await
-        .attest_join_token(AttestJoinTokenRequest {
-            token: "tok-bad-csr".into(),
-            csr,
-        })
-        .await
-        .unwrap();
+    let (key, csr) = key_and_csr(None);
+    ca.attest_csr("tok-bad-csr", &key, csr).await.unwrap();
 }
 
 #[tokio::test]
@@ -143,6 +153,70 @@ async fn banned_and_evicted_agents_are_refused_on_their_next_call() {
     let err = c.list_entries(ListEntriesRequest {}).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
     assert!(err.message().contains("unknown agent"), "{}", err.message());
+}
+
+fn assert_serial_mismatch(result: Result<impl std::fmt::Debug, tonic::Status>) {
+    let err = result.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{}", err.message());
+    assert!(
+        err.message().contains("svid serial mismatch"),
+        "{}",
+        err.message()
+    );
+}
+
+#[tokio::test]
+async fn superseded_agent_svids_are_refused_and_renewal_keeps_working() {
+    let ca = start_ca().await;
+    let s1 = ca.attest("tok-serial").await;
+    // The reply to a renewal may be lost: until the new SVID is presented, the old one still
+    // works, and may renew again (the SVID whose reply was lost is then refused).
+    let lost = ca.renew(&s1).await.unwrap();
+    ca.call_as(&s1).await.unwrap();
+    let s2 = ca.renew(&s1).await.unwrap();
+    assert_serial_mismatch(ca.call_as(&lost).await);
+    ca.call_as(&s2).await.unwrap();
+    // Once the new SVID has been presented, the one it was renewed from is refused.
+    assert_serial_mismatch(ca.call_as(&s1).await);
+    assert_serial_mismatch(ca.renew(&s1).await);
+    // The normal flow goes on: renew, use the new SVID, renew again.
+    let s3 = ca.renew(&s2).await.unwrap();
+    ca.call_as(&s3).await.unwrap();
+    let s4 = ca.renew(&s3).await.unwrap();
+    ca.call_as(&s4).await.unwrap();
+    for old in [&s1, &s2, &s3] {
+        assert_serial_mismatch(ca.call_as(old).await);
+    }
+    let record = ca.ds().get_agent(s1.spiffe_id()).await.unwrap().unwrap();
+    assert_eq!(
+        record.previous_serial, None,
+        "confirmed by the call with s4"
+    );
+}
+
+#[tokio::test]
+async fn a_copied_agent_is_locked_out_once_the_copy_renews() {
+    let ca = start_ca().await;
+    let original = ca.attest("tok-clone").await;
+    let clone = original.clone();
+    let renewed = ca.renew(&clone).await.unwrap();
+    ca.call_as(&renewed).await.unwrap();
+    assert_serial_mismatch(ca.call_as(&original).await);
+    assert_serial_mismatch(ca.renew(&original).await);
+    ca.call_as(&renewed).await.unwrap();
+}
+
+#[tokio::test]
+async fn svids_from_before_an_eviction_stay_refused_after_re_attestation() {
+    let ca = start_ca().await;
+    let old = ca.attest("tok-reattest").await;
+    let mut record = ca.ds().get_agent(old.spiffe_id()).await.unwrap().unwrap();
+    ca.ds().evict_agent(old.spiffe_id(), "test").await.unwrap();
+    // The same agent ID attests again (as an x509pop node with the same certificate would).
+    record.serial = "7f000000000000000000000000000001".into();
+    ca.ds().attest_agent(&record).await.unwrap();
+    assert_serial_mismatch(ca.call_as(&old).await);
+    assert_serial_mismatch(ca.renew(&old).await);
 }
 
 #[tokio::test]
@@ -262,15 +336,7 @@ async fn signing_refusals_name_the_entry_and_write_nothing() {
 async fn id_from_another_trust_domain_is_refused() {
     let ca = start_ca().await;
     let (_, csr) = key_and_csr(None);
-    let err = ca
-        .running
-        .authority
-        .sign_x509_svid(
-            &csr,
-            &"spiffe://evil.org/x".parse().unwrap(),
-            &[],
-            Duration::ZERO,
-        )
+    let err = sign_direct(&ca.running.authority, &csr, "spiffe://evil.org/x")
         .unwrap_err()
         .to_string();
     assert!(

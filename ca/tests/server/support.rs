@@ -7,9 +7,9 @@ use rcgen::{CertificateParams, KeyPair, SanType};
 use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 use tonic::transport::Channel;
 use warden_api::transport::connect_tls;
-use warden_api::v1::AttestJoinTokenRequest;
 use warden_api::v1::agent_api_client::AgentApiClient;
-use warden_ca::authority::{InitOptions, KeyType, Ttls, init_ca};
+use warden_api::v1::{AttestJoinTokenRequest, ListEntriesRequest, RenewAgentRequest};
+use warden_ca::authority::{Authority, InitOptions, KeyType, SignError, SignedSvid, Ttls, init_ca};
 use warden_ca::config::Config;
 use warden_ca::datastore::{Datastore, NewEntry, ca_spiffe_id, join_token_hash};
 use warden_ca::server::{Running, start};
@@ -156,6 +156,16 @@ impl TestCa {
     pub(crate) async fn attest(&self, token: &str) -> X509Svid {
         self.token(token).await;
         let (key, csr) = key_and_csr(None);
+        self.attest_csr(token, &key, csr).await.unwrap()
+    }
+
+    /// Attests with an existing join token and `csr`, made with `key`; returns the agent SVID.
+    pub(crate) async fn attest_csr(
+        &self,
+        token: &str,
+        key: &KeyPair,
+        csr: Vec<u8>,
+    ) -> Result<X509Svid, tonic::Status> {
         let resp = self
             .anon()
             .await
@@ -163,10 +173,30 @@ impl TestCa {
                 token: token.into(),
                 csr,
             })
-            .await
-            .unwrap()
+            .await?
             .into_inner();
-        svid_of(resp.svid.as_ref().unwrap(), &key)
+        Ok(svid_of(resp.svid.as_ref().unwrap(), key))
+    }
+
+    /// Renews the agent SVID `svid` over a new connection authenticated with it.
+    pub(crate) async fn renew(&self, svid: &X509Svid) -> Result<X509Svid, tonic::Status> {
+        let (key, csr) = key_and_csr(None);
+        let resp = self
+            .as_agent(svid)
+            .await
+            .renew_agent(RenewAgentRequest { csr })
+            .await?
+            .into_inner();
+        Ok(svid_of(resp.svid.as_ref().unwrap(), &key))
+    }
+
+    /// Makes one authenticated call (`ListEntries`) over a new connection with `svid`.
+    pub(crate) async fn call_as(&self, svid: &X509Svid) -> Result<(), tonic::Status> {
+        self.as_agent(svid)
+            .await
+            .list_entries(ListEntriesRequest {})
+            .await
+            .map(|_| ())
     }
 
     pub(crate) async fn entry(&self, id: &str, parent: &SpiffeId, dns: &[&str]) -> String {
@@ -195,6 +225,15 @@ pub(crate) fn warden_ca_now() -> i64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64
+}
+
+/// Signs `csr` for `id` with the default TTL straight from `authority` (no agent API).
+pub(crate) fn sign_direct(
+    authority: &Authority,
+    csr: &[u8],
+    id: &str,
+) -> Result<SignedSvid, SignError> {
+    authority.sign_x509_svid(csr, &id.parse().unwrap(), &[], Duration::ZERO)
 }
 
 /// A P-256 key and a CSR, with `uri` as URI SAN when given.
