@@ -276,8 +276,12 @@ pub(crate) async fn drive_while_it_holds<E>(
     validity: Option<Arc<Validity>>,
     grace: Duration,
 ) -> Result<(), E> {
+    // Nothing verified (plaintext, the local app): nothing to watch, nothing added per poll.
+    let Some(validity) = validity else {
+        return run.await;
+    };
     let lapsed = async {
-        no_longer_holds(validity).await;
+        no_longer_holds(Some(validity)).await;
         tokio::time::sleep(grace).await;
     };
     tokio::select! {
