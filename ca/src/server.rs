@@ -302,8 +302,20 @@ fn read_node_cas(
         let bytes = std::fs::read(Path::new(path)).map_err(|e| bad(e.to_string()))?;
         let blocks = pem::parse_many(&bytes).map_err(|e| bad(e.to_string()))?;
         let before = out.len();
-        for b in blocks.into_iter().filter(|b| b.tag() == "CERTIFICATE") {
-            out.push(rustls_pki_types::CertificateDer::from(b.into_contents()));
+        for (i, b) in blocks
+            .into_iter()
+            .filter(|b| b.tag() == "CERTIFICATE")
+            .enumerate()
+        {
+            let der = rustls_pki_types::CertificateDer::from(b.into_contents());
+            // Refused here, not skipped at attestation, where it would match nothing.
+            webpki::anchor_from_trusted_cert(&der).map_err(|e| {
+                bad(format!(
+                    "certificate {} is not usable as a trust anchor: {e:?}",
+                    i + 1
+                ))
+            })?;
+            out.push(der);
         }
         if out.len() == before {
             return Err(bad("no `CERTIFICATE` pem block".into()));

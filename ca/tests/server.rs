@@ -351,6 +351,29 @@ async fn a_second_ca_on_a_served_data_dir_stops_at_start() {
     first.shutdown().await.unwrap();
 }
 
+/// A node CA file whose certificate is no usable trust anchor is refused when the CA starts
+/// (and by `--check-config`), naming the file; before, it was skipped at attestation and
+/// matched nothing.
+#[tokio::test]
+async fn a_node_ca_that_is_no_trust_anchor_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    init(dir.path()).await;
+    let garbled = dir.path().join("node-ca.pem");
+    std::fs::write(
+        &garbled,
+        ::pem::encode(&::pem::Pem::new("CERTIFICATE", b"not a certificate".to_vec())),
+    )
+    .unwrap();
+    let cfg = config(dir.path(), default_ttls(), vec![garbled]);
+    let err = warden_ca::server::check(&cfg).unwrap_err().to_string();
+    assert!(
+        err.contains("node-ca.pem") && err.contains("not usable as a trust anchor"),
+        "{err}"
+    );
+    let err = warden_ca::server::start(&cfg).await.unwrap_err().to_string();
+    assert!(err.contains("not usable as a trust anchor"), "{err}");
+}
+
 #[tokio::test]
 async fn upstream_ca_becomes_the_trust_anchor() {
     let dir = tempfile::tempdir().unwrap();

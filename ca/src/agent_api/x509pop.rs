@@ -30,6 +30,8 @@ const MAX_CERT_LEN: usize = 16 * 1024;
 pub(crate) struct X509Pop {
     node_cas: Vec<CertificateDer<'static>>,
     challenges: Mutex<HashMap<String, Challenge>>,
+    /// Most outstanding challenges ([`MAX_CHALLENGES`]; fewer in tests).
+    max_challenges: usize,
 }
 
 #[derive(Debug)]
@@ -56,6 +58,7 @@ impl X509Pop {
         Self {
             node_cas,
             challenges: Mutex::new(HashMap::new()),
+            max_challenges: MAX_CHALLENGES,
         }
     }
 
@@ -91,11 +94,15 @@ impl X509Pop {
         let ee = webpki::EndEntityCert::try_from(leaf).map_err(|e| {
             Status::invalid_argument(format!("x509pop leaf certificate does not parse: {e:?}"))
         })?;
-        let anchors: Vec<_> = self
+        // Each node CA with its anchor, kept together: the CA of a verified path is found by
+        // its anchor's subject and key, never by position or by subject alone (two CAs may
+        // share a name, at a rollover or between tenants).
+        let node_cas: Vec<(&CertificateDer<'static>, rustls_pki_types::TrustAnchor<'_>)> = self
             .node_cas
             .iter()
-            .filter_map(|c| webpki::anchor_from_trusted_cert(c).ok())
+            .filter_map(|c| webpki::anchor_from_trusted_cert(c).ok().map(|a| (c, a)))
             .collect();
+        let anchors: Vec<_> = node_cas.iter().map(|(_, a)| a.clone()).collect();
         let secs = now
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -117,12 +124,13 @@ impl X509Pop {
                     "x509pop certificate does not chain to a configured node ca: {e:?}"
                 ))
             })?;
-        let anchor_subject = path.anchor().subject.as_ref().to_vec();
-        let ca = self
-            .node_cas
+        let anchor = path.anchor();
+        let ca = node_cas
             .iter()
-            .zip(&anchors)
-            .find(|(_, a)| a.subject.as_ref() == anchor_subject.as_slice())
+            .find(|(_, a)| {
+                a.subject.as_ref() == anchor.subject.as_ref()
+                    && a.subject_public_key_info.as_ref() == anchor.subject_public_key_info.as_ref()
+            })
             .map(|(c, _)| sha1_hex(c))
             .ok_or_else(|| Status::internal("node ca of the verified path not found"))?;
         let nonce: [u8; 32] = rand::random();
@@ -132,10 +140,15 @@ impl X509Pop {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         map.retain(|_, c| c.expires > now);
-        if map.len() >= MAX_CHALLENGES {
-            return Err(Status::resource_exhausted(
-                "too many outstanding x509pop challenges; retry later",
-            ));
+        if map.len() >= self.max_challenges {
+            // Full: the oldest goes, so that no one node can hold every slot for a minute.
+            let oldest = map
+                .iter()
+                .min_by_key(|(_, c)| c.expires)
+                .map(|(id, _)| id.clone());
+            if let Some(oldest) = oldest {
+                map.remove(&oldest);
+            }
         }
         map.insert(
             id.clone(),
@@ -202,5 +215,95 @@ impl X509Pop {
             agent_id,
             selectors,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
+
+    use super::*;
+
+    /// A node CA named `name`: its certificate and what signs node certificates.
+    fn node_ca(name: &str) -> (CertificateDer<'static>, Issuer<'static, KeyPair>) {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        p.distinguished_name.push(DnType::CommonName, name);
+        let cert = p.self_signed(&key).unwrap().der().clone();
+        (cert, Issuer::new(p, key))
+    }
+
+    /// A node certificate (`CN=node`) from `issuer`, and the signature of `nonce` by its key.
+    fn node(issuer: &Issuer<'static, KeyPair>) -> (Vec<u8>, KeyPair) {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(vec!["node.example.org".to_string()]).unwrap();
+        p.distinguished_name.push(DnType::CommonName, "node");
+        (p.signed_by(&key, issuer).unwrap().der().to_vec(), key)
+    }
+
+    fn sign(key: &KeyPair, nonce: &[u8]) -> Vec<u8> {
+        let rng = ring::rand::SystemRandom::new();
+        let signer = ring::signature::EcdsaKeyPair::from_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+            &key.serialize_der(),
+            &rng,
+        )
+        .unwrap();
+        signer.sign(&rng, nonce).unwrap().as_ref().to_vec()
+    }
+
+    /// Two node CAs with one name (a rollover, or two tenants' "Node CA"): a node of the second
+    /// gets the second's fingerprint, so entries keyed on one CA are not granted to the other's
+    /// nodes.
+    #[test]
+    fn the_fingerprint_selector_names_the_ca_that_signed_the_node() {
+        let (first, _) = node_ca("Node CA");
+        let (second, issuer) = node_ca("Node CA");
+        let pop = X509Pop::new(vec![first.clone(), second.clone()]);
+        let (cert, key) = node(&issuer);
+        let now = SystemTime::now();
+        let (id, nonce) = pop.challenge(&[cert], now).unwrap();
+        let td: TrustDomain = "example.org".parse().unwrap();
+        let identity = pop.answer(&td, &id, &sign(&key, &nonce), now).unwrap();
+        let selectors: Vec<String> = identity.selectors.iter().map(ToString::to_string).collect();
+        assert!(
+            selectors.contains(&format!("x509pop:ca:fingerprint:{}", sha1_hex(&second))),
+            "{selectors:?}"
+        );
+        assert!(
+            !selectors.contains(&format!("x509pop:ca:fingerprint:{}", sha1_hex(&first))),
+            "{selectors:?}"
+        );
+    }
+
+    /// When the outstanding challenges are at their limit, the oldest makes way: one node
+    /// asking over and over cannot keep others from attesting.
+    #[test]
+    fn a_full_challenge_table_drops_the_oldest() {
+        let (ca, issuer) = node_ca("Node CA");
+        let mut pop = X509Pop::new(vec![ca]);
+        pop.max_challenges = 2;
+        let (cert, key) = node(&issuer);
+        let now = SystemTime::now();
+        let td: TrustDomain = "example.org".parse().unwrap();
+        let mut issued = Vec::new();
+        for i in 0..3 {
+            let at = now + Duration::from_millis(i);
+            issued.push(pop.challenge(std::slice::from_ref(&cert), at).unwrap());
+        }
+        let (oldest, nonce) = &issued[0];
+        let err = pop
+            .answer(&td, oldest, &sign(&key, nonce), now)
+            .unwrap_err();
+        assert!(
+            err.message().contains("unknown or was already used"),
+            "{err}"
+        );
+        let (newest, nonce) = &issued[2];
+        assert!(pop.answer(&td, newest, &sign(&key, nonce), now).is_ok());
     }
 }
