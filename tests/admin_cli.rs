@@ -143,6 +143,24 @@ fn token_create_prints_a_token_once_and_its_agent_id() {
     assert!(err.contains("unknown duration unit `y` in `10y`"), "{err}");
 }
 
+/// A token that leaked before it was used can be revoked by the agent ID `token create`
+/// printed; the audit log says so. Revoking it again, or naming an ID that is no join token's,
+/// fails naming the problem.
+#[test]
+fn token_revoke_revokes_an_unused_token_by_its_agent_id() {
+    let ca = Ca::start();
+    let t = ca.json(&["token", "create"]);
+    let agent_id = t["agent_id"].as_str().unwrap();
+    let done = ca.text(&["token", "revoke", agent_id]);
+    assert_eq!(done, format!("join token of `{agent_id}` revoked\n"));
+    let audit = ca.text(&["audit", "list"]);
+    assert!(audit.contains("token.revoked"), "{audit}");
+    let err = stderr(&mut ca.warden(&["token", "revoke", agent_id]));
+    assert!(err.contains("join token") && err.contains("not found"), "{err}");
+    let err = stderr(&mut ca.warden(&["token", "revoke", "spiffe://example.org/web"]));
+    assert!(err.contains("is not a join token's agent id"), "{err}");
+}
+
 #[test]
 fn entry_commands_create_list_show_update_and_delete() {
     let ca = Ca::start();

@@ -113,8 +113,11 @@ pub fn join_token_agent_id(td: &TrustDomain, token: &str) -> SpiffeId {
         .chars()
         .take(16)
         .collect();
-    valid_id(td, &format!("{AGENT_PATH_PREFIX}join_token/{short}"))
+    valid_id(td, &format!("{JOIN_TOKEN_AGENT_PREFIX}{short}"))
 }
+
+/// The path prefix of a join token's agent ID; the token's ID follows it.
+pub const JOIN_TOKEN_AGENT_PREFIX: &str = "/agent/join_token/";
 
 /// SHA-256 of a join token: the only form in which the datastore keeps it.
 pub fn join_token_hash(token: &str) -> [u8; 32] {

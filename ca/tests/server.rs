@@ -361,7 +361,10 @@ async fn a_node_ca_that_is_no_trust_anchor_is_refused_at_start() {
     let garbled = dir.path().join("node-ca.pem");
     std::fs::write(
         &garbled,
-        ::pem::encode(&::pem::Pem::new("CERTIFICATE", b"not a certificate".to_vec())),
+        ::pem::encode(&::pem::Pem::new(
+            "CERTIFICATE",
+            b"not a certificate".to_vec(),
+        )),
     )
     .unwrap();
     let cfg = config(dir.path(), default_ttls(), vec![garbled]);
@@ -370,7 +373,10 @@ async fn a_node_ca_that_is_no_trust_anchor_is_refused_at_start() {
         err.contains("node-ca.pem") && err.contains("not usable as a trust anchor"),
         "{err}"
     );
-    let err = warden_ca::server::start(&cfg).await.unwrap_err().to_string();
+    let err = warden_ca::server::start(&cfg)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("not usable as a trust anchor"), "{err}");
 }
 

@@ -26,6 +26,14 @@ pub(crate) enum TokenCommand {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Revoke a join token that has not been used (a leaked one, or one no longer needed).
+    Revoke {
+        /// The agent ID `token create` printed for it,
+        /// `spiffe://<td>/agent/join_token/<token id>`.
+        agent_id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
 }
 
 /// `warden entry ...`
@@ -231,20 +239,32 @@ pub(crate) enum AuditCommand {
 }
 
 pub(crate) fn run_token(cmd: TokenCommand) -> anyhow::Result<Exit> {
-    let TokenCommand::Create { ttl, conn } = cmd;
     super::runtime()?.block_on(async {
-        let mut c = connect(&conn).await?;
-        let t = rpc(c
-            .create_join_token(v1::CreateJoinTokenRequest { ttl })
-            .await)?;
-        match conn.output {
-            Output::Json => print_json(&serde_json::json!({
-                "token": t.token, "expires_at": t.expires_at, "agent_id": t.agent_id,
-            })),
-            Output::Table => {
-                outln!("token:      {}", t.token);
-                outln!("agent id:   {}", t.agent_id);
-                outln!("expires at: {}", output::time(t.expires_at));
+        match cmd {
+            TokenCommand::Create { ttl, conn } => {
+                let mut c = connect(&conn).await?;
+                let t = rpc(c
+                    .create_join_token(v1::CreateJoinTokenRequest { ttl })
+                    .await)?;
+                match conn.output {
+                    Output::Json => print_json(&serde_json::json!({
+                        "token": t.token, "expires_at": t.expires_at, "agent_id": t.agent_id,
+                    })),
+                    Output::Table => {
+                        outln!("token:      {}", t.token);
+                        outln!("agent id:   {}", t.agent_id);
+                        outln!("expires at: {}", output::time(t.expires_at));
+                    }
+                }
+            }
+            TokenCommand::Revoke { agent_id, conn } => {
+                let mut c = connect(&conn).await?;
+                rpc(c
+                    .revoke_join_token(v1::AgentId {
+                        spiffe_id: agent_id.clone(),
+                    })
+                    .await)?;
+                done(conn.output, &format!("join token of `{agent_id}` revoked"));
             }
         }
         Ok(Exit::Ok)

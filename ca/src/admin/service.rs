@@ -10,7 +10,7 @@ use warden_identity::Bundle;
 use super::convert::{self, status_from_datastore as ds_status};
 use super::peer::actor;
 use super::{AdminService, DEFAULT_JOIN_TOKEN_TTL, MAX_JOIN_TOKEN_TTL};
-use crate::datastore::{join_token_agent_id, join_token_hash, now_unix};
+use crate::datastore::{JOIN_TOKEN_AGENT_PREFIX, join_token_agent_id, join_token_hash, now_unix};
 
 type Reply<T> = Result<Response<T>, Status>;
 
@@ -144,6 +144,26 @@ impl AdminApi for AdminService {
         Ok(Response::new(v1::AgentList {
             agents: agents.iter().map(convert::agent_to_proto).collect(),
         }))
+    }
+
+    async fn revoke_join_token(&self, request: Request<v1::AgentId>) -> Reply<v1::Empty> {
+        let actor = actor(&request)?;
+        let agent_id = convert::agent_id(&request.get_ref().spiffe_id)?;
+        let token_id = agent_id
+            .path()
+            .strip_prefix(JOIN_TOKEN_AGENT_PREFIX)
+            .filter(|_| agent_id.trust_domain() == self.trust_domain)
+            .ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "`{agent_id}` is not a join token's agent id (spiffe://{}{JOIN_TOKEN_AGENT_PREFIX}<token id>)",
+                    self.trust_domain
+                ))
+            })?;
+        self.datastore
+            .revoke_join_token(token_id, &actor)
+            .await
+            .map_err(ds_status)?;
+        Ok(Response::new(v1::Empty {}))
     }
 
     async fn evict_agent(&self, request: Request<v1::AgentId>) -> Reply<v1::Empty> {

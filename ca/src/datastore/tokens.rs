@@ -121,6 +121,53 @@ impl Datastore {
 
 /// A short, non-secret name for a token: the first 16 hex characters of its SHA-256 (the same
 /// as the last segment of the agent ID it yields).
+impl Datastore {
+    /// Revokes the unused join token whose ID (the first 16 hex characters of its hash, the
+    /// last segment of its agent ID) is `id`, auditing `token.revoked`: an agent can no longer
+    /// attest with it. A token already used is refused (its agent is evicted or banned
+    /// instead), as is an unknown one.
+    pub async fn revoke_join_token(&self, id: &str, actor: &str) -> Result<(), DatastoreError> {
+        if id.len() != 16
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        {
+            return Err(DatastoreError::Invalid(format!(
+                "`{}` is not a join token id (16 lowercase hex characters)",
+                id.chars().take(64).collect::<String>()
+            )));
+        }
+        in_tx!(self, |tx, audit| {
+            let done = sqlx::query(
+                "DELETE FROM join_tokens WHERE substr(token_hash, 1, 16) = $1 AND used_at IS NULL",
+            )
+            .bind(id.to_owned())
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 0 {
+                let used: Option<(i64,)> = sqlx::query_as(
+                    "SELECT used_at FROM join_tokens WHERE substr(token_hash, 1, 16) = $1",
+                )
+                .bind(id.to_owned())
+                .fetch_optional(&mut *tx)
+                .await?;
+                return Err(match used {
+                    Some(_) => DatastoreError::Invalid(format!(
+                        "join token `{id}` was already used: evict or ban its agent instead"
+                    )),
+                    None => DatastoreError::NotFound {
+                        what: "join token",
+                        id: id.to_owned(),
+                    },
+                });
+            }
+            audit.record("token.revoked", actor, id, json!({}))?;
+        });
+        tracing::info!(token.id = %id, "join token revoked");
+        Ok(())
+    }
+}
+
 fn token_id(hash_hex: &str) -> &str {
     hash_hex.get(..16).unwrap_or(hash_hex)
 }

@@ -175,3 +175,65 @@ fn join_token_agent_id_uses_the_first_16_hex_chars_of_the_token_hash() {
         format!("spiffe://example.org/agent/join_token/{expected}")
     );
 }
+
+/// An unused token can be revoked by its ID (its agent ID's last segment): it then attests
+/// nothing. A used one is refused (its agent is evicted or banned instead), as are an unknown
+/// ID and one that is no token ID.
+#[tokio::test]
+async fn an_unused_join_token_can_be_revoked_and_then_attests_nothing() {
+    for b in backends().await {
+        let ds = &b.ds;
+        let td = "example.org".parse().unwrap();
+        let id_of = |token: &str| {
+            join_token_agent_id(&td, token)
+                .path()
+                .rsplit('/')
+                .next()
+                .unwrap()
+                .to_owned()
+        };
+        let leaked = join_token_hash("leaked");
+        ds.create_join_token(&leaked, i64::MAX / 2, ADMIN)
+            .await
+            .unwrap();
+        ds.revoke_join_token(&id_of("leaked"), ADMIN).await.unwrap();
+        let err = ds.consume_join_token(&leaked, 1_000).await.unwrap_err();
+        assert!(matches!(err, TokenError::Unknown), "{}: {err}", b.name);
+        assert!(
+            audit_kinds(ds).await.contains(&"token.revoked".to_owned()),
+            "{}",
+            b.name
+        );
+
+        let used = join_token_hash("used");
+        ds.create_join_token(&used, i64::MAX / 2, ADMIN)
+            .await
+            .unwrap();
+        ds.consume_join_token(&used, 1_000).await.unwrap();
+        let err = ds
+            .revoke_join_token(&id_of("used"), ADMIN)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("already used"),
+            "{}: {err}",
+            b.name
+        );
+
+        let err = ds
+            .revoke_join_token(&id_of("never-created"), ADMIN)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, DatastoreError::NotFound { .. }),
+            "{}: {err}",
+            b.name
+        );
+        let err = ds.revoke_join_token("0123'; --", ADMIN).await.unwrap_err();
+        assert!(
+            err.to_string().contains("is not a join token id"),
+            "{}: {err}",
+            b.name
+        );
+    }
+}
