@@ -27,7 +27,7 @@ enum Command {
     /// Run and initialise the certificate authority.
     #[command(subcommand)]
     Ca(ca::CaCommand),
-    /// Create join tokens for node agents (admin API).
+    /// Create and revoke join tokens for node agents (admin API).
     #[command(subcommand)]
     Token(admin::TokenCommand),
     /// Manage registration entries (admin API).

@@ -156,7 +156,10 @@ fn token_revoke_revokes_an_unused_token_by_its_agent_id() {
     let audit = ca.text(&["audit", "list"]);
     assert!(audit.contains("token.revoked"), "{audit}");
     let err = stderr(&mut ca.warden(&["token", "revoke", agent_id]));
-    assert!(err.contains("join token") && err.contains("not found"), "{err}");
+    assert!(
+        err.contains("join token") && err.contains("not found"),
+        "{err}"
+    );
     let err = stderr(&mut ca.warden(&["token", "revoke", "spiffe://example.org/web"]));
     assert!(err.contains("is not a join token's agent id"), "{err}");
 }
@@ -226,6 +229,10 @@ fn entry_commands_create_list_show_update_and_delete() {
             .unwrap()
             .contains("revision:       2")
     );
+    // A list is cleared by its own flag (an empty list would mean "keep").
+    let cleared = ca.json(&["entry", "update", &id, "--clear-dns-names"]);
+    assert_eq!(cleared["dns_names"], serde_json::json!([]));
+    assert_eq!(cleared["revision"], 3);
 
     ca.warden(&["entry", "delete", &id])
         .assert()

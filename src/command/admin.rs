@@ -128,17 +128,23 @@ pub(crate) struct EntryUpdate {
     #[arg(long = "selector")]
     selectors: Vec<String>,
     /// New X.509-SVID lifetime (`0` for the CA default).
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_duration_or_default)]
     x509_ttl: Option<u32>,
     /// New JWT-SVID lifetime (`0` for the CA default).
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = parse_duration_or_default)]
     jwt_ttl: Option<u32>,
     /// New DNS names (replace all); repeatable.
-    #[arg(long = "dns-name")]
+    #[arg(long = "dns-name", conflicts_with = "clear_dns_names")]
     dns_names: Vec<String>,
+    /// Remove every DNS name.
+    #[arg(long)]
+    clear_dns_names: bool,
     /// New federated trust domains (replace all); repeatable.
-    #[arg(long = "federates-with")]
+    #[arg(long = "federates-with", conflicts_with = "clear_federates_with")]
     federates_with: Vec<String>,
+    /// Remove every federated trust domain.
+    #[arg(long)]
+    clear_federates_with: bool,
     /// New hint (`""` clears it).
     #[arg(long)]
     hint: Option<String>,
@@ -341,10 +347,10 @@ fn apply_update(e: &mut v1::Entry, f: EntryUpdate) {
     if let Some(v) = f.jwt_ttl {
         e.jwt_svid_ttl = v;
     }
-    if !f.dns_names.is_empty() {
+    if !f.dns_names.is_empty() || f.clear_dns_names {
         e.dns_names = f.dns_names;
     }
-    if !f.federates_with.is_empty() {
+    if !f.federates_with.is_empty() || f.clear_federates_with {
         e.federates_with = f.federates_with;
     }
     if let Some(v) = f.hint {
@@ -487,6 +493,15 @@ fn done(out: Output, message: &str) {
     }
 }
 
+/// [`parse_duration`], or `0` (any unit), which on an update sets the CA default back.
+fn parse_duration_or_default(s: &str) -> Result<u32, String> {
+    let digits = s.trim().trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    if !digits.is_empty() && digits.bytes().all(|b| b == b'0') {
+        return Ok(0);
+    }
+    parse_duration(s)
+}
+
 /// Seconds from `600`, `90s`, `10m`, `2h` or `1d`.
 fn parse_duration(s: &str) -> Result<u32, String> {
     let s = s.trim();
@@ -548,7 +563,11 @@ mod tests {
                 parse_duration(zero).unwrap_err().contains("is no lifetime"),
                 "{zero}"
             );
+            // An update's way back to the CA default.
+            assert_eq!(parse_duration_or_default(zero), Ok(0), "{zero}");
         }
+        assert_eq!(parse_duration_or_default("2h"), Ok(7200));
+        assert!(parse_duration_or_default("0x").is_err());
     }
 
     #[test]
@@ -567,7 +586,9 @@ mod tests {
             x509_ttl: Some(60),
             jwt_ttl: None,
             dns_names: vec![],
+            clear_dns_names: false,
             federates_with: vec![],
+            clear_federates_with: false,
             hint: Some(String::new()),
         };
         apply_update(&mut e, upd);
@@ -577,6 +598,48 @@ mod tests {
         assert_eq!(
             e.revision, 4,
             "the revision is kept for the optimistic check"
+        );
+    }
+
+    /// `--clear-dns-names` and `--clear-federates-with` empty those lists (no list flag can:
+    /// an empty one means "keep").
+    #[test]
+    fn update_clears_dns_names_and_federation_when_asked() {
+        let mut e = v1::Entry {
+            dns_names: vec!["a.example.org".into()],
+            federates_with: vec!["other.org".into()],
+            ..Default::default()
+        };
+        let cli = <crate::command::Cli as clap::Parser>::try_parse_from([
+            "warden",
+            "entry",
+            "update",
+            "some-id",
+            "--clear-dns-names",
+            "--clear-federates-with",
+        ])
+        .unwrap();
+        let crate::command::Command::Entry(EntryCommand::Update { fields, .. }) = cli.command
+        else {
+            panic!("not an entry update");
+        };
+        apply_update(&mut e, fields);
+        assert!(
+            e.dns_names.is_empty() && e.federates_with.is_empty(),
+            "{e:?}"
+        );
+        // Both a list and its clearing is a usage error.
+        assert!(
+            <crate::command::Cli as clap::Parser>::try_parse_from([
+                "warden",
+                "entry",
+                "update",
+                "some-id",
+                "--clear-dns-names",
+                "--dns-name",
+                "b.example.org",
+            ])
+            .is_err()
         );
     }
 }
