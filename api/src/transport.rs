@@ -4,7 +4,8 @@
 //! - Server: [`tls_incoming`] turns a bound `TcpListener` and a rustls `ServerConfig` into a
 //!   stream of TLS connections for `tonic::transport::Server::serve_with_incoming`. Handshakes
 //!   run concurrently (one task each, bounded by [`HANDSHAKE_TIMEOUT`]), so a slow or hostile
-//!   client never stalls the accept loop; failed handshakes are logged and dropped. Each
+//!   client never stalls the accept loop; failed handshakes are logged and dropped. What
+//!   clients can hold is bounded ([`Limits`]): a connection past them is closed at accept. Each
 //!   connection implements tonic's `Connected`: handlers read the peer's address and verified
 //!   certificate chain with `request.extensions().get::<TlsConnectInfo>()`.
 //! - Client: [`connect_tls`] opens a tonic `Channel` that dials TCP and runs the rustls
@@ -21,6 +22,7 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 use tonic::transport::{Channel, Endpoint};
@@ -30,6 +32,26 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How many completed handshakes may wait for the gRPC server to pick them up.
 const ACCEPT_BACKLOG: usize = 256;
+
+/// Bounds on what clients, authenticated or not, can hold on a server.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections open at once, in their handshake or established; one more is closed as
+    /// soon as it is accepted.
+    pub max_connections: usize,
+    /// Handshakes in progress at once; one more is closed as soon as it is accepted.
+    pub max_handshakes: usize,
+}
+
+impl Default for Limits {
+    /// 16,384 connections (an agent keeps one), 512 of them in their handshake.
+    fn default() -> Self {
+        Self {
+            max_connections: 16_384,
+            max_handshakes: 512,
+        }
+    }
+}
 
 /// What a server handler can learn about its peer (tonic `ConnectInfo` of [`TlsConnection`]).
 #[derive(Debug, Clone)]
@@ -46,6 +68,8 @@ pub struct TlsConnectInfo {
 pub struct TlsConnection {
     inner: tokio_rustls::server::TlsStream<TcpStream>,
     info: TlsConnectInfo,
+    /// This connection's place under [`Limits::max_connections`], given back when it closes.
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// Accepts TCP connections on `listener` and yields those that complete a TLS handshake with
@@ -55,6 +79,15 @@ pub fn tls_incoming(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
 ) -> ReceiverStream<Result<TlsConnection, io::Error>> {
+    tls_incoming_with(listener, config, Limits::default())
+}
+
+/// [`tls_incoming`] with `limits` instead of the default ones.
+pub fn tls_incoming_with(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    limits: Limits,
+) -> ReceiverStream<Result<TlsConnection, io::Error>> {
     let config = if config.alpn_protocols.is_empty() {
         let mut c = (*config).clone();
         c.alpn_protocols = vec![b"h2".to_vec()];
@@ -63,8 +96,11 @@ pub fn tls_incoming(
         config
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let handshakes = Arc::new(Semaphore::new(limits.max_handshakes));
     let (tx, rx) = tokio::sync::mpsc::channel(ACCEPT_BACKLOG);
     tokio::spawn(async move {
+        let mut refused = Refused::default();
         loop {
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
@@ -78,11 +114,22 @@ pub fn tls_incoming(
                     continue;
                 }
             };
+            let (Ok(slot), Ok(handshaking)) = (
+                Arc::clone(&connections).try_acquire_owned(),
+                Arc::clone(&handshakes).try_acquire_owned(),
+            ) else {
+                // Closed at once: no task, no buffer for it.
+                drop(tcp);
+                refused.count(remote, &limits);
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                drop(handshaking);
+                match handshake {
                     Ok(Ok(stream)) => {
                         let peer_certificates =
                             stream.get_ref().1.peer_certificates().map(|c| {
@@ -96,6 +143,7 @@ pub fn tls_incoming(
                             .send(Ok(TlsConnection {
                                 inner: stream,
                                 info,
+                                _slot: slot,
                             }))
                             .await;
                     }
@@ -110,6 +158,35 @@ pub fn tls_incoming(
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// Connections closed at accept for a limit, warned about at most once a second (with how
+/// many since the last warning), so that a flood does not flood the log too.
+#[derive(Debug, Default)]
+struct Refused {
+    since_warning: u64,
+    warned: Option<std::time::Instant>,
+}
+
+impl Refused {
+    fn count(&mut self, remote: SocketAddr, limits: &Limits) {
+        self.since_warning += 1;
+        let now = std::time::Instant::now();
+        if self
+            .warned
+            .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1))
+        {
+            tracing::warn!(
+                peer = %remote,
+                refused = self.since_warning,
+                max_connections = limits.max_connections,
+                max_handshakes = limits.max_handshakes,
+                "connection limit reached: closing new connections at accept"
+            );
+            self.since_warning = 0;
+            self.warned = Some(now);
+        }
+    }
 }
 
 /// Opens a gRPC channel to `addr` (`host:port`) over TLS with `config`. The server name sent
@@ -213,6 +290,67 @@ impl AsyncWrite for TlsConnection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Resolves no certificate: enough for tests that never finish a handshake.
+    #[derive(Debug)]
+    struct NoCertificate;
+
+    impl rustls::server::ResolvesServerCert for NoCertificate {
+        fn resolve(
+            &self,
+            _: rustls::server::ClientHello<'_>,
+        ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+            None
+        }
+    }
+
+    /// Whether the server closes `tcp` (reads end) within `within`.
+    async fn closed_within(tcp: &mut TcpStream, within: Duration) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut byte = [0u8; 1];
+        matches!(
+            tokio::time::timeout(within, tcp.read(&mut byte)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    }
+
+    /// Past `max_connections` (here one, held by a client that never starts its handshake),
+    /// a new connection is closed at accept; once the slot is given back, a connection is
+    /// kept again.
+    #[tokio::test]
+    async fn connections_past_the_limit_are_closed_at_accept() {
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(NoCertificate));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = Limits {
+            max_connections: 1,
+            max_handshakes: 1,
+        };
+        let _incoming = tls_incoming_with(listener, Arc::new(config), limits);
+        let held = TcpStream::connect(addr).await.unwrap();
+        let mut refused = TcpStream::connect(addr).await.unwrap();
+        // At once, not at the end of its handshake timeout (10 s).
+        assert!(closed_within(&mut refused, Duration::from_secs(3)).await);
+        // The held connection goes; its failed handshake gives the slot back.
+        drop(held);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut next = TcpStream::connect(addr).await.unwrap();
+            if !closed_within(&mut next, Duration::from_millis(300)).await {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the slot never came back"
+            );
+        }
+    }
 
     #[test]
     fn host_of_strips_port_and_brackets() {

@@ -192,18 +192,27 @@ impl AgentApi for AgentService {
             let id = agent_id
                 .clone()
                 .ok_or_else(|| Status::invalid_argument("join token is empty"))?;
+            let hash = join_token_hash(&req.token);
+            let now = convert::unix(self.now());
+            // A first look, read-only: an unknown token (anyone can send one) costs no
+            // signature and no write lock.
+            self.inner
+                .ds
+                .check_join_token(&hash, now)
+                .await
+                .map_err(|e| {
+                    known_token_refused =
+                        matches!(e, TokenError::Expired | TokenError::AlreadyUsed);
+                    convert::token_status(e)
+                })?;
             // Sign first: a CSR the CA refuses leaves the token unused. The token is then
-            // consumed and the agent recorded in one transaction.
+            // consumed and the agent recorded in one transaction, which checks it again.
             let signed = self.sign_agent(&id, &csr)?;
             let bundles = self.bundles().await?;
             let record = new_agent_record(id, "join_token", Vec::new(), &signed);
             self.inner
                 .ds
-                .attest_agent_with_join_token(
-                    &join_token_hash(&req.token),
-                    convert::unix(self.now()),
-                    &record,
-                )
+                .attest_agent_with_join_token(&hash, now, &record)
                 .await
                 .map_err(|e| {
                     known_token_refused =

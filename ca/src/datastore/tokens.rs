@@ -122,6 +122,31 @@ impl Datastore {
 /// A short, non-secret name for a token: the first 16 hex characters of its SHA-256 (the same
 /// as the last segment of the agent ID it yields).
 impl Datastore {
+    /// Whether the join token could be used at `now` (known, unused, unexpired), read without
+    /// a transaction: a cheap first look, so that an unknown token (anyone can send one) costs
+    /// no signature and no write lock. Using it still takes
+    /// [`attest_agent_with_join_token`](Self::attest_agent_with_join_token), which checks again.
+    pub async fn check_join_token(
+        &self,
+        token_hash: &[u8; 32],
+        now: i64,
+    ) -> Result<(), TokenError> {
+        let hash = hex::encode(token_hash);
+        let row: Option<(i64, Option<i64>)> = on_pool!(self, pool => {
+            sqlx::query_as("SELECT expires_at, used_at FROM join_tokens WHERE token_hash = $1")
+                .bind(hash.clone())
+                .fetch_optional(pool)
+                .await
+                .map_err(DatastoreError::Query)?
+        });
+        match row {
+            None => Err(TokenError::Unknown),
+            Some((_, Some(_))) => Err(TokenError::AlreadyUsed),
+            Some((expires_at, None)) if expires_at <= now => Err(TokenError::Expired),
+            Some(_) => Ok(()),
+        }
+    }
+
     /// Revokes the unused join token whose ID (the first 16 hex characters of its hash, the
     /// last segment of its agent ID) is `id`, auditing `token.revoked`: an agent can no longer
     /// attest with it. A token already used is refused (its agent is evicted or banned

@@ -93,6 +93,18 @@ async fn malformed_csr_is_refused_without_consuming_the_token() {
     ca.attest_csr("tok-bad-csr", &key, csr).await.unwrap();
 }
 
+/// A token the CA does not know (anyone can send one) is refused before anything else is done
+/// for it: before its CSR is signed, and without the write transaction that uses a token. A CSR
+/// the CA would refuse shows the order: the answer names the token, not the CSR.
+#[tokio::test]
+async fn an_unknown_token_is_refused_before_its_csr_is_signed() {
+    let ca = start_ca().await;
+    let (_, csr) = key_and_csr(Some("spiffe://example.org/web"));
+    let err = attest_err(&ca, "no-such-token", csr).await;
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("unknown"), "{}", err.message());
+}
+
 #[tokio::test]
 async fn concurrent_attestation_with_one_token_succeeds_exactly_once() {
     let ca = std::sync::Arc::new(start_ca().await);
