@@ -200,11 +200,7 @@ impl AgentApi for AgentService {
                 .ds
                 .check_join_token(&hash, now)
                 .await
-                .map_err(|e| {
-                    known_token_refused =
-                        matches!(e, TokenError::Expired | TokenError::AlreadyUsed);
-                    convert::token_status(e)
-                })?;
+                .map_err(|e| token_refused(e, &mut known_token_refused))?;
             // Sign first: a CSR the CA refuses leaves the token unused. The token is then
             // consumed and the agent recorded in one transaction, which checks it again.
             let signed = self.sign_agent(&id, &csr)?;
@@ -214,11 +210,7 @@ impl AgentApi for AgentService {
                 .ds
                 .attest_agent_with_join_token(&hash, now, &record)
                 .await
-                .map_err(|e| {
-                    known_token_refused =
-                        matches!(e, TokenError::Expired | TokenError::AlreadyUsed);
-                    convert::token_status(e)
-                })?;
+                .map_err(|e| token_refused(e, &mut known_token_refused))?;
             tracing::info!(agent = %record.spiffe_id, "agent attested with a join token");
             Ok(agent_svid_response(&signed, bundles))
         }
@@ -452,4 +444,11 @@ impl AgentApi for AgentService {
         self.caller(&request).await?;
         Ok(Response::new(self.bundles().await?))
     }
+}
+
+/// The answer to a join token refused for `e`; sets `known` when the token exists (expired or
+/// used), which makes the attempt worth an audit record.
+fn token_refused(e: TokenError, known: &mut bool) -> Status {
+    *known = matches!(e, TokenError::Expired | TokenError::AlreadyUsed);
+    convert::token_status(e)
 }
