@@ -87,19 +87,16 @@ where
 {
     let validity = io.validity();
     let (sender, connection) = http1::Builder::new().handshake(TokioIo::new(io)).await?;
-    let lapsed = validity.clone();
-    tokio::spawn(async move {
-        let run = async {
-            match upgrades {
-                true => connection.with_upgrades().await,
-                false => connection.await,
-            }
+    let driver = tokio::spawn(async move {
+        let result = match upgrades {
+            true => connection.with_upgrades().await,
+            false => connection.await,
         };
-        let result = crate::lapse::drive_while_it_holds(run, lapsed, lapse_grace).await;
         if let Err(e) = result {
             tracing::debug!(error = %e, "http/1.1 upstream connection ended with an error");
         }
     });
+    crate::lapse::end_when_lapsed(driver.abort_handle(), validity.clone(), lapse_grace, || ());
     Ok(Upstream { sender, validity })
 }
 

@@ -277,12 +277,14 @@ impl SharedH2 {
             .await
             .map_err(H2Error::Http)?;
         let state = Arc::new(ConnState::default());
-        tokio::spawn(drive(
-            connection,
-            Arc::clone(&state),
-            self.keep_alive,
-            (validity.clone(), self.lapse_grace),
-        ));
+        let driver = tokio::spawn(drive(connection, Arc::clone(&state), self.keep_alive));
+        let closing = Arc::clone(&state);
+        crate::lapse::end_when_lapsed(
+            driver.abort_handle(),
+            validity.clone(),
+            self.lapse_grace,
+            move || closing.closed.store(true, Ordering::Relaxed),
+        );
         *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(Open {
             sender: sender.clone(),
             state: Arc::clone(&state),
@@ -370,24 +372,20 @@ impl Drop for InFlight {
     }
 }
 
-/// Runs the connection until it ends (the peer closed it, it failed, every handle and stream
-/// is gone, or its upstream's `validity` stopped holding a `grace` ago), pinging per
-/// `keep_alive`; then marks it closed.
+/// Runs the connection until it ends (the peer closed it, it failed, or every handle and stream
+/// is gone), pinging per `keep_alive`; then marks it closed. (A connection whose upstream
+/// lapsed is ended from outside: [`crate::lapse::end_when_lapsed`].)
 async fn drive<I>(
     connection: Connection<I, Bytes>,
     state: Arc<ConnState>,
     keep_alive: Option<KeepAlive>,
-    (validity, grace): (Option<Arc<Validity>>, Duration),
 ) where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let run = async {
-        match keep_alive {
-            Some(keep_alive) => drive_with_pings(connection, &state, keep_alive).await,
-            None => connection.await,
-        }
+    let result = match keep_alive {
+        Some(keep_alive) => drive_with_pings(connection, &state, keep_alive).await,
+        None => connection.await,
     };
-    let result = crate::lapse::drive_while_it_holds(run, validity, grace).await;
     state.closed.store(true, Ordering::Relaxed);
     if let Err(e) = result {
         tracing::debug!(error = %e, "h2 client connection ended with an error");

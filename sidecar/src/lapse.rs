@@ -267,30 +267,50 @@ pub(crate) async fn no_longer_holds(validity: Option<Arc<Validity>>) {
     }
 }
 
-/// Runs a pooled upstream connection's driver `run` until it ends, or until `grace` after its
-/// upstream's `validity` stopped holding (see [`no_longer_holds`]; never for `None`): the
-/// connection is then dropped with whatever is still in flight on it, so a stream that never
-/// ends does not keep an upstream that no longer verifies.
-pub(crate) async fn drive_while_it_holds<E>(
-    run: impl Future<Output = Result<(), E>>,
+/// Watches a pooled upstream connection whose driver runs as the task behind `driver`: `grace`
+/// after its upstream's `validity` stopped holding (at the chain's expiry, or within
+/// [`TCP_RECHECK`] of a bundle change that fails it), the task is aborted, which drops the
+/// connection with whatever is still in flight on it, and `closed` runs. So a stream that never
+/// ends does not keep an upstream that no longer verifies. The watch is a task of its own, so
+/// that the driver's polls carry nothing extra; it ends (within [`TCP_RECHECK`]) once the
+/// driver has. Nothing is watched for `None` (plaintext, the local app).
+pub(crate) fn end_when_lapsed(
+    driver: tokio::task::AbortHandle,
     validity: Option<Arc<Validity>>,
     grace: Duration,
-) -> Result<(), E> {
-    // Nothing verified (plaintext, the local app): nothing to watch, nothing added per poll.
+    closed: impl FnOnce() + Send + 'static,
+) {
     let Some(validity) = validity else {
-        return run.await;
+        return;
     };
-    let lapsed = async {
-        no_longer_holds(Some(validity)).await;
-        tokio::time::sleep(grace).await;
-    };
-    tokio::select! {
-        result = run => result,
-        () = lapsed => {
-            tracing::info!(?grace, "upstream's credentials lapsed: its connection is closed");
-            Ok(())
+    tokio::spawn(async move {
+        let expiry = tokio::time::sleep_until(validity.expires.into());
+        tokio::pin!(expiry);
+        let mut tick = tokio::time::interval(TCP_RECHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = &mut expiry => break,
+                _ = tick.tick() => {
+                    if driver.is_finished() {
+                        return;
+                    }
+                    if !validity.holds_at(Instant::now()) {
+                        break;
+                    }
+                }
+            }
         }
-    }
+        tokio::time::sleep(grace).await;
+        if !driver.is_finished() {
+            tracing::info!(
+                ?grace,
+                "upstream's credentials lapsed: its connection is closed"
+            );
+            driver.abort();
+            closed();
+        }
+    });
 }
 
 /// A connection whose peer a handshake verified, or not (plaintext).
