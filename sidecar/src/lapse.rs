@@ -251,16 +251,25 @@ pub(crate) async fn no_longer_holds(validity: Option<Arc<Validity>>) {
     let Some(validity) = validity else {
         return std::future::pending().await;
     };
+    lapse_of(&validity, || false).await;
+}
+
+/// Completes when `validity` no longer holds (`true`), or at the first [`TCP_RECHECK`] tick
+/// at which `gone` says nobody needs the answer any more (`false`).
+async fn lapse_of(validity: &Validity, gone: impl Fn() -> bool) -> bool {
     let expiry = tokio::time::sleep_until(validity.expires.into());
     tokio::pin!(expiry);
     let mut tick = tokio::time::interval(TCP_RECHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            () = &mut expiry => return,
+            () = &mut expiry => return true,
             _ = tick.tick() => {
+                if gone() {
+                    return false;
+                }
                 if !validity.holds_at(Instant::now()) {
-                    return;
+                    return true;
                 }
             }
         }
@@ -284,22 +293,8 @@ pub(crate) fn end_when_lapsed(
         return;
     };
     tokio::spawn(async move {
-        let expiry = tokio::time::sleep_until(validity.expires.into());
-        tokio::pin!(expiry);
-        let mut tick = tokio::time::interval(TCP_RECHECK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = &mut expiry => break,
-                _ = tick.tick() => {
-                    if driver.is_finished() {
-                        return;
-                    }
-                    if !validity.holds_at(Instant::now()) {
-                        break;
-                    }
-                }
-            }
+        if !lapse_of(&validity, || driver.is_finished()).await {
+            return;
         }
         tokio::time::sleep(grace).await;
         if !driver.is_finished() {
