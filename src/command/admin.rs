@@ -2,6 +2,7 @@
 //! API on its Unix socket. Tables for people (`--output table`), JSON for scripts (`--output json`).
 
 mod client;
+mod duration;
 mod output;
 
 use std::path::PathBuf;
@@ -10,6 +11,7 @@ use anyhow::Context as _;
 use warden_api::v1;
 
 use self::client::{Conn, connect, rpc};
+use self::duration::{parse_duration, parse_duration_or_default};
 use self::output::{
     Output, print_agents, print_audit, print_bundles, print_entries, print_entry, print_json,
 };
@@ -493,82 +495,9 @@ fn done(out: Output, message: &str) {
     }
 }
 
-/// [`parse_duration`], or `0` (any unit), which on an update sets the CA default back.
-fn parse_duration_or_default(s: &str) -> Result<u32, String> {
-    let digits = s.trim().trim_end_matches(|c: char| c.is_ascii_alphabetic());
-    if !digits.is_empty() && digits.bytes().all(|b| b == b'0') {
-        return Ok(0);
-    }
-    parse_duration(s)
-}
-
-/// Seconds from `600`, `90s`, `10m`, `2h` or `1d`.
-fn parse_duration(s: &str) -> Result<u32, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (digits, unit) = s.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration like `600`, `90s`, `10m`, `2h` or `1d`"))?;
-    let mult = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        other => {
-            return Err(format!(
-                "unknown duration unit `{other}` in `{s}` (use s, m, h or d)"
-            ));
-        }
-    };
-    if n == 0 {
-        // 0 on the wire means "the CA's default": a flag that says 0 would get that silently.
-        return Err(format!(
-            "`{s}` is no lifetime: give at least 1s, or leave the flag out for the default"
-        ));
-    }
-    n.checked_mul(mult)
-        .and_then(|v| u32::try_from(v).ok())
-        .ok_or_else(|| format!("duration `{s}` is too long"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse_with_units_and_bad_ones_are_named() {
-        assert_eq!(parse_duration("600"), Ok(600));
-        assert_eq!(parse_duration("90s"), Ok(90));
-        assert_eq!(parse_duration("10m"), Ok(600));
-        assert_eq!(parse_duration("2h"), Ok(7200));
-        assert_eq!(parse_duration("1d"), Ok(86_400));
-        assert!(
-            parse_duration("10x")
-                .unwrap_err()
-                .contains("unknown duration unit `x`")
-        );
-        assert!(
-            parse_duration("m")
-                .unwrap_err()
-                .contains("`m` is not a duration")
-        );
-        assert!(
-            parse_duration("99999999999d")
-                .unwrap_err()
-                .contains("too long")
-        );
-        for zero in ["0", "0s", "0d"] {
-            assert!(
-                parse_duration(zero).unwrap_err().contains("is no lifetime"),
-                "{zero}"
-            );
-            // An update's way back to the CA default.
-            assert_eq!(parse_duration_or_default(zero), Ok(0), "{zero}");
-        }
-        assert_eq!(parse_duration_or_default("2h"), Ok(7200));
-        assert!(parse_duration_or_default("0x").is_err());
-    }
 
     #[test]
     fn update_replaces_only_given_fields() {
