@@ -48,9 +48,9 @@ pub enum AgentError {
     #[error("cannot bind the health listener `{0}`: {1}")]
     Http(String, std::io::Error),
     /// The agent SVID expired before it could be renewed (the CA was away), and the node's
-    /// attestation cannot be repeated (a join token is used once).
+    /// attestation cannot be repeated (a join token is used once; or none was configured).
     #[error(
-        "the agent svid `{spiffe_id}` expired at {expired} before it could be renewed, and a join token cannot attest the node again: create a new token (`warden token create`) and restart the agent with it"
+        "the agent svid `{spiffe_id}` expired at {expired} before it could be renewed, and this agent cannot attest the node again by itself (a join token works once; only x509pop attests again): create a new join token (`warden token create`) and restart the agent with it"
     )]
     AgentSvidExpired {
         /// The agent's SPIFFE ID.

@@ -210,14 +210,18 @@ mod tests {
     fn me() -> PeerCredentials {
         let pid = i32::try_from(std::process::id()).unwrap();
         let (ours, _theirs) = std::os::unix::net::UnixStream::pair().unwrap();
-        let pidfd =
-            nix::sys::socket::getsockopt(&ours, nix::sys::socket::sockopt::PeerPidfd).unwrap();
+        // Before Linux 6.5 there is no pidfd to pin with: the start time is all there is.
+        let pin = match nix::sys::socket::getsockopt(&ours, nix::sys::socket::sockopt::PeerPidfd) {
+            Ok(pidfd) => ProcessPin::Pidfd(Arc::new(pidfd)),
+            Err(nix::errno::Errno::ENOPROTOOPT) => ProcessPin::Unsupported,
+            Err(e) => panic!("SO_PEERPIDFD: {e}"),
+        };
         PeerCredentials {
             pid,
             uid: nix::unistd::getuid().as_raw(),
             gid: nix::unistd::getgid().as_raw(),
             start_time: WorkloadAttestor::new().start_time(pid),
-            pin: ProcessPin::Pidfd(Arc::new(pidfd)),
+            pin,
         }
     }
 

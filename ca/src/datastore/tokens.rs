@@ -119,8 +119,6 @@ impl Datastore {
     }
 }
 
-/// A short, non-secret name for a token: the first 16 hex characters of its SHA-256 (the same
-/// as the last segment of the agent ID it yields).
 impl Datastore {
     /// Whether the join token could be used at `now` (known, unused, unexpired), read without
     /// a transaction: a cheap first look, so that an unknown token (anyone can send one) costs
@@ -193,6 +191,8 @@ impl Datastore {
     }
 }
 
+/// A short, non-secret name for a token: the first 16 hex characters of its SHA-256 (the same
+/// as the last segment of the agent ID it yields).
 fn token_id(hash_hex: &str) -> &str {
     hash_hex.get(..16).unwrap_or(hash_hex)
 }

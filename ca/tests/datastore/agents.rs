@@ -81,8 +81,9 @@ async fn renewal_after_eviction_ban_or_another_renewal_fails_and_writes_nothing(
         );
         assert_eq!(ds.get_agent(&id).await.unwrap(), None, "still evicted");
 
-        // Two renewals from the same serial (an agent and its copy): the first wins; a renewal
-        // from the serial the winner replaced is then refused.
+        // Two renewals from the same serial (a renewal whose reply was lost, done again; or an
+        // agent and its copy): both succeed and the later one's serial is current; a renewal
+        // from the serial it replaced is then refused.
         ds.attest_agent(&agent("01")).await.unwrap();
         ds.renew_agent(&renewal("01", "02")).await.unwrap();
         ds.renew_agent(&renewal("01", "03")).await.unwrap();

@@ -244,13 +244,21 @@ impl Syncer {
         let mut client = self.connect().await?;
         if self.agent.needs_rotation(SystemTime::now(), 0.0) {
             let (svid, _) = client.renew(self.agent.spiffe_id()).await?;
-            if let Err(e) = self.store.save_agent(&svid) {
-                warn!(error = %e, "cannot store the renewed agent svid");
+            match self.store.save_agent(&svid) {
+                Ok(()) => {
+                    info!(not_after = ?svid.not_after(), "agent svid renewed");
+                    self.agent = svid;
+                    self.client = None;
+                    client = self.connect().await?;
+                }
+                // Not used unsaved: once the agent presents it, the CA accepts the stored
+                // one no more, and a restart would load that one. The stored SVID's serial
+                // stays accepted (as the one renewed from) until then.
+                Err(e) => warn!(
+                    error = %e,
+                    "cannot store the renewed agent svid: going on with the stored one and renewing again at the next sync"
+                ),
             }
-            info!(not_after = ?svid.not_after(), "agent svid renewed");
-            self.agent = svid;
-            self.client = None;
-            client = self.connect().await?;
         }
         let entries = client.list_entries().await?;
         let bundles = client.fetch_bundles().await?;

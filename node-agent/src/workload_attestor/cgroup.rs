@@ -4,7 +4,7 @@
 //!
 //! Only the layouts a container runtime creates from the cgroup root count, anchored at the
 //! root: `/docker/<id>`, `/system.slice/docker-<id>.scope`, `/machine.slice/libpod-<id>.scope`,
-//! `/kubepods[/<qos>]/pod<uid>[/<id>]` and `/kubepods.slice[/kubepods-<qos>.slice]/
+//! `/kubepods[/<qos>]/pod<uid>[/<id> or /crio-<id>]` and `/kubepods.slice[/kubepods-<qos>.slice]/
 //! kubepods[-<qos>]-pod<uid>.slice[/<runtime>-<id>.scope]`. Creating a cgroup there takes
 //! root. A container id or pod UID anywhere else in a path names nothing: under systemd every
 //! user owns a delegated subtree (`/user.slice/user-<uid>.slice/user@<uid>.service/...`) in
@@ -64,7 +64,9 @@ fn parse_path(path: &str) -> ContainerInfo {
             match rest {
                 [pod, tail @ ..] => match pod.strip_prefix("pod").filter(|uid| is_uuid(uid)) {
                     Some(uid) => container(
-                        tail.first().and_then(|id| bare_id(id)),
+                        tail.first().and_then(|id| {
+                            bare_id(id).or_else(|| id.strip_prefix("crio-").and_then(bare_id))
+                        }),
                         Some(uid.to_owned()),
                     ),
                     None => ContainerInfo::default(),
@@ -265,6 +267,13 @@ mod tests {
         assert_eq!(
             parse_cgroup_file(&rootful_podman).container_id.as_deref(),
             Some(ID)
+        );
+        // CRI-O with the cgroupfs driver.
+        let crio = format!("0::/kubepods/burstable/pod{POD}/crio-{ID}\n");
+        let info = parse_cgroup_file(&crio);
+        assert_eq!(
+            (info.pod_uid.as_deref(), info.container_id.as_deref()),
+            (Some(POD), Some(ID))
         );
         let pod_only = format!("0::/kubepods/besteffort/pod{POD}\n");
         let info = parse_cgroup_file(&pod_only);

@@ -1,6 +1,6 @@
 //! What an agent recovers from, and what it cannot: its own SVID expiring while the CA is away
 //! (it attests the node again with x509pop; with a join token, used once, it stops and says
-//! what to do), and an entry the CA refuses to sign.
+//! what to do), an entry the CA refuses to sign, and a renewed SVID it cannot store.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,7 +33,7 @@ async fn a_join_token_agent_whose_svid_expired_stops_and_says_to_attest_again() 
     };
     assert!(
         err.to_string()
-            .contains("a join token cannot attest the node again"),
+            .contains("cannot attest the node again by itself"),
         "{err}"
     );
 }
@@ -113,6 +113,55 @@ async fn an_entry_the_ca_refuses_to_sign_costs_the_others_nothing() {
         !ids.contains(&format!("spiffe://{}/w1", crate::support::TD)),
         "{ids:?}"
     );
+    agent.stop().await;
+    server.stop().await;
+}
+
+/// A renewed agent SVID that cannot be stored is not used: the agent goes on presenting the
+/// stored one (whose serial the CA still accepts as the one renewed from). Had it used the new
+/// one, the CA would refuse the stored one, which a restart loads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_svid_that_cannot_be_stored_is_not_used() {
+    let (ca, server) = ca_with(
+        1,
+        Duration::from_secs(3600),
+        Duration::from_secs(4),
+        &["tok"],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = RunningAgent::joined(&server, dir.path(), &ca);
+    agent.first_svid().await;
+    // The next save fails: a directory stands where its first file goes.
+    std::fs::create_dir(dir.path().join("data/agent.key.next")).unwrap();
+    let stored = pem::parse(std::fs::read(dir.path().join("data/agent.pem")).unwrap())
+        .unwrap()
+        .into_contents();
+    let deadline = std::time::Instant::now() + WAIT;
+    let calls = loop {
+        let (renewals, calls) = {
+            let st = server.state.lock().unwrap();
+            (st.renewals, st.calls)
+        };
+        if renewals > 0 {
+            break calls;
+        }
+        assert!(std::time::Instant::now() < deadline, "never renewed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Two more calls after the renewal: both present the stored SVID.
+    while server.state.lock().unwrap().calls < calls + 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no call after the renewal"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        server.state.lock().unwrap().presented.as_deref() == Some(stored.as_slice()),
+        "the agent presented another svid than the stored one"
+    );
+    assert!(!agent.task.is_finished());
     agent.stop().await;
     server.stop().await;
 }

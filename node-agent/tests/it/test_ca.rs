@@ -42,6 +42,9 @@ pub(crate) struct CaState {
     pub(crate) renewals: usize,
     /// Entries listed but refused at signing (as if deleted in between).
     pub(crate) unsignable: HashSet<String>,
+    /// The leaf certificate of the agent SVID last presented, and how many calls presented one.
+    pub(crate) presented: Option<Vec<u8>>,
+    pub(crate) calls: usize,
 }
 
 pub(crate) struct TestCaServer {
@@ -226,9 +229,12 @@ impl Service {
             .ok_or_else(|| Status::unauthenticated("agent svid required"))?;
         let id = warden_node_agent::cache::spiffe_id_of(leaf.as_ref())
             .map_err(|_| Status::unauthenticated("bad agent svid"))?;
-        if self.state.lock().unwrap().banned.contains(&id.to_string()) {
+        let mut st = self.state.lock().unwrap();
+        if st.banned.contains(&id.to_string()) {
             return Err(Status::permission_denied(format!("agent `{id}` is banned")));
         }
+        st.presented = Some(leaf.to_vec());
+        st.calls += 1;
         Ok(id.to_string())
     }
 }

@@ -161,7 +161,10 @@ async fn check_policies(plan: &Plan) -> Result<String, StepError> {
             &format!("`warden policy validate {}`", plan.policies.display()),
             &out,
         );
-        err.exit = crate::command::Exit::Invalid;
+        // 3 when the set is invalid (what `policy validate` says with 3); 1 for anything else.
+        if out.status.code() == Some(3) {
+            err.exit = crate::command::Exit::Invalid;
+        }
         return Err(err);
     }
     Ok(format!("valid: {}", plan.policies.display()))
