@@ -18,6 +18,31 @@ pub use validate::{JWT_LEEWAY, MAX_JWT_LEN, validate_jwt_svid};
 use crate::SpiffeId;
 use crate::jwk::{Curve, PublicKey};
 
+/// Most audiences a JWT-SVID may carry.
+pub const MAX_AUDIENCES: usize = 16;
+/// Longest audience, in bytes. With [`MAX_AUDIENCES`], a token stays well under
+/// [`MAX_JWT_LEN`], so that every validator accepts what is signed.
+pub const MAX_AUDIENCE_LEN: usize = 512;
+
+/// Whether `audience` may go into a JWT-SVID: at least one (rule J-6), at most
+/// [`MAX_AUDIENCES`], each 1 to [`MAX_AUDIENCE_LEN`] bytes. What a workload asks for reaches
+/// the signer and the CA's audit log; this bounds both.
+pub fn check_audience(audience: &[String]) -> Result<(), JwtError> {
+    if audience.is_empty() {
+        return Err(JwtError::NoAudience);
+    }
+    if audience.len() > MAX_AUDIENCES {
+        return Err(JwtError::BadAudience(format!("{} given", audience.len())));
+    }
+    if let Some(bad) = audience
+        .iter()
+        .find(|a| a.is_empty() || a.len() > MAX_AUDIENCE_LEN)
+    {
+        return Err(JwtError::BadAudience(format!("one is {} bytes", bad.len())));
+    }
+    Ok(())
+}
+
 /// Why a JWT-SVID could not be signed or was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -31,6 +56,11 @@ pub enum JwtError {
     /// No audience was given (rule J-6).
     #[error("a jwt-svid needs at least one audience")]
     NoAudience,
+    /// More audiences, or a longer one, than a JWT-SVID may carry ([`check_audience`]).
+    #[error(
+        "a jwt-svid carries at most {MAX_AUDIENCES} audiences of 1 to {MAX_AUDIENCE_LEN} bytes each: {0}"
+    )]
+    BadAudience(String),
     /// The expiry is not after the issue time.
     #[error("jwt-svid expiry must be in the future")]
     ExpiryNotInFuture,
@@ -173,9 +203,7 @@ impl JwtSigner {
         expires_at: SystemTime,
         now: SystemTime,
     ) -> Result<String, JwtError> {
-        if audience.is_empty() {
-            return Err(JwtError::NoAudience);
-        }
+        check_audience(audience)?;
         let iat = unix_secs(now);
         let exp = unix_secs(expires_at);
         if exp <= iat {

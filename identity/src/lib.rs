@@ -18,7 +18,10 @@ mod x509;
 
 pub use bundle::{Bundle, BundleError, BundleSet, JwtAuthority};
 pub use civil::civil_from_days;
-pub use jwt::{JWT_LEEWAY, JwtError, JwtSigner, JwtSvidClaims, MAX_JWT_LEN, validate_jwt_svid};
+pub use jwt::{
+    JWT_LEEWAY, JwtError, JwtSigner, JwtSvidClaims, MAX_AUDIENCE_LEN, MAX_AUDIENCES, MAX_JWT_LEN,
+    check_audience, validate_jwt_svid,
+};
 pub use rotation::{MAX_JITTER, random_jitter, refresh_at};
 pub use selector::{MAX_SELECTOR_LEN, Selector, SelectorError};
 pub use spiffe_id::{

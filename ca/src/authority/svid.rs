@@ -63,6 +63,9 @@ pub enum SignError {
     /// The audience of a JWT-SVID is empty.
     #[error("jwt-svid audience is empty (at least one audience is required)")]
     NoAudience,
+    /// The audiences are more, or longer, than a JWT-SVID may carry.
+    #[error("jwt-svid audience refused: {0}")]
+    BadAudience(String),
     /// No active signing key (should not happen once loaded).
     #[error("the ca has no active {0} signing key")]
     NoActiveKey(&'static str),
@@ -292,6 +295,8 @@ impl Authority {
         if audience.is_empty() || audience.iter().any(String::is_empty) {
             return Err(SignError::NoAudience);
         }
+        warden_identity::check_audience(audience)
+            .map_err(|e| SignError::BadAudience(e.to_string()))?;
         let ttl = if ttl.is_zero() {
             self.ttls.jwt_svid
         } else {

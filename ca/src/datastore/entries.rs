@@ -248,6 +248,12 @@ impl Datastore {
         let mut by_id = BTreeMap::new();
         for row in rows {
             let e = from_row(row)?;
+            // Entries are checked when written; one stored before reserved IDs were refused
+            // (or written around the CA) is still never issued.
+            if let Err(reserved) = super::validate::check_not_reserved(&e.spiffe_id) {
+                tracing::warn!(entry = %e.id, error = %reserved, "a stored entry has a reserved spiffe id: it is not issued; delete it");
+                continue;
+            }
             by_id.insert(e.id.clone(), e);
         }
         let mut out: Vec<Entry> = by_id.into_values().collect();

@@ -60,7 +60,7 @@ pub(crate) fn validate_entry(e: &NewEntry) -> Result<NewEntry, EntryError> {
 }
 
 /// Refuses the CA's own ID and any ID under the agent prefix (or the bare `/agent`).
-fn check_not_reserved(id: &SpiffeId) -> Result<(), EntryError> {
+pub(crate) fn check_not_reserved(id: &SpiffeId) -> Result<(), EntryError> {
     let reserved = |reason| EntryError::ReservedId {
         id: id.to_string(),
         reason,

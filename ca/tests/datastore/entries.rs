@@ -300,3 +300,40 @@ async fn entries_for_agent_resolves_node_aliases_whose_selectors_the_agent_has()
         assert_eq!(got[0].id, direct.id);
     }
 }
+
+/// An entry whose SPIFFE ID is reserved (the CA's own, an agent's) that is in the datastore
+/// anyway (stored before such IDs were refused, or written around the CA) is never handed to
+/// an agent, so never issued.
+#[tokio::test]
+async fn a_stored_entry_with_a_reserved_id_is_not_handed_to_agents() {
+    for b in backends().await {
+        let ds = &b.ds;
+        let kept = ds
+            .create_entry(&new_entry("web", AGENT, &["unix:uid:1"]), ADMIN)
+            .await
+            .unwrap();
+        for (name, reserved) in [
+            ("as-ca", "spiffe://example.org/warden/ca"),
+            (
+                "as-agent",
+                "spiffe://example.org/agent/join_token/0123456789abcdef",
+            ),
+        ] {
+            let e = ds
+                .create_entry(&new_entry(name, AGENT, &["unix:uid:1"]), ADMIN)
+                .await
+                .unwrap();
+            b.raw_exec(&format!(
+                "UPDATE entries SET spiffe_id = '{reserved}' WHERE id = '{}'",
+                e.id
+            ))
+            .await;
+        }
+        let got = ds
+            .entries_for_agent(&AGENT.parse().unwrap(), &[])
+            .await
+            .unwrap();
+        let ids: Vec<&str> = got.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids, [kept.id.as_str()], "{}", b.name);
+    }
+}

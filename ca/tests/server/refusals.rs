@@ -339,6 +339,18 @@ async fn signing_refusals_name_the_entry_and_write_nothing() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("audience"), "{}", err.message());
+    // More audiences than a JWT-SVID may carry (they would all go into the audit log).
+    let err = c
+        .sign_jwt_svid(SignJwtSvidRequest {
+            entry_id: mine.clone(),
+            audience: (0..=warden_identity::MAX_AUDIENCES)
+                .map(|i| format!("aud-{i}"))
+                .collect(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("at most"), "{}", err.message());
 
     // Nothing was logged or audited.
     assert_eq!(ca.ds().verify_audit().await.unwrap().records, audit_before);

@@ -116,6 +116,29 @@ fn signer_refuses_empty_audience_and_past_expiry_j6_j7() {
         signer.sign(&id(WORKLOAD), &[AUD.to_owned()], now(), now()),
         Err(JwtError::ExpiryNotInFuture)
     );
+    // At most MAX_AUDIENCES audiences of 1 to MAX_AUDIENCE_LEN bytes.
+    let most: Vec<String> = (0..warden_identity::MAX_AUDIENCES)
+        .map(|i| format!("{}-{i}", "a".repeat(warden_identity::MAX_AUDIENCE_LEN - 4)))
+        .collect();
+    let token = signer.sign(&id(WORKLOAD), &most, later, now()).unwrap();
+    assert!(
+        token.len() <= warden_identity::MAX_JWT_LEN,
+        "{}",
+        token.len()
+    );
+    let mut one_more = most.clone();
+    one_more.push(AUD.to_owned());
+    let too_long = vec!["a".repeat(warden_identity::MAX_AUDIENCE_LEN + 1)];
+    for bad in [one_more, too_long, vec![String::new()]] {
+        assert!(
+            matches!(
+                signer.sign(&id(WORKLOAD), &bad, later, now()),
+                Err(JwtError::BadAudience(_))
+            ),
+            "{} audiences",
+            bad.len()
+        );
+    }
 }
 
 #[test]

@@ -246,6 +246,8 @@ impl SpiffeWorkloadApi for Service {
         if body.audience.is_empty() || body.audience.iter().any(String::is_empty) {
             return Err(Status::invalid_argument("audience must be specified"));
         }
+        warden_identity::check_audience(&body.audience)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let filter: Option<SpiffeId> = if body.spiffe_id.is_empty() {
             None
         } else {

@@ -12,4 +12,5 @@ mod agent_sync;
 mod support;
 mod test_ca;
 mod workload_api;
+mod workload_api_limits;
 mod workload_api_streams;

@@ -158,35 +158,3 @@ async fn overlong_hints_are_not_sent_w13() {
     );
     assert_eq!(ok.hint.len(), MAX_HINT_LEN);
 }
-
-/// A connection may hold at most `MAX_STREAMS_PER_CONNECTION` streams at once: the server's
-/// HTTP/2 SETTINGS say so, and hyper refuses a stream beyond them. Each open stream holds a
-/// task in the agent, so a local process cannot open them without bound on one connection.
-#[tokio::test]
-async fn a_connection_may_hold_a_bounded_number_of_streams() {
-    let ca = TestCa::new(TD);
-    let id = format!("spiffe://{TD}/web");
-    let agent = TestAgent::start(
-        &ca,
-        vec![entry("e", &id, &uid_selector(), 1, "")],
-        Duration::from_secs(3600),
-        vec![],
-    )
-    .await;
-    let io = tokio::net::UnixStream::connect(&agent.socket)
-        .await
-        .unwrap();
-    let (mut send, connection) = h2::client::handshake(io).await.unwrap();
-    tokio::spawn(connection);
-    // One exchange: the server's SETTINGS come before its answer.
-    let request = http::Request::post("http://localhost/no.such/Method")
-        .body(())
-        .unwrap();
-    send = send.ready().await.unwrap();
-    let (response, _) = send.send_request(request, true).unwrap();
-    tokio::time::timeout(WAIT, response).await.unwrap().unwrap();
-    assert_eq!(
-        send.current_max_send_streams(),
-        warden_node_agent::workload_api::MAX_STREAMS_PER_CONNECTION as usize
-    );
-}

@@ -1,0 +1,78 @@
+//! What one workload can ask of the Workload API is bounded: streams per connection, and the
+//! audiences of a JWT-SVID.
+
+use std::time::Duration;
+
+use tonic::Code;
+use warden_api::WORKLOAD_API_HEADER;
+use warden_api::workload::JwtsvidRequest;
+use warden_api::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+
+use crate::support::{TD, TestAgent, TestCa, entry, uid_selector};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A connection may hold at most `MAX_STREAMS_PER_CONNECTION` streams at once: the server's
+/// HTTP/2 SETTINGS say so, and hyper refuses a stream beyond them. Each open stream holds a
+/// task in the agent, so a local process cannot open them without bound on one connection.
+#[tokio::test]
+async fn a_connection_may_hold_a_bounded_number_of_streams() {
+    let ca = TestCa::new(TD);
+    let id = format!("spiffe://{TD}/web");
+    let agent = TestAgent::start(
+        &ca,
+        vec![entry("e", &id, &uid_selector(), 1, "")],
+        Duration::from_secs(3600),
+        vec![],
+    )
+    .await;
+    let io = tokio::net::UnixStream::connect(&agent.socket)
+        .await
+        .unwrap();
+    let (mut send, connection) = h2::client::handshake(io).await.unwrap();
+    tokio::spawn(connection);
+    // One exchange: the server's SETTINGS come before its answer.
+    let request = http::Request::post("http://localhost/no.such/Method")
+        .body(())
+        .unwrap();
+    send = send.ready().await.unwrap();
+    let (response, _) = send.send_request(request, true).unwrap();
+    tokio::time::timeout(WAIT, response).await.unwrap().unwrap();
+    assert_eq!(
+        send.current_max_send_streams(),
+        warden_node_agent::workload_api::MAX_STREAMS_PER_CONNECTION as usize
+    );
+}
+
+/// A JWT-SVID carries at most `MAX_AUDIENCES` audiences of at most `MAX_AUDIENCE_LEN` bytes:
+/// more is InvalidArgument, before anything is minted (what a workload asks for reaches the
+/// CA's audit log).
+#[tokio::test]
+async fn jwt_svid_audiences_are_bounded_w9() {
+    let ca = TestCa::new(TD);
+    let id = format!("spiffe://{TD}/w");
+    let agent = TestAgent::start(
+        &ca,
+        vec![entry("e", &id, &uid_selector(), 1, "")],
+        Duration::from_secs(3600),
+        vec![],
+    )
+    .await;
+    let mut raw = SpiffeWorkloadApiClient::new(agent.raw_channel().await);
+    let many = (0..=warden_identity::MAX_AUDIENCES)
+        .map(|i| format!("aud-{i}"))
+        .collect();
+    let long = vec!["a".repeat(warden_identity::MAX_AUDIENCE_LEN + 1)];
+    for audience in [many, long] {
+        let mut req = tonic::Request::new(JwtsvidRequest {
+            audience,
+            spiffe_id: String::new(),
+        });
+        req.metadata_mut()
+            .insert(WORKLOAD_API_HEADER, "true".parse().unwrap());
+        let err = raw.fetch_jwtsvid(req).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+        assert!(err.message().contains("at most"), "{}", err.message());
+    }
+    agent.stop().await;
+}
