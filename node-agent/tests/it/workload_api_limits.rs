@@ -12,20 +12,25 @@ use crate::support::{TD, TestAgent, TestCa, entry, uid_selector};
 
 const WAIT: Duration = Duration::from_secs(10);
 
+/// An agent serving one entry for this test's uid.
+async fn serving_one_entry(ca: &TestCa) -> TestAgent {
+    let id = format!("spiffe://{TD}/web");
+    TestAgent::start(
+        ca,
+        vec![entry("e", &id, &uid_selector(), 1, "")],
+        Duration::from_secs(3600),
+        vec![],
+    )
+    .await
+}
+
 /// A connection may hold at most `MAX_STREAMS_PER_CONNECTION` streams at once: the server's
 /// HTTP/2 SETTINGS say so, and hyper refuses a stream beyond them. Each open stream holds a
 /// task in the agent, so a local process cannot open them without bound on one connection.
 #[tokio::test]
 async fn a_connection_may_hold_a_bounded_number_of_streams() {
     let ca = TestCa::new(TD);
-    let id = format!("spiffe://{TD}/web");
-    let agent = TestAgent::start(
-        &ca,
-        vec![entry("e", &id, &uid_selector(), 1, "")],
-        Duration::from_secs(3600),
-        vec![],
-    )
-    .await;
+    let agent = serving_one_entry(&ca).await;
     let io = tokio::net::UnixStream::connect(&agent.socket)
         .await
         .unwrap();
@@ -50,14 +55,7 @@ async fn a_connection_may_hold_a_bounded_number_of_streams() {
 #[tokio::test]
 async fn jwt_svid_audiences_are_bounded_w9() {
     let ca = TestCa::new(TD);
-    let id = format!("spiffe://{TD}/w");
-    let agent = TestAgent::start(
-        &ca,
-        vec![entry("e", &id, &uid_selector(), 1, "")],
-        Duration::from_secs(3600),
-        vec![],
-    )
-    .await;
+    let agent = serving_one_entry(&ca).await;
     let mut raw = SpiffeWorkloadApiClient::new(agent.raw_channel().await);
     let many = (0..=warden_identity::MAX_AUDIENCES)
         .map(|i| format!("aud-{i}"))
