@@ -329,7 +329,9 @@ impl AgentApi for AgentService {
         let mut jobs = Vec::with_capacity(csrs.len());
         for c in csrs {
             let entry = by_id.get(&c.entry_id).cloned().ok_or_else(|| {
-                Status::permission_denied(format!(
+                // NotFound, not PermissionDenied: the agent then knows that this entry (deleted
+                // or reassigned since it listed it) is gone, and that it is not itself refused.
+                Status::not_found(format!(
                     "entry `{}` is not assigned to agent `{}`",
                     c.entry_id.chars().take(128).collect::<String>(),
                     agent.spiffe_id
@@ -400,7 +402,9 @@ impl AgentApi for AgentService {
             .into_iter()
             .find(|e| e.id == req.entry_id)
             .ok_or_else(|| {
-                Status::permission_denied(format!(
+                // NotFound, not PermissionDenied: the agent then knows that this entry (deleted
+                // or reassigned since it listed it) is gone, and that it is not itself refused.
+                Status::not_found(format!(
                     "entry `{}` is not assigned to agent `{}`",
                     req.entry_id.chars().take(128).collect::<String>(),
                     agent.spiffe_id

@@ -166,7 +166,9 @@ async fn obtain_agent_svid(
                 info!(spiffe_id = %svid.spiffe_id(), "node attested");
                 return Ok((svid, Some(bundles)));
             }
-            Err(CaError::Refused(why)) => return Err(AgentError::AttestationRefused(why)),
+            Err(CaError::Refused(why) | CaError::NotAssigned(why)) => {
+                return Err(AgentError::AttestationRefused(why));
+            }
             Err(CaError::BundleMismatch(addr)) => {
                 return Err(AgentError::BundleMismatch(format!(
                     "the ca at `{addr}` presented a certificate that does not chain to the trust bundle `{}` (bundle mismatch)",

@@ -47,6 +47,10 @@ pub enum CaError {
     /// The CA refused the request.
     #[error("the ca refused: {0}")]
     Refused(String),
+    /// An entry asked about is not (or no longer) the agent's: deleted or reassigned since the
+    /// agent listed it (NotFound).
+    #[error("the ca refused: {0}")]
+    NotAssigned(String),
     /// The CA's answer was unusable.
     #[error("the ca sent an invalid answer: {0}")]
     BadAnswer(String),
@@ -135,6 +139,7 @@ fn status_error(addr: &str, s: tonic::Status) -> CaError {
                 }
             }
         }
+        tonic::Code::NotFound => CaError::NotAssigned(s.message().to_owned()),
         _ => CaError::Refused(s.message().to_owned()),
     }
 }
@@ -310,9 +315,10 @@ impl CaClient {
     }
 
     /// Signs X.509-SVIDs for `entries` in batches of [`SIGN_BATCH`]; returns `(entry id, svid)`.
-    /// The CA refuses a whole batch for one entry it will not sign (deleted or reassigned since
-    /// the entries were listed): that batch is then signed entry by entry, and the refused
-    /// entries are left out (logged), so that one of them costs the others nothing.
+    /// The CA refuses a whole batch for one entry that is no longer the agent's (deleted or
+    /// reassigned since the entries were listed, [`CaError::NotAssigned`]): that batch is then
+    /// signed entry by entry, and those entries are left out (logged), so that one of them costs
+    /// the others nothing. Any other refusal (of the agent itself, say) is an error.
     pub async fn sign_x509_svids(
         &self,
         entries: &[Arc<Entry>],
@@ -321,12 +327,12 @@ impl CaClient {
         for batch in entries.chunks(SIGN_BATCH) {
             match self.sign_batch(batch).await {
                 Ok(signed) => out.extend(signed),
-                Err(CaError::Refused(_)) if batch.len() > 1 => {
+                Err(CaError::NotAssigned(_)) if batch.len() > 1 => {
                     for entry in batch {
                         out.extend(self.sign_or_skip(entry).await?);
                     }
                 }
-                Err(CaError::Refused(why)) => {
+                Err(CaError::NotAssigned(why)) => {
                     warn!(entry = %batch.first().map_or("", |e| e.id.as_str()), reason = %why, "the ca refused to sign this entry; it is left without an svid");
                 }
                 Err(e) => return Err(e),
@@ -339,7 +345,7 @@ impl CaClient {
     async fn sign_or_skip(&self, entry: &Arc<Entry>) -> Result<Option<(String, Svid)>, CaError> {
         match self.sign_batch(std::slice::from_ref(entry)).await {
             Ok(mut signed) => Ok(signed.pop()),
-            Err(CaError::Refused(why)) => {
+            Err(CaError::NotAssigned(why)) => {
                 warn!(entry = %entry.id, spiffe_id = %entry.spiffe_id, reason = %why, "the ca refused to sign this entry; it is left without an svid");
                 Ok(None)
             }

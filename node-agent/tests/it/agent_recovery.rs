@@ -117,6 +117,40 @@ async fn an_entry_the_ca_refuses_to_sign_costs_the_others_nothing() {
     server.stop().await;
 }
 
+/// A refusal of the agent itself (not of one entry) is not taken for entries gone one by one:
+/// the sync fails, and a fresh agent does not claim to be ready with nothing to serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signing_refusal_of_the_agent_itself_fails_the_sync() {
+    let (ca, server) = ca_with(
+        3,
+        Duration::from_secs(3600),
+        Duration::from_secs(3600),
+        &["tok"],
+    )
+    .await;
+    server.state.lock().unwrap().refuse_signing = true;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = RunningAgent::joined(&server, dir.path(), &ca);
+    let deadline = std::time::Instant::now() + WAIT;
+    while !agent
+        .metrics()
+        .await
+        .lines()
+        .any(|l| l.starts_with("warden_agent_ca_sync_failures_total") && !l.ends_with(" 0"))
+    {
+        assert!(std::time::Instant::now() < deadline, "no failed sync");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !warden_node_agent::client::healthcheck(&agent.http)
+            .await
+            .unwrap(),
+        "ready without a single svid"
+    );
+    agent.stop().await;
+    server.stop().await;
+}
+
 /// A renewed agent SVID that cannot be stored is not used: the agent goes on presenting the
 /// stored one (whose serial the CA still accepts as the one renewed from). Had it used the new
 /// one, the CA would refuse the stored one, which a restart loads.

@@ -21,7 +21,7 @@ pub(crate) const WAIT: Duration = Duration::from_secs(20);
 
 pub(crate) struct RunningAgent {
     socket: PathBuf,
-    http: String,
+    pub(crate) http: String,
     stop: Option<oneshot::Sender<()>>,
     pub(crate) task: tokio::task::JoinHandle<Result<(), AgentError>>,
 }
@@ -115,9 +115,17 @@ impl RunningAgent {
         }
     }
 
-    async fn metrics(&self) -> String {
+    /// `/metrics`, waiting for the health listener to be up.
+    pub(crate) async fn metrics(&self) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(&self.http).await.unwrap();
+        let deadline = Instant::now() + WAIT;
+        let mut s = loop {
+            match tokio::net::TcpStream::connect(&self.http).await {
+                Ok(s) => break s,
+                Err(e) => assert!(Instant::now() < deadline, "no health listener: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();

@@ -42,6 +42,8 @@ pub(crate) struct CaState {
     pub(crate) renewals: usize,
     /// Entries listed but refused at signing (as if deleted in between).
     pub(crate) unsignable: HashSet<String>,
+    /// Every signing refused as for the agent itself (PermissionDenied).
+    pub(crate) refuse_signing: bool,
     /// The leaf certificate of the agent SVID last presented, and how many calls presented one.
     pub(crate) presented: Option<Vec<u8>>,
     pub(crate) calls: usize,
@@ -393,13 +395,19 @@ impl AgentApi for Service {
             (st.entries.clone(), st.svid_ttl)
         };
         let mut out = Vec::new();
-        let unsignable = self.state.lock().unwrap().unsignable.clone();
+        let (unsignable, refuse) = {
+            let st = self.state.lock().unwrap();
+            (st.unsignable.clone(), st.refuse_signing)
+        };
+        if refuse {
+            return Err(Status::permission_denied("this agent may sign nothing"));
+        }
         for csr in &req.get_ref().csrs {
             let e = entries
                 .iter()
                 .find(|e| e.id == csr.entry_id && !unsignable.contains(&e.id))
                 .ok_or_else(|| {
-                    Status::permission_denied(format!("entry `{}` is not yours", csr.entry_id))
+                    Status::not_found(format!("entry `{}` is not yours", csr.entry_id))
                 })?;
             let der = self
                 .ca
@@ -425,9 +433,7 @@ impl AgentApi for Service {
             .iter()
             .find(|e| e.id == body.entry_id)
             .cloned()
-            .ok_or_else(|| {
-                Status::permission_denied(format!("entry `{}` is not yours", body.entry_id))
-            })?;
+            .ok_or_else(|| Status::not_found(format!("entry `{}` is not yours", body.entry_id)))?;
         let exp = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap()
