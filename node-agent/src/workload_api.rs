@@ -6,6 +6,7 @@
 //! once, calls get Unavailable (W-5). The WIT-SVID profile is not implemented, so its methods
 //! answer Unimplemented (W-15).
 
+mod attesting;
 mod jwt;
 mod listener;
 mod responses;
@@ -27,8 +28,6 @@ use crate::cache::CacheState;
 use crate::metrics::Metrics;
 use crate::workload_attestor::WorkloadAttestor;
 
-/// Attestations that run at once (on blocking threads); more callers wait their turn.
-const MAX_ATTESTING: usize = 4;
 /// Streams one connection may have open at once (HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`):
 /// a workload needs a few (SVIDs, bundles, JWT bundles); each open stream holds a task.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
@@ -82,7 +81,7 @@ impl WorkloadApi {
         let service = service::Service::new(service::Inner {
             state,
             attestor: Arc::clone(&attestor),
-            attesting: Arc::new(tokio::sync::Semaphore::new(MAX_ATTESTING)),
+            attesting: attesting::Attesting::new(),
             jwt: jwt::JwtCache::new(minter),
             metrics,
             closing: closing_rx,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use futures::Stream;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{debug, warn};
@@ -20,6 +20,7 @@ use warden_api::workload::{
 };
 use warden_identity::{Selector, SpiffeId};
 
+use super::attesting::Attesting;
 use super::jwt::JwtCache;
 use super::listener::PeerInfo;
 use super::responses;
@@ -37,10 +38,8 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 pub(crate) struct Inner {
     pub(crate) state: watch::Receiver<Arc<CacheState>>,
     pub(crate) attestor: Arc<WorkloadAttestor>,
-    /// Attestations running at once. Each reads `/proc` and may hash an executable of up to
-    /// 1 GiB: they run on blocking threads, never on the async workers that serve everything
-    /// else, and at most this many at a time.
-    pub(crate) attesting: Arc<Semaphore>,
+    /// Places for attestations (see [`super::attesting`]).
+    pub(crate) attesting: Arc<Attesting>,
     pub(crate) jwt: JwtCache,
     pub(crate) metrics: Arc<Metrics>,
     /// Becomes `true` when the server shuts down; open streams then end.
@@ -73,14 +72,10 @@ impl Service {
                 self.inner.metrics.attestation(AttestationResult::Error);
                 Status::permission_denied("caller could not be attested: no peer credentials")
             })?;
-        let unavailable = |_| Status::unavailable("agent is shutting down");
-        let permit = Arc::clone(&self.inner.attesting)
-            .acquire_owned()
-            .await
-            .map_err(unavailable)?;
+        let place = self.inner.attesting.enter(peer.uid).await?;
         let attestor = Arc::clone(&self.inner.attestor);
         let (peer, attested) = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
+            let _place = place;
             let attested = attestor.attest(&peer);
             (peer, attested)
         })
@@ -336,40 +331,92 @@ mod tests {
         }
     }
 
-    /// An attestation that blocks (here, on a `/proc/PID/stat` that is a FIFO nobody writes
-    /// yet; for real, hashing a large executable) does not hold the runtime's thread: on a
-    /// single-threaded runtime, other work goes on while it waits.
+    /// A `/proc`-like tree in which this process's `stat` is a FIFO nobody writes yet: an
+    /// attestation blocks on it (as one would, for real, hashing a large executable or reading
+    /// from a filesystem that does not answer) until the test writes to it.
+    struct Blocking {
+        dir: tempfile::TempDir,
+        pid: i32,
+    }
+
+    impl Drop for Blocking {
+        /// Whatever the test did, no blocking thread is left waiting (the runtime would wait
+        /// for it when it shuts down).
+        fn drop(&mut self) {
+            self.try_release();
+        }
+    }
+
+    impl Blocking {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let pid = i32::try_from(std::process::id()).unwrap();
+            std::fs::create_dir(dir.path().join(pid.to_string())).unwrap();
+            let this = Self { dir, pid };
+            nix::unistd::mkfifo(&this.stat(), nix::sys::stat::Mode::S_IRWXU).unwrap();
+            this
+        }
+
+        fn stat(&self) -> std::path::PathBuf {
+            self.dir.path().join(self.pid.to_string()).join("stat")
+        }
+
+        /// Lets every attestation blocked on the FIFO go on (each then fails on what it reads).
+        /// Opening it for writing wakes every reader waiting to open it.
+        fn release(&self) {
+            assert!(self.try_release(), "no attestation was waiting");
+        }
+
+        fn try_release(&self) -> bool {
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let opened = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+                .open(self.stat());
+            opened.is_ok_and(|mut fifo| fifo.write_all(b"not a stat line").is_ok())
+        }
+
+        fn service(&self, attesting: Arc<Attesting>) -> Service {
+            let (_cache, state) = crate::cache::Cache::new("example.org".parse().unwrap());
+            let (_closing_tx, closing) = watch::channel(false);
+            Service::new(Inner {
+                state,
+                attestor: Arc::new(WorkloadAttestor::with_proc_root(self.dir.path())),
+                attesting,
+                jwt: JwtCache::new(Arc::new(NoMinter)),
+                metrics: Arc::new(Metrics::new()),
+                closing,
+            })
+        }
+
+        /// A Workload API request from this process as a caller of `uid`.
+        fn request(&self, uid: u32) -> Request<()> {
+            let mut req = Request::new(());
+            req.metadata_mut()
+                .insert(WORKLOAD_API_HEADER, "true".parse().unwrap());
+            req.extensions_mut().insert(PeerInfo(Some(PeerCredentials {
+                pid: self.pid,
+                uid,
+                gid: 0,
+                start_time: Some(1),
+                pin: ProcessPin::Unsupported,
+            })));
+            req
+        }
+    }
+
+    /// An attestation that blocks does not hold the runtime's thread: on a single-threaded
+    /// runtime, other work goes on while it waits.
     #[tokio::test(flavor = "current_thread")]
     async fn a_blocked_attestation_does_not_hold_the_async_runtime() {
-        let dir = tempfile::tempdir().unwrap();
-        let pid = i32::try_from(std::process::id()).unwrap();
-        std::fs::create_dir(dir.path().join(pid.to_string())).unwrap();
-        let stat = dir.path().join(pid.to_string()).join("stat");
-        nix::unistd::mkfifo(&stat, nix::sys::stat::Mode::S_IRWXU).unwrap();
-        let (_cache, state) = crate::cache::Cache::new("example.org".parse().unwrap());
-        let (_closing_tx, closing) = watch::channel(false);
-        let service = Service::new(Inner {
-            state,
-            attestor: Arc::new(WorkloadAttestor::with_proc_root(dir.path())),
-            attesting: Arc::new(Semaphore::new(1)),
-            jwt: JwtCache::new(Arc::new(NoMinter)),
-            metrics: Arc::new(Metrics::new()),
-            closing,
-        });
-        let mut req = Request::new(());
-        req.metadata_mut()
-            .insert(WORKLOAD_API_HEADER, "true".parse().unwrap());
-        req.extensions_mut().insert(PeerInfo(Some(PeerCredentials {
-            pid,
-            uid: 0,
-            gid: 0,
-            start_time: Some(1),
-            pin: ProcessPin::Unsupported,
-        })));
+        let blocking = Blocking::new();
+        let service = blocking.service(Attesting::new());
+        let req = blocking.request(0);
         // If the attestation ran on this thread, only this would end its wait (after 10 s).
         let released = Arc::new(AtomicBool::new(false));
         let fallback = {
-            let (stat, released) = (stat.clone(), Arc::clone(&released));
+            let (stat, released) = (blocking.stat(), Arc::clone(&released));
             std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_secs(10));
                 released.store(true, Ordering::SeqCst);
@@ -384,9 +431,60 @@ mod tests {
             "the runtime was held until the fallback released the attestation"
         );
         // Release it: a stat line that is not one fails the attestation, as it should.
-        std::fs::write(&stat, "not a stat line").unwrap();
+        blocking.release();
         let attested = attesting.await.unwrap();
         assert_eq!(attested.unwrap_err().code(), tonic::Code::PermissionDenied);
         drop(fallback);
+    }
+
+    /// One uid cannot take every place: past its share it gets Unavailable at once (retried by
+    /// SPIFFE clients, W-5), and a caller that finds no place within the wait gets Unavailable
+    /// too, rather than waiting for ever behind attestations that do not end.
+    #[tokio::test]
+    async fn attestation_places_are_shared_between_uids_and_waited_for_a_bounded_time() {
+        let blocking = Blocking::new();
+        let service = blocking.service(Attesting::with_limits(2, 1, Duration::from_millis(300)));
+        let first = {
+            let (service, req) = (service.clone(), blocking.request(1000));
+            tokio::spawn(async move { service.attest(&req).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // (A regression would block here instead: bounded, so that it fails.)
+        let refused = |uid| {
+            let (service, req) = (service.clone(), blocking.request(uid));
+            async move {
+                tokio::time::timeout(Duration::from_secs(5), service.attest(&req))
+                    .await
+                    .expect("refused at once, not blocked")
+                    .unwrap_err()
+            }
+        };
+        let err = refused(1000).await;
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+        assert!(err.message().contains("uid 1000"), "{}", err.message());
+        // Another uid takes the second place, blocking too; a third uid finds none in time.
+        let second = {
+            let (service, req) = (service.clone(), blocking.request(2000));
+            tokio::spawn(async move { service.attest(&req).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let err = refused(3000).await;
+        assert_eq!(err.code(), tonic::Code::Unavailable);
+        assert!(err.message().contains("busy"), "{}", err.message());
+        // Both blocked attestations end; their places come back.
+        blocking.release();
+        for done in [first, second] {
+            let err = done.await.unwrap().unwrap_err();
+            assert_eq!(err.code(), tonic::Code::PermissionDenied);
+        }
+        std::fs::remove_file(blocking.stat()).unwrap();
+        std::fs::write(blocking.stat(), "not a stat line").unwrap();
+        let err = service.attest(&blocking.request(1000)).await.unwrap_err();
+        assert_eq!(
+            err.code(),
+            tonic::Code::PermissionDenied,
+            "{}",
+            err.message()
+        );
     }
 }
