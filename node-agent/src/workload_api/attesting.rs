@@ -32,6 +32,13 @@ pub(crate) struct Attesting {
 #[derive(Debug)]
 pub(crate) struct Place {
     _permit: OwnedSemaphorePermit,
+    _counted: Counted,
+}
+
+/// One attestation of `uid` counted against its share; uncounted when dropped, whether it got
+/// a place or not (its caller gone while it waited, say).
+#[derive(Debug)]
+struct Counted {
     uid: u32,
     attesting: Arc<Attesting>,
 }
@@ -62,21 +69,20 @@ impl Attesting {
             }
             *running += 1;
         }
-        // From here the uid's count is given back by `Place`, or below.
+        let counted = Counted {
+            uid,
+            attesting: Arc::clone(self),
+        };
         let acquired =
             tokio::time::timeout(self.max_wait, Arc::clone(&self.places).acquire_owned()).await;
         match acquired {
             Ok(Ok(permit)) => Ok(Place {
                 _permit: permit,
-                uid,
-                attesting: Arc::clone(self),
+                _counted: counted,
             }),
-            Ok(Err(_)) | Err(_) => {
-                self.leave(uid);
-                Err(Status::unavailable(
-                    "workload attestation is busy; retry later",
-                ))
-            }
+            Ok(Err(_)) | Err(_) => Err(Status::unavailable(
+                "workload attestation is busy; retry later",
+            )),
         }
     }
 
@@ -91,8 +97,32 @@ impl Attesting {
     }
 }
 
-impl Drop for Place {
+impl Drop for Counted {
     fn drop(&mut self) {
         self.attesting.leave(self.uid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A caller that goes away while it waits for a place is uncounted: its uid keeps its
+    /// share.
+    #[tokio::test]
+    async fn a_caller_gone_while_waiting_leaves_its_uids_share_whole() {
+        let attesting = Attesting::with_limits(1, 1, Duration::from_secs(60));
+        let held = attesting.enter(1).await.unwrap();
+        let waiting = {
+            let attesting = Arc::clone(&attesting);
+            tokio::spawn(async move { attesting.enter(2).await.map(drop) })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waiting.abort();
+        let _ = waiting.await;
+        drop(held);
+        // uid 2 has its share again: it gets the place.
+        let place = tokio::time::timeout(Duration::from_secs(5), attesting.enter(2)).await;
+        assert!(matches!(place, Ok(Ok(_))), "{place:?}");
     }
 }
