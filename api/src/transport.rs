@@ -314,41 +314,51 @@ mod tests {
         )
     }
 
-    /// Past `max_connections` (here one, held by a client that never starts its handshake),
-    /// a new connection is closed at accept; once the slot is given back, a connection is
-    /// kept again.
+    /// Past either limit (here one place, held by a client that never starts its handshake)
+    /// a new connection is closed at accept; once the place is given back, a connection is
+    /// kept again. Each limit is checked with the other one out of the way.
     #[tokio::test]
-    async fn connections_past_the_limit_are_closed_at_accept() {
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(NoCertificate));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let limits = Limits {
-            max_connections: 1,
-            max_handshakes: 1,
-        };
-        let _incoming = tls_incoming_with(listener, Arc::new(config), limits);
-        let held = TcpStream::connect(addr).await.unwrap();
-        let mut refused = TcpStream::connect(addr).await.unwrap();
-        // At once, not at the end of its handshake timeout (10 s).
-        assert!(closed_within(&mut refused, Duration::from_secs(3)).await);
-        // The held connection goes; its failed handshake gives the slot back.
-        drop(held);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let mut next = TcpStream::connect(addr).await.unwrap();
-            if !closed_within(&mut next, Duration::from_millis(300)).await {
-                break;
-            }
+    async fn connections_past_the_limits_are_closed_at_accept() {
+        for limits in [
+            Limits {
+                max_connections: 1,
+                max_handshakes: 4,
+            },
+            Limits {
+                max_connections: 4,
+                max_handshakes: 1,
+            },
+        ] {
+            let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(NoCertificate));
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let _incoming = tls_incoming_with(listener, Arc::new(config), limits);
+            let held = TcpStream::connect(addr).await.unwrap();
+            let mut refused = TcpStream::connect(addr).await.unwrap();
+            // At once, not at the end of its handshake timeout (10 s).
             assert!(
-                std::time::Instant::now() < deadline,
-                "the slot never came back"
+                closed_within(&mut refused, Duration::from_secs(3)).await,
+                "{limits:?}"
             );
+            // The held connection goes; its failed handshake gives the place back.
+            drop(held);
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let mut next = TcpStream::connect(addr).await.unwrap();
+                if !closed_within(&mut next, Duration::from_millis(300)).await {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{limits:?}: the place never came back"
+                );
+            }
         }
     }
 

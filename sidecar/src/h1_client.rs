@@ -72,8 +72,8 @@ pub(crate) enum H1Error<E> {
 /// Runs the HTTP/1.1 client handshake on `io` and spawns the connection's driver. `upgrades`:
 /// the connection may switch protocols (only one opened for an upgrade request may: an
 /// unsolicited 101 on a shared one is an error). Once the peer a handshake verified no longer
-/// holds, the connection takes no new request; `lapse_grace` later the driver drops it with
-/// what is still in flight.
+/// holds, the connection takes no new request; `lapse_grace` later a watcher aborts the driver
+/// (`lapse::end_when_lapsed`), dropping what is still in flight.
 pub(crate) async fn handshake<I, B>(
     io: I,
     upgrades: bool,

@@ -232,6 +232,9 @@ impl Datastore {
             aliases
                 .iter()
                 .filter(|alias| alias.selectors.iter().all(|s| agent_selectors.contains(s)))
+                // An alias with a reserved ID (stored before such IDs were refused) would stand
+                // in for an agent or for the CA: it is no parent.
+                .filter(|alias| issuable(alias))
                 .map(|alias| alias.spiffe_id.to_string()),
         );
         parents.sort();
@@ -248,13 +251,9 @@ impl Datastore {
         let mut by_id = BTreeMap::new();
         for row in rows {
             let e = from_row(row)?;
-            // Entries are checked when written; one stored before reserved IDs were refused
-            // (or written around the CA) is still never issued.
-            if let Err(reserved) = super::validate::check_not_reserved(&e.spiffe_id) {
-                tracing::warn!(entry = %e.id, error = %reserved, "a stored entry has a reserved spiffe id: it is not issued; delete it");
-                continue;
+            if issuable(&e) {
+                by_id.insert(e.id.clone(), e);
             }
-            by_id.insert(e.id.clone(), e);
         }
         let mut out: Vec<Entry> = by_id.into_values().collect();
         out.sort_by(|a, b| a.spiffe_id.cmp(&b.spiffe_id).then_with(|| a.id.cmp(&b.id)));
@@ -359,4 +358,17 @@ pub(crate) fn from_row(row: EntryRow) -> Result<Entry, DatastoreError> {
         updated_at,
         id,
     })
+}
+
+/// Whether a stored entry may be issued (or, an alias, stand as a parent). Entries are checked
+/// when written; one stored before reserved IDs were refused (or written around the CA) is
+/// never used, and said so.
+fn issuable(e: &Entry) -> bool {
+    match super::validate::check_not_reserved(&e.spiffe_id) {
+        Ok(()) => true,
+        Err(reserved) => {
+            tracing::warn!(entry = %e.id, error = %reserved, "a stored entry has a reserved spiffe id: it is not used; delete it");
+            false
+        }
+    }
 }

@@ -335,5 +335,40 @@ async fn a_stored_entry_with_a_reserved_id_is_not_handed_to_agents() {
             .unwrap();
         let ids: Vec<&str> = got.iter().map(|e| e.id.as_str()).collect();
         assert_eq!(ids, [kept.id.as_str()], "{}", b.name);
+
+        // A node alias with another agent's ID would hand that agent's entries to every agent
+        // with its selectors: it is no parent.
+        let other = "spiffe://example.org/agent/x509pop/other";
+        ds.create_entry(&new_entry("theirs", other, &["unix:uid:2"]), ADMIN)
+            .await
+            .unwrap();
+        let alias = ds
+            .create_entry(
+                &new_entry(
+                    "alias/nodes",
+                    "spiffe://example.org/warden/ca",
+                    &["x509pop:subject:cn:n"],
+                ),
+                ADMIN,
+            )
+            .await
+            .unwrap();
+        b.raw_exec(&format!(
+            "UPDATE entries SET spiffe_id = '{other}' WHERE id = '{}'",
+            alias.id
+        ))
+        .await;
+        let selectors = ["x509pop:subject:cn:n".parse().unwrap()];
+        let got = ds
+            .entries_for_agent(&AGENT.parse().unwrap(), &selectors)
+            .await
+            .unwrap();
+        let ids: Vec<&str> = got.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [kept.id.as_str()],
+            "{}: an alias with a reserved id",
+            b.name
+        );
     }
 }

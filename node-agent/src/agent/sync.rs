@@ -117,6 +117,9 @@ pub(crate) struct Syncer {
     minter: Arc<CaMinter>,
     client: Option<CaClient>,
     last_bundle_pem: String,
+    /// A renewed agent SVID not stored yet (the save failed): stored at the next syncs, and
+    /// used only once stored; no renewal meanwhile.
+    pending: Option<Svid>,
 }
 
 // === impl Syncer ===
@@ -139,6 +142,7 @@ impl Syncer {
             minter,
             client: None,
             last_bundle_pem: String::new(),
+            pending: None,
         }
     }
 
@@ -162,14 +166,19 @@ impl Syncer {
                     backoff.reset();
                     let now = SystemTime::now();
                     self.metrics.synced(now);
-                    let until_rotation = cache
-                        .next_rotation(entry_jitter)
-                        .into_iter()
-                        .chain(std::iter::once(crate::cache::refresh_at(
+                    // The agent's own refresh counts unless a renewed SVID waits to be stored
+                    // (tried again at the next sync, not at once).
+                    let agent_refresh = self.pending.is_none().then(|| {
+                        crate::cache::refresh_at(
                             self.agent.not_before(),
                             self.agent.not_after(),
                             0.0,
-                        )))
+                        )
+                    });
+                    let until_rotation = cache
+                        .next_rotation(entry_jitter)
+                        .into_iter()
+                        .chain(agent_refresh)
                         .min()
                         .and_then(|t| t.duration_since(now).ok())
                         .unwrap_or(Duration::ZERO);
@@ -242,8 +251,11 @@ impl Syncer {
 
     async fn sync_once(&mut self, cache: &mut Cache) -> Result<(), CaError> {
         let mut client = self.connect().await?;
-        if self.agent.needs_rotation(SystemTime::now(), 0.0) {
+        if self.pending.is_none() && self.agent.needs_rotation(SystemTime::now(), 0.0) {
             let (svid, _) = client.renew(self.agent.spiffe_id()).await?;
+            self.pending = Some(svid);
+        }
+        if let Some(svid) = self.pending.take() {
             match self.store.save_agent(&svid) {
                 Ok(()) => {
                     info!(not_after = ?svid.not_after(), "agent svid renewed");
@@ -251,13 +263,16 @@ impl Syncer {
                     self.client = None;
                     client = self.connect().await?;
                 }
-                // Not used unsaved: once the agent presents it, the CA accepts the stored
-                // one no more, and a restart would load that one. The stored SVID's serial
-                // stays accepted (as the one renewed from) until then.
-                Err(e) => warn!(
-                    error = %e,
-                    "cannot store the renewed agent svid: going on with the stored one and renewing again at the next sync"
-                ),
+                // Not used unstored: once the agent presents it, the CA accepts the one
+                // renewed from no more, and a restart loads what is stored. Kept, and stored
+                // at the next sync; no renewal meanwhile.
+                Err(e) => {
+                    warn!(
+                        error = %e,
+                        "cannot store the renewed agent svid: going on with the stored one and trying again at the next sync"
+                    );
+                    self.pending = Some(svid);
+                }
             }
         }
         let entries = client.list_entries().await?;

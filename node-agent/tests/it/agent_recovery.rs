@@ -152,8 +152,9 @@ async fn a_signing_refusal_of_the_agent_itself_fails_the_sync() {
 }
 
 /// A renewed agent SVID that cannot be stored is not used: the agent goes on presenting the
-/// stored one (whose serial the CA still accepts as the one renewed from). Had it used the new
-/// one, the CA would refuse the stored one, which a restart loads.
+/// stored one (whose serial the CA still accepts as the one renewed from), stores the renewed
+/// one when it can and uses it then, without renewing again meanwhile. Had it used the new one
+/// unstored, the CA would refuse the stored one, which a restart loads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewed_svid_that_cannot_be_stored_is_not_used() {
     let (ca, server) = ca_with(
@@ -167,18 +168,19 @@ async fn a_renewed_svid_that_cannot_be_stored_is_not_used() {
     let agent = RunningAgent::joined(&server, dir.path(), &ca);
     agent.first_svid().await;
     // The next save fails: a directory stands where its first file goes.
+    let renewed_before = server.state.lock().unwrap().renewals;
     std::fs::create_dir(dir.path().join("data/agent.key.next")).unwrap();
     let stored = pem::parse(std::fs::read(dir.path().join("data/agent.pem")).unwrap())
         .unwrap()
         .into_contents();
     let deadline = std::time::Instant::now() + WAIT;
-    let calls = loop {
+    let (renewed, calls) = loop {
         let (renewals, calls) = {
             let st = server.state.lock().unwrap();
             (st.renewals, st.calls)
         };
-        if renewals > 0 {
-            break calls;
+        if renewals > renewed_before {
+            break (renewals, calls);
         }
         assert!(std::time::Instant::now() < deadline, "never renewed");
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -194,6 +196,35 @@ async fn a_renewed_svid_that_cannot_be_stored_is_not_used() {
     assert!(
         server.state.lock().unwrap().presented.as_deref() == Some(stored.as_slice()),
         "the agent presented another svid than the stored one"
+    );
+    // It does not renew again while the renewed one waits to be stored: it stores that one
+    // once it can, and uses it then.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        server.state.lock().unwrap().renewals,
+        renewed,
+        "renewed again meanwhile"
+    );
+    std::fs::remove_dir(dir.path().join("data/agent.key.next")).unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let now_stored = pem::parse(std::fs::read(dir.path().join("data/agent.pem")).unwrap())
+            .unwrap()
+            .into_contents();
+        let presented = server.state.lock().unwrap().presented.clone();
+        if now_stored != stored && presented.as_deref() == Some(now_stored.as_slice()) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the renewed svid was never stored and used"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        server.state.lock().unwrap().renewals,
+        renewed,
+        "renewed again instead"
     );
     assert!(!agent.task.is_finished());
     agent.stop().await;
