@@ -41,14 +41,71 @@ pub struct Limits {
     pub max_connections: usize,
     /// Handshakes in progress at once; one more is closed as soon as it is accepted.
     pub max_handshakes: usize,
+    /// Handshakes in progress at once from one IP address: one host cannot take every
+    /// handshake place.
+    pub max_handshakes_per_source: usize,
+    /// Established connections without a client certificate at once (attestation needs one
+    /// each, briefly); one more is closed after its handshake.
+    pub max_unauthenticated: usize,
+    /// How long a connection without a client certificate lasts: enough to attest, not to
+    /// hold a place for good.
+    pub unauthenticated_lifetime: Duration,
 }
 
 impl Default for Limits {
-    /// 16,384 connections (an agent keeps one), 512 of them in their handshake.
+    /// 16,384 connections (an agent keeps one), 512 of them in their handshake, 32 of those
+    /// from one address; 1,024 without a client certificate, for 60 s each.
     fn default() -> Self {
         Self {
             max_connections: 16_384,
             max_handshakes: 512,
+            max_handshakes_per_source: 32,
+            max_unauthenticated: 1_024,
+            unauthenticated_lifetime: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Handshakes in progress per source address.
+#[derive(Debug, Default)]
+struct PerSource(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+/// A handshake counted against its source; uncounted when dropped.
+struct SourceSlot {
+    ip: std::net::IpAddr,
+    per_source: Arc<PerSource>,
+}
+
+impl PerSource {
+    fn enter(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<SourceSlot> {
+        let mut counts = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = counts.entry(ip).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(SourceSlot {
+            ip,
+            per_source: Arc::clone(self),
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut counts = self
+            .per_source
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
         }
     }
 }
@@ -68,8 +125,15 @@ pub struct TlsConnectInfo {
 pub struct TlsConnection {
     inner: tokio_rustls::server::TlsStream<TcpStream>,
     info: TlsConnectInfo,
-    /// This connection's place under [`Limits::max_connections`], given back when it closes.
-    _slot: tokio::sync::OwnedSemaphorePermit,
+    /// This connection's place under [`Limits::max_connections`] (and, without a client
+    /// certificate, [`Limits::max_unauthenticated`]), given back when it closes.
+    _slots: (
+        tokio::sync::OwnedSemaphorePermit,
+        Option<tokio::sync::OwnedSemaphorePermit>,
+    ),
+    /// When a connection without a client certificate ends
+    /// ([`Limits::unauthenticated_lifetime`]).
+    ends: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// Accepts TCP connections on `listener` and yields those that complete a TLS handshake with
@@ -98,6 +162,8 @@ pub fn tls_incoming_with(
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     let handshakes = Arc::new(Semaphore::new(limits.max_handshakes));
+    let unauthenticated = Arc::new(Semaphore::new(limits.max_unauthenticated));
+    let per_source = Arc::new(PerSource::default());
     let (tx, rx) = tokio::sync::mpsc::channel(ACCEPT_BACKLOG);
     tokio::spawn(async move {
         let mut refused = Refused::default();
@@ -114,9 +180,10 @@ pub fn tls_incoming_with(
                     continue;
                 }
             };
-            let (Ok(slot), Ok(handshaking)) = (
+            let (Ok(slot), Ok(handshaking), Some(from_source)) = (
                 Arc::clone(&connections).try_acquire_owned(),
                 Arc::clone(&handshakes).try_acquire_owned(),
+                per_source.enter(remote.ip(), limits.max_handshakes_per_source),
             ) else {
                 // Closed at once: no task, no buffer for it.
                 drop(tcp);
@@ -126,15 +193,31 @@ pub fn tls_incoming_with(
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
+            let unauthenticated = Arc::clone(&unauthenticated);
             tokio::spawn(async move {
                 let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
-                drop(handshaking);
+                drop((handshaking, from_source));
                 match handshake {
                     Ok(Ok(stream)) => {
                         let peer_certificates =
                             stream.get_ref().1.peer_certificates().map(|c| {
                                 Arc::new(c.iter().map(|d| d.clone().into_owned()).collect())
                             });
+                        let (unauthenticated_slot, ends) = match peer_certificates {
+                            Some(_) => (None, None),
+                            None => match unauthenticated.try_acquire_owned() {
+                                Ok(permit) => (
+                                    Some(permit),
+                                    Some(Box::pin(tokio::time::sleep(
+                                        limits.unauthenticated_lifetime,
+                                    ))),
+                                ),
+                                Err(_) => {
+                                    tracing::info!(peer = %remote, "too many connections without a client certificate: closed");
+                                    return;
+                                }
+                            },
+                        };
                         let info = TlsConnectInfo {
                             remote_addr: Some(remote),
                             peer_certificates,
@@ -143,7 +226,8 @@ pub fn tls_incoming_with(
                             .send(Ok(TlsConnection {
                                 inner: stream,
                                 info,
-                                _slot: slot,
+                                _slots: (slot, unauthenticated_slot),
+                                ends,
                             }))
                             .await;
                     }
@@ -247,12 +331,30 @@ impl Connected for TlsConnection {
     }
 }
 
+impl TlsConnection {
+    /// An error once a connection without a client certificate has lasted its lifetime (the
+    /// server then closes it); registers for the wake-up until then.
+    fn ended(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        let Some(ends) = &mut self.ends else {
+            return Ok(());
+        };
+        match ends.as_mut().poll(cx) {
+            Poll::Ready(()) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "connection without a client certificate lasted its lifetime",
+            )),
+            Poll::Pending => Ok(()),
+        }
+    }
+}
+
 impl AsyncRead for TlsConnection {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        self.ended(cx)?;
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
@@ -263,6 +365,7 @@ impl AsyncWrite for TlsConnection {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.ended(cx)?;
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -279,6 +382,7 @@ impl AsyncWrite for TlsConnection {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        self.ended(cx)?;
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
@@ -288,84 +392,4 @@ impl AsyncWrite for TlsConnection {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Resolves no certificate: enough for tests that never finish a handshake.
-    #[derive(Debug)]
-    struct NoCertificate;
-
-    impl rustls::server::ResolvesServerCert for NoCertificate {
-        fn resolve(
-            &self,
-            _: rustls::server::ClientHello<'_>,
-        ) -> Option<Arc<rustls::sign::CertifiedKey>> {
-            None
-        }
-    }
-
-    /// Whether the server closes `tcp` (reads end) within `within`.
-    async fn closed_within(tcp: &mut TcpStream, within: Duration) -> bool {
-        use tokio::io::AsyncReadExt;
-        let mut byte = [0u8; 1];
-        matches!(
-            tokio::time::timeout(within, tcp.read(&mut byte)).await,
-            Ok(Ok(0) | Err(_))
-        )
-    }
-
-    /// Past either limit (here one place, held by a client that never starts its handshake)
-    /// a new connection is closed at accept; once the place is given back, a connection is
-    /// kept again. Each limit is checked with the other one out of the way.
-    #[tokio::test]
-    async fn connections_past_the_limits_are_closed_at_accept() {
-        for limits in [
-            Limits {
-                max_connections: 1,
-                max_handshakes: 4,
-            },
-            Limits {
-                max_connections: 4,
-                max_handshakes: 1,
-            },
-        ] {
-            let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::new(NoCertificate));
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let _incoming = tls_incoming_with(listener, Arc::new(config), limits);
-            let held = TcpStream::connect(addr).await.unwrap();
-            let mut refused = TcpStream::connect(addr).await.unwrap();
-            // At once, not at the end of its handshake timeout (10 s).
-            assert!(
-                closed_within(&mut refused, Duration::from_secs(3)).await,
-                "{limits:?}"
-            );
-            // The held connection goes; its failed handshake gives the place back.
-            drop(held);
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            loop {
-                let mut next = TcpStream::connect(addr).await.unwrap();
-                if !closed_within(&mut next, Duration::from_millis(300)).await {
-                    break;
-                }
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "{limits:?}: the place never came back"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn host_of_strips_port_and_brackets() {
-        assert_eq!(host_of("127.0.0.1:8081"), "127.0.0.1");
-        assert_eq!(host_of("[::1]:8081"), "::1");
-        assert_eq!(host_of("ca.example.org:443"), "ca.example.org");
-    }
-}
+mod tests;
