@@ -5,7 +5,8 @@
 //!   stream of TLS connections for `tonic::transport::Server::serve_with_incoming`. Handshakes
 //!   run concurrently (one task each, bounded by [`HANDSHAKE_TIMEOUT`]), so a slow or hostile
 //!   client never stalls the accept loop; failed handshakes are logged and dropped. What
-//!   clients can hold is bounded ([`Limits`]): a connection past them is closed at accept. Each
+//!   clients can hold is bounded ([`Limits`]): a connection past them is closed (at accept, or
+//!   after its handshake for the limits on connections without a client certificate). Each
 //!   connection implements tonic's `Connected`: handlers read the peer's address and verified
 //!   certificate chain with `request.extensions().get::<TlsConnectInfo>()`.
 //! - Client: [`connect_tls`] opens a tonic `Channel` that dials TCP and runs the rustls
@@ -47,6 +48,9 @@ pub struct Limits {
     /// Established connections without a client certificate at once (attestation needs one
     /// each, briefly); one more is closed after its handshake.
     pub max_unauthenticated: usize,
+    /// Established connections without a client certificate at once from one IP address: one
+    /// host cannot take every such place (and so keep new nodes from attesting).
+    pub max_unauthenticated_per_source: usize,
     /// How long a connection without a client certificate lasts: enough to attest, not to
     /// hold a place for good.
     pub unauthenticated_lifetime: Duration,
@@ -54,23 +58,27 @@ pub struct Limits {
 
 impl Default for Limits {
     /// 16,384 connections (an agent keeps one), 512 of them in their handshake, 32 of those
-    /// from one address; 1,024 without a client certificate, for 60 s each.
+    /// from one address; 1,024 without a client certificate, 8 of those from one address, for
+    /// 60 s each.
     fn default() -> Self {
         Self {
             max_connections: 16_384,
             max_handshakes: 512,
             max_handshakes_per_source: 32,
             max_unauthenticated: 1_024,
+            max_unauthenticated_per_source: 8,
             unauthenticated_lifetime: Duration::from_secs(60),
         }
     }
 }
 
-/// Handshakes in progress per source address.
+/// Places taken per source address (handshakes in progress, or connections without a client
+/// certificate).
 #[derive(Debug, Default)]
 struct PerSource(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
 
-/// A handshake counted against its source; uncounted when dropped.
+/// A place counted against its source; uncounted when dropped.
+#[derive(Debug)]
 struct SourceSlot {
     ip: std::net::IpAddr,
     per_source: Arc<PerSource>,
@@ -78,6 +86,9 @@ struct SourceSlot {
 
 impl PerSource {
     fn enter(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<SourceSlot> {
+        if max == 0 {
+            return None;
+        }
         let mut counts = self
             .0
             .lock()
@@ -129,7 +140,7 @@ pub struct TlsConnection {
     /// certificate, [`Limits::max_unauthenticated`]), given back when it closes.
     _slots: (
         tokio::sync::OwnedSemaphorePermit,
-        Option<tokio::sync::OwnedSemaphorePermit>,
+        Option<(tokio::sync::OwnedSemaphorePermit, SourceSlot)>,
     ),
     /// When a connection without a client certificate ends
     /// ([`Limits::unauthenticated_lifetime`]).
@@ -164,9 +175,10 @@ pub fn tls_incoming_with(
     let handshakes = Arc::new(Semaphore::new(limits.max_handshakes));
     let unauthenticated = Arc::new(Semaphore::new(limits.max_unauthenticated));
     let per_source = Arc::new(PerSource::default());
+    let unauthenticated_per_source = Arc::new(PerSource::default());
+    let refused = Arc::new(std::sync::Mutex::new(Refused::default()));
     let (tx, rx) = tokio::sync::mpsc::channel(ACCEPT_BACKLOG);
     tokio::spawn(async move {
-        let mut refused = Refused::default();
         loop {
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
@@ -187,13 +199,15 @@ pub fn tls_incoming_with(
             ) else {
                 // Closed at once: no task, no buffer for it.
                 drop(tcp);
-                refused.count(remote, &limits);
+                Refused::count(&refused, remote, "connection or handshake limit", &limits);
                 continue;
             };
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             let unauthenticated = Arc::clone(&unauthenticated);
+            let unauthenticated_per_source = Arc::clone(&unauthenticated_per_source);
+            let refused = Arc::clone(&refused);
             tokio::spawn(async move {
                 let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
                 drop((handshaking, from_source));
@@ -205,15 +219,24 @@ pub fn tls_incoming_with(
                             });
                         let (unauthenticated_slot, ends) = match peer_certificates {
                             Some(_) => (None, None),
-                            None => match unauthenticated.try_acquire_owned() {
-                                Ok(permit) => (
-                                    Some(permit),
+                            None => match (
+                                unauthenticated.try_acquire_owned(),
+                                unauthenticated_per_source
+                                    .enter(remote.ip(), limits.max_unauthenticated_per_source),
+                            ) {
+                                (Ok(permit), Some(from_source)) => (
+                                    Some((permit, from_source)),
                                     Some(Box::pin(tokio::time::sleep(
                                         limits.unauthenticated_lifetime,
                                     ))),
                                 ),
-                                Err(_) => {
-                                    tracing::info!(peer = %remote, "too many connections without a client certificate: closed");
+                                _ => {
+                                    Refused::count(
+                                        &refused,
+                                        remote,
+                                        "limit on connections without a client certificate",
+                                        &limits,
+                                    );
                                     return;
                                 }
                             },
@@ -244,8 +267,8 @@ pub fn tls_incoming_with(
     ReceiverStream::new(rx)
 }
 
-/// Connections closed at accept for a limit, warned about at most once a second (with how
-/// many since the last warning), so that a flood does not flood the log too.
+/// Connections closed for a limit, warned about at most once a second (with how many since the
+/// last warning), so that a flood does not flood the log too.
 #[derive(Debug, Default)]
 struct Refused {
     since_warning: u64,
@@ -253,22 +276,30 @@ struct Refused {
 }
 
 impl Refused {
-    fn count(&mut self, remote: SocketAddr, limits: &Limits) {
-        self.since_warning += 1;
+    fn count(
+        this: &std::sync::Mutex<Self>,
+        remote: SocketAddr,
+        limit: &'static str,
+        limits: &Limits,
+    ) {
+        let mut this = this
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        this.since_warning += 1;
         let now = std::time::Instant::now();
-        if self
+        if this
             .warned
             .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1))
         {
             tracing::warn!(
                 peer = %remote,
-                refused = self.since_warning,
-                max_connections = limits.max_connections,
-                max_handshakes = limits.max_handshakes,
-                "connection limit reached: closing new connections at accept"
+                limit,
+                refused = this.since_warning,
+                ?limits,
+                "connection limit reached: closing new connections"
             );
-            self.since_warning = 0;
-            self.warned = Some(now);
+            this.since_warning = 0;
+            this.warned = Some(now);
         }
     }
 }

@@ -129,8 +129,8 @@ impl rustls::client::danger::ServerCertVerifier for AnyServer {
 }
 
 /// A connection without a client certificate lasts `unauthenticated_lifetime`, and past
-/// `max_unauthenticated` of them one more is closed after its handshake: they cannot hold
-/// the server's places for good.
+/// `max_unauthenticated` of them (in all, or `max_unauthenticated_per_source` from one address)
+/// one more is closed after its handshake: they cannot hold the server's places for good.
 #[tokio::test]
 async fn connections_without_a_client_certificate_are_bounded_in_number_and_time() {
     use tokio::io::AsyncReadExt;
@@ -151,38 +151,48 @@ async fn connections_without_a_client_certificate_are_bounded_in_number_and_time
         .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
         .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let limits = Limits {
-        max_unauthenticated: 1,
-        unauthenticated_lifetime: Duration::from_millis(300),
-        ..Limits::default()
-    };
-    let mut incoming = tls_incoming_with(listener, Arc::new(server), limits);
-    let connect = || async {
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        let name = ServerName::try_from("localhost").unwrap();
-        connector.connect(name, tcp).await.unwrap()
-    };
-    let _first = connect().await;
-    let mut kept = tokio::time::timeout(Duration::from_secs(10), incoming.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    // A second one completes its handshake and is closed: the server never serves it.
-    let mut second = connect().await;
-    let mut byte = [0u8; 1];
-    let read = tokio::time::timeout(Duration::from_secs(10), second.read(&mut byte)).await;
-    assert!(matches!(read, Ok(Ok(0) | Err(_))), "{read:?}");
-    // The first ends with its lifetime: the server's reads fail.
-    let started = std::time::Instant::now();
-    let read = tokio::time::timeout(Duration::from_secs(10), kept.read(&mut byte)).await;
-    assert!(
-        matches!(&read, Ok(Err(e)) if e.kind() == io::ErrorKind::TimedOut),
-        "{read:?}"
-    );
-    assert!(started.elapsed() < Duration::from_secs(5));
+    let server = Arc::new(server);
+    // The limit in all, and the one per source address, each with the other out of the way.
+    for limits in [
+        Limits {
+            max_unauthenticated: 1,
+            unauthenticated_lifetime: Duration::from_millis(300),
+            ..Limits::default()
+        },
+        Limits {
+            max_unauthenticated_per_source: 1,
+            unauthenticated_lifetime: Duration::from_millis(300),
+            ..Limits::default()
+        },
+    ] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut incoming = tls_incoming_with(listener, Arc::clone(&server), limits);
+        let connect = || async {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let name = ServerName::try_from("localhost").unwrap();
+            connector.connect(name, tcp).await.unwrap()
+        };
+        let _first = connect().await;
+        let mut kept = tokio::time::timeout(Duration::from_secs(10), incoming.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        // A second one completes its handshake and is closed: the server never serves it.
+        let mut second = connect().await;
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(10), second.read(&mut byte)).await;
+        assert!(matches!(read, Ok(Ok(0) | Err(_))), "{limits:?}: {read:?}");
+        // The first ends with its lifetime: the server's reads fail.
+        let started = std::time::Instant::now();
+        let read = tokio::time::timeout(Duration::from_secs(10), kept.read(&mut byte)).await;
+        assert!(
+            matches!(&read, Ok(Err(e)) if e.kind() == io::ErrorKind::TimedOut),
+            "{limits:?}: {read:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
 }
 
 #[test]

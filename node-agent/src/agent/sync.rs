@@ -120,6 +120,9 @@ pub(crate) struct Syncer {
     /// A renewed agent SVID not stored yet (the save failed): stored at the next syncs, and
     /// used only once stored; no renewal meanwhile.
     pending: Option<Svid>,
+    /// The agent SVID in use is not stored: a pending renewal taken into use when the stored
+    /// one expired. Stored at the next syncs.
+    unstored: bool,
 }
 
 // === impl Syncer ===
@@ -143,6 +146,7 @@ impl Syncer {
             client: None,
             last_bundle_pem: String::new(),
             pending: None,
+            unstored: false,
         }
     }
 
@@ -168,12 +172,16 @@ impl Syncer {
                     self.metrics.synced(now);
                     // The agent's own refresh counts unless a renewed SVID waits to be stored
                     // (tried again at the next sync, not at once).
-                    let agent_refresh = self.pending.is_none().then(|| {
+                    let agent_refresh = Some(if self.pending.is_none() {
                         crate::cache::refresh_at(
                             self.agent.not_before(),
                             self.agent.not_after(),
                             0.0,
                         )
+                    } else {
+                        // Its expiry still counts: a renewal waiting to be stored is taken
+                        // into use then (`replace_expired_agent_svid`).
+                        self.agent.not_after()
                     });
                     let until_rotation = cache
                         .next_rotation(entry_jitter)
@@ -205,9 +213,21 @@ impl Syncer {
     /// agent cannot go on.
     async fn replace_expired_agent_svid(&mut self) -> Result<(), Expired> {
         let expired_at = self.agent.not_after();
-        if expired_at > SystemTime::now() {
+        let now = SystemTime::now();
+        if expired_at > now {
             return Ok(());
         }
+        // A renewal still waiting to be stored is the usable SVID now: the CA holds its serial
+        // as current. It is taken into use, and stored as soon as that works.
+        if let Some(renewed) = self.pending.take_if(|p| p.not_after() > now) {
+            warn!("agent svid expired while its renewal waited to be stored: using the renewal");
+            self.agent = renewed;
+            self.unstored = true;
+            self.client = None;
+            return Ok(());
+        }
+        // Any other renewal is stale once the node attests again.
+        self.pending = None;
         let x509pop = matches!(
             self.config.attestation,
             Some(NodeAttestation::X509Pop { .. })
@@ -251,6 +271,17 @@ impl Syncer {
 
     async fn sync_once(&mut self, cache: &mut Cache) -> Result<(), CaError> {
         let mut client = self.connect().await?;
+        if self.unstored {
+            match self.store.save_agent(&self.agent) {
+                Ok(()) => self.unstored = false,
+                Err(e) => {
+                    warn!(error = %e, "cannot store the agent svid in use: trying again at the next sync")
+                }
+            }
+        }
+        // An SVID in use that is not stored is still renewed: with the disk failing for long,
+        // the agent goes from renewal to renewal as each one expires (a restart then finds only
+        // what was stored, which the CA no longer accepts).
         if self.pending.is_none() && self.agent.needs_rotation(SystemTime::now(), 0.0) {
             let (svid, _) = client.renew(self.agent.spiffe_id()).await?;
             self.pending = Some(svid);

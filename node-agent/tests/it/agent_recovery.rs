@@ -230,3 +230,71 @@ async fn a_renewed_svid_that_cannot_be_stored_is_not_used() {
     agent.stop().await;
     server.stop().await;
 }
+
+/// The stored agent SVID expires while its renewal still waits to be stored: the renewal (the
+/// one the CA holds as current) is taken into use, renewed in its turn while the disk fails,
+/// and what is in use is stored once that works. Before, a join-token agent stopped as if it
+/// had nothing valid, and an x509pop agent attested again, only to store the stale renewal
+/// later and be refused with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_waiting_to_be_stored_is_used_when_the_stored_svid_expires() {
+    // Agent SVIDs of 14 s, valid from 10 s back (the test CA's): renewed 2 s after issue, so a
+    // renewal outlives the SVID it renews by 2 s.
+    let (ca, server) = ca_with(
+        1,
+        Duration::from_secs(3600),
+        Duration::from_secs(14),
+        &["tok"],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent = RunningAgent::joined(&server, dir.path(), &ca);
+    agent.first_svid().await;
+    std::fs::create_dir(dir.path().join("data/agent.key.next")).unwrap();
+    let leaf = |path: &std::path::Path| {
+        pem::parse(std::fs::read(path).unwrap())
+            .unwrap()
+            .into_contents()
+    };
+    let stored = leaf(&dir.path().join("data/agent.pem"));
+    // The stored SVID expires; the agent goes on with another one.
+    let deadline = std::time::Instant::now() + WAIT + Duration::from_secs(14);
+    loop {
+        let presented = server.state.lock().unwrap().presented.clone();
+        if presented.is_some_and(|p| p != stored) {
+            break;
+        }
+        if agent.task.is_finished() {
+            panic!("the agent stopped: {:?}", agent.task.await);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never moved off the stored svid"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // And goes on while the disk fails, from renewal to renewal.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    if agent.task.is_finished() {
+        panic!("the agent stopped: {:?}", agent.task.await);
+    }
+    // Once the disk takes it, what it uses is what it stores.
+    std::fs::remove_dir(dir.path().join("data/agent.key.next")).unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let presented = server.state.lock().unwrap().presented.clone();
+        if presented.is_some_and(|p| p == leaf(&dir.path().join("data/agent.pem"))) {
+            break;
+        }
+        if agent.task.is_finished() {
+            panic!("the agent stopped: {:?}", agent.task.await);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "what it uses was never stored"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    agent.stop().await;
+    server.stop().await;
+}
