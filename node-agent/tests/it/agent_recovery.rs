@@ -131,16 +131,7 @@ async fn a_signing_refusal_of_the_agent_itself_fails_the_sync() {
     server.state.lock().unwrap().refuse_signing = true;
     let dir = tempfile::tempdir().unwrap();
     let agent = RunningAgent::joined(&server, dir.path(), &ca);
-    let deadline = std::time::Instant::now() + WAIT;
-    while !agent
-        .metrics()
-        .await
-        .lines()
-        .any(|l| l.starts_with("warden_agent_ca_sync_failures_total") && !l.ends_with(" 0"))
-    {
-        assert!(std::time::Instant::now() < deadline, "no failed sync");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    agent.sync_failed().await;
     assert!(
         !warden_node_agent::client::healthcheck(&agent.http)
             .await

@@ -115,6 +115,21 @@ impl RunningAgent {
         }
     }
 
+    /// Polls until `/metrics` counts a failed sync with the CA.
+    pub(crate) async fn sync_failed(&self) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let m = self.metrics().await;
+            if m.lines()
+                .any(|l| l.starts_with("warden_agent_ca_sync_failures_total") && !l.ends_with(" 0"))
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no sync failure recorded: {m}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// `/metrics`, waiting for the health listener to be up.
     pub(crate) async fn metrics(&self) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -398,17 +413,7 @@ async fn agent_keeps_serving_while_ca_is_down_and_resyncs_when_it_returns() {
     server.stop().await;
 
     // Longer than several sync intervals (500 ms): failures are counted, SVIDs still served.
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let m = agent.metrics().await;
-        if m.lines()
-            .any(|l| l.starts_with("warden_agent_ca_sync_failures_total") && !l.ends_with(" 0"))
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no sync failure recorded: {m}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    agent.sync_failed().await;
     let client = agent.client().await;
     assert_eq!(
         client
