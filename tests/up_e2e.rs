@@ -3,7 +3,8 @@
 //! the audit log checked, then Ctrl-C (SIGINT) — and nothing may be left running, listening, or
 //! as a socket file. Also: a second run reuses the CA and survives `up` being SIGKILLed (the
 //! children die with it), `--reset` starts a new CA, a taken port is named and nothing starts,
-//! and a failing step stops what was started and shows the child's log.
+//! a failing step stops what was started and shows the child's log, and a reader of `up`'s
+//! output that went away does not keep it from stopping cleanly.
 
 #![allow(
     clippy::unwrap_used,
@@ -26,6 +27,7 @@ use nix::sys::signal::Signal;
 
 use self::support::{
     START, STOP, Up, assert_nothing_left, bin, decision_lines, free_base, repo, sh, summary_value,
+    up_command,
 };
 
 #[test]
@@ -155,15 +157,7 @@ fn up_serves_the_readme_requests_and_ctrl_c_leaves_nothing_behind() {
     assert!(!fetched.contains("spiffe://"), "{fetched}");
 
     // One `up` per state directory: a second one says so (not just that its ports are busy).
-    let second = Command::new(bin())
-        .current_dir(repo())
-        .arg("up")
-        .arg("--dir")
-        .arg(&dir)
-        .arg("--base-port")
-        .arg(base.to_string())
-        .output()
-        .unwrap();
+    let second = up_command(&dir, base).output().unwrap();
     let err = String::from_utf8_lossy(&second.stderr);
     assert_eq!(second.status.code(), Some(1), "{err}");
     assert!(err.contains("another `warden up` is running"), "{err}");
@@ -371,5 +365,53 @@ fn a_failing_step_names_itself_shows_the_childs_log_and_stops_what_started() {
     );
     assert!(out.contains("cannot clear"), "{out}");
     assert!(out.contains("stopping the CA"), "{out}");
+    assert_nothing_left(&dir, base);
+}
+
+/// The reader of `warden up`'s output goes away before `up` stops (a `tee` killed by the same
+/// Ctrl-C): `up` neither panics on its next line nor leaves its mesh behind, and exits 0.
+#[test]
+fn up_whose_stdout_reader_went_away_still_stops_its_mesh() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("mesh");
+    let base = free_base(5);
+    let (reader, writer) = std::io::pipe().unwrap();
+    let stderr_path = tmp.path().join("stderr");
+    let mut child = up_command(&dir, base)
+        .env_remove("SPIFFE_ENDPOINT_SOCKET")
+        .stdout(writer)
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(reader).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(line)) if line.starts_with("ready") => break,
+            Some(Ok(_)) => {}
+            other => panic!(
+                "`warden up` ended before it was ready ({other:?}): {}",
+                std::fs::read_to_string(&stderr_path).unwrap()
+            ),
+        }
+    }
+    // The reader goes: every line `up` writes from now on meets a closed pipe.
+    drop(lines);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap()),
+        Signal::SIGINT,
+    )
+    .unwrap();
+    let deadline = Instant::now() + STOP;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "`warden up` did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
     assert_nothing_left(&dir, base);
 }

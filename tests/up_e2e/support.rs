@@ -38,6 +38,19 @@ pub(crate) fn free_base(slot: u16) -> u16 {
     }
 }
 
+/// `warden up --dir DIR --base-port BASE`, run from the repository root.
+pub(crate) fn up_command(dir: &Path, base: u16) -> Command {
+    let mut command = Command::new(bin());
+    command
+        .current_dir(repo())
+        .arg("up")
+        .arg("--dir")
+        .arg(dir)
+        .arg("--base-port")
+        .arg(base.to_string());
+    command
+}
+
 /// A running `warden up`: its stdout lines arrive on a channel.
 pub(crate) struct Up {
     child: Child,
@@ -47,13 +60,7 @@ pub(crate) struct Up {
 
 impl Up {
     pub(crate) fn start(dir: &Path, base: u16, extra: &[&str]) -> Up {
-        let mut child = Command::new(bin())
-            .current_dir(repo())
-            .arg("up")
-            .arg("--dir")
-            .arg(dir)
-            .arg("--base-port")
-            .arg(base.to_string())
+        let mut child = up_command(dir, base)
             .args(extra)
             .env_remove("SPIFFE_ENDPOINT_SOCKET")
             .stdout(Stdio::piped())
