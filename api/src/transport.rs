@@ -42,14 +42,16 @@ pub struct Limits {
     pub max_connections: usize,
     /// Handshakes in progress at once; one more is closed as soon as it is accepted.
     pub max_handshakes: usize,
-    /// Handshakes in progress at once from one IP address: one host cannot take every
-    /// handshake place.
+    /// Handshakes in progress at once from one source (an IPv4 address, or an IPv6 /64, which
+    /// one host commonly holds whole): one host cannot take every handshake place. Agents
+    /// behind one NAT share it (they retry with backoff).
     pub max_handshakes_per_source: usize,
     /// Established connections without a client certificate at once (attestation needs one
     /// each, briefly); one more is closed after its handshake.
     pub max_unauthenticated: usize,
-    /// Established connections without a client certificate at once from one IP address: one
-    /// host cannot take every such place (and so keep new nodes from attesting).
+    /// Established connections without a client certificate at once from one source (as for
+    /// [`Limits::max_handshakes_per_source`]): one host cannot take every such place (and so
+    /// keep new nodes from attesting).
     pub max_unauthenticated_per_source: usize,
     /// How long a connection without a client certificate lasts: enough to attest, not to
     /// hold a place for good.
@@ -84,11 +86,26 @@ struct SourceSlot {
     per_source: Arc<PerSource>,
 }
 
+/// The source a connection from `ip` counts against: an IPv4 address (an IPv4-mapped IPv6
+/// one included), or the /64 of an IPv6 one.
+fn source_of(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => std::net::IpAddr::V4(v4),
+            None => std::net::IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !u128::from(u64::MAX),
+            )),
+        },
+        v4 => v4,
+    }
+}
+
 impl PerSource {
     fn enter(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<SourceSlot> {
         if max == 0 {
             return None;
         }
+        let ip = source_of(ip);
         let mut counts = self
             .0
             .lock()

@@ -195,6 +195,24 @@ async fn connections_without_a_client_certificate_are_bounded_in_number_and_time
     }
 }
 
+/// One IPv6 host commonly holds a whole /64: its addresses count as one source; an IPv4-mapped
+/// address counts as its IPv4 one.
+#[test]
+fn sources_are_ipv4_addresses_and_ipv6_64s() {
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    assert_eq!(source_of(ip("10.0.0.7")), ip("10.0.0.7"));
+    assert_eq!(source_of(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+    assert_eq!(
+        source_of(ip("2001:db8:1:2:ffff:ffff:ffff:ffff")),
+        source_of(ip("2001:db8:1:2::1"))
+    );
+    assert_ne!(
+        source_of(ip("2001:db8:1:3::1")),
+        source_of(ip("2001:db8:1:2::1"))
+    );
+    assert_eq!(source_of(ip("::ffff:10.0.0.7")), ip("10.0.0.7"));
+}
+
 #[test]
 fn host_of_strips_port_and_brackets() {
     assert_eq!(host_of("127.0.0.1:8081"), "127.0.0.1");
