@@ -36,6 +36,8 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 65_536;
 /// Default limit of a request's header count.
 pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// Default `inbound.session_resumption`: how long a TLS session may be resumed.
+pub const DEFAULT_SESSION_RESUMPTION: Duration = Duration::from_secs(300);
 /// The smallest `max_header_bytes` accepted (HTTP/1 read buffers cannot be smaller).
 pub const MIN_HEADER_BYTES: usize = 8192;
 
@@ -167,6 +169,8 @@ pub struct InboundConfig {
     pub(crate) service: String,
     pub(crate) mtls: Mtls,
     pub(crate) tls12: bool,
+    /// How long after a full handshake its session may be resumed (`None`: never).
+    pub(crate) session_resumption: Option<Duration>,
 }
 
 /// The `[policy]` table.

@@ -9,6 +9,7 @@ mod handshake;
 mod http;
 mod path;
 mod record;
+mod resumption;
 mod revoke;
 mod tcp;
 
@@ -137,6 +138,10 @@ impl Inbound {
             Arc::clone(&inputs.bundles),
             inputs.config.tls12,
             inputs.config.protocol,
+            inputs
+                .config
+                .session_resumption
+                .map(|lifetime| (lifetime, inputs.limits.handshake_timeout)),
         )
         .map_err(|e| crate::Error::Tls(e.to_string()))?;
         let listener = TcpListener::bind(inputs.config.listen)
@@ -328,6 +333,17 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, source: Socket
             .handshake_failed(Direction::Inbound, HandshakeFailure::Other.as_str());
         return;
     };
+    let resumed = session.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    // A full handshake verified the chain's validity just now; a resumed one restored a chain
+    // verified up to `session_resumption` ago, which may have expired since.
+    if credentials.expired() {
+        shared
+            .metrics
+            .handshake_failed(Direction::Inbound, HandshakeFailure::Expired.as_str());
+        tracing::info!(src.addr = %source, resumed, "tls session refused: the caller's certificate has expired");
+        return;
+    }
+    shared.metrics.handshake_done(resumed);
     let info = ConnInfo {
         source,
         source_text: source.to_string(),

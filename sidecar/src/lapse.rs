@@ -55,6 +55,11 @@ impl Credentials {
         })
     }
 
+    /// Whether the chain has expired (its earliest `notAfter` is past).
+    pub(crate) fn expired(&self) -> bool {
+        self.not_after <= SystemTime::now()
+    }
+
     /// When the chain expires, on the monotonic clock.
     fn expires(&self) -> Instant {
         let left = self

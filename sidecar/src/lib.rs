@@ -73,3 +73,14 @@ pub enum Error {
     #[error("internal error: {0}")]
     Internal(String),
 }
+
+/// The size of a request's header fields as HTTP/1.1 sends them (`name: value` and CRLF each),
+/// the measure of `limits.max_header_bytes`. hyper's HTTP/1 read buffer bounds the header
+/// section only roughly (a read that completes it may carry the buffer past its limit), so the
+/// proxies check this too.
+pub(crate) fn header_bytes(headers: &http::HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum()
+}

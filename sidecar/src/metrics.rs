@@ -83,6 +83,9 @@ pub(crate) struct Metrics {
     latency: [Histogram; 2],
     authz: Histogram,
     handshake_failures: Family<Labels2, Counter>,
+    /// Inbound handshakes completed: full and resumed.
+    handshakes_full: Counter,
+    handshakes_resumed: Counter,
     policy_reloads: Family<Labels1, Counter>,
     refused: Counter,
     log_dropped: Counter,
@@ -169,6 +172,18 @@ impl Metrics {
             "Failed TLS handshakes by direction and reason",
             handshake_failures.clone(),
         );
+        let handshakes_family = Family::<Labels2, Counter>::default();
+        let handshake_kind = |kind| {
+            handshakes_family.get_or_create_owned(&[("direction", "inbound"), ("kind", kind)])
+        };
+        let handshakes_full = handshake_kind("full");
+        let handshakes_resumed = handshake_kind("resumed");
+        registry.register(
+            "tls_handshakes",
+            "Completed inbound TLS handshakes: `full` (certificates exchanged and verified) or \
+             `resumed` (a session ticket of a full one)",
+            handshakes_family,
+        );
         let policy_reloads = Family::<Labels1, Counter>::default();
         registry.register(
             "policy_reloads",
@@ -203,6 +218,8 @@ impl Metrics {
             latency,
             authz,
             handshake_failures,
+            handshakes_full,
+            handshakes_resumed,
             policy_reloads,
             refused,
             log_dropped,
@@ -245,6 +262,15 @@ impl Metrics {
     pub(crate) fn handshake_failed(&self, direction: Direction, reason: &'static str) {
         let labels = [("direction", direction.as_str()), ("reason", reason)];
         self.handshake_failures.get_or_create(&labels).inc();
+    }
+
+    /// Counts a completed inbound handshake, `resumed` from a ticket or not.
+    pub(crate) fn handshake_done(&self, resumed: bool) {
+        if resumed {
+            self.handshakes_resumed.inc();
+        } else {
+            self.handshakes_full.inc();
+        }
     }
 
     pub(crate) fn connection_refused(&self) {

@@ -64,6 +64,11 @@ pub(crate) struct RunArgs {
     /// Accept TLS 1.2 as well as 1.3 [default: false].
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     tls12: Option<bool>,
+    /// How long after a full TLS handshake a caller may resume its session (skipping the
+    /// certificate exchange): a duration of 1s to 24h, or `off`. A session is not resumed
+    /// once the X.509 authorities change or the caller's certificate expires [default: 5m].
+    #[arg(long)]
+    session_resumption: Option<String>,
     /// Cedar policy directory (with mesh.cedarschema), hot-reloaded [default: policies].
     #[arg(long)]
     policy_dir: Option<PathBuf>,
@@ -122,6 +127,7 @@ fn run_sidecar(args: RunArgs) -> anyhow::Result<Exit> {
     overrides.service = args.service;
     overrides.mtls = args.mtls;
     overrides.tls12 = args.tls12;
+    overrides.session_resumption = args.session_resumption;
     overrides.policy_dir = args.policy_dir;
     overrides.mode = args.mode;
     overrides.outbound = args.outbound;

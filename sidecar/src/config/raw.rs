@@ -61,6 +61,7 @@ struct RawInbound {
     mtls: Option<Mtls>,
     #[serde(default)]
     tls12: bool,
+    session_resumption: Option<String>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -121,6 +122,8 @@ pub struct Overrides {
     pub mtls: Option<Mtls>,
     /// `inbound.tls12`.
     pub tls12: Option<bool>,
+    /// `inbound.session_resumption`.
+    pub session_resumption: Option<String>,
     /// `policy.dir`.
     pub policy_dir: Option<PathBuf>,
     /// `policy.mode`: `enforce` or `dry-run`.
@@ -164,6 +167,9 @@ impl Overrides {
             "inbound.app_protocol" => (self.app_protocol.is_some(), "--app-protocol"),
             "inbound.service" => (self.service.is_some(), "--service"),
             "inbound.mtls" => (self.mtls.is_some(), "--mtls"),
+            "inbound.session_resumption" => {
+                (self.session_resumption.is_some(), "--session-resumption")
+            }
             "policy.dir" => (self.policy_dir.is_some(), "--policy-dir"),
             "policy.mode" => (self.mode.is_some(), "--mode"),
             "admin.listen" => (self.admin_listen.is_some(), "--admin-listen"),
@@ -201,7 +207,8 @@ impl Overrides {
             || self.app_protocol.is_some()
             || self.service.is_some()
             || self.mtls.is_some()
-            || self.tls12.is_some();
+            || self.tls12.is_some()
+            || self.session_resumption.is_some();
         if touches_inbound {
             let inbound = raw.inbound.get_or_insert_with(RawInbound::default);
             set(&mut inbound.listen, &self.inbound_listen);
@@ -210,6 +217,7 @@ impl Overrides {
             set(&mut inbound.app_protocol, &self.app_protocol);
             set(&mut inbound.service, &self.service);
             set(&mut inbound.mtls, &self.mtls);
+            set(&mut inbound.session_resumption, &self.session_resumption);
             if let Some(v) = self.allow_remote_app {
                 inbound.allow_remote_app = v;
             }
@@ -400,8 +408,40 @@ impl RawInbound {
             service,
             mtls: self.mtls.unwrap_or(Mtls::Strict),
             tls12: self.tls12,
+            session_resumption: session_resumption(self.session_resumption.as_deref(), invalid)?,
         })
     }
+}
+
+/// The longest `inbound.session_resumption`: SVIDs live hours, and a resumed session should not
+/// outlast the rotation of the one it was made with by much.
+const MAX_SESSION_RESUMPTION: Duration = Duration::from_secs(24 * 3600);
+
+/// `inbound.session_resumption`: `"off"`, or a duration of 1 s to 24 h (default 5 min).
+fn session_resumption(
+    value: Option<&str>,
+    invalid: &Invalid<'_>,
+) -> Result<Option<Duration>, ConfigError> {
+    const KEY: &str = "inbound.session_resumption";
+    let Some(value) = value else {
+        return Ok(Some(super::DEFAULT_SESSION_RESUMPTION));
+    };
+    if value == "off" {
+        return Ok(None);
+    }
+    let d = humantime::parse_duration(value).map_err(|e| {
+        invalid(
+            KEY,
+            format!("`{value}` is neither `off` nor a duration like `5m`: {e}"),
+        )
+    })?;
+    if !(Duration::from_secs(1)..=MAX_SESSION_RESUMPTION).contains(&d) {
+        return Err(invalid(
+            KEY,
+            format!("`{value}` is outside the allowed range of 1s to 24h (or `off`)"),
+        ));
+    }
+    Ok(Some(d))
 }
 
 // === impl RawDecisionLog ===

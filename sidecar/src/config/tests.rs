@@ -96,6 +96,7 @@ fn defaults_apply_to_a_minimal_config() {
     assert_eq!(i.app_protocol, AppProtocol::Auto);
     assert_eq!(i.mtls, Mtls::Strict);
     assert!(!i.tls12);
+    assert_eq!(i.session_resumption, Some(DEFAULT_SESSION_RESUMPTION));
     assert_eq!(c.policy.mode, Mode::Enforce);
     assert_eq!(c.policy.dir, PathBuf::from(DEFAULT_POLICY_DIR));
     assert_eq!(c.admin_listen.to_string(), DEFAULT_ADMIN_LISTEN);
@@ -126,6 +127,10 @@ fn bad_values_name_their_key() {
             format!("{MIN}[limits]\nhandshake_timeout = \"500000000years\"\n"),
             "limits.handshake_timeout",
         ),
+        (format!("{MIN}session_resumption = \"0s\"\n"), "inbound.session_resumption"),
+        (format!("{MIN}session_resumption = \"999ms\"\n"), "inbound.session_resumption"),
+        (format!("{MIN}session_resumption = \"25h\"\n"), "inbound.session_resumption"),
+        (format!("{MIN}session_resumption = \"no\"\n"), "inbound.session_resumption"),
         (format!("{MIN}[limits]\nmax_connections = 0\n"), "limits.max_connections"),
         (format!("{MIN}[limits]\nmax_connections = 5000000\n"), "limits.max_connections"),
         (format!("{MIN}[limits]\nmax_header_bytes = 100\n"), "limits.max_header_bytes"),
@@ -172,6 +177,27 @@ fn bad_values_name_their_key() {
         "{MIN}[[outbound]]\nlisten = \"0.0.0.0:1\"\nupstream = \"127.0.0.1:2\"\nexpected_ids = [\"spiffe://a.org/b\"]\n"
     ));
     assert!(e.contains("outbound") && e.contains("loopback"), "{e}");
+}
+
+#[test]
+fn session_resumption_is_off_or_a_duration_of_1s_to_24h() {
+    for (value, want) in [
+        ("off", None),
+        ("1s", Some(Duration::from_secs(1))),
+        ("10m", Some(Duration::from_secs(600))),
+        ("24h", Some(Duration::from_secs(24 * 3600))),
+    ] {
+        let c = parse(&format!("{MIN}session_resumption = \"{value}\"\n")).unwrap();
+        assert_eq!(c.inbound.unwrap().session_resumption, want, "{value}");
+    }
+    let o = Overrides {
+        session_resumption: Some("off".into()),
+        ..Overrides::default()
+    };
+    let c = Config::from_toml(MIN, "sidecar.toml", &o, &env()).unwrap();
+    assert_eq!(c.inbound.unwrap().session_resumption, None);
+    let e = err(&format!("{MIN}session_resumption = \"no\"\n"));
+    assert!(e.contains("`no` is neither `off` nor a duration"), "{e}");
 }
 
 #[test]
@@ -312,6 +338,13 @@ fn a_bad_value_from_a_flag_names_the_flag_not_the_file() {
                 ..Overrides::default()
             },
             "--app",
+        ),
+        (
+            Overrides {
+                session_resumption: Some("forever".into()),
+                ..Overrides::default()
+            },
+            "--session-resumption",
         ),
     ] {
         let e = Config::from_toml(MIN, "sidecar.toml", &o, &env())

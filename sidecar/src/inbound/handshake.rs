@@ -2,6 +2,7 @@
 //! classification of failed handshakes into metric reasons.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::server::{NoServerSessionStorage, ServerConnection};
 use rustls::{CertificateError, ProtocolVersion};
@@ -9,22 +10,29 @@ use warden_identity::tls::{Authorize, BundleSource, SpiffeClientCertVerifier, Sv
 use warden_identity::{SvidError, TlsVerifyError};
 
 use super::Peer;
+use super::resumption::Tickets;
 use crate::config::Protocol;
 use crate::lapse::Credentials;
 use crate::metrics::HandshakeFailure;
 
+/// Tickets sent after each handshake (rustls's default, and BoringSSL's): a client holds a
+/// spare for its next connection when the one in flight takes the other.
+const TICKETS_PER_HANDSHAKE: usize = 2;
+
 /// TLS 1.3 (and 1.2 when `tls12`), ring, a client SVID required and verified against the live
 /// bundles (any trusted SPIFFE ID: Cedar decides), ALPN `h2` + `http/1.1` for HTTP, the cipher
-/// suite chosen in [`warden_identity::tls::CIPHER_SUITES`] order. Session resumption is off, so
-/// every connection verifies the client's current certificate.
+/// suite chosen in [`warden_identity::tls::CIPHER_SUITES`] order. Sessions are resumed by
+/// the rules of [`super::resumption`] (stateless tickets) when `resumption` is given: the
+/// longest a session may be resumed, and the handshake timeout; never otherwise.
 pub(crate) fn server_config(
     resolver: Arc<SvidCertResolver>,
     bundles: Arc<dyn BundleSource>,
     tls12: bool,
     protocol: Protocol,
+    resumption: Option<(Duration, Duration)>,
 ) -> Result<rustls::ServerConfig, rustls::Error> {
     let verifier = Arc::new(SpiffeClientCertVerifier::new(
-        bundles,
+        Arc::clone(&bundles),
         Authorize::AnyTrusted,
     ));
     let versions: &[&'static rustls::SupportedProtocolVersion] = if tls12 {
@@ -37,8 +45,15 @@ pub(crate) fn server_config(
             .with_protocol_versions(versions)?
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(resolver);
+    // Never sessions kept here by id: only the bounded tickets.
     config.session_storage = Arc::new(NoServerSessionStorage {});
-    config.send_tls13_tickets = 0;
+    match resumption {
+        Some((lifetime, settle)) => {
+            config.ticketer = Arc::new(Tickets::new(bundles, lifetime, settle)?);
+            config.send_tls13_tickets = TICKETS_PER_HANDSHAKE;
+        }
+        None => config.send_tls13_tickets = 0,
+    }
     // Our suite order (AES-128-GCM first), whatever the client prefers.
     config.ignore_client_order = true;
     if protocol == Protocol::Http {
@@ -229,6 +244,7 @@ mod tests {
                 Arc::clone(&bundles),
                 true,
                 Protocol::Http,
+                None,
             )
             .unwrap();
             // rustls's own ring provider lists AES-256-GCM first.

@@ -285,7 +285,16 @@ fn prepare<B>(shared: &Shared, req: &mut Request<B>) -> Result<bool, Box<Respons
     // hyper enforces the header count for HTTP/1.1 (431 before we see the request); HTTP/2
     // only bounds the header list's size, so the count is checked here, for both.
     if req.headers().len() > shared.limits.max_headers {
-        return Err(Box::new(too_many_headers(grpc)));
+        return Err(Box::new(headers_too_large(
+            grpc,
+            "too many request headers",
+        )));
+    }
+    if crate::header_bytes(req.headers()) > shared.limits.max_header_bytes {
+        return Err(Box::new(headers_too_large(
+            grpc,
+            "request headers too large",
+        )));
     }
     one_host(req).map_err(|bad| Box::new(bad_request(bad)))?;
     // Policies decide on, and the app gets, one spelling of the path (see `path.rs`).
@@ -479,9 +488,9 @@ fn set_path<B>(req: &mut Request<B>, path: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// 431 (gRPC: RESOURCE_EXHAUSTED) for a request with more headers than `limits.max_headers`.
-fn too_many_headers(grpc: bool) -> Response<ProxyBody> {
-    let message = "too many request headers";
+/// 431 (gRPC: RESOURCE_EXHAUSTED) for a request with more headers than `limits.max_headers`,
+/// or more header bytes than `limits.max_header_bytes`.
+fn headers_too_large(grpc: bool, message: &str) -> Response<ProxyBody> {
     if grpc {
         return grpc_status(GRPC_RESOURCE_EXHAUSTED, message);
     }

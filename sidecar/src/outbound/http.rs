@@ -60,6 +60,9 @@ pub(crate) struct HttpProxy {
     upstream_authority: Option<Authority>,
     /// `limits.max_headers`: hyper enforces it for HTTP/1.1, this proxy for HTTP/2.
     max_headers: usize,
+    /// `limits.max_header_bytes`: bounded roughly by hyper's HTTP/1 buffer and the HTTP/2
+    /// header list size, exactly by this proxy.
+    max_header_bytes: usize,
     /// How long an upgraded connection may carry no bytes.
     idle_timeout: Duration,
     upstream: String,
@@ -105,6 +108,7 @@ impl HttpProxy {
             h2_connector: h2,
             upstream_authority: upstream.parse().ok(),
             max_headers: limits.max_headers,
+            max_header_bytes: limits.max_header_bytes,
             idle_timeout: limits.idle_timeout,
             upstream,
             hooks,
@@ -214,6 +218,12 @@ impl HttpProxy {
             return reply(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 format!("more than {} request headers", self.max_headers),
+            );
+        }
+        if crate::header_bytes(req.headers()) > self.max_header_bytes {
+            return reply(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                format!("request headers over {} bytes", self.max_header_bytes),
             );
         }
         let uri = match self.upstream_uri(req) {

@@ -368,6 +368,33 @@ async fn h2c_request_with_too_many_headers_gets_431_and_never_leaves() {
     proxy.stop().await;
 }
 
+/// hyper's read buffer lets a header section that completes in one read pass its size limit
+/// (here 60,000 bytes, then 10,000 more): the proxy's own count refuses it.
+#[tokio::test]
+async fn an_h1_header_section_over_the_limit_gets_431_even_when_it_arrives_in_pieces() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new();
+    let upstream = Upstream::http(&pki).await;
+    let proxy = Proxy::http(&pki, &upstream).await;
+    let mut tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let first = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nx-a: {}\r\n",
+        "a".repeat(60_000)
+    );
+    tcp.write_all(first.as_bytes()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let rest = format!("x-b: {}\r\n\r\n", "b".repeat(10_000));
+    tcp.write_all(rest.as_bytes()).await.unwrap();
+    let mut head = [0u8; 12];
+    tokio::time::timeout(WAIT, tcp.read_exact(&mut head))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&head, b"HTTP/1.1 431");
+    assert_eq!(upstream.requests(), 0);
+    proxy.stop().await;
+}
+
 #[tokio::test]
 async fn serve_returns_after_shutdown_and_the_port_stops_accepting() {
     let pki = Pki::new();

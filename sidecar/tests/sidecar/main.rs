@@ -20,6 +20,7 @@ mod lapse;
 mod lifecycle;
 mod modes;
 mod raw_http;
+mod resumption;
 mod smuggling;
 mod tls;
 mod upgrade;

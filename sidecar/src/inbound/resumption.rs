@@ -1,0 +1,179 @@
+//! TLS session resumption for inbound connections, bounded so that a resumed session never
+//! stands for more than a full handshake would accept now.
+//!
+//! A resumed handshake does not verify the caller's chain again: rustls restores the chain it
+//! verified when the session was made. So a ticket is only honoured while what that
+//! verification relied on still holds:
+//! - **the X.509 authorities are those it was verified against.** Every ticket carries the
+//!   *trust epoch* it was issued in; the epoch moves on whenever the X.509 authorities of any
+//!   trust domain change, and a ticket of another epoch is refused (the caller does a full
+//!   handshake). A rotation that only changes JWT keys, or repeats the same bundle, keeps it.
+//! - **the chain is still valid:** the connection's credentials carry the chain's earliest
+//!   `notAfter`, which is checked at accept and bounds the connection (see [`crate::lapse`]).
+//! - **it is recent:** a ticket is honoured for at most `inbound.session_resumption` after
+//!   the handshake that issued it (5 minutes by default), whatever the key's own life.
+//!
+//! One race is closed by not issuing tickets for a while: a handshake verified against the old
+//! authorities may issue its ticket just after they change, and would tag it with the new
+//! epoch. A handshake lasts at most the handshake timeout, so no ticket is issued for that long
+//! after a change is first seen.
+//!
+//! Tickets are encrypted and authenticated by rustls's own ticketer (ChaCha20-Poly1305 with a
+//! random key made at start, rolled every 6 hours); the epoch and issue time sit inside the
+//! encryption. Nothing is stored per session on the server.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rustls::server::ProducesTickets;
+use warden_identity::BundleSet;
+use warden_identity::tls::BundleSource;
+
+/// The bytes put before the session inside a ticket: epoch, then issue time (Unix seconds).
+const HEADER: usize = 16;
+
+/// Issues and honours tickets by the rules of this module.
+pub(crate) struct Tickets {
+    inner: Arc<dyn ProducesTickets>,
+    source: Arc<dyn BundleSource>,
+    /// How long after issue a ticket is honoured.
+    lifetime: Duration,
+    /// How long after a change of authorities no ticket is issued (the handshake timeout).
+    settle: Duration,
+    epoch: Mutex<Epoch>,
+}
+
+/// The trust epoch in force, and the authorities it stands for.
+struct Epoch {
+    number: u64,
+    bundles: Arc<BundleSet>,
+    /// When this epoch was first seen (`None`: the first, or one that followed a set without
+    /// X.509 authorities, under which no chain verified).
+    began: Option<Instant>,
+}
+
+impl fmt::Debug for Tickets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tickets")
+            .field("lifetime", &self.lifetime)
+            .field("settle", &self.settle)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tickets {
+    /// Tickets honoured for `lifetime`, with a new random key; none issued for `settle` after
+    /// the authorities of `source` change.
+    pub(crate) fn new(
+        source: Arc<dyn BundleSource>,
+        lifetime: Duration,
+        settle: Duration,
+    ) -> Result<Self, rustls::Error> {
+        let inner = rustls::crypto::ring::Ticketer::new()?;
+        Ok(Self::with_ticketer(inner, source, lifetime, settle))
+    }
+
+    fn with_ticketer(
+        inner: Arc<dyn ProducesTickets>,
+        source: Arc<dyn BundleSource>,
+        lifetime: Duration,
+        settle: Duration,
+    ) -> Self {
+        let bundles = source.bundles();
+        Self {
+            inner,
+            source,
+            lifetime,
+            settle,
+            epoch: Mutex::new(Epoch {
+                number: 0,
+                bundles,
+                began: None,
+            }),
+        }
+    }
+
+    /// The epoch in force now, and whether tickets may be issued in it.
+    fn epoch(&self, now: Instant) -> (u64, bool) {
+        let current = self.source.bundles();
+        let mut epoch = self.epoch.lock().unwrap_or_else(PoisonError::into_inner);
+        if !Arc::ptr_eq(&current, &epoch.bundles) {
+            if !same_authorities(&epoch.bundles, &current) {
+                epoch.began = has_authorities(&epoch.bundles).then_some(now);
+                epoch.number += 1;
+            }
+            epoch.bundles = current;
+        }
+        let settled = epoch
+            .began
+            .is_none_or(|began| now.saturating_duration_since(began) >= self.settle);
+        (epoch.number, settled)
+    }
+}
+
+impl ProducesTickets for Tickets {
+    fn enabled(&self) -> bool {
+        true
+    }
+
+    fn lifetime(&self) -> u32 {
+        u32::try_from(self.lifetime.as_secs()).unwrap_or(u32::MAX)
+    }
+
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        let (epoch, settled) = self.epoch(Instant::now());
+        if !settled {
+            return None;
+        }
+        let mut tagged = Vec::with_capacity(HEADER + plain.len());
+        tagged.extend_from_slice(&epoch.to_le_bytes());
+        tagged.extend_from_slice(&unix_secs(SystemTime::now()).to_le_bytes());
+        tagged.extend_from_slice(plain);
+        self.inner.encrypt(&tagged)
+    }
+
+    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        let mut tagged = self.inner.decrypt(cipher)?;
+        let epoch = u64::from_le_bytes(tagged.get(..8)?.try_into().ok()?);
+        let issued = u64::from_le_bytes(tagged.get(8..HEADER)?.try_into().ok()?);
+        if epoch != self.epoch(Instant::now()).0 {
+            return None;
+        }
+        let now = unix_secs(SystemTime::now());
+        // Issued in the future (the clock went back) or too long ago: not honoured.
+        if issued > now || now - issued >= self.lifetime.as_secs() {
+            return None;
+        }
+        tagged.drain(..HEADER);
+        Some(tagged)
+    }
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Whether two sets hold the same X.509 authorities for the same trust domains.
+fn same_authorities(a: &BundleSet, b: &BundleSet) -> bool {
+    let authorities = |set: &BundleSet| {
+        set.iter()
+            .filter(|bundle| !bundle.x509_authorities().is_empty())
+            .map(|bundle| {
+                (
+                    bundle.trust_domain().clone(),
+                    bundle.x509_authorities().to_vec(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    authorities(a) == authorities(b)
+}
+
+fn has_authorities(set: &BundleSet) -> bool {
+    set.iter()
+        .any(|bundle| !bundle.x509_authorities().is_empty())
+}
+
+#[cfg(test)]
+mod tests;
