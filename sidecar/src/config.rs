@@ -169,7 +169,7 @@ pub struct InboundConfig {
     pub(crate) service: String,
     pub(crate) mtls: Mtls,
     pub(crate) tls12: bool,
-    /// How long after a full handshake its session may be resumed (`None`: never).
+    /// How long a session ticket is honoured (`None`: no resumption; always with `tls12`).
     pub(crate) session_resumption: Option<Duration>,
 }
 

@@ -64,9 +64,10 @@ pub(crate) struct RunArgs {
     /// Accept TLS 1.2 as well as 1.3 [default: false].
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     tls12: Option<bool>,
-    /// How long after a full TLS handshake a caller may resume its session (skipping the
-    /// certificate exchange): a duration of 1s to 24h, or `off`. A session is not resumed
-    /// once the X.509 authorities change or the caller's certificate expires [default: 5m].
+    /// How long a TLS 1.3 session ticket is honoured (a caller that reconnects with one skips
+    /// the certificate exchange): a duration of 1s to 6h, or `off`. No session is resumed
+    /// once the X.509 authorities change or the caller's certificate expires. Needs
+    /// `--tls12` off [default: 5m; off with --tls12].
     #[arg(long)]
     session_resumption: Option<String>,
     /// Cedar policy directory (with mesh.cedarschema), hot-reloaded [default: policies].

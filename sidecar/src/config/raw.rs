@@ -408,23 +408,30 @@ impl RawInbound {
             service,
             mtls: self.mtls.unwrap_or(Mtls::Strict),
             tls12: self.tls12,
-            session_resumption: session_resumption(self.session_resumption.as_deref(), invalid)?,
+            session_resumption: session_resumption(
+                self.session_resumption.as_deref(),
+                self.tls12,
+                invalid,
+            )?,
         })
     }
 }
 
-/// The longest `inbound.session_resumption`: SVIDs live hours, and a resumed session should not
-/// outlast the rotation of the one it was made with by much.
-const MAX_SESSION_RESUMPTION: Duration = Duration::from_secs(24 * 3600);
+/// The longest `inbound.session_resumption`: rustls's ticket key is replaced every 6 hours and
+/// the one before kept, so a ticket decrypts for 6 to 12 hours at most.
+const MAX_SESSION_RESUMPTION: Duration = Duration::from_secs(6 * 3600);
 
-/// `inbound.session_resumption`: `"off"`, or a duration of 1 s to 24 h (default 5 min).
+/// `inbound.session_resumption`: `"off"`, or a duration of 1 s to 6 h (default 5 min; `off`
+/// when `tls12` is on, and an error to ask for both: a resumed TLS 1.2 session has no fresh
+/// key exchange, so the ticket key would open its traffic).
 fn session_resumption(
     value: Option<&str>,
+    tls12: bool,
     invalid: &Invalid<'_>,
 ) -> Result<Option<Duration>, ConfigError> {
     const KEY: &str = "inbound.session_resumption";
     let Some(value) = value else {
-        return Ok(Some(super::DEFAULT_SESSION_RESUMPTION));
+        return Ok((!tls12).then_some(super::DEFAULT_SESSION_RESUMPTION));
     };
     if value == "off" {
         return Ok(None);
@@ -438,7 +445,16 @@ fn session_resumption(
     if !(Duration::from_secs(1)..=MAX_SESSION_RESUMPTION).contains(&d) {
         return Err(invalid(
             KEY,
-            format!("`{value}` is outside the allowed range of 1s to 24h (or `off`)"),
+            format!("`{value}` is outside the allowed range of 1s to 6h (or `off`)"),
+        ));
+    }
+    if tls12 {
+        return Err(invalid(
+            KEY,
+            format!(
+                "`{value}` needs `tls12 = false`: a resumed TLS 1.2 session has no fresh key \
+                 exchange (set `off`)"
+            ),
         ));
     }
     Ok(Some(d))

@@ -129,7 +129,11 @@ fn bad_values_name_their_key() {
         ),
         (format!("{MIN}session_resumption = \"0s\"\n"), "inbound.session_resumption"),
         (format!("{MIN}session_resumption = \"999ms\"\n"), "inbound.session_resumption"),
-        (format!("{MIN}session_resumption = \"25h\"\n"), "inbound.session_resumption"),
+        (format!("{MIN}session_resumption = \"7h\"\n"), "inbound.session_resumption"),
+        (
+            format!("{MIN}tls12 = true\nsession_resumption = \"5m\"\n"),
+            "inbound.session_resumption",
+        ),
         (format!("{MIN}session_resumption = \"no\"\n"), "inbound.session_resumption"),
         (format!("{MIN}[limits]\nmax_connections = 0\n"), "limits.max_connections"),
         (format!("{MIN}[limits]\nmax_connections = 5000000\n"), "limits.max_connections"),
@@ -180,12 +184,12 @@ fn bad_values_name_their_key() {
 }
 
 #[test]
-fn session_resumption_is_off_or_a_duration_of_1s_to_24h() {
+fn session_resumption_is_off_or_a_duration_of_1s_to_6h_and_off_with_tls12() {
     for (value, want) in [
         ("off", None),
         ("1s", Some(Duration::from_secs(1))),
         ("10m", Some(Duration::from_secs(600))),
-        ("24h", Some(Duration::from_secs(24 * 3600))),
+        ("6h", Some(Duration::from_secs(6 * 3600))),
     ] {
         let c = parse(&format!("{MIN}session_resumption = \"{value}\"\n")).unwrap();
         assert_eq!(c.inbound.unwrap().session_resumption, want, "{value}");
@@ -195,6 +199,17 @@ fn session_resumption_is_off_or_a_duration_of_1s_to_24h() {
         ..Overrides::default()
     };
     let c = Config::from_toml(MIN, "sidecar.toml", &o, &env()).unwrap();
+    assert_eq!(c.inbound.unwrap().session_resumption, None);
+    let c = parse(&format!("{MIN}tls12 = true\n")).unwrap();
+    assert_eq!(
+        c.inbound.unwrap().session_resumption,
+        None,
+        "tls12 turns it off"
+    );
+    let c = parse(&format!(
+        "{MIN}tls12 = true\nsession_resumption = \"off\"\n"
+    ))
+    .unwrap();
     assert_eq!(c.inbound.unwrap().session_resumption, None);
     let e = err(&format!("{MIN}session_resumption = \"no\"\n"));
     assert!(e.contains("`no` is neither `off` nor a duration"), "{e}");

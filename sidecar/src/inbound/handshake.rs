@@ -10,7 +10,7 @@ use warden_identity::tls::{Authorize, BundleSource, SpiffeClientCertVerifier, Sv
 use warden_identity::{SvidError, TlsVerifyError};
 
 use super::Peer;
-use super::resumption::Tickets;
+use super::resumption::{Tickets, TrustEpochs};
 use crate::config::Protocol;
 use crate::lapse::Credentials;
 use crate::metrics::HandshakeFailure;
@@ -31,10 +31,14 @@ pub(crate) fn server_config(
     protocol: Protocol,
     resumption: Option<(Duration, Duration)>,
 ) -> Result<rustls::ServerConfig, rustls::Error> {
-    let verifier = Arc::new(SpiffeClientCertVerifier::new(
-        Arc::clone(&bundles),
-        Authorize::AnyTrusted,
-    ));
+    // With resumption, the verifier reads the bundles through the trust epochs, so that the
+    // tickets see every set a chain was verified against.
+    let epochs = resumption.map(|_| Arc::new(TrustEpochs::new(bundles.clone())));
+    let source: Arc<dyn BundleSource> = match &epochs {
+        Some(epochs) => Arc::clone(epochs) as Arc<dyn BundleSource>,
+        None => bundles,
+    };
+    let verifier = Arc::new(SpiffeClientCertVerifier::new(source, Authorize::AnyTrusted));
     let versions: &[&'static rustls::SupportedProtocolVersion] = if tls12 {
         &[&rustls::version::TLS13, &rustls::version::TLS12]
     } else {
@@ -47,12 +51,12 @@ pub(crate) fn server_config(
             .with_cert_resolver(resolver);
     // Never sessions kept here by id: only the bounded tickets.
     config.session_storage = Arc::new(NoServerSessionStorage {});
-    match resumption {
-        Some((lifetime, settle)) => {
-            config.ticketer = Arc::new(Tickets::new(bundles, lifetime, settle)?);
+    match (resumption, epochs) {
+        (Some((lifetime, settle)), Some(epochs)) => {
+            config.ticketer = Arc::new(Tickets::new(epochs, lifetime, settle)?);
             config.send_tls13_tickets = TICKETS_PER_HANDSHAKE;
         }
-        None => config.send_tls13_tickets = 0,
+        _ => config.send_tls13_tickets = 0,
     }
     // Our suite order (AES-128-GCM first), whatever the client prefers.
     config.ignore_client_order = true;

@@ -11,16 +11,26 @@
 //! - **the chain is still valid:** the connection's credentials carry the chain's earliest
 //!   `notAfter`, which is checked at accept and bounds the connection (see [`crate::lapse`]).
 //! - **it is recent:** a ticket is honoured for at most `inbound.session_resumption` after
-//!   the handshake that issued it (5 minutes by default), whatever the key's own life.
+//!   the handshake that issued it (5 minutes by default; rustls's key lives 6 to 12 hours).
 //!
-//! One race is closed by not issuing tickets for a while: a handshake verified against the old
-//! authorities may issue its ticket just after they change, and would tag it with the new
-//! epoch. A handshake lasts at most the handshake timeout, so no ticket is issued for that long
-//! after a change is first seen.
+//! The epoch is kept by [`TrustEpochs`], the bundle source the verifier itself reads, so every
+//! set a chain is verified against is seen (a change undone before any ticket was issued still
+//! moves the epoch twice). One race is closed by not issuing tickets for a while: a handshake
+//! verified against the old authorities may issue its ticket just after they change, and would
+//! tag it with the new epoch. A handshake lasts at most the handshake timeout, so no ticket is
+//! issued for that long after a change.
+//!
+//! A resumed handshake is issued new tickets (by rustls, as by BoringSSL and OpenSSL), so a
+//! caller that reconnects within the lifetime keeps resuming until the authorities change or
+//! its chain expires: the lifetime bounds each ticket, not the chain of them. Neither bound is
+//! weaker than a full handshake's own checks, which are the same two (the chain verifies
+//! against the authorities in force and has not expired); the caller's possession of its key
+//! was proven in the full handshake, and the PSK binder proves it holds that session's secret.
 //!
 //! Tickets are encrypted and authenticated by rustls's own ticketer (ChaCha20-Poly1305 with a
 //! random key made at start, rolled every 6 hours); the epoch and issue time sit inside the
-//! encryption. Nothing is stored per session on the server.
+//! encryption. Nothing is stored per session on the server. TLS 1.3 only: the config turns
+//! resumption off with `tls12` (a resumed TLS 1.2 session has no fresh key exchange).
 
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -33,14 +43,12 @@ use warden_identity::tls::BundleSource;
 /// The bytes put before the session inside a ticket: epoch, then issue time (Unix seconds).
 const HEADER: usize = 16;
 
-/// Issues and honours tickets by the rules of this module.
-pub(crate) struct Tickets {
-    inner: Arc<dyn ProducesTickets>,
+/// The bundles the inbound verifier reads, watched: every set handed out is noted, so a change of
+/// X.509 authorities is seen even when it is undone before any ticket is issued or presented
+/// (a chain verified under authorities that came and went must not resume under the ones that
+/// returned).
+pub(crate) struct TrustEpochs {
     source: Arc<dyn BundleSource>,
-    /// How long after issue a ticket is honoured.
-    lifetime: Duration,
-    /// How long after a change of authorities no ticket is issued (the handshake timeout).
-    settle: Duration,
     epoch: Mutex<Epoch>,
 }
 
@@ -48,9 +56,65 @@ pub(crate) struct Tickets {
 struct Epoch {
     number: u64,
     bundles: Arc<BundleSet>,
-    /// When this epoch was first seen (`None`: the first, or one that followed a set without
-    /// X.509 authorities, under which no chain verified).
-    began: Option<Instant>,
+    /// When the authorities last changed from a set that had some (`None`: never), the start
+    /// of the settle window.
+    changed: Option<Instant>,
+}
+
+impl fmt::Debug for TrustEpochs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TrustEpochs").finish_non_exhaustive()
+    }
+}
+
+impl BundleSource for TrustEpochs {
+    fn bundles(&self) -> Arc<BundleSet> {
+        let current = self.source.bundles();
+        self.note(&current, Instant::now());
+        current
+    }
+}
+
+impl TrustEpochs {
+    /// Watches `source`, whose bundles now are the first epoch's.
+    pub(crate) fn new(source: Arc<dyn BundleSource>) -> Self {
+        let bundles = source.bundles();
+        Self {
+            source,
+            epoch: Mutex::new(Epoch {
+                number: 0,
+                bundles,
+                changed: None,
+            }),
+        }
+    }
+
+    /// Notes `current` as the set in force at `now`; the epoch number and when the last change
+    /// of authorities was.
+    fn note(&self, current: &Arc<BundleSet>, now: Instant) -> (u64, Option<Instant>) {
+        let mut epoch = self.epoch.lock().unwrap_or_else(PoisonError::into_inner);
+        if !Arc::ptr_eq(current, &epoch.bundles) {
+            if !same_authorities(&epoch.bundles, current) {
+                epoch.number += 1;
+                // Under a set without X.509 authorities no chain verified: nothing to wait for.
+                if has_authorities(&epoch.bundles) {
+                    epoch.changed = Some(now);
+                }
+            }
+            epoch.bundles = Arc::clone(current);
+        }
+        (epoch.number, epoch.changed)
+    }
+}
+
+/// Issues and honours tickets by the rules of this module.
+pub(crate) struct Tickets {
+    inner: Arc<dyn ProducesTickets>,
+    epochs: Arc<TrustEpochs>,
+    /// How long after issue a ticket is honoured.
+    lifetime: Duration,
+    /// How long after a change of authorities no ticket is issued (the handshake timeout).
+    settle: Duration,
 }
 
 impl fmt::Debug for Tickets {
@@ -63,52 +127,29 @@ impl fmt::Debug for Tickets {
 }
 
 impl Tickets {
-    /// Tickets honoured for `lifetime`, with a new random key; none issued for `settle` after
-    /// the authorities of `source` change.
+    /// Tickets honoured for `lifetime`, with a new random key, in the epochs of `epochs` (the
+    /// source the verifier reads); none issued for `settle` after the authorities change.
     pub(crate) fn new(
-        source: Arc<dyn BundleSource>,
+        epochs: Arc<TrustEpochs>,
         lifetime: Duration,
         settle: Duration,
     ) -> Result<Self, rustls::Error> {
-        let inner = rustls::crypto::ring::Ticketer::new()?;
-        Ok(Self::with_ticketer(inner, source, lifetime, settle))
-    }
-
-    fn with_ticketer(
-        inner: Arc<dyn ProducesTickets>,
-        source: Arc<dyn BundleSource>,
-        lifetime: Duration,
-        settle: Duration,
-    ) -> Self {
-        let bundles = source.bundles();
-        Self {
-            inner,
-            source,
+        Ok(Self {
+            inner: rustls::crypto::ring::Ticketer::new()?,
+            epochs,
             lifetime,
             settle,
-            epoch: Mutex::new(Epoch {
-                number: 0,
-                bundles,
-                began: None,
-            }),
-        }
+        })
     }
 
     /// The epoch in force now, and whether tickets may be issued in it.
-    fn epoch(&self, now: Instant) -> (u64, bool) {
-        let current = self.source.bundles();
-        let mut epoch = self.epoch.lock().unwrap_or_else(PoisonError::into_inner);
-        if !Arc::ptr_eq(&current, &epoch.bundles) {
-            if !same_authorities(&epoch.bundles, &current) {
-                epoch.began = has_authorities(&epoch.bundles).then_some(now);
-                epoch.number += 1;
-            }
-            epoch.bundles = current;
-        }
-        let settled = epoch
-            .began
-            .is_none_or(|began| now.saturating_duration_since(began) >= self.settle);
-        (epoch.number, settled)
+    fn epoch(&self) -> (u64, bool) {
+        let now = Instant::now();
+        let current = self.epochs.source.bundles();
+        let (number, changed) = self.epochs.note(&current, now);
+        let settled =
+            changed.is_none_or(|changed| now.saturating_duration_since(changed) >= self.settle);
+        (number, settled)
     }
 }
 
@@ -122,7 +163,7 @@ impl ProducesTickets for Tickets {
     }
 
     fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
-        let (epoch, settled) = self.epoch(Instant::now());
+        let (epoch, settled) = self.epoch();
         if !settled {
             return None;
         }
@@ -137,7 +178,7 @@ impl ProducesTickets for Tickets {
         let mut tagged = self.inner.decrypt(cipher)?;
         let epoch = u64::from_le_bytes(tagged.get(..8)?.try_into().ok()?);
         let issued = u64::from_le_bytes(tagged.get(8..HEADER)?.try_into().ok()?);
-        if epoch != self.epoch(Instant::now()).0 {
+        if epoch != self.epoch().0 {
             return None;
         }
         let now = unix_secs(SystemTime::now());

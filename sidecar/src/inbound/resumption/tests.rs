@@ -10,8 +10,12 @@ use super::*;
 const MINUTE: Duration = Duration::from_secs(60);
 
 fn tickets(source: &Arc<SharedBundles>, lifetime: Duration, settle: Duration) -> Tickets {
+    Tickets::new(epochs(source), lifetime, settle).unwrap()
+}
+
+fn epochs(source: &Arc<SharedBundles>) -> Arc<TrustEpochs> {
     let source: Arc<dyn BundleSource> = Arc::clone(source) as _;
-    Tickets::new(source, lifetime, settle).unwrap()
+    Arc::new(TrustEpochs::new(source))
 }
 
 fn source(cas: &[&TestCa]) -> Arc<SharedBundles> {
@@ -158,4 +162,55 @@ fn debug_shows_no_key() {
     let shown = format!("{t:?}");
     assert!(shown.starts_with("Tickets {"), "{shown}");
     assert!(!shown.contains("key"), "{shown}");
+}
+
+/// Authorities A, then B, then A again, with no ticket issued or presented under B: a chain
+/// verified under B (the verifier reads the epochs) must not get a ticket that resumes under A.
+#[test]
+fn a_change_seen_only_by_the_verifier_and_undone_still_moves_the_epoch() {
+    let a = TestCa::new("example.org");
+    let b = TestCa::new("example.org");
+    let src = source(&[&a]);
+    let epochs = epochs(&src);
+    let t = Tickets::new(Arc::clone(&epochs), MINUTE, Duration::from_millis(300)).unwrap();
+    let before = t.encrypt(b"session").unwrap();
+    src.set(TestCa::bundle_set(&[&b]));
+    let verified_under = epochs.bundles();
+    assert_eq!(
+        verified_under
+            .get(b.trust_domain())
+            .unwrap()
+            .x509_authorities(),
+        [b.root_cert().clone()]
+    );
+    src.set(TestCa::bundle_set(&[&a]));
+    assert_eq!(
+        t.encrypt(b"session"),
+        None,
+        "the handshake verified under B may be finishing"
+    );
+    assert_eq!(
+        t.decrypt(&before),
+        None,
+        "A, B and A again are three epochs"
+    );
+}
+
+/// A, then a set without X.509 authorities, then B, all within one handshake timeout: a
+/// handshake verified under A may still be finishing under B.
+#[test]
+fn a_set_without_authorities_between_two_does_not_end_the_settle_window() {
+    let a = TestCa::new("example.org");
+    let b = TestCa::new("example.org");
+    let src = source(&[&a]);
+    let t = tickets(&src, MINUTE, MINUTE);
+    assert!(t.encrypt(b"session").is_some());
+    src.set(BundleSet::new());
+    assert_eq!(t.encrypt(b"session"), None);
+    src.set(TestCa::bundle_set(&[&b]));
+    assert_eq!(
+        t.encrypt(b"session"),
+        None,
+        "still within A's settle window"
+    );
 }
