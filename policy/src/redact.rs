@@ -37,15 +37,44 @@ pub(crate) const SECRET_PARTS: &[&str] = &[
 pub(crate) const SECRET_NAMES: &[&str] = &["key", "sig", "code", "pwd"];
 
 /// Whether a header or query parameter named `name` carries a credential.
+///
+/// Called for every header of every decision-log line, so it makes one pass over the name with
+/// no allocation: at each byte, only the parts that begin with that letter are compared (ASCII
+/// case-insensitively, as lowercasing the name first would).
 pub fn is_secret_name(name: &str) -> bool {
-    // Names are short; header names already arrive lowercase, query names may not.
-    let lower: Cow<'_, str> = if name.bytes().any(|b| b.is_ascii_uppercase()) {
-        Cow::Owned(name.to_ascii_lowercase())
-    } else {
-        Cow::Borrowed(name)
+    let bytes = name.as_bytes();
+    let is = |part: &str, at: &[u8]| {
+        at.get(..part.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(part.as_bytes()))
     };
-    SECRET_NAMES.contains(&lower.as_ref()) || SECRET_PARTS.iter().any(|p| lower.contains(p))
+    if SECRET_NAMES
+        .iter()
+        .any(|whole| is(whole, bytes) && whole.len() == bytes.len())
+    {
+        return true;
+    }
+    (0..bytes.len()).any(|i| {
+        let at = bytes.get(i..).unwrap_or_default();
+        let first = at.first().map_or(0, u8::to_ascii_lowercase);
+        PART_STARTS.get(usize::from(first)) == Some(&true)
+            && SECRET_PARTS
+                .iter()
+                .any(|part| part.as_bytes().first() == Some(&first) && is(part, at))
+    })
 }
+
+/// Which (lowercase) bytes begin a part of [`SECRET_PARTS`].
+// Evaluated at compile time: a `u8` indexes 256 entries, and an empty part fails the build.
+#[allow(clippy::indexing_slicing)]
+const PART_STARTS: [bool; 256] = {
+    let mut starts = [false; 256];
+    let mut i = 0;
+    while i < SECRET_PARTS.len() {
+        starts[SECRET_PARTS[i].as_bytes()[0] as usize] = true;
+        i += 1;
+    }
+    starts
+};
 
 /// `query` with the value of every secret parameter replaced by [`REDACTED`]; borrowed when
 /// nothing is secret.
@@ -101,7 +130,47 @@ fn secret_param(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// The rule as stated: lowercased, one of the names or containing one of the parts.
+    fn by_definition(name: &str) -> bool {
+        let lower = name.to_ascii_lowercase();
+        SECRET_NAMES.contains(&lower.as_str()) || SECRET_PARTS.iter().any(|p| lower.contains(p))
+    }
+
+    proptest! {
+        #[test]
+        fn the_one_pass_check_is_the_rule(
+            name in "[a-zA-Z_\\-]{0,4}(AUTH|Token|secrET|passw|cookie|session|credential|\
+                      signature|api-key|API_KEY|apikey|private|jwt|assertion|api|key|sig|code|\
+                      pwd|ses|jw|to|x|é)?[a-zA-Z_\\-é]{0,6}"
+        ) {
+            prop_assert_eq!(is_secret_name(&name), by_definition(&name), "{}", name);
+        }
+    }
+
+    #[test]
+    fn every_part_and_name_is_found_in_any_case_and_position() {
+        for part in SECRET_PARTS.iter().chain(SECRET_NAMES) {
+            for name in [
+                part.to_string(),
+                part.to_ascii_uppercase(),
+                format!("x-{part}"),
+                format!("{part}-x"),
+            ] {
+                assert_eq!(is_secret_name(&name), by_definition(&name), "{name}");
+            }
+            assert!(is_secret_name(part), "{part}");
+        }
+        // A part cut short at the end of the name is no part.
+        for name in [
+            "x-aut", "x-toke", "api-ke", "api_k", "apike", "jw", "passw0",
+        ] {
+            assert_eq!(is_secret_name(name), by_definition(name), "{name}");
+        }
+    }
 
     #[test]
     fn credential_names_are_secret_and_ordinary_ones_are_not() {
