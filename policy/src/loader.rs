@@ -16,6 +16,7 @@ use crate::source::{Location, SourceFile, statement_starts};
 
 mod entities;
 mod links;
+mod workload_ids;
 
 use entities::{parse_entities, unauthenticated, with_actions};
 use links::link;
@@ -361,6 +362,7 @@ fn parse_policy_file(
         let Some(id) = claim(p.annotation("id"), offset, problems) else {
             continue;
         };
+        report_workload_ids(p.to_json(), file, offset, problems);
         let kind = PolicyKind::Static;
         info.insert(
             id.clone(),
@@ -382,6 +384,7 @@ fn parse_policy_file(
         let Some(id) = claim(t.annotation("id"), offset, problems) else {
             continue;
         };
+        report_workload_ids(t.to_json(), file, offset, problems);
         info.insert(
             id.clone(),
             PolicyInfo {
@@ -394,6 +397,29 @@ fn parse_policy_file(
         if let Err(e) = set.add_template(t.new_id(id)) {
             problems.push(Problem::at(file, offset, e.to_string(), None));
         }
+    }
+}
+
+/// Reports the workload ids a policy or template (in Cedar's JSON form) names that are not
+/// canonical SPIFFE IDs ([`workload_ids`]).
+fn report_workload_ids<E: std::fmt::Display>(
+    json: Result<serde_json::Value, E>,
+    file: &SourceFile,
+    offset: usize,
+    problems: &mut Vec<Problem>,
+) {
+    match json {
+        Ok(json) => {
+            for message in workload_ids::problems_in(&json) {
+                problems.push(Problem::at(file, offset, message, None));
+            }
+        }
+        Err(e) => problems.push(Problem::at(
+            file,
+            offset,
+            format!("cannot read the policy's entities: {e}"),
+            None,
+        )),
     }
 }
 

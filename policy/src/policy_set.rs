@@ -19,7 +19,7 @@ use crate::error::LoadError;
 use crate::eval::{self, CandidateList, Compiled, Evaluated};
 use crate::index::{Scope, ScopeIndex};
 use crate::loader::{Loaded, PolicyInfo, load};
-use crate::model::{Types, UNAUTHENTICATED_ID};
+use crate::model::{ACTION_TYPE, Types, UNAUTHENTICATED_ID};
 use crate::request::{Caller, Operation, Request, RequestError};
 
 /// Most cached (caller, resource) pairs; past it the cache starts over.
@@ -96,7 +96,13 @@ impl PolicySet {
             .map(|p| (p.id().clone(), Arc::new(Compiled::new(p))))
             .collect();
         let mut actions = HashMap::new();
-        for uid in loaded.schema.actions() {
+        // Requests name `Mesh::Action`s by id: an action of another namespace with the same id
+        // (`Other::Action::"GET"`) must not stand for one.
+        for uid in loaded
+            .schema
+            .actions()
+            .filter(|uid| uid.type_name().to_string() == ACTION_TYPE)
+        {
             let ancestors = loaded
                 .entities
                 .ancestors(uid)

@@ -4,11 +4,12 @@
 //! signature (as Envoy's and Istio's access-log guidance asks). `warden policy diff` replays a
 //! redacted value as [`REDACTED`](crate::REDACTED).
 //!
-//! A name is secret when, lowercased, it is one of [`SECRET_NAMES`] or contains one of
-//! [`SECRET_PARTS`]: `authorization`, `x-auth-token`, `x-amz-security-token`, `set-cookie`,
-//! `client_secret`, `api_key`, `X-Amz-Signature`, `x-goog-iap-jwt-assertion`,
-//! `client_assertion`, `password` and `key` are; `x-request-id`,
-//! `keyword`, `page` and `accept` are not.
+//! A name is secret when, lowercased, it is one of [`SECRET_NAMES`], ends with
+//! [`SECRET_SUFFIX`] (`key`) or contains one of [`SECRET_PARTS`]: `authorization`,
+//! `x-auth-token`, `x-amz-security-token`, `set-cookie`, `client_secret`, `api_key`,
+//! `x-functions-key`, `X-Amz-Signature`, `x-goog-iap-jwt-assertion`, `client_assertion`,
+//! `password`, `pass`, `dpop` and `key` are; `x-request-id`, `keyword`, `keys`, `page` and
+//! `accept` are not. Query parameters are split on `&` and `;`.
 
 use std::borrow::Cow;
 
@@ -34,7 +35,11 @@ pub(crate) const SECRET_PARTS: &[&str] = &[
 
 /// Whole names that carry a credential though they contain no part above (query parameters of
 /// API-key schemes, pre-signed URLs).
-pub(crate) const SECRET_NAMES: &[&str] = &["key", "sig", "code", "pwd"];
+pub(crate) const SECRET_NAMES: &[&str] = &["key", "sig", "code", "pwd", "pass", "dpop"];
+
+/// An ending that marks a name as carrying a credential (`x-functions-key`,
+/// `ocp-apim-subscription-key`, `access_key`, `x-access-key`).
+pub(crate) const SECRET_SUFFIX: &str = "key";
 
 /// Whether a header or query parameter named `name` carries a credential.
 ///
@@ -51,6 +56,13 @@ pub fn is_secret_name(name: &str) -> bool {
         .iter()
         .any(|whole| is(whole, bytes) && whole.len() == bytes.len())
     {
+        return true;
+    }
+    let suffix = bytes
+        .len()
+        .checked_sub(SECRET_SUFFIX.len())
+        .and_then(|start| bytes.get(start..));
+    if suffix.is_some_and(|end| is(SECRET_SUFFIX, end)) {
         return true;
     }
     (0..bytes.len()).any(|i| {
@@ -77,20 +89,23 @@ const PART_STARTS: [bool; 256] = {
 };
 
 /// `query` with the value of every secret parameter replaced by [`REDACTED`]; borrowed when
-/// nothing is secret.
+/// nothing is secret. Parameters are separated by `&` or `;` (some apps split on either).
 pub fn redact_query(query: &str) -> Cow<'_, str> {
+    let separators = ['&', ';'];
     let secret = |pair: &str| secret_param(pair.split_once('=').map_or(pair, |(name, _)| name));
     if !query
-        .split('&')
+        .split(separators)
         .any(|pair| pair.contains('=') && secret(pair))
     {
         return Cow::Borrowed(query);
     }
     let mut out = String::with_capacity(query.len());
-    for (i, pair) in query.split('&').enumerate() {
-        if i > 0 {
-            out.push('&');
-        }
+    let mut rest = query;
+    loop {
+        let (pair, next) = match rest.find(separators) {
+            Some(at) => (rest.get(..at).unwrap_or_default(), rest.get(at..)),
+            None => (rest, None),
+        };
         match pair.split_once('=') {
             Some((name, _)) if secret_param(name) => {
                 out.push_str(name);
@@ -99,6 +114,13 @@ pub fn redact_query(query: &str) -> Cow<'_, str> {
             }
             _ => out.push_str(pair),
         }
+        let Some(next) = next else { break };
+        // The separator itself, then what follows it.
+        let mut chars = next.chars();
+        if let Some(separator) = chars.next() {
+            out.push(separator);
+        }
+        rest = chars.as_str();
     }
     Cow::Owned(out)
 }
@@ -137,7 +159,9 @@ mod tests {
     /// The rule as stated: lowercased, one of the names or containing one of the parts.
     fn by_definition(name: &str) -> bool {
         let lower = name.to_ascii_lowercase();
-        SECRET_NAMES.contains(&lower.as_str()) || SECRET_PARTS.iter().any(|p| lower.contains(p))
+        SECRET_NAMES.contains(&lower.as_str())
+            || lower.ends_with(SECRET_SUFFIX)
+            || SECRET_PARTS.iter().any(|p| lower.contains(p))
     }
 
     proptest! {
@@ -195,6 +219,13 @@ mod tests {
             "x-goog-iap-jwt-assertion",
             "x-jwt-assertion",
             "client_assertion",
+            "ocp-apim-subscription-key",
+            "x-functions-key",
+            "x-access-key",
+            "access_key",
+            "subscription-key",
+            "pass",
+            "DPoP",
         ] {
             assert!(is_secret_name(name), "{name}");
         }
@@ -204,6 +235,8 @@ mod tests {
             "host",
             "user-agent",
             "keyword",
+            "keys",
+            "passage",
             "page",
             "id",
             "content-type",
@@ -224,6 +257,12 @@ mod tests {
             "a=1&access_token=<redacted>&key=<redacted>&X-Amz-Signature=<redacted>&b="
         );
         assert_eq!(redact_query("password="), "password=<redacted>");
+        // `;` separates parameters too, and each separator is kept as it was.
+        assert_eq!(
+            redact_query("a=1;access_token=x&b=2;pass=p"),
+            "a=1;access_token=<redacted>&b=2;pass=<redacted>"
+        );
+        assert!(matches!(redact_query("a=1;b=2&c"), Cow::Borrowed(_)));
     }
 
     #[test]

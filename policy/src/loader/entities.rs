@@ -1,11 +1,10 @@
 //! `entities.json`: teams, environments, services and workload memberships; plus the action
 //! entities of the schema and the one unauthenticated principal.
 
+use std::collections::HashSet;
 use std::path::Path;
-use std::str::FromStr;
 
 use cedar_policy as cedar;
-use warden_identity::SpiffeId;
 
 use super::line_col_offset;
 use crate::error::{Problem, from_diagnostic};
@@ -77,7 +76,18 @@ pub(super) fn parse_entities(
         ));
         return None;
     };
+    // The workloads given their derived parents and attributes below, by id.
+    let mut workloads = HashSet::new();
     for entry in list.iter_mut() {
+        // Cedar also reads a uid written `{"__entity": {"type": …, "id": …}}`: one form here.
+        if let Some(inner) = entry
+            .get_mut("uid")
+            .and_then(|uid| uid.get_mut("__entity"))
+            .map(serde_json::Value::take)
+            && let Some(obj) = entry.as_object_mut()
+        {
+            obj.insert("uid".to_owned(), inner);
+        }
         let Some(uid) = entry.get("uid") else {
             continue;
         };
@@ -90,18 +100,14 @@ pub(super) fn parse_entities(
             .unwrap_or_default()
             .to_owned();
         let offset = file.text().find(&format!("\"{raw_id}\"")).unwrap_or(0);
-        let id = match SpiffeId::from_str(&raw_id) {
+        let id = match super::workload_ids::canonical(&raw_id) {
             Ok(id) => id,
             Err(e) => {
-                problems.push(Problem::at(
-                    file,
-                    offset,
-                    format!("workload id `{raw_id}` is not a spiffe id: {e}"),
-                    None,
-                ));
+                problems.push(Problem::at(file, offset, e, None));
                 continue;
             }
         };
+        workloads.insert(raw_id);
         if let Some(obj) = entry.as_object_mut() {
             obj.insert(
                 "attrs".to_owned(),
@@ -126,6 +132,28 @@ pub(super) fn parse_entities(
             return None;
         }
     };
+    // A workload Cedar read in a form the loop above did not see would lack its derived parents
+    // (its trust domain and namespaces) and keep whatever attributes it was written with.
+    let unseen: Vec<String> = entities
+        .iter()
+        .map(cedar::Entity::uid)
+        .filter(|uid| uid.type_name().to_string() == WORKLOAD_TYPE)
+        .map(|uid| uid.id().unescaped().to_owned())
+        .filter(|id| !workloads.contains(id))
+        .collect();
+    for id in unseen {
+        let offset = file.text().find(&id).unwrap_or(0);
+        problems.push(Problem::at(
+            file,
+            offset,
+            format!(
+                "workload `{id}` is written in a form Warden does not read: write its uid as \
+                 {{\"type\": \"{WORKLOAD_TYPE}\", \"id\": \"spiffe://…\"}}"
+            ),
+            None,
+        ));
+    }
+
     let entities = if entities.get(&unauthenticated(types).uid()).is_none() {
         match entities.add_entities([unauthenticated(types)], Some(schema)) {
             Ok(e) => e,

@@ -7,6 +7,7 @@ use cedar_policy as cedar;
 
 use super::{PolicyInfo, PolicyKind, line_col_offset};
 use crate::error::Problem;
+use crate::model::WORKLOAD_TYPE;
 use crate::source::{Location, SourceFile};
 
 #[derive(Debug, serde::Deserialize)]
@@ -66,6 +67,7 @@ pub(super) fn link(
             continue;
         };
         let mut values = HashMap::new();
+        let mut broken = false;
         for (slot, value) in &l.values {
             let slot_id = match slot.as_str() {
                 "?principal" => cedar::SlotId::principal(),
@@ -76,16 +78,34 @@ pub(super) fn link(
                 }
             };
             match cedar::EntityUid::from_str(value) {
+                Ok(uid)
+                    if uid.type_name().to_string() == WORKLOAD_TYPE
+                        && let Err(e) = super::workload_ids::canonical(uid.id().unescaped()) =>
+                {
+                    broken = true;
+                    problems.push(Problem::at(
+                        file,
+                        offset,
+                        format!("link `{}`: {e}", l.id),
+                        None,
+                    ));
+                }
                 Ok(uid) => {
                     values.insert(slot_id, uid);
                 }
-                Err(e) => problems.push(Problem::at(
-                    file,
-                    offset,
-                    format!("link `{}`: `{value}` is not an entity uid: {e}", l.id),
-                    None,
-                )),
+                Err(e) => {
+                    broken = true;
+                    problems.push(Problem::at(
+                        file,
+                        offset,
+                        format!("link `{}`: `{value}` is not an entity uid: {e}", l.id),
+                        None,
+                    ));
+                }
             }
+        }
+        if broken {
+            continue;
         }
         let id = cedar::PolicyId::new(&l.id);
         match set.link(template_id, id.clone(), values) {

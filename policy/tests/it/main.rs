@@ -12,3 +12,4 @@ mod differential;
 mod load;
 mod reload;
 mod support;
+mod workload_ids;
