@@ -183,10 +183,7 @@ fn read_files(dir: &Path, problems: &mut Vec<Problem>) -> Result<Files, LoadErro
             .and_then(|e| e.to_str())
             .unwrap_or_default()
             .to_owned();
-        let wanted = matches!(ext.as_str(), "cedar" | "cedarschema")
-            || name == ENTITIES_FILE
-            || name == LINKS_FILE;
-        if !wanted || !path.is_file() {
+        if !is_set_file(&path) {
             continue;
         }
         let text = match std::fs::read(&path).map(String::from_utf8) {
@@ -240,27 +237,51 @@ fn read_files(dir: &Path, problems: &mut Vec<Problem>) -> Result<Files, LoadErro
     Ok(files)
 }
 
+/// Whether `path` is a file a load reads: a `.cedar` or `.cedarschema` file, `entities.json` or
+/// `links.json` (following symlinks). Other files of the directory are ignored.
+pub(crate) fn is_set_file(path: &Path) -> bool {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or_default();
+    let wanted =
+        matches!(ext, "cedar" | "cedarschema") || name == ENTITIES_FILE || name == LINKS_FILE;
+    wanted && path.is_file()
+}
+
 /// The set's version: SHA-256 over every file's name and content, in name order.
 fn digest(files: &Files) -> String {
-    let mut hasher = Sha256::new();
     let all = files
         .schema
         .iter()
         .chain(&files.policies)
         .chain(&files.entities)
         .chain(&files.links);
-    let mut all: Vec<&SourceFile> = all.collect();
-    all.sort_by(|a, b| a.path().file_name().cmp(&b.path().file_name()));
-    for f in all {
+    version_of(all.map(|f| {
         let name = f
             .path()
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        (name, f.text().as_bytes())
+    }))
+}
+
+/// SHA-256 over `(file name, content)` pairs, in name order: the version of a set loaded from
+/// exactly these files.
+pub(crate) fn version_of<'a>(files: impl IntoIterator<Item = (String, &'a [u8])>) -> String {
+    let mut all: Vec<(String, &[u8])> = files.into_iter().collect();
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut hasher = Sha256::new();
+    for (name, content) in all {
         hasher.update((name.len() as u64).to_be_bytes());
         hasher.update(name.as_bytes());
-        hasher.update((f.text().len() as u64).to_be_bytes());
-        hasher.update(f.text().as_bytes());
+        hasher.update((content.len() as u64).to_be_bytes());
+        hasher.update(content);
     }
     format!("sha256:{}", hex::encode(hasher.finalize()))
 }

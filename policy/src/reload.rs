@@ -1,17 +1,25 @@
 //! Hot reload: an [`Engine`] holds the policy set in force and swaps in a new one atomically
 //! when its directory changes and the new set loads and validates. A set that fails keeps the
 //! old one in force, and the log says why. Every decision uses one set from start to end.
+//!
+//! A change is noticed by content, not by size and modification time: every poll hashes the files
+//! a load reads, the way the set's version is computed, so an edit that keeps the size within
+//! one tick of the file system's clock is seen too. A set is put in force only if the files did
+//! not change while they were read: the directory is hashed before and after the load, and both
+//! must equal the loaded set's version. Otherwise (a file saved by truncating and then writing,
+//! read between the two) nothing changes and the next poll tries again.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
 use crate::decision::Decision;
 use crate::error::LoadError;
+use crate::loader::{is_set_file, version_of};
 use crate::policy_set::PolicySet;
 use crate::request::Request;
 
@@ -37,14 +45,18 @@ pub enum Reload {
         /// The version now in force.
         new: String,
     },
+    /// The files changed while they were read (a save in progress): the set in force stays, and
+    /// a watching engine tries again at its next poll.
+    Unsettled,
 }
 
 #[derive(Debug)]
 struct Inner {
     dir: PathBuf,
     current: ArcSwap<PolicySet>,
-    /// File names, sizes and modification times seen at the last attempt.
-    seen: Mutex<Vec<(PathBuf, u64, Option<SystemTime>)>>,
+    /// The directory's [`fingerprint`] after the last attempt; `None` when the next poll must
+    /// reload whatever it finds (the last attempt read files that were changing).
+    seen: Mutex<Option<String>>,
 }
 
 // === impl Engine ===
@@ -52,8 +64,12 @@ struct Inner {
 impl Engine {
     /// Loads `dir`; the engine does not watch it (call [`Engine::reload`] to pick up changes).
     pub fn new(dir: &Path) -> Result<Self, LoadError> {
-        let seen = fingerprint(dir);
+        let before = fingerprint(dir);
         let set = PolicySet::load(dir)?;
+        let after = fingerprint(dir);
+        // A set read while it changed is still the best there is at start; a watcher replaces it
+        // at its first poll.
+        let seen = settled(&before, Some(set.version()), &after).then_some(after);
         let inner = Inner {
             dir: dir.to_owned(),
             current: ArcSwap::from_pointee(set),
@@ -89,11 +105,9 @@ impl Engine {
                     if flag.load(Ordering::Acquire) {
                         break;
                     }
-                    let now = fingerprint(&inner.dir);
-                    let changed = inner.seen.lock().map(|seen| *seen != now).unwrap_or(true);
-                    if changed {
+                    if let Some(result) = inner.poll() {
                         // Errors are logged by `reload`; the old set stays in force.
-                        on_reload(&inner.reload());
+                        on_reload(&result);
                     }
                 }
             })
@@ -118,7 +132,8 @@ impl Engine {
     }
 
     /// Reloads the directory now. On error the old set stays in force and the error is logged
-    /// and returned.
+    /// and returned. [`Reload::Unsettled`] means a file changed while the set was read: call
+    /// again (a watching engine does at its next poll).
     pub fn reload(&self) -> Result<Reload, LoadError> {
         self.inner.reload()
     }
@@ -142,13 +157,45 @@ impl Drop for Engine {
 // === impl Inner ===
 
 impl Inner {
+    /// One poll of the watcher: reloads if the directory's content differs from what the last
+    /// attempt saw (or that attempt was unsettled), and says what the reload did.
+    fn poll(&self) -> Option<Result<Reload, LoadError>> {
+        let now = fingerprint(&self.dir);
+        let changed = self
+            .seen
+            .lock()
+            .map(|seen| seen.as_deref() != Some(now.as_str()))
+            .unwrap_or(true);
+        changed.then(|| self.reload())
+    }
+
     fn reload(&self) -> Result<Reload, LoadError> {
-        let seen = fingerprint(&self.dir);
-        if let Ok(mut last) = self.seen.lock() {
-            *last = seen;
-        }
+        self.reload_checked(|| {})
+    }
+
+    /// [`Inner::reload`], running `between` after the load and before the second look at the
+    /// directory (tests change files there).
+    fn reload_checked(&self, between: impl FnOnce()) -> Result<Reload, LoadError> {
+        let before = fingerprint(&self.dir);
+        let loaded = PolicySet::load(&self.dir);
+        between();
+        let after = fingerprint(&self.dir);
+        let version = loaded.as_ref().ok().map(PolicySet::version);
         let old = self.current.load().version().to_owned();
-        match PolicySet::load(&self.dir) {
+        if !settled(&before, version, &after) {
+            if let Ok(mut last) = self.seen.lock() {
+                *last = None;
+            }
+            tracing::info!(
+                policy.version = %old,
+                "policy files changed while they were read; the set in force stays until they settle"
+            );
+            return Ok(Reload::Unsettled);
+        }
+        if let Ok(mut last) = self.seen.lock() {
+            *last = Some(after);
+        }
+        match loaded {
             Ok(set) if set.version() == old => Ok(Reload::Unchanged),
             Ok(set) => {
                 let new = set.version().to_owned();
@@ -168,16 +215,137 @@ impl Inner {
     }
 }
 
-fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
-    let mut out: Vec<_> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-        .filter_map(|e| {
-            let meta = e.metadata().ok()?;
-            Some((e.path(), meta.len(), meta.modified().ok()))
+/// Whether a load is of files that did not change while they were read: the directory looked the
+/// same before and after, and (when the load succeeded) the set's version is that content.
+fn settled(before: &str, loaded_version: Option<&str>, after: &str) -> bool {
+    before == after && loaded_version.is_none_or(|v| v == after)
+}
+
+/// The content of the files a load reads, hashed as the set's version is: equal to the version
+/// of a set loaded from them (unless one is unreadable or not UTF-8, which a load refuses).
+fn fingerprint(dir: &Path) -> String {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return "unreadable directory".to_owned();
+    };
+    let files = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| is_set_file(p))
+        .map(|p| {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            // An unreadable file counts by its error, so that becoming readable is a change.
+            let content = std::fs::read(&p).unwrap_or_else(|e| format!("{e}").into_bytes());
+            (name, content)
         })
-        .collect();
-    out.sort();
-    out
+        .collect::<Vec<_>>();
+    version_of(files.iter().map(|(n, c)| (n.clone(), c.as_slice())))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::request::{Caller, Operation};
+
+    const PERMIT: &str = "@id(\"allow-all\")\npermit(principal, action, resource);\n";
+    const FORBID: &str = "@id(\"deny-all\")\nforbid(principal, action, resource);\n";
+
+    fn dir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let schema = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/mesh.cedarschema");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(schema, dir.path().join("mesh.cedarschema")).unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        dir
+    }
+
+    fn get() -> Request<'static> {
+        Request {
+            caller: Caller::Spiffe("spiffe://example.org/ns/prod/sa/a"),
+            operation: Operation::Http("GET"),
+            resource: "api",
+            path: "/",
+            query: "",
+            headers: &[],
+            source: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            tls: None,
+            time: SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn only_a_load_of_files_that_did_not_change_is_settled() {
+        assert!(settled("a", Some("a"), "a"));
+        // An invalid set read from files that did not change: its error stands.
+        assert!(settled("a", None, "a"));
+        // Changed between the first look and the load, after the load, or there and back.
+        assert!(!settled("a", Some("b"), "b"));
+        assert!(!settled("a", Some("a"), "b"));
+        assert!(!settled("a", Some("b"), "a"));
+        assert!(!settled("a", None, "b"));
+    }
+
+    #[test]
+    fn the_fingerprint_of_a_valid_directory_is_its_version() {
+        let dir = dir_with(&[("allow.cedar", PERMIT), ("notes.txt", "ignored")]);
+        let set = PolicySet::load(dir.path()).unwrap();
+        assert_eq!(fingerprint(dir.path()), set.version());
+    }
+
+    /// `cp new.cedar baseline.cedar` truncates and then writes; a load between the two read an
+    /// empty file, a valid set without the forbid. It must not be put in force.
+    #[test]
+    fn a_set_read_while_a_file_was_being_saved_is_not_put_in_force() {
+        let dir = dir_with(&[("allow.cedar", PERMIT), ("baseline.cedar", FORBID)]);
+        let engine = Engine::new(dir.path()).unwrap();
+        let old = engine.current().version().to_owned();
+        let baseline = dir.path().join("baseline.cedar");
+        std::fs::write(&baseline, "").unwrap();
+        let saved = format!("// quarantine everything\n{FORBID}");
+        let result = engine
+            .inner
+            .reload_checked(|| std::fs::write(&baseline, &saved).unwrap());
+        assert_eq!(result.unwrap(), Reload::Unsettled);
+        assert_eq!(engine.current().version(), old);
+        assert!(!engine.decide(&get()).is_allowed());
+
+        // The next poll reloads even though nothing changed since, and finds the whole file.
+        let Some(Ok(Reload::Replaced { new, .. })) = engine.inner.poll() else {
+            panic!("the next poll did not reload");
+        };
+        assert_eq!(new, PolicySet::load(dir.path()).unwrap().version());
+        let d = engine.decide(&get());
+        assert_eq!(
+            (d.is_allowed(), d.policy_ids()),
+            (false, &["deny-all".to_owned()][..])
+        );
+        assert!(engine.inner.poll().is_none());
+    }
+
+    /// An edit of the same size with the same modification time (within one tick of the file
+    /// system's clock, or a restored mtime) is still a change.
+    #[test]
+    fn an_edit_keeping_size_and_mtime_is_reloaded() {
+        let dir = dir_with(&[("set.cedar", PERMIT)]);
+        let engine = Engine::new(dir.path()).unwrap();
+        let path = dir.path().join("set.cedar");
+        let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+        let edited = PERMIT.replace("allow-all", "allow-any");
+        assert_eq!(edited.len(), PERMIT.len());
+        std::fs::write(&path, &edited).unwrap();
+        let file = std::fs::File::options().write(true).open(&path).unwrap();
+        file.set_modified(mtime).unwrap();
+        drop(file);
+        assert_eq!(std::fs::metadata(&path).unwrap().modified().unwrap(), mtime);
+
+        let Some(Ok(Reload::Replaced { .. })) = engine.inner.poll() else {
+            panic!("the edit was not reloaded");
+        };
+        assert_eq!(engine.decide(&get()).policy_ids(), ["allow-any"]);
+    }
 }

@@ -52,7 +52,7 @@ impl Sidecar {
             Some(_) => {
                 let metrics = Arc::clone(&metrics);
                 let on_reload = move |r: &Result<Reload, LoadError>| match r {
-                    Ok(Reload::Unchanged) => {}
+                    Ok(Reload::Unchanged | Reload::Unsettled) => {}
                     Ok(Reload::Replaced { .. }) => metrics.policy_reload(true),
                     Err(_) => metrics.policy_reload(false),
                 };
