@@ -123,6 +123,27 @@ fn test_prints_each_failing_case_and_exits_2() {
 }
 
 #[test]
+fn test_fails_a_case_whose_request_is_malformed_unless_it_expects_the_error() {
+    let dir = copy_of_shipped();
+    std::fs::write(
+        dir.path().join("extra.test.toml"),
+        "[[case]]\nname = \"typo in the scheme\"\nprincipal = \"spifee://example.org/ns/prod/sa/frontend\"\naction = \"GET\"\nresource = \"api\"\nexpect = \"deny\"\n\n\
+         [[case]]\nname = \"typo in the method, on purpose\"\nprincipal = \"spiffe://example.org/ns/prod/sa/frontend\"\naction = \"PSOT\"\nresource = \"api\"\nexpect = \"deny\"\nexpect_error = \"no action in the schema\"\n",
+    )
+    .unwrap();
+    let (code, out, _err) = run(&["policy", "test", s(dir.path())]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("FAIL typo in the scheme"), "{out}");
+    assert!(
+        out.contains("got:      deny by [], request error")
+            && out.contains("error:    caller `spifee://example.org/ns/prod/sa/frontend`"),
+        "{out}"
+    );
+    assert!(!out.contains("FAIL typo in the method"), "{out}");
+    assert!(out.contains(" passed, 1 failed"), "{out}");
+}
+
+#[test]
 fn test_reports_a_malformed_test_file_with_its_line() {
     let dir = copy_of_shipped();
     std::fs::write(

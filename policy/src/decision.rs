@@ -20,6 +20,9 @@ pub struct Decision {
     outcome: Outcome,
     policy_ids: Vec<String>,
     errors: Vec<String>,
+    /// Whether the request could not be built, so no policy was evaluated (`errors` is then
+    /// that one error).
+    request_error: bool,
     eval_time: Duration,
     version: Arc<str>,
 }
@@ -56,6 +59,19 @@ impl Decision {
             outcome,
             policy_ids,
             errors,
+            request_error: false,
+            eval_time,
+            version,
+        }
+    }
+
+    /// A deny because the request could not be built (see [`Decision::request_error`]).
+    pub(crate) fn malformed(error: String, eval_time: Duration, version: Arc<str>) -> Self {
+        Self {
+            outcome: Outcome::Deny,
+            policy_ids: Vec::new(),
+            errors: vec![error],
+            request_error: true,
             eval_time,
             version,
         }
@@ -80,6 +96,18 @@ impl Decision {
     /// Evaluation and request errors, each naming its policy where there is one, sorted.
     pub fn errors(&self) -> &[String] {
         &self.errors
+    }
+
+    /// Why the request itself could not be decided (a caller that is not a SPIFFE ID, a method
+    /// with no action in the schema, a malformed gRPC path, a request the schema rejects): it
+    /// was denied without evaluating any policy. The same text is in [`Decision::errors`];
+    /// `None` when the policies decided (even if some of them errored).
+    pub fn request_error(&self) -> Option<&str> {
+        if self.request_error {
+            self.errors.first().map(String::as_str)
+        } else {
+            None
+        }
     }
 
     /// Time from the request's parts to this decision.

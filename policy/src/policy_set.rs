@@ -171,7 +171,10 @@ impl PolicySet {
         let start = Instant::now();
         let (outcome, ids, errors) = match self.evaluate(request, evaluation) {
             Ok(result) => result,
-            Err(e) => (Outcome::Deny, Vec::new(), vec![e.to_string()]),
+            Err(e) => {
+                let version = Arc::clone(&self.version);
+                return Decision::malformed(e.to_string(), start.elapsed(), version);
+            }
         };
         Decision::new(
             outcome,

@@ -1,6 +1,7 @@
 //! Policy tests: `*.test.toml` files next to the policies, each a list of named cases (a request
-//! and the expected decision, optionally the expected determining policy ids). See
-//! `policies/README.md` for the format.
+//! and the expected decision, optionally the expected determining policy ids). A case whose
+//! request cannot be built (a caller that is not a SPIFFE ID, a method with no action) fails,
+//! whatever it expects, unless it says `expect_error`. See `policies/README.md` for the format.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -46,6 +47,9 @@ struct TestCase {
     expect: Outcome,
     #[serde(default)]
     policies: Option<Vec<String>>,
+    /// The request is meant to be malformed: a part of the error it must be denied with.
+    #[serde(default)]
+    expect_error: Option<String>,
 }
 
 /// The result of one case.
@@ -55,6 +59,7 @@ pub struct CaseResult {
     name: String,
     expected: Outcome,
     expected_policies: Option<Vec<String>>,
+    expected_error: Option<String>,
     decision: Decision,
 }
 
@@ -87,14 +92,27 @@ impl CaseResult {
         self.expected_policies.as_deref()
     }
 
+    /// The part of a request error the case expects (`expect_error`), if it expects one.
+    pub fn expected_error(&self) -> Option<&str> {
+        self.expected_error.as_deref()
+    }
+
     /// What the policy set decided.
     pub fn decision(&self) -> &Decision {
         &self.decision
     }
 
-    /// Whether the decision matches the expectation.
+    /// Whether the decision matches the expectation. A request that could not be built (see
+    /// [`Decision::request_error`]) fails the case unless the case expects that error; a case
+    /// that expects one fails when the request was decided by the policies.
     pub fn passed(&self) -> bool {
-        self.decision.outcome() == self.expected
+        let error_as_expected = match (&self.expected_error, self.decision.request_error()) {
+            (None, None) => true,
+            (Some(want), Some(got)) => got.contains(want.as_str()),
+            (None, Some(_)) | (Some(_), None) => false,
+        };
+        error_as_expected
+            && self.decision.outcome() == self.expected
             && self.expected_policies.as_ref().is_none_or(|p| {
                 let mut want = p.clone();
                 want.sort();
@@ -209,6 +227,7 @@ pub fn run_tests(set: &PolicySet, dir: &Path) -> Result<TestReport, LoadError> {
                 name: case.name.into_inner(),
                 expected: case.expect,
                 expected_policies: case.policies,
+                expected_error: case.expect_error,
                 decision,
             });
         }
@@ -239,5 +258,119 @@ impl TestCase {
             tls_version: self.tls_version.clone(),
             time: self.time.as_ref().map(|t| t.get_ref().clone()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICIES: &str = "@id(\"reads\")\npermit(principal, action in Mesh::Action::\"read\", resource);\n\
+        @id(\"no-delete\")\nforbid(principal, action == Mesh::Action::\"DELETE\", resource) when { 9223372036854775807 + 1 > 0 };\n";
+
+    /// Runs one test file against [`POLICIES`] and returns each case's name and whether it passed.
+    fn run(cases: &str) -> Vec<(String, bool)> {
+        let schema = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/mesh.cedarschema");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(schema, dir.path().join("mesh.cedarschema")).unwrap();
+        std::fs::write(dir.path().join("a.cedar"), POLICIES).unwrap();
+        std::fs::write(dir.path().join("a.test.toml"), cases).unwrap();
+        let set = PolicySet::load(dir.path()).unwrap();
+        let report = run_tests(&set, dir.path()).unwrap();
+        report
+            .results()
+            .iter()
+            .map(|r| (r.name().to_owned(), r.passed()))
+            .collect()
+    }
+
+    fn case(name: &str, principal: &str, action: &str, rest: &str) -> String {
+        format!(
+            "[[case]]\nname = \"{name}\"\nprincipal = \"{principal}\"\naction = \"{action}\"\nresource = \"api\"\n{rest}\n"
+        )
+    }
+
+    const WORKLOAD: &str = "spiffe://example.org/ns/prod/sa/web";
+
+    #[test]
+    fn a_request_that_cannot_be_built_fails_a_case_expecting_deny() {
+        let cases = [
+            case(
+                "typo in the scheme",
+                "spifee://example.org/ns/prod/sa/web",
+                "GET",
+                "expect = \"deny\"",
+            ),
+            case("typo in the method", WORKLOAD, "PSOT", "expect = \"deny\""),
+            case(
+                "typo, with policies",
+                WORKLOAD,
+                "PSOT",
+                "expect = \"deny\"\npolicies = []",
+            ),
+            case(
+                "a real deny",
+                WORKLOAD,
+                "POST",
+                "expect = \"deny\"\npolicies = []",
+            ),
+        ]
+        .concat();
+        let results = run(&cases);
+        assert_eq!(
+            results,
+            [
+                ("typo in the scheme".to_owned(), false),
+                ("typo in the method".to_owned(), false),
+                ("typo, with policies".to_owned(), false),
+                ("a real deny".to_owned(), true),
+            ]
+        );
+    }
+
+    #[test]
+    fn expect_error_passes_only_on_that_request_error() {
+        let cases = [
+            case(
+                "unknown method",
+                WORKLOAD,
+                "PSOT",
+                "expect = \"deny\"\nexpect_error = \"has no action in the schema\"",
+            ),
+            case(
+                "bad id",
+                "spifee://example.org/x",
+                "GET",
+                "expect = \"deny\"\nexpect_error = \"is not a spiffe id\"",
+            ),
+            case(
+                "another error than expected",
+                WORKLOAD,
+                "PSOT",
+                "expect = \"deny\"\nexpect_error = \"is not a spiffe id\"",
+            ),
+            case(
+                "an error expected from a good request",
+                WORKLOAD,
+                "POST",
+                "expect = \"deny\"\nexpect_error = \"has no action\"",
+            ),
+        ]
+        .concat();
+        let results = run(&cases);
+        let passed: Vec<bool> = results.iter().map(|r| r.1).collect();
+        assert_eq!(passed, [true, true, false, false], "{results:?}");
+    }
+
+    /// A policy that errors is the policies deciding (fail closed), not a broken request.
+    #[test]
+    fn an_evaluation_error_is_not_a_request_error() {
+        let cases = case(
+            "delete",
+            WORKLOAD,
+            "DELETE",
+            "expect = \"deny\"\npolicies = [\"no-delete\"]",
+        );
+        assert_eq!(run(&cases), [("delete".to_owned(), true)]);
     }
 }

@@ -209,9 +209,17 @@ fn test(dir: &Path) -> anyhow::Result<Exit> {
             .expected_policies()
             .map(|p| format!(" by [{}]", p.join(", ")))
             .unwrap_or_default();
-        outln!("  expected: {}{expected_ids}", r.expected());
+        let expected_error = r
+            .expected_error()
+            .map(|e| format!(", request error containing `{e}`"))
+            .unwrap_or_default();
+        outln!("  expected: {}{expected_ids}{expected_error}", r.expected());
+        let malformed = match r.decision().request_error() {
+            Some(_) => ", request error (the request itself is malformed)",
+            None => "",
+        };
         outln!(
-            "  got:      {} by [{}]",
+            "  got:      {} by [{}]{malformed}",
             r.decision().outcome(),
             r.decision().policy_ids().join(", ")
         );
