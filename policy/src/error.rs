@@ -41,6 +41,25 @@ impl Problem {
         }
     }
 
+    /// A problem at a 1-based line and column of a file read line by line; `line_text` is that
+    /// line (shown as the snippet, without its line ending).
+    pub(crate) fn on_line(
+        file: &std::sync::Arc<std::path::PathBuf>,
+        line: usize,
+        column: usize,
+        line_text: &str,
+        message: String,
+    ) -> Self {
+        let snippet = line_text.trim_end().to_owned();
+        Self {
+            location: Some(Location::new(std::sync::Arc::clone(file), line, column)),
+            file: Some(file.to_path_buf()),
+            message,
+            snippet: (!snippet.is_empty()).then_some(snippet),
+            help: None,
+        }
+    }
+
     /// A problem with a whole file (or directory).
     pub(crate) fn in_file(path: &std::path::Path, message: String) -> Self {
         Self {

@@ -41,7 +41,7 @@ mod source;
 mod testing;
 
 pub use decision::{Decision, Outcome};
-pub use diff::{Change, DiffReport, diff};
+pub use diff::{Change, DiffReport, MAX_RECORD_LINE_BYTES, MAX_REPORTED_BAD_LINES, diff};
 pub use error::{LoadError, Problem};
 pub use fmt::{FormattedFile, format_dir};
 pub use loader::{ENTITIES_FILE, LINKS_FILE, PolicyInfo, PolicyKind};

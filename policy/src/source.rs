@@ -24,6 +24,11 @@ pub(crate) struct SourceFile {
 // === impl Location ===
 
 impl Location {
+    /// A 1-based line and column of `file`.
+    pub(crate) fn new(file: Arc<PathBuf>, line: usize, column: usize) -> Self {
+        Self { file, line, column }
+    }
+
     /// The file.
     pub fn file(&self) -> &Path {
         &self.file
