@@ -89,6 +89,18 @@ pub enum BundleError {
         /// Position of the certificate.
         index: usize,
     },
+    /// A certificate is not a certificate authority (rule B-5): a leaf in a bundle would be a
+    /// trust anchor, and its key could sign any SVID of the trust domain.
+    #[error(
+        "bundle certificate {index} is not a certificate authority ({reason}); a bundle holds \
+         only ca certificates"
+    )]
+    NotCa {
+        /// Position of the certificate.
+        index: usize,
+        /// What it lacks.
+        reason: &'static str,
+    },
     /// The PEM text holds no certificate.
     #[error("bundle pem holds no certificate")]
     NoCertificates,
@@ -318,6 +330,9 @@ impl Bundle {
             if !is_certificate(&der) {
                 return Err(BundleError::BadCertificate { index });
             }
+            if let Err(reason) = ca_certificate(&der) {
+                return Err(BundleError::NotCa { index, reason });
+            }
             bundle.add_x509_authority(CertificateDer::from(der));
         }
         Ok(bundle)
@@ -345,6 +360,27 @@ impl fmt::Debug for Bundle {
 }
 
 /// Whether `der` is exactly one X.509 certificate.
+/// Whether `der` is a certificate authority's certificate, as a bundle's X.509 authorities must
+/// be (rule B-5): `basicConstraints` with `cA` true and, when it has a key usage, `keyCertSign`
+/// in it. The reason when not. webpki makes a trust anchor of any certificate, so this is what
+/// keeps a leaf pasted into a bundle from signing SVIDs.
+pub(crate) fn ca_certificate(der: &[u8]) -> Result<(), &'static str> {
+    use x509_parser::prelude::FromDer as _;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der)
+        .map_err(|_| "not a valid x.509 certificate")?;
+    let basic = cert
+        .basic_constraints()
+        .map_err(|_| "its basic constraints do not parse")?;
+    if !basic.is_some_and(|b| b.value.ca) {
+        return Err("no basicConstraints with cA true");
+    }
+    match cert.key_usage() {
+        Ok(Some(ku)) if !ku.value.key_cert_sign() => Err("its key usage lacks keyCertSign"),
+        Ok(_) => Ok(()),
+        Err(_) => Err("its key usage does not parse"),
+    }
+}
+
 pub(crate) fn is_certificate(der: &[u8]) -> bool {
     use x509_parser::prelude::FromDer as _;
     matches!(

@@ -100,6 +100,18 @@ pub enum JwtError {
     /// `sub` is not a SPIFFE ID (rule J-5).
     #[error("token `sub` `{0}` is not a spiffe id")]
     BadSubject(String),
+    /// `sub` is a trust domain's own ID, which names no workload (rule J-5, as X-2 for
+    /// X.509-SVIDs).
+    #[error(
+        "jwt-svid `sub` `{0}` names a trust domain, not a workload (its spiffe id has no path)"
+    )]
+    SubjectWithoutPath(String),
+    /// `nbf` is present but not a number.
+    #[error("token `nbf` claim is not a number")]
+    BadNotBefore,
+    /// `aud` is a list with a value that is not a string (RFC 7519 §4.1.3).
+    #[error("token `aud` claim has a value that is not a string")]
+    AudienceNotString,
     /// `aud` is missing or empty (rule J-6).
     #[error("token has no `aud` claim")]
     MissingAudience,
@@ -204,6 +216,9 @@ impl JwtSigner {
         now: SystemTime,
     ) -> Result<String, JwtError> {
         check_audience(audience)?;
+        if sub.path().is_empty() {
+            return Err(JwtError::SubjectWithoutPath(sub.to_string()));
+        }
         let iat = unix_secs(now);
         let exp = unix_secs(expires_at);
         if exp <= iat {

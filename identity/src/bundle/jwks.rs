@@ -170,6 +170,12 @@ fn decode_x509_authority(
             reason: "value is not a der x.509 certificate".to_owned(),
         });
     }
+    if let Err(reason) = super::ca_certificate(&der) {
+        return Err(BundleError::BadX5c {
+            index,
+            reason: format!("value is not a certificate authority ({reason})"),
+        });
+    }
     let cert = CertificateDer::from(der);
     // A key type this implementation cannot express is an unknown `kty` in effect (rule B-4).
     if let Err(err) = spki_of(&cert).and_then(|spki| PublicKey::from_spki(&spki)) {
@@ -183,20 +189,21 @@ fn decode_jwt_authority(
     index: usize,
     jwk: &Map<String, Value>,
 ) -> Result<Option<JwtAuthority>, BundleError> {
+    // An unknown `kty` is ignored whatever else the key lacks (rule B-4), before B-6's `kid`.
+    let Some(key) =
+        PublicKey::from_jwk(jwk).map_err(|reason| BundleError::BadJwk { index, reason })?
+    else {
+        tracing::debug!(
+            index,
+            "ignoring jwt-svid bundle key with unknown `kty` or curve"
+        );
+        return Ok(None);
+    };
     let kid = match jwk.get("kid") {
         Some(Value::String(kid)) if !kid.is_empty() => kid.clone(),
         _ => return Err(BundleError::JwtAuthorityWithoutKid { index }),
     };
-    match PublicKey::from_jwk(jwk).map_err(|reason| BundleError::BadJwk { index, reason })? {
-        Some(key) => Ok(Some(JwtAuthority::new(kid, key.to_spki(), None))),
-        None => {
-            tracing::debug!(
-                index,
-                "ignoring jwt-svid bundle key with unknown `kty` or curve"
-            );
-            Ok(None)
-        }
-    }
+    Ok(Some(JwtAuthority::new(kid, key.to_spki(), None)))
 }
 
 /// Whether `kty` names a key type this implementation knows (rule B-4).

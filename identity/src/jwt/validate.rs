@@ -98,6 +98,9 @@ pub fn validate_jwt_svid(
         Some(other) => return Err(JwtError::BadSubject(other.to_string())),
         None => return Err(JwtError::MissingSubject),
     };
+    if spiffe_id.path().is_empty() {
+        return Err(JwtError::SubjectWithoutPath(spiffe_id.to_string()));
+    }
 
     let trust_domain = spiffe_id.trust_domain();
     let authorities = bundles
@@ -127,18 +130,23 @@ pub fn validate_jwt_svid(
     if expires_at + JWT_LEEWAY <= now {
         return Err(JwtError::Expired);
     }
-    if let Some(nbf) = claims.get("nbf").and_then(Value::as_f64)
-        && to_time(nbf) > now + JWT_LEEWAY
-    {
-        return Err(JwtError::NotYetValid);
+    match claims.get("nbf") {
+        None => {}
+        Some(nbf) => match nbf.as_f64() {
+            Some(nbf) if to_time(nbf) > now + JWT_LEEWAY => return Err(JwtError::NotYetValid),
+            Some(_) => {}
+            None => return Err(JwtError::BadNotBefore),
+        },
     }
     let audiences: Vec<String> = match claims.get("aud") {
         Some(Value::String(aud)) => vec![aud.clone()],
+        // Every audience is a string (RFC 7519 §4.1.3): a list with anything else is refused,
+        // not read without it.
         Some(Value::Array(auds)) => auds
             .iter()
-            .filter_map(Value::as_str)
-            .map(str::to_owned)
-            .collect(),
+            .map(|aud| aud.as_str().map(str::to_owned))
+            .collect::<Option<Vec<_>>>()
+            .ok_or(JwtError::AudienceNotString)?,
         _ => Vec::new(),
     };
     if audiences.is_empty() {

@@ -54,6 +54,12 @@ pub fn verify_x509_svid(
     let mut anchor_certs = Vec::new();
     let mut anchors: Vec<TrustAnchor<'_>> = Vec::new();
     for cert in bundle.map(|b| b.x509_authorities()).unwrap_or_default() {
+        // webpki makes an anchor of any certificate: a leaf that reached a bundle (one built in
+        // code, not parsed, which refuses it) must not sign SVIDs (rule B-5).
+        if let Err(reason) = crate::bundle::ca_certificate(cert) {
+            tracing::warn!(trust_domain = %trust_domain, reason, "ignoring an x509 authority in the bundle that is not a certificate authority");
+            continue;
+        }
         match webpki::anchor_from_trusted_cert(cert) {
             Ok(anchor) => {
                 anchor_certs.push(cert);

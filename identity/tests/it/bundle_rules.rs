@@ -100,6 +100,8 @@ fn keys_with_unknown_or_missing_use_or_kty_are_ignored_b4() {
     keys.push(json!({"kty": "EC", "kid": "no-use", "crv": "P-256", "x": "AA", "y": "AA"}));
     keys.push(json!({"kty": "oct", "use": "jwt-svid", "kid": "symmetric", "k": "AAAA"}));
     keys.push(json!({"use": "jwt-svid", "kid": "no-kty"}));
+    // An unknown `kty` is ignored even without the `kid` a jwt-svid key needs (B-6).
+    keys.push(json!({"kty": "oct", "use": "jwt-svid", "k": "AA"}));
     keys.push(json!({"kty": "EC", "use": "JWT-SVID", "kid": "wrong-case", "crv": "P-256"}));
     let parsed =
         parse(json!({"keys": keys, "spiffe_sequence": 7, "spiffe_refresh_hint": 300})).unwrap();
@@ -385,5 +387,46 @@ fn bundle_map_requires_trust_domains_and_rejects_duplicates_b7() {
     assert_eq!(
         err.to_string(),
         "bundle map member `a.org`: bundle has no `keys` member"
+    );
+}
+
+/// A leaf (here an SVID pasted with its root, as a full-chain PEM) is no certificate authority:
+/// as a trust anchor its key could sign any SVID of the trust domain.
+#[test]
+fn a_leaf_in_a_pem_bundle_is_refused_b5() {
+    let ca = TestCa::new(TD);
+    let svid = ca.issue_svid(
+        &crate::support::id(crate::support::WORKLOAD),
+        Duration::from_secs(600),
+    );
+    let root = pem::encode(&pem::Pem::new("CERTIFICATE", ca.root_cert().to_vec()));
+    let err = Bundle::from_pem(td(), svid.cert_chain_pem() + &root).unwrap_err();
+    assert!(
+        matches!(err, BundleError::NotCa { index: 0, .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains("certificate 0 is not a certificate authority"),
+        "{err}"
+    );
+    assert!(Bundle::from_pem(td(), root).is_ok());
+}
+
+#[test]
+fn a_leaf_as_x509_authority_in_a_spiffe_bundle_is_refused_b5() {
+    let (bundle, ca, _) = full_bundle();
+    let svid = ca.issue_svid(
+        &crate::support::id(crate::support::WORKLOAD),
+        Duration::from_secs(600),
+    );
+    let mut doc: Value = serde_json::from_str(&bundle.to_jwks()).unwrap();
+    let keys = doc["keys"].as_array_mut().unwrap();
+    let x509 = keys.iter_mut().find(|k| k["use"] == "x509-svid").unwrap();
+    x509["x5c"] = json!([STANDARD.encode(svid.leaf().as_ref())]);
+    let err = parse(doc).unwrap_err();
+    assert!(
+        err.to_string().contains("is not a certificate authority"),
+        "{err}"
     );
 }

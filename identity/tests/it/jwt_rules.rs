@@ -328,10 +328,30 @@ fn sub_must_be_a_spiffe_id_j5() {
         JwtError::BadSubject("https://example.org/x".to_owned())
     );
     claims.as_object_mut().unwrap().remove("sub");
-    let token = sign_raw(&signer, header(&signer), claims);
+    let token = sign_raw(&signer, header(&signer), claims.clone());
     assert_eq!(
         validate(&token, &bundles).unwrap_err(),
         JwtError::MissingSubject
+    );
+    // The trust domain's own ID names no workload (as X-2 for X.509-SVIDs): neither signed nor
+    // accepted.
+    claims["sub"] = json!("spiffe://example.org");
+    let token = sign_raw(&signer, header(&signer), claims);
+    assert_eq!(
+        validate(&token, &bundles).unwrap_err(),
+        JwtError::SubjectWithoutPath("spiffe://example.org".to_owned())
+    );
+    let td_id = "spiffe://example.org".parse().unwrap();
+    assert_eq!(
+        signer.sign(
+            &td_id,
+            &[AUD.to_owned()],
+            now() + Duration::from_secs(60),
+            now()
+        ),
+        Err(JwtError::SubjectWithoutPath(
+            "spiffe://example.org".to_owned()
+        ))
     );
 }
 
@@ -361,6 +381,31 @@ fn aud_must_be_present_and_contain_our_audience_j6() {
     assert_eq!(
         with_aud(Some(json!(["someone-else"]))).unwrap_err(),
         JwtError::AudienceMismatch(AUD.to_owned())
+    );
+    // Every audience is a string: a list with something else is refused whole.
+    assert_eq!(
+        with_aud(Some(json!([AUD, 5]))).unwrap_err(),
+        JwtError::AudienceNotString
+    );
+}
+
+#[test]
+fn nbf_when_present_is_a_number_and_not_in_the_future() {
+    let signer = JwtSigner::generate("k1").unwrap();
+    let bundles = bundles_for(&signer, TD);
+    let with_nbf = |nbf: Value| {
+        let mut claims = good_claims();
+        claims["nbf"] = nbf;
+        validate(&sign_raw(&signer, header(&signer), claims), &bundles)
+    };
+    assert!(with_nbf(json!(exp_in(0))).is_ok());
+    assert_eq!(
+        with_nbf(json!(exp_in(3600))).unwrap_err(),
+        JwtError::NotYetValid
+    );
+    assert_eq!(
+        with_nbf(json!(exp_in(3600).to_string())).unwrap_err(),
+        JwtError::BadNotBefore
     );
 }
 

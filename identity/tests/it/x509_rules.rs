@@ -321,3 +321,39 @@ fn error_messages_are_lowercase_and_name_the_problem() {
     let err = SvidError::NoBundle(TrustDomain::new("b.org").unwrap()).to_string();
     assert_eq!(err, "no x.509 bundle for trust domain `b.org`");
 }
+
+/// A leaf that reached a bundle built in code (parsing refuses one) is no trust anchor: its key
+/// signs a leaf for another workload, which must not verify (B-5; webpki itself makes an anchor
+/// of any certificate).
+#[test]
+fn a_leaf_among_a_bundles_authorities_signs_nothing_b5() {
+    use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, SanType};
+    let ca = TestCa::new(TD);
+    let svid = ca.issue_svid(&id(WORKLOAD), HOUR);
+    let mut bundle = Bundle::new(TrustDomain::new(TD).unwrap());
+    bundle.add_x509_authority(svid.leaf().clone());
+    bundle.add_x509_authority(ca.root_cert().clone());
+    let bundles: BundleSet = std::iter::once(bundle).collect();
+    let key = KeyPair::try_from(svid.private_key().secret_pkcs8_der()).unwrap();
+    let issuer = Issuer::from_ca_cert_der(svid.leaf(), key).unwrap();
+    let mut params = CertificateParams::default();
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.not_before = (SystemTime::now() - Duration::from_secs(60)).into();
+    params.not_after = (SystemTime::now() + HOUR).into();
+    params.subject_alt_names = vec![SanType::URI(
+        "spiffe://example.org/admin".try_into().unwrap(),
+    )];
+    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let forged = params
+        .signed_by(&KeyPair::generate().unwrap(), &issuer)
+        .unwrap();
+    let chain = [forged.der().clone()];
+    let err = verify_err(&chain, &bundles);
+    assert!(matches!(err, SvidError::Untrusted { .. }), "{err:?}");
+    // The root in the same bundle still anchors the workload's own SVID.
+    verify_valid(&svid, &ca, &bundles);
+}
