@@ -101,6 +101,12 @@ pub enum BundleError {
         /// What it lacks.
         reason: &'static str,
     },
+    /// The `keys` member holds more keys than a bundle may.
+    #[error("bundle has {count} keys or certificates; at most {max} are accepted", max = jwks::MAX_KEYS)]
+    TooManyKeys {
+        /// How many it has.
+        count: usize,
+    },
     /// The PEM text holds no certificate.
     #[error("bundle pem holds no certificate")]
     NoCertificates,
@@ -317,6 +323,11 @@ impl Bundle {
             pem::parse_many(pem_text.as_ref()).map_err(|e| BundleError::Pem(e.to_string()))?;
         if blocks.is_empty() {
             return Err(BundleError::NoCertificates);
+        }
+        if blocks.len() > jwks::MAX_KEYS {
+            return Err(BundleError::TooManyKeys {
+                count: blocks.len(),
+            });
         }
         let mut bundle = Self::new(trust_domain);
         for (index, block) in blocks.into_iter().enumerate() {

@@ -15,6 +15,10 @@ use crate::jwk::PublicKey;
 
 const USE_X509: &str = "x509-svid";
 const USE_JWT: &str = "jwt-svid";
+/// Most keys a bundle may hold. A JWT-SVID without `kid` is checked against every JWT key of
+/// its trust domain, so the number of keys bounds the work one token can cause; trust domains
+/// keep a few keys across a rotation, not hundreds.
+pub(crate) const MAX_KEYS: usize = 256;
 
 /// Encodes `bundle`; `with_x509` adds the X.509 authorities, `with_sequence` the sequence,
 /// `with_hint` the refresh hint (when set).
@@ -87,6 +91,9 @@ pub(super) fn decode(trust_domain: TrustDomain, json: &[u8]) -> Result<Bundle, B
         Some(Value::Array(keys)) => keys,
         Some(_) => return Err(BundleError::KeysNotArray),
     };
+    if keys.len() > MAX_KEYS {
+        return Err(BundleError::TooManyKeys { count: keys.len() });
+    }
     let mut bundle = Bundle::new(trust_domain);
     match doc.get("spiffe_sequence") {
         None => {}

@@ -430,3 +430,37 @@ fn a_leaf_as_x509_authority_in_a_spiffe_bundle_is_refused_b5() {
         "{err}"
     );
 }
+
+/// A token without `kid` is checked against every JWT key of its trust domain: the number of
+/// keys a bundle may hold bounds that work.
+#[test]
+fn a_bundle_of_more_than_256_keys_or_certificates_is_refused() {
+    let (bundle, ca, _) = full_bundle();
+    let mut keys = keys_of(&bundle.to_jwks());
+    let jwt = keys
+        .iter()
+        .find(|k| k["use"] == "jwt-svid")
+        .unwrap()
+        .clone();
+    while keys.len() < 256 {
+        let mut k = jwt.clone();
+        k["kid"] = json!(format!("kid-{}", keys.len()));
+        keys.push(k);
+    }
+    assert!(parse(json!({"keys": keys.clone()})).is_ok());
+    let mut k = jwt.clone();
+    k["kid"] = json!("one-too-many");
+    keys.push(k);
+    let err = parse(json!({"keys": keys})).unwrap_err();
+    assert!(
+        matches!(err, BundleError::TooManyKeys { count: 257 }),
+        "{err:?}"
+    );
+    let root = pem::encode(&pem::Pem::new("CERTIFICATE", ca.root_cert().to_vec()));
+    assert!(Bundle::from_pem(td(), root.repeat(256)).is_ok());
+    let err = Bundle::from_pem(td(), root.repeat(257)).unwrap_err();
+    assert!(
+        err.to_string().contains("257 keys or certificates"),
+        "{err}"
+    );
+}
