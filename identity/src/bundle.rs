@@ -246,7 +246,22 @@ impl Bundle {
         self.x509_authorities.is_empty() && self.jwt_authorities.is_empty()
     }
 
-    /// Adds an X.509 authority unless an identical certificate is already present.
+    /// Adds an X.509 authority received from elsewhere (the Workload API, the CA) after checking
+    /// that it is a certificate authority's certificate (rule B-5); unless an identical one is
+    /// already present. `index` names it in the error.
+    pub fn add_checked_x509_authority(
+        &mut self,
+        cert: CertificateDer<'static>,
+        index: usize,
+    ) -> Result<(), BundleError> {
+        ca_certificate(&cert).map_err(|reason| BundleError::NotCa { index, reason })?;
+        self.add_x509_authority(cert);
+        Ok(())
+    }
+
+    /// Adds an X.509 authority unless an identical certificate is already present. Unchecked:
+    /// for certificates this process made or has checked ([`Self::add_checked_x509_authority`]);
+    /// verification ignores one that is not a CA certificate.
     pub fn add_x509_authority(&mut self, cert: CertificateDer<'static>) {
         if !self.x509_authorities.contains(&cert) {
             self.x509_authorities.push(cert);
@@ -370,7 +385,6 @@ impl fmt::Debug for Bundle {
     }
 }
 
-/// Whether `der` is exactly one X.509 certificate.
 /// Whether `der` is a certificate authority's certificate, as a bundle's X.509 authorities must
 /// be (rule B-5): `basicConstraints` with `cA` true and, when it has a key usage, `keyCertSign`
 /// in it. The reason when not. webpki makes a trust anchor of any certificate, so this is what
@@ -392,6 +406,7 @@ pub(crate) fn ca_certificate(der: &[u8]) -> Result<(), &'static str> {
     }
 }
 
+/// Whether `der` is exactly one X.509 certificate.
 pub(crate) fn is_certificate(der: &[u8]) -> bool {
     use x509_parser::prelude::FromDer as _;
     matches!(

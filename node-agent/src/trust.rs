@@ -19,6 +19,9 @@ pub enum TrustError {
     /// An X.509 authority does not parse.
     #[error("bundle for `{0}` has an x509 authority that is not a certificate")]
     Certificate(String),
+    /// An X.509 authority is not a certificate authority (rule B-5).
+    #[error("bundle for `{0}`: {1}")]
+    NotCa(String, String),
     /// A bundle file holds no certificate.
     #[error("trust bundle `{0}` holds no pem certificate")]
     NoCertificates(String),
@@ -32,10 +35,12 @@ pub fn bundle_from_proto(b: &v1::Bundle) -> Result<Bundle, TrustError> {
         .unwrap_or(&b.trust_domain);
     let td = TrustDomain::new(name).map_err(|_| TrustError::TrustDomain(b.trust_domain.clone()))?;
     let mut bundle = Bundle::new(td);
-    for der in &b.x509_authorities {
+    for (index, der) in b.x509_authorities.iter().enumerate() {
         x509_parser::parse_x509_certificate(der)
             .map_err(|_| TrustError::Certificate(b.trust_domain.clone()))?;
-        bundle.add_x509_authority(CertificateDer::from(der.clone()));
+        bundle
+            .add_checked_x509_authority(CertificateDer::from(der.clone()), index)
+            .map_err(|e| TrustError::NotCa(b.trust_domain.clone(), e.to_string()))?;
     }
     for k in &b.jwt_authorities {
         let expires = u64::try_from(k.expires_at)
@@ -105,6 +110,23 @@ mod tests {
             bundle_from_proto(&bad_cert),
             Err(TrustError::Certificate(_))
         ));
+        // A leaf among the authorities would be a trust anchor (B-5).
+        let ca = warden_identity::test_util::TestCa::new("example.org");
+        let leaf = ca.issue_svid(
+            &"spiffe://example.org/w".parse().unwrap(),
+            std::time::Duration::from_secs(600),
+        );
+        let with_leaf = v1::Bundle {
+            trust_domain: "example.org".into(),
+            x509_authorities: vec![ca.root_cert().to_vec(), leaf.leaf().to_vec()],
+            ..Default::default()
+        };
+        let err = bundle_from_proto(&with_leaf).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("certificate 1 is not a certificate authority"),
+            "{err}"
+        );
     }
 
     #[test]

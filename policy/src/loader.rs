@@ -421,8 +421,8 @@ fn parse_policy_file(
     }
 }
 
-/// Reports the workload ids a policy or template (in Cedar's JSON form) names that are not
-/// canonical SPIFFE IDs ([`workload_ids`]).
+/// Reports the workloads, namespaces and trust domains a policy or template (in Cedar's JSON
+/// form) names that are not in canonical form ([`workload_ids`]).
 fn report_workload_ids<E: std::fmt::Display>(
     json: Result<serde_json::Value, E>,
     file: &SourceFile,
@@ -431,7 +431,7 @@ fn report_workload_ids<E: std::fmt::Display>(
 ) {
     match json {
         Ok(json) => {
-            for message in workload_ids::problems_in(&json) {
+            for message in workload_ids::problems_in(&json, false) {
                 problems.push(Problem::at(file, offset, message, None));
             }
         }

@@ -166,17 +166,22 @@ impl Inner {
             .lock()
             .map(|seen| seen.as_deref() != Some(now.as_str()))
             .unwrap_or(true);
-        changed.then(|| self.reload())
+        changed.then(|| self.reload_checked(Some(now), || {}))
     }
 
     fn reload(&self) -> Result<Reload, LoadError> {
-        self.reload_checked(|| {})
+        self.reload_checked(None, || {})
     }
 
-    /// [`Inner::reload`], running `between` after the load and before the second look at the
-    /// directory (tests change files there).
-    fn reload_checked(&self, between: impl FnOnce()) -> Result<Reload, LoadError> {
-        let before = fingerprint(&self.dir);
+    /// [`Inner::reload`] from the directory's fingerprint `before` the load (`None`: taken
+    /// now), running `between` after the load and before the second look at the directory
+    /// (tests change files there).
+    fn reload_checked(
+        &self,
+        before: Option<String>,
+        between: impl FnOnce(),
+    ) -> Result<Reload, LoadError> {
+        let before = before.unwrap_or_else(|| fingerprint(&self.dir));
         let loaded = PolicySet::load(&self.dir);
         between();
         let after = fingerprint(&self.dir);
@@ -309,7 +314,7 @@ mod tests {
         let saved = format!("// quarantine everything\n{FORBID}");
         let result = engine
             .inner
-            .reload_checked(|| std::fs::write(&baseline, &saved).unwrap());
+            .reload_checked(None, || std::fs::write(&baseline, &saved).unwrap());
         assert_eq!(result.unwrap(), Reload::Unsettled);
         assert_eq!(engine.current().version(), old);
         assert!(!engine.decide(&get()).is_allowed());

@@ -313,9 +313,14 @@ fn bundle_from_der(td: TrustDomain, der: &[u8]) -> Result<Bundle, UpdateError> {
         td: td.to_string(),
         reason,
     })?;
-    let mut bundle = Bundle::new(td);
-    for cert in certs {
-        bundle.add_x509_authority(cert);
+    let mut bundle = Bundle::new(td.clone());
+    for (index, cert) in certs.into_iter().enumerate() {
+        bundle
+            .add_checked_x509_authority(cert, index)
+            .map_err(|e| UpdateError::BadBundle {
+                td: td.to_string(),
+                reason: e.to_string(),
+            })?;
     }
     Ok(bundle)
 }

@@ -30,15 +30,17 @@ struct SpiffeEku;
 ///   the **leaf's** trust domain only; no bundle means untrusted;
 /// - every intermediate on the validated path is a CA with a critical key usage that has
 ///   `keyCertSign`, and its SPIFFE ID, if any, has no path;
-/// - the path length constraint of the bundle authority that anchors the path.
+/// - the path length constraint of the bundle authority that anchors the path;
+/// - only the bundle's CA certificates (cA true, `keyCertSign` when a key usage is present)
+///   anchor a path: webpki anchors any certificate (B-5).
 ///
 /// Not supported: URI name constraints on a CA (X-10 says a CA MAY use them). rustls-webpki
 /// does not evaluate them and fails closed, so every SVID under such a CA is refused as
 /// untrusted ("name constraint violated"); Warden's own CA does not set them.
 ///
-/// Not checked: revocation (SPIFFE relies on short lifetimes); the key usage and SPIFFE ID of
-/// the bundle's own authorities (they are configured trust); whether intermediates are in
-/// the leaf's trust domain (a SHOULD in X-9).
+/// Not checked: revocation (SPIFFE relies on short lifetimes); the rest of the key usage, the
+/// criticality and the SPIFFE ID of the bundle's own authorities (they are configured trust);
+/// whether intermediates are in the leaf's trust domain (a SHOULD in X-9).
 pub fn verify_x509_svid(
     chain: &[CertificateDer<'_>],
     bundles: &BundleSet,
@@ -57,7 +59,7 @@ pub fn verify_x509_svid(
         // webpki makes an anchor of any certificate: a leaf that reached a bundle (one built in
         // code, not parsed, which refuses it) must not sign SVIDs (rule B-5).
         if let Err(reason) = crate::bundle::ca_certificate(cert) {
-            tracing::warn!(trust_domain = %trust_domain, reason, "ignoring an x509 authority in the bundle that is not a certificate authority");
+            tracing::debug!(trust_domain = %trust_domain, reason, "ignoring an x509 authority in the bundle that is not a certificate authority");
             continue;
         }
         match webpki::anchor_from_trusted_cert(cert) {

@@ -76,7 +76,20 @@ pub(super) fn parse_entities(
         ));
         return None;
     };
-    // The workloads given their derived parents and attributes below, by id.
+    let found_before = problems.len();
+    // Namespaces and trust domains, as uids or parents (workloads are checked below).
+    let named = list
+        .iter()
+        .flat_map(|entry| super::workload_ids::problems_in(entry, true));
+    for message in named.collect::<Vec<_>>() {
+        let offset = message
+            .split('`')
+            .nth(1)
+            .and_then(|id| file.text().find(id))
+            .unwrap_or(0);
+        problems.push(Problem::at(file, offset, message, None));
+    }
+    // The workloads given their derived parents and attributes below, by id (or reported).
     let mut workloads = HashSet::new();
     for entry in list.iter_mut() {
         // Cedar also reads a uid written `{"__entity": {"type": …, "id": …}}`: one form here.
@@ -104,6 +117,7 @@ pub(super) fn parse_entities(
             Ok(id) => id,
             Err(e) => {
                 problems.push(Problem::at(file, offset, e, None));
+                workloads.insert(raw_id);
                 continue;
             }
         };
@@ -123,6 +137,11 @@ pub(super) fn parse_entities(
             }
             obj.insert("parents".to_owned(), serde_json::Value::Array(parents));
         }
+    }
+    // What Cedar would say of entries refused above (a workload left without its attributes)
+    // would only repeat them.
+    if problems.len() > found_before {
+        return None;
     }
     // Parents named only implicitly (trust domains, namespaces) need no entries of their own.
     let entities = match cedar::Entities::from_json_value(value, Some(schema)) {

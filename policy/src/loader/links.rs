@@ -7,7 +7,6 @@ use cedar_policy as cedar;
 
 use super::{PolicyInfo, PolicyKind, line_col_offset};
 use crate::error::Problem;
-use crate::model::WORKLOAD_TYPE;
 use crate::source::{Location, SourceFile};
 
 #[derive(Debug, serde::Deserialize)]
@@ -79,8 +78,10 @@ pub(super) fn link(
             };
             match cedar::EntityUid::from_str(value) {
                 Ok(uid)
-                    if uid.type_name().to_string() == WORKLOAD_TYPE
-                        && let Err(e) = super::workload_ids::canonical(uid.id().unescaped()) =>
+                    if let Err(e) = super::workload_ids::check(
+                        &uid.type_name().to_string(),
+                        uid.id().unescaped(),
+                    ) =>
                 {
                     broken = true;
                     problems.push(Problem::at(

@@ -102,3 +102,44 @@ fn an_action_of_another_namespace_with_the_same_id_does_not_stand_for_the_mesh_o
         assert!(decision.is_allowed(), "{:?}", decision.errors());
     }
 }
+
+#[test]
+fn namespaces_and_trust_domains_not_in_canonical_form_are_refused_id1() {
+    let forbid = "@id(\"no-bad\")\nforbid(principal in Mesh::Namespace::\"spiffe://Example.org/ns/bad\", action, resource);\n";
+    let e = load_problems(&[("a.cedar", ALLOW_ALL), ("b.cedar", forbid)]);
+    assert!(
+        e.contains("b.cedar") && e.contains("`spiffe://example.org/ns/bad`"),
+        "{e}"
+    );
+    let forbid = "@id(\"no-td\")\nforbid(principal in Mesh::TrustDomain::\"Other.org\", action, resource);\n";
+    let e = load_problems(&[("a.cedar", ALLOW_ALL), ("b.cedar", forbid)]);
+    assert!(e.contains("write `other.org`"), "{e}");
+    let entities = r#"[{"uid": {"type": "Mesh::Workload", "id": "spiffe://example.org/ns/x/sa/y"},
+        "attrs": {}, "parents": [{"type": "Mesh::Namespace", "id": "spiffe://EXAMPLE.org/ns/q"}]}]"#;
+    let e = load_problems(&[("a.cedar", ALLOW_ALL), ("entities.json", entities)]);
+    assert!(
+        e.contains("entities.json") && e.contains("`spiffe://example.org/ns/q`"),
+        "{e}"
+    );
+    let template = "@id(\"deny-ns\")\nforbid(principal in ?principal, action, resource);\n";
+    let links = r#"[{"id": "deny-q", "template": "deny-ns",
+        "values": {"?principal": "Mesh::Namespace::\"spiffe://Example.org/ns/q\""}}]"#;
+    let e = load_problems(&[
+        ("a.cedar", ALLOW_ALL),
+        ("t.cedar", template),
+        ("links.json", links),
+    ]);
+    assert!(
+        e.contains("links.json") && e.contains("`spiffe://example.org/ns/q`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_workload_not_in_canonical_form_is_reported_once() {
+    let entities = r#"[{"uid": {"type": "Mesh::Workload", "id": "SPIFFE://example.org/w"},
+        "attrs": {}, "parents": []}]"#;
+    let dir = dir_with(&[("a.cedar", ALLOW_ALL), ("entities.json", entities)]);
+    let err = PolicySet::load(dir.path()).unwrap_err();
+    assert_eq!(err.problems().len(), 1, "{err}");
+}

@@ -115,6 +115,34 @@ fn unusable_messages_are_rejected_with_a_reason() {
         parse_update(&msg, None),
         Err(UpdateError::BadBundle { .. })
     ));
+    // A leaf among a bundle's authorities would be a trust anchor (B-5): refused, own bundle or
+    // federated.
+    let leaf = ca
+        .issue_svid(
+            &"spiffe://example.org/b".parse().unwrap(),
+            Duration::from_secs(600),
+        )
+        .leaf()
+        .to_vec();
+    let mut msg = response(&ca, &["spiffe://example.org/a"]);
+    if let Some(s) = msg.svids.first_mut() {
+        s.bundle.extend_from_slice(&leaf);
+    }
+    let err = parse_update(&msg, None).unwrap_err();
+    assert!(
+        matches!(&err, UpdateError::BadBundle { reason, .. } if reason.contains("not a certificate authority")),
+        "{err:?}"
+    );
+    let partner = TestCa::new("partner.org");
+    let mut msg = response(&ca, &["spiffe://example.org/a"]);
+    let mut der = partner.root_cert().to_vec();
+    der.extend_from_slice(&leaf);
+    msg.federated_bundles
+        .insert("spiffe://partner.org".to_owned(), der);
+    assert!(matches!(
+        parse_update(&msg, None),
+        Err(UpdateError::BadBundle { td, .. }) if td == "partner.org"
+    ));
 }
 
 #[test]

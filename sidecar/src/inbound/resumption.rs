@@ -36,9 +36,10 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use rustls::pki_types::CertificateDer;
 use rustls::server::ProducesTickets;
-use warden_identity::BundleSet;
 use warden_identity::tls::BundleSource;
+use warden_identity::{BundleSet, TrustDomain};
 
 /// The bytes put before the session inside a ticket: epoch, then issue time (Unix seconds).
 const HEADER: usize = 16;
@@ -69,9 +70,7 @@ impl fmt::Debug for TrustEpochs {
 
 impl BundleSource for TrustEpochs {
     fn bundles(&self) -> Arc<BundleSet> {
-        let current = self.source.bundles();
-        self.note(&current, Instant::now());
-        current
+        self.current(Instant::now()).0
     }
 }
 
@@ -87,6 +86,14 @@ impl TrustEpochs {
                 changed: None,
             }),
         }
+    }
+
+    /// The set in force at `now`, noted; the epoch number and when the last change of
+    /// authorities was.
+    fn current(&self, now: Instant) -> (Arc<BundleSet>, u64, Option<Instant>) {
+        let current = self.source.bundles();
+        let (number, changed) = self.note(&current, now);
+        (current, number, changed)
     }
 
     /// Notes `current` as the set in force at `now`; the epoch number and when the last change
@@ -145,8 +152,7 @@ impl Tickets {
     /// The epoch in force now, and whether tickets may be issued in it.
     fn epoch(&self) -> (u64, bool) {
         let now = Instant::now();
-        let current = self.epochs.source.bundles();
-        let (number, changed) = self.epochs.note(&current, now);
+        let (_, number, changed) = self.epochs.current(now);
         let settled =
             changed.is_none_or(|changed| now.saturating_duration_since(changed) >= self.settle);
         (number, settled)
@@ -195,20 +201,18 @@ fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// Whether two sets hold the same X.509 authorities for the same trust domains.
+/// Whether two sets hold the same X.509 authorities for the same trust domains (sets are
+/// ordered by trust domain).
 fn same_authorities(a: &BundleSet, b: &BundleSet) -> bool {
-    let authorities = |set: &BundleSet| {
-        set.iter()
-            .filter(|bundle| !bundle.x509_authorities().is_empty())
-            .map(|bundle| {
-                (
-                    bundle.trust_domain().clone(),
-                    bundle.x509_authorities().to_vec(),
-                )
-            })
-            .collect::<Vec<_>>()
-    };
-    authorities(a) == authorities(b)
+    authorities(a).eq(authorities(b))
+}
+
+fn authorities(
+    set: &BundleSet,
+) -> impl Iterator<Item = (&TrustDomain, &[CertificateDer<'static>])> {
+    set.iter()
+        .filter(|bundle| !bundle.x509_authorities().is_empty())
+        .map(|bundle| (bundle.trust_domain(), bundle.x509_authorities()))
 }
 
 fn has_authorities(set: &BundleSet) -> bool {

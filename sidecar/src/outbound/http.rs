@@ -220,7 +220,10 @@ impl HttpProxy {
                 format!("more than {} request headers", self.max_headers),
             );
         }
-        if crate::header_bytes(req.headers()) > self.max_header_bytes {
+        // HTTP/2's header list is bounded by the HTTP/2 server already.
+        if req.version() < http::Version::HTTP_2
+            && crate::header_bytes(req.headers()) > self.max_header_bytes
+        {
             return reply(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 format!("request headers over {} bytes", self.max_header_bytes),
