@@ -2,12 +2,15 @@
 //! when its directory changes and the new set loads and validates. A set that fails keeps the
 //! old one in force, and the log says why. Every decision uses one set from start to end.
 //!
-//! A change is noticed by content, not by size and modification time: every poll hashes the files
-//! a load reads, the way the set's version is computed, so an edit that keeps the size within
-//! one tick of the file system's clock is seen too. A set is put in force only if the files did
+//! A change is noticed by content: a poll hashes the files a load reads, the way the set's
+//! version is computed, so an edit that keeps the size within one tick of the file system's clock
+//! is seen too. It hashes only when the files' sizes, inodes or change times moved since the last
+//! look, or changed within a few seconds of it ([`stamp`]); otherwise a poll reads no file. A set is put in force only if the files did
 //! not change while they were read: the directory is hashed before and after the load, and both
 //! must equal the loaded set's version. Otherwise (a file saved by truncating and then writing,
 //! read between the two) nothing changes and the next poll tries again.
+
+mod stamp;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,6 +60,9 @@ struct Inner {
     /// The directory's [`fingerprint`] after the last attempt; `None` when the next poll must
     /// reload whatever it finds (the last attempt read files that were changing).
     seen: Mutex<Option<String>>,
+    /// The last [`stamp::Stamp`] a poll took and the fingerprint hashed with it: while the
+    /// stamp stays the same, the fingerprint is the same without reading the files.
+    stamped: Mutex<Option<(stamp::Stamp, String)>>,
 }
 
 // === impl Engine ===
@@ -74,6 +80,7 @@ impl Engine {
             dir: dir.to_owned(),
             current: ArcSwap::from_pointee(set),
             seen: Mutex::new(seen),
+            stamped: Mutex::new(None),
         };
         Ok(Self {
             inner: Arc::new(inner),
@@ -160,13 +167,31 @@ impl Inner {
     /// One poll of the watcher: reloads if the directory's content differs from what the last
     /// attempt saw (or that attempt was unsettled), and says what the reload did.
     fn poll(&self) -> Option<Result<Reload, LoadError>> {
-        let now = fingerprint(&self.dir);
+        let now = self.fingerprint_by_stamp(std::time::SystemTime::now());
         let changed = self
             .seen
             .lock()
             .map(|seen| seen.as_deref() != Some(now.as_str()))
             .unwrap_or(true);
         changed.then(|| self.reload_checked(Some(now), || {}))
+    }
+
+    /// The directory's [`fingerprint`], hashed only when its [`stamp::stamp`] changed (or
+    /// cannot stand for the content).
+    fn fingerprint_by_stamp(&self, now: std::time::SystemTime) -> String {
+        // Taken before the hash: a change while hashing moves the stamp for the next poll.
+        let stamp = stamp::stamp(&self.dir, now);
+        let Ok(mut stamped) = self.stamped.lock() else {
+            return fingerprint(&self.dir);
+        };
+        if let (Some(stamp), Some((last, hashed))) = (&stamp, stamped.as_ref())
+            && stamp == last
+        {
+            return hashed.clone();
+        }
+        let hashed = fingerprint(&self.dir);
+        *stamped = stamp.map(|s| (s, hashed.clone()));
+        hashed
     }
 
     fn reload(&self) -> Result<Reload, LoadError> {
@@ -352,5 +377,32 @@ mod tests {
             panic!("the edit was not reloaded");
         };
         assert_eq!(engine.decide(&get()).policy_ids(), ["allow-any"]);
+    }
+
+    #[test]
+    fn a_poll_reads_no_file_while_the_stamp_stands_and_hashes_once_it_moves() {
+        let dir = dir_with(&[("a.cedar", PERMIT)]);
+        let engine = Engine::new(dir.path()).unwrap();
+        let later = SystemTime::now() + Duration::from_secs(60);
+        let real = engine.inner.fingerprint_by_stamp(later);
+        assert_eq!(real, engine.current().version());
+        // While the stamp stands, the fingerprint kept with it is the answer (here a made-up
+        // one, to show that no file was hashed).
+        if let Ok(mut stamped) = engine.inner.stamped.lock() {
+            let (stamp, _) = stamped.take().unwrap();
+            *stamped = Some((stamp, "sha256:kept".to_owned()));
+        }
+        assert_eq!(engine.inner.fingerprint_by_stamp(later), "sha256:kept");
+        // A file changed: hashed again.
+        std::fs::write(dir.path().join("a.cedar"), FORBID).unwrap();
+        let moved = engine
+            .inner
+            .fingerprint_by_stamp(SystemTime::now() + Duration::from_secs(60));
+        assert_ne!(moved, "sha256:kept");
+        assert_ne!(moved, real);
+        // Within the racy window nothing is kept: every poll hashes.
+        let racy = engine.inner.fingerprint_by_stamp(SystemTime::now());
+        assert_eq!(racy, moved);
+        assert!(engine.inner.stamped.lock().unwrap().is_none());
     }
 }
