@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use base64::Engine as _;
+
 use warden_identity::test_util::{BadLeaf, TestCa};
 use warden_identity::{
     PrivatePkcs8KeyDer, SvidError, X509Svid, peer_spiffe_id, spiffe_id_from_cert,
@@ -98,15 +100,24 @@ fn svid_debug_never_shows_the_private_key() {
     let debug = format!("{svid:?}");
     assert!(debug.contains("<redacted>"));
     assert!(debug.contains(WORKLOAD));
-    let pem_body: String = svid
-        .private_key_pem()
-        .lines()
-        .nth(1)
-        .unwrap()
-        .chars()
-        .take(20)
-        .collect();
-    assert!(!debug.contains(&pem_body));
+    // The private scalar (after `INTEGER 1, OCTET STRING (32)` in the SEC 1 key the PKCS#8
+    // document wraps), in every form a `Debug` could print it: a byte list, hex, base64.
+    let der = svid.private_key().secret_pkcs8_der();
+    let at = der
+        .windows(5)
+        .position(|w| w == [0x02, 0x01, 0x01, 0x04, 0x20])
+        .expect("a P-256 PKCS#8 key")
+        + 5;
+    let secret = &der[at..at + 32];
+    let as_list = format!("{secret:?}");
+    let as_list = as_list.trim_start_matches('[').trim_end_matches(']');
+    let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(secret);
+    for form in [as_list, hex.as_str(), &b64[..20]] {
+        assert!(!debug.contains(form), "{form} in {debug}");
+    }
+    let pem_body = svid.private_key_pem().lines().nth(1).unwrap().to_owned();
+    assert!(!debug.contains(&pem_body[20..]), "{debug}");
 }
 
 #[test]
