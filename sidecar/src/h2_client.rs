@@ -41,6 +41,11 @@ const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
 const MAX_SEND_BUFFER: usize = 1024 * 1024;
 /// Largest response header list accepted (hyper's default).
 const MAX_HEADER_LIST: u32 = 16 * 1024;
+/// Streams it reset that a connection remembers (for a second), so that the peer's frames
+/// for them, crossing the reset, are dropped quietly instead of answered with a reset of
+/// their own (h2's default is 50; a burst of cancellations, as when a caller with a hundred
+/// streams in flight goes away, passes that).
+const RESETS_REMEMBERED: usize = 256;
 
 /// The shared connection.
 #[derive(Debug)]
@@ -132,6 +137,16 @@ impl SharedH2 {
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_send_buffer_size(MAX_SEND_BUFFER)
             .max_header_list_size(MAX_HEADER_LIST)
+            // h2 counts, over a connection's whole life, the streams it resets for frames it
+            // no longer expects, and past 1024 tears the connection down (GOAWAY
+            // ENHANCE_YOUR_CALM), failing every stream in flight on it. On a shared connection
+            // those frames are routine: a caller gives up, its stream is reset, and the peer's
+            // answer, already on the wire, arrives for a stream h2 has forgotten (it keeps only
+            // the last `RESETS_REMEMBERED`, for a second). One caller's cancellations must not
+            // fail the other callers' requests, and the peer is our own app or an upstream we
+            // verified: no limit.
+            .max_local_error_reset_streams(None)
+            .max_concurrent_reset_streams(RESETS_REMEMBERED)
             .enable_push(false);
         Self {
             current: Mutex::new(None),

@@ -12,6 +12,7 @@
 mod support;
 
 mod app_protocol;
+mod app_resets;
 mod grpc;
 mod grpc_bidi;
 mod h2;
