@@ -8,7 +8,10 @@
 //! look, or changed within a few seconds of it ([`stamp`]); otherwise a poll reads no file. A set is put in force only if the files did
 //! not change while they were read: the directory is hashed before and after the load, and both
 //! must equal the loaded set's version. Otherwise (a file saved by truncating and then writing,
-//! read between the two) nothing changes and the next poll tries again.
+//! read between the two) nothing changes and the next poll tries again. A watcher also leaves a
+//! change alone until the directory has been quiet for [`QUIET`], so that a file read after it
+//! was truncated and before its writing began is not put in force (the before-and-after check
+//! cannot see a write that has not started).
 
 mod stamp;
 
@@ -28,6 +31,13 @@ use crate::request::Request;
 
 /// How often a watching engine looks at its directory.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a watching engine waits after the last change to the directory (a file written,
+/// added, removed or renamed) before it loads it: a file saved by truncating and then writing
+/// it, read in between, is a valid set without that file's policies (a `forbid` gone), and the
+/// check that the files did not change while they were read cannot see a write that had not
+/// started. Editors and `cp` finish such a save within milliseconds.
+pub(crate) const QUIET: Duration = Duration::from_millis(500);
 
 /// The policy set in force, reloadable.
 #[derive(Debug)]
@@ -167,13 +177,22 @@ impl Inner {
     /// One poll of the watcher: reloads if the directory's content differs from what the last
     /// attempt saw (or that attempt was unsettled), and says what the reload did.
     fn poll(&self) -> Option<Result<Reload, LoadError>> {
-        let now = self.fingerprint_by_stamp(std::time::SystemTime::now());
+        self.poll_at(std::time::SystemTime::now())
+    }
+
+    /// [`Inner::poll`] at `now`: a change made within [`QUIET`] of it waits for a later poll.
+    fn poll_at(&self, now: std::time::SystemTime) -> Option<Result<Reload, LoadError>> {
+        let content = self.fingerprint_by_stamp(now);
         let changed = self
             .seen
             .lock()
-            .map(|seen| seen.as_deref() != Some(now.as_str()))
+            .map(|seen| seen.as_deref() != Some(content.as_str()))
             .unwrap_or(true);
-        changed.then(|| self.reload_checked(Some(now), || {}))
+        if changed && !stamp::quiet(&self.dir, now, QUIET) {
+            tracing::debug!(dir = %self.dir.display(), "policy files changed just now; loading them once they are quiet");
+            return None;
+        }
+        changed.then(|| self.reload_checked(Some(content), || {}))
     }
 
     /// The directory's [`fingerprint`], hashed only when its [`stamp::stamp`] changed (or
@@ -308,6 +327,40 @@ mod tests {
         }
     }
 
+    /// An engine on an allow-all and a deny-all set whose `baseline.cedar` (the deny-all) has
+    /// just been truncated, as the first half of a save; the path and the content it is being
+    /// saved with.
+    fn truncated_baseline() -> (tempfile::TempDir, Engine, PathBuf, String) {
+        let dir = dir_with(&[("allow.cedar", PERMIT), ("baseline.cedar", FORBID)]);
+        let engine = Engine::new(dir.path()).unwrap();
+        let baseline = dir.path().join("baseline.cedar");
+        std::fs::write(&baseline, "").unwrap();
+        let saved = format!("// quarantine everything\n{FORBID}");
+        (dir, engine, baseline, saved)
+    }
+
+    /// A time at which whatever the test has written is quiet.
+    fn after_quiet() -> SystemTime {
+        SystemTime::now() + QUIET + Duration::from_millis(100)
+    }
+
+    /// `cp new.cedar baseline.cedar` truncates the file, then writes it: a poll between the
+    /// two, before the write began, finds a valid set without the forbid, and the files stay
+    /// the same while it loads. The watcher waits for the directory to be quiet.
+    #[test]
+    fn a_poll_just_after_a_file_was_truncated_waits_for_it_to_be_written() {
+        let (_dir, engine, baseline, saved) = truncated_baseline();
+        let old = engine.current().version().to_owned();
+        assert!(engine.inner.poll_at(SystemTime::now()).is_none());
+        assert_eq!(engine.current().version(), old);
+        assert!(!engine.decide(&get()).is_allowed());
+        std::fs::write(&baseline, &saved).unwrap();
+        let Some(Ok(Reload::Replaced { .. })) = engine.inner.poll_at(after_quiet()) else {
+            panic!("the quiet directory was not reloaded");
+        };
+        assert_eq!(engine.decide(&get()).policy_ids(), ["deny-all"]);
+    }
+
     #[test]
     fn only_a_load_of_files_that_did_not_change_is_settled() {
         assert!(settled("a", Some("a"), "a"));
@@ -331,12 +384,8 @@ mod tests {
     /// empty file, a valid set without the forbid. It must not be put in force.
     #[test]
     fn a_set_read_while_a_file_was_being_saved_is_not_put_in_force() {
-        let dir = dir_with(&[("allow.cedar", PERMIT), ("baseline.cedar", FORBID)]);
-        let engine = Engine::new(dir.path()).unwrap();
+        let (dir, engine, baseline, saved) = truncated_baseline();
         let old = engine.current().version().to_owned();
-        let baseline = dir.path().join("baseline.cedar");
-        std::fs::write(&baseline, "").unwrap();
-        let saved = format!("// quarantine everything\n{FORBID}");
         let result = engine
             .inner
             .reload_checked(None, || std::fs::write(&baseline, &saved).unwrap());
@@ -345,7 +394,7 @@ mod tests {
         assert!(!engine.decide(&get()).is_allowed());
 
         // The next poll reloads even though nothing changed since, and finds the whole file.
-        let Some(Ok(Reload::Replaced { new, .. })) = engine.inner.poll() else {
+        let Some(Ok(Reload::Replaced { new, .. })) = engine.inner.poll_at(after_quiet()) else {
             panic!("the next poll did not reload");
         };
         assert_eq!(new, PolicySet::load(dir.path()).unwrap().version());
@@ -354,7 +403,7 @@ mod tests {
             (d.is_allowed(), d.policy_ids()),
             (false, &["deny-all".to_owned()][..])
         );
-        assert!(engine.inner.poll().is_none());
+        assert!(engine.inner.poll_at(after_quiet()).is_none());
     }
 
     /// An edit of the same size with the same modification time (within one tick of the file
@@ -373,7 +422,7 @@ mod tests {
         drop(file);
         assert_eq!(std::fs::metadata(&path).unwrap().modified().unwrap(), mtime);
 
-        let Some(Ok(Reload::Replaced { .. })) = engine.inner.poll() else {
+        let Some(Ok(Reload::Replaced { .. })) = engine.inner.poll_at(after_quiet()) else {
             panic!("the edit was not reloaded");
         };
         assert_eq!(engine.decide(&get()).policy_ids(), ["allow-any"]);
