@@ -30,6 +30,8 @@ use hyper::body::Body;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::MissedTickBehavior;
 
+mod linger;
+
 use crate::h2_body::{self, H2Body};
 use crate::lapse::{Validity, Verified};
 
@@ -90,6 +92,8 @@ pub(crate) struct ConnState {
     closed: AtomicBool,
     /// Exchanges whose response has not been dropped yet.
     in_flight: AtomicUsize,
+    /// Streams given up on that are held for their answer ([`linger`]).
+    lingering: AtomicUsize,
 }
 
 /// Counts an exchange as in flight on its connection until dropped.
@@ -109,6 +113,8 @@ enum Started<B> {
 /// A request whose HEADERS are queued: its response to come.
 struct Exchange {
     response: h2::client::ResponseFuture,
+    /// When its HEADERS were queued.
+    sent: Instant,
     in_flight: InFlight,
 }
 
@@ -354,6 +360,7 @@ where
     }
     Ok(Exchange {
         response,
+        sent: Instant::now(),
         in_flight: InFlight::new(state),
     })
 }
@@ -364,9 +371,11 @@ impl Exchange {
     async fn response(self) -> Result<Response<H2Body>, h2::Error> {
         let Self {
             response,
+            sent,
             in_flight,
         } = self;
-        let (head, recv) = response.await?.into_parts();
+        let awaiting = linger::Awaiting::new(response, sent, Arc::clone(&in_flight.0));
+        let (head, recv) = awaiting.await?.into_parts();
         let body = H2Body::new(recv, &head.headers, Some(in_flight));
         Ok(Response::from_parts(head, body))
     }

@@ -101,12 +101,17 @@ async fn serve(mut io: TcpStream, seen: &Seen) -> std::io::Result<()> {
     }
 }
 
-#[tokio::test]
-async fn app_answers_crossing_cancellations_do_not_tear_down_the_shared_app_connection() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app_addr = listener.local_addr().unwrap();
-    let seen = Arc::new(Seen::default());
-    tokio::spawn(racing_app(listener, Arc::clone(&seen)));
+/// A sidecar in front of the app at `app_addr`, a caller connection, and a request on it to
+/// `path` (the victim) that the app has (`reached` says so).
+async fn victim_in_flight(
+    app_addr: std::net::SocketAddr,
+    path: &str,
+    reached: impl Fn() -> bool,
+) -> (
+    Fixture,
+    hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    tokio::task::JoinHandle<hyper::Result<http::Response<hyper::body::Incoming>>>,
+) {
     let f = Fixture::start(Options {
         app_addr: Some(app_addr),
         ..Options::default()
@@ -114,22 +119,22 @@ async fn app_answers_crossing_cancellations_do_not_tear_down_the_shared_app_conn
     .await;
     let tls = f.client(WEB_ID).connect(f.inbound).await.unwrap();
     let mut sender = h2_sender(tls).await;
-    let victim = tokio::spawn(sender.send_request(get_h2("/victim")));
+    let victim = tokio::spawn(sender.send_request(get_h2(path)));
     let deadline = tokio::time::Instant::now() + WAIT;
-    while seen.victim.load(Ordering::SeqCst) == 0 {
+    while !reached() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the victim never reached the app"
         );
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
-    // Each caller stream gets its response headers, then the caller gives up on it: the inbound
-    // resets the app's stream.
-    for _ in 0..CANCELLED {
-        let resp = sender.send_request(get_h2("/gone")).await.unwrap();
-        assert_eq!(resp.status(), StatusCode::OK);
-        drop(resp);
-    }
+    (f, sender, victim)
+}
+
+/// The victim's request got its 200.
+async fn assert_victim_answered(
+    victim: tokio::task::JoinHandle<hyper::Result<http::Response<hyper::body::Incoming>>>,
+) {
     let resp = tokio::time::timeout(WAIT, victim)
         .await
         .expect("the victim got no answer")
@@ -140,7 +145,106 @@ async fn app_answers_crossing_cancellations_do_not_tear_down_the_shared_app_conn
         StatusCode::OK,
         "the victim's request failed with the shared app connection"
     );
+}
+
+#[tokio::test]
+async fn app_answers_crossing_cancellations_do_not_tear_down_the_shared_app_connection() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Seen::default());
+    tokio::spawn(racing_app(listener, Arc::clone(&seen)));
+    let (_f, mut sender, victim) = victim_in_flight(app_addr, "/victim", || {
+        seen.victim.load(Ordering::SeqCst) != 0
+    })
+    .await;
+    // Each caller stream gets its response headers, then the caller gives up on it: the inbound
+    // resets the app's stream.
+    for _ in 0..CANCELLED {
+        let resp = sender.send_request(get_h2("/gone")).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        drop(resp);
+    }
+    assert_victim_answered(victim).await;
     // Every cancellation reached the app (and some late DATA got a reset of its own).
     assert!(seen.resets.load(Ordering::SeqCst) >= CANCELLED);
     assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
+}
+
+/// Streams a caller has in flight when it goes away: more than an h2 server (hyper's, tonic's)
+/// lets a client reset before it has accepted them (20) before it closes the connection
+/// (GOAWAY `ENHANCE_YOUR_CALM`, the HTTP/2 rapid-reset defence).
+const ABANDONED: usize = 64;
+
+/// How long the busy app's `/block` keeps its thread from reading anything.
+const BLOCK: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// An HTTP/1.1 + h2c app (hyper's server, defaults) on a thread of its own. `/block` holds the
+/// thread for [`BLOCK`] (an app busy with a request: it reads no frame meanwhile), then answers
+/// 100 ms later; anything else is answered at once. Counts what it got.
+fn busy_app() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&seen);
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((io, _)) = listener.accept().await else {
+                    return;
+                };
+                let counted = Arc::clone(&counted);
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: http::Request<_>| {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        async move {
+                            let _: &hyper::body::Incoming = req.body();
+                            if req.uri().path() == "/block" {
+                                std::thread::sleep(BLOCK);
+                                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                            }
+                            Ok::<_, std::convert::Infallible>(http::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
+                            ))
+                        }
+                    });
+                    let builder = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    );
+                    let _ = builder
+                        .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
+                        .await;
+                });
+            }
+        });
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn a_caller_abandoning_many_streams_at_once_does_not_fail_another_callers_request() {
+    let (app_addr, seen) = busy_app();
+    // The victim: another caller's request, in flight at the app, which is busy with it.
+    let (f, _victim_sender, victim) =
+        victim_in_flight(app_addr, "/block", || seen.load(Ordering::SeqCst) != 0).await;
+    // Meanwhile a caller sends its requests and goes away, as a load generator does at its end:
+    // the inbound forwards them and then resets them, all before the app reads any of it.
+    let tls = f.client(WEB_ID).connect(f.inbound).await.unwrap();
+    let mut caller = h2_sender(tls).await;
+    let pending: Vec<_> = (0..ABANDONED)
+        .map(|_| tokio::spawn(caller.send_request(get_h2("/gone"))))
+        .collect();
+    // Long enough for the inbound (on this test's thread) to forward them, well within the
+    // 100 ms in which a stream given up on lingers.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    for p in pending {
+        p.abort();
+    }
+    drop(caller);
+    assert_victim_answered(victim).await;
 }
