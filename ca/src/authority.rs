@@ -8,6 +8,7 @@
 //! (every SVID it signed expires no later than it does). Time comes from a [`Clock`], so the
 //! schedule is tested without sleeping.
 
+mod audit_key;
 mod clock;
 mod files;
 mod init;
@@ -26,6 +27,8 @@ use warden_identity::{Bundle, JwtSigner, TrustDomain};
 
 use crate::datastore::{Datastore, DatastoreError};
 
+pub use audit_key::AUDIT_KEY_FILE;
+pub(crate) use audit_key::prepare as prepare_audit_key;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use files::read_trust_domain;
 pub use init::default_datastore;

@@ -35,7 +35,8 @@ macro_rules! in_tx {
                         .fetch_one(&mut *$tx)
                         .await?;
                 #[allow(unused_mut)]
-                let mut $audit = $crate::datastore::audit::AuditBatch::from_head(head)?;
+                let mut $audit =
+                    $crate::datastore::audit::AuditBatch::from_head(head, $ds.audit_key.clone())?;
                 let out = $body;
                 $crate::datastore::audit::flush_audit!($tx, $audit);
                 $tx.commit().await?;
@@ -48,7 +49,8 @@ macro_rules! in_tx {
                         .fetch_one(&mut *$tx)
                         .await?;
                 #[allow(unused_mut)]
-                let mut $audit = $crate::datastore::audit::AuditBatch::from_head(head)?;
+                let mut $audit =
+                    $crate::datastore::audit::AuditBatch::from_head(head, $ds.audit_key.clone())?;
                 let out = $body;
                 $crate::datastore::audit::flush_audit!($tx, $audit);
                 $tx.commit().await?;
@@ -70,11 +72,13 @@ mod svids;
 mod tokens;
 mod validate;
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 use warden_identity::{SpiffeId, TrustDomain};
 
+pub use audit::{AuditKey, AuditKeying};
 pub use error::{DatastoreError, EntryError, TokenError};
 pub use model::{
     AgentRecord, AgentRenewal, AuditEvent, AuditRecord, AuditVerification, BadAuditRecord,
@@ -91,6 +95,9 @@ pub struct Datastore {
     backend: Backend,
     /// A printable description of where the data lives (never contains a password).
     location: String,
+    /// The key audit records are chained under from its `keyed_from` on (see [`audit`]); `None`:
+    /// every record is chained unkeyed.
+    audit_key: Option<Arc<AuditKey>>,
 }
 
 /// The concrete pool behind a [`Datastore`].
@@ -161,6 +168,14 @@ impl Datastore {
         matches!(self.backend, Backend::Postgres(_))
     }
 
+    /// This store, chaining audit records under `key` from its `keyed_from` on, and verifying
+    /// them so.
+    #[must_use]
+    pub fn with_audit_key(mut self, key: AuditKey) -> Self {
+        self.audit_key = Some(Arc::new(key));
+        self
+    }
+
     /// Closes the pool; later calls fail.
     pub async fn close(&self) {
         on_pool!(self, pool => pool.close().await)
@@ -179,6 +194,7 @@ impl std::fmt::Debug for Datastore {
                 },
             )
             .field("location", &self.location)
+            .field("audit_keyed", &self.audit_key.is_some())
             .finish()
     }
 }

@@ -113,6 +113,8 @@ pub async fn start_with_clock(
     // First: a second CA on this data directory stops here, before it touches the datastore.
     let admin_listener = crate::admin::bind(&config.admin_socket).await?;
     let ds = Datastore::open(&config.datastore).await?;
+    let audit_key = crate::authority::prepare_audit_key(&config.data_dir, &ds).await?;
+    let ds = ds.with_audit_key(audit_key);
     let authority = Authority::load(&config.data_dir, td, ds, clock, config.ttls).await?;
     let metrics = Arc::new(Metrics::new());
 

@@ -140,6 +140,8 @@ pub async fn init_ca(opts: &InitOptions) -> Result<InitReport, AuthorityError> {
         .clone()
         .unwrap_or_else(|| default_datastore(&opts.data_dir));
     let ds = Datastore::open(&url).await?;
+    let audit_key = super::audit_key::prepare(&opts.data_dir, &ds).await?;
+    let ds = ds.with_audit_key(audit_key);
     let (not_before, not_after) =
         keys::cert_validity(cert.as_ref()).map_err(AuthorityError::Certificate)?;
     let record = CaRecord {

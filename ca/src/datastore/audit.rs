@@ -7,8 +7,18 @@
 //! never depends on how a JSON library re-serialises it. The chain head (last seq and hash) is
 //! kept in `audit_head`, updated in the same transaction as every append, so that deleting the
 //! newest records is detected as well.
+//!
+//! From the record `audit_head.keyed_from` on, the links are keyed ([`keyed`]): an HMAC under
+//! the CA's audit key instead of a bare hash, so that only the key's holder can chain records.
+
+mod keyed;
+
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
+
+use keyed::same_hash;
+pub use keyed::{AuditKey, AuditKeying};
 
 use super::error::DatastoreError;
 use super::model::{AuditEvent, AuditRecord, AuditVerification, BadAuditRecord};
@@ -32,14 +42,19 @@ pub(crate) struct AuditBatch {
     seq: u64,
     hash: [u8; 32],
     at: i64,
+    key: Option<Arc<AuditKey>>,
     rows: Vec<AuditRecord>,
 }
 
 // === impl AuditBatch ===
 
 impl AuditBatch {
-    /// Starts a batch at the chain head `(seq, hex hash)` read from `audit_head`.
-    pub(crate) fn from_head(head: (i64, String)) -> Result<Self, DatastoreError> {
+    /// Starts a batch at the chain head `(seq, hex hash)` read from `audit_head`, chaining
+    /// under `key` from its `keyed_from` on.
+    pub(crate) fn from_head(
+        head: (i64, String),
+        key: Option<Arc<AuditKey>>,
+    ) -> Result<Self, DatastoreError> {
         let (seq, hash) = head;
         let corrupt = |detail: &str| DatastoreError::Corrupt {
             what: "audit head",
@@ -52,6 +67,7 @@ impl AuditBatch {
             seq,
             hash,
             at: now_unix(),
+            key,
             rows: Vec::new(),
         })
     }
@@ -62,15 +78,8 @@ impl AuditBatch {
             DatastoreError::Invalid(format!("audit detail is not serialisable: {e}"))
         })?;
         let seq = self.seq + 1;
-        let hash = chain_hash(
-            &self.hash,
-            seq,
-            self.at,
-            &ev.kind,
-            &ev.actor,
-            &ev.subject,
-            &detail,
-        );
+        let fields = [ev.kind.as_str(), &ev.actor, &ev.subject, &detail];
+        let hash = link(self.key.as_deref(), &self.hash, seq, self.at, fields);
         self.rows.push(AuditRecord {
             seq,
             at: self.at,
@@ -154,7 +163,18 @@ fn decode_hash(text: &str) -> Option<[u8; 32]> {
     <[u8; 32]>::try_from(bytes.as_slice()).ok()
 }
 
-/// One link of the chain (see the module doc for the encoding).
+/// Record `seq`'s link: keyed from `key`'s `keyed_from` on, else [`chain_hash`].
+fn link(key: Option<&AuditKey>, prev: &[u8; 32], seq: u64, at: i64, fields: [&str; 4]) -> [u8; 32] {
+    match key {
+        Some(key) if seq >= key.keyed_from() => key.link(prev, seq, at, fields),
+        _ => {
+            let [kind, actor, subject, detail] = fields;
+            chain_hash(prev, seq, at, kind, actor, subject, detail)
+        }
+    }
+}
+
+/// One unkeyed link of the chain (see the module doc for the encoding).
 pub(crate) fn chain_hash(
     prev: &[u8; 32],
     seq: u64,
@@ -223,6 +243,14 @@ impl Datastore {
     /// Recomputes the whole chain and names the first record that was edited, deleted or
     /// inserted out of order, and detects deletion of the newest records through the chain head.
     pub async fn verify_audit(&self) -> Result<AuditVerification, DatastoreError> {
+        let key = self.audit_key.as_deref();
+        if let (None, Some(keying)) = (key, self.audit_keying().await?) {
+            return Err(DatastoreError::Invalid(format!(
+                "the audit chain is keyed from record {} (key `{}`): only a CA holding that key \
+                 (`audit.key` in its data dir) can verify it",
+                keying.keyed_from, keying.key_id
+            )));
+        }
         let mut prev = [0u8; 32];
         let mut expected_seq: u64 = 1;
         let mut checked: u64 = 0;
@@ -242,9 +270,9 @@ impl Datastore {
                         ),
                     ));
                 }
-                let computed =
-                    chain_hash(&prev, r.seq, r.at, &r.kind, &r.actor, &r.subject, &r.detail);
-                if decode_hash(&r.hash) != Some(computed) {
+                let fields = [r.kind.as_str(), &r.actor, &r.subject, &r.detail];
+                let computed = link(key, &prev, r.seq, r.at, fields);
+                if !decode_hash(&r.hash).is_some_and(|stored| same_hash(&stored, &computed)) {
                     return Ok(bad(
                         checked,
                         r.seq,
@@ -273,7 +301,7 @@ impl Datastore {
                 ),
             ));
         }
-        if head_seq != checked || decode_hash(&head.1) != Some(prev) {
+        if head_seq != checked || !decode_hash(&head.1).is_some_and(|h| same_hash(&h, &prev)) {
             return Ok(bad(
                 checked,
                 checked,
@@ -286,6 +314,68 @@ impl Datastore {
             records: checked,
             first_bad: None,
         })
+    }
+}
+
+// === keying ===
+
+impl Datastore {
+    /// How the chain is keyed, if it is (`audit_head.keyed_from` and `key_id`).
+    pub async fn audit_keying(&self) -> Result<Option<AuditKeying>, DatastoreError> {
+        let row: (Option<i64>, Option<String>) = on_pool!(self, pool => {
+            sqlx::query_as("SELECT keyed_from, key_id FROM audit_head WHERE id = 1")
+                .fetch_one(pool)
+                .await?
+        });
+        match row {
+            (Some(from), Some(key_id)) => Ok(Some(AuditKeying {
+                keyed_from: u64::try_from(from).unwrap_or(0),
+                key_id,
+            })),
+            (None, None) => Ok(None),
+            _ => Err(DatastoreError::Corrupt {
+                what: "audit head",
+                id: "1".into(),
+                detail: "keyed_from and key_id are not both set".into(),
+            }),
+        }
+    }
+
+    /// The number of the last record (0 when there is none).
+    pub async fn audit_head_seq(&self) -> Result<u64, DatastoreError> {
+        let seq: i64 = on_pool!(self, pool => {
+            sqlx::query_scalar("SELECT seq FROM audit_head WHERE id = 1").fetch_one(pool).await?
+        });
+        Ok(u64::try_from(seq).unwrap_or(0))
+    }
+
+    /// Records that the chain is keyed under `key` from its `keyed_from` on. Fails, changing
+    /// nothing, when the chain is keyed already or has records at or past `keyed_from` (they
+    /// were chained unkeyed).
+    pub async fn set_audit_keying(&self, key: &AuditKey) -> Result<(), DatastoreError> {
+        let keyed_from = seq_to_i64(key.keyed_from());
+        in_tx!(self, |tx, _audit| {
+            let (seq, from): (i64, Option<i64>) =
+                sqlx::query_as("SELECT seq, keyed_from FROM audit_head WHERE id = 1")
+                    .fetch_one(&mut *tx)
+                    .await?;
+            if let Some(from) = from {
+                return Err(DatastoreError::Invalid(format!(
+                    "the audit chain is keyed already (from record {from})"
+                )));
+            }
+            if seq >= keyed_from {
+                return Err(DatastoreError::Invalid(format!(
+                    "the audit chain has {seq} records: it cannot be keyed from record {keyed_from}"
+                )));
+            }
+            sqlx::query("UPDATE audit_head SET keyed_from = $1, key_id = $2 WHERE id = 1")
+                .bind(keyed_from)
+                .bind(key.id())
+                .execute(&mut *tx)
+                .await?;
+        });
+        Ok(())
     }
 }
 
@@ -323,7 +413,7 @@ mod tests {
 
     #[test]
     fn batch_chains_records_from_the_head() {
-        let mut b = AuditBatch::from_head((0, "00".repeat(32))).unwrap();
+        let mut b = AuditBatch::from_head((0, "00".repeat(32)), None).unwrap();
         let ev = AuditEvent {
             kind: "k".into(),
             actor: "a".into(),
@@ -344,7 +434,7 @@ mod tests {
 
     #[test]
     fn corrupt_head_is_named() {
-        let err = AuditBatch::from_head((0, "zz".into())).unwrap_err();
+        let err = AuditBatch::from_head((0, "zz".into()), None).unwrap_err();
         assert!(
             err.to_string().contains("stored audit head `1` is corrupt"),
             "{err}"

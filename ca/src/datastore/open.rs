@@ -32,6 +32,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         "agent previous serial",
         include_str!("../../migrations/sqlite/0002_agent_previous_serial.sql"),
     ),
+    (
+        3,
+        "audit keying",
+        include_str!("../../migrations/sqlite/0003_audit_keying.sql"),
+    ),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -43,6 +48,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "agent previous serial",
         include_str!("../../migrations/postgres/0002_agent_previous_serial.sql"),
+    ),
+    (
+        3,
+        "audit keying",
+        include_str!("../../migrations/postgres/0003_audit_keying.sql"),
     ),
 ];
 
@@ -114,6 +124,7 @@ impl Datastore {
             .map_err(DatastoreError::Migrate)?;
         tracing::debug!(datastore = %location, "opened sqlite datastore");
         Ok(Datastore {
+            audit_key: None,
             backend: Backend::Sqlite(pool),
             location,
         })
@@ -136,6 +147,7 @@ impl Datastore {
             .map_err(DatastoreError::Migrate)?;
         tracing::debug!(datastore = %location, "opened postgres datastore");
         Ok(Datastore {
+            audit_key: None,
             backend: Backend::Postgres(pool),
             location,
         })

@@ -59,7 +59,9 @@ pub(crate) fn validate_entry(e: &NewEntry) -> Result<NewEntry, EntryError> {
     Ok(e)
 }
 
-/// Refuses the CA's own ID and any ID under the agent prefix (or the bare `/agent`).
+/// Refuses the CA's own ID, any other ID under the CA's `/warden/` namespace (kept for the
+/// CA's own identities, as SPIRE keeps `/spire/`) and any ID under the agent prefix (or the bare
+/// `/agent`).
 pub(crate) fn check_not_reserved(id: &SpiffeId) -> Result<(), EntryError> {
     let reserved = |reason| EntryError::ReservedId {
         id: id.to_string(),
@@ -67,6 +69,9 @@ pub(crate) fn check_not_reserved(id: &SpiffeId) -> Result<(), EntryError> {
     };
     if *id == ca_spiffe_id(&id.trust_domain()) {
         return Err(reserved("it is the ca's own id (`/warden/ca`)"));
+    }
+    if id.path() == "/warden" || id.path().starts_with("/warden/") {
+        return Err(reserved("ids under `/warden/` are kept for the ca"));
     }
     let agent_root = AGENT_PATH_PREFIX.trim_end_matches('/');
     if id.path() == agent_root || id.path().starts_with(AGENT_PATH_PREFIX) {
@@ -205,26 +210,29 @@ mod tests {
         let mut e = entry();
         e.parent_id = e.spiffe_id.clone();
         assert!(matches!(validate_entry(&e), Err(EntryError::OwnParent(_))));
-        let mut e = entry();
-        e.spiffe_id = "spiffe://example.org/warden/ca".parse().unwrap();
-        assert!(matches!(
-            validate_entry(&e),
-            Err(EntryError::ReservedId { .. })
-        ));
-        for agent in ["/agent", "/agent/join_token/abc", "/agent/x509pop/aa/b"] {
+        for reserved in [
+            "/warden/ca",
+            "/warden",
+            "/warden/ca2",
+            "/warden/cax/y",
+            "/warden/server",
+            "/agent",
+            "/agent/join_token/abc",
+            "/agent/x509pop/aa/b",
+        ] {
             let mut e = entry();
-            e.spiffe_id = format!("spiffe://example.org{agent}").parse().unwrap();
+            e.spiffe_id = format!("spiffe://example.org{reserved}").parse().unwrap();
             assert!(
                 matches!(validate_entry(&e), Err(EntryError::ReservedId { .. })),
-                "{agent}"
+                "{reserved}"
             );
         }
         for fine in [
             "/agents/x",
             "/agentx",
-            "/warden/ca2",
-            "/warden/cax/y",
-            "/x/agent/y",
+            "/wardens/x",
+            "/wardenx",
+            "/x/warden/ca",
         ] {
             let mut e = entry();
             e.spiffe_id = format!("spiffe://example.org{fine}").parse().unwrap();

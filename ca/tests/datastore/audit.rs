@@ -128,3 +128,82 @@ async fn audit_chain_survives_reopening_and_concurrent_appends() {
         assert_eq!(v.records, 21);
     }
 }
+
+/// `b`'s store keyed from record `from` with a fixed test key, and the keying recorded.
+async fn keyed(b: &Backend, from: u64) -> warden_ca::datastore::Datastore {
+    let key = warden_ca::datastore::AuditKey::new(&[0x5a; 32], from);
+    b.ds.set_audit_keying(&key).await.unwrap();
+    b.ds.clone().with_audit_key(key)
+}
+
+/// Cuts `b`'s log back to before record `from` and writes `events` after it with the CA's code
+/// but without the key, as whoever can write the database but not read the key could.
+async fn rewrite_from(b: &Backend, from: u64, events: &[u32]) {
+    b.raw_exec(&format!("DELETE FROM audit_log WHERE seq >= {from}"))
+        .await;
+    b.raw_exec(&format!(
+        "UPDATE audit_head SET seq = {last}, hash = (SELECT hash FROM audit_log WHERE seq = {last}) WHERE id = 1",
+        last = from - 1
+    ))
+    .await;
+    for n in events {
+        b.ds.append_audit(&event(*n)).await.unwrap();
+    }
+}
+
+/// The record `ds`'s verification names.
+async fn first_bad(ds: &warden_ca::datastore::Datastore) -> u64 {
+    let v = ds.verify_audit().await.unwrap();
+    v.first_bad.expect("tampering found").seq
+}
+
+#[tokio::test]
+async fn a_keyed_chain_verifies_with_its_key_and_tells_the_keyless_it_cannot() {
+    for b in backends().await {
+        for n in 1..=2 {
+            b.ds.append_audit(&event(n)).await.unwrap();
+        }
+        let ds = keyed(&b, 3).await;
+        for n in 3..=5 {
+            assert_eq!(ds.append_audit(&event(n)).await.unwrap(), u64::from(n));
+        }
+        let v = ds.verify_audit().await.unwrap();
+        assert!(v.is_ok(), "{}: {v:?}", b.name);
+        assert_eq!(v.records, 5);
+        let keying = b.ds.audit_keying().await.unwrap().unwrap();
+        assert_eq!(keying.keyed_from, 3);
+        let err = b.ds.verify_audit().await.unwrap_err().to_string();
+        assert!(err.contains("keyed from record 3"), "{}: {err}", b.name);
+        // Keyed already, or from a record already written: refused.
+        let again = warden_ca::datastore::AuditKey::new(&[1; 32], 9);
+        assert!(b.ds.set_audit_keying(&again).await.is_err());
+    }
+}
+
+#[tokio::test]
+async fn records_chained_without_the_key_are_found_in_a_keyed_chain() {
+    for b in backends().await {
+        let ds = keyed(&b, 1).await;
+        for n in 1..=5 {
+            ds.append_audit(&event(n)).await.unwrap();
+        }
+        // Whoever can write the database but has no key: cuts the log back to record 2 and
+        // writes records of its own with the CA's code, unkeyed.
+        rewrite_from(&b, 3, &[30, 31, 32]).await;
+        assert_eq!(first_bad(&ds).await, 3, "{}", b.name);
+    }
+}
+
+#[tokio::test]
+async fn unkeyed_records_before_the_key_are_held_by_the_first_keyed_one() {
+    let b = sqlite().await;
+    for n in 1..=3 {
+        b.ds.append_audit(&event(n)).await.unwrap();
+    }
+    let ds = keyed(&b, 4).await;
+    ds.append_audit(&event(4)).await.unwrap();
+    // Record 2 edited, and the chain from it rebuilt with the CA's code but without the key.
+    rewrite_from(&b, 2, &[22, 3, 4]).await;
+    // Records 2 and 3 are unkeyed links and hold together; the keyed record 4 does not.
+    assert_eq!(first_bad(&ds).await, 4);
+}

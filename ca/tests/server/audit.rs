@@ -92,3 +92,154 @@ async fn a_refused_known_join_token_is_audited_and_an_unknown_one_is_not() {
     }
     assert!(ca.ds().verify_audit().await.unwrap().is_ok());
 }
+
+/// `ca init` makes the audit key (0600) and keys the chain from the first record; the CA
+/// verifies its chain with it and starts again with it.
+#[tokio::test]
+async fn init_keys_the_audit_chain_and_the_ca_verifies_with_the_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    init(dir.path()).await;
+    let key_file = dir.path().join(warden_ca::authority::AUDIT_KEY_FILE);
+    let mode = std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let text = std::fs::read_to_string(&key_file).unwrap();
+    assert!(
+        text.starts_with("warden audit key v1\nkeyed-from 1\nsecret "),
+        "{text}"
+    );
+    let cfg = config(dir.path(), default_ttls(), vec![]);
+    for _ in 0..2 {
+        let running = warden_ca::server::start(&cfg).await.unwrap();
+        let ds = running.authority.datastore().clone();
+        assert_eq!(ds.audit_keying().await.unwrap().unwrap().keyed_from, 1);
+        let v = ds.verify_audit().await.unwrap();
+        assert!(v.is_ok() && v.records > 0, "{v:?}");
+        running.shutdown().await.unwrap();
+    }
+    // A store opened without the key cannot verify the chain, and says why.
+    let plain = warden_ca::datastore::Datastore::open(&cfg.datastore)
+        .await
+        .unwrap();
+    let err = plain.verify_audit().await.unwrap_err().to_string();
+    assert!(
+        err.contains("keyed from record 1") && err.contains("audit.key"),
+        "{err}"
+    );
+}
+
+/// An initialised data dir, the CA's config for it, and its audit key file.
+async fn initialised() -> (
+    tempfile::TempDir,
+    warden_ca::config::Config,
+    std::path::PathBuf,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    init(dir.path()).await;
+    let cfg = config(dir.path(), default_ttls(), vec![]);
+    let key_file = dir.path().join(warden_ca::authority::AUDIT_KEY_FILE);
+    (dir, cfg, key_file)
+}
+
+/// A CA whose data dir lost its audit key, or holds another CA's, or a damaged one, does not
+/// start: each error names the file and never shows the secret.
+#[tokio::test]
+async fn a_missing_foreign_or_damaged_audit_key_stops_the_ca() {
+    let (_dir, cfg, key_file) = initialised().await;
+    let original = std::fs::read_to_string(&key_file).unwrap();
+    let secret = original
+        .lines()
+        .nth(2)
+        .unwrap()
+        .strip_prefix("secret ")
+        .unwrap()
+        .to_owned();
+    let start_err = || async {
+        warden_ca::server::start(&cfg)
+            .await
+            .unwrap_err()
+            .to_string()
+    };
+
+    std::fs::remove_file(&key_file).unwrap();
+    let err = start_err().await;
+    assert!(
+        err.contains("audit.key") && err.contains("missing"),
+        "{err}"
+    );
+    assert!(!key_file.exists(), "a new key was made over a keyed chain");
+
+    let foreign = format!(
+        "warden audit key v1\nkeyed-from 1\nsecret {}\n",
+        "11".repeat(32)
+    );
+    std::fs::write(&key_file, foreign).unwrap();
+    let err = start_err().await;
+    assert!(
+        err.contains("audit.key") && err.contains("another CA's key"),
+        "{err}"
+    );
+
+    let damaged = original.replace("secret ", "secret zz");
+    std::fs::write(&key_file, &damaged).unwrap();
+    let err = start_err().await;
+    assert!(err.contains("audit.key") && err.contains("64 hex"), "{err}");
+    assert!(!err.contains(&secret), "{err}");
+
+    std::fs::write(&key_file, &original).unwrap();
+    let running = warden_ca::server::start(&cfg).await.unwrap();
+    running.shutdown().await.unwrap();
+}
+
+fn event(n: u32) -> warden_ca::datastore::AuditEvent {
+    warden_ca::datastore::AuditEvent {
+        kind: "test.event".into(),
+        actor: "tester".into(),
+        subject: format!("s{n}"),
+        detail: serde_json::json!({ "n": n }),
+    }
+}
+
+/// A data dir from before keying (no key file, an unkeyed chain) gets a key at start, keying
+/// the chain from its next record; the records before stay verifiable.
+#[tokio::test]
+async fn a_ca_from_before_keying_keys_its_chain_from_the_next_record() {
+    let (_dir, cfg, key_file) = initialised().await;
+    // As a CA of an earlier version left it: no key file, and a chain of unkeyed records.
+    std::fs::remove_file(&key_file).unwrap();
+    let plain = warden_ca::datastore::Datastore::open(&cfg.datastore)
+        .await
+        .unwrap();
+    let mut c = <sqlx::SqliteConnection as sqlx::Connection>::connect(&cfg.datastore)
+        .await
+        .unwrap();
+    for sql in [
+        "DELETE FROM audit_log",
+        "UPDATE audit_head SET seq = 0, keyed_from = NULL, key_id = NULL WHERE id = 1",
+    ] {
+        sqlx::query(sql).execute(&mut c).await.unwrap();
+    }
+    sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
+        .bind("00".repeat(32))
+        .execute(&mut c)
+        .await
+        .unwrap();
+    for n in 0..3 {
+        plain.append_audit(&event(n)).await.unwrap();
+    }
+    let unkeyed = plain.audit_head_seq().await.unwrap();
+    assert_eq!(unkeyed, 3);
+    assert!(plain.verify_audit().await.unwrap().is_ok());
+    plain.close().await;
+
+    let running = warden_ca::server::start(&cfg).await.unwrap();
+    let ds = running.authority.datastore().clone();
+    let keying = ds.audit_keying().await.unwrap().unwrap();
+    assert!(keying.keyed_from > unkeyed, "{keying:?} after {unkeyed}");
+    assert!(key_file.exists());
+    let next = ds.append_audit(&event(3)).await.unwrap();
+    assert!(next >= keying.keyed_from);
+    let v = ds.verify_audit().await.unwrap();
+    assert!(v.is_ok() && v.records == next, "{v:?}");
+    running.shutdown().await.unwrap();
+}
