@@ -336,8 +336,11 @@ async fn rotation_loop(
     svid_ttl: Duration,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
-    let period =
-        (authority.ttls().ca / 24).clamp(Duration::from_millis(200), Duration::from_secs(30));
+    // Often enough for the CA's rotation and for the server SVID's half-life (the agent TTL,
+    // which may be shorter than the period the CA's TTL asks for).
+    let period = (authority.ttls().ca / 24)
+        .min(svid_ttl / 4)
+        .clamp(Duration::from_millis(200), Duration::from_secs(30));
     let mut issued_at = authority.clock().now();
     let mut active = authority.active_ca_not_after();
     loop {

@@ -8,10 +8,10 @@
 //! look, or changed within a few seconds of it ([`stamp`]); otherwise a poll reads no file. A set is put in force only if the files did
 //! not change while they were read: the directory is hashed before and after the load, and both
 //! must equal the loaded set's version. Otherwise (a file saved by truncating and then writing,
-//! read between the two) nothing changes and the next poll tries again. A watcher also leaves a
-//! change alone until the directory has been quiet for [`QUIET`], so that a file read after it
-//! was truncated and before its writing began is not put in force (the before-and-after check
-//! cannot see a write that has not started).
+//! read between the two) nothing changes and the next poll tries again. A watcher also loads a
+//! change only once polls at least [`QUIET`] apart have found the same content, so that a file
+//! read after it was truncated and before its writing began is not put in force (the
+//! before-and-after check cannot see a write that has not started).
 
 mod stamp;
 
@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
@@ -32,11 +32,12 @@ use crate::request::Request;
 /// How often a watching engine looks at its directory.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
-/// How long a watching engine waits after the last change to the directory (a file written,
-/// added, removed or renamed) before it loads it: a file saved by truncating and then writing
-/// it, read in between, is a valid set without that file's policies (a `forbid` gone), and the
-/// check that the files did not change while they were read cannot see a write that had not
-/// started. Editors and `cp` finish such a save within milliseconds.
+/// How long a watching engine sees the directory's content unchanged before it loads a change:
+/// a file saved by truncating and then writing it, read in between, is a valid set without that
+/// file's policies (a `forbid` gone), and the check that the files did not change while they
+/// were read cannot see a write that had not started. Editors and `cp` finish such a save
+/// within milliseconds. With the default poll interval, a change loads at the second poll that
+/// finds it.
 pub(crate) const QUIET: Duration = Duration::from_millis(500);
 
 /// The policy set in force, reloadable.
@@ -73,6 +74,9 @@ struct Inner {
     /// The last [`stamp::Stamp`] a poll took and the fingerprint hashed with it: while the
     /// stamp stays the same, the fingerprint is the same without reading the files.
     stamped: Mutex<Option<(stamp::Stamp, String)>>,
+    /// A changed content a poll found, and when: it is loaded once a poll [`QUIET`] later or
+    /// more finds it still.
+    first_seen: Mutex<Option<(String, Instant)>>,
 }
 
 // === impl Engine ===
@@ -91,6 +95,7 @@ impl Engine {
             current: ArcSwap::from_pointee(set),
             seen: Mutex::new(seen),
             stamped: Mutex::new(None),
+            first_seen: Mutex::new(None),
         };
         Ok(Self {
             inner: Arc::new(inner),
@@ -177,22 +182,44 @@ impl Inner {
     /// One poll of the watcher: reloads if the directory's content differs from what the last
     /// attempt saw (or that attempt was unsettled), and says what the reload did.
     fn poll(&self) -> Option<Result<Reload, LoadError>> {
-        self.poll_at(std::time::SystemTime::now())
+        self.poll_at(std::time::SystemTime::now(), Instant::now())
     }
 
-    /// [`Inner::poll`] at `now`: a change made within [`QUIET`] of it waits for a later poll.
-    fn poll_at(&self, now: std::time::SystemTime) -> Option<Result<Reload, LoadError>> {
+    /// [`Inner::poll`] at `now` (wall clock, for the files' times) and `mono`: a change is
+    /// loaded once polls at least [`QUIET`] apart have found the same content. (Watched, not
+    /// read from the files' times, which a clock stepped back or a file dated ahead would make
+    /// look recent for ever.)
+    fn poll_at(
+        &self,
+        now: std::time::SystemTime,
+        mono: Instant,
+    ) -> Option<Result<Reload, LoadError>> {
         let content = self.fingerprint_by_stamp(now);
         let changed = self
             .seen
             .lock()
             .map(|seen| seen.as_deref() != Some(content.as_str()))
             .unwrap_or(true);
-        if changed && !stamp::quiet(&self.dir, now, QUIET) {
-            tracing::debug!(dir = %self.dir.display(), "policy files changed just now; loading them once they are quiet");
+        let Ok(mut first_seen) = self.first_seen.lock() else {
+            return changed.then(|| self.reload_checked(Some(content), || {}));
+        };
+        if !changed {
+            *first_seen = None;
             return None;
         }
-        changed.then(|| self.reload_checked(Some(content), || {}))
+        match first_seen.as_ref() {
+            Some((seen, at)) if *seen == content && mono.duration_since(*at) >= QUIET => {
+                *first_seen = None;
+            }
+            Some((seen, _)) if *seen == content => return None,
+            _ => {
+                tracing::debug!(dir = %self.dir.display(), "policy files changed; loading them once they stay the same");
+                *first_seen = Some((content, mono));
+                return None;
+            }
+        }
+        drop(first_seen);
+        Some(self.reload_checked(Some(content), || {}))
     }
 
     /// The directory's [`fingerprint`], hashed only when its [`stamp::stamp`] changed (or
@@ -339,9 +366,15 @@ mod tests {
         (dir, engine, baseline, saved)
     }
 
-    /// A time at which whatever the test has written is quiet.
-    fn after_quiet() -> SystemTime {
-        SystemTime::now() + QUIET + Duration::from_millis(100)
+    /// Polls as a watcher does until the content has been the same for [`QUIET`]: once to
+    /// see it, and once more [`QUIET`] later (monotonic time made up, not slept).
+    fn settled_poll(engine: &Engine) -> Option<Result<Reload, LoadError>> {
+        let now = SystemTime::now();
+        let start = Instant::now();
+        if let Some(result) = engine.inner.poll_at(now, start) {
+            return Some(result);
+        }
+        engine.inner.poll_at(now, start + QUIET)
     }
 
     /// `cp new.cedar baseline.cedar` truncates the file, then writes it: a poll between the
@@ -351,12 +384,41 @@ mod tests {
     fn a_poll_just_after_a_file_was_truncated_waits_for_it_to_be_written() {
         let (_dir, engine, baseline, saved) = truncated_baseline();
         let old = engine.current().version().to_owned();
-        assert!(engine.inner.poll_at(SystemTime::now()).is_none());
+        let t0 = Instant::now();
+        assert!(engine.inner.poll_at(SystemTime::now(), t0).is_none());
         assert_eq!(engine.current().version(), old);
         assert!(!engine.decide(&get()).is_allowed());
         std::fs::write(&baseline, &saved).unwrap();
-        let Some(Ok(Reload::Replaced { .. })) = engine.inner.poll_at(after_quiet()) else {
-            panic!("the quiet directory was not reloaded");
+        // A poll finding other content than the last one starts the wait again.
+        assert!(
+            engine
+                .inner
+                .poll_at(SystemTime::now(), t0 + QUIET)
+                .is_none()
+        );
+        assert_eq!(engine.current().version(), old);
+        let Some(Ok(Reload::Replaced { .. })) =
+            engine.inner.poll_at(SystemTime::now(), t0 + QUIET * 2)
+        else {
+            panic!("the settled directory was not reloaded");
+        };
+        assert_eq!(engine.decide(&get()).policy_ids(), ["deny-all"]);
+    }
+
+    /// A file dated ahead of the clock (copied from a host whose clock runs fast, `touch -d`)
+    /// is loaded like any other change.
+    #[test]
+    fn a_file_dated_in_the_future_is_still_reloaded() {
+        let dir = dir_with(&[("set.cedar", PERMIT)]);
+        let engine = Engine::new(dir.path()).unwrap();
+        let path = dir.path().join("set.cedar");
+        std::fs::write(&path, FORBID).unwrap();
+        let file = std::fs::File::options().write(true).open(&path).unwrap();
+        file.set_modified(SystemTime::now() + Duration::from_secs(3600))
+            .unwrap();
+        drop(file);
+        let Some(Ok(Reload::Replaced { .. })) = settled_poll(&engine) else {
+            panic!("the change was not reloaded");
         };
         assert_eq!(engine.decide(&get()).policy_ids(), ["deny-all"]);
     }
@@ -394,7 +456,7 @@ mod tests {
         assert!(!engine.decide(&get()).is_allowed());
 
         // The next poll reloads even though nothing changed since, and finds the whole file.
-        let Some(Ok(Reload::Replaced { new, .. })) = engine.inner.poll_at(after_quiet()) else {
+        let Some(Ok(Reload::Replaced { new, .. })) = settled_poll(&engine) else {
             panic!("the next poll did not reload");
         };
         assert_eq!(new, PolicySet::load(dir.path()).unwrap().version());
@@ -403,7 +465,7 @@ mod tests {
             (d.is_allowed(), d.policy_ids()),
             (false, &["deny-all".to_owned()][..])
         );
-        assert!(engine.inner.poll_at(after_quiet()).is_none());
+        assert!(settled_poll(&engine).is_none());
     }
 
     /// An edit of the same size with the same modification time (within one tick of the file
@@ -422,7 +484,7 @@ mod tests {
         drop(file);
         assert_eq!(std::fs::metadata(&path).unwrap().modified().unwrap(), mtime);
 
-        let Some(Ok(Reload::Replaced { .. })) = engine.inner.poll_at(after_quiet()) else {
+        let Some(Ok(Reload::Replaced { .. })) = settled_poll(&engine) else {
             panic!("the edit was not reloaded");
         };
         assert_eq!(engine.decide(&get()).policy_ids(), ["allow-any"]);

@@ -8,6 +8,7 @@ use std::error::Error as StdError;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Instant;
 
 use bytes::Bytes;
 use h2::{Reason, RecvStream, SendStream};
@@ -36,6 +37,9 @@ pub(crate) struct Pipe<B> {
     tx: SendStream<Bytes>,
     /// A chunk waiting for flow-control capacity, and whether it ends the body.
     waiting: Option<(Bytes, bool)>,
+    /// Until then, a body that fails leaves the stream to whoever else holds it (a request's
+    /// answer, lingering: `h2_client::linger`) instead of resetting it at once.
+    hold_reset_until: Option<Instant>,
 }
 
 // === impl H2Body ===
@@ -113,6 +117,16 @@ where
         body,
         tx,
         waiting: None,
+        hold_reset_until: None,
+    }
+}
+
+impl<B> Pipe<B> {
+    /// This pipe, leaving the stream's reset to its other holders when the body fails before
+    /// `deadline`.
+    pub(crate) fn holding_resets_until(mut self, deadline: Instant) -> Self {
+        self.hold_reset_until = Some(deadline);
+        self
     }
 }
 
@@ -172,6 +186,15 @@ where
                 },
                 Some(Err(e)) => {
                     let e: Box<dyn StdError + Send + Sync> = e.into();
+                    if this
+                        .hold_reset_until
+                        .is_some_and(|until| Instant::now() < until)
+                    {
+                        // Dropping the handle resets nothing while the answer is held; the
+                        // stream is reset when that is dropped (it never ends the body).
+                        tracing::debug!(error = %e, "body failed; the stream is reset with its answer");
+                        return Poll::Ready(());
+                    }
                     tracing::debug!(error = %e, "body failed; resetting the stream");
                     this.tx.send_reset(reset_reason(&*e));
                     return Poll::Ready(());

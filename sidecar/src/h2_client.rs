@@ -355,12 +355,13 @@ where
     let (head, body) = req.into_parts();
     let end_of_stream = body.is_end_stream();
     let (response, tx) = sender.send_request(Request::from_parts(head, ()), end_of_stream)?;
+    let sent = Instant::now();
     if !end_of_stream {
-        tokio::spawn(h2_body::pipe(body, tx));
+        tokio::spawn(h2_body::pipe(body, tx).holding_resets_until(sent + linger::YOUNG));
     }
     Ok(Exchange {
         response,
-        sent: Instant::now(),
+        sent,
         in_flight: InFlight::new(state),
     })
 }

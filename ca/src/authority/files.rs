@@ -43,7 +43,18 @@ pub(crate) fn write_secret(path: &Path, contents: &[u8]) -> Result<(), Authority
         .map_err(io)?;
     f.write_all(contents).map_err(io)?;
     f.sync_all().map_err(io)?;
-    fs::rename(&tmp, path).map_err(io)
+    fs::rename(&tmp, path).map_err(io)?;
+    // The rename is durable only once the directory is.
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| AuthorityError::Io {
+                action: "sync",
+                path: dir.to_path_buf(),
+                source,
+            }),
+        _ => Ok(()),
+    }
 }
 
 /// Writes a public file (certificate) with mode 0644.

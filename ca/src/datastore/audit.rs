@@ -244,12 +244,34 @@ impl Datastore {
     /// inserted out of order, and detects deletion of the newest records through the chain head.
     pub async fn verify_audit(&self) -> Result<AuditVerification, DatastoreError> {
         let key = self.audit_key.as_deref();
-        if let (None, Some(keying)) = (key, self.audit_keying().await?) {
-            return Err(DatastoreError::Invalid(format!(
-                "the audit chain is keyed from record {} (key `{}`): only a CA holding that key \
-                 (`audit.key` in its data dir) can verify it",
-                keying.keyed_from, keying.key_id
-            )));
+        match (key, self.audit_keying().await?) {
+            (None, Some(keying)) => {
+                return Err(DatastoreError::Invalid(format!(
+                    "the audit chain is keyed from record {} (key `{}`): only a CA holding that \
+                     key (`audit.key` in its data dir) can verify it",
+                    keying.keyed_from, keying.key_id
+                )));
+            }
+            (Some(key), stored)
+                if stored
+                    .as_ref()
+                    .is_none_or(|s| s.keyed_from != key.keyed_from() || s.key_id != key.id()) =>
+            {
+                let said = stored.map_or("not keyed".to_owned(), |s| {
+                    format!("keyed by key `{}` from record {}", s.key_id, s.keyed_from)
+                });
+                return Ok(bad(
+                    0,
+                    key.keyed_from(),
+                    format!(
+                        "the chain head says the chain is {said}, but it is kept under key `{}` \
+                         from record {}: the head was edited",
+                        key.id(),
+                        key.keyed_from()
+                    ),
+                ));
+            }
+            _ => {}
         }
         let mut prev = [0u8; 32];
         let mut expected_seq: u64 = 1;
@@ -355,8 +377,8 @@ impl Datastore {
     pub async fn set_audit_keying(&self, key: &AuditKey) -> Result<(), DatastoreError> {
         let keyed_from = seq_to_i64(key.keyed_from());
         in_tx!(self, |tx, _audit| {
-            let (seq, from): (i64, Option<i64>) =
-                sqlx::query_as("SELECT seq, keyed_from FROM audit_head WHERE id = 1")
+            let (seq, hash, from): (i64, String, Option<i64>) =
+                sqlx::query_as("SELECT seq, hash, keyed_from FROM audit_head WHERE id = 1")
                     .fetch_one(&mut *tx)
                     .await?;
             if let Some(from) = from {
@@ -374,6 +396,16 @@ impl Datastore {
                 .bind(key.id())
                 .execute(&mut *tx)
                 .await?;
+            // The keying is itself the first keyed record, at once holding every record before
+            // it fast and saying when the key came.
+            let mut keyed = AuditBatch::from_head((seq, hash), Some(Arc::new(key.clone())))?;
+            keyed.record(
+                "audit.keyed",
+                super::CA_ACTOR,
+                key.id(),
+                serde_json::json!({ "keyed_from": key.keyed_from(), "key_id": key.id() }),
+            )?;
+            flush_audit!(tx, keyed);
         });
         Ok(())
     }

@@ -164,12 +164,15 @@ async fn a_keyed_chain_verifies_with_its_key_and_tells_the_keyless_it_cannot() {
             b.ds.append_audit(&event(n)).await.unwrap();
         }
         let ds = keyed(&b, 3).await;
-        for n in 3..=5 {
+        // Record 3 is the keying's own record.
+        let third = ds.list_audit(2, 1).await.unwrap().remove(0);
+        assert_eq!((third.seq, third.kind.as_str()), (3, "audit.keyed"));
+        for n in 4..=6 {
             assert_eq!(ds.append_audit(&event(n)).await.unwrap(), u64::from(n));
         }
         let v = ds.verify_audit().await.unwrap();
         assert!(v.is_ok(), "{}: {v:?}", b.name);
-        assert_eq!(v.records, 5);
+        assert_eq!(v.records, 6);
         let keying = b.ds.audit_keying().await.unwrap().unwrap();
         assert_eq!(keying.keyed_from, 3);
         let err = b.ds.verify_audit().await.unwrap_err().to_string();
@@ -177,6 +180,20 @@ async fn a_keyed_chain_verifies_with_its_key_and_tells_the_keyless_it_cannot() {
         // Keyed already, or from a record already written: refused.
         let again = warden_ca::datastore::AuditKey::new(&[1; 32], 9);
         assert!(b.ds.set_audit_keying(&again).await.is_err());
+        // The head's keying edited (to pass the chain off as unkeyed): named.
+        b.raw_exec("UPDATE audit_head SET keyed_from = NULL, key_id = NULL WHERE id = 1")
+            .await;
+        let bad = ds
+            .verify_audit()
+            .await
+            .unwrap()
+            .first_bad
+            .expect("head edit found");
+        assert!(
+            bad.problem.contains("the head was edited"),
+            "{}",
+            bad.problem
+        );
     }
 }
 

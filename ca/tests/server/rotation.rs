@@ -168,3 +168,15 @@ async fn short_ttl_server_publishes_old_and_new_intermediates_and_keeps_serving(
         &ca.running.authority.root_cert().clone(),
     );
 }
+
+/// With an agent TTL shorter than the rotation loop's period (30 s with the default CA TTL),
+/// the CA's own server certificate (issued for the agent TTL) is reissued before it expires:
+/// agents can still connect after its first lifetime.
+#[tokio::test]
+async fn the_ca_server_certificate_outlives_a_short_agent_ttl() {
+    let ca = start_ca_configured(|c| c.agent_ttl = Duration::from_secs(3)).await;
+    // Past the first certificate's end (its TTL; it is backdated, not postdated).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let svid = ca.attest("tok-after-first-lifetime").await;
+    assert!(svid.not_after() > SystemTime::now());
+}

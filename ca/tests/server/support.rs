@@ -73,9 +73,20 @@ pub(crate) async fn start_ca() -> TestCa {
 }
 
 pub(crate) async fn start_ca_with(ttls: Ttls, node_cas: Vec<std::path::PathBuf>) -> TestCa {
+    start_ca_configured(|c| {
+        c.ttls = ttls;
+        c.node_cas = node_cas;
+    })
+    .await
+}
+
+/// A CA on a fresh data dir, started with the default config changed by `change`.
+pub(crate) async fn start_ca_configured(change: impl FnOnce(&mut Config)) -> TestCa {
     let dir = tempfile::tempdir().unwrap();
     init(dir.path()).await;
-    let running = start(&config(dir.path(), ttls, node_cas)).await.unwrap();
+    let mut cfg = config(dir.path(), default_ttls(), Vec::new());
+    change(&mut cfg);
+    let running = start(&cfg).await.unwrap();
     TestCa { _dir: dir, running }
 }
 

@@ -48,37 +48,6 @@ pub(super) fn stamp(dir: &Path, now: SystemTime) -> Option<Stamp> {
     Some(Stamp(files))
 }
 
-/// Whether nothing in `dir` changed within `quiet` before `now`: the directory itself (a file
-/// added, removed or renamed) and every set file (its modification and change times). An
-/// unreadable directory or file is not a change in progress (the load reports it).
-pub(super) fn quiet(dir: &Path, now: SystemTime, quiet: Duration) -> bool {
-    let recent = |t: SystemTime| now.duration_since(t).map_or(true, |age| age < quiet);
-    let changed_recently = |meta: &std::fs::Metadata| {
-        meta.modified().is_ok_and(recent) || change_time(meta).is_some_and(recent)
-    };
-    if std::fs::metadata(dir).is_ok_and(|meta| changed_recently(&meta)) {
-        return false;
-    }
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return true;
-    };
-    !entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| is_set_file(p))
-        .any(|p| std::fs::metadata(&p).is_ok_and(|meta| changed_recently(&meta)))
-}
-
-#[cfg(unix)]
-fn change_time(meta: &std::fs::Metadata) -> Option<SystemTime> {
-    use std::os::unix::fs::MetadataExt as _;
-    Some(changed_at((meta.ctime(), meta.ctime_nsec())))
-}
-
-#[cfg(not(unix))]
-fn change_time(_meta: &std::fs::Metadata) -> Option<SystemTime> {
-    None
-}
-
 #[cfg(unix)]
 fn file_stamp(path: &Path, meta: &std::fs::Metadata) -> Option<FileStamp> {
     use std::os::unix::fs::MetadataExt as _;
@@ -136,36 +105,6 @@ mod tests {
         std::fs::write(dir.path().join("b.cedar"), "z").unwrap();
         let third = stamp(dir.path(), later + Duration::from_secs(1)).unwrap();
         assert_eq!(third.0.len(), 2);
-    }
-
-    #[test]
-    fn a_directory_is_quiet_once_no_file_changed_for_the_quiet_time() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("a.cedar"), "x").unwrap();
-        let quiet_time = Duration::from_secs(1);
-        let now = SystemTime::now();
-        assert!(
-            !quiet(dir.path(), now, quiet_time),
-            "a file was just written"
-        );
-        let later = now + quiet_time + Duration::from_millis(100);
-        assert!(quiet(dir.path(), later, quiet_time));
-        // A file of another kind is no change; removing a set file is one (the directory's).
-        std::thread::sleep(Duration::from_millis(20));
-        let later = SystemTime::now() + quiet_time + Duration::from_millis(100);
-        std::fs::write(dir.path().join("notes.txt"), "x").unwrap();
-        assert!(
-            !quiet(dir.path(), SystemTime::now(), quiet_time),
-            "the directory changed"
-        );
-        assert!(quiet(dir.path(), later, quiet_time));
-        std::fs::remove_file(dir.path().join("a.cedar")).unwrap();
-        assert!(!quiet(dir.path(), SystemTime::now(), quiet_time));
-        assert!(quiet(
-            &dir.path().join("gone"),
-            SystemTime::now(),
-            quiet_time
-        ));
     }
 
     #[test]

@@ -86,12 +86,22 @@ impl Drop for Awaiting {
             lingering.fetch_sub(1, Ordering::Relaxed);
             return;
         }
-        let conn = Arc::clone(&self.conn);
+        let counted = Lingering(Arc::clone(&self.conn));
         let until = tokio::time::Instant::from_std(self.sent + LINGER);
         runtime.spawn(async move {
             let answer = tokio::time::timeout_at(until, response).await;
-            conn.lingering.fetch_sub(1, Ordering::Relaxed);
             drop::<Option<Response<RecvStream>>>(answer.ok().and_then(Result::ok));
+            drop(counted);
         });
+    }
+}
+
+/// Counts a stream as lingering on its connection until dropped (also when its task is dropped
+/// unpolled, as at shutdown).
+struct Lingering(Arc<ConnState>);
+
+impl Drop for Lingering {
+    fn drop(&mut self) {
+        self.0.lingering.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -247,4 +247,47 @@ async fn a_caller_abandoning_many_streams_at_once_does_not_fail_another_callers_
     }
     drop(caller);
     assert_victim_answered(victim).await;
+    // The abandoned requests had reached the app's socket, more of them than it lets a client
+    // reset before it has accepted them (else this test proved nothing).
+    assert!(seen.load(Ordering::SeqCst) > 1 + 20, "{seen:?}");
+}
+
+/// The same with requests whose bodies are still streaming when their caller goes away (an
+/// upload, a client-streaming gRPC call): the body's failure must not reset the app's stream
+/// at once either.
+#[tokio::test]
+async fn a_caller_abandoning_many_uploads_at_once_does_not_fail_another_callers_request() {
+    let (app_addr, seen) = busy_app();
+    let (f, _victim_sender, victim) =
+        victim_in_flight(app_addr, "/block", || seen.load(Ordering::SeqCst) != 0).await;
+    let tls = f.client(WEB_ID).connect(f.inbound).await.unwrap();
+    let mut caller = h2_sender(tls).await;
+    let mut bodies = Vec::new();
+    let mut pending = Vec::new();
+    for _ in 0..ABANDONED {
+        let (tx, rx) = tokio::sync::mpsc::channel::<
+            Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>,
+        >(1);
+        tx.try_send(Ok(hyper::body::Frame::data(bytes::Bytes::from_static(
+            b"part",
+        ))))
+        .unwrap();
+        bodies.push(tx);
+        let body = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        // A client-streaming gRPC call (the test policy lets `web` make any but one).
+        let req = http::Request::post("https://api/test.Upload/Send")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(body)
+            .unwrap();
+        pending.push(tokio::spawn(caller.send_request(req)));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    for p in pending {
+        p.abort();
+    }
+    drop(caller);
+    drop(bodies);
+    assert_victim_answered(victim).await;
+    assert!(seen.load(Ordering::SeqCst) > 1 + 20, "{seen:?}");
 }
