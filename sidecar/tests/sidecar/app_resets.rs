@@ -32,6 +32,8 @@ const CANCELLED: usize = 1500;
 /// What the racing app has seen.
 #[derive(Default)]
 struct Seen {
+    /// How many streams the app lets the inbound reset before it answers them all late.
+    batch: usize,
     connections: AtomicUsize,
     resets: AtomicUsize,
     /// The first stream's id once it has arrived.
@@ -40,7 +42,7 @@ struct Seen {
 
 /// An h2c app written frame by frame. The first stream it gets (the victim) is answered last;
 /// every later one gets its response headers at once, and once the inbound has reset
-/// [`CANCELLED`] of them, each gets a DATA frame, as if the app had written it just before
+/// `batch` of them, each gets a DATA frame, as if the app had written it just before
 /// reading the reset. Then the victim gets its answer.
 async fn racing_app(listener: TcpListener, seen: Arc<Seen>) {
     loop {
@@ -84,7 +86,12 @@ async fn serve(mut io: TcpStream, seen: &Seen) -> std::io::Result<()> {
             RST_STREAM if Some(stream) != victim => {
                 cancelled.push(stream);
                 seen.resets.fetch_add(1, Ordering::SeqCst);
-                if cancelled.len() == CANCELLED {
+                let batch = if seen.batch == 0 {
+                    CANCELLED
+                } else {
+                    seen.batch
+                };
+                if cancelled.len() == batch {
                     let mut late = Vec::new();
                     for s in &cancelled {
                         late.extend_from_slice(&frame(DATA, 0, *s, b"late"));
@@ -147,16 +154,51 @@ async fn assert_victim_answered(
     );
 }
 
-#[tokio::test]
-async fn app_answers_crossing_cancellations_do_not_tear_down_the_shared_app_connection() {
+/// A racing app answering `batch` cancelled streams late, a sidecar in front of it, a caller
+/// connection and the victim's request in flight on it.
+async fn racing(
+    batch: usize,
+) -> (
+    Arc<Seen>,
+    Fixture,
+    hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    tokio::task::JoinHandle<hyper::Result<http::Response<hyper::body::Incoming>>>,
+) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let app_addr = listener.local_addr().unwrap();
-    let seen = Arc::new(Seen::default());
+    let seen = Arc::new(Seen {
+        batch,
+        ..Seen::default()
+    });
     tokio::spawn(racing_app(listener, Arc::clone(&seen)));
-    let (_f, mut sender, victim) = victim_in_flight(app_addr, "/victim", || {
+    let (f, sender, victim) = victim_in_flight(app_addr, "/victim", || {
         seen.victim.load(Ordering::SeqCst) != 0
     })
     .await;
+    (seen, f, sender, victim)
+}
+
+/// A burst of cancellations (200, as when a caller with that many requests in flight goes
+/// away) whose answers cross them: the inbound remembers the streams it reset, so the late
+/// frames are dropped quietly instead of each drawing a reset of its own (h2 remembers 50 by
+/// default).
+#[tokio::test]
+async fn app_answers_crossing_a_burst_of_cancellations_draw_no_resets_of_their_own() {
+    const BURST: usize = 200;
+    let (seen, _f, mut sender, victim) = racing(BURST).await;
+    for _ in 0..BURST {
+        let resp = sender.send_request(get_h2("/gone")).await.unwrap();
+        drop(resp);
+    }
+    assert_victim_answered(victim).await;
+    // Any reset for a late DATA frame was written before the victim's answer was read.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(seen.resets.load(Ordering::SeqCst), BURST);
+}
+
+#[tokio::test]
+async fn app_answers_crossing_cancellations_do_not_tear_down_the_shared_app_connection() {
+    let (seen, _f, mut sender, victim) = racing(CANCELLED).await;
     // Each caller stream gets its response headers, then the caller gives up on it: the inbound
     // resets the app's stream.
     for _ in 0..CANCELLED {
