@@ -87,6 +87,15 @@ pub async fn init_ca(opts: &InitOptions) -> Result<InitReport, AuthorityError> {
         )));
     }
     files::ensure_private_dir(&opts.data_dir)?;
+    // The datastore and its audit key first: a missing or foreign key stops `--force` before it
+    // has removed anything.
+    let url = opts
+        .datastore
+        .clone()
+        .unwrap_or_else(|| default_datastore(&opts.data_dir));
+    let ds = Datastore::open(&url).await?;
+    let audit_key = super::audit_key::prepare(&opts.data_dir, &ds).await?;
+    let ds = ds.with_audit_key(audit_key);
     let keys_dir = opts.data_dir.join(KEYS_DIR);
     if opts.force && keys_dir.exists() {
         std::fs::remove_dir_all(&keys_dir).map_err(|source| AuthorityError::Io {
@@ -135,13 +144,6 @@ pub async fn init_ca(opts: &InitOptions) -> Result<InitReport, AuthorityError> {
         }
     };
 
-    let url = opts
-        .datastore
-        .clone()
-        .unwrap_or_else(|| default_datastore(&opts.data_dir));
-    let ds = Datastore::open(&url).await?;
-    let audit_key = super::audit_key::prepare(&opts.data_dir, &ds).await?;
-    let ds = ds.with_audit_key(audit_key);
     let (not_before, not_after) =
         keys::cert_validity(cert.as_ref()).map_err(AuthorityError::Certificate)?;
     let record = CaRecord {

@@ -243,3 +243,39 @@ async fn a_ca_from_before_keying_keys_its_chain_from_the_next_record() {
     assert!(v.is_ok() && v.records == next, "{v:?}");
     running.shutdown().await.unwrap();
 }
+
+/// `warden ca init --force` with another CA's audit key stops before it replaces anything: the
+/// root key and the intermediate keys are as they were.
+#[tokio::test]
+async fn init_force_with_a_foreign_audit_key_changes_nothing() {
+    let (dir, cfg, key_file) = initialised().await;
+    let running = warden_ca::server::start(&cfg).await.unwrap();
+    running.shutdown().await.unwrap();
+    let keys = |d: &std::path::Path| std::fs::read_dir(d.join("keys")).unwrap().count();
+    let intermediates = keys(dir.path());
+    assert!(intermediates > 0);
+    let root = std::fs::read(dir.path().join("root.key.pem")).unwrap();
+    let foreign = format!(
+        "warden audit key v1\nkeyed-from 1\nsecret {}\n",
+        "22".repeat(32)
+    );
+    std::fs::write(&key_file, foreign).unwrap();
+    let err = warden_ca::authority::init_ca(&warden_ca::authority::InitOptions {
+        trust_domain: td(),
+        data_dir: dir.path().to_path_buf(),
+        datastore: None,
+        upstream: None,
+        key_type: warden_ca::authority::KeyType::EcP256,
+        root_ttl: std::time::Duration::from_secs(86_400),
+        force: true,
+    })
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("audit.key"), "{err}");
+    assert_eq!(keys(dir.path()), intermediates);
+    assert_eq!(
+        std::fs::read(dir.path().join("root.key.pem")).unwrap(),
+        root
+    );
+}
