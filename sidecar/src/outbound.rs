@@ -65,6 +65,16 @@ pub enum OutboundError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// `response_timeout` is not a duration in range, or is set on a TCP route.
+    #[error("outbound route `{listen}` response_timeout `{value}` is invalid: {reason}")]
+    InvalidResponseTimeout {
+        /// The route's listen address.
+        listen: SocketAddr,
+        /// The configured value.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The TLS client configuration could not be built.
     #[error("outbound tls configuration: {0}")]
     Tls(#[from] rustls::Error),

@@ -29,3 +29,5 @@ mod local;
 mod rotation;
 #[path = "outbound/tcp.rs"]
 mod tcp;
+#[path = "outbound/timeouts.rs"]
+mod timeouts;

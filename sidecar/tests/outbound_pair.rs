@@ -68,6 +68,7 @@ impl Pair {
             upstream: f.inbound.to_string(),
             expected_ids: vec![id(expected)],
             protocol,
+            response_timeout: None,
         };
         let outbound = Outbound::new(route, resolver, bundles, Arc::new(NoHooks)).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -129,7 +129,8 @@ pub struct Overrides {
     /// `policy.mode`: `enforce` or `dry-run`.
     pub mode: Option<Mode>,
     /// More `[[outbound]]` routes, each a TOML inline table
-    /// (`{ listen = "...", upstream = "...", expected_ids = ["..."] }`).
+    /// (`{ listen = "...", upstream = "...", expected_ids = ["..."] }`, optionally with
+    /// `protocol` and `response_timeout`).
     pub outbound: Vec<String>,
     /// `admin.listen`.
     pub admin_listen: Option<String>,

@@ -40,6 +40,8 @@ const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 /// gRPC status code `UNAVAILABLE`.
 const GRPC_UNAVAILABLE: HeaderValue = HeaderValue::from_static("14");
+/// gRPC status code `DEADLINE_EXCEEDED` (no response within the route's `response_timeout`).
+const GRPC_DEADLINE_EXCEEDED: HeaderValue = HeaderValue::from_static("4");
 /// gRPC status code `RESOURCE_EXHAUSTED` (too many request headers).
 const GRPC_RESOURCE_EXHAUSTED: HeaderValue = HeaderValue::from_static("8");
 
@@ -65,6 +67,8 @@ pub(crate) struct HttpProxy {
     max_header_bytes: usize,
     /// How long an upgraded connection may carry no bytes.
     idle_timeout: Duration,
+    /// The route's `response_timeout`: how long the upstream may take to begin its response.
+    response_timeout: Option<Duration>,
     upstream: String,
     hooks: Arc<dyn OutboundHooks>,
 }
@@ -86,6 +90,7 @@ impl HttpProxy {
         h2: MtlsConnector,
         hooks: Arc<dyn OutboundHooks>,
         limits: &OutboundLimits,
+        response_timeout: Option<Duration>,
     ) -> Self {
         let upstream = http1.upstream().to_owned();
         // Half the idle timeout: a peer sidecar with the same idle timeout must not close an
@@ -110,6 +115,7 @@ impl HttpProxy {
             max_headers: limits.max_headers,
             max_header_bytes: limits.max_header_bytes,
             idle_timeout: limits.idle_timeout,
+            response_timeout,
             upstream,
             hooks,
         }
@@ -177,9 +183,17 @@ impl HttpProxy {
         let sent = self
             .prepare(&mut req, grpc, upgrading)
             .map(|()| send(self, req));
+        let response_timeout = self.response_timeout;
         async move {
             let (response, status) = match sent {
-                Ok(sent) => self.answer(sent.await, grpc),
+                Ok(sent) => match response_timeout {
+                    None => self.answer(sent.await, grpc),
+                    // Boxed: the timer is paid for only by routes that have one.
+                    Some(limit) => match Box::pin(tokio::time::timeout(limit, sent)).await {
+                        Ok(sent) => self.answer(sent, grpc),
+                        Err(_) => self.no_response_within(limit, grpc),
+                    },
+                },
                 Err(reply) => *reply,
             };
             let latency = pending.answer();
@@ -267,6 +281,28 @@ impl HttpProxy {
                 local_reply(status, grpc, message)
             }
         }
+    }
+
+    /// The local reply when the upstream has not begun its response within `limit`: 504, or for
+    /// gRPC `DEADLINE_EXCEEDED` (where a failure to reach the upstream is `UNAVAILABLE`).
+    fn no_response_within(
+        &self,
+        limit: Duration,
+        grpc: bool,
+    ) -> (Response<ResponseBody>, StatusCode) {
+        let message = format!(
+            "upstream `{}` did not begin its response within {} (the route's response_timeout)",
+            self.upstream,
+            humantime::format_duration(limit)
+        );
+        tracing::warn!(upstream = %self.upstream, error = %message, "outbound request failed");
+        let (mut response, status) = local_reply(StatusCode::GATEWAY_TIMEOUT, grpc, message);
+        if grpc {
+            response
+                .headers_mut()
+                .insert(GRPC_STATUS, GRPC_DEADLINE_EXCEEDED);
+        }
+        (response, status)
     }
 
     /// Sends a request from hyper's server: HTTP/2 over the shared h2 connection, anything else

@@ -94,7 +94,13 @@ pub(super) async fn serve(
             let http1 = connector(with_alpn(&tls, ALPN_HTTP1));
             let h2 = connector(with_alpn(&tls, ALPN_H2));
             Handler::Http {
-                proxy: Arc::new(HttpProxy::new(http1, h2, hooks.clone(), &limits)),
+                proxy: Arc::new(HttpProxy::new(
+                    http1,
+                    h2,
+                    hooks.clone(),
+                    &limits,
+                    route.response_timeout()?,
+                )),
                 servers: Arc::new(Servers::new(&limits)),
             }
         }

@@ -1,6 +1,7 @@
 //! The `[[outbound]]` configuration of one route, and the parsed upstream address.
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use rustls_pki_types::ServerName;
 use warden_identity::SpiffeId;
@@ -22,7 +23,17 @@ pub struct Route {
     /// What is proxied (default `http`).
     #[serde(default)]
     pub protocol: Protocol,
+    /// HTTP only: how long the upstream may take to begin its response (its status and
+    /// headers) once the request is sent; then the local client gets 504 (gRPC: status
+    /// `DEADLINE_EXCEEDED`) and the upstream request is cancelled. A response body may then
+    /// stream for as long as it takes. Written like `15s` (100 ms to 1 h); none by default.
+    #[serde(default)]
+    pub response_timeout: Option<String>,
 }
+
+/// The shortest and longest `response_timeout`.
+const RESPONSE_TIMEOUT_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(100)..=Duration::from_secs(3600);
 
 /// What an outbound route proxies.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -58,7 +69,31 @@ impl Route {
         if self.expected_ids.is_empty() {
             return Err(OutboundError::NoExpectedIds(self.listen));
         }
+        self.response_timeout()?;
         self.validate_upstream().map(|_| ())
+    }
+
+    /// The parsed `response_timeout`.
+    pub(crate) fn response_timeout(&self) -> Result<Option<Duration>, OutboundError> {
+        let Some(text) = &self.response_timeout else {
+            return Ok(None);
+        };
+        let invalid = |reason: String| OutboundError::InvalidResponseTimeout {
+            listen: self.listen,
+            value: text.clone(),
+            reason,
+        };
+        if self.protocol != Protocol::Http {
+            return Err(invalid(
+                "only `http` routes have responses to wait for".into(),
+            ));
+        }
+        let d = humantime::parse_duration(text)
+            .map_err(|e| invalid(format!("not a duration like `15s`: {e}")))?;
+        if !RESPONSE_TIMEOUT_RANGE.contains(&d) {
+            return Err(invalid("outside the allowed range of 100ms to 1h".into()));
+        }
+        Ok(Some(d))
     }
 
     pub(crate) fn validate_upstream(&self) -> Result<Upstream, OutboundError> {
@@ -116,6 +151,7 @@ mod tests {
             upstream: upstream.to_owned(),
             expected_ids: ids.iter().map(|s| s.parse().unwrap()).collect(),
             protocol: Protocol::Http,
+            response_timeout: None,
         }
     }
 
@@ -211,6 +247,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(tcp.protocol, Protocol::Tcp);
+        let timed: Route = toml::from_str(
+            "listen = \"127.0.0.1:15001\"\nupstream = \"api:8443\"\n\
+             expected_ids = [\"spiffe://a.org/api\"]\nresponse_timeout = \"15s\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            timed.response_timeout().unwrap(),
+            Some(std::time::Duration::from_secs(15))
+        );
+        assert_eq!(parsed.response_timeout().unwrap(), None);
 
         let err = toml::from_str::<Route>(
             "listen = \"127.0.0.1:15001\"\nupstream = \"h:1\"\nexpected_ids = []\nretries = 3\n",

@@ -394,6 +394,7 @@ fn outbound_new_refuses_invalid_routes() {
         upstream: upstream.to_owned(),
         expected_ids: ids.iter().map(|s| spiffe_id(s)).collect(),
         protocol: Protocol::Http,
+        response_timeout: None,
     };
     let new = |route: Route| {
         Outbound::new(
@@ -420,6 +421,35 @@ fn outbound_new_refuses_invalid_routes() {
         err.to_string(),
         "outbound upstream `upstream` is invalid: expected `host:port`"
     );
+    for (protocol, timeout, reason) in [
+        (Protocol::Http, "soon", "not a duration like `15s`"),
+        (
+            Protocol::Http,
+            "10ms",
+            "outside the allowed range of 100ms to 1h",
+        ),
+        (
+            Protocol::Http,
+            "2h",
+            "outside the allowed range of 100ms to 1h",
+        ),
+        (
+            Protocol::Tcp,
+            "1s",
+            "only `http` routes have responses to wait for",
+        ),
+    ] {
+        let mut r = route("127.0.0.1:15001", &[SERVER_ID], "127.0.0.1:15443");
+        r.protocol = protocol;
+        r.response_timeout = Some(timeout.to_owned());
+        let err = new(r).to_string();
+        assert!(
+            err.starts_with(&format!(
+                "outbound route `127.0.0.1:15001` response_timeout `{timeout}` is invalid: {reason}"
+            )),
+            "{err}"
+        );
+    }
 }
 
 #[tokio::test]

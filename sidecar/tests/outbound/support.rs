@@ -352,6 +352,8 @@ pub(crate) struct ProxyOptions<'a> {
     pub(crate) resolver: Arc<SvidCertResolver>,
     pub(crate) bundles: Arc<dyn BundleSource>,
     pub(crate) limits: OutboundLimits,
+    /// The route's `response_timeout`.
+    pub(crate) response_timeout: Option<&'static str>,
 }
 
 impl<'a> ProxyOptions<'a> {
@@ -364,6 +366,7 @@ impl<'a> ProxyOptions<'a> {
             resolver: pki.resolver(CLIENT_ID),
             bundles: pki.bundles(),
             limits: OutboundLimits::default(),
+            response_timeout: None,
         }
     }
 }
@@ -375,6 +378,7 @@ impl Proxy {
             upstream: options.upstream,
             expected_ids: options.expected_ids.iter().map(|s| spiffe_id(s)).collect(),
             protocol: options.protocol,
+            response_timeout: options.response_timeout.map(str::to_owned),
         };
         let hooks = Arc::new(Recorder::default());
         let outbound = Outbound::new(route, options.resolver, options.bundles, hooks.clone())
