@@ -372,3 +372,62 @@ async fn rotation_loop(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::authority::{InitOptions, KeyType, Ttls, init_ca};
+
+    /// A listener that ends by itself is what `run` stops the CA for: `first_to_end` names it,
+    /// and the shutdown reports why it ended and stops the others.
+    #[tokio::test]
+    async fn a_listener_that_ends_by_itself_is_named_and_the_ca_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        init_ca(&InitOptions {
+            trust_domain: "example.org".parse().unwrap(),
+            data_dir: dir.path().to_path_buf(),
+            datastore: None,
+            upstream: None,
+            key_type: KeyType::EcP256,
+            root_ttl: Duration::from_secs(86_400),
+            force: false,
+        })
+        .await
+        .unwrap();
+        let config = Config {
+            data_dir: dir.path().to_path_buf(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            http_listen: "127.0.0.1:0".parse().unwrap(),
+            admin_socket: dir.path().join("admin.sock"),
+            datastore: crate::authority::default_datastore(dir.path()),
+            ttls: Ttls {
+                ca: Duration::from_secs(86_400),
+                x509_svid: Duration::from_secs(3600),
+                jwt_svid: Duration::from_secs(300),
+            },
+            agent_ttl: Duration::from_secs(3600),
+            node_cas: Vec::new(),
+        };
+        let mut running = start(&config).await.unwrap();
+        let agent_addr = running.agent_addr;
+        let http = running
+            .tasks
+            .iter()
+            .find(|(what, _)| *what == "http")
+            .map(|(_, task)| task.abort_handle())
+            .unwrap();
+        http.abort();
+        let ended = tokio::time::timeout(Duration::from_secs(10), running.first_to_end())
+            .await
+            .unwrap();
+        assert_eq!(ended, "http");
+        let err = running.shutdown().await.unwrap_err();
+        assert!(
+            matches!(&err, ServerError::Serve { what: "http", .. }),
+            "{err}"
+        );
+        assert!(tokio::net::TcpStream::connect(agent_addr).await.is_err());
+    }
+}
