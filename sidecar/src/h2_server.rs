@@ -13,6 +13,8 @@
 //! crate validates the protocol itself (malformed frames and headers, content-length
 //! mismatches, oversized header lists: 431).
 
+mod premature;
+
 use std::cell::RefCell;
 use std::error::Error as StdError;
 use std::future::{Future, poll_fn};
@@ -176,6 +178,8 @@ impl H2Server {
         let mut had_streams = false;
         let mut sent_away = false;
         let mut draining = false;
+        let mut resets = premature::PrematureResets::default();
+        let mut abusive = false;
         // Streams accepted since accepting last found no frame waiting (an atomic only because
         // the accept future and the loop share it, and the future must be `Send`).
         let in_a_row = AtomicUsize::new(0);
@@ -195,7 +199,22 @@ impl H2Server {
                 // Streams first: every stream that can move queues its frames before the
                 // connection is polled again, so they go out in one write.
                 biased;
-                Some(()) = streams.next(), if !streams.is_empty() => {}
+                Some(premature) = streams.next(), if !streams.is_empty() => {
+                    if resets.ended(premature) && !abusive {
+                        let (premature, ended) = resets.counts();
+                        tracing::warn!(
+                            src.addr = %peer,
+                            premature,
+                            ended,
+                            "caller reset most of its streams as soon as it opened them (rapid reset); sending it away"
+                        );
+                        // Gracefully: the streams in flight finish (on a connection from
+                        // another sidecar they may be other callers'); no new one is taken.
+                        abusive = true;
+                        draining = true;
+                        h2.graceful_shutdown();
+                    }
+                }
                 accepted = poll_fn(|cx| {
                     let accepted = h2.poll_accept(cx);
                     if accepted.is_pending() {
@@ -293,9 +312,10 @@ pin_project_lite::pin_project! {
             response: F,
             respond: Option<SendResponse<Bytes>>,
             peer: SocketAddr,
+            opened: Instant,
         },
         Piping { pipe: Pipe<B> },
-        Done,
+        Done { premature: bool },
     }
 }
 
@@ -305,6 +325,7 @@ fn stream<F, B>(peer: SocketAddr, response: F, respond: SendResponse<Bytes>) -> 
         response,
         respond: Some(respond),
         peer,
+        opened: Instant::now(),
     }
 }
 
@@ -314,18 +335,21 @@ where
     B: Body<Data = Bytes> + Unpin + Send,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
-    type Output = ();
+    /// Whether the client reset the stream prematurely ([`premature::PREMATURE`]).
+    type Output = bool;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
+        const DONE: bool = false;
         loop {
             match self.as_mut().project() {
                 StreamProj::Answering {
                     response,
                     respond,
                     peer,
+                    opened,
                 } => {
                     let Some(tx) = respond.as_mut() else {
-                        self.set(Stream::Done);
+                        self.set(Stream::Done { premature: DONE });
                         continue;
                     };
                     let response = match response.poll(cx) {
@@ -333,7 +357,8 @@ where
                         Poll::Pending => {
                             if let Poll::Ready(reason) = tx.poll_reset(cx) {
                                 tracing::debug!(src.addr = %peer, ?reason, "client reset the stream");
-                                self.set(Stream::Done);
+                                let premature = opened.elapsed() < premature::PREMATURE;
+                                self.set(Stream::Done { premature });
                                 continue;
                             }
                             return Poll::Pending;
@@ -341,19 +366,19 @@ where
                     };
                     let peer = *peer;
                     let Some(tx) = respond.take() else {
-                        self.set(Stream::Done);
+                        self.set(Stream::Done { premature: DONE });
                         continue;
                     };
                     match respond_with(peer, tx, response) {
                         Some(pipe) => self.set(Stream::Piping { pipe }),
-                        None => self.set(Stream::Done),
+                        None => self.set(Stream::Done { premature: DONE }),
                     }
                 }
                 StreamProj::Piping { pipe } => {
                     ready!(Pin::new(pipe).poll(cx));
-                    self.set(Stream::Done);
+                    self.set(Stream::Done { premature: DONE });
                 }
-                StreamProj::Done => return Poll::Ready(()),
+                StreamProj::Done { premature } => return Poll::Ready(*premature),
             }
         }
     }

@@ -143,3 +143,42 @@ async fn http2_over_tls_without_alpn_h2_is_refused_and_nothing_reaches_the_app()
     assert!(answered.is_err(), "{answered:?}");
     assert_eq!(f.app.seen(), 0);
 }
+
+/// A caller that resets most of its streams as soon as it opens them (the rapid-reset pattern)
+/// has its connection closed once 100 have ended; every stream it sent was decided and had
+/// reached the app, which is the work it costs. A caller whose streams complete keeps its
+/// connection.
+#[tokio::test]
+async fn http2_caller_resetting_most_streams_at_once_is_disconnected() {
+    let f = Fixture::start(Options::default()).await;
+    let (mut steady, _steady_conn) = h2_connection(&f, WEB_ID).await;
+    let (mut sender, conn) = h2_connection(&f, WEB_ID).await;
+    let mut sent = 0;
+    for _ in 0..2 {
+        let batch: Vec<_> = (0..50)
+            .map(|_| tokio::spawn(sender.send_request(get_h2("/slow"))))
+            .collect();
+        sent += batch.len();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while f.app.seen() < sent {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} of {sent} reached the app",
+                f.app.seen()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for request in batch {
+            request.abort();
+        }
+    }
+    let ended = tokio::time::timeout(WAIT, conn).await;
+    assert!(
+        ended.is_ok(),
+        "the resetting caller's connection is still open"
+    );
+    assert!(sender.send_request(get_h2("/a")).await.is_err());
+    // The other caller's connection is untouched.
+    let resp = steady.send_request(get_h2("/a")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}
