@@ -179,7 +179,9 @@ impl H2Server {
         let mut sent_away = false;
         let mut draining = false;
         let mut resets = premature::PrematureResets::default();
-        let mut abusive = false;
+        // When the caller was found resetting most of its streams, and the end of its drain.
+        let mut abused_at: Option<Instant> = None;
+        let mut abuse_deadline = pin!(tokio::time::sleep(FAR_FUTURE));
         // Streams accepted since accepting last found no frame waiting (an atomic only because
         // the accept future and the loop share it, and the future must be `Send`).
         let in_a_row = AtomicUsize::new(0);
@@ -200,7 +202,7 @@ impl H2Server {
                 // connection is polled again, so they go out in one write.
                 biased;
                 Some(premature) = streams.next(), if !streams.is_empty() => {
-                    if resets.ended(premature) && !abusive {
+                    if resets.ended(premature) && abused_at.is_none() {
                         let (premature, ended) = resets.counts();
                         tracing::warn!(
                             src.addr = %peer,
@@ -209,11 +211,18 @@ impl H2Server {
                             "caller reset most of its streams as soon as it opened them (rapid reset); sending it away"
                         );
                         // Gracefully: the streams in flight finish (on a connection from
-                        // another sidecar they may be other callers'); no new one is taken.
-                        abusive = true;
+                        // another sidecar they may be other callers'); streams opened after
+                        // the GOAWAY has had time to arrive are refused, and the connection
+                        // ends within `premature::DRAIN` whatever the caller does.
+                        abused_at = Some(Instant::now());
+                        abuse_deadline.as_mut().reset(Instant::now() + premature::DRAIN);
                         draining = true;
                         h2.graceful_shutdown();
                     }
+                }
+                () = &mut abuse_deadline, if abused_at.is_some() => {
+                    tracing::debug!(src.addr = %peer, "rapid-reset caller's drain time is up; closing");
+                    return;
                 }
                 accepted = poll_fn(|cx| {
                     let accepted = h2.poll_accept(cx);
@@ -222,6 +231,11 @@ impl H2Server {
                     }
                     accepted
                 }) => match accepted {
+                    Some(Ok((_, mut respond)))
+                        if abused_at.is_some_and(|at| at.elapsed() >= premature::GRACE) =>
+                    {
+                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                    }
                     Some(Ok((req, respond))) => {
                         in_a_row.fetch_add(1, Ordering::Relaxed);
                         let (head, recv) = req.into_parts();
@@ -357,7 +371,9 @@ where
                         Poll::Pending => {
                             if let Poll::Ready(reason) = tx.poll_reset(cx) {
                                 tracing::debug!(src.addr = %peer, ?reason, "client reset the stream");
-                                let premature = opened.elapsed() < premature::PREMATURE;
+                                // A reset the client sent (not the connection ending under it).
+                                let premature =
+                                    reason.is_ok() && opened.elapsed() < premature::PREMATURE;
                                 self.set(Stream::Done { premature });
                                 continue;
                             }

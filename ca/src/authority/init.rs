@@ -88,7 +88,7 @@ pub async fn init_ca(opts: &InitOptions) -> Result<InitReport, AuthorityError> {
     }
     files::ensure_private_dir(&opts.data_dir)?;
     // The datastore and its audit key first: a missing or foreign key stops `--force` before it
-    // has removed anything.
+    // has removed anything (as does a bad upstream certificate or key, read below).
     let url = opts
         .datastore
         .clone()
@@ -96,15 +96,6 @@ pub async fn init_ca(opts: &InitOptions) -> Result<InitReport, AuthorityError> {
     let ds = Datastore::open(&url).await?;
     let audit_key = super::audit_key::prepare(&opts.data_dir, &ds).await?;
     let ds = ds.with_audit_key(audit_key);
-    let keys_dir = opts.data_dir.join(KEYS_DIR);
-    if opts.force && keys_dir.exists() {
-        std::fs::remove_dir_all(&keys_dir).map_err(|source| AuthorityError::Io {
-            action: "remove",
-            path: keys_dir.clone(),
-            source,
-        })?;
-    }
-    files::ensure_private_dir(&keys_dir)?;
 
     let (cert, key_pem, serial) = match &opts.upstream {
         Some((up_cert, up_key)) => {
@@ -146,6 +137,16 @@ pub async fn init_ca(opts: &InitOptions) -> Result<InitReport, AuthorityError> {
 
     let (not_before, not_after) =
         keys::cert_validity(cert.as_ref()).map_err(AuthorityError::Certificate)?;
+    // Only now, with the new root read, checked and made, is anything of the old CA removed.
+    let keys_dir = opts.data_dir.join(KEYS_DIR);
+    if opts.force && keys_dir.exists() {
+        std::fs::remove_dir_all(&keys_dir).map_err(|source| AuthorityError::Io {
+            action: "remove",
+            path: keys_dir.clone(),
+            source,
+        })?;
+    }
+    files::ensure_private_dir(&keys_dir)?;
     let record = CaRecord {
         kind: CaRecordKind::Root,
         id: serial.clone(),

@@ -244,38 +244,74 @@ async fn a_ca_from_before_keying_keys_its_chain_from_the_next_record() {
     running.shutdown().await.unwrap();
 }
 
-/// `warden ca init --force` with another CA's audit key stops before it replaces anything: the
-/// root key and the intermediate keys are as they were.
-#[tokio::test]
-async fn init_force_with_a_foreign_audit_key_changes_nothing() {
+/// A data dir a CA has served from (so `keys/` holds intermediate keys), its audit key file and
+/// how many keys `keys/` holds.
+async fn served() -> (tempfile::TempDir, std::path::PathBuf, usize) {
     let (dir, cfg, key_file) = initialised().await;
     let running = warden_ca::server::start(&cfg).await.unwrap();
     running.shutdown().await.unwrap();
-    let keys = |d: &std::path::Path| std::fs::read_dir(d.join("keys")).unwrap().count();
-    let intermediates = keys(dir.path());
-    assert!(intermediates > 0);
-    let root = std::fs::read(dir.path().join("root.key.pem")).unwrap();
-    let foreign = format!(
-        "warden audit key v1\nkeyed-from 1\nsecret {}\n",
-        "22".repeat(32)
-    );
-    std::fs::write(&key_file, foreign).unwrap();
-    let err = warden_ca::authority::init_ca(&warden_ca::authority::InitOptions {
+    let keys = intermediate_keys(dir.path());
+    assert!(keys > 0);
+    (dir, key_file, keys)
+}
+
+fn intermediate_keys(data_dir: &std::path::Path) -> usize {
+    std::fs::read_dir(data_dir.join("keys")).unwrap().count()
+}
+
+/// `warden ca init --force` on `data_dir`, with `upstream`; its error.
+async fn force_init(
+    data_dir: &std::path::Path,
+    upstream: Option<(std::path::PathBuf, std::path::PathBuf)>,
+) -> String {
+    warden_ca::authority::init_ca(&warden_ca::authority::InitOptions {
         trust_domain: td(),
-        data_dir: dir.path().to_path_buf(),
+        data_dir: data_dir.to_path_buf(),
         datastore: None,
-        upstream: None,
+        upstream,
         key_type: warden_ca::authority::KeyType::EcP256,
         root_ttl: std::time::Duration::from_secs(86_400),
         force: true,
     })
     .await
     .unwrap_err()
-    .to_string();
+    .to_string()
+}
+
+/// `warden ca init --force` with another CA's audit key stops before it replaces anything: the
+/// root key and the intermediate keys are as they were.
+#[tokio::test]
+async fn init_force_with_a_foreign_audit_key_changes_nothing() {
+    let (dir, key_file, intermediates) = served().await;
+    let root = std::fs::read(dir.path().join("root.key.pem")).unwrap();
+    let foreign = format!(
+        "warden audit key v1\nkeyed-from 1\nsecret {}\n",
+        "22".repeat(32)
+    );
+    std::fs::write(&key_file, foreign).unwrap();
+    let err = force_init(dir.path(), None).await;
     assert!(err.contains("audit.key"), "{err}");
-    assert_eq!(keys(dir.path()), intermediates);
+    assert_eq!(intermediate_keys(dir.path()), intermediates);
     assert_eq!(
         std::fs::read(dir.path().join("root.key.pem")).unwrap(),
         root
     );
+}
+
+/// `warden ca init --force --upstream-…` with an upstream key that does not match its
+/// certificate stops before it replaces anything.
+#[tokio::test]
+async fn init_force_with_a_bad_upstream_changes_nothing() {
+    let (dir, _key_file, intermediates) = served().await;
+    // The CA's own root certificate with a key that is not its.
+    let other_key = dir.path().join("other.key.pem");
+    std::fs::write(
+        &other_key,
+        rcgen::KeyPair::generate().unwrap().serialize_pem(),
+    )
+    .unwrap();
+    let upstream = Some((dir.path().join("root.crt.pem"), other_key));
+    let err = force_init(dir.path(), upstream).await;
+    assert!(err.contains("other.key.pem"), "{err}");
+    assert_eq!(intermediate_keys(dir.path()), intermediates);
 }

@@ -4,16 +4,26 @@
 //! app such resets add up towards the app closing it (see `h2_client::linger`). As Envoy does
 //! (its `premature_reset` overload settings), a connection whose caller has reset more than half
 //! of its streams within [`PREMATURE`] of opening them, once [`JUDGED_AFTER`] have ended, is
-//! sent away: GOAWAY, its streams in flight finish, no new one is taken. (Gracefully, where
-//! Envoy closes it: a connection from another sidecar carries other callers' streams too.)
+//! sent away: GOAWAY, its streams in flight finish (for up to [`DRAIN`]), and streams it opens
+//! after [`GRACE`] are refused. (Gracefully, where Envoy closes it: a connection from another
+//! sidecar carries other callers' streams too.) A client whose deadlines are shorter than
+//! [`PREMATURE`] and mostly expire (against a slow app) looks the same; through another
+//! sidecar its connection is then replaced every hundred streams or so.
 
 use std::time::Duration;
 
 /// A stream the caller resets this soon after opening it (before its response began) is reset
 /// prematurely.
 pub(super) const PREMATURE: Duration = Duration::from_secs(1);
-/// Streams that must have ended before a connection is judged.
+/// Streams that must have ended before a connection is judged (then judged on all its streams
+/// so far, at every stream that ends).
 pub(super) const JUDGED_AFTER: u64 = 100;
+/// After the GOAWAY, how long new streams are still taken (an honest client stops opening
+/// them once the GOAWAY arrives); later ones are refused (`REFUSED_STREAM`).
+pub(super) const GRACE: Duration = Duration::from_secs(1);
+/// How long a connection sent away keeps its streams in flight; then it is closed, whatever
+/// the caller does (it need never answer the GOAWAY's ping, or let its streams end).
+pub(super) const DRAIN: Duration = Duration::from_secs(30);
 
 /// A connection's ended streams and how many of them the caller reset prematurely.
 #[derive(Debug, Default)]

@@ -3,7 +3,8 @@
 //! trailers stream through. HTTP/1.x goes over the local connection's own keep-alive upstream
 //! connection ([`crate::h1_client`]), HTTP/2 over one shared connection ([`SharedH2`]). When the
 //! upstream cannot be reached the sidecar answers itself: 502 (504 on a timeout) with a
-//! one-line body, or for gRPC a trailers-only `UNAVAILABLE` status.
+//! one-line body, or for gRPC a trailers-only `UNAVAILABLE` status (`DEADLINE_EXCEEDED` when
+//! the route's `response_timeout` ran out).
 
 use std::convert::Infallible;
 use std::error::Error as StdError;
@@ -506,7 +507,8 @@ fn is_grpc(headers: &HeaderMap) -> bool {
 }
 
 /// A response made by the sidecar. gRPC clients get HTTP 200 with `grpc-status: 14`
-/// (`UNAVAILABLE`; `8`, `RESOURCE_EXHAUSTED`, for too many headers) and the message in
+/// (`UNAVAILABLE`; `8`, `RESOURCE_EXHAUSTED`, for too many headers; a `response_timeout` reply
+/// sets `4`, see [`HttpProxy::no_response_within`]) and the message in
 /// `grpc-message`, as gRPC requires; others get `status` and the message as a plain-text body.
 fn local_reply(
     status: StatusCode,

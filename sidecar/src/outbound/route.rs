@@ -23,10 +23,12 @@ pub struct Route {
     /// What is proxied (default `http`).
     #[serde(default)]
     pub protocol: Protocol,
-    /// HTTP only: how long the upstream may take to begin its response (its status and
-    /// headers) once the request is sent; then the local client gets 504 (gRPC: status
-    /// `DEADLINE_EXCEEDED`) and the upstream request is cancelled. A response body may then
-    /// stream for as long as it takes. Written like `15s` (100 ms to 1 h); none by default.
+    /// HTTP only: how long after a local request arrives the upstream's response may take to
+    /// begin (its status and headers; for an upgrade, the 101). Connecting, sending the request
+    /// with its body, and the upstream's work all count; a response body may then stream for as
+    /// long as it takes. When it runs out the local client gets 504 (gRPC: status
+    /// `DEADLINE_EXCEEDED`) and the upstream request is cancelled. Written like `15s` (100 ms to
+    /// 1 h); none by default.
     #[serde(default)]
     pub response_timeout: Option<String>,
 }
