@@ -10,17 +10,10 @@ use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::raw_http::h2frame::*;
 use crate::raw_http::{frame, h2_sender};
 use crate::support::*;
 
-const DATA: u8 = 0;
-const HEADERS: u8 = 1;
-const RST_STREAM: u8 = 3;
-const SETTINGS: u8 = 4;
-const PING: u8 = 6;
-const END_STREAM: u8 = 0x1;
-const ACK: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
 /// An HPACK header block of `:status: 200` alone (static table index 8).
 const STATUS_200: &[u8] = &[0x88];
 

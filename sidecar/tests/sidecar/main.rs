@@ -20,6 +20,7 @@ mod http;
 mod lapse;
 mod lifecycle;
 mod modes;
+mod rapid_reset;
 mod raw_http;
 mod resumption;
 mod smuggling;

@@ -115,6 +115,19 @@ pub(crate) async fn echo_until_closed<I: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// HTTP/2 frame types and flags (RFC 9113 §6), for tests that write frames by hand.
+pub(crate) mod h2frame {
+    pub(crate) const DATA: u8 = 0;
+    pub(crate) const HEADERS: u8 = 1;
+    pub(crate) const RST_STREAM: u8 = 3;
+    pub(crate) const SETTINGS: u8 = 4;
+    pub(crate) const PING: u8 = 6;
+    pub(crate) const GOAWAY: u8 = 7;
+    pub(crate) const END_STREAM: u8 = 0x1;
+    pub(crate) const ACK: u8 = 0x1;
+    pub(crate) const END_HEADERS: u8 = 0x4;
+}
+
 /// An HTTP/2 frame: type, flags, stream id, payload.
 pub(crate) fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
