@@ -246,11 +246,20 @@ impl Running {
         what
     }
 
-    /// Stops every listener and the rotation loop, waits for them, closes the datastore.
+    /// Stops every listener and the rotation loop, waits for them, closes the datastore. One
+    /// that had ended by itself before is an error even if it ended cleanly: the CA stopped
+    /// unasked, and its exit status must say so (a supervisor restarts it on failure).
     pub async fn shutdown(self) -> Result<(), ServerError> {
         let _ = self.stop.send(true);
         let mut first_err = None;
-        let mut results = self.ended;
+        let mut results: Vec<_> = self
+            .ended
+            .into_iter()
+            .map(|(what, result)| match result {
+                Ok(Ok(())) => (what, Ok(Err("stopped by itself".to_owned()))),
+                other => (what, other),
+            })
+            .collect();
         for (what, task) in self.tasks {
             results.push((what, task.await));
         }
@@ -380,10 +389,8 @@ mod tests {
     use super::*;
     use crate::authority::{InitOptions, KeyType, Ttls, init_ca};
 
-    /// A listener that ends by itself is what `run` stops the CA for: `first_to_end` names it,
-    /// and the shutdown reports why it ended and stops the others.
-    #[tokio::test]
-    async fn a_listener_that_ends_by_itself_is_named_and_the_ca_stops() {
+    /// A CA started on a fresh data dir.
+    async fn started() -> (tempfile::TempDir, Running) {
         let dir = tempfile::tempdir().unwrap();
         init_ca(&InitOptions {
             trust_domain: "example.org".parse().unwrap(),
@@ -410,7 +417,15 @@ mod tests {
             agent_ttl: Duration::from_secs(3600),
             node_cas: Vec::new(),
         };
-        let mut running = start(&config).await.unwrap();
+        let running = start(&config).await.unwrap();
+        (dir, running)
+    }
+
+    /// A listener that ends by itself is what `run` stops the CA for: `first_to_end` names it,
+    /// and the shutdown reports why it ended and stops the others.
+    #[tokio::test]
+    async fn a_listener_that_ends_by_itself_is_named_and_the_ca_stops() {
+        let (_dir, mut running) = started().await;
         let agent_addr = running.agent_addr;
         let http = running
             .tasks
@@ -429,5 +444,23 @@ mod tests {
             "{err}"
         );
         assert!(tokio::net::TcpStream::connect(agent_addr).await.is_err());
+    }
+
+    /// One that ends cleanly but unasked is an error too: the CA's exit status says it failed.
+    #[tokio::test]
+    async fn a_listener_that_ends_cleanly_but_unasked_is_an_error() {
+        let (_dir, mut running) = started().await;
+        running
+            .tasks
+            .push(("test listener", tokio::spawn(async { Ok(()) })));
+        let ended = tokio::time::timeout(Duration::from_secs(10), running.first_to_end())
+            .await
+            .unwrap();
+        assert_eq!(ended, "test listener");
+        let err = running.shutdown().await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "test listener server failed: stopped by itself"
+        );
     }
 }
