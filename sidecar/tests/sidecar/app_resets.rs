@@ -261,30 +261,59 @@ fn busy_app() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
     (addr, seen)
 }
 
+/// A busy app behind a sidecar, and the victim: another caller's request, in flight at the app,
+/// which is busy with it.
+struct BusyApp {
+    seen: Arc<AtomicUsize>,
+    f: Fixture,
+    victim: tokio::task::JoinHandle<hyper::Result<http::Response<hyper::body::Incoming>>>,
+}
+
+impl BusyApp {
+    async fn start() -> Self {
+        let (app_addr, seen) = busy_app();
+        let (f, _sender, victim) =
+            victim_in_flight(app_addr, "/block", || seen.load(Ordering::SeqCst) != 0).await;
+        Self { seen, f, victim }
+    }
+
+    /// A connection for a caller that will send requests and go away.
+    async fn caller<B>(&self) -> hyper::client::conn::http2::SendRequest<B>
+    where
+        B: hyper::body::Body + Unpin + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let tls = self.f.client(WEB_ID).connect(self.f.inbound).await.unwrap();
+        h2_sender(tls).await
+    }
+
+    /// The caller goes away with its `pending` requests, as a load generator does at its end:
+    /// the inbound has forwarded them and then gives them up, all before the app reads any of
+    /// it. The victim must still get its answer.
+    async fn abandon<T, C>(self, pending: Vec<tokio::task::JoinHandle<T>>, caller: C) {
+        // Long enough for the inbound (on this test's thread) to forward them, well within the
+        // 100 ms in which a stream given up on lingers.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        for p in pending {
+            p.abort();
+        }
+        drop(caller);
+        assert_victim_answered(self.victim).await;
+        // The abandoned requests had reached the app's socket, more of them than it lets a
+        // client reset before it has accepted them (else the test proved nothing).
+        assert!(self.seen.load(Ordering::SeqCst) > 1 + 20, "{:?}", self.seen);
+    }
+}
+
 #[tokio::test]
 async fn a_caller_abandoning_many_streams_at_once_does_not_fail_another_callers_request() {
-    let (app_addr, seen) = busy_app();
-    // The victim: another caller's request, in flight at the app, which is busy with it.
-    let (f, _victim_sender, victim) =
-        victim_in_flight(app_addr, "/block", || seen.load(Ordering::SeqCst) != 0).await;
-    // Meanwhile a caller sends its requests and goes away, as a load generator does at its end:
-    // the inbound forwards them and then resets them, all before the app reads any of it.
-    let tls = f.client(WEB_ID).connect(f.inbound).await.unwrap();
-    let mut caller = h2_sender(tls).await;
+    let busy = BusyApp::start().await;
+    let mut caller = busy.caller().await;
     let pending: Vec<_> = (0..ABANDONED)
         .map(|_| tokio::spawn(caller.send_request(get_h2("/gone"))))
         .collect();
-    // Long enough for the inbound (on this test's thread) to forward them, well within the
-    // 100 ms in which a stream given up on lingers.
-    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    for p in pending {
-        p.abort();
-    }
-    drop(caller);
-    assert_victim_answered(victim).await;
-    // The abandoned requests had reached the app's socket, more of them than it lets a client
-    // reset before it has accepted them (else this test proved nothing).
-    assert!(seen.load(Ordering::SeqCst) > 1 + 20, "{seen:?}");
+    busy.abandon(pending, caller).await;
 }
 
 /// The same with requests whose bodies are still streaming when their caller goes away (an
@@ -292,11 +321,8 @@ async fn a_caller_abandoning_many_streams_at_once_does_not_fail_another_callers_
 /// at once either.
 #[tokio::test]
 async fn a_caller_abandoning_many_uploads_at_once_does_not_fail_another_callers_request() {
-    let (app_addr, seen) = busy_app();
-    let (f, _victim_sender, victim) =
-        victim_in_flight(app_addr, "/block", || seen.load(Ordering::SeqCst) != 0).await;
-    let tls = f.client(WEB_ID).connect(f.inbound).await.unwrap();
-    let mut caller = h2_sender(tls).await;
+    let busy = BusyApp::start().await;
+    let mut caller = busy.caller().await;
     let mut bodies = Vec::new();
     let mut pending = Vec::new();
     for _ in 0..ABANDONED {
@@ -317,12 +343,6 @@ async fn a_caller_abandoning_many_uploads_at_once_does_not_fail_another_callers_
             .unwrap();
         pending.push(tokio::spawn(caller.send_request(req)));
     }
-    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    for p in pending {
-        p.abort();
-    }
-    drop(caller);
+    busy.abandon(pending, caller).await;
     drop(bodies);
-    assert_victim_answered(victim).await;
-    assert!(seen.load(Ordering::SeqCst) > 1 + 20, "{seen:?}");
 }
