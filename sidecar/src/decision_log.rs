@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{DecisionLogConfig, LogTarget};
 use crate::metrics::Metrics;
+use retire::Retirer;
 
 /// Most bytes of lines waiting for the writer; past it lines are dropped (and counted).
 const MAX_PENDING_BYTES: usize = 4 * 1024 * 1024;
@@ -94,6 +95,8 @@ struct Rotating {
     written: u64,
     max_bytes: u64,
     keep: u32,
+    /// Removes the files rotations let go of, on another thread.
+    retire: Retirer,
 }
 
 // === impl DecisionLog ===
@@ -342,6 +345,7 @@ impl Rotating {
             written,
             max_bytes,
             keep,
+            retire: Retirer::new(path),
         })
     }
 
@@ -388,13 +392,25 @@ impl Rotating {
         }
     }
 
-    /// `file.<keep-1>` -> `file.<keep>`, …, `file` -> `file.1`, then a new empty `file`.
+    /// `file.<keep-1>` -> `file.<keep>`, …, `file` -> `file.1`, then a new empty `file`; with
+    /// `keep` 0, the file is replaced by a new empty one. The file let go of (`file.<keep>`, or
+    /// the live file with `keep` 0) is moved aside and removed on another thread (`retire`):
+    /// every rename here is to a free name, so none of them frees a file.
     fn rotate(&mut self) -> io::Result<()> {
         if self.keep == 0 {
-            self.file.set_len(0)?;
-            self.written = 0;
-            self.file = open_0600(&self.path)?;
+            let aside = self.retire.set_aside(&self.path)?;
+            let file = open_0600(&self.path).inspect_err(|_| {
+                // Keep writing to the old file rather than to one being removed.
+                if let Some(aside) = &aside {
+                    let _ = std::fs::rename(aside, &self.path);
+                }
+            })?;
+            self.file = file;
+            if let Some(aside) = aside {
+                self.retire.remove_later(aside);
+            }
         } else {
+            self.retire.retire(&numbered(&self.path, self.keep))?;
             for n in (1..self.keep).rev() {
                 let from = numbered(&self.path, n);
                 if from.exists() {
@@ -446,5 +462,6 @@ fn open_0600(path: &Path) -> io::Result<File> {
     Ok(file)
 }
 
+mod retire;
 #[cfg(test)]
 mod tests;

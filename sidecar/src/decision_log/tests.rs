@@ -75,7 +75,7 @@ fn file_is_0600_rotates_by_size_and_keeps_n_files() {
 }
 
 #[test]
-fn keep_0_truncates_the_file_in_place_at_the_size_limit() {
+fn keep_0_starts_the_file_again_at_the_size_limit() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("decisions.log");
     let mut r = Rotating::open(&path, 4096, 0).unwrap();
@@ -85,9 +85,102 @@ fn keep_0_truncates_the_file_in_place_at_the_size_limit() {
     assert!(!numbered(&path, 1).exists());
     let ids = ids_in(&path);
     assert_eq!(ids.last().map(String::as_str), Some("d199"));
-    assert!(ids.len() < 200, "never truncated: {} lines", ids.len());
+    assert!(ids.len() < 200, "never started again: {} lines", ids.len());
     let len = std::fs::metadata(&path).unwrap().len();
     assert!(len < 4096 + line(199).len() as u64, "{len}");
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    // The files it let go of are removed by the time the log is dropped.
+    drop(r);
+    assert_eq!(names_in(dir.path()), ["decisions.log"]);
+}
+
+/// The names in `dir`, sorted.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_rotation_moves_the_file_it_drops_aside_for_another_thread_to_remove() {
+    // Freeing a file (the rename over `file.<keep>` did) holds the writer for as long as the
+    // filesystem takes to drop the file's pages and blocks; lines pile up meanwhile.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("decisions.log");
+    for keep in [2, 0] {
+        let mut r = Rotating::open(&path, 4096, keep).unwrap();
+        let (to_remove, handed) = std::sync::mpsc::channel();
+        r.retire = Retirer::handing_to(&path, to_remove);
+        for batch in (0..200).collect::<Vec<_>>().chunks(7) {
+            let lines: Vec<u8> = batch.iter().flat_map(|&n| line(n)).collect();
+            r.write_lines(&lines).unwrap();
+        }
+        let handed: Vec<PathBuf> = handed.try_iter().collect();
+        assert!(handed.len() >= 2, "keep {keep}: {handed:?}");
+        // Each is still there, under a hidden name beside the log, holding the oldest lines:
+        // the rotation removed nothing itself.
+        let mut ids: Vec<usize> = Vec::new();
+        for file in &handed {
+            assert_eq!(file.parent(), Some(dir.path()));
+            let name = file.file_name().unwrap().to_str().unwrap();
+            assert!(name.starts_with(".decisions.log.retired."), "{name}");
+            ids.extend(
+                ids_in(file)
+                    .iter()
+                    .map(|id| id[1..].parse::<usize>().unwrap()),
+            );
+        }
+        let kept = (1..=keep).rev().map(|n| numbered(&path, n));
+        for file in kept.chain([path.clone()]) {
+            ids.extend(
+                ids_in(&file)
+                    .iter()
+                    .map(|id| id[1..].parse::<usize>().unwrap()),
+            );
+        }
+        assert_eq!(ids, (0..200).collect::<Vec<_>>(), "keep {keep}");
+        for file in handed.iter().chain([&path]) {
+            std::fs::remove_file(file).unwrap();
+        }
+        for n in 1..=keep {
+            std::fs::remove_file(numbered(&path, n)).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_stopped_log_leaves_no_retired_file_and_opening_removes_leftovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("decisions.log");
+    let mut r = Rotating::open(&path, 4096, 1).unwrap();
+    let batch: Vec<u8> = (0..200).flat_map(line).collect();
+    r.write_lines(&batch).unwrap();
+    drop(r);
+    assert_eq!(names_in(dir.path()), ["decisions.log", "decisions.log.1"]);
+    // A process that stopped before its remover got to them leaves hidden files; the next
+    // open removes them, and nothing else.
+    for name in [
+        ".decisions.log.retired.3",
+        ".other.log.retired.3",
+        ".decisions.log",
+    ] {
+        std::fs::write(dir.path().join(name), "x\n").unwrap();
+    }
+    let r = Rotating::open(&path, 4096, 1).unwrap();
+    drop(r);
+    assert_eq!(
+        names_in(dir.path()),
+        [
+            ".decisions.log",
+            ".other.log.retired.3",
+            "decisions.log",
+            "decisions.log.1"
+        ]
+    );
 }
 
 #[test]
