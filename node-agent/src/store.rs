@@ -100,10 +100,27 @@ impl Store {
     /// The stored agent SVID, if there is one: `agent.key` with `agent.pem`, or with
     /// `agent.pem.next` when a save was cut between its two renames (the save is then
     /// completed).
+    /// A key that group or others may access (the agent writes it 0600) is not used: whoever
+    /// else could read it may hold it.
     pub fn load_agent(&self) -> Result<Option<Svid>, StoreError> {
-        let Ok(key_pem) = std::fs::read(self.path(KEY)) else {
+        let Ok(mut key_file) = std::fs::File::open(self.path(KEY)) else {
             return Ok(None);
         };
+        let corrupt = |m: String| StoreError::Corrupt(self.dir.clone(), m);
+        let mode = key_file
+            .metadata()
+            .map_err(|e| corrupt(format!("agent.key: {e}")))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            return Err(corrupt(format!(
+                "agent.key is open to group or others (mode {:04o}; the agent writes it 0600)",
+                mode & 0o7777
+            )));
+        }
+        let mut key_pem = Vec::new();
+        std::io::Read::read_to_end(&mut key_file, &mut key_pem)
+            .map_err(|e| corrupt(format!("agent.key: {e}")))?;
         if let Ok(cert_pem) = std::fs::read(self.path(NEXT_CERT))
             && let Ok(svid) = self.pair(&cert_pem, &key_pem)
         {
@@ -172,6 +189,27 @@ mod tests {
         std::fs::write(dir.path().join("data/agent.key"), "garbage").unwrap();
         let err = store.load_agent().unwrap_err();
         assert!(err.to_string().contains("unusable"), "{err}");
+    }
+
+    #[test]
+    fn a_key_group_or_others_may_access_is_not_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        saved(&store, "spiffe://example.org/agent");
+        let chmod = |mode: u32| {
+            let perms = std::fs::Permissions::from_mode(mode);
+            std::fs::set_permissions(dir.path().join(KEY), perms).unwrap();
+        };
+        for mode in [0o640, 0o604, 0o610] {
+            chmod(mode);
+            let err = store.load_agent().unwrap_err().to_string();
+            assert!(
+                err.contains("agent.key") && err.contains(&format!("mode {mode:04o}")),
+                "{err}"
+            );
+        }
+        chmod(0o600);
+        assert!(store.load_agent().unwrap().is_some());
     }
 
     fn saved(store: &Store, id: &str) -> Svid {

@@ -85,7 +85,7 @@ fn read(path: &Path) -> Result<AuditKey, AuthorityError> {
         path: path.to_path_buf(),
         reason: reason.to_owned(),
     };
-    let bytes = files::read(path)?;
+    let bytes = files::read_secret(path, "audit key")?;
     let text = std::str::from_utf8(&bytes).map_err(|_| bad("not text"))?;
     let mut lines = text.lines();
     if lines.next() != Some(HEADER) {

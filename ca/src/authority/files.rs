@@ -2,7 +2,7 @@
 //! way, never chmod-ed after the fact), directories 0700. Errors name the file, never the key.
 
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
@@ -94,9 +94,60 @@ pub(crate) fn read_cert_pem(path: &Path) -> Result<CertificateDer<'static>, Auth
     Ok(der)
 }
 
-/// Parses a PEM private key file (PKCS#8, or SEC1 EC keys). The key is never shown in errors.
+/// Reads a secret file the CA keeps in its data dir, which it writes 0600. One that group or
+/// others may read or write is refused, naming the file and its mode: someone changed the mode,
+/// and whoever else could read it may hold the key (OpenSSH refuses such key files too). The
+/// mode is checked on the opened file, so the file cannot be swapped between check and read.
+pub(crate) fn read_secret(path: &Path, what: &'static str) -> Result<Vec<u8>, AuthorityError> {
+    let io = |source| AuthorityError::Io {
+        action: "read",
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = fs::File::open(path).map_err(io)?;
+    let mode = file.metadata().map_err(io)?.permissions().mode();
+    check_private(path, what, mode)?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(io)?;
+    Ok(bytes)
+}
+
+/// Refuses a secret file's `mode` if group or others have any access to it.
+fn check_private(path: &Path, what: &'static str, mode: u32) -> Result<(), AuthorityError> {
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    Err(AuthorityError::BadFile {
+        what,
+        path: path.to_path_buf(),
+        reason: format!(
+            "group or others may access it (mode {:04o}; it must be 0600): if no one else can \
+             have read it, `chmod 600` it, else replace the key",
+            mode & 0o7777
+        ),
+    })
+}
+
+/// Parses a PEM private key file of the data dir (PKCS#8, or SEC1 EC keys), refused if group or
+/// others may access it ([`read_secret`]). The key is never shown in errors.
 pub(crate) fn read_key_pem(path: &Path) -> Result<KeyPair, AuthorityError> {
+    parse_key_pem(path, read_secret(path, "private key")?)
+}
+
+/// Parses the upstream CA's key that `warden ca init --upstream-key` copies into the data dir
+/// (0600 there). It is the operator's own file, often a mounted secret (0644 by default in
+/// Kubernetes), so a group- or world-readable one is only warned about.
+pub(crate) fn read_upstream_key_pem(path: &Path) -> Result<KeyPair, AuthorityError> {
     let bytes = read(path)?;
+    if let Ok(meta) = fs::metadata(path)
+        && let Err(e) = check_private(path, "upstream key", meta.permissions().mode())
+    {
+        tracing::warn!("{e}");
+    }
+    parse_key_pem(path, bytes)
+}
+
+fn parse_key_pem(path: &Path, bytes: Vec<u8>) -> Result<KeyPair, AuthorityError> {
     let text = String::from_utf8(bytes).map_err(|_| AuthorityError::BadFile {
         what: "private key",
         path: path.to_path_buf(),

@@ -100,7 +100,7 @@ pub async fn init_ca(opts: &InitOptions) -> Result<InitReport, AuthorityError> {
     let (cert, key_pem, serial) = match &opts.upstream {
         Some((up_cert, up_key)) => {
             let cert = files::read_cert_pem(up_cert)?;
-            let key = files::read_key_pem(up_key)?;
+            let key = files::read_upstream_key_pem(up_key)?;
             keys::check_key_matches(&cert, &key).map_err(|reason| AuthorityError::BadFile {
                 what: "upstream ca",
                 path: up_key.clone(),

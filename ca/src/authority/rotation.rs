@@ -174,10 +174,15 @@ pub(crate) async fn load_journal(
                 let signer = if phase == Phase::Retired {
                     None
                 } else {
-                    files::read(&path)
-                        .ok()
-                        .and_then(|b| pem::parse(b).ok())
-                        .and_then(|p| JwtSigner::from_pkcs8(r.id.clone(), p.contents()).ok())
+                    match files::read_secret(&path, "jwt signing key") {
+                        Ok(b) => pem::parse(b)
+                            .ok()
+                            .and_then(|p| JwtSigner::from_pkcs8(r.id.clone(), p.contents()).ok()),
+                        Err(err) => {
+                            tracing::warn!(kid = %r.id, error = %err, "jwt signing key unavailable");
+                            None
+                        }
+                    }
                 };
                 jwt.push((
                     Arc::new(JwtKey {

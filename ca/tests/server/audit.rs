@@ -1,6 +1,8 @@
 //! What the agent API writes to the audit log: `jwt_svid.issued` for every JWT-SVID (never the
 //! token), and `agent.attestation_failed` for a known join token that is refused.
 
+use std::os::unix::fs::PermissionsExt;
+
 use warden_api::v1::SignJwtSvidRequest;
 use warden_ca::datastore::AuditRecord;
 
@@ -174,6 +176,7 @@ async fn a_missing_foreign_or_damaged_audit_key_stops_the_ca() {
         "11".repeat(32)
     );
     std::fs::write(&key_file, foreign).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let err = start_err().await;
     assert!(
         err.contains("audit.key") && err.contains("another CA's key"),
@@ -189,6 +192,63 @@ async fn a_missing_foreign_or_damaged_audit_key_stops_the_ca() {
     std::fs::write(&key_file, &original).unwrap();
     let running = warden_ca::server::start(&cfg).await.unwrap();
     running.shutdown().await.unwrap();
+}
+
+/// The CA's own secret files are written 0600; one that group or others may read or write
+/// stops the CA, naming the file and its mode (someone else may hold the key). An intermediate
+/// or JWT key in that state is not used: the CA signs with new ones.
+#[tokio::test]
+async fn key_files_group_or_others_may_access_stop_the_ca_or_go_unused() {
+    let (dir, cfg, key_file) = initialised().await;
+    let chmod = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    let root_key = dir.path().join("root.key.pem");
+    let root_pem = std::fs::read_to_string(&root_key).unwrap();
+    let audit_text = std::fs::read_to_string(&key_file).unwrap();
+    for (file, mode) in [(&root_key, 0o640), (&key_file, 0o604)] {
+        chmod(file, mode);
+        let err = warden_ca::server::start(&cfg)
+            .await
+            .unwrap_err()
+            .to_string();
+        let name = file.file_name().unwrap().to_str().unwrap();
+        assert!(
+            err.contains(name) && err.contains(&format!("mode {mode:04o}")),
+            "{err}"
+        );
+        // Nothing of either secret in the error.
+        for secret in [&root_pem, &audit_text] {
+            let inner = secret.lines().nth(1).unwrap();
+            assert!(!err.contains(inner), "{err}");
+        }
+        chmod(file, 0o600);
+    }
+    // Both back to 0600: the CA starts, and writes its intermediate and JWT keys.
+    let active = |running: &warden_ca::server::Running| -> String {
+        let all = running.authority.intermediates();
+        let active = all.iter().find(|(_, phase)| *phase == "active");
+        active.map(|(serial, _)| serial.clone()).unwrap()
+    };
+    let running = warden_ca::server::start(&cfg).await.unwrap();
+    let first_root = running.authority.root_cert().clone();
+    let first_active = active(&running);
+    running.shutdown().await.unwrap();
+    let keys = std::fs::read_dir(dir.path().join("keys")).unwrap();
+    let mut exposed = 0;
+    for key in keys {
+        chmod(&key.unwrap().path(), 0o644);
+        exposed += 1;
+    }
+    assert!(exposed >= 2, "{exposed}");
+    let running = warden_ca::server::start(&cfg).await.unwrap();
+    assert_eq!(running.authority.root_cert(), &first_root);
+    let now_active = active(&running);
+    running.shutdown().await.unwrap();
+    assert_ne!(
+        now_active, first_active,
+        "the exposed intermediate key still signs"
+    );
 }
 
 fn event(n: u32) -> warden_ca::datastore::AuditEvent {
