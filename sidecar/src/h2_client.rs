@@ -31,6 +31,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::MissedTickBehavior;
 
 mod linger;
+#[cfg(test)]
+mod tests;
 
 use crate::h2_body::{self, H2Body};
 use crate::lapse::{Validity, Verified};
@@ -112,9 +114,9 @@ enum Started<B> {
 
 /// A request whose HEADERS are queued: its response to come.
 struct Exchange {
-    response: h2::client::ResponseFuture,
-    /// When its HEADERS were queued.
-    sent: Instant,
+    /// The answer; dropped before it comes (even before first polled, as when the caller's
+    /// connection ends in the read that brought the request), the stream lingers.
+    awaiting: linger::Awaiting,
     in_flight: InFlight,
 }
 
@@ -359,10 +361,11 @@ where
     if !end_of_stream {
         tokio::spawn(h2_body::pipe(body, tx).holding_resets_until(sent + linger::YOUNG));
     }
+    let in_flight = InFlight::new(state);
+    let awaiting = linger::Awaiting::new(response, sent, Arc::clone(&in_flight.0));
     Ok(Exchange {
-        response,
-        sent,
-        in_flight: InFlight::new(state),
+        awaiting,
+        in_flight,
     })
 }
 
@@ -371,11 +374,9 @@ where
 impl Exchange {
     async fn response(self) -> Result<Response<H2Body>, h2::Error> {
         let Self {
-            response,
-            sent,
+            awaiting,
             in_flight,
         } = self;
-        let awaiting = linger::Awaiting::new(response, sent, Arc::clone(&in_flight.0));
         let (head, recv) = awaiting.await?.into_parts();
         let body = H2Body::new(recv, &head.headers, Some(in_flight));
         Ok(Response::from_parts(head, body))
