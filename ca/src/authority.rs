@@ -70,6 +70,19 @@ pub enum AuthorityError {
         /// What is wrong.
         reason: String,
     },
+    /// A secret file group or others may access (the CA writes them 0600).
+    #[error(
+        "{what} `{path}` is open to group or others (mode {mode:04o}; it must be 0600 or \
+         stricter): if no one else can have read it, `chmod 600` it, else replace the key"
+    )]
+    KeyExposed {
+        /// `private key`, `audit key`, `jwt signing key`.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// `ca init` found an existing CA.
     #[error("a ca already exists in `{0}` (use --force to replace it)")]
     AlreadyInitialized(PathBuf),

@@ -398,19 +398,9 @@ impl Rotating {
     /// every rename here is to a free name, so none of them frees a file.
     fn rotate(&mut self) -> io::Result<()> {
         if self.keep == 0 {
-            let aside = self.retire.set_aside(&self.path)?;
-            let file = open_0600(&self.path).inspect_err(|_| {
-                // Keep writing to the old file rather than to one being removed.
-                if let Some(aside) = &aside {
-                    let _ = std::fs::rename(aside, &self.path);
-                }
-            })?;
-            self.file = file;
-            if let Some(aside) = aside {
-                self.retire.remove_later(aside);
-            }
+            self.start_again()?;
         } else {
-            self.retire.retire(&numbered(&self.path, self.keep))?;
+            self.retire.retire(&numbered(&self.path, self.keep));
             for n in (1..self.keep).rev() {
                 let from = numbered(&self.path, n);
                 if from.exists() {
@@ -430,6 +420,38 @@ impl Rotating {
         }
         self.written = 0;
         Ok(())
+    }
+
+    /// With `keep` 0: the live file moved aside (and removed on another thread), a new one in
+    /// its place. If it cannot be moved, it is truncated in place; if the new one cannot be
+    /// opened, the old one is moved back and written on.
+    fn start_again(&mut self) -> io::Result<()> {
+        let aside = match self.retire.set_aside(&self.path) {
+            Ok(aside) => aside,
+            Err(e) => {
+                tracing::warn!(path = %self.path.display(), error = %e, "cannot move the decision log file aside; truncating it in place");
+                self.file.set_len(0)?;
+                self.file = open_0600(&self.path)?;
+                return Ok(());
+            }
+        };
+        match open_0600(&self.path) {
+            Ok(file) => {
+                self.file = file;
+                if let Some(aside) = aside {
+                    self.retire.remove_later(aside);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if let Some(aside) = &aside
+                    && let Err(back) = std::fs::rename(aside, &self.path)
+                {
+                    tracing::error!(path = %self.path.display(), moved_to = %aside.display(), error = %back, "cannot move the decision log file back; lines go on to the moved file until the next rotation");
+                }
+                Err(e)
+            }
+        }
     }
 }
 

@@ -95,18 +95,31 @@ pub(crate) fn read_cert_pem(path: &Path) -> Result<CertificateDer<'static>, Auth
 }
 
 /// Reads a secret file the CA keeps in its data dir, which it writes 0600. One that group or
-/// others may read or write is refused, naming the file and its mode: someone changed the mode,
-/// and whoever else could read it may hold the key (OpenSSH refuses such key files too). The
-/// mode is checked on the opened file, so the file cannot be swapped between check and read.
+/// others may read or write is refused ([`AuthorityError::KeyExposed`], naming the file and its
+/// mode): someone changed the mode, and whoever else could read it may hold the key (OpenSSH
+/// refuses such key files too). The mode is checked on the opened file (opened non-blocking,
+/// so a FIFO planted at the path cannot hang the CA, and refused unless a regular file), so the
+/// file cannot be swapped between check and read. The owner is not checked.
 pub(crate) fn read_secret(path: &Path, what: &'static str) -> Result<Vec<u8>, AuthorityError> {
     let io = |source| AuthorityError::Io {
         action: "read",
         path: path.to_path_buf(),
         source,
     };
-    let mut file = fs::File::open(path).map_err(io)?;
-    let mode = file.metadata().map_err(io)?.permissions().mode();
-    check_private(path, what, mode)?;
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    if !meta.is_file() {
+        return Err(AuthorityError::BadFile {
+            what,
+            path: path.to_path_buf(),
+            reason: "not a regular file".into(),
+        });
+    }
+    check_private(path, what, meta.permissions().mode())?;
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes).map_err(io)?;
     Ok(bytes)
@@ -117,14 +130,10 @@ fn check_private(path: &Path, what: &'static str, mode: u32) -> Result<(), Autho
     if mode & 0o077 == 0 {
         return Ok(());
     }
-    Err(AuthorityError::BadFile {
+    Err(AuthorityError::KeyExposed {
         what,
         path: path.to_path_buf(),
-        reason: format!(
-            "group or others may access it (mode {:04o}; it must be 0600): if no one else can \
-             have read it, `chmod 600` it, else replace the key",
-            mode & 0o7777
-        ),
+        mode: mode & 0o7777,
     })
 }
 
@@ -190,4 +199,37 @@ pub fn read_trust_domain(data_dir: &Path) -> Result<warden_identity::TrustDomain
         path,
         reason: format!("{e}"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_is_read_only_from_a_private_regular_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("k");
+        write_secret(&key, b"secret bytes").unwrap();
+        assert_eq!(read_secret(&key, "audit key").unwrap(), b"secret bytes");
+        for mode in [0o400, 0o700] {
+            fs::set_permissions(&key, fs::Permissions::from_mode(mode)).unwrap();
+            assert!(read_secret(&key, "audit key").is_ok(), "{mode:o}");
+        }
+        for mode in [0o640, 0o604, 0o620, 0o602, 0o610, 0o601] {
+            fs::set_permissions(&key, fs::Permissions::from_mode(mode)).unwrap();
+            let err = read_secret(&key, "audit key").unwrap_err().to_string();
+            assert!(err.contains(&format!("mode {mode:04o}")), "{err}");
+            assert!(!err.contains("secret bytes"), "{err}");
+        }
+        // A FIFO planted at the path is refused at once (a blocking open would wait for a
+        // writer forever), and so is a directory.
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let err = read_secret(&fifo, "audit key").unwrap_err().to_string();
+        assert!(err.contains("not a regular file"), "{err}");
+        let err = read_secret(dir.path(), "audit key")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a regular file"), "{err}");
+    }
 }

@@ -152,6 +152,10 @@ pub(crate) async fn load_journal(
                 } else {
                     match files::read_key_pem(&path) {
                         Ok(key) => Issuer::from_ca_cert_der(&cert, key).ok(),
+                        Err(err @ AuthorityError::KeyExposed { .. }) => {
+                            tracing::error!(serial = %r.id, error = %err, "intermediate key not used; what it signed stays valid until its certificate expires: if it may have leaked, treat it as compromised");
+                            None
+                        }
                         Err(err) => {
                             tracing::warn!(serial = %r.id, error = %err, "intermediate key unavailable; it will be replaced");
                             None
@@ -178,6 +182,10 @@ pub(crate) async fn load_journal(
                         Ok(b) => pem::parse(b)
                             .ok()
                             .and_then(|p| JwtSigner::from_pkcs8(r.id.clone(), p.contents()).ok()),
+                        Err(err @ AuthorityError::KeyExposed { .. }) => {
+                            tracing::error!(kid = %r.id, error = %err, "jwt signing key not used; it stays in the bundle until it expires: if it may have leaked, treat it as compromised");
+                            None
+                        }
                         Err(err) => {
                             tracing::warn!(kid = %r.id, error = %err, "jwt signing key unavailable");
                             None

@@ -9,7 +9,7 @@
 //! reached the pending limit and dropped lines.
 //!
 //! Now a rotation first renames the file it drops to a hidden name in the same directory
-//! (`.<name>.retired.<n>`, a rename to a free name: nothing is freed), and a remover thread,
+//! (`.<name>.retired.<pid>.<n>`, a rename to a free name: nothing is freed), and a remover thread,
 //! started on the first rotation, unlinks it. Leftovers of a process that stopped before its
 //! remover finished are removed when the log is opened again.
 
@@ -59,25 +59,29 @@ impl Retirer {
         }
     }
 
-    /// Moves `file` (the live log or one of its numbered files) to a hidden name and has it
-    /// removed on the remover thread. A `file` that does not exist is nothing to do.
-    pub(super) fn retire(&mut self, file: &Path) -> io::Result<()> {
-        if let Some(hidden) = self.set_aside(file)? {
-            self.remove_later(hidden);
+    /// Moves `file` (one of the numbered files) to a hidden name and has it removed on the
+    /// remover thread. A `file` that does not exist is nothing to do; one that cannot be moved
+    /// is left for the rotation's rename over it to free, as before (with a warning).
+    pub(super) fn retire(&mut self, file: &Path) {
+        match self.set_aside(file) {
+            Ok(Some(hidden)) => self.remove_later(hidden),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(
+                path = %file.display(),
+                error = %e,
+                "cannot move a rotated decision log file aside; the rotation frees it itself"
+            ),
         }
-        Ok(())
     }
 
     /// Moves `file` to a hidden name (a rename to a free name: nothing is freed) and returns
     /// that name, for [`Retirer::remove_later`] or to be moved back; `None` if there is no
-    /// `file`.
+    /// `file`. Each call takes a new name, also when it fails.
     pub(super) fn set_aside(&mut self, file: &Path) -> io::Result<Option<PathBuf>> {
         let hidden = self.hidden_name(self.count);
+        self.count += 1;
         match std::fs::rename(file, &hidden) {
-            Ok(()) => {
-                self.count += 1;
-                Ok(Some(hidden))
-            }
+            Ok(()) => Ok(Some(hidden)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
@@ -95,11 +99,12 @@ impl Retirer {
         }
     }
 
-    /// `.<name>.retired.<n>`, beside the live file.
+    /// `.<name>.retired.<pid>.<n>`, beside the live file (the process id keeps a sidecar that
+    /// starts while its predecessor still rotates from taking its names).
     fn hidden_name(&self, n: u64) -> PathBuf {
         let mut name = OsString::from(".");
         name.push(self.path.file_name().unwrap_or_default());
-        name.push(format!(".retired.{n}"));
+        name.push(format!(".retired.{}.{n}", std::process::id()));
         self.path.with_file_name(name)
     }
 

@@ -153,6 +153,38 @@ fn a_rotation_moves_the_file_it_drops_aside_for_another_thread_to_remove() {
 }
 
 #[test]
+fn a_file_that_cannot_be_moved_aside_is_rotated_as_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("decisions.log");
+    for keep in [1, 0] {
+        // A non-empty directory where the first hidden name goes: the rename onto it fails.
+        let pid = std::process::id();
+        let blocker = dir.path().join(format!(".decisions.log.retired.{pid}.0"));
+        std::fs::create_dir(&blocker).unwrap();
+        std::fs::write(blocker.join("x"), "x\n").unwrap();
+        let mut r = Rotating::open(&path, 4096, keep).unwrap();
+        for batch in (0..200).collect::<Vec<_>>().chunks(7) {
+            let lines: Vec<u8> = batch.iter().flat_map(|&n| line(n)).collect();
+            r.write_lines(&lines).unwrap();
+        }
+        drop(r);
+        let ids = ids_in(&path);
+        assert_eq!(ids.last().map(String::as_str), Some("d199"), "keep {keep}");
+        assert!(ids.len() < 200, "keep {keep}: never rotated");
+        assert_eq!(numbered(&path, 1).exists(), keep == 1);
+        assert!(blocker.join("x").exists());
+        std::fs::remove_dir_all(&blocker).unwrap();
+        let mut left = names_in(dir.path());
+        left.retain(|n| n.starts_with('.'));
+        assert!(left.is_empty(), "keep {keep}: {left:?}");
+        for n in 0..=keep {
+            let _ = std::fs::remove_file(numbered(&path, n));
+        }
+        std::fs::remove_file(&path).unwrap();
+    }
+}
+
+#[test]
 fn a_stopped_log_leaves_no_retired_file_and_opening_removes_leftovers() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("decisions.log");
