@@ -48,7 +48,74 @@ impl PrematureResets {
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+
+    use bytes::Bytes;
+    use http::{Request, Response};
+    use http_body_util::Empty;
+
+    use super::super::{Conn, H2Server};
     use super::*;
+
+    /// A caller sent away for resetting its streams, that keeps a stream open which never
+    /// ends, has its connection closed `DRAIN` after the GOAWAY. (Paused time: the runtime
+    /// jumps to the next timer whenever every task waits.)
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_sent_away_connection_is_closed_after_the_drain_whatever_the_caller_does() {
+        let (client_io, server_io) = tokio::io::duplex(1 << 20);
+        let server = tokio::spawn(async move {
+            let conn = Conn {
+                io: server_io,
+                peer: SocketAddr::from(([127, 0, 0, 1], 1)),
+                idle: std::future::pending(),
+                stop: std::future::pending(),
+            };
+            H2Server::new(16 * 1024, 1000, None, Duration::from_secs(3600))
+                .serve(conn, |req| async move {
+                    // `/hang` never gets an answer; the others only after a while, so the
+                    // caller's resets come before their responses begin.
+                    let wait = if req.uri().path() == "/hang" {
+                        86_400
+                    } else {
+                        5
+                    };
+                    tokio::time::sleep(Duration::from_secs(wait)).await;
+                    Response::new(Empty::<Bytes>::new())
+                })
+                .await;
+        });
+        let (mut client, connection) = h2::client::handshake(client_io).await.unwrap();
+        let driver = tokio::spawn(connection);
+        let mut hanging = None;
+        for n in 0..=JUDGED_AFTER {
+            client = client.ready().await.unwrap();
+            let path = if n == 0 { "/hang" } else { "/slow" };
+            let req = Request::get(format!("http://svc{path}")).body(()).unwrap();
+            let (response, _) = client.send_request(req, true).unwrap();
+            if n == 0 {
+                hanging = Some(response);
+            } else {
+                // Dropped at once: the client resets the stream (CANCEL).
+                drop(response);
+                tokio::task::yield_now().await;
+            }
+        }
+        let sent_away = tokio::time::Instant::now();
+        let ended = tokio::time::timeout(10 * DRAIN, server).await;
+        assert!(
+            ended.is_ok(),
+            "still open {:?} after the GOAWAY",
+            10 * DRAIN
+        );
+        let took = sent_away.elapsed();
+        assert!(
+            took >= DRAIN && took < DRAIN + Duration::from_secs(2),
+            "closed {took:?} after being sent away"
+        );
+        // The stream that never ended is gone with the connection.
+        assert!(hanging.unwrap().await.is_err());
+        driver.abort();
+    }
 
     #[test]
     fn a_connection_is_judged_after_enough_streams_by_the_share_reset_prematurely() {
