@@ -395,7 +395,8 @@ impl Rotating {
     /// `file.<keep-1>` -> `file.<keep>`, …, `file` -> `file.1`, then a new empty `file`; with
     /// `keep` 0, the file is replaced by a new empty one. The file let go of (`file.<keep>`, or
     /// the live file with `keep` 0) is moved aside and removed on another thread (`retire`):
-    /// every rename here is to a free name, so none of them frees a file.
+    /// every rename here is to a free name, so none of them frees a file (unless the move aside
+    /// fails: then the rotation frees it as before).
     fn rotate(&mut self) -> io::Result<()> {
         if self.keep == 0 {
             self.start_again()?;
@@ -423,16 +424,15 @@ impl Rotating {
     }
 
     /// With `keep` 0: the live file moved aside (and removed on another thread), a new one in
-    /// its place. If it cannot be moved, it is truncated in place; if the new one cannot be
-    /// opened, the old one is moved back and written on.
+    /// its place. If it cannot be moved, or no new file can be opened (it is then moved back),
+    /// it is truncated in place, as before, and written on: a rotation that fails would fail
+    /// again at every batch.
     fn start_again(&mut self) -> io::Result<()> {
         let aside = match self.retire.set_aside(&self.path) {
             Ok(aside) => aside,
             Err(e) => {
                 tracing::warn!(path = %self.path.display(), error = %e, "cannot move the decision log file aside; truncating it in place");
-                self.file.set_len(0)?;
-                self.file = open_0600(&self.path)?;
-                return Ok(());
+                return self.file.set_len(0);
             }
         };
         match open_0600(&self.path) {
@@ -443,13 +443,17 @@ impl Rotating {
                 }
                 Ok(())
             }
+            // The file was removed from outside and no new one can be made: as before, the
+            // rotation fails (and is tried again), rather than writing to a removed file.
+            Err(e) if aside.is_none() => Err(e),
             Err(e) => {
+                tracing::warn!(path = %self.path.display(), error = %e, "cannot start a new decision log file; truncating the old one in place");
                 if let Some(aside) = &aside
                     && let Err(back) = std::fs::rename(aside, &self.path)
                 {
                     tracing::error!(path = %self.path.display(), moved_to = %aside.display(), error = %back, "cannot move the decision log file back; lines go on to the moved file until the next rotation");
                 }
-                Err(e)
+                self.file.set_len(0)
             }
         }
     }

@@ -149,9 +149,13 @@ pub(crate) fn read_key_pem(path: &Path) -> Result<KeyPair, AuthorityError> {
 pub(crate) fn read_upstream_key_pem(path: &Path) -> Result<KeyPair, AuthorityError> {
     let bytes = read(path)?;
     if let Ok(meta) = fs::metadata(path)
-        && let Err(e) = check_private(path, "upstream key", meta.permissions().mode())
+        && meta.permissions().mode() & 0o077 != 0
     {
-        tracing::warn!("{e}");
+        tracing::warn!(
+            path = %path.display(),
+            mode = format!("{:04o}", meta.permissions().mode() & 0o7777),
+            "the upstream key is open to group or others; its copy in the data dir is 0600"
+        );
     }
     parse_key_pem(path, bytes)
 }

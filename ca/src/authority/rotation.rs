@@ -153,7 +153,7 @@ pub(crate) async fn load_journal(
                     match files::read_key_pem(&path) {
                         Ok(key) => Issuer::from_ca_cert_der(&cert, key).ok(),
                         Err(err @ AuthorityError::KeyExposed { .. }) => {
-                            tracing::error!(serial = %r.id, error = %err, "intermediate key not used; what it signed stays valid until its certificate expires: if it may have leaked, treat it as compromised");
+                            tracing::error!(serial = %r.id, error = %err, "intermediate key not used; if it may have leaked, its holder can sign SVIDs that chain to the root until it expires: make a new root");
                             None
                         }
                         Err(err) => {
@@ -183,7 +183,7 @@ pub(crate) async fn load_journal(
                             .ok()
                             .and_then(|p| JwtSigner::from_pkcs8(r.id.clone(), p.contents()).ok()),
                         Err(err @ AuthorityError::KeyExposed { .. }) => {
-                            tracing::error!(kid = %r.id, error = %err, "jwt signing key not used; it stays in the bundle until it expires: if it may have leaked, treat it as compromised");
+                            tracing::error!(kid = %r.id, error = %err, "jwt signing key not used; if it may have leaked, its holder can forge JWT-SVIDs while it is in the bundle: make a new root");
                             None
                         }
                         Err(err) => {

@@ -162,6 +162,10 @@ fn a_file_that_cannot_be_moved_aside_is_rotated_as_before() {
         let blocker = dir.path().join(format!(".decisions.log.retired.{pid}.0"));
         std::fs::create_dir(&blocker).unwrap();
         std::fs::write(blocker.join("x"), "x\n").unwrap();
+        if keep == 1 {
+            // So that the first rotation has a `file.1` to move aside (onto the blocker).
+            std::fs::write(numbered(&path, 1), line(1000)).unwrap();
+        }
         let mut r = Rotating::open(&path, 4096, keep).unwrap();
         for batch in (0..200).collect::<Vec<_>>().chunks(7) {
             let lines: Vec<u8> = batch.iter().flat_map(|&n| line(n)).collect();

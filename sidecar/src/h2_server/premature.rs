@@ -101,6 +101,13 @@ mod tests {
             }
         }
         let sent_away = tokio::time::Instant::now();
+        // The caller was told to go away: its client opens no new stream.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let refused = client.ready().await.and_then(|mut client| {
+            let req = Request::get("http://svc/later").body(()).unwrap();
+            client.send_request(req, true).map(drop)
+        });
+        assert!(refused.is_err(), "no GOAWAY came");
         let ended = tokio::time::timeout(10 * DRAIN, server).await;
         assert!(
             ended.is_ok(),
