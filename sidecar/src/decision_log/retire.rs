@@ -4,7 +4,7 @@
 //! 100 MiB file (a `rename` over it, or a truncation to 0) drops its page cache and frees its
 //! blocks before the call returns — 10–20 ms measured here on ext4 for 64 MiB. The writer thread
 //! did that in its rotation, and every line that came meanwhile waited in memory: under the
-//! bench's load (74 MB/s of lines) the inbound sidecar's private memory peaked 3 MB higher with
+//! bench's load (74 MB/s of lines) the inbound sidecar's private memory peaked 2–3 MB higher with
 //! rotation than without (BENCHMARKS.md, the seventeenth session), and a slower disk would have
 //! reached the pending limit and dropped lines.
 //!
