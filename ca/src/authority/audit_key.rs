@@ -8,6 +8,7 @@
 use std::path::Path;
 
 use ring::rand::{SecureRandom as _, SystemRandom};
+use zeroize::Zeroizing;
 
 use super::{AuthorityError, files};
 use crate::datastore::{AuditKey, Datastore};
@@ -54,16 +55,18 @@ pub(crate) async fn prepare(data_dir: &Path, ds: &Datastore) -> Result<AuditKey,
             path.display()
         )));
     }
-    let mut secret = [0u8; 32];
+    // The secret's copies here are zeroed when dropped (the HMAC key keeps its own).
+    let mut secret = Zeroizing::new([0u8; 32]);
     SystemRandom::new()
-        .fill(&mut secret)
+        .fill(secret.as_mut())
         .map_err(|_| AuthorityError::Config("no randomness for the audit key".into()))?;
     let key = AuditKey::new(&secret, ds.audit_head_seq().await? + 1);
-    let text = format!(
-        "{HEADER}\nkeyed-from {}\nsecret {}\n",
-        key.keyed_from(),
-        hex::encode(secret)
-    );
+    let hex_secret = Zeroizing::new(hex::encode(secret.as_ref()));
+    let mut text = Zeroizing::new(String::with_capacity(HEADER.len() + hex_secret.len() + 64));
+    text.push_str(HEADER);
+    text.push_str(&format!("\nkeyed-from {}\nsecret ", key.keyed_from()));
+    text.push_str(&hex_secret);
+    text.push('\n');
     files::write_secret(&path, text.as_bytes())?;
     if let Err(e) = ds.set_audit_keying(&key).await {
         let _ = std::fs::remove_file(&path);
@@ -100,8 +103,8 @@ fn read(path: &Path) -> Result<AuditKey, AuthorityError> {
     let secret = lines
         .next()
         .and_then(|l| l.strip_prefix("secret "))
-        .and_then(|h| hex::decode(h).ok())
-        .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+        .and_then(|h| hex::decode(h).ok().map(Zeroizing::new))
+        .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok().map(Zeroizing::new))
         .ok_or_else(|| bad("the third line is not `secret <64 hex characters>`"))?;
     if lines.any(|l| !l.trim().is_empty()) {
         return Err(bad("there is more after the secret"));

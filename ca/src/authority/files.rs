@@ -8,6 +8,7 @@ use std::path::Path;
 
 use rcgen::KeyPair;
 use rustls_pki_types::CertificateDer;
+use zeroize::Zeroizing;
 
 use super::{AuthorityError, ROOT_CERT_FILE, ROOT_KEY_FILE};
 
@@ -99,8 +100,12 @@ pub(crate) fn read_cert_pem(path: &Path) -> Result<CertificateDer<'static>, Auth
 /// mode): someone changed the mode, and whoever else could read it may hold the key (OpenSSH
 /// refuses such key files too). The mode is checked on the opened file (opened non-blocking,
 /// so a FIFO planted at the path cannot hang the CA, and refused unless a regular file), so the
-/// file cannot be swapped between check and read. The owner is not checked.
-pub(crate) fn read_secret(path: &Path, what: &'static str) -> Result<Vec<u8>, AuthorityError> {
+/// file cannot be swapped between check and read. The owner is not checked. The bytes are
+/// zeroed when dropped (read into a buffer sized for the file, so no copy is left behind).
+pub(crate) fn read_secret(
+    path: &Path,
+    what: &'static str,
+) -> Result<Zeroizing<Vec<u8>>, AuthorityError> {
     let io = |source| AuthorityError::Io {
         action: "read",
         path: path.to_path_buf(),
@@ -120,7 +125,8 @@ pub(crate) fn read_secret(path: &Path, what: &'static str) -> Result<Vec<u8>, Au
         });
     }
     check_private(path, what, meta.permissions().mode())?;
-    let mut bytes = Vec::new();
+    let size = usize::try_from(meta.len()).unwrap_or(0).saturating_add(1);
+    let mut bytes = Zeroizing::new(Vec::with_capacity(size));
     file.read_to_end(&mut bytes).map_err(io)?;
     Ok(bytes)
 }
@@ -147,7 +153,7 @@ pub(crate) fn read_key_pem(path: &Path) -> Result<KeyPair, AuthorityError> {
 /// (0600 there). It is the operator's own file, often a mounted secret (0644 by default in
 /// Kubernetes), so a group- or world-readable one is only warned about.
 pub(crate) fn read_upstream_key_pem(path: &Path) -> Result<KeyPair, AuthorityError> {
-    let bytes = read(path)?;
+    let bytes = Zeroizing::new(read(path)?);
     if let Ok(meta) = fs::metadata(path)
         && meta.permissions().mode() & 0o077 != 0
     {
@@ -160,13 +166,13 @@ pub(crate) fn read_upstream_key_pem(path: &Path) -> Result<KeyPair, AuthorityErr
     parse_key_pem(path, bytes)
 }
 
-fn parse_key_pem(path: &Path, bytes: Vec<u8>) -> Result<KeyPair, AuthorityError> {
-    let text = String::from_utf8(bytes).map_err(|_| AuthorityError::BadFile {
+fn parse_key_pem(path: &Path, bytes: Zeroizing<Vec<u8>>) -> Result<KeyPair, AuthorityError> {
+    let text = std::str::from_utf8(&bytes).map_err(|_| AuthorityError::BadFile {
         what: "private key",
         path: path.to_path_buf(),
         reason: "not pem text".into(),
     })?;
-    KeyPair::from_pem(&text).map_err(|e| AuthorityError::BadFile {
+    KeyPair::from_pem(text).map_err(|e| AuthorityError::BadFile {
         what: "private key",
         path: path.to_path_buf(),
         reason: format!("not a supported pkcs#8 private key ({e})"),
@@ -214,7 +220,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("k");
         write_secret(&key, b"secret bytes").unwrap();
-        assert_eq!(read_secret(&key, "audit key").unwrap(), b"secret bytes");
+        assert_eq!(*read_secret(&key, "audit key").unwrap(), b"secret bytes");
         for mode in [0o400, 0o700] {
             fs::set_permissions(&key, fs::Permissions::from_mode(mode)).unwrap();
             assert!(read_secret(&key, "audit key").is_ok(), "{mode:o}");

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384};
 use warden_identity::TrustDomain;
+use zeroize::Zeroizing;
 
 use super::{AuthorityError, KEYS_DIR, ROOT_CERT_FILE, ROOT_KEY_FILE, files, keys};
 use crate::datastore::{CaRecord, CaRecordKind, CaRecordState, Datastore};
@@ -114,7 +115,7 @@ pub async fn init_ca(opts: &InitOptions) -> Result<InitReport, AuthorityError> {
                 }
             })?;
             let serial = hex::encode(parsed.raw_serial());
-            (cert, key.serialize_pem(), serial)
+            (cert, Zeroizing::new(key.serialize_pem()), serial)
         }
         None => {
             let alg = match opts.key_type {
@@ -131,7 +132,7 @@ pub async fn init_ca(opts: &InitOptions) -> Result<InitReport, AuthorityError> {
                 now + opts.root_ttl,
             )
             .map_err(AuthorityError::Certificate)?;
-            (cert, key.serialize_pem(), serial)
+            (cert, Zeroizing::new(key.serialize_pem()), serial)
         }
     };
 

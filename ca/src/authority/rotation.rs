@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 use rcgen::{Issuer, PKCS_ECDSA_P256_SHA256};
 use rustls_pki_types::CertificateDer;
 use warden_identity::{Bundle, JwtAuthority, JwtSigner};
+use zeroize::Zeroizing;
 
 use super::{
     Authority, AuthorityError, Intermediate, JwtKey, KEYS_DIR, Phase, Published, files, keys,
@@ -179,9 +180,10 @@ pub(crate) async fn load_journal(
                     None
                 } else {
                     match files::read_secret(&path, "jwt signing key") {
-                        Ok(b) => pem::parse(b)
-                            .ok()
-                            .and_then(|p| JwtSigner::from_pkcs8(r.id.clone(), p.contents()).ok()),
+                        Ok(b) => pem::parse(b.as_slice()).ok().and_then(|p| {
+                            let der = Zeroizing::new(p.into_contents());
+                            JwtSigner::from_pkcs8(r.id.clone(), &der).ok()
+                        }),
                         Err(err @ AuthorityError::KeyExposed { .. }) => {
                             tracing::error!(kid = %r.id, error = %err, "jwt signing key not used; if it may have leaked, its holder can forge JWT-SVIDs while it is in the bundle: make a new root");
                             None
@@ -339,7 +341,7 @@ impl Authority {
             .map_err(AuthorityError::Certificate)?;
             files::write_secret(
                 &intermediate_key_path(&self.data_dir, &serial),
-                key.serialize_pem().as_bytes(),
+                Zeroizing::new(key.serialize_pem()).as_bytes(),
             )?;
             self.ds
                 .append_ca_record(&CaRecord {
@@ -405,7 +407,10 @@ impl Authority {
             let kid = hex::encode(rand::random::<[u8; 16]>());
             let signer = JwtSigner::generate(kid.clone())
                 .map_err(|e| AuthorityError::Certificate(e.to_string()))?;
-            let key_pem = pem::encode(&pem::Pem::new("PRIVATE KEY", signer.pkcs8_der().to_vec()));
+            let key_pem = Zeroizing::new(pem::encode(&pem::Pem::new(
+                "PRIVATE KEY",
+                Zeroizing::new(signer.pkcs8_der().to_vec()).as_slice(),
+            )));
             files::write_secret(&jwt_key_path(&self.data_dir, &kid), key_pem.as_bytes())?;
             let spki = signer.public_key_spki_der();
             self.ds
