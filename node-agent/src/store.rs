@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use rcgen::{KeyPair, PublicKeyData};
 use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
 
+use zeroize::Zeroizing;
+
 use crate::cache::Svid;
 use crate::trust::certificates_from_pem;
 
@@ -101,24 +103,33 @@ impl Store {
     /// `agent.pem.next` when a save was cut between its two renames (the save is then
     /// completed).
     /// A key that group or others may access (the agent writes it 0600) is not used: whoever
-    /// else could read it may hold it.
+    /// else could read it may hold it. Anything but a regular file is refused (opened
+    /// non-blocking: a FIFO there cannot hang the start), and the key's bytes are zeroed when
+    /// dropped.
     pub fn load_agent(&self) -> Result<Option<Svid>, StoreError> {
-        let Ok(mut key_file) = std::fs::File::open(self.path(KEY)) else {
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+            .open(self.path(KEY));
+        let Ok(mut key_file) = opened else {
             return Ok(None);
         };
         let corrupt = |m: String| StoreError::Corrupt(self.dir.clone(), m);
-        let mode = key_file
+        let meta = key_file
             .metadata()
-            .map_err(|e| corrupt(format!("agent.key: {e}")))?
-            .permissions()
-            .mode();
+            .map_err(|e| corrupt(format!("agent.key: {e}")))?;
+        if !meta.is_file() {
+            return Err(corrupt("agent.key is not a regular file".into()));
+        }
+        let mode = meta.permissions().mode();
         if mode & 0o077 != 0 {
             return Err(corrupt(format!(
                 "agent.key is open to group or others (mode {:04o}; the agent writes it 0600)",
                 mode & 0o7777
             )));
         }
-        let mut key_pem = Vec::new();
+        let size = usize::try_from(meta.len()).unwrap_or(0).saturating_add(1);
+        let mut key_pem = Zeroizing::new(Vec::with_capacity(size));
         std::io::Read::read_to_end(&mut key_file, &mut key_pem)
             .map_err(|e| corrupt(format!("agent.key: {e}")))?;
         if let Ok(cert_pem) = std::fs::read(self.path(NEXT_CERT))
@@ -210,6 +221,12 @@ mod tests {
         }
         chmod(0o600);
         assert!(store.load_agent().unwrap().is_some());
+        // A FIFO in its place is refused at once (a blocking open would wait for a writer).
+        std::fs::remove_file(dir.path().join(KEY)).unwrap();
+        let fifo_mode = nix::sys::stat::Mode::from_bits_truncate(0o600);
+        nix::unistd::mkfifo(&dir.path().join(KEY), fifo_mode).unwrap();
+        let err = store.load_agent().unwrap_err().to_string();
+        assert!(err.contains("not a regular file"), "{err}");
     }
 
     fn saved(store: &Store, id: &str) -> Svid {
