@@ -6,6 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# A whole run rebuilds little that incremental compilation would reuse, and its files doubled the
+# build's footprint on disk (CI has failed for want of space). Set CARGO_INCREMENTAL=1 to keep it.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+
 step() { printf '\n==> %s\n' "$*"; }
 
 step "formatting (cargo fmt --check)"
