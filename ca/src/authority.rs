@@ -83,6 +83,23 @@ pub enum AuthorityError {
         /// Its permission bits.
         mode: u32,
     },
+    /// A secret file owned by another user than the CA's (or root): that user can read and
+    /// replace it whatever its mode.
+    #[error(
+        "{what} `{path}` is owned by uid {owner}, not by this process (uid {uid}) or root: that \
+         user can read and replace it; if no one else can have read it, `chown` it, else \
+         replace the key"
+    )]
+    KeyNotOwned {
+        /// `private key`, `audit key`, `jwt signing key`.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The file's owner.
+        owner: u32,
+        /// This process's effective uid.
+        uid: u32,
+    },
     /// `ca init` found an existing CA.
     #[error("a ca already exists in `{0}` (use --force to replace it)")]
     AlreadyInitialized(PathBuf),
@@ -98,6 +115,14 @@ pub enum AuthorityError {
     /// Bad settings (TTLs, trust domain).
     #[error("{0}")]
     Config(String),
+}
+
+impl AuthorityError {
+    /// Whether this is a secret file someone else may have read (its mode or its owner): the
+    /// key in it is not used, and the one who may hold it is named in the message.
+    pub fn is_key_exposure(&self) -> bool {
+        matches!(self, Self::KeyExposed { .. } | Self::KeyNotOwned { .. })
+    }
 }
 
 /// TTLs the authority works with.

@@ -4,7 +4,7 @@
 //! stays readable by the agent's user only.
 
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rcgen::{KeyPair, PublicKeyData};
@@ -102,8 +102,9 @@ impl Store {
     /// The stored agent SVID, if there is one: `agent.key` with `agent.pem`, or with
     /// `agent.pem.next` when a save was cut between its two renames (the save is then
     /// completed).
-    /// A key that group or others may access (the agent writes it 0600) is not used: whoever
-    /// else could read it may hold it. Anything but a regular file is refused (opened
+    /// A key that group or others may access (the agent writes it 0600), or that another user
+    /// than the agent's (or root) owns, is not used: whoever else could read it may hold it.
+    /// Anything but a regular file is refused (opened
     /// non-blocking: a FIFO there cannot hang the start), and the key's bytes are zeroed when
     /// dropped.
     pub fn load_agent(&self) -> Result<Option<Svid>, StoreError> {
@@ -126,6 +127,13 @@ impl Store {
             return Err(corrupt(format!(
                 "agent.key is open to group or others (mode {:04o}; the agent writes it 0600)",
                 mode & 0o7777
+            )));
+        }
+        let owner = meta.uid();
+        let euid = nix::unistd::geteuid().as_raw();
+        if owner != euid && owner != 0 {
+            return Err(corrupt(format!(
+                "agent.key is owned by uid {owner}, not by the agent (uid {euid}) or root"
             )));
         }
         let size = usize::try_from(meta.len()).unwrap_or(0).saturating_add(1);
@@ -227,6 +235,22 @@ mod tests {
         nix::unistd::mkfifo(&dir.path().join(KEY), fifo_mode).unwrap();
         let err = store.load_agent().unwrap_err().to_string();
         assert!(err.contains("not a regular file"), "{err}");
+    }
+
+    #[test]
+    fn a_key_another_user_owns_is_not_used() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: changing a file's owner needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        saved(&store, "spiffe://example.org/agent");
+        std::os::unix::fs::chown(dir.path().join(KEY), Some(4242), None).unwrap();
+        let err = store.load_agent().unwrap_err().to_string();
+        assert!(err.contains("agent.key is owned by uid 4242"), "{err}");
+        std::os::unix::fs::chown(dir.path().join(KEY), Some(0), None).unwrap();
+        assert!(store.load_agent().unwrap().is_some());
     }
 
     fn saved(store: &Store, id: &str) -> Svid {

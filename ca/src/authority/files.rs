@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use rcgen::KeyPair;
@@ -100,8 +100,11 @@ pub(crate) fn read_cert_pem(path: &Path) -> Result<CertificateDer<'static>, Auth
 /// mode): someone changed the mode, and whoever else could read it may hold the key (OpenSSH
 /// refuses such key files too). The mode is checked on the opened file (opened non-blocking,
 /// so a FIFO planted at the path cannot hang the CA, and refused unless a regular file), so the
-/// file cannot be swapped between check and read. The owner is not checked. The bytes are
-/// zeroed when dropped (read into a buffer sized for the file, so no copy is left behind).
+/// file cannot be swapped between check and read. A file owned by another user than this
+/// process's (or root) is refused too ([`AuthorityError::KeyNotOwned`]): its owner can read and
+/// replace it whatever its mode, as OpenSSH's `StrictModes` holds of the files it trusts. The
+/// bytes are zeroed when dropped (read into a buffer sized for the file, so no copy is left
+/// behind).
 pub(crate) fn read_secret(
     path: &Path,
     what: &'static str,
@@ -125,6 +128,7 @@ pub(crate) fn read_secret(
         });
     }
     check_private(path, what, meta.permissions().mode())?;
+    check_owner(path, what, meta.uid(), nix::unistd::geteuid().as_raw())?;
     let size = usize::try_from(meta.len()).unwrap_or(0).saturating_add(1);
     let mut bytes = Zeroizing::new(Vec::with_capacity(size));
     file.read_to_end(&mut bytes).map_err(io)?;
@@ -140,6 +144,24 @@ fn check_private(path: &Path, what: &'static str, mode: u32) -> Result<(), Autho
         what,
         path: path.to_path_buf(),
         mode: mode & 0o7777,
+    })
+}
+
+/// Refuses a secret file whose `owner` is neither `euid` (this process) nor root.
+fn check_owner(
+    path: &Path,
+    what: &'static str,
+    owner: u32,
+    euid: u32,
+) -> Result<(), AuthorityError> {
+    if owner == euid || owner == 0 {
+        return Ok(());
+    }
+    Err(AuthorityError::KeyNotOwned {
+        what,
+        path: path.to_path_buf(),
+        owner,
+        uid: euid,
     })
 }
 
@@ -241,5 +263,45 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("not a regular file"), "{err}");
+    }
+
+    #[test]
+    fn a_secret_owned_by_another_user_is_refused() {
+        let path = Path::new("/data/root.key.pem");
+        assert!(check_owner(path, "private key", 1000, 1000).is_ok());
+        assert!(
+            check_owner(path, "private key", 0, 1000).is_ok(),
+            "root's own"
+        );
+        let err = check_owner(path, "private key", 1001, 1000).unwrap_err();
+        assert!(matches!(err, AuthorityError::KeyNotOwned { .. }));
+        assert!(err.is_key_exposure());
+        let err = err.to_string();
+        assert!(err.contains("owned by uid 1001"), "{err}");
+        assert!(err.contains("uid 1000"), "{err}");
+        assert!(err.contains("/data/root.key.pem"), "{err}");
+        assert!(
+            check_owner(path, "private key", 1000, 0).is_err(),
+            "another's, read by root"
+        );
+    }
+
+    /// The real thing, where this test may change a file's owner (as root, as in CI).
+    #[test]
+    fn a_secret_file_chowned_to_another_user_is_not_read() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: changing a file's owner needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("audit.key");
+        write_secret(&key, b"secret bytes").unwrap();
+        assert!(read_secret(&key, "audit key").is_ok());
+        std::os::unix::fs::chown(&key, Some(4242), None).unwrap();
+        let err = read_secret(&key, "audit key").unwrap_err().to_string();
+        assert!(err.contains("owned by uid 4242"), "{err}");
+        assert!(!err.contains("secret bytes"), "{err}");
+        std::os::unix::fs::chown(&key, Some(0), None).unwrap();
+        assert!(read_secret(&key, "audit key").is_ok());
     }
 }

@@ -153,7 +153,7 @@ pub(crate) async fn load_journal(
                 } else {
                     match files::read_key_pem(&path) {
                         Ok(key) => Issuer::from_ca_cert_der(&cert, key).ok(),
-                        Err(err @ AuthorityError::KeyExposed { .. }) => {
+                        Err(err) if err.is_key_exposure() => {
                             tracing::error!(serial = %r.id, error = %err, "intermediate key not used; if it may have leaked, its holder can sign SVIDs that chain to the root until it expires: make a new root");
                             None
                         }
@@ -184,7 +184,7 @@ pub(crate) async fn load_journal(
                             let der = Zeroizing::new(p.into_contents());
                             JwtSigner::from_pkcs8(r.id.clone(), &der).ok()
                         }),
-                        Err(err @ AuthorityError::KeyExposed { .. }) => {
+                        Err(err) if err.is_key_exposure() => {
                             tracing::error!(kid = %r.id, error = %err, "jwt signing key not used; if it may have leaked, its holder can forge JWT-SVIDs while it is in the bundle: make a new root");
                             None
                         }
