@@ -95,6 +95,68 @@ fn keep_0_starts_the_file_again_at_the_size_limit() {
     assert_eq!(names_in(dir.path()), ["decisions.log"]);
 }
 
+/// With `keep` 0, a rotation that moved the file aside but can open no new one (here: every
+/// file descriptor is taken) moves it back and truncates it in place, and the lines go on; before
+/// that fallback the rotation failed at every batch. Run in a process of its own, with a low
+/// `ulimit -n`, so that taking every descriptor disturbs no other test.
+#[test]
+fn keep_0_truncates_in_place_when_no_new_file_can_be_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(r#"ulimit -n 64 && exec "$0" "$@""#)
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "decision_log::tests::keep_0_with_every_file_descriptor_taken",
+            "--ignored",
+            "--quiet",
+            "--test-threads=1",
+        ])
+        .env("WARDEN_TEST_NO_FDS_DIR", dir.path())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "{status}");
+    // The child got to the end of its checks (it does nothing without the variable).
+    assert!(dir.path().join("checked").exists());
+}
+
+#[test]
+#[ignore = "run by keep_0_truncates_in_place_when_no_new_file_can_be_opened, in a process of its own"]
+fn keep_0_with_every_file_descriptor_taken() {
+    let Some(dir) = std::env::var_os("WARDEN_TEST_NO_FDS_DIR") else {
+        return;
+    };
+    let dir = Path::new(&dir);
+    let path = dir.join("decisions.log");
+    let mut r = Rotating::open(&path, 4096, 0).unwrap();
+    let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap());
+    let mut taken = Vec::new();
+    let exhausted = loop {
+        match File::open("/dev/null") {
+            Ok(file) if taken.len() < 4096 => taken.push(file),
+            Ok(_) => panic!("the descriptor limit is not low"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(exhausted.raw_os_error(), Some(libc::EMFILE), "{exhausted}");
+    for batch in (0..200).collect::<Vec<_>>().chunks(7) {
+        let lines: Vec<u8> = batch.iter().flat_map(|&n| line(n)).collect();
+        r.write_lines(&lines).unwrap();
+    }
+    drop(taken);
+    drop(r);
+    let ids = ids_in(&path);
+    assert_eq!(ids.last().map(String::as_str), Some("d199"));
+    assert!(ids.len() < 200, "never started again: {} lines", ids.len());
+    // The same file, truncated in place; nothing left beside it.
+    let now = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap());
+    assert_eq!(now, inode);
+    assert_eq!(names_in(dir), ["decisions.log"]);
+    std::fs::write(dir.join("checked"), "").unwrap();
+}
+
 /// The names in `dir`, sorted.
 fn names_in(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
