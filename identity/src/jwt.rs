@@ -98,7 +98,7 @@ pub enum JwtError {
     #[error("token has no `sub` claim")]
     MissingSubject,
     /// `sub` is not a SPIFFE ID (rule J-5).
-    #[error("token `sub` `{0}` is not a spiffe id")]
+    #[error("token `sub` {0:?} is not a spiffe id")]
     BadSubject(String),
     /// `sub` is a trust domain's own ID, which names no workload (rule J-5, as X-2 for
     /// X.509-SVIDs).

@@ -26,14 +26,16 @@ pub enum SpiffeIdError {
     /// No trust domain after the scheme.
     #[error("trust domain is missing")]
     MissingTrustDomain,
-    /// A character outside `[a-z0-9.-_]` in the trust domain.
+    /// A character outside `[a-z0-9.-_]` in the trust domain. Characters and strings from the input
+    /// are quoted and escaped (`{:?}`) in these messages: IDs come from certificates and tokens
+    /// anyone can make, and a line break must not reach a log line as such.
     #[error(
-        "trust domain has the invalid character `{0}` (only lowercase letters, digits, `.`, `-` and `_` are allowed)"
+        "trust domain has the invalid character {0:?} (only lowercase letters, digits, `.`, `-` and `_` are allowed)"
     )]
     BadTrustDomainChar(char),
     /// A character outside `[a-zA-Z0-9.-_]` in a path segment.
     #[error(
-        "path has the invalid character `{0}` (only letters, digits, `.`, `-` and `_` are allowed in a segment)"
+        "path has the invalid character {0:?} (only letters, digits, `.`, `-` and `_` are allowed in a segment)"
     )]
     BadPathChar(char),
     /// `//` in the path.
@@ -52,7 +54,7 @@ pub enum SpiffeIdError {
     #[error("trust domain is {0} bytes long; the limit is 255")]
     TrustDomainTooLong(usize),
     /// A trust domain was given as a SPIFFE ID with a path.
-    #[error("trust domain `{0}` must not have a path")]
+    #[error("trust domain {0:?} must not have a path")]
     TrustDomainHasPath(String),
 }
 

@@ -38,6 +38,9 @@ pub enum BadLeaf {
     IdWithoutPath,
     /// A URI SAN that is not a SPIFFE ID (`https://`).
     NonSpiffeUri,
+    /// A URI SAN holding a line break and a made-up log line (X-2; errors must not carry it
+    /// into logs as such).
+    UriWithLineBreak,
     /// Empty subject and a non-critical SAN extension.
     NonCriticalSanWithEmptySubject,
     /// BasicConstraints `cA=true`.
@@ -264,6 +267,7 @@ impl TestCa {
         let uri = match bad {
             BadLeaf::IdWithoutPath => id.trust_domain().id_string(),
             BadLeaf::NonSpiffeUri => format!("https://{}{}", id.trust_domain_name(), id.path()),
+            BadLeaf::UriWithLineBreak => format!("{id}\n2026-01-01T00:00:00Z  INFO decision allow"),
             _ => id.to_string(),
         };
         self.leaf(&uri, nb, na, Some(bad), true)
@@ -298,7 +302,8 @@ impl TestCa {
                 BadLeaf::Expired
                 | BadLeaf::NotYetValid
                 | BadLeaf::IdWithoutPath
-                | BadLeaf::NonSpiffeUri,
+                | BadLeaf::NonSpiffeUri
+                | BadLeaf::UriWithLineBreak,
             ) => {}
             Some(BadLeaf::TwoUriSans) => {
                 params

@@ -36,7 +36,9 @@ pub enum SvidError {
     #[error("leaf certificate has {0} uri sans; exactly one is allowed")]
     MultipleUriSans(usize),
     /// The URI SAN is not a valid SPIFFE ID (rule X-2).
-    #[error("uri san `{uri}` is not a spiffe id: {source}")]
+    // Quoted and escaped (`{:?}`): the certificate is anyone's, and a line break or control
+    // character in its URI must not reach a log line as such.
+    #[error("uri san {uri:?} is not a spiffe id: {source}")]
     BadSpiffeId {
         /// The URI SAN.
         uri: String,

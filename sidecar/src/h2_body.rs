@@ -16,9 +16,7 @@ use http::HeaderMap;
 use hyper::body::{Body, Frame, SizeHint};
 
 use crate::h2_client::InFlight;
-
-/// `x-forwarded-client-cert`, never passed on as a trailer.
-const XFCC_TRAILER: &str = "x-forwarded-client-cert";
+use crate::hop_by_hop;
 
 /// A body received on an HTTP/2 stream: a request's (server side) or a response's (client side).
 #[derive(Debug)]
@@ -83,7 +81,7 @@ impl Body for H2Body {
             Ok(Some(mut trailers)) => {
                 // Only the sidecar speaks for a caller's certificate, and only in the head: one
                 // in trailers goes no further (an app merging trailers into headers would take it).
-                trailers.remove(XFCC_TRAILER);
+                hop_by_hop::remove_xfcc(&mut trailers);
                 Poll::Ready(Some(Ok(Frame::trailers(trailers))))
             }
             Ok(None) => Poll::Ready(None),

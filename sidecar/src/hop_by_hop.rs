@@ -51,16 +51,49 @@ pub(crate) fn strip(headers: &mut HeaderMap, request: bool) {
     }
 }
 
+/// Whether `name` is `x-forwarded-client-cert` in any spelling a server may take for it: any
+/// letter case, and `_` for any `-`. Servers that turn header names into CGI-style variables
+/// (`HTTP_X_FORWARDED_CLIENT_CERT`) merge `x_forwarded_client_cert` with the real one, so a
+/// caller could otherwise add to the identity the sidecar vouches for (the bug class of Puma's
+/// CVE-2024-45614; Envoy's `headers_with_underscores_action` exists for it).
+pub(crate) fn is_xfcc_name(name: &[u8]) -> bool {
+    const XFCC_BYTES: &[u8] = b"x-forwarded-client-cert";
+    name.len() == XFCC_BYTES.len()
+        && name
+            .iter()
+            .zip(XFCC_BYTES)
+            .all(|(&got, &want)| got.eq_ignore_ascii_case(&want) || (want == b'-' && got == b'_'))
+}
+
+/// Removes every header [`is_xfcc_name`] matches.
+pub(crate) fn remove_xfcc(headers: &mut HeaderMap) {
+    headers.remove(XFCC);
+    // Most requests have no header of that length: one pass over the names decides.
+    if !headers
+        .keys()
+        .any(|name| is_xfcc_name(name.as_str().as_bytes()))
+    {
+        return;
+    }
+    let spelled: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_xfcc_name(name.as_str().as_bytes()))
+        .cloned()
+        .collect();
+    for name in spelled {
+        headers.remove(name);
+    }
+}
+
 /// Takes `x-forwarded-client-cert` out of a request's `Trailer` list (RFC 9110 §6.6.2). hyper's
 /// HTTP/1.1 client writes only the trailers `Trailer` announces, so an XFCC a caller sends as a
 /// chunked-body trailer goes no further: only the sidecar speaks for a caller's certificate, and
 /// only in the head (HTTP/2 trailers are filtered in `H2Body`).
 pub(crate) fn unannounce_xfcc_trailer(headers: &mut HeaderMap) {
     let announces = |v: &HeaderValue| {
-        v.as_bytes().split(|b| *b == b',').any(|name| {
-            name.trim_ascii()
-                .eq_ignore_ascii_case(XFCC.as_str().as_bytes())
-        })
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .any(|name| is_xfcc_name(name.trim_ascii()))
     };
     if !headers.get_all(header::TRAILER).iter().any(announces) {
         return;
@@ -70,7 +103,7 @@ pub(crate) fn unannounce_xfcc_trailer(headers: &mut HeaderMap) {
         .iter()
         .flat_map(|v| v.as_bytes().split(|b| *b == b','))
         .map(<[u8]>::trim_ascii)
-        .filter(|name| !name.is_empty() && !name.eq_ignore_ascii_case(XFCC.as_str().as_bytes()))
+        .filter(|name| !name.is_empty() && !is_xfcc_name(name))
         .collect();
     let kept = HeaderValue::from_bytes(&kept.join(&b", "[..]));
     headers.remove(header::TRAILER);
@@ -185,10 +218,54 @@ mod tests {
         unannounce_xfcc_trailer(&mut headers);
         assert!(headers.is_empty());
 
+        // Spelled with underscores, it goes too.
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::TRAILER,
+            HeaderValue::from_static("X_Forwarded_Client_Cert, x-a"),
+        );
+        unannounce_xfcc_trailer(&mut headers);
+        assert_eq!(headers[header::TRAILER], "x-a");
+
         // Without it, the list is left as it came.
         let mut headers = HeaderMap::new();
         headers.insert(header::TRAILER, HeaderValue::from_static("x-a,x-b"));
         unannounce_xfcc_trailer(&mut headers);
         assert_eq!(headers[header::TRAILER], "x-a,x-b");
+    }
+
+    #[test]
+    fn every_spelling_of_the_client_certificate_header_is_removed() {
+        for name in [
+            "x-forwarded-client-cert",
+            "X-Forwarded-Client-Cert",
+            "x_forwarded_client_cert",
+            "X_FORWARDED-CLIENT_CERT",
+        ] {
+            assert!(is_xfcc_name(name.as_bytes()), "{name}");
+        }
+        for name in [
+            "x-forwarded-client-certs",
+            "x-forwarded-client-cer",
+            "x-forwarded.client-cert",
+            "y-forwarded-client-cert",
+            "x-forwarded-client-cert ",
+        ] {
+            assert!(!is_xfcc_name(name.as_bytes()), "{name}");
+        }
+        let mut headers = HeaderMap::new();
+        for name in [
+            "x-forwarded-client-cert",
+            "x_forwarded_client_cert",
+            "x_forwarded-client_cert",
+            "x-kept",
+        ] {
+            headers.append(
+                name,
+                HeaderValue::from_static("URI=spiffe://example.org/admin"),
+            );
+        }
+        remove_xfcc(&mut headers);
+        assert_eq!(names(&headers), ["x-kept"]);
     }
 }

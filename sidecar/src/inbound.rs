@@ -60,6 +60,21 @@ pub(crate) struct Shared {
     /// Set when the sidecar stops: connections finish what is in flight and close.
     pub(crate) stop: watch::Sender<bool>,
     tls: Arc<rustls::ServerConfig>,
+    /// Failed handshakes: anyone can connect, so one info line per interval (the first, with
+    /// the count since the last), the rest at debug (the metric counts each).
+    handshake_failures: std::sync::Mutex<Throttle>,
+}
+
+impl Shared {
+    /// Notes a failed handshake; `Some(n)` when it is to be logged at info, with the `n`
+    /// failures since the last such line.
+    fn handshake_failure_report(&self) -> Option<u64> {
+        let mut throttle = self
+            .handshake_failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        throttle.note(std::time::Instant::now())
+    }
 }
 
 /// Traces one decision at debug level (target `decision`); `kind` is `request` or `connect`.
@@ -182,6 +197,7 @@ impl Inbound {
             h2,
             stop: watch::channel(false).0,
             tls: Arc::new(tls),
+            handshake_failures: std::sync::Mutex::new(Throttle::new(REFUSAL_WARNING_EVERY)),
         };
         Ok(Self {
             listener,
@@ -307,14 +323,26 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, source: Socket
             shared
                 .metrics
                 .handshake_failed(Direction::Inbound, reason.as_str());
-            tracing::info!(src.addr = %source, reason = reason.as_str(), error = %e, "tls handshake failed");
+            match shared.handshake_failure_report() {
+                Some(failed) => {
+                    tracing::info!(src.addr = %source, reason = reason.as_str(), error = %e, failed, "tls handshake failed")
+                }
+                None => {
+                    tracing::debug!(src.addr = %source, reason = reason.as_str(), error = %e, "tls handshake failed")
+                }
+            }
             return;
         }
         Err(_) => {
             shared
                 .metrics
                 .handshake_failed(Direction::Inbound, HandshakeFailure::Timeout.as_str());
-            tracing::info!(src.addr = %source, "tls handshake timed out");
+            match shared.handshake_failure_report() {
+                Some(failed) => {
+                    tracing::info!(src.addr = %source, failed, "tls handshake timed out")
+                }
+                None => tracing::debug!(src.addr = %source, "tls handshake timed out"),
+            }
             return;
         }
     };

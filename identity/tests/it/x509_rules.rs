@@ -75,6 +75,20 @@ fn leaf_uri_san_that_is_not_spiffe_is_rejected_x2() {
     );
 }
 
+/// The certificate is anyone's (the ID is read before the chain is checked): its URI SAN is
+/// quoted and escaped in the error, which listeners log, so it cannot forge a log line.
+#[test]
+fn uri_san_with_a_line_break_is_rejected_x2_and_escaped_in_the_error() {
+    let err = bad_leaf_error(BadLeaf::UriWithLineBreak);
+    assert!(matches!(err, SvidError::BadSpiffeId { ref uri, .. } if uri.contains('\n')));
+    let text = err.to_string();
+    assert!(!text.contains('\n'), "{text}");
+    assert!(
+        text.contains(r#"\n2026-01-01T00:00:00Z  INFO decision allow""#),
+        "{text}"
+    );
+}
+
 #[test]
 fn empty_subject_with_non_critical_san_is_rejected_x3() {
     assert_eq!(

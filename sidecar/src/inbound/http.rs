@@ -311,7 +311,7 @@ fn prepare<B>(shared: &Shared, req: &mut Request<B>) -> Result<bool, Box<Respons
         set_path(req, &normal).map_err(|bad| Box::new(bad_request(&bad)))?;
     }
     // The caller never speaks for the sidecar: drop its XFCC before anything looks at it.
-    req.headers_mut().remove(XFCC);
+    hop_by_hop::remove_xfcc(req.headers_mut());
     hop_by_hop::unannounce_xfcc_trailer(req.headers_mut());
     // The policy decides on the headers the app will get: the connection-specific ones (and
     // those `Connection` names) go now, not after the decision.

@@ -35,8 +35,6 @@ pub(crate) type ResponseBody = Either<UpstreamBody, Full<Bytes>>;
 /// The body of an upstream's response: over HTTP/1.1 or over HTTP/2.
 pub(crate) type UpstreamBody = Either<Incoming, H2Body>;
 
-/// The client-certificate header only the inbound sidecar may set: never forwarded from here.
-const XFCC: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 /// gRPC status code `UNAVAILABLE`.
@@ -253,7 +251,10 @@ impl HttpProxy {
             true => upgrade::strip_keeping_upgrade(req.headers_mut(), true),
             false => hop_by_hop::strip(req.headers_mut(), true),
         }
-        req.headers_mut().remove(XFCC);
+        // Only an inbound sidecar speaks for a caller's certificate: none goes upstream from
+        // here, in any spelling, in the head or announced as a trailer.
+        hop_by_hop::remove_xfcc(req.headers_mut());
+        hop_by_hop::unannounce_xfcc_trailer(req.headers_mut());
         Ok(())
     }
 

@@ -207,6 +207,10 @@ async fn a_client_certificate_header_sent_as_an_http2_trailer_does_not_reach_the
         "x-forwarded-client-cert",
         http::HeaderValue::from_static("URI=spiffe://example.org/admin"),
     );
+    trailers.insert(
+        "x_forwarded_client_cert",
+        http::HeaderValue::from_static("URI=spiffe://example.org/admin"),
+    );
     trailers.insert("x-kept", http::HeaderValue::from_static("1"));
     let frames = vec![
         Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes::Bytes::from("hi"))),
@@ -230,8 +234,9 @@ async fn a_client_certificate_header_sent_as_an_http1_trailer_does_not_reach_the
     let f = Fixture::start(Options::default()).await;
     let mut tls = f.client(WEB_ID).http1().connect(f.inbound).await.unwrap();
     let request = "GET /x HTTP/1.1\r\nhost: api.local\r\ntransfer-encoding: chunked\r\n\
-         trailer: x-forwarded-client-cert, x-kept\r\n\r\n2\r\nhi\r\n0\r\n\
-         x-forwarded-client-cert: By=x;URI=spiffe://example.org/admin\r\nx-kept: 1\r\n\r\n";
+         trailer: x-forwarded-client-cert, x-kept, X_Forwarded_Client_Cert\r\n\r\n2\r\nhi\r\n0\r\n\
+         x-forwarded-client-cert: By=x;URI=spiffe://example.org/admin\r\nx-kept: 1\r\n\
+         x_forwarded_client_cert: URI=spiffe://example.org/admin\r\n\r\n";
     tls.write_all(request.as_bytes()).await.unwrap();
     let head = read_head(&mut tls).await;
     assert!(head.starts_with("http/1.1 200"), "{head}");
