@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use warden_api::workload::{JwtBundlesResponse, X509BundlesResponse, X509svid, X509svidResponse};
-use warden_identity::{Selector, TrustDomain};
+use warden_identity::{BundleSet, Selector, TrustDomain};
 
 use crate::cache::{CacheState, Identity};
 
@@ -25,6 +25,19 @@ fn trust_domains(state: &CacheState, matched: &[&Identity]) -> Vec<TrustDomain> 
         }
     }
     tds
+}
+
+/// The bundles a caller holds: its own trust domain's and those its entries federate with (what
+/// `FetchX509Bundles` and `FetchJWTBundles` give it), to validate its JWT-SVIDs against.
+pub(crate) fn caller_bundles(state: &CacheState, selectors: &BTreeSet<Selector>) -> BundleSet {
+    let matched = state.matching(selectors);
+    let mut set = BundleSet::new();
+    for td in trust_domains(state, &matched) {
+        if let Some(bundle) = state.bundles.get(&td) {
+            set.insert(bundle.clone());
+        }
+    }
+    set
 }
 
 /// `X509SVIDResponse` (W-7): one SVID per matching entry, default first, unique non-empty

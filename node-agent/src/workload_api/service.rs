@@ -298,11 +298,17 @@ impl SpiffeWorkloadApi for Service {
         if body.svid.is_empty() {
             return Err(Status::invalid_argument("svid must be specified"));
         }
+        // As SPIRE's agent does: the caller is attested, and the token is checked against the
+        // bundles that caller holds (its own trust domain and those its entries federate with),
+        // not every bundle the agent has for its other workloads (J-8, W-11).
+        let selectors = self.attest(&req).await?;
         let state = self.ready_state()?;
+        self.require_identity(&state, &selectors)?;
+        let bundles = responses::caller_bundles(&state, &selectors);
         let valid = warden_identity::validate_jwt_svid(
             &body.svid,
             &body.audience,
-            &state.bundles,
+            &bundles,
             SystemTime::now(),
         )
         .map_err(|e| Status::invalid_argument(format!("invalid jwt-svid: {e}")))?;

@@ -9,7 +9,7 @@ use warden_api::WORKLOAD_API_HEADER;
 use warden_api::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use warden_api::workload::{JwtsvidRequest, ValidateJwtsvidRequest, X509svidRequest};
 
-use crate::support::{TD, TestAgent, TestCa, entry, uid_selector};
+use crate::support::{TD, TestAgent, TestCa, entry, sign_jwt, uid_selector};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -197,9 +197,23 @@ async fn workload_without_matching_entry_gets_no_identity_issued_w5_w7() {
         (err.code(), err.message()),
         (Code::PermissionDenied, "no identity issued")
     );
+    // Validating a token needs an identity too: the bundles to check it against are the
+    // caller's (a token of this trust domain, well formed and signed, is not looked at).
+    let token = jwt_of(&ca, &format!("spiffe://{TD}/other"), "a");
+    let err = raw
+        .validate_jwtsvid(with_header(ValidateJwtsvidRequest {
+            audience: "a".into(),
+            svid: token,
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), err.message()),
+        (Code::PermissionDenied, "no identity issued")
+    );
     let text = agent.metrics.encode(SystemTime::now());
     assert!(
-        text.contains("warden_agent_workload_attestations_total{result=\"no_identity\"} 3"),
+        text.contains("warden_agent_workload_attestations_total{result=\"no_identity\"} 4"),
         "{text}"
     );
     agent.stop().await;
@@ -412,6 +426,63 @@ async fn validate_jwt_svid_requires_all_fields_and_returns_claims_w11() {
     assert_eq!(ok.spiffe_id, format!("spiffe://{TD}/w"));
     let claims = ok.claims.unwrap();
     assert!(claims.fields.contains_key("exp") && claims.fields.contains_key("aud"));
+    agent.stop().await;
+}
+
+/// A JWT-SVID signed by `ca`'s JWT key for `sub` and `aud`, valid for five minutes.
+fn jwt_of(ca: &TestCa, sub: &str, aud: &str) -> String {
+    let exp = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 300;
+    let header = serde_json::json!({"alg": "ES256", "kid": ca.kid, "typ": "JWT"});
+    let claims = serde_json::json!({"sub": sub, "aud": [aud], "exp": exp});
+    sign_jwt(&ca.jwt_signer(), &header, &claims)
+}
+
+/// J-8 and W-11, as SPIRE's agent does it: a token is validated against the bundles the caller
+/// holds (its own trust domain's and those its entries federate with), not every bundle the
+/// agent keeps for its other workloads.
+#[tokio::test]
+async fn validate_jwt_svid_trusts_only_the_callers_trust_domains_w11_j8() {
+    let ca = TestCa::new(TD);
+    let fed = TestCa::new("partner.test");
+    let unrelated = TestCa::new("unrelated.test");
+    let mut e = entry("e", &format!("spiffe://{TD}/w"), &uid_selector(), 1, "");
+    e.federates_with = vec![fed.td.clone()];
+    let agent = TestAgent::start(&ca, vec![e], HOUR, vec![fed.bundle(), unrelated.bundle()]).await;
+    let mut raw = SpiffeWorkloadApiClient::new(agent.raw_channel().await);
+    let validate = |svid: String| ValidateJwtsvidRequest {
+        audience: "a".into(),
+        svid,
+    };
+    for (issuer, sub) in [
+        (&ca, format!("spiffe://{TD}/x")),
+        (&fed, "spiffe://partner.test/x".to_owned()),
+    ] {
+        let ok = raw
+            .validate_jwtsvid(with_header(validate(jwt_of(issuer, &sub, "a"))))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(ok.spiffe_id, sub);
+    }
+    // The agent holds unrelated.test's bundle (for another workload, say), this caller not.
+    let err = raw
+        .validate_jwtsvid(with_header(validate(jwt_of(
+            &unrelated,
+            "spiffe://unrelated.test/x",
+            "a",
+        ))))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("unrelated.test"),
+        "{}",
+        err.message()
+    );
     agent.stop().await;
 }
 
