@@ -6,6 +6,7 @@
 mod forward;
 mod h2;
 mod handshake;
+mod host;
 mod http;
 mod path;
 mod record;

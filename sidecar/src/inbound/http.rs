@@ -20,10 +20,10 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 
 use super::forward::{AppBody, AppError};
-use super::path;
 use super::record::{self, RequestParts, XFCC};
 use super::revoke;
 use super::{ConnInfo, Shared};
+use super::{host, path};
 use crate::config::{Limits, Mode};
 use crate::hop_by_hop;
 use crate::metrics::{DecisionLabel, Direction};
@@ -278,7 +278,7 @@ where
 }
 
 /// Checks `req` and puts it in the form that is decided and forwarded: gRPC or not, header count,
-/// one host, the normalized path, the caller's XFCC and connection-specific headers removed,
+/// one host in one spelling, the normalized path, the caller's XFCC and connection-specific headers removed,
 /// header values that are text. `Err` is the answer (400, 431) to a request that is not decided.
 fn prepare<B>(shared: &Shared, req: &mut Request<B>) -> Result<bool, Box<Response<ProxyBody>>> {
     let grpc = grpc_call(req).map_err(|bad| Box::new(bad_request(bad)))?;
@@ -301,6 +301,8 @@ fn prepare<B>(shared: &Shared, req: &mut Request<B>) -> Result<bool, Box<Respons
         )));
     }
     one_host(req).map_err(|bad| Box::new(bad_request(bad)))?;
+    // Policies decide on, and the app gets, one spelling of the host (see `host.rs`).
+    host::normalize(req).map_err(|bad| Box::new(bad_request(bad)))?;
     // Policies decide on, and the app gets, one spelling of the path (see `path.rs`).
     let normalized = match path::normalize(req.uri().path()) {
         Ok(Cow::Borrowed(_)) => None,

@@ -16,6 +16,7 @@ mod app_resets;
 mod grpc;
 mod grpc_bidi;
 mod h2;
+mod host;
 mod http;
 mod lapse;
 mod lifecycle;
