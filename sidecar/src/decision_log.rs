@@ -161,10 +161,14 @@ enum Appended {
 }
 
 impl PendingState {
-    /// Appends `line` unless that would pass [`MAX_PENDING_BYTES`] (then `None`).
+    /// Appends `line` unless that would pass [`MAX_PENDING_BYTES`] (then `None`). A line longer
+    /// than the limit on its own (a request with megabytes of headers, which
+    /// `limits.max_header_bytes` allows up to 8 MiB, and JSON escaping can double) is taken
+    /// when nothing waits: it is held once more, for the time it takes to write it, where it
+    /// would otherwise never be logged.
     fn append(&mut self, line: &[u8]) -> Option<Appended> {
         let before = self.bytes;
-        if before + line.len() > MAX_PENDING_BYTES {
+        if before > 0 && before + line.len() > MAX_PENDING_BYTES {
             return None;
         }
         let fits = self

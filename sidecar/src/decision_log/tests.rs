@@ -390,6 +390,21 @@ fn lines_beyond_the_pending_limit_are_refused_whole() {
     assert!(waiting(&state).starts_with(b"a\nb\nx"));
 }
 
+/// A line longer than the limit on its own would never be written: it is taken when nothing
+/// waits, and only then.
+#[test]
+fn a_line_longer_than_the_pending_limit_is_taken_when_nothing_waits() {
+    let huge = vec![b'x'; MAX_PENDING_BYTES + 1];
+    let mut state = PendingState::default();
+    assert_eq!(state.append(b"a\n"), Some(Appended::Wake));
+    assert_eq!(state.append(&huge), None, "lines wait");
+    let mut taken = Vec::new();
+    state.take(&mut taken);
+    assert_eq!(state.append(&huge), Some(Appended::Wake));
+    assert_eq!(state.bytes, huge.len());
+    assert_eq!(state.append(b"b\n"), None, "over the limit now");
+}
+
 #[test]
 fn the_writer_is_woken_by_the_first_line_and_by_the_line_that_fills_a_batch_only() {
     let mut state = PendingState::default();
