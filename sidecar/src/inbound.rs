@@ -279,12 +279,18 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, source: Socket
                     tls_version: None,
                     own_id,
                 };
-                // h2c by prior knowledge goes to the same HTTP/2 server as ALPN `h2`.
-                let sniffed = tokio::time::timeout(
-                    shared.limits.handshake_timeout,
-                    crate::sniff::is_h2c(&stream),
-                )
-                .await;
+                // h2c by prior knowledge goes to the same HTTP/2 server as ALPN `h2`; a TCP
+                // service's bytes are not looked at.
+                let sniffed = match shared.config.protocol {
+                    Protocol::Tcp => Ok(Ok(false)),
+                    Protocol::Http => {
+                        tokio::time::timeout(
+                            shared.limits.handshake_timeout,
+                            crate::sniff::is_h2c(&stream),
+                        )
+                        .await
+                    }
+                };
                 let h2 = match sniffed {
                     Ok(Ok(h2)) => h2,
                     Ok(Err(_)) => return,

@@ -77,7 +77,9 @@ pub(crate) struct RunArgs {
     #[arg(long)]
     mode: Option<Mode>,
     /// An outbound route as a TOML inline table, repeatable:
-    /// `{ listen = "127.0.0.1:15001", upstream = "10.0.0.2:15443", expected_ids = ["spiffe://example.org/api"], protocol = "http" }`.
+    /// `{ listen = "127.0.0.1:15001", upstream = "10.0.0.2:15443", expected_ids = ["spiffe://example.org/api"], protocol = "http", response_timeout = "30s" }`
+    /// (`protocol`: `http` or `tcp`; `response_timeout`, `http` only, optional: how long the upstream may
+    /// take to begin its response, else 504).
     #[arg(long, value_name = "TABLE")]
     outbound: Vec<String>,
     /// Admin listener for /healthz, /readyz, /metrics [default: 127.0.0.1:15090].

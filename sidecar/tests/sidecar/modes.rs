@@ -153,6 +153,40 @@ async fn tcp_mode_decides_connect_once_then_copies_bytes() {
     assert_eq!(records[1].decision, warden_policy::Outcome::Deny);
 }
 
+/// Permissive mode in front of a TCP service: a plaintext client's bytes are copied as they
+/// come, whatever they look like (here the start of the HTTP/2 preface, which the HTTP sniffing
+/// waited on for the rest until the handshake timeout).
+#[tokio::test]
+async fn permissive_tcp_mode_copies_a_plaintext_clients_first_bytes_at_once() {
+    let (addr, connections) = echo().await;
+    let f = Fixture::start(Options {
+        inbound_extra: "protocol = \"tcp\"\nmtls = \"permissive\"",
+        limits: r#"handshake_timeout = "60s""#,
+        app_addr: Some(addr),
+        ..Options::default()
+    })
+    .await;
+    let anonymous_connects = "@id(\"anonymous-connects\")\npermit (principal is Mesh::Unauthenticated, action == Mesh::Action::\"connect\", resource);\n";
+    std::fs::write(
+        f.policies.join("test.cedar"),
+        format!("{POLICIES}\n{anonymous_connects}"),
+    )
+    .unwrap();
+    wait_for_metric(&f, r#"policy_reloads_total{result="replaced"} 1"#).await;
+    let mut tcp = TcpStream::connect(f.inbound).await.unwrap();
+    tcp.write_all(b"PRI").await.unwrap();
+    let mut buf = [0u8; 3];
+    tokio::time::timeout(WAIT, tcp.read_exact(&mut buf))
+        .await
+        .expect("the first bytes waited for more")
+        .unwrap();
+    assert_eq!(&buf, b"PRI");
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+    let records = f.decisions(1).await;
+    assert_eq!(records[0].action, "connect");
+    assert_eq!(records[0].peer_spiffe_id, None);
+}
+
 #[tokio::test]
 async fn tcp_connection_is_closed_when_a_new_policy_no_longer_allows_it() {
     let (addr, _) = echo().await;
