@@ -194,6 +194,7 @@ pub fn tls_incoming_with(
     let per_source = Arc::new(PerSource::default());
     let unauthenticated_per_source = Arc::new(PerSource::default());
     let refused = Arc::new(std::sync::Mutex::new(Refused::default()));
+    let failed = Arc::new(std::sync::Mutex::new(Refused::default()));
     let (tx, rx) = tokio::sync::mpsc::channel(ACCEPT_BACKLOG);
     tokio::spawn(async move {
         loop {
@@ -225,6 +226,7 @@ pub fn tls_incoming_with(
             let unauthenticated = Arc::clone(&unauthenticated);
             let unauthenticated_per_source = Arc::clone(&unauthenticated_per_source);
             let refused = Arc::clone(&refused);
+            let failed = Arc::clone(&failed);
             tokio::spawn(async move {
                 let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
                 drop((handshaking, from_source));
@@ -271,12 +273,22 @@ pub fn tls_incoming_with(
                             }))
                             .await;
                     }
-                    Ok(Err(err)) => {
-                        tracing::info!(peer = %remote, error = %err, "tls handshake failed");
-                    }
-                    Err(_) => {
-                        tracing::info!(peer = %remote, "tls handshake timed out");
-                    }
+                    // Anyone can connect: at most one info line a second (with how many failed
+                    // since the last), the rest at debug.
+                    Ok(Err(err)) => match Refused::due(&failed) {
+                        Some(failed) => {
+                            tracing::info!(peer = %remote, error = %err, failed, "tls handshake failed")
+                        }
+                        None => {
+                            tracing::debug!(peer = %remote, error = %err, "tls handshake failed")
+                        }
+                    },
+                    Err(_) => match Refused::due(&failed) {
+                        Some(failed) => {
+                            tracing::info!(peer = %remote, failed, "tls handshake timed out")
+                        }
+                        None => tracing::debug!(peer = %remote, "tls handshake timed out"),
+                    },
                 }
             });
         }
@@ -284,8 +296,9 @@ pub fn tls_incoming_with(
     ReceiverStream::new(rx)
 }
 
-/// Connections closed for a limit, warned about at most once a second (with how many since the
-/// last warning), so that a flood does not flood the log too.
+/// Events anyone can cause (connections closed for a limit, failed handshakes), logged at most
+/// once a second with how many happened since the last line, so that a flood does not flood
+/// the log too.
 #[derive(Debug, Default)]
 struct Refused {
     since_warning: u64,
@@ -299,6 +312,19 @@ impl Refused {
         limit: &'static str,
         limits: &Limits,
     ) {
+        if let Some(refused) = Self::due(this) {
+            tracing::warn!(
+                peer = %remote,
+                limit,
+                refused,
+                ?limits,
+                "connection limit reached: closing new connections"
+            );
+        }
+    }
+
+    /// Notes one event; `Some(n)` when it is time to log the `n` since the last line.
+    fn due(this: &std::sync::Mutex<Self>) -> Option<u64> {
         let mut this = this
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -306,18 +332,12 @@ impl Refused {
         let now = std::time::Instant::now();
         if this
             .warned
-            .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1))
+            .is_some_and(|at| now.duration_since(at) < Duration::from_secs(1))
         {
-            tracing::warn!(
-                peer = %remote,
-                limit,
-                refused = this.since_warning,
-                ?limits,
-                "connection limit reached: closing new connections"
-            );
-            this.since_warning = 0;
-            this.warned = Some(now);
+            return None;
         }
+        this.warned = Some(now);
+        Some(std::mem::take(&mut this.since_warning))
     }
 }
 

@@ -219,3 +219,22 @@ fn host_of_strips_port_and_brackets() {
     assert_eq!(host_of("[::1]:8081"), "::1");
     assert_eq!(host_of("ca.example.org:443"), "ca.example.org");
 }
+
+/// Failed handshakes and refused connections are logged once a second at most, the first at
+/// once, each line with the count since the last.
+#[test]
+fn throttled_events_are_reported_first_then_with_a_count() {
+    let events = std::sync::Mutex::new(Refused::default());
+    assert_eq!(Refused::due(&events), Some(1));
+    for _ in 0..100 {
+        assert_eq!(Refused::due(&events), None);
+    }
+    // A second later the next one is reported, with the 100 before it.
+    events
+        .lock()
+        .unwrap()
+        .warned
+        .replace(std::time::Instant::now() - Duration::from_secs(1));
+    assert_eq!(Refused::due(&events), Some(101));
+    assert_eq!(Refused::due(&events), None);
+}
