@@ -376,3 +376,136 @@ fn manual_path_from_ca_init_to_curl_with_the_fetched_svid() {
     );
     drop((sidecar, app, agent, ca));
 }
+
+fn as_strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// `warden ARGS`, which must fail with exit status 1; returns stderr.
+fn warden_fails(args: &[&str]) -> String {
+    let out = Command::new(bin())
+        .args(args)
+        .env_remove("WARDEN_ADMIN_SOCKET")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "`warden {}`", args.join(" "));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A CA for `td` in `dir`, serving its bundle endpoint on `bundle_port` when given; returns the
+/// process (ready) and its admin socket.
+fn start_ca(t: &Path, td: &str, bundle_port: Option<u16>) -> (Proc, PathBuf) {
+    let dir = t.join(td);
+    let dir_text = dir.to_str().unwrap().to_owned();
+    warden(&["ca", "init", "--trust-domain", td, "--data-dir", &dir_text]);
+    let (listen, http) = (free_port(), free_port());
+    let mut args = vec![
+        "ca".to_owned(),
+        "serve".to_owned(),
+        "--data-dir".to_owned(),
+        dir_text,
+        "--listen".to_owned(),
+        format!("127.0.0.1:{listen}"),
+        "--http-listen".to_owned(),
+        format!("127.0.0.1:{http}"),
+    ];
+    if let Some(port) = bundle_port {
+        args.extend([
+            "--bundle-endpoint-listen".to_owned(),
+            format!("127.0.0.1:{port}"),
+        ]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut ca = spawn(&bin(), &args, &t.join(format!("{td}.log")));
+    let socket = dir.join("admin.sock");
+    wait_until(&format!("the {td} CA ready"), &mut ca, || {
+        http_ok(http, "/readyz") && socket.exists()
+    });
+    (ca, socket)
+}
+
+/// Federation as an operator sets it up (rule B-9): partner.org's CA serves its bundle endpoint
+/// (`https_spiffe`); example.org's operator fetches that bundle with `warden bundle fetch`,
+/// authenticating the endpoint the first time with partner.org's root, then with the bundle it
+/// holds. An endpoint with another SPIFFE ID, a plain `http://` URL and a first fetch with no
+/// bundle to authenticate the endpoint are refused, naming the problem.
+#[test]
+fn a_federated_bundle_is_fetched_from_the_peers_bundle_endpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let endpoint_port = free_port();
+    let (_partner, _) = start_ca(t, "partner.org", Some(endpoint_port));
+    let (_ours, socket) = start_ca(t, "example.org", None);
+    let conn = ["--admin-socket", socket.to_str().unwrap()];
+    let url = format!("https://127.0.0.1:{endpoint_port}/");
+    let root = t.join("partner.org/root.crt.pem");
+    let fetch = |extra: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = [
+            "bundle",
+            "fetch",
+            "--trust-domain",
+            "partner.org",
+            "--url",
+            &url,
+            "--endpoint-spiffe-id",
+            "spiffe://partner.org/warden/ca",
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        args.extend(extra.iter().map(ToString::to_string));
+        args.extend(conn.iter().map(ToString::to_string));
+        args
+    };
+
+    // No bundle of partner.org held yet, none given: nothing to authenticate the endpoint with.
+    let args = fetch(&[]);
+    let err = warden_fails(&as_strs(&args));
+    assert!(
+        err.contains("warden bundle set") && err.contains("--trust-bundle"),
+        "{err}"
+    );
+
+    // The first fetch, with partner.org's root.
+    let args = fetch(&["--trust-bundle", root.to_str().unwrap(), "--output", "json"]);
+    let out = warden(&as_strs(&args));
+    assert!(out.contains("\"partner.org\""), "{out}");
+    let shown = warden(
+        &[
+            &["bundle", "show", "--trust-domain", "partner.org"],
+            &conn[..],
+        ]
+        .concat(),
+    );
+    let root_pem = std::fs::read_to_string(&root).unwrap();
+    let root_body: String = root_pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    let shown_body: String = shown.lines().filter(|l| !l.starts_with("-----")).collect();
+    assert!(
+        shown_body.contains(&root_body),
+        "the fetched bundle lacks the root:\n{shown}"
+    );
+
+    // Again, authenticated with the bundle now held.
+    let args = fetch(&[]);
+    warden(&as_strs(&args));
+
+    // An endpoint that is not the one named: refused at the handshake.
+    let mut args = fetch(&[]);
+    let id = args
+        .iter()
+        .position(|a| a == "spiffe://partner.org/warden/ca")
+        .unwrap();
+    args[id] = "spiffe://partner.org/someone-else".to_owned();
+    let err = warden_fails(&as_strs(&args));
+    assert!(err.contains("tls handshake failed"), "{err}");
+
+    // Plain HTTP is not the https_spiffe profile.
+    let mut args = fetch(&[]);
+    let at = args.iter().position(|a| *a == url).unwrap();
+    args[at] = format!("http://127.0.0.1:{endpoint_port}/");
+    let err = warden_fails(&as_strs(&args));
+    assert!(err.contains("https://"), "{err}");
+}

@@ -5,6 +5,7 @@
 //! data_dir = "/var/lib/warden/ca"
 //! listen = "127.0.0.1:8081"          # agent API (gRPC over TLS 1.3)
 //! http_listen = "127.0.0.1:8082"     # /healthz /readyz /metrics /bundle
+//! bundle_endpoint_listen = "0.0.0.0:8443"   # SPIFFE bundle endpoint (https_spiffe); default off
 //! admin_socket = "/var/lib/warden/ca/admin.sock"
 //! datastore = "postgres://warden@db/warden"   # default: DATA_DIR/datastore.sqlite3
 //! ca_ttl = "24h"                     # intermediate CA and JWT key lifetime
@@ -32,6 +33,8 @@ pub struct RawConfig {
     pub listen: Option<String>,
     /// HTTP address.
     pub http_listen: Option<String>,
+    /// SPIFFE bundle endpoint address (`https_spiffe`).
+    pub bundle_endpoint_listen: Option<String>,
     /// Admin API Unix socket.
     pub admin_socket: Option<PathBuf>,
     /// Datastore URL or SQLite path.
@@ -57,6 +60,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// HTTP address (port 0: any free port).
     pub http_listen: SocketAddr,
+    /// SPIFFE bundle endpoint address (`https_spiffe` profile), if it is served.
+    pub bundle_endpoint_listen: Option<SocketAddr>,
     /// Admin API Unix socket.
     pub admin_socket: PathBuf,
     /// Datastore URL or SQLite path.
@@ -131,6 +136,7 @@ impl RawConfig {
             data_dir: over.data_dir.or(self.data_dir),
             listen: over.listen.or(self.listen),
             http_listen: over.http_listen.or(self.http_listen),
+            bundle_endpoint_listen: over.bundle_endpoint_listen.or(self.bundle_endpoint_listen),
             admin_socket: over.admin_socket.or(self.admin_socket),
             datastore: over.datastore.or(self.datastore),
             ca_ttl: over.ca_ttl.or(self.ca_ttl),
@@ -149,6 +155,11 @@ impl RawConfig {
             "http_listen",
             self.http_listen.as_deref().unwrap_or("127.0.0.1:8082"),
         )?;
+        let bundle_endpoint_listen = self
+            .bundle_endpoint_listen
+            .as_deref()
+            .map(|a| addr("bundle_endpoint_listen", a))
+            .transpose()?;
         let ca = ttl(
             "ca_ttl",
             self.ca_ttl.as_deref(),
@@ -191,6 +202,7 @@ impl RawConfig {
             data_dir,
             listen,
             http_listen,
+            bundle_endpoint_listen,
             admin_socket,
             datastore,
             ttls: Ttls {

@@ -2,9 +2,8 @@
 //! SPIFFE bundle endpoint `/bundle` (the own bundle as a SPIFFE JWKS document,
 //! `application/json`, rule B-9).
 //!
-//! Served as plain HTTP: meant for loopback (health checks, Prometheus, a local federation
-//! proxy). The `https_spiffe` bundle endpoint profile (TLS with the CA's own SVID) is not
-//! implemented yet.
+//! Served as plain HTTP: meant for loopback (health checks, Prometheus). Federating peers use
+//! the SPIFFE bundle endpoint over HTTPS ([`crate::bundle_endpoint`], `https_spiffe`).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

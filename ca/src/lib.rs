@@ -8,6 +8,7 @@ pub mod datastore;
 // Owned by the authority/server work:
 pub mod agent_api;
 pub mod authority;
+pub mod bundle_endpoint;
 pub mod config;
 pub mod http;
 pub mod server;

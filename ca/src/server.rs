@@ -42,7 +42,7 @@ pub enum ServerError {
     Bind {
         /// The address.
         addr: SocketAddr,
-        /// `agent api`, `http`.
+        /// `agent api`, `http`, `bundle endpoint`.
         what: &'static str,
         /// The I/O error.
         #[source]
@@ -79,6 +79,8 @@ pub struct Running {
     pub agent_addr: SocketAddr,
     /// Where the HTTP listener listens.
     pub http_addr: SocketAddr,
+    /// Where the SPIFFE bundle endpoint (`https_spiffe`) listens, if it is served.
+    pub bundle_endpoint_addr: Option<SocketAddr>,
     /// The authority (for inspection in tests and status output).
     pub authority: Arc<Authority>,
     stop: watch::Sender<bool>,
@@ -142,6 +144,20 @@ pub async fn start_with_clock(
             source,
         })?;
     let http_addr = local_addr(&http_listener, config.http_listen, "http")?;
+    let bundle_endpoint_listener = match config.bundle_endpoint_listen {
+        None => None,
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr,
+                    what: "bundle endpoint",
+                    source,
+                })?;
+            let bound = local_addr(&listener, addr, "bundle endpoint")?;
+            Some((listener, bound))
+        }
+    };
 
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -167,6 +183,22 @@ pub async fn start_with_clock(
         "http",
         tokio::spawn(async move { http.await.map_err(|e| e.to_string()) }),
     ));
+
+    let bundle_endpoint_addr = bundle_endpoint_listener.as_ref().map(|(_, addr)| *addr);
+    if let Some((listener, _)) = bundle_endpoint_listener {
+        // The CA's own SVID, as on the agent API (the rotation loop reissues it).
+        let tls = crate::bundle_endpoint::server_config(Arc::clone(&resolver))
+            .map_err(|e| ServerError::Tls(e.to_string()))?;
+        tasks.push((
+            "bundle endpoint",
+            tokio::spawn(crate::bundle_endpoint::serve(
+                listener,
+                tls,
+                Arc::clone(&authority),
+                stop_rx.clone(),
+            )),
+        ));
+    }
 
     let admin = crate::admin::AdminService::new(
         authority.datastore().clone(),
@@ -199,6 +231,7 @@ pub async fn start_with_clock(
     Ok(Running {
         agent_addr,
         http_addr,
+        bundle_endpoint_addr,
         authority,
         stop,
         tasks,
@@ -215,6 +248,13 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> Result<
         "agent api listening (grpc, tls 1.3)"
     );
     tracing::info!(addr = %running.http_addr, "http listening (/healthz /readyz /metrics /bundle)");
+    if let Some(addr) = running.bundle_endpoint_addr {
+        tracing::info!(
+            addr = %addr,
+            endpoint_spiffe_id = %crate::datastore::ca_spiffe_id(running.authority.trust_domain()),
+            "spiffe bundle endpoint listening (https_spiffe, GET /)"
+        );
+    }
     tracing::info!(socket = %config.admin_socket.display(), "admin api listening (unix socket)");
     tracing::info!(
         datastore = %running.authority.datastore().location(),
@@ -407,6 +447,7 @@ mod tests {
             data_dir: dir.path().to_path_buf(),
             listen: "127.0.0.1:0".parse().unwrap(),
             http_listen: "127.0.0.1:0".parse().unwrap(),
+            bundle_endpoint_listen: None,
             admin_socket: dir.path().join("admin.sock"),
             datastore: crate::authority::default_datastore(dir.path()),
             ttls: Ttls {

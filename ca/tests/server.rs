@@ -10,6 +10,8 @@
 
 #[path = "server/audit.rs"]
 mod audit;
+#[path = "server/bundle_endpoint.rs"]
+mod bundle_endpoint;
 #[path = "server/refusals.rs"]
 mod refusals;
 #[path = "server/rotation.rs"]

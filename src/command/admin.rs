@@ -1,6 +1,7 @@
 //! Admin commands (`token`, `entry`, `node`, `bundle`, `audit`): thin clients of the CA's admin
 //! API on its Unix socket. Tables for people (`--output table`), JSON for scripts (`--output json`).
 
+mod bundle_fetch;
 mod client;
 mod duration;
 mod output;
@@ -216,6 +217,12 @@ pub(crate) enum BundleCommand {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Fetch a federated trust domain's bundle from its SPIFFE bundle endpoint (`https_spiffe`
+    /// profile) and set it. The endpoint must present an X.509-SVID for exactly
+    /// `--endpoint-spiffe-id` that verifies against the bundle the CA holds for that ID's trust
+    /// domain (set the first with `bundle set`, or give `--trust-bundle`); the bundle it serves
+    /// must be a valid SPIFFE bundle. Run it again (by a timer) to follow the peer's rotations.
+    Fetch(bundle_fetch::FetchArgs),
     /// Delete a federated trust domain's bundle.
     Delete {
         /// The federated trust domain.
@@ -439,6 +446,7 @@ pub(crate) fn run_bundle(cmd: BundleCommand) -> anyhow::Result<Exit> {
                     .await)?;
                 print_bundles(conn.output, std::slice::from_ref(&set));
             }
+            BundleCommand::Fetch(args) => bundle_fetch::run(args).await?,
             BundleCommand::Delete { trust_domain, conn } => {
                 let mut c = connect(&conn).await?;
                 rpc(c

@@ -21,8 +21,9 @@ pub(crate) enum CaCommand {
     /// rotation of intermediates and JWT keys. Runs in the foreground until SIGINT/SIGTERM.
     ///
     /// Every flag may also be set in the TOML `--config` file under the same name in
-    /// snake_case (`data_dir`, `listen`, `http_listen`, `admin_socket`, `datastore`, `ca_ttl`,
-    /// `svid_ttl`, `jwt_ttl`, `agent_ttl`, `node_ca` as a list); flags override the file.
+    /// snake_case (`data_dir`, `listen`, `http_listen`, `bundle_endpoint_listen`, `admin_socket`,
+    /// `datastore`, `ca_ttl`, `svid_ttl`, `jwt_ttl`, `agent_ttl`, `node_ca` as a list); flags
+    /// override the file.
     Serve(ServeArgs),
 }
 
@@ -73,6 +74,11 @@ pub(crate) struct ServeArgs {
     /// HTTP address [default: 127.0.0.1:8082].
     #[arg(long)]
     http_listen: Option<String>,
+    /// Serve the SPIFFE bundle endpoint (`https_spiffe` profile: `GET /` over HTTPS, the CA's
+    /// own SVID `spiffe://<td>/warden/ca` as server certificate, no client certificate) on
+    /// this address, for federating trust domains [default: not served].
+    #[arg(long)]
+    bundle_endpoint_listen: Option<String>,
     /// Admin API socket [default: DATA_DIR/admin.sock].
     #[arg(long)]
     admin_socket: Option<PathBuf>,
@@ -152,6 +158,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
         data_dir: args.data_dir,
         listen: args.listen,
         http_listen: args.http_listen,
+        bundle_endpoint_listen: args.bundle_endpoint_listen,
         admin_socket: args.admin_socket,
         datastore: args.datastore,
         ca_ttl: args.ca_ttl,

@@ -52,6 +52,7 @@ pub(crate) fn config(
         data_dir: dir.to_path_buf(),
         listen: "127.0.0.1:0".parse().unwrap(),
         http_listen: "127.0.0.1:0".parse().unwrap(),
+        bundle_endpoint_listen: None,
         admin_socket: dir.join("admin.sock"),
         datastore: dir.join("datastore.sqlite3").display().to_string(),
         ttls,
