@@ -502,6 +502,43 @@ fn a_federated_bundle_is_fetched_from_the_peers_bundle_endpoint() {
     let err = warden_fails(&as_strs(&args));
     assert!(err.contains("tls handshake failed"), "{err}");
 
+    // The CA keeps a relationship fresh by itself when told to (`--federation`); a bad table,
+    // and a federation with its own trust domain, stop it before it starts (exit 3).
+    let ours_dir = t.join("example.org");
+    let check = |table: &str| {
+        Command::new(bin())
+            .args(["ca", "serve", "--check-config", "--data-dir"])
+            .arg(&ours_dir)
+            .args(["--federation", table])
+            .output()
+            .unwrap()
+    };
+    let good = format!(
+        "{{ trust_domain = \"partner.org\", url = \"{url}\", endpoint_spiffe_id = \"spiffe://partner.org/warden/ca\" }}"
+    );
+    let out = check(&good);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (table, says) in [
+        (
+            "{ trust_domain = \"partner.org\" }".to_owned(),
+            "--federation",
+        ),
+        (good.replace("https://", "http://"), "https://"),
+        (
+            good.replace("\"partner.org\"", "\"example.org\""),
+            "own trust domain",
+        ),
+    ] {
+        let out = check(&table);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{table}: {err}");
+        assert!(err.contains(says), "{table}: {err}");
+    }
+
     // Plain HTTP is not the https_spiffe profile.
     let mut args = fetch(&[]);
     let at = args.iter().position(|a| *a == url).unwrap();

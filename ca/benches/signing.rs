@@ -106,6 +106,7 @@ fn rpc_batch(c: &mut Criterion) {
             ttls: ttls(),
             agent_ttl: Duration::from_secs(3600),
             node_cas: vec![],
+            federation: Vec::new(),
         };
         let running = warden_ca::server::start(&config).await.unwrap();
         let ds = running.authority.datastore().clone();

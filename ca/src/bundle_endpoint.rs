@@ -255,6 +255,11 @@ pub async fn fetch(
     Ok((bundle, body))
 }
 
+/// Checks that `url` is an endpoint URL [`fetch`] takes: `https://host[:port][/path]`.
+pub fn check_url(url: &str) -> Result<(), FetchError> {
+    Target::parse(url).map(drop)
+}
+
 /// Where an endpoint URL points.
 struct Target {
     host: String,

@@ -13,6 +13,11 @@
 //! jwt_ttl = "5m"                     # default JWT-SVID lifetime
 //! agent_ttl = "1h"                   # agent SVID lifetime
 //! node_ca = ["/etc/warden/node-ca.pem"]   # x509pop trust anchors
+//!
+//! [[federation]]                     # keep a federated trust domain's bundle fresh
+//! trust_domain = "partner.org"
+//! url = "https://ca.partner.org:8443/"
+//! endpoint_spiffe_id = "spiffe://partner.org/warden/ca"
 //! ```
 
 use std::net::SocketAddr;
@@ -22,6 +27,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::authority::Ttls;
+use crate::federation::{RawRelationship, Relationship};
 
 /// The configuration as written (file or flags): everything optional.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -49,6 +55,8 @@ pub struct RawConfig {
     pub agent_ttl: Option<String>,
     /// PEM files of node CAs for x509pop.
     pub node_ca: Option<Vec<PathBuf>>,
+    /// Federated trust domains whose bundles are fetched from their bundle endpoints.
+    pub federation: Option<Vec<RawRelationship>>,
 }
 
 /// The resolved configuration.
@@ -72,6 +80,8 @@ pub struct Config {
     pub agent_ttl: Duration,
     /// PEM files of x509pop node CAs.
     pub node_cas: Vec<PathBuf>,
+    /// Federated trust domains whose bundles the CA keeps fresh from their endpoints.
+    pub federation: Vec<Relationship>,
 }
 
 /// A configuration problem, naming the setting and the bad value.
@@ -144,6 +154,7 @@ impl RawConfig {
             jwt_ttl: over.jwt_ttl.or(self.jwt_ttl),
             agent_ttl: over.agent_ttl.or(self.agent_ttl),
             node_ca: over.node_ca.or(self.node_ca),
+            federation: over.federation.or(self.federation),
         }
     }
 
@@ -195,6 +206,22 @@ impl RawConfig {
             Some(d) => d,
             None => crate::authority::default_datastore(&data_dir),
         };
+        let mut federation: Vec<Relationship> = Vec::new();
+        for raw in self.federation.unwrap_or_default() {
+            let invalid = |reason: String| ConfigError::Value {
+                key: "federation",
+                value: raw.trust_domain.clone(),
+                reason,
+            };
+            let rel = raw.resolve().map_err(invalid)?;
+            if federation
+                .iter()
+                .any(|r| r.trust_domain == rel.trust_domain)
+            {
+                return Err(invalid("listed twice".into()));
+            }
+            federation.push(rel);
+        }
         let admin_socket = self
             .admin_socket
             .unwrap_or_else(|| data_dir.join("admin.sock"));
@@ -212,6 +239,7 @@ impl RawConfig {
             },
             agent_ttl,
             node_cas: self.node_ca.unwrap_or_default(),
+            federation,
         })
     }
 }
@@ -341,5 +369,68 @@ mod tests {
     fn missing_data_dir_is_an_error() {
         let err = RawConfig::default().resolve().unwrap_err().to_string();
         assert!(err.contains("data_dir"), "{err}");
+    }
+
+    #[test]
+    fn federation_relationships_are_read_and_checked_naming_the_problem() {
+        let file = RawConfig::from_toml(
+            "data_dir = \"/a\"\nbundle_endpoint_listen = \"0.0.0.0:8443\"\n\
+             [[federation]]\ntrust_domain = \"partner.org\"\n\
+             url = \"https://ca.partner.org:8443/\"\n\
+             endpoint_spiffe_id = \"spiffe://partner.org/warden/ca\"\n",
+            Path::new("ca.toml"),
+        )
+        .unwrap();
+        let c = file.clone().resolve().unwrap();
+        assert_eq!(
+            c.bundle_endpoint_listen,
+            Some("0.0.0.0:8443".parse().unwrap())
+        );
+        assert_eq!(c.federation.len(), 1);
+        assert_eq!(c.federation[0].trust_domain.name(), "partner.org");
+        assert_eq!(
+            c.federation[0].endpoint_id.to_string(),
+            "spiffe://partner.org/warden/ca"
+        );
+        let good = file.federation.clone().unwrap().remove(0);
+        for (change, says) in [
+            (
+                RawRelationship {
+                    url: "http://ca.partner.org/".into(),
+                    ..good.clone()
+                },
+                "https://",
+            ),
+            (
+                RawRelationship {
+                    endpoint_spiffe_id: "partner.org".into(),
+                    ..good.clone()
+                },
+                "endpoint_spiffe_id",
+            ),
+            (
+                RawRelationship {
+                    trust_domain: "partner org".into(),
+                    ..good.clone()
+                },
+                "trust_domain",
+            ),
+        ] {
+            let mut raw = flags_with_dir();
+            raw.federation = Some(vec![change]);
+            let err = raw.resolve().unwrap_err().to_string();
+            assert!(err.contains("`federation`") && err.contains(says), "{err}");
+        }
+        let mut raw = flags_with_dir();
+        raw.federation = Some(vec![good.clone(), good]);
+        let err = raw.resolve().unwrap_err().to_string();
+        assert!(err.contains("listed twice"), "{err}");
+        let err = RawConfig::from_toml(
+            "[[federation]]\ntrust_domain = \"p.org\"\nurl = \"https://p\"\nendpoint_id = \"x\"\n",
+            Path::new("ca.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("endpoint_id"), "{err}");
     }
 }

@@ -10,5 +10,6 @@ pub mod agent_api;
 pub mod authority;
 pub mod bundle_endpoint;
 pub mod config;
+pub mod federation;
 pub mod http;
 pub mod server;

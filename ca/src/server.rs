@@ -62,6 +62,9 @@ pub enum ServerError {
     /// The admin socket could not be bound (another CA serves this data directory).
     #[error(transparent)]
     Admin(#[from] crate::admin::AdminError),
+    /// A federation relationship cannot be kept.
+    #[error("invalid federation with `{0}`: it is this ca's own trust domain")]
+    FederationWithSelf(String),
     /// A listener failed while serving.
     #[error("{what} server failed: {reason}")]
     Serve {
@@ -95,9 +98,19 @@ type TaskResult = Result<Result<(), String>, tokio::task::JoinError>;
 /// keys: the data directory's trust domain and the node CA files. `--check-config` runs
 /// this, so that a configuration it passes does not fail to start for one of them.
 pub fn check(config: &Config) -> Result<(), ServerError> {
-    read_trust_domain(&config.data_dir)?;
+    let td = read_trust_domain(&config.data_dir)?;
     read_node_cas(&config.node_cas)?;
-    Ok(())
+    check_federation(config, &td)
+}
+
+/// Refuses a federation relationship with the CA's own trust domain.
+fn check_federation(config: &Config, td: &warden_identity::TrustDomain) -> Result<(), ServerError> {
+    match config.federation.iter().find(|r| r.trust_domain == *td) {
+        Some(own) => Err(ServerError::FederationWithSelf(
+            own.trust_domain.to_string(),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Starts the CA with the system clock.
@@ -112,6 +125,7 @@ pub async fn start_with_clock(
 ) -> Result<Running, ServerError> {
     let td = read_trust_domain(&config.data_dir)?;
     let node_cas = read_node_cas(&config.node_cas)?;
+    check_federation(config, &td)?;
     // First: a second CA on this data directory stops here, before it touches the datastore.
     let admin_listener = crate::admin::bind(&config.admin_socket).await?;
     let ds = Datastore::open(&config.datastore).await?;
@@ -194,6 +208,17 @@ pub async fn start_with_clock(
             tokio::spawn(crate::bundle_endpoint::serve(
                 listener,
                 tls,
+                Arc::clone(&authority),
+                stop_rx.clone(),
+            )),
+        ));
+    }
+
+    for rel in &config.federation {
+        tasks.push((
+            "federation",
+            tokio::spawn(crate::federation::keep_fresh(
+                rel.clone(),
                 Arc::clone(&authority),
                 stop_rx.clone(),
             )),
@@ -457,6 +482,7 @@ mod tests {
             },
             agent_ttl: Duration::from_secs(3600),
             node_cas: Vec::new(),
+            federation: Vec::new(),
         };
         let running = start(&config).await.unwrap();
         (dir, running)

@@ -12,6 +12,8 @@
 mod audit;
 #[path = "server/bundle_endpoint.rs"]
 mod bundle_endpoint;
+#[path = "server/federation.rs"]
+mod federation;
 #[path = "server/refusals.rs"]
 mod refusals;
 #[path = "server/rotation.rs"]

@@ -22,8 +22,8 @@ pub(crate) enum CaCommand {
     ///
     /// Every flag may also be set in the TOML `--config` file under the same name in
     /// snake_case (`data_dir`, `listen`, `http_listen`, `bundle_endpoint_listen`, `admin_socket`,
-    /// `datastore`, `ca_ttl`, `svid_ttl`, `jwt_ttl`, `agent_ttl`, `node_ca` as a list); flags
-    /// override the file.
+    /// `datastore`, `ca_ttl`, `svid_ttl`, `jwt_ttl`, `agent_ttl`, `node_ca` as a list,
+    /// `[[federation]]` tables); flags override the file.
     Serve(ServeArgs),
 }
 
@@ -100,6 +100,14 @@ pub(crate) struct ServeArgs {
     /// PEM file of x509pop node CA certificates (repeatable).
     #[arg(long)]
     node_ca: Vec<PathBuf>,
+    /// A federated trust domain whose bundle the CA keeps fresh from its SPIFFE bundle endpoint
+    /// (`https_spiffe`), as a TOML inline table, repeatable: `{ trust_domain = "partner.org",
+    /// url = "https://ca.partner.org:8443/", endpoint_spiffe_id =
+    /// "spiffe://partner.org/warden/ca" }`. The first bundle of the endpoint's trust domain is
+    /// set out of band (`warden bundle set`); then every fetch is checked against the last,
+    /// after its refresh hint (30 s to 1 h; 5 m without one).
+    #[arg(long, value_name = "TABLE")]
+    federation: Vec<String>,
 }
 
 pub(crate) fn run(cmd: CaCommand) -> anyhow::Result<Exit> {
@@ -166,7 +174,27 @@ fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
         jwt_ttl: args.jwt_ttl,
         agent_ttl: args.agent_ttl,
         node_ca: (!args.node_ca.is_empty()).then_some(args.node_ca),
+        federation: None,
     };
+    let mut flags = flags;
+    if !args.federation.is_empty() {
+        let mut federation = Vec::new();
+        for table in &args.federation {
+            #[derive(serde::Deserialize)]
+            struct Wrapper {
+                federation: warden_ca::federation::RawRelationship,
+            }
+            match toml::from_str::<Wrapper>(&format!("federation = {table}")) {
+                Ok(w) => federation.push(w.federation),
+                Err(e) => {
+                    let reason = e.message().to_owned();
+                    eprintln!("error: invalid --federation `{table}`: {reason}");
+                    return Ok(Exit::Invalid);
+                }
+            }
+        }
+        flags.federation = Some(federation);
+    }
     let config = match warden_ca::config::load(args.config.as_deref(), flags) {
         Ok(c) => c,
         Err(e) => {

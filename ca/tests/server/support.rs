@@ -30,8 +30,12 @@ pub(crate) struct TestCa {
 }
 
 pub(crate) async fn init(dir: &std::path::Path) {
+    init_for(dir, td()).await;
+}
+
+pub(crate) async fn init_for(dir: &std::path::Path, trust_domain: TrustDomain) {
     init_ca(&InitOptions {
-        trust_domain: td(),
+        trust_domain,
         data_dir: dir.to_path_buf(),
         datastore: None,
         upstream: None,
@@ -58,6 +62,7 @@ pub(crate) fn config(
         ttls,
         agent_ttl: Duration::from_secs(3600),
         node_cas,
+        federation: Vec::new(),
     }
 }
 
@@ -83,8 +88,16 @@ pub(crate) async fn start_ca_with(ttls: Ttls, node_cas: Vec<std::path::PathBuf>)
 
 /// A CA on a fresh data dir, started with the default config changed by `change`.
 pub(crate) async fn start_ca_configured(change: impl FnOnce(&mut Config)) -> TestCa {
+    start_ca_for(td(), change).await
+}
+
+/// [`start_ca_configured`] for another trust domain.
+pub(crate) async fn start_ca_for(
+    trust_domain: TrustDomain,
+    change: impl FnOnce(&mut Config),
+) -> TestCa {
     let dir = tempfile::tempdir().unwrap();
-    init(dir.path()).await;
+    init_for(dir.path(), trust_domain).await;
     let mut cfg = config(dir.path(), default_ttls(), Vec::new());
     change(&mut cfg);
     let running = start(&cfg).await.unwrap();

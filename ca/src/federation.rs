@@ -1,0 +1,198 @@
+//! Federated bundles kept fresh, as SPIRE's `federates_with` does: for each configured
+//! relationship the CA fetches the peer's bundle from its SPIFFE bundle endpoint
+//! ([`crate::bundle_endpoint::fetch`], `https_spiffe`) and stores it when it changed, as
+//! `warden bundle set` would (audited, actor `federation`); agents take it at their next sync.
+//!
+//! The endpoint is authenticated with the bundle the CA already holds for the endpoint SPIFFE
+//! ID's trust domain, so the first one comes out of band (`warden bundle set`, or `warden bundle
+//! fetch --trust-bundle`), and each fetched bundle authenticates the next fetch: the peer's
+//! rotations are followed as long as the CA fetches more often than the peer's CAs overlap.
+//!
+//! The next fetch is due after the bundle's `spiffe_refresh_hint`, bounded to
+//! [`MIN_REFRESH`]..[`MAX_REFRESH`], else after [`DEFAULT_REFRESH`]; after a failure sooner,
+//! [`RETRY_FIRST`] doubling up to [`DEFAULT_REFRESH`]. A failed or empty fetch never removes
+//! the bundle held.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::sync::watch;
+use warden_identity::{Bundle, SpiffeId, TrustDomain};
+
+use crate::authority::Authority;
+use crate::bundle_endpoint;
+use crate::datastore::Datastore;
+
+/// When the next fetch is due if the bundle carries no refresh hint.
+pub const DEFAULT_REFRESH: Duration = Duration::from_secs(300);
+/// The shortest wait a refresh hint may ask for.
+pub const MIN_REFRESH: Duration = Duration::from_secs(30);
+/// The longest wait a refresh hint may ask for.
+pub const MAX_REFRESH: Duration = Duration::from_secs(3600);
+/// The first wait after a failed fetch.
+pub const RETRY_FIRST: Duration = Duration::from_secs(10);
+/// Who the audit log names for a bundle stored here.
+const ACTOR: &str = "federation";
+
+/// A federation relationship as written (`[[federation]]` in the config file, or
+/// `--federation` inline tables).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRelationship {
+    /// The federated trust domain.
+    pub trust_domain: String,
+    /// Its bundle endpoint, `https://host[:port][/path]`.
+    pub url: String,
+    /// The SPIFFE ID the endpoint's server certificate carries.
+    pub endpoint_spiffe_id: String,
+}
+
+/// A checked federation relationship.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relationship {
+    /// The federated trust domain.
+    pub trust_domain: TrustDomain,
+    /// Its bundle endpoint.
+    pub url: String,
+    /// The SPIFFE ID the endpoint's server certificate must carry.
+    pub endpoint_id: SpiffeId,
+}
+
+impl RawRelationship {
+    /// Checks every field; the error names the field and what is wrong.
+    pub fn resolve(&self) -> Result<Relationship, String> {
+        let trust_domain = TrustDomain::new(&self.trust_domain)
+            .map_err(|e| format!("trust_domain `{}`: {e}", self.trust_domain))?;
+        bundle_endpoint::check_url(&self.url).map_err(|e| e.to_string())?;
+        let endpoint_id: SpiffeId = self
+            .endpoint_spiffe_id
+            .parse()
+            .map_err(|e| format!("endpoint_spiffe_id `{}`: {e}", self.endpoint_spiffe_id))?;
+        Ok(Relationship {
+            trust_domain,
+            url: self.url.clone(),
+            endpoint_id,
+        })
+    }
+}
+
+/// What a refresh did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refreshed {
+    /// The bundle changed and was stored.
+    Stored,
+    /// The endpoint served the bundle held.
+    Unchanged,
+}
+
+/// Fetches `rel`'s bundle once and stores it if it changed; `own` is this CA's bundle (for an
+/// endpoint of its own trust domain). Returns what it did and when the next fetch is due.
+pub async fn refresh(
+    rel: &Relationship,
+    datastore: &Datastore,
+    own: &Bundle,
+) -> Result<(Refreshed, Duration), String> {
+    let endpoint_td = rel.endpoint_id.trust_domain();
+    let trust = if endpoint_td == *own.trust_domain() {
+        own.clone()
+    } else {
+        datastore
+            .get_bundle(&endpoint_td)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| {
+                format!(
+                    "no bundle of `{endpoint_td}` is held to authenticate the endpoint with: set \
+                     one (`warden bundle set`, or `warden bundle fetch --trust-bundle`)"
+                )
+            })?
+    };
+    let (mut fetched, _) =
+        bundle_endpoint::fetch(&rel.url, &rel.endpoint_id, trust, &rel.trust_domain)
+            .await
+            .map_err(|e| e.to_string())?;
+    if fetched.is_empty() {
+        return Err(format!(
+            "the bundle served for `{}` has no usable authorities",
+            rel.trust_domain
+        ));
+    }
+    let next = fetched
+        .refresh_hint()
+        .map_or(DEFAULT_REFRESH, |hint| hint.clamp(MIN_REFRESH, MAX_REFRESH));
+    let held = datastore
+        .get_bundle(&rel.trust_domain)
+        .await
+        .map_err(|e| e.to_string())?;
+    if held.as_ref().is_some_and(|held| same(held, &fetched)) {
+        return Ok((Refreshed::Unchanged, next));
+    }
+    if fetched.sequence() == 0 {
+        // None served: continue from the one held, so that consumers see a change (B-2).
+        let previous = held.as_ref().map_or(0, Bundle::sequence);
+        fetched.set_sequence(previous.saturating_add(1));
+    }
+    datastore
+        .set_bundle(&fetched, ACTOR)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((Refreshed::Stored, next))
+}
+
+/// Whether `fetched` holds what `held` does: the same authorities, and the same sequence when
+/// the endpoint serves one.
+fn same(held: &Bundle, fetched: &Bundle) -> bool {
+    held.x509_authorities() == fetched.x509_authorities()
+        && held.jwt_authorities() == fetched.jwt_authorities()
+        && (fetched.sequence() == 0 || held.sequence() == fetched.sequence())
+}
+
+/// Refreshes `rel` until `stop` turns true.
+pub(crate) async fn keep_fresh(
+    rel: Relationship,
+    authority: Arc<Authority>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let stopped = async move {
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    };
+    tokio::pin!(stopped);
+    let mut retry = RETRY_FIRST;
+    loop {
+        let own = authority.bundle();
+        let wait = match refresh(&rel, authority.datastore(), &own).await {
+            Ok((what, next)) => {
+                retry = RETRY_FIRST;
+                match what {
+                    Refreshed::Stored => tracing::info!(
+                        trust_domain = %rel.trust_domain,
+                        url = %rel.url,
+                        "federated bundle updated from its endpoint"
+                    ),
+                    Refreshed::Unchanged => tracing::debug!(
+                        trust_domain = %rel.trust_domain,
+                        "federated bundle unchanged"
+                    ),
+                }
+                next
+            }
+            Err(error) => {
+                tracing::warn!(
+                    trust_domain = %rel.trust_domain,
+                    url = %rel.url,
+                    error = %error,
+                    retry_in = ?retry,
+                    "cannot refresh the federated bundle; the one held stays"
+                );
+                let wait = retry;
+                retry = (retry * 2).min(DEFAULT_REFRESH);
+                wait
+            }
+        };
+        tokio::select! {
+            () = &mut stopped => return Ok(()),
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
