@@ -488,9 +488,16 @@ fn a_federated_bundle_is_fetched_from_the_peers_bundle_endpoint() {
         "the fetched bundle lacks the root:\n{shown}"
     );
 
-    // Again, authenticated with the bundle now held.
+    // Again, authenticated with the bundle now held: unchanged, so not set (and audited) again.
     let args = fetch(&[]);
-    warden(&as_strs(&args));
+    let out = Command::new(bin()).args(&args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unchanged"), "{err}");
 
     // An endpoint that is not the one named: refused at the handshake.
     let mut args = fetch(&[]);

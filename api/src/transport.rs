@@ -75,13 +75,13 @@ impl Default for Limits {
 }
 
 /// Places taken per source address (handshakes in progress, or connections without a client
-/// certificate).
+/// certificate here; connections to the CA's bundle endpoint).
 #[derive(Debug, Default)]
-struct PerSource(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+pub struct PerSource(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
 
 /// A place counted against its source; uncounted when dropped.
 #[derive(Debug)]
-struct SourceSlot {
+pub struct SourceSlot {
     ip: std::net::IpAddr,
     per_source: Arc<PerSource>,
 }
@@ -101,7 +101,9 @@ fn source_of(ip: std::net::IpAddr) -> std::net::IpAddr {
 }
 
 impl PerSource {
-    fn enter(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<SourceSlot> {
+    /// A place for a connection from `ip` (its IPv4 address, or its IPv6 /64), unless `max`
+    /// are taken already.
+    pub fn enter(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<SourceSlot> {
         if max == 0 {
             return None;
         }

@@ -5,8 +5,9 @@
 //! side: a federating peer's bundle, read from its endpoint and checked against the bundle
 //! already held for the endpoint's trust domain.
 //!
-//! Anyone may connect: connections are bounded in number ([`MAX_CONNECTIONS`]) and in time
-//! (handshake and request head within [`REQUEST_TIMEOUT`] each), and each carries one request.
+//! Anyone may connect: connections are bounded in number ([`MAX_CONNECTIONS`], and
+//! [`MAX_PER_SOURCE`] from one source) and in time (handshake and request head within
+//! [`REQUEST_TIMEOUT`] each), and each carries one request.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -20,6 +21,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
+use warden_api::transport::PerSource;
 use warden_identity::{
     Authorize, Bundle, BundleSet, SharedBundles, SpiffeId, SpiffeServerCertVerifier,
     SvidCertResolver, TrustDomain, crypto_provider,
@@ -29,6 +31,9 @@ use crate::authority::Authority;
 
 /// Most connections served at once; more are closed at accept.
 pub const MAX_CONNECTIONS: usize = 256;
+/// Most connections served at once from one source (an IPv4 address, an IPv6 /64), so that
+/// one host cannot take every place from the peers that fetch.
+pub const MAX_PER_SOURCE: usize = 8;
 /// Time for the TLS handshake, and then for the request head.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest bundle document [`fetch`] reads.
@@ -58,6 +63,7 @@ pub(crate) async fn serve(
 ) -> Result<(), String> {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let per_source = Arc::new(PerSource::default());
     let stopped = async move {
         let _ = stop.wait_for(|stopped| *stopped).await;
     };
@@ -74,14 +80,17 @@ pub(crate) async fn serve(
                 }
             },
         };
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+        let (Ok(slot), Some(from_source)) = (
+            Arc::clone(&slots).try_acquire_owned(),
+            per_source.enter(remote.ip(), MAX_PER_SOURCE),
+        ) else {
             tracing::debug!(peer = %remote, "bundle endpoint: connection limit reached");
             continue;
         };
         let acceptor = acceptor.clone();
         let authority = Arc::clone(&authority);
         tokio::spawn(async move {
-            let _slot = slot;
+            let _slots = (slot, from_source);
             serve_connection(acceptor, tcp, remote, authority).await;
         });
     }
@@ -159,6 +168,11 @@ pub enum FetchError {
         /// What is wrong.
         reason: &'static str,
     },
+    /// The endpoint SPIFFE ID has no path: no X.509-SVID can carry it.
+    #[error(
+        "the endpoint spiffe id `{0}` has no path: an endpoint presents an x.509-svid, whose id has one (e.g. `{0}/warden/ca`)"
+    )]
+    EndpointId(SpiffeId),
     /// The bundle that authenticates the endpoint is for another trust domain.
     #[error(
         "the bundle given to authenticate the endpoint is for `{bundle}`, but the endpoint's spiffe id `{endpoint_id}` is in `{expected}`"
@@ -210,6 +224,7 @@ pub async fn fetch(
     trust: Bundle,
     trust_domain: &TrustDomain,
 ) -> Result<(Bundle, Bytes), FetchError> {
+    check_endpoint_id(endpoint_id)?;
     let expected = endpoint_id.trust_domain();
     if *trust.trust_domain() != expected {
         return Err(FetchError::WrongTrustBundle {
@@ -255,6 +270,14 @@ pub async fn fetch(
     Ok((bundle, body))
 }
 
+/// Checks that `id` can name a bundle endpoint: an X.509-SVID's ID, so one with a path.
+pub fn check_endpoint_id(id: &SpiffeId) -> Result<(), FetchError> {
+    if id.path().is_empty() {
+        return Err(FetchError::EndpointId(id.clone()));
+    }
+    Ok(())
+}
+
 /// Checks that `url` is an endpoint URL [`fetch`] takes: `https://host[:port][/path]`.
 pub fn check_url(url: &str) -> Result<(), FetchError> {
     Target::parse(url).map(drop)
@@ -282,13 +305,24 @@ impl Target {
         if authority.as_str().contains('@') {
             return Err(bad("user information is not allowed"));
         }
-        let host = authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']');
+        let bracketed = authority.host();
+        let host = bracketed.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(bad("no host"));
+        }
+        // `http` does not check the port: text after the host that is not a port number would
+        // otherwise mean 443.
+        let port = match authority.as_str().strip_prefix(bracketed) {
+            Some("") => 443,
+            Some(rest) => match rest.strip_prefix(':').map(str::parse::<u16>) {
+                Some(Ok(port)) if port > 0 => port,
+                _ => return Err(bad("the port is not a number from 1 to 65535")),
+            },
+            None => return Err(bad("no host")),
+        };
         Ok(Self {
             host: host.to_owned(),
-            port: authority.port_u16().unwrap_or(443),
+            port,
             path: uri
                 .path_and_query()
                 .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
@@ -362,6 +396,9 @@ mod tests {
             ("http://ca.partner.org/", "https://"),
             ("ca.partner.org", "https://"),
             ("https://user@ca.partner.org/", "user information"),
+            ("https://ca.partner.org:84430/", "port"),
+            ("https://ca.partner.org:8443x/", "port"),
+            ("https://ca.partner.org:0/", "port"),
             ("not a url", "not a url"),
         ] {
             let err = Target::parse(url).err().unwrap().to_string();

@@ -410,6 +410,20 @@ mod tests {
             ),
             (
                 RawRelationship {
+                    endpoint_spiffe_id: "spiffe://partner.org".into(),
+                    ..good.clone()
+                },
+                "no path",
+            ),
+            (
+                RawRelationship {
+                    url: "https://ca.partner.org:84430/".into(),
+                    ..good.clone()
+                },
+                "port",
+            ),
+            (
+                RawRelationship {
                     trust_domain: "partner org".into(),
                     ..good.clone()
                 },

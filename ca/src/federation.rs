@@ -69,6 +69,7 @@ impl RawRelationship {
             .endpoint_spiffe_id
             .parse()
             .map_err(|e| format!("endpoint_spiffe_id `{}`: {e}", self.endpoint_spiffe_id))?;
+        bundle_endpoint::check_endpoint_id(&endpoint_id).map_err(|e| e.to_string())?;
         Ok(Relationship {
             trust_domain,
             url: self.url.clone(),
@@ -128,11 +129,10 @@ pub async fn refresh(
     if held.as_ref().is_some_and(|held| same(held, &fetched)) {
         return Ok((Refreshed::Unchanged, next));
     }
-    if fetched.sequence() == 0 {
-        // None served: continue from the one held, so that consumers see a change (B-2).
-        let previous = held.as_ref().map_or(0, Bundle::sequence);
-        fetched.set_sequence(previous.saturating_add(1));
-    }
+    fetched.set_sequence(next_sequence(
+        fetched.sequence(),
+        held.as_ref().map(Bundle::sequence),
+    ));
     datastore
         .set_bundle(&fetched, ACTOR)
         .await
@@ -140,12 +140,22 @@ pub async fn refresh(
     Ok((Refreshed::Stored, next))
 }
 
-/// Whether `fetched` holds what `held` does: the same authorities, and the same sequence when
-/// the endpoint serves one.
+/// Whether `fetched` holds the authorities `held` does (a bundle document carries no expiry
+/// for its JWT keys, so both come from one: the comparison is exact).
 fn same(held: &Bundle, fetched: &Bundle) -> bool {
     held.x509_authorities() == fetched.x509_authorities()
         && held.jwt_authorities() == fetched.jwt_authorities()
-        && (fetched.sequence() == 0 || held.sequence() == fetched.sequence())
+}
+
+/// The sequence a changed bundle is stored under (rule B-2: it only grows): the one served
+/// when it is above the one held, else the one held plus one (a peer that serves none, one that
+/// restored an older bundle, one that changed its keys and not its sequence); 1 at first when
+/// none is served.
+pub fn next_sequence(served: u64, held: Option<u64>) -> u64 {
+    match held {
+        Some(held) if served <= held => held.saturating_add(1),
+        _ => served.max(1),
+    }
 }
 
 /// Refreshes `rel` until `stop` turns true.
@@ -161,7 +171,12 @@ pub(crate) async fn keep_fresh(
     let mut retry = RETRY_FIRST;
     loop {
         let own = authority.bundle();
-        let wait = match refresh(&rel, authority.datastore(), &own).await {
+        // A stop does not wait for a slow peer (a fetch may take up to 30 s).
+        let refreshed = tokio::select! {
+            () = &mut stopped => return Ok(()),
+            refreshed = refresh(&rel, authority.datastore(), &own) => refreshed,
+        };
+        let wait = match refreshed {
             Ok((what, next)) => {
                 retry = RETRY_FIRST;
                 match what {
@@ -194,5 +209,25 @@ pub(crate) async fn keep_fresh(
             () = &mut stopped => return Ok(()),
             () = tokio::time::sleep(wait) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_sequence_only_grows_b2() {
+        assert_eq!(next_sequence(0, None), 1, "none served, none held");
+        assert_eq!(next_sequence(7, None), 7, "the one served");
+        assert_eq!(
+            next_sequence(0, Some(5)),
+            6,
+            "none served: after the one held"
+        );
+        assert_eq!(next_sequence(2, Some(5)), 6, "an older one served");
+        assert_eq!(next_sequence(5, Some(5)), 6, "new keys, same sequence");
+        assert_eq!(next_sequence(9, Some(5)), 9, "a newer one served");
+        assert_eq!(next_sequence(0, Some(u64::MAX)), u64::MAX);
     }
 }

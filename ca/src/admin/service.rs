@@ -225,11 +225,13 @@ impl AdminApi for AdminService {
             )));
         }
         let mut bundle = self.parse_bundle(&td, &req.bundle)?;
-        if bundle.sequence() == 0 {
-            // PEM carries no sequence: continue from the stored one so consumers see a change (B-2).
-            let previous = self.datastore.get_bundle(&td).await.map_err(ds_status)?;
-            bundle.set_sequence(previous.map_or(1, |p| p.sequence().saturating_add(1)));
-        }
+        // PEM carries no sequence, and a document may carry one not above the stored one:
+        // continue from the stored one so that consumers see a change (B-2).
+        let previous = self.datastore.get_bundle(&td).await.map_err(ds_status)?;
+        bundle.set_sequence(crate::federation::next_sequence(
+            bundle.sequence(),
+            previous.map(|p| p.sequence()),
+        ));
         self.datastore
             .set_bundle(&bundle, &actor)
             .await

@@ -112,6 +112,51 @@ async fn bad_urls_other_paths_and_other_documents_are_errors_naming_the_problem(
     assert!(err.to_string().contains("tls handshake failed"), "{err}");
 }
 
+/// An endpoint SPIFFE ID without a path names no SVID: refused before connecting.
+#[tokio::test]
+async fn an_endpoint_id_without_a_path_is_refused_naming_why() {
+    let (ca, addr) = serving().await;
+    let err = fetch(
+        &format!("https://{addr}/"),
+        &"spiffe://example.org".parse().unwrap(),
+        own_bundle(&ca),
+        &td(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, FetchError::EndpointId(_)), "{err}");
+    assert!(err.to_string().contains("no path"), "{err}");
+}
+
+/// One source cannot take every place: past 8 connections from it, more are closed at accept,
+/// and once they end it is served again.
+#[tokio::test]
+async fn connections_from_one_source_are_bounded() {
+    let (ca, addr) = serving().await;
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    // The accept loop has taken them (each waits in its handshake).
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut ninth = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), ninth.read(&mut byte))
+        .await
+        .expect("the ninth connection was not closed");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    drop(held);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    fetch(
+        &format!("https://{addr}/"),
+        &ca_spiffe_id(&td()),
+        own_bundle(&ca),
+        &td(),
+    )
+    .await
+    .unwrap();
+}
+
 /// Only `GET` (and `HEAD`) of `/`: a raw TLS client sending `POST /` gets 405 naming `GET`.
 #[tokio::test]
 async fn other_methods_get_405() {

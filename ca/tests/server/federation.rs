@@ -61,9 +61,11 @@ async fn a_federated_bundle_is_fetched_with_the_one_held_and_stored_when_it_chan
         .unwrap();
     let (what, next) = refresh(&rel, &ours.ds(), &own).await.unwrap();
     assert_eq!(what, Refreshed::Stored);
-    assert!(
-        (Duration::from_secs(30)..=Duration::from_secs(3600)).contains(&next),
-        "{next:?}"
+    // The next fetch is due after the served bundle's refresh hint (within 30 s to 1 h).
+    let hint = partner.running.authority.bundle().refresh_hint().unwrap();
+    assert_eq!(
+        next,
+        hint.clamp(Duration::from_secs(30), Duration::from_secs(3600))
     );
     let held = ours.ds().get_bundle(&partner_td()).await.unwrap().unwrap();
     let served = partner.running.authority.bundle();
@@ -73,6 +75,17 @@ async fn a_federated_bundle_is_fetched_with_the_one_held_and_stored_when_it_chan
 
     let (what, _) = refresh(&rel, &ours.ds(), &own).await.unwrap();
     assert_eq!(what, Refreshed::Unchanged);
+
+    // The sequence only grows (B-2): with a held one above what the peer serves, a change is
+    // stored after it.
+    let mut ahead = roots_of(&partner);
+    ahead.set_sequence(99);
+    ours.ds().set_bundle(&ahead, "test").await.unwrap();
+    let (what, _) = refresh(&rel, &ours.ds(), &own).await.unwrap();
+    assert_eq!(what, Refreshed::Stored);
+    let held = ours.ds().get_bundle(&partner_td()).await.unwrap().unwrap();
+    assert_eq!(held.sequence(), 100);
+    assert!(served.sequence() < 99, "{}", served.sequence());
 
     // An endpoint that is not the one named, and one no bundle held authenticates.
     let wrong = Relationship {

@@ -197,23 +197,9 @@ async fn workload_without_matching_entry_gets_no_identity_issued_w5_w7() {
         (err.code(), err.message()),
         (Code::PermissionDenied, "no identity issued")
     );
-    // Validating a token needs an identity too: the bundles to check it against are the
-    // caller's (a token of this trust domain, well formed and signed, is not looked at).
-    let token = jwt_of(&ca, &format!("spiffe://{TD}/other"), "a");
-    let err = raw
-        .validate_jwtsvid(with_header(ValidateJwtsvidRequest {
-            audience: "a".into(),
-            svid: token,
-        }))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        (err.code(), err.message()),
-        (Code::PermissionDenied, "no identity issued")
-    );
     let text = agent.metrics.encode(SystemTime::now());
     assert!(
-        text.contains("warden_agent_workload_attestations_total{result=\"no_identity\"} 4"),
+        text.contains("warden_agent_workload_attestations_total{result=\"no_identity\"} 3"),
         "{text}"
     );
     agent.stop().await;
@@ -483,6 +469,39 @@ async fn validate_jwt_svid_trusts_only_the_callers_trust_domains_w11_j8() {
         "{}",
         err.message()
     );
+    agent.stop().await;
+
+    // A caller with no entry (a service that only checks tokens): the own trust domain only,
+    // though another workload's entry federates with partner.test.
+    let mut other = entry(
+        "x",
+        &format!("spiffe://{TD}/other"),
+        "unix:uid:4294967000",
+        1,
+        "",
+    );
+    other.federates_with = vec![fed.td.clone()];
+    let agent = TestAgent::start(&ca, vec![other], HOUR, vec![fed.bundle()]).await;
+    let mut raw = SpiffeWorkloadApiClient::new(agent.raw_channel().await);
+    let own = raw
+        .validate_jwtsvid(with_header(validate(jwt_of(
+            &ca,
+            &format!("spiffe://{TD}/x"),
+            "a",
+        ))))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(own.spiffe_id, format!("spiffe://{TD}/x"));
+    let err = raw
+        .validate_jwtsvid(with_header(validate(jwt_of(
+            &fed,
+            "spiffe://partner.test/x",
+            "a",
+        ))))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     agent.stop().await;
 }
 
