@@ -23,6 +23,7 @@ use warden_identity::{Bundle, SpiffeId, TrustDomain};
 use crate::authority::Authority;
 use crate::bundle_endpoint;
 use crate::datastore::Datastore;
+use crate::http::Metrics;
 
 /// When the next fetch is due if the bundle carries no refresh hint.
 pub const DEFAULT_REFRESH: Duration = Duration::from_secs(300);
@@ -162,8 +163,10 @@ pub fn next_sequence(served: u64, held: Option<u64>) -> u64 {
 pub(crate) async fn keep_fresh(
     rel: Relationship,
     authority: Arc<Authority>,
+    metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
+    let td = rel.trust_domain.to_string();
     let stopped = async move {
         let _ = stop.wait_for(|stopped| *stopped).await;
     };
@@ -179,6 +182,11 @@ pub(crate) async fn keep_fresh(
         let wait = match refreshed {
             Ok((what, next)) => {
                 retry = RETRY_FIRST;
+                let result = match what {
+                    Refreshed::Stored => "stored",
+                    Refreshed::Unchanged => "unchanged",
+                };
+                metrics.federation_refresh(&td, result);
                 match what {
                     Refreshed::Stored => tracing::info!(
                         trust_domain = %rel.trust_domain,
@@ -193,6 +201,7 @@ pub(crate) async fn keep_fresh(
                 next
             }
             Err(error) => {
+                metrics.federation_refresh(&td, "error");
                 tracing::warn!(
                     trust_domain = %rel.trust_domain,
                     url = %rel.url,

@@ -32,6 +32,7 @@ pub struct Metrics {
     svids_signed: Counter,
     signing_seconds: Histogram,
     ca_expiry_seconds: Gauge,
+    federation_refreshes: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -68,12 +69,19 @@ impl Metrics {
             "Seconds until the active intermediate CA expires",
             ca_expiry_seconds.clone(),
         );
+        let federation_refreshes = Family::<Labels, Counter>::default();
+        registry.register(
+            "federation_refreshes",
+            "Fetches of federated bundles from their bundle endpoints, by trust domain and result (`stored`, `unchanged`, `error`)",
+            federation_refreshes.clone(),
+        );
         Self {
             registry,
             attestations,
             svids_signed,
             signing_seconds,
             ca_expiry_seconds,
+            federation_refreshes,
         }
     }
 
@@ -83,6 +91,16 @@ impl Metrics {
         self.attestations
             .get_or_create(&vec![
                 ("attestor".to_owned(), attestor.to_owned()),
+                ("result".to_owned(), result.to_owned()),
+            ])
+            .inc();
+    }
+
+    /// Counts a fetch of `trust_domain`'s bundle from its endpoint.
+    pub fn federation_refresh(&self, trust_domain: &str, result: &str) {
+        self.federation_refreshes
+            .get_or_create(&vec![
+                ("trust_domain".to_owned(), trust_domain.to_owned()),
                 ("result".to_owned(), result.to_owned()),
             ])
             .inc();

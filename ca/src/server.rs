@@ -191,7 +191,7 @@ pub async fn start_with_clock(
         tokio::spawn(async move { grpc.await.map_err(|e| e.to_string()) }),
     ));
 
-    let router = crate::http::router(Arc::clone(&authority), metrics);
+    let router = crate::http::router(Arc::clone(&authority), Arc::clone(&metrics));
     let http = axum::serve(http_listener, router).with_graceful_shutdown(stopped(stop_rx.clone()));
     tasks.push((
         "http",
@@ -220,6 +220,7 @@ pub async fn start_with_clock(
             tokio::spawn(crate::federation::keep_fresh(
                 rel.clone(),
                 Arc::clone(&authority),
+                Arc::clone(&metrics),
                 stop_rx.clone(),
             )),
         ));

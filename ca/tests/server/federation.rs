@@ -137,6 +137,13 @@ async fn a_configured_federation_is_refreshed_by_the_server() {
         audit.iter().any(|r| r.actor == "federation"),
         "no bundle stored by `federation` in the audit log"
     );
+    let metrics = crate::http_get(ours.running.http_addr, "/metrics").await;
+    assert!(
+        metrics.contains(
+            r#"warden_ca_federation_refreshes_total{trust_domain="partner.org",result="stored"} 1"#
+        ),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
