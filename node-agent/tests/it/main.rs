@@ -12,5 +12,6 @@ mod agent_sync;
 mod support;
 mod test_ca;
 mod workload_api;
+mod workload_api_jwt;
 mod workload_api_limits;
 mod workload_api_streams;
