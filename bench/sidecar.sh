@@ -19,6 +19,7 @@ RATE=${RATE:-1000}       # requests/s for the fixed-rate latency runs
 RESULTS=${RESULTS:-/tmp/warden-bench-$(date -u +%Y%m%dT%H%M%SZ)}
 KEEP=${KEEP:-0}          # 1: keep the work dir (configs, logs, PKI) after the run
 HOLD=${HOLD:-0}          # 1: start everything, run the sanity checks, then wait (for profiling)
+OWN_SESSION=${OWN_SESSION:-1} # 1: each Warden sidecar and relay in its own session (see below)
 TD=spiffe://example.org
 CLIENT_ID=$TD/ns/default/sa/client
 BACKEND_ID=$TD/ns/default/sa/backend
@@ -41,6 +42,8 @@ for p in $PEER_PORTS; do
   if ss -Hltn "sport = :$p" | grep -q .; then die "port $p is already in use (a peers kit still running? its down.sh stops it)"; fi
 done
 case $D$ROUNDS$RATE$HOLD in *[!0-9]*) die "D, ROUNDS, RATE and HOLD must be whole numbers";; esac
+case $OWN_SESSION in 0 | 1) ;; *) die "OWN_SESSION must be 0 or 1";; esac
+[ "$OWN_SESSION" = 0 ] || command -v setsid >/dev/null || die "\`setsid\` is not installed (util-linux), or set OWN_SESSION=0"
 
 W=$(mktemp -d /tmp/warden-bench-work.XXXXXX)
 M=$W/mesh
@@ -104,6 +107,19 @@ start() {
   echo "$*" >> "$RESULTS/commands.txt"
 }
 
+# start_proxy NAME CMD...: a measured proxy process of ours. With OWN_SESSION=1 (the default) it
+# runs in a session of its own, as the kit's HAProxy processes do (its `daemon` mode calls
+# setsid) and as a service under systemd or a container runtime does. With the kernel's
+# autogroup scheduling on (kernel.sched_autogroup_enabled), a session is a scheduling group: a
+# proxy in the script's session would share one group's CPU with the load generator and the
+# backend, and HAProxy would not. A background job of a script is not a process-group leader,
+# so setsid(1) does not fork and $! is the proxy itself.
+start_proxy() {
+  local name=$1
+  shift
+  if [ "$OWN_SESSION" = 1 ]; then start "$name" setsid "$@"; else start "$name" "$@"; fi
+}
+
 ready() { [ "$(curl -s -m 2 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$1/readyz")" = 200 ]; }
 
 # ---- machine facts ---------------------------------------------------------------------------------
@@ -119,7 +135,8 @@ ready() { [ "$(curl -s -m 2 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$1/
   echo "wrk: $(wrk -v 2>&1 | head -1)"
   echo "h2load: $(h2load --version 2>&1 | head -1)"
   echo "oha: $("$OHA" --version 2>&1 | head -1)"
-  echo "D=${D}s ROUNDS=$ROUNDS RATE=$RATE"
+  echo "D=${D}s ROUNDS=$ROUNDS RATE=$RATE OWN_SESSION=$OWN_SESSION"
+  echo "kernel.sched_autogroup_enabled: $(cat /proc/sys/kernel/sched_autogroup_enabled 2>/dev/null || echo absent)"
 } > "$RESULTS/meta.txt"
 
 # ---- the peers (HAProxy, Envoy, nginx, stunnel, backend) -------------------------------------------
@@ -238,9 +255,9 @@ for side in inbound outbound; do
   "$WARDEN_BIN" sidecar run --config "$M/$side.toml" --check-config > "$M/$side-check.log" 2>&1 \
     || { cat "$M/$side-check.log" >&2; die "warden sidecar run --check-config rejects $side.toml"; }
 done
-start sidecar-in "$WARDEN_BIN" sidecar run --config "$M/inbound.toml"
+start_proxy sidecar-in "$WARDEN_BIN" sidecar run --config "$M/inbound.toml"
 PID_IN=$!
-start sidecar-out "$WARDEN_BIN" sidecar run --config "$M/outbound.toml"
+start_proxy sidecar-out "$WARDEN_BIN" sidecar run --config "$M/outbound.toml"
 PID_OUT=$!
 wait_for "the inbound sidecar (/readyz)" 30 ready "$P_ADM_IN"
 wait_for "the outbound sidecar (/readyz)" 30 ready "$P_ADM_OUT"
@@ -254,11 +271,16 @@ relay_cfg() { # LISTEN UPSTREAM
 }
 relay_cfg "$P_RELAY2" 8080 > "$M/relay-in.cfg"
 relay_cfg "$P_RELAY1" "$P_RELAY2" > "$M/relay-out.cfg"
-start relay-in haproxy -db -f "$M/relay-in.cfg"
+start_proxy relay-in haproxy -db -f "$M/relay-in.cfg"
 PID_RELAY_IN=$!
-start relay-out haproxy -db -f "$M/relay-out.cfg"
+start_proxy relay-out haproxy -db -f "$M/relay-out.cfg"
 PID_RELAY_OUT=$!
 wait_for "the relay floor (two HAProxy tcp relays)" 10 curl -sf -m 2 -o /dev/null "http://127.0.0.1:$P_RELAY1/"
+if [ "$OWN_SESSION" = 1 ]; then
+  for p in "$PID_IN" "$PID_OUT" "$PID_RELAY_IN" "$PID_RELAY_OUT"; do
+    [ "$(ps -o sid= -p "$p" | tr -d ' ')" = "$p" ] || die "process $p is not in a session of its own (OWN_SESSION=1)"
+  done
+fi
 
 # ---- sanity: every path answers, and the Warden pair really enforces ----------------------------
 code() { curl -s -m 5 -o /dev/null -w '%{http_code}' "$@"; }
