@@ -9,6 +9,7 @@
 //! - `h2_client`, `h2_server`, `h2_body`: HTTP/2 on the `h2` crate directly: the shared client
 //!   connection (to the app, and to each upstream), the server for ALPN `h2` callers (inbound)
 //!   and h2c clients (outbound), and the bodies streamed on their streams.
+//! - `orig_proto`: HTTP/1.1 carried over HTTP/2 between sidecars (`http1_upstream = "h2"`).
 //! - `decision_log`, `metrics`, `admin`: one JSON line per decision, Prometheus metrics,
 //!   `/healthz` `/readyz` `/metrics`.
 
@@ -25,6 +26,7 @@ mod idle;
 mod inbound;
 mod lapse;
 mod metrics;
+mod orig_proto;
 pub mod outbound;
 mod runner;
 mod sniff;

@@ -31,6 +31,7 @@
 mod connect;
 mod http;
 mod listener;
+mod reply;
 mod route;
 mod tcp;
 
@@ -45,7 +46,7 @@ use tracing::Instrument;
 use warden_identity::tls::{Authorize, BundleSource, SvidCertResolver};
 
 pub use connect::HandshakeFailure;
-pub use route::{Protocol, Route};
+pub use route::{Http1Upstream, Protocol, Route};
 
 /// Why an outbound route could not be set up or served.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +66,11 @@ pub enum OutboundError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// `http1_upstream = "h2"` is set on a TCP route.
+    #[error(
+        "outbound route `{0}` sets http1_upstream = \"h2\", but it is a tcp route: only http routes carry HTTP requests"
+    )]
+    Http1UpstreamOnTcp(SocketAddr),
     /// `response_timeout` is not a duration in range, or is set on a TCP route.
     #[error("outbound route `{listen}` response_timeout `{value}` is invalid: {reason}")]
     InvalidResponseTimeout {

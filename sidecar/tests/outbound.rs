@@ -23,6 +23,8 @@ mod failures;
 mod grpc;
 #[path = "outbound/http.rs"]
 mod http;
+#[path = "outbound/http1_over_h2.rs"]
+mod http1_over_h2;
 #[path = "outbound/local.rs"]
 mod local;
 #[path = "outbound/rotation.rs"]

@@ -37,7 +37,7 @@ use warden_api::workload::{JwtsvidRequest, X509svidRequest};
 use warden_identity::BundleSource;
 use warden_identity::test_util::TestCa;
 use warden_identity::tls::SvidCertResolver;
-use warden_sidecar::outbound::{NoHooks, Outbound, Protocol, Route};
+use warden_sidecar::outbound::{Http1Upstream, NoHooks, Outbound, Protocol, Route};
 
 use support::*;
 
@@ -50,7 +50,21 @@ struct Pair {
 impl Pair {
     async fn start(f: &Fixture, caller: &str, expected: &str, protocol: Protocol) -> Self {
         let bundles: Arc<dyn BundleSource> = Arc::new(Arc::new(TestCa::bundle_set(&[&f.ca])));
-        Self::start_with(f, caller, expected, protocol, bundles).await
+        Self::start_with(f, caller, expected, protocol, bundles, Http1Upstream::Http1).await
+    }
+
+    /// An HTTP route with `http1_upstream = "h2"`.
+    async fn h1_over_h2(f: &Fixture, caller: &str) -> Self {
+        let bundles: Arc<dyn BundleSource> = Arc::new(Arc::new(TestCa::bundle_set(&[&f.ca])));
+        Self::start_with(
+            f,
+            caller,
+            SIDECAR_ID,
+            Protocol::Http,
+            bundles,
+            Http1Upstream::H2,
+        )
+        .await
     }
 
     /// [`Self::start`] trusting `bundles`.
@@ -60,6 +74,7 @@ impl Pair {
         expected: &str,
         protocol: Protocol,
         bundles: Arc<dyn BundleSource>,
+        http1_upstream: Http1Upstream,
     ) -> Self {
         let svid = f.ca.issue_svid(&id(caller), Duration::from_secs(600));
         let resolver = Arc::new(SvidCertResolver::from_svid(&svid).unwrap());
@@ -69,6 +84,7 @@ impl Pair {
             expected_ids: vec![id(expected)],
             protocol,
             response_timeout: None,
+            http1_upstream,
         };
         let outbound = Outbound::new(route, resolver, bundles, Arc::new(NoHooks)).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -145,6 +161,51 @@ async fn pair_carries_http1_and_h2c_and_the_app_sees_the_callers_id_only() {
     assert_eq!(f.app.seen(), 2);
 }
 
+/// `http1_upstream = "h2"` between the two halves: the local HTTP/1.1 requests travel over
+/// HTTP/2 and reach the app as HTTP/1.1 (the inbound's `app_protocol` is `auto`, which would
+/// send an HTTP/2 caller's stream as h2c), with the caller's identity and nothing of the mark.
+#[tokio::test]
+async fn pair_carries_http1_over_h2_and_the_app_gets_http1_from_the_inbound() {
+    let f = Fixture::start(Options::default()).await;
+    let web = Pair::h1_over_h2(&f, WEB_ID).await;
+    for _ in 0..3 {
+        let mut req = request("GET", "/hello");
+        req.headers_mut().insert(
+            "x-forwarded-client-cert",
+            "URI=spiffe://example.org/admin".parse().unwrap(),
+        );
+        let (status, body) = web.call(false, req).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(body.starts_with("HTTP/1.1 "), "{body}");
+        assert!(body.contains(&format!("URI={WEB_ID}")), "{body}");
+        assert!(!body.contains("admin"), "{body}");
+    }
+    // The app saw the caller's `Host` and no mark.
+    assert_eq!(*f.app.last_uri.lock().unwrap(), "/hello");
+    let records = f.decisions(3).await;
+    for r in &records {
+        assert!(
+            r.headers
+                .iter()
+                .any(|(name, value)| name == "host" && value == "api.internal"),
+            "{r:?}"
+        );
+        assert!(
+            r.headers
+                .iter()
+                .all(|(name, _)| name != "warden-orig-proto"),
+            "{r:?}"
+        );
+    }
+    // Denied: 403 through the outbound, nothing reaches the app.
+    let (status, _) = web.call(false, request("POST", "/hello")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let other = Pair::h1_over_h2(&f, OTHER_ID).await;
+    let (status, _) = other.call(false, request("GET", "/hello")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(f.app.seen(), 3);
+}
+
 #[tokio::test]
 async fn pair_request_denied_by_policy_gets_403_and_never_reaches_the_app() {
     let f = Fixture::start(Options::default()).await;
@@ -197,7 +258,15 @@ async fn pair_upgraded_connection_is_closed_when_the_upstream_no_longer_verifies
     let bundles = Arc::new(warden_identity::tls::SharedBundles::new(
         TestCa::bundle_set(&[&f.ca]),
     ));
-    let pair = Pair::start_with(&f, WEB_ID, SIDECAR_ID, Protocol::Http, bundles.clone()).await;
+    let pair = Pair::start_with(
+        &f,
+        WEB_ID,
+        SIDECAR_ID,
+        Protocol::Http,
+        bundles.clone(),
+        Http1Upstream::Http1,
+    )
+    .await;
     let mut local = TcpStream::connect(pair.addr).await.unwrap();
     let head = raw_http::upgrade(&mut local, "GET", "echo").await;
     assert!(head.starts_with("http/1.1 101"), "{head}");

@@ -79,7 +79,9 @@ pub(crate) struct RunArgs {
     /// An outbound route as a TOML inline table, repeatable:
     /// `{ listen = "127.0.0.1:15001", upstream = "10.0.0.2:15443", expected_ids = ["spiffe://example.org/api"], protocol = "http", response_timeout = "30s" }`
     /// (`protocol`: `http` or `tcp`; `response_timeout`, `http` only, optional: how long the upstream may
-    /// take to begin its response, else 504).
+    /// take to begin its response, else 504; `http1_upstream`, `http` only: `http1` (default) or
+    /// `h2`, local HTTP/1.x requests carried over the route's shared HTTP/2 connection, for
+    /// upstreams that are Warden inbound sidecars).
     #[arg(long, value_name = "TABLE")]
     outbound: Vec<String>,
     /// Admin listener for /healthz, /readyz, /metrics [default: 127.0.0.1:15090].

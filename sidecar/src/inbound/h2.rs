@@ -15,6 +15,7 @@ use super::{ConnInfo, Shared};
 use crate::config::AppProtocol;
 use crate::h2_server::Conn;
 use crate::lapse::LapseSignal;
+use crate::orig_proto;
 
 /// Serves one HTTP/2 connection until it ends or `idle` completes. When the sidecar stops, or
 /// `lapsed` completes (the caller's credentials lapsed, `signal`), the connection sends GOAWAY,
@@ -54,10 +55,13 @@ pub(super) async fn serve<I>(
                 return future::Either::Right(future::ready(lapsed_answer(shared)));
             }
             future::Either::Left(handle(shared, conn, xfcc.clone(), req, |req| {
+                // HTTP/1.x carried over HTTP/2 by an outbound sidecar reaches the app as it came.
                 match shared.app.protocol() {
-                    AppProtocol::Auto => future::Either::Left(shared.app.send_h2(req)),
+                    AppProtocol::Auto if !orig_proto::is_http1(&req) => {
+                        future::Either::Left(shared.app.send_h2(req))
+                    }
                     // Boxed: the common path's stream futures stay as small as they were.
-                    AppProtocol::Http1 => {
+                    AppProtocol::Auto | AppProtocol::Http1 => {
                         future::Either::Right(Box::pin(shared.app.send_h2_as_h1(req)))
                     }
                 }

@@ -312,6 +312,9 @@ fn prepare<B>(shared: &Shared, req: &mut Request<B>) -> Result<bool, Box<Respons
     if let Some(normal) = normalized {
         set_path(req, &normal).map_err(|bad| Box::new(bad_request(&bad)))?;
     }
+    // HTTP/1.x carried over HTTP/2 by an outbound sidecar: the mark goes before the decision,
+    // and says how the app gets the request (see `orig_proto`).
+    crate::orig_proto::take(req).map_err(|bad| Box::new(bad_request(&bad)))?;
     // The caller never speaks for the sidecar: drop its XFCC before anything looks at it.
     hop_by_hop::remove_xfcc(req.headers_mut());
     hop_by_hop::unannounce_xfcc_trailer(req.headers_mut());

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
@@ -29,27 +29,21 @@ use crate::h2_client::{H2Error, KeepAlive, SharedH2};
 use crate::hop_by_hop;
 use crate::upgrade::{self, Tunnel};
 
+use super::reply::{GRPC_DEADLINE_EXCEEDED, GRPC_STATUS, is_grpc, local_reply};
+
 /// The body of a response to the local client: the upstream's, streamed, or the sidecar's own.
 pub(crate) type ResponseBody = Either<UpstreamBody, Full<Bytes>>;
 
 /// The body of an upstream's response: over HTTP/1.1 or over HTTP/2.
 pub(crate) type UpstreamBody = Either<Incoming, H2Body>;
 
-const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
-const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
-/// gRPC status code `UNAVAILABLE`.
-const GRPC_UNAVAILABLE: HeaderValue = HeaderValue::from_static("14");
-/// gRPC status code `DEADLINE_EXCEEDED` (no response within the route's `response_timeout`).
-const GRPC_DEADLINE_EXCEEDED: HeaderValue = HeaderValue::from_static("4");
-/// gRPC status code `RESOURCE_EXHAUSTED` (too many request headers).
-const GRPC_RESOURCE_EXHAUSTED: HeaderValue = HeaderValue::from_static("8");
-
 /// Most idle HTTP/1.1 upstream connections kept for the next local connections.
 const MAX_IDLE_UPSTREAM_CONNS: usize = 64;
 
 /// Forwards local requests to the route's upstream, keeping their protocol: HTTP/1.x over
 /// `http/1.1` connections (one request at a time on each, each held by one local connection),
-/// HTTP/2 over a single `h2` connection that multiplexes every stream.
+/// HTTP/2 over a single `h2` connection that multiplexes every stream; with
+/// `http1_upstream = "h2"`, HTTP/1.x over that `h2` connection too, marked (`orig_proto`).
 #[derive(Debug)]
 pub(crate) struct HttpProxy {
     http1: MtlsConnector,
@@ -68,6 +62,8 @@ pub(crate) struct HttpProxy {
     idle_timeout: Duration,
     /// The route's `response_timeout`: how long the upstream may take to begin its response.
     response_timeout: Option<Duration>,
+    /// `http1_upstream = "h2"`: local HTTP/1.x requests go over `h2`, marked (`orig_proto`).
+    http1_over_h2: bool,
     upstream: String,
     hooks: Arc<dyn OutboundHooks>,
 }
@@ -115,9 +111,17 @@ impl HttpProxy {
             max_header_bytes: limits.max_header_bytes,
             idle_timeout: limits.idle_timeout,
             response_timeout,
+            http1_over_h2: false,
             upstream,
             hooks,
         }
+    }
+
+    /// Sends local HTTP/1.x requests (but upgrades) over the shared HTTP/2 connection, marked
+    /// (`http1_upstream = "h2"`, see [`crate::orig_proto`]).
+    pub(crate) fn with_http1_over_h2(mut self, on: bool) -> Self {
+        self.http1_over_h2 = on;
+        self
     }
 
     /// A new local connection's (still empty) hold on an HTTP/1.1 upstream connection.
@@ -255,6 +259,8 @@ impl HttpProxy {
         // here, in any spelling, in the head or announced as a trailer.
         hop_by_hop::remove_xfcc(req.headers_mut());
         hop_by_hop::unannounce_xfcc_trailer(req.headers_mut());
+        // Only this sidecar marks a request as HTTP/1.x carried over HTTP/2.
+        req.headers_mut().remove(crate::orig_proto::NAME);
         Ok(())
     }
 
@@ -315,6 +321,10 @@ impl HttpProxy {
         upstream: Arc<H1Conn>,
     ) -> Result<Response<UpstreamBody>, (StatusCode, String)> {
         if req.version() == Version::HTTP_2 {
+            return self.send_h2(req).await;
+        }
+        if self.http1_over_h2 {
+            crate::orig_proto::mark(&mut req);
             return self.send_h2(req).await;
         }
         to_http11_origin_form(&mut req);
@@ -499,92 +509,4 @@ fn to_http11_origin_form<B>(req: &mut Request<B>) {
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     *req.uri_mut() = Uri::from(path);
-}
-
-fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
-}
-
-/// A response made by the sidecar. gRPC clients get HTTP 200 with `grpc-status: 14`
-/// (`UNAVAILABLE`; `8`, `RESOURCE_EXHAUSTED`, for too many headers; a `response_timeout` reply
-/// sets `4`, see [`HttpProxy::no_response_within`]) and the message in
-/// `grpc-message`, as gRPC requires; others get `status` and the message as a plain-text body.
-fn local_reply(
-    status: StatusCode,
-    grpc: bool,
-    message: String,
-) -> (Response<ResponseBody>, StatusCode) {
-    let mut response = if grpc {
-        let mut response = Response::new(Either::Right(Full::new(Bytes::new())));
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/grpc"),
-        );
-        let code = match status {
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => GRPC_RESOURCE_EXHAUSTED,
-            _ => GRPC_UNAVAILABLE,
-        };
-        headers.insert(GRPC_STATUS, code);
-        if let Ok(value) = HeaderValue::from_str(&grpc_percent_encode(&message)) {
-            headers.insert(GRPC_MESSAGE, value);
-        }
-        response
-    } else {
-        let mut body = message;
-        body.push('\n');
-        let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
-        *response.status_mut() = status;
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        response
-    };
-    response.headers_mut().insert(
-        HeaderName::from_static("x-warden-outbound-status"),
-        HeaderValue::from(status.as_u16()),
-    );
-    (response, status)
-}
-
-/// `grpc-message` encoding: printable ASCII except `%` as is, everything else `%XX`.
-fn grpc_percent_encode(message: &str) -> String {
-    let mut out = String::with_capacity(message.len());
-    for byte in message.bytes() {
-        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grpc_messages_are_percent_encoded() {
-        assert_eq!(
-            grpc_percent_encode("upstream `a` 100% down\né"),
-            "upstream `a` 100%25 down%0A%C3%A9"
-        );
-    }
-
-    #[test]
-    fn grpc_requests_get_a_trailers_only_unavailable_reply() {
-        let (response, status) = local_reply(StatusCode::BAD_GATEWAY, true, "no way".to_owned());
-        assert_eq!(status, StatusCode::BAD_GATEWAY);
-        assert_eq!(response.status(), StatusCode::OK);
-        assert_eq!(response.headers()[GRPC_STATUS], "14");
-        assert_eq!(response.headers()[GRPC_MESSAGE], "no way");
-        assert_eq!(response.headers()["x-warden-outbound-status"], "502");
-        let (response, _) = local_reply(StatusCode::GATEWAY_TIMEOUT, false, "slow".to_owned());
-        assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
-        assert!(response.headers().get(GRPC_STATUS).is_none());
-    }
 }

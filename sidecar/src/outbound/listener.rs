@@ -15,7 +15,7 @@ use tracing::Instrument;
 
 use super::connect::{ALPN_H2, ALPN_HTTP1, MtlsConnector, with_alpn};
 use super::http::HttpProxy;
-use super::route::Protocol;
+use super::route::{Http1Upstream, Protocol};
 use super::tcp::TcpProxy;
 use super::{Outbound, OutboundError, OutboundLimits};
 use crate::h2_client::KeepAlive;
@@ -94,13 +94,10 @@ pub(super) async fn serve(
             let http1 = connector(with_alpn(&tls, ALPN_HTTP1));
             let h2 = connector(with_alpn(&tls, ALPN_H2));
             Handler::Http {
-                proxy: Arc::new(HttpProxy::new(
-                    http1,
-                    h2,
-                    hooks.clone(),
-                    &limits,
-                    route.response_timeout()?,
-                )),
+                proxy: Arc::new(
+                    HttpProxy::new(http1, h2, hooks.clone(), &limits, route.response_timeout()?)
+                        .with_http1_over_h2(route.http1_upstream == Http1Upstream::H2),
+                ),
                 servers: Arc::new(Servers::new(&limits)),
             }
         }

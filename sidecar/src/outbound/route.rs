@@ -31,6 +31,25 @@ pub struct Route {
     /// 1 h); none by default.
     #[serde(default)]
     pub response_timeout: Option<String>,
+    /// HTTP only: how local HTTP/1.x requests reach the upstream. `http1` (the default): over
+    /// mTLS HTTP/1.1 connections, one held by each local connection. `h2`: over the route's one
+    /// shared HTTP/2 connection (as local HTTP/2 requests go), marked so that a Warden inbound
+    /// sidecar hands them to its app as HTTP/1.1 (see `orig_proto`); for upstreams that are
+    /// Warden inbound sidecars (or any HTTP/2 server). Upgrade requests (WebSocket) always go
+    /// over HTTP/1.1 connections of their own.
+    #[serde(default)]
+    pub http1_upstream: Http1Upstream,
+}
+
+/// How an outbound route sends local HTTP/1.x requests upstream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Http1Upstream {
+    /// HTTP/1.1 connections, one request at a time on each.
+    #[default]
+    Http1,
+    /// The route's shared HTTP/2 connection, marked `warden-orig-proto: HTTP/1.1`.
+    H2,
 }
 
 /// The shortest and longest `response_timeout`.
@@ -72,6 +91,9 @@ impl Route {
             return Err(OutboundError::NoExpectedIds(self.listen));
         }
         self.response_timeout()?;
+        if self.protocol == Protocol::Tcp && self.http1_upstream == Http1Upstream::H2 {
+            return Err(OutboundError::Http1UpstreamOnTcp(self.listen));
+        }
         self.validate_upstream().map(|_| ())
     }
 
@@ -154,6 +176,7 @@ mod tests {
             expected_ids: ids.iter().map(|s| s.parse().unwrap()).collect(),
             protocol: Protocol::Http,
             response_timeout: None,
+            http1_upstream: Http1Upstream::Http1,
         }
     }
 
@@ -275,5 +298,30 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("http://a.org/x"), "{err}");
+    }
+
+    #[test]
+    fn http1_upstream_parses_and_is_refused_on_tcp_routes() {
+        let base = "listen = \"127.0.0.1:15001\"\nupstream = \"api:8443\"\n\
+                    expected_ids = [\"spiffe://a.org/api\"]\n";
+        let parsed: Route = toml::from_str(base).unwrap();
+        assert_eq!(parsed.http1_upstream, Http1Upstream::Http1);
+        let h2: Route = toml::from_str(&format!("{base}http1_upstream = \"h2\"\n")).unwrap();
+        assert_eq!(h2.http1_upstream, Http1Upstream::H2);
+        h2.validate().unwrap();
+        let err = toml::from_str::<Route>(&format!("{base}http1_upstream = \"h3\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown variant `h3`"), "{err}");
+        let tcp: Route = toml::from_str(&format!(
+            "{base}protocol = \"tcp\"\nhttp1_upstream = \"h2\"\n"
+        ))
+        .unwrap();
+        let err = tcp.validate().unwrap_err();
+        assert!(matches!(err, OutboundError::Http1UpstreamOnTcp(_)), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "outbound route `127.0.0.1:15001` sets http1_upstream = \"h2\", but it is a tcp route: only http routes carry HTTP requests"
+        );
     }
 }

@@ -395,6 +395,7 @@ fn outbound_new_refuses_invalid_routes() {
         expected_ids: ids.iter().map(|s| spiffe_id(s)).collect(),
         protocol: Protocol::Http,
         response_timeout: None,
+        http1_upstream: Default::default(),
     };
     let new = |route: Route| {
         Outbound::new(

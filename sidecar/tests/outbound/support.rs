@@ -22,7 +22,9 @@ use warden_api::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 use warden_identity::test_util::TestCa;
 use warden_identity::tls::{Authorize, SharedBundles, SvidCertResolver};
 use warden_identity::{BundleSource, SpiffeId};
-use warden_sidecar::outbound::{Outbound, OutboundHooks, OutboundLimits, Protocol, Route};
+use warden_sidecar::outbound::{
+    Http1Upstream, Outbound, OutboundHooks, OutboundLimits, Protocol, Route,
+};
 
 use crate::grpc_app::{GrpcApp, PeerId};
 
@@ -232,7 +234,8 @@ struct ConnInfo {
 
 /// The HTTP app. Every response carries `x-peer-id` (the client's SPIFFE ID from the TLS
 /// handshake), `x-conn` (which upstream connection), `x-version`, `x-seen-headers` (the request
-/// header names) and `x-host` (`Host`, or the `:authority`). Paths: `/echo` streams the request
+/// header names), `x-host` (`Host`, or the `:authority`) and `x-orig-proto` (the
+/// `warden-orig-proto` mark). Paths: `/echo` streams the request
 /// body back; `/wait` answers once the test's barrier is full; `/slow` answers after [`SLOW`]; `/close` answers with
 /// `connection: close`; anything else answers `ok`.
 async fn http_app(
@@ -262,7 +265,14 @@ async fn http_app(
         .header("x-conn", conn.index)
         .header("x-version", format!("{:?}", req.version()))
         .header("x-seen-headers", seen.join(","))
-        .header("x-host", host);
+        .header("x-host", host)
+        .header(
+            "x-orig-proto",
+            req.headers()
+                .get("warden-orig-proto")
+                .cloned()
+                .unwrap_or_else(|| http::HeaderValue::from_static("")),
+        );
     let body: BoxBody = match req.uri().path() {
         "/echo" => req.into_body().map_err(Into::into).boxed_unsync(),
         "/wait" => {
@@ -354,6 +364,8 @@ pub(crate) struct ProxyOptions<'a> {
     pub(crate) limits: OutboundLimits,
     /// The route's `response_timeout`.
     pub(crate) response_timeout: Option<&'static str>,
+    /// The route's `http1_upstream`.
+    pub(crate) http1_upstream: Http1Upstream,
 }
 
 impl<'a> ProxyOptions<'a> {
@@ -367,6 +379,7 @@ impl<'a> ProxyOptions<'a> {
             bundles: pki.bundles(),
             limits: OutboundLimits::default(),
             response_timeout: None,
+            http1_upstream: Http1Upstream::Http1,
         }
     }
 }
@@ -379,6 +392,7 @@ impl Proxy {
             expected_ids: options.expected_ids.iter().map(|s| spiffe_id(s)).collect(),
             protocol: options.protocol,
             response_timeout: options.response_timeout.map(str::to_owned),
+            http1_upstream: options.http1_upstream,
         };
         let hooks = Arc::new(Recorder::default());
         let outbound = Outbound::new(route, options.resolver, options.bundles, hooks.clone())

@@ -170,3 +170,75 @@ async fn auto_app_protocol_cannot_reach_an_http1_only_app_from_http2_callers() {
     let (status, _, body) = web.request(f.inbound, get_h2("/orders")).await.unwrap();
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
 }
+
+/// An HTTP/2 request marked as HTTP/1.1 carried over HTTP/2 (what an outbound route with
+/// `http1_upstream = "h2"` sends).
+fn marked_h2(path: &str, mark: &str) -> Request<Full<Bytes>> {
+    Request::get(format!("https://api.local{path}"))
+        .version(http::Version::HTTP_2)
+        .header("warden-orig-proto", mark)
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn http2_streams_marked_http1_reach_an_auto_app_as_http1_without_the_mark() {
+    let app = H1OnlyApp::start().await;
+    let f = Fixture::start(Options {
+        app_addr: Some(app.addr),
+        ..Options::default()
+    })
+    .await;
+    let web = f.client(WEB_ID);
+    // Unmarked, an HTTP/2 caller cannot reach this app with `auto` (see the test above);
+    // marked, every stream reaches it as HTTP/1.1, whatever the letter case of the mark.
+    for mark in ["HTTP/1.1", "http/1.1"] {
+        let (status, _, body) = web
+            .request(f.inbound, marked_h2("/orders", mark))
+            .await
+            .unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body, "HTTP/1.1 host=api.local xfcc=true body=0");
+    }
+    // Denied streams never reach the app, marked or not.
+    let other = f.client(OTHER_ID);
+    let (status, _, _) = other
+        .request(f.inbound, marked_h2("/orders", "HTTP/1.1"))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(app.requests.load(Ordering::SeqCst), 2);
+    // The policy does not see the mark (it is gone before the decision), and the decision is
+    // logged as for any request.
+    let records = f.decisions_exactly(3).await;
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r.upstream_status == Some(200))
+            .count(),
+        2,
+        "{records:?}"
+    );
+    assert!(
+        records.iter().all(|r| r
+            .headers
+            .iter()
+            .all(|(name, _)| name != "warden-orig-proto")),
+        "{records:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_http1_over_h2_mark_gets_400_naming_it_and_never_reaches_the_app() {
+    let f = Fixture::start(Options::default()).await;
+    let web = f.client(WEB_ID);
+    for mark in ["HTTP/2", "h2c", ""] {
+        let (status, _, body) = web
+            .request(f.inbound, marked_h2("/hello", mark))
+            .await
+            .unwrap();
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{mark}: {body}");
+        assert!(body.contains("warden-orig-proto"), "{body}");
+    }
+    assert_eq!(f.app.seen(), 0);
+}

@@ -317,7 +317,8 @@ pub(crate) fn sidecar_toml(l: &Layout, w: &Workload, policies: &Path) -> String 
              listen = \"127.0.0.1:{listen}\"\n\
              upstream = \"127.0.0.1:{upstream}\"\n\
              expected_ids = [{}]\n\
-             protocol = \"http\"\n",
+             protocol = \"http\"\n\
+             http1_upstream = \"h2\"\n",
             toml_str(expected)
         );
     }
