@@ -20,6 +20,9 @@ RESULTS=${RESULTS:-/tmp/warden-bench-$(date -u +%Y%m%dT%H%M%SZ)}
 KEEP=${KEEP:-0}          # 1: keep the work dir (configs, logs, PKI) after the run
 HOLD=${HOLD:-0}          # 1: start everything, run the sanity checks, then wait (for profiling)
 OWN_SESSION=${OWN_SESSION:-1} # 1: each Warden sidecar and relay in its own session (see below)
+# How the outbound's HTTP/1.1 listener sends requests to the inbound: `h2` (its one HTTP/2
+# connection, as `warden up` sets it between sidecars) or `http1` (a connection per local one).
+HTTP1_UPSTREAM=${HTTP1_UPSTREAM:-h2}
 TD=spiffe://example.org
 CLIENT_ID=$TD/ns/default/sa/client
 BACKEND_ID=$TD/ns/default/sa/backend
@@ -43,6 +46,7 @@ for p in $PEER_PORTS; do
 done
 case $D$ROUNDS$RATE$HOLD in *[!0-9]*) die "D, ROUNDS, RATE and HOLD must be whole numbers";; esac
 case $OWN_SESSION in 0 | 1) ;; *) die "OWN_SESSION must be 0 or 1";; esac
+case $HTTP1_UPSTREAM in h2 | http1) ;; *) die "HTTP1_UPSTREAM must be h2 or http1";; esac
 [ "$OWN_SESSION" = 0 ] || command -v setsid >/dev/null || die "\`setsid\` is not installed (util-linux), or set OWN_SESSION=0"
 
 W=$(mktemp -d /tmp/warden-bench-work.XXXXXX)
@@ -135,7 +139,7 @@ ready() { [ "$(curl -s -m 2 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$1/
   echo "wrk: $(wrk -v 2>&1 | head -1)"
   echo "h2load: $(h2load --version 2>&1 | head -1)"
   echo "oha: $("$OHA" --version 2>&1 | head -1)"
-  echo "D=${D}s ROUNDS=$ROUNDS RATE=$RATE OWN_SESSION=$OWN_SESSION"
+  echo "D=${D}s ROUNDS=$ROUNDS RATE=$RATE OWN_SESSION=$OWN_SESSION HTTP1_UPSTREAM=$HTTP1_UPSTREAM"
   echo "kernel.sched_autogroup_enabled: $(cat /proc/sys/kernel/sched_autogroup_enabled 2>/dev/null || echo absent)"
 } > "$RESULTS/meta.txt"
 
@@ -235,6 +239,7 @@ listen = "127.0.0.1:$P_OUT1"
 upstream = "127.0.0.1:$P_IN"
 expected_ids = ["$BACKEND_ID"]
 protocol = "http"
+http1_upstream = "$HTTP1_UPSTREAM"
 
 [[outbound]]
 listen = "127.0.0.1:$P_OUT2"
