@@ -39,8 +39,12 @@ use crate::lapse::{Validity, Verified};
 
 /// Stream flow-control window offered to the peer (hyper's default).
 const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
-/// Connection flow-control window offered to the peer (hyper's default).
-const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
+/// Connection flow-control window offered to the peer: the largest HTTP/2 allows, so that it
+/// never binds before the streams' windows do. The connection is shared by many callers, and
+/// a stream's data counts against the connection's window until its caller takes it: with a
+/// window a few streams could fill (hyper's 5 MiB), one caller that stops reading its responses
+/// stalled every caller's stream on the connection. Each stream stays bounded by its own window.
+const CONNECTION_WINDOW: u32 = (1 << 31) - 1;
 /// Most request body bytes buffered per stream beyond the peer's window (hyper's default).
 const MAX_SEND_BUFFER: usize = 1024 * 1024;
 /// Largest response header list accepted (hyper's default).
@@ -166,6 +170,13 @@ impl SharedH2 {
             max_idle,
             lapse_grace,
         }
+    }
+
+    /// Offers each stream a window of `bytes` (instead of [`STREAM_WINDOW`]): the most of a
+    /// response the connection takes in before its caller reads it.
+    pub(crate) fn with_stream_window(mut self, bytes: u32) -> Self {
+        self.builder.initial_window_size(bytes);
+        self
     }
 
     /// Sends `req` on the shared connection; `dial` opens the transport when a connection is

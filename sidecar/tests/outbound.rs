@@ -19,6 +19,8 @@ mod support;
 
 #[path = "outbound/failures.rs"]
 mod failures;
+#[path = "outbound/flow_control.rs"]
+mod flow_control;
 #[path = "outbound/grpc.rs"]
 mod grpc;
 #[path = "outbound/http.rs"]

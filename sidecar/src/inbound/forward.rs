@@ -31,6 +31,10 @@ use crate::{hop_by_hop, upgrade};
 
 /// How long connecting to the app may take (HTTP and TCP).
 pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The window of each stream on the h2c app connection: the most of a response the sidecar
+/// holds for a caller that does not read it (beside what the caller's own stream buffers). The
+/// app is on loopback, where a quarter MiB in flight keeps a stream at full speed.
+const APP_STREAM_WINDOW: u32 = 256 * 1024;
 /// Most idle HTTP/1.1 app connections kept for the next inbound connections.
 const MAX_IDLE_APP_CONNS: usize = 64;
 
@@ -74,7 +78,8 @@ pub(crate) struct App {
 impl App {
     pub(crate) fn new(addr: SocketAddr, protocol: AppProtocol, idle_timeout: Duration) -> Self {
         // Loopback: no keep-alive pings; plaintext, so nothing verified can lapse.
-        let h2 = SharedH2::new(idle_timeout, None, Duration::ZERO);
+        let h2 =
+            SharedH2::new(idle_timeout, None, Duration::ZERO).with_stream_window(APP_STREAM_WINDOW);
         let authority = Authority::try_from(addr.to_string())
             .unwrap_or_else(|_| Authority::from_static("127.0.0.1"));
         Self {
