@@ -177,7 +177,12 @@ where
                     Err(frame) => {
                         if let Ok(trailers) = frame.into_trailers() {
                             this.tx.reserve_capacity(0);
-                            let _ = this.tx.send_trailers(trailers);
+                            // Trailers HTTP/2 cannot carry (connection-specific fields) end
+                            // the stream with a reset: without it the peer would wait for the
+                            // end of a body that never comes.
+                            if this.tx.send_trailers(trailers).is_err() {
+                                this.tx.send_reset(Reason::INTERNAL_ERROR);
+                            }
                             return Poll::Ready(());
                         }
                     }

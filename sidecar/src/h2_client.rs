@@ -39,12 +39,13 @@ use crate::lapse::{Validity, Verified};
 
 /// Stream flow-control window offered to the peer (hyper's default).
 const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
-/// Connection flow-control window offered to the peer: the largest HTTP/2 allows, so that it
-/// never binds before the streams' windows do. The connection is shared by many callers, and
-/// a stream's data counts against the connection's window until its caller takes it: with a
-/// window a few streams could fill (hyper's 5 MiB), one caller that stops reading its responses
-/// stalled every caller's stream on the connection. Each stream stays bounded by its own window.
-const CONNECTION_WINDOW: u32 = (1 << 31) - 1;
+/// Connection flow-control window offered to the peer. The connection is shared by many
+/// callers, and a stream's data counts against the connection's window until its caller takes
+/// it: with a window a few streams could fill (hyper's 5 MiB), one caller that stops reading its
+/// responses stalled every caller's stream on the connection. 64 MiB takes 32 unread streams at
+/// [`STREAM_WINDOW`] (256 at the app side's 256 KiB, as many as a peer lets open) and bounds
+/// what the connection may hold unread.
+const CONNECTION_WINDOW: u32 = 64 * 1024 * 1024;
 /// Most request body bytes buffered per stream beyond the peer's window (hyper's default).
 const MAX_SEND_BUFFER: usize = 1024 * 1024;
 /// Largest response header list accepted (hyper's default).

@@ -26,6 +26,12 @@ pub(crate) struct OrigHttp1;
 /// value is the target's authority, which HTTP/2 carries as `:authority`.
 pub(crate) fn mark<B>(req: &mut Request<B>) {
     req.headers_mut().remove(header::HOST);
+    // The only `TE` HTTP/2 carries is `trailers`, in lowercase: the connection-specific header
+    // pass kept a `TE` only when it is that word in some letter case.
+    if req.headers().contains_key(header::TE) {
+        req.headers_mut()
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     req.headers_mut()
         .insert(NAME, HeaderValue::from_static(HTTP1));
     *req.version_mut() = Version::HTTP_2;
@@ -85,6 +91,7 @@ mod tests {
             .version(Version::HTTP_11)
             .uri("https://api.example:8443/x?q=1")
             .header(header::HOST, "api.example:8443")
+            .header(header::TE, "Trailers")
             .header("accept", "*/*")
             .body(())
             .unwrap();
@@ -94,6 +101,7 @@ mod tests {
         assert!(!req.headers().contains_key(header::HOST));
         assert_eq!(req.uri().authority().unwrap(), "api.example:8443");
         assert_eq!(req.headers()["accept"], "*/*");
+        assert_eq!(req.headers()[header::TE], "trailers");
     }
 
     #[test]

@@ -180,9 +180,22 @@ async fn pair_carries_http1_over_h2_and_the_app_gets_http1_from_the_inbound() {
         assert!(body.contains(&format!("URI={WEB_ID}")), "{body}");
         assert!(!body.contains("admin"), "{body}");
     }
+    // Four at once, each on a local connection of its own and held by the app for a while:
+    // still the one connection between the sidecars (HTTP/1.1 would have needed four).
+    let slow = (0..4).map(|_| web.call(false, request("GET", "/slow")));
+    for (status, body) in futures::future::join_all(slow).await {
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(body.starts_with("HTTP/1.1 "), "{body}");
+    }
+    let metrics = f.metrics().await;
+    let full = metrics
+        .lines()
+        .find(|l| l.starts_with("warden_sidecar_tls_handshakes_total{") && l.contains("full"))
+        .unwrap_or_else(|| panic!("no handshake count in {metrics}"));
+    assert!(full.ends_with(" 1"), "{full}");
     // The app saw the caller's `Host` and no mark.
-    assert_eq!(*f.app.last_uri.lock().unwrap(), "/hello");
-    let records = f.decisions(3).await;
+    assert_eq!(*f.app.last_uri.lock().unwrap(), "/slow");
+    let records = f.decisions(7).await;
     for r in &records {
         assert!(
             r.headers
@@ -203,7 +216,7 @@ async fn pair_carries_http1_over_h2_and_the_app_gets_http1_from_the_inbound() {
     let other = Pair::h1_over_h2(&f, OTHER_ID).await;
     let (status, _) = other.call(false, request("GET", "/hello")).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    assert_eq!(f.app.seen(), 3);
+    assert_eq!(f.app.seen(), 7);
 }
 
 #[tokio::test]

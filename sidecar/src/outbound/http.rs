@@ -325,7 +325,11 @@ impl HttpProxy {
         }
         if self.http1_over_h2 {
             crate::orig_proto::mark(&mut req);
-            return self.send_h2(req).await;
+            let mut response = self.send_h2(req).await?;
+            // As an HTTP/1.1 upstream's would be: hyper's server then keeps an HTTP/1.0
+            // client's connection alive (`Connection: keep-alive`) as before.
+            *response.version_mut() = Version::HTTP_11;
+            return Ok(response);
         }
         to_http11_origin_form(&mut req);
         let response = match upstream.send(req, || self.connect_http1(false)).await {

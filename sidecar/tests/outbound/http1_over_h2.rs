@@ -136,3 +136,86 @@ async fn the_default_keeps_local_http1_on_http1_connections() {
     assert_eq!(reply.header("x-orig-proto"), "");
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn an_http10_client_keeps_its_connection_and_te_trailers_passes_in_any_case() {
+    let pki = Pki::new();
+    let upstream = Upstream::http(&pki).await;
+    let proxy = h2_route(&pki, &upstream).await;
+    // HTTP/1.0 with keep-alive: the answer keeps the connection, which the next request reuses.
+    let mut local = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    for _ in 0..2 {
+        let head = raw_exchange(
+            &mut local,
+            "GET / HTTP/1.0\r\nHost: api.internal\r\nConnection: keep-alive\r\n\r\n",
+        )
+        .await;
+        assert!(head.starts_with("HTTP/1.0 200"), "{head}");
+        assert!(
+            head.to_ascii_lowercase().contains("connection: keep-alive"),
+            "{head}"
+        );
+    }
+    // `TE: Trailers` (gRPC-style, another letter case) goes as HTTP/2's `te: trailers`.
+    let mut client = LocalClient::h1(proxy.addr).await;
+    let req = Request::get("/")
+        .header("te", "Trailers")
+        .body(empty())
+        .unwrap();
+    let reply = client.call(proxy.addr, req).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert!(reply.header("x-seen-headers").split(',').any(|n| n == "te"));
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_trailer_http2_cannot_carry_ends_the_request_instead_of_hanging() {
+    let pki = Pki::new();
+    let upstream = Upstream::http(&pki).await;
+    let proxy = h2_route(&pki, &upstream).await;
+    let mut local = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let head = tokio::time::timeout(
+        WAIT,
+        raw_exchange(
+            &mut local,
+            "POST /echo HTTP/1.1\r\nHost: api.internal\r\nTransfer-Encoding: chunked\r\n\
+             Trailer: connection\r\n\r\n4\r\nping\r\n0\r\nconnection: close\r\n\r\n",
+        ),
+    )
+    .await
+    .expect("the request hung");
+    // The upstream never got a whole request: the local client gets the outbound's 502.
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    proxy.stop().await;
+}
+
+/// Writes `request` on `local` and reads the response head (up to the blank line).
+async fn raw_exchange(local: &mut tokio::net::TcpStream, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    local.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(WAIT, local.read(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_ne!(n, 0, "closed after {:?}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    // Skip the body (content-length) so that the next exchange starts clean.
+    if let Some(len) = text
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(str::to_owned)
+        })
+        .and_then(|v| v.trim().parse::<usize>().ok())
+    {
+        let mut body = vec![0u8; len];
+        local.read_exact(&mut body).await.unwrap();
+    }
+    text
+}
