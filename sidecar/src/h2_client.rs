@@ -13,7 +13,12 @@
 //! has closed, or has been idle for longer than `max_idle` (so that a peer with the same idle
 //! timeout does not close it just as a request is written), the next request opens a new one. A
 //! request the old connection could not take (it closed or was told to go away meanwhile) is
-//! sent once more on a new connection. With [`KeepAlive`], the connection pings its peer while
+//! sent once more on a new connection. When every open connection has as many streams in flight
+//! as its peer allows (`SETTINGS_MAX_CONCURRENT_STREAMS`), the next request opens one more, up to
+//! [`MAX_CONNECTIONS`], as Envoy's HTTP/2 pool does, instead of queueing behind the others'
+//! exchanges; requests go to the first connection with room, so the later ones fall idle and
+//! close once the load drops. Past that many, a request waits on the least busy connection for
+//! a stream to end. With [`KeepAlive`], the connection pings its peer while
 //! exchanges are in flight and is dropped when a ping goes unanswered.
 
 use std::any::Any;
@@ -56,10 +61,18 @@ const MAX_HEADER_LIST: u32 = 16 * 1024;
 /// streams in flight goes away, passes that).
 const RESETS_REMEMBERED: usize = 256;
 
+/// Streams assumed allowed on a new connection until its peer's SETTINGS arrive.
+const INITIAL_MAX_STREAMS: usize = 100;
+/// Most connections open at once to one peer: each takes as many concurrent streams as the peer
+/// allows (256 for a Warden inbound, 100 to 250 for most HTTP/2 servers), so 8 carry at least
+/// 800 exchanges before requests queue.
+pub(crate) const MAX_CONNECTIONS: usize = 8;
+
 /// The shared connection.
 #[derive(Debug)]
 pub(crate) struct SharedH2 {
-    current: Mutex<Option<Open>>,
+    /// Open connections, the one taken first first.
+    current: Mutex<Vec<Open>>,
     /// Held while connecting, so that waiting requests share one new connection.
     connecting: tokio::sync::Mutex<()>,
     /// Connection attempts finished, and the last one that failed (its number and the
@@ -160,9 +173,14 @@ impl SharedH2 {
             // verified: no limit.
             .max_local_error_reset_streams(None)
             .max_concurrent_reset_streams(RESETS_REMEMBERED)
+            // Streams a new connection takes before the peer's SETTINGS say how many it allows:
+            // the least RFC 9113 recommends a server allow (and hyper's default), so that a
+            // burst on a new connection spreads over more connections instead of queueing on
+            // it (h2's default is no limit).
+            .initial_max_send_streams(INITIAL_MAX_STREAMS)
             .enable_push(false);
         Self {
-            current: Mutex::new(None),
+            current: Mutex::new(Vec::new()),
             connecting: tokio::sync::Mutex::new(()),
             attempts: AtomicU64::new(0),
             failed: Mutex::new(None),
@@ -274,7 +292,8 @@ impl SharedH2 {
         start(&mut sender, req, state).map_err(H2Error::Http)
     }
 
-    /// Opens a new connection, unless another request opened one while this one waited.
+    /// Opens a new connection, unless another request opened one (or one got room) while this
+    /// one waited.
     async fn connect<D, F, I, E>(
         &self,
         dial: &D,
@@ -320,12 +339,15 @@ impl SharedH2 {
             self.lapse_grace,
             move || closing.closed.store(true, Ordering::Relaxed),
         );
-        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(Open {
-            sender: sender.clone(),
-            state: Arc::clone(&state),
-            last_used: Instant::now(),
-            validity,
-        });
+        self.current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Open {
+                sender: sender.clone(),
+                state: Arc::clone(&state),
+                last_used: Instant::now(),
+                validity,
+            });
         Ok((sender, state))
     }
 
@@ -336,22 +358,48 @@ impl SharedH2 {
         (*attempt > seen).then(|| e.downcast_ref::<E>().cloned())?
     }
 
-    /// The current connection's handle if it is open, was used within `max_idle`, and its
-    /// upstream's credentials still hold (see [`Validity`]); marks it used. Any other is dropped
-    /// (it closes once its streams are done).
+    /// The handle of the first connection that has room for one more stream; when none has
+    /// and [`MAX_CONNECTIONS`] are open, of the one with the fewest streams in flight (the
+    /// request waits there for a stream to end); `None` when a new connection is to be opened.
+    /// Marks the one returned used. Only connections that are open, were used within
+    /// `max_idle`, and whose upstream's credentials still hold (see [`Validity`]) are kept; any
+    /// other is dropped (it closes once its streams are done).
     fn open(&self) -> Option<(SendRequest<Bytes>, Arc<ConnState>)> {
         let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
-        let open = current.as_mut()?;
         let now = Instant::now();
-        if open.state.closed.load(Ordering::Relaxed)
-            || now.duration_since(open.last_used) > self.max_idle
-            || open.validity.as_ref().is_some_and(|v| !v.holds_at(now))
-        {
-            *current = None;
-            return None;
-        }
+        current.retain(|open| open.usable(now, self.max_idle));
+        let open = match current.iter().position(Open::has_room) {
+            Some(i) => current.get_mut(i)?,
+            None if current.len() < MAX_CONNECTIONS => return None,
+            None => current.iter_mut().min_by_key(|open| open.state.streams())?,
+        };
         open.last_used = now;
         Some((open.sender.clone(), Arc::clone(&open.state)))
+    }
+}
+
+// === impl Open ===
+
+impl Open {
+    /// Open, used within `max_idle`, its upstream still verified.
+    fn usable(&self, now: Instant, max_idle: Duration) -> bool {
+        !self.state.closed.load(Ordering::Relaxed)
+            && now.duration_since(self.last_used) <= max_idle
+            && self.validity.as_ref().is_none_or(|v| v.holds_at(now))
+    }
+
+    /// Fewer streams in flight than the peer lets open at once.
+    fn has_room(&self) -> bool {
+        self.state.streams() < self.sender.current_max_send_streams()
+    }
+}
+
+// === impl ConnState ===
+
+impl ConnState {
+    /// Streams this side holds open: exchanges in flight and streams lingering.
+    fn streams(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed) + self.lingering.load(Ordering::Relaxed)
     }
 }
 

@@ -13,6 +13,7 @@ mod support;
 
 mod app_protocol;
 mod app_resets;
+mod app_stream_limit;
 mod flow_control;
 mod grpc;
 mod grpc_bidi;
