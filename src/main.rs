@@ -4,6 +4,7 @@
 mod output;
 
 mod command;
+mod fd_limit;
 mod memory;
 
 use std::process::ExitCode;

@@ -228,3 +228,95 @@ fn each_flag_sets_its_own_key() {
         );
     }
 }
+
+/// The open-files soft and hard limits of process `pid`, from `/proc/<pid>/limits`.
+fn open_files_limits(pid: u32) -> Option<(String, String)> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let mut fields = line.trim_start_matches("Max open files").split_whitespace();
+    Some((fields.next()?.to_owned(), fields.next()?.to_owned()))
+}
+
+/// Starts `warden sidecar run` (no agent behind its socket) after `ulimit` runs `ulimit_args`
+/// in the shell that becomes it; returns its log up to "starting sidecar" and its open-files
+/// limits then.
+fn run_with_ulimit(ulimit_args: &str) -> (String, Option<(String, String)>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("sidecar.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "workload_api_socket = \"unix://{}\"\n\
+             [inbound]\nlisten = \"127.0.0.1:0\"\napp = \"127.0.0.1:8080\"\nservice = \"api\"\n\
+             [policy]\ndir = \"{}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [decision_log]\npath = \"{}\"\n",
+            tmp.path().join("no-agent.sock").display(),
+            policies().display(),
+            tmp.path().join("decisions.log").display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new("bash")
+        .args(["-c", &format!("ulimit {ulimit_args} && exec \"$0\" \"$@\"")])
+        .arg(env!("CARGO_BIN_EXE_warden"))
+        .args(["sidecar", "run", "--config"])
+        .arg(&config)
+        .env_remove("SPIFFE_ENDPOINT_SOCKET")
+        .env_remove("WARDEN_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The log, line by line, until the sidecar says it is starting (after the limit is set).
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(stderr).map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut log = String::new();
+    while !log.contains("starting sidecar") {
+        match rx.recv_timeout(std::time::Duration::from_secs(20)) {
+            Ok(line) => log.push_str(&(line + "\n")),
+            Err(_) => break,
+        }
+    }
+    let seen = open_files_limits(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(log.contains("starting sidecar"), "{log}");
+    (log, seen)
+}
+
+/// Started with a soft open-files limit of 256 (systemd's and containerd 2's default is 1024),
+/// the sidecar raises it to the hard limit before it serves.
+#[test]
+fn run_raises_the_open_files_soft_limit_to_the_hard_limit() {
+    let hard = open_files_limits(std::process::id()).unwrap().1;
+    let (log, seen) = run_with_ulimit("-Sn 256");
+    assert_eq!(seen, Some((hard.clone(), hard.clone())), "{log}");
+    assert!(
+        log.contains("raised the open-files limit (RLIMIT_NOFILE) to its hard limit")
+            && log.contains("from=256"),
+        "{log}"
+    );
+}
+
+/// A hard limit below what `limits.max_connections` may need is named in a warning, with the
+/// number needed and where to raise it.
+#[test]
+fn run_warns_when_the_hard_open_files_limit_is_below_what_max_connections_needs() {
+    let (log, seen) = run_with_ulimit("-n 300");
+    assert_eq!(seen, Some(("300".to_owned(), "300".to_owned())), "{log}");
+    assert!(
+        log.contains(
+            "the open-files limit (RLIMIT_NOFILE) is 300, below the 20256 that \
+             limits.max_connections = 10000 may need"
+        ) && log.contains("LimitNOFILE="),
+        "{log}"
+    );
+    assert!(!log.contains("raised the open-files limit"), "{log}");
+}

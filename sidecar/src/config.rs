@@ -308,6 +308,11 @@ impl Config {
         })
     }
 
+    /// Most concurrent inbound connections (`limits.max_connections`).
+    pub fn max_connections(&self) -> usize {
+        self.limits.max_connections
+    }
+
     /// Tokio worker threads (0 = one per core).
     pub fn worker_threads(&self) -> usize {
         self.worker_threads

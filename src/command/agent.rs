@@ -81,6 +81,7 @@ pub(crate) fn run(cmd: AgentCommand) -> anyhow::Result<Exit> {
 fn run_agent(args: RunArgs) -> anyhow::Result<Exit> {
     use warden_node_agent::{Config, RawConfig};
     super::init_tracing();
+    crate::fd_limit::raise_for(0, "the agent");
     let file = match &args.config {
         Some(path) => match RawConfig::from_file(path) {
             Ok(raw) => raw,

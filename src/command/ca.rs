@@ -162,6 +162,7 @@ fn init(args: InitArgs) -> anyhow::Result<Exit> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
+    crate::fd_limit::raise_for(0, "the CA");
     let flags = RawConfig {
         data_dir: args.data_dir,
         listen: args.listen,

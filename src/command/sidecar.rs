@@ -177,6 +177,13 @@ fn run_sidecar(args: RunArgs) -> anyhow::Result<Exit> {
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
+    // Each inbound connection may hold an app connection beside it; the rest is headroom for the
+    // outbound routes, the admin listener, the decision log and the Workload API.
+    let max_connections = config.max_connections() as u64;
+    crate::fd_limit::raise_for(
+        max_connections.saturating_mul(2).saturating_add(256),
+        &format!("limits.max_connections = {max_connections}"),
+    );
     // One worker: a current-thread runtime (no work-stealing, no cross-thread wake-ups).
     let mut builder = match config.worker_threads() {
         1 => tokio::runtime::Builder::new_current_thread(),
