@@ -314,7 +314,8 @@ fn run_warns_when_the_hard_open_files_limit_is_below_what_max_connections_needs(
     assert!(
         log.contains(
             "the open-files limit (RLIMIT_NOFILE) is 300, below the 20256 that \
-             limits.max_connections = 10000 may need"
+             limits.max_connections = 10000 on 1 listener(s), two descriptors per connection, \
+             may need"
         ) && log.contains("LimitNOFILE="),
         "{log}"
     );

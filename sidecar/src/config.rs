@@ -313,6 +313,11 @@ impl Config {
         self.limits.max_connections
     }
 
+    /// How many `[[outbound]]` routes there are.
+    pub fn outbound_routes(&self) -> usize {
+        self.outbound.len()
+    }
+
     /// Tokio worker threads (0 = one per core).
     pub fn worker_threads(&self) -> usize {
         self.worker_threads

@@ -275,12 +275,26 @@ impl SharedH2 {
     {
         let mut retried = false;
         let (mut sender, state) = loop {
-            let (sender, state) = match self.open() {
-                Some(open) => open,
-                None => self.connect(dial).await?,
+            let (sender, state, dialed) = match self.open() {
+                Some((sender, state)) => (sender, state, false),
+                None => match self.connect(dial).await {
+                    Ok((sender, state)) => (sender, state, true),
+                    // Opening one more beside full ones failed (or the attempt this request
+                    // waited for did): wait for a stream on the least busy open one instead.
+                    Err(e) => match self.least_busy() {
+                        Some((sender, state)) => (sender, state, false),
+                        None => return Err(e),
+                    },
+                },
             };
             match sender.ready().await {
                 Ok(sender) => break (sender, state),
+                // A pooled connection that closed or was told to go away meanwhile: the next
+                // pass leaves it out (so this ends), and the one retry is kept for a new one.
+                Err(e) if !dialed => {
+                    state.closed.store(true, Ordering::Relaxed);
+                    tracing::debug!(error = %e, "pooled h2 connection closed before the request was sent");
+                }
                 Err(e) if !retried => {
                     state.closed.store(true, Ordering::Relaxed);
                     tracing::debug!(error = %e, "h2 connection closed before the request was sent; reconnecting");
@@ -365,12 +379,23 @@ impl SharedH2 {
     /// `max_idle`, and whose upstream's credentials still hold (see [`Validity`]) are kept; any
     /// other is dropped (it closes once its streams are done).
     fn open(&self) -> Option<(SendRequest<Bytes>, Arc<ConnState>)> {
+        self.checkout(false)
+    }
+
+    /// The first connection with room, else the one with the fewest streams in flight, however
+    /// many are open (`None`: none is).
+    fn least_busy(&self) -> Option<(SendRequest<Bytes>, Arc<ConnState>)> {
+        self.checkout(true)
+    }
+
+    /// [`Self::open`], or with `any` [`Self::least_busy`].
+    fn checkout(&self, any: bool) -> Option<(SendRequest<Bytes>, Arc<ConnState>)> {
         let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
         current.retain(|open| open.usable(now, self.max_idle));
         let open = match current.iter().position(Open::has_room) {
             Some(i) => current.get_mut(i)?,
-            None if current.len() < MAX_CONNECTIONS => return None,
+            None if !any && current.len() < MAX_CONNECTIONS => return None,
             None => current.iter_mut().min_by_key(|open| open.state.streams())?,
         };
         open.last_used = now;
@@ -381,10 +406,11 @@ impl SharedH2 {
 // === impl Open ===
 
 impl Open {
-    /// Open, used within `max_idle`, its upstream still verified.
+    /// Open, carrying streams or used within `max_idle`, its upstream still verified. (A full
+    /// connection is not picked, so its `last_used` ages while its streams run.)
     fn usable(&self, now: Instant, max_idle: Duration) -> bool {
         !self.state.closed.load(Ordering::Relaxed)
-            && now.duration_since(self.last_used) <= max_idle
+            && (self.state.streams() > 0 || now.duration_since(self.last_used) <= max_idle)
             && self.validity.as_ref().is_none_or(|v| v.holds_at(now))
     }
 

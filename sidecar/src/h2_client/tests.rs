@@ -2,6 +2,7 @@
 //! more connections are opened when the peer's stream limit is reached.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -89,45 +90,101 @@ async fn young_requests_given_up_on_linger_up_to_the_cap_and_for_at_most_a_secon
     assert_eq!(state.lingering.load(Ordering::Relaxed), 0);
 }
 
+/// What the test tells [`limited_server`]: which held requests to answer, and when to send
+/// every connection a GOAWAY.
+#[derive(Default)]
+struct Control {
+    /// Paths to answer; `None` once every request is to be answered.
+    answer: std::sync::Mutex<Option<std::collections::HashSet<String>>>,
+    changed: tokio::sync::Notify,
+    goaway: tokio::sync::Notify,
+}
+
+impl Control {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            answer: std::sync::Mutex::new(Some(Default::default())),
+            ..Self::default()
+        })
+    }
+
+    /// Answers the held request for `path`.
+    fn answer(&self, path: &str) {
+        if let Some(paths) = self.answer.lock().unwrap().as_mut() {
+            paths.insert(path.to_owned());
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Answers every request, held or to come.
+    fn answer_all(&self) {
+        *self.answer.lock().unwrap() = None;
+        self.changed.notify_waiters();
+    }
+
+    async fn answered(&self, path: &str) {
+        loop {
+            let changed = self.changed.notified();
+            match self.answer.lock().unwrap().as_ref() {
+                None => return,
+                Some(paths) if paths.contains(path) => return,
+                Some(_) => {}
+            }
+            changed.await;
+        }
+    }
+}
+
 /// An h2c server on loopback that lets each connection open `max_streams` streams at once,
 /// numbers its connections in the order accepted, reports each request as (connection, path)
-/// and answers it only when `release` is signalled (one answer per signal).
+/// and answers it when `Control` says so.
 async fn limited_server(
     max_streams: u32,
 ) -> (
     std::net::SocketAddr,
     mpsc::UnboundedReceiver<(usize, String)>,
-    Arc<tokio::sync::Semaphore>,
+    Arc<Control>,
 ) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (seen_tx, seen) = mpsc::unbounded_channel();
-    let release = Arc::new(tokio::sync::Semaphore::new(0));
-    let held = Arc::clone(&release);
+    let control = Control::new();
+    let ctl = Arc::clone(&control);
     tokio::spawn(async move {
         for n in 0.. {
             let Ok((io, _)) = listener.accept().await else {
                 return;
             };
-            let (seen_tx, held) = (seen_tx.clone(), Arc::clone(&held));
+            let (seen_tx, ctl) = (seen_tx.clone(), Arc::clone(&ctl));
             tokio::spawn(async move {
                 let mut conn = h2::server::Builder::new()
                     .max_concurrent_streams(max_streams)
                     .handshake::<_, Bytes>(io)
                     .await
                     .unwrap();
-                while let Some(Ok((req, mut respond))) = conn.accept().await {
-                    let _ = seen_tx.send((n, req.uri().path().to_owned()));
-                    let held = Arc::clone(&held);
+                loop {
+                    let (req, mut respond) = tokio::select! {
+                        accepted = conn.accept() => match accepted {
+                            Some(Ok(stream)) => stream,
+                            _ => return,
+                        },
+                        () = ctl.goaway.notified() => {
+                            conn.graceful_shutdown();
+                            continue;
+                        }
+                    };
+                    let path = req.uri().path().to_owned();
+                    let _ = seen_tx.send((n, path.clone()));
+                    let ctl = Arc::clone(&ctl);
                     tokio::spawn(async move {
-                        held.acquire().await.unwrap().forget();
+                        ctl.answered(&path).await;
                         let _ = respond.send_response(Response::new(()), true);
                     });
                 }
             });
         }
     });
-    (addr, seen, release)
+    (addr, seen, control)
 }
 
 /// The next request the server saw, within 10 s.
@@ -196,12 +253,11 @@ async fn a_connection_at_its_peers_stream_limit_gets_a_second_one_beside_it() {
     }
     // All five reached the server while none was answered: 2 + 2 + 1 on three connections.
     assert_eq!(conns, [0, 0, 1, 1, 2]);
-    release.add_permits(5);
+    release.answer_all();
     for answer in answers {
         assert_eq!(answer.await.unwrap(), http::StatusCode::OK);
     }
     // Idle again: the next request takes the first connection.
-    release.add_permits(1);
     let (conn, answer) = send_held(&shared, addr, &mut seen, "/after".to_owned()).await;
     assert_eq!(conn, 0);
     assert_eq!(answer.await.unwrap(), http::StatusCode::OK);
@@ -238,7 +294,7 @@ async fn past_the_most_connections_a_request_waits_for_a_stream() {
     // The two past the limit wait: the server sees nothing more until a stream ends.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(seen.try_recv().is_err(), "a request went past the limit");
-    release.add_permits(MAX_CONNECTIONS + 2);
+    release.answer_all();
     for _ in 0..2 {
         let (conn, path) = next_seen(&mut seen).await;
         assert!(path.starts_with("/waits/"), "{path}");
@@ -250,4 +306,116 @@ async fn past_the_most_connections_a_request_waits_for_a_stream() {
     for answer in answers {
         assert_eq!(answer.await.unwrap(), http::StatusCode::OK);
     }
+}
+
+/// When opening one more connection beside full ones fails, the request waits for a stream on
+/// an open one instead of failing.
+#[tokio::test]
+async fn a_failed_extra_connection_leaves_the_request_waiting_on_an_open_one() {
+    let (addr, mut seen, control) = limited_server(1).await;
+    let shared = Arc::new(SharedH2::new(
+        Duration::from_secs(60),
+        None,
+        Duration::from_secs(1),
+    ));
+    let (_, first) = send_held(&shared, addr, &mut seen, "/held".to_owned()).await;
+    settled(&shared, 1).await;
+    // Every dial after the first fails.
+    let refused = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&refused);
+    let dial = move || {
+        count.fetch_add(1, Ordering::Relaxed);
+        async move { Err::<TcpStream, _>("refused".to_owned()) }
+    };
+    let waiting = tokio::spawn({
+        let shared = Arc::clone(&shared);
+        async move { shared.send(get("/waits"), dial).await.map(|r| r.status()) }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        refused.load(Ordering::Relaxed),
+        1,
+        "one more connection was tried"
+    );
+    assert!(seen.try_recv().is_err(), "the stream limit was passed");
+    control.answer("/held");
+    assert_eq!(next_seen(&mut seen).await, (0, "/waits".to_owned()));
+    control.answer_all();
+    assert_eq!(first.await.unwrap(), http::StatusCode::OK);
+    let answer = tokio::time::timeout(Duration::from_secs(10), waiting).await;
+    assert_eq!(answer.unwrap().unwrap().unwrap(), http::StatusCode::OK);
+}
+
+/// Pooled connections told to go away (streams still running on them) are each left out as
+/// the request finds them, and the request goes on a new connection: they do not use up its
+/// one retry.
+#[tokio::test]
+async fn connections_that_were_told_to_go_away_are_skipped_not_retried_into_an_error() {
+    let (addr, mut seen, control) = limited_server(2).await;
+    let shared = Arc::new(SharedH2::new(
+        Duration::from_secs(60),
+        None,
+        Duration::from_secs(1),
+    ));
+    let mut answers = Vec::new();
+    for path in ["/a0", "/a1", "/b0", "/b1", "/c0", "/c1"] {
+        answers.push(send_held(&shared, addr, &mut seen, path.to_owned()).await);
+        settled(&shared, 2).await;
+    }
+    let conns: Vec<usize> = answers.iter().map(|(conn, _)| *conn).collect();
+    assert_eq!(conns, [0, 0, 1, 1, 2, 2]);
+    let mut held = Vec::new();
+    // One stream ends on each: three connections with room, each still carrying a stream.
+    for (n, (_, answer)) in answers.into_iter().enumerate() {
+        if n % 2 == 1 {
+            control.answer(["/a1", "/b1", "/c1"][n / 2]);
+            assert_eq!(answer.await.unwrap(), http::StatusCode::OK);
+        } else {
+            held.push(answer);
+        }
+    }
+    // The server tells every connection to go away; wait until the client has read it.
+    control.goaway.notify_waiters();
+    let senders: Vec<SendRequest<Bytes>> = {
+        let current = shared.current.lock().unwrap();
+        current.iter().map(|open| open.sender.clone()).collect()
+    };
+    assert_eq!(senders.len(), 3);
+    for mut sender in senders {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut cx = Context::from_waker(Waker::noop());
+        while matches!(sender.poll_ready(&mut cx), Poll::Ready(Ok(()))) {
+            assert!(Instant::now() < deadline, "GOAWAY not read");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let (conn, answer) = send_held(&shared, addr, &mut seen, "/new".to_owned()).await;
+    assert_eq!(conn, 3, "a new connection");
+    control.answer_all();
+    assert_eq!(answer.await.unwrap(), http::StatusCode::OK);
+    for answer in held {
+        assert_eq!(answer.await.unwrap(), http::StatusCode::OK);
+    }
+}
+
+/// A connection whose streams run for longer than `max_idle` is busy, not idle: it stays in the
+/// pool (counted against `MAX_CONNECTIONS`) while a new one is opened beside it.
+#[tokio::test]
+async fn a_full_connection_with_long_streams_stays_in_the_pool() {
+    let (addr, mut seen, control) = limited_server(1).await;
+    let max_idle = Duration::from_millis(100);
+    let shared = Arc::new(SharedH2::new(max_idle, None, Duration::from_secs(1)));
+    let (_, first) = send_held(&shared, addr, &mut seen, "/long".to_owned()).await;
+    settled(&shared, 1).await;
+    tokio::time::sleep(max_idle * 3).await;
+    let (conn, second) = send_held(&shared, addr, &mut seen, "/next".to_owned()).await;
+    assert_eq!(conn, 1);
+    assert_eq!(
+        shared.current.lock().unwrap().len(),
+        2,
+        "the busy one was dropped"
+    );
+    control.answer_all();
+    assert_eq!(first.await.unwrap(), http::StatusCode::OK);
+    assert_eq!(second.await.unwrap(), http::StatusCode::OK);
 }

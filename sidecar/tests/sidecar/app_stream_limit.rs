@@ -109,7 +109,8 @@ async fn callers_past_the_apps_stream_limit_get_more_app_connections_not_a_queue
         tokio::time::timeout(WAIT, arrived)
             .await
             .unwrap_or_else(|_| panic!("request {n} did not reach the app"));
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Time for the inbound to read a new app connection's SETTINGS (already on the wire).
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     for answer in answers {
         let (status, _, body) = tokio::time::timeout(WAIT, answer)
