@@ -19,7 +19,7 @@ RATE=${RATE:-1000}       # requests/s for the fixed-rate latency runs
 RESULTS=${RESULTS:-/tmp/warden-bench-$(date -u +%Y%m%dT%H%M%SZ)}
 KEEP=${KEEP:-0}          # 1: keep the work dir (configs, logs, PKI) after the run
 HOLD=${HOLD:-0}          # 1: start everything, run the sanity checks, then wait (for profiling)
-OWN_SESSION=${OWN_SESSION:-1} # 1: each Warden sidecar and relay in its own session (see below)
+OWN_SESSION=${OWN_SESSION:-1} # 1: each Warden sidecar, relay and Envoy in its own session (see below)
 # How the outbound's HTTP/1.1 listener sends requests to the inbound: `h2` (its one HTTP/2
 # connection, as `warden up` sets it between sidecars) or `http1` (a connection per local one).
 HTTP1_UPSTREAM=${HTTP1_UPSTREAM:-h2}
@@ -150,10 +150,20 @@ chmod -R u+w "$W/peers"
 rm -rf "$W/peers/results" "$W/peers/pki" "$W/peers"/*.pid
 mkdir -p "$W/peers/backend/target/release"
 cp "$BACKEND_BIN" "$W/peers/backend/target/release/backend"
-(cd "$W/peers" && ENVOY=$ENVOY ./up.sh) > "$W/peers-up.log" 2>&1 || { cat "$W/peers-up.log" >&2; die "the peers' up.sh failed"; }
+# The kit's HAProxy, nginx and stunnel daemonize (each calls setsid); its up.sh starts Envoy as
+# a background job of its own shell, in the script's session. With OWN_SESSION=1 Envoy gets a
+# session of its own too, through a wrapper that execs it under setsid(1) (not a group leader
+# there either, so the pid up.sh records is Envoy's).
+ENVOY_RUN=$ENVOY
+if [ "$OWN_SESSION" = 1 ]; then
+  ENVOY_RUN=$W/envoy-own-session
+  printf '#!/bin/sh\nexec setsid "%s" "$@"\n' "$ENVOY" > "$ENVOY_RUN"
+  chmod +x "$ENVOY_RUN"
+fi
+(cd "$W/peers" && ENVOY=$ENVOY_RUN ./up.sh) > "$W/peers-up.log" 2>&1 || { cat "$W/peers-up.log" >&2; die "the peers' up.sh failed"; }
 cat "$W/peers-up.log" >&2
 [ "$(grep -c ' 200' "$W/peers-up.log")" -ge 7 ] || die "a peer path does not answer 200 (see above)"
-echo "(cd PEERS_COPY && ENVOY=$ENVOY ./up.sh)" >> "$RESULTS/commands.txt"
+echo "(cd PEERS_COPY && ENVOY=$ENVOY_RUN ./up.sh)  # ENVOY_RUN: $(cat "$ENVOY_RUN" 2>/dev/null | tail -1)" >> "$RESULTS/commands.txt"
 
 # ---- the Warden mesh: CA, agent, entries, policies, two sidecars ---------------------------------
 read -r P_CA P_CAHTTP P_AGENT P_IN P_OUT1 P_OUT2 P_ADM_IN P_ADM_OUT P_RELAY1 P_RELAY2 < <(free_ports 10)
@@ -282,7 +292,8 @@ start_proxy relay-out haproxy -db -f "$M/relay-out.cfg"
 PID_RELAY_OUT=$!
 wait_for "the relay floor (two HAProxy tcp relays)" 10 curl -sf -m 2 -o /dev/null "http://127.0.0.1:$P_RELAY1/"
 if [ "$OWN_SESSION" = 1 ]; then
-  for p in "$PID_IN" "$PID_OUT" "$PID_RELAY_IN" "$PID_RELAY_OUT"; do
+  for p in "$PID_IN" "$PID_OUT" "$PID_RELAY_IN" "$PID_RELAY_OUT" \
+    "$(cat "$W/peers/envoy-in.pid")" "$(cat "$W/peers/envoy-out.pid")"; do
     [ "$(ps -o sid= -p "$p" | tr -d ' ')" = "$p" ] || die "process $p is not in a session of its own (OWN_SESSION=1)"
   done
 fi

@@ -340,7 +340,7 @@ impl SharedH2 {
         };
         let validity = io.validity();
         let (sender, connection) = self
-            .builder
+            .builder_for_next()
             .handshake::<_, Bytes>(io)
             .await
             .map_err(H2Error::Http)?;
@@ -363,6 +363,28 @@ impl SharedH2 {
                 validity,
             });
         Ok((sender, state))
+    }
+
+    /// The builder for a new connection. Beside open ones (the same peer), the new one takes as
+    /// many streams as theirs until its own SETTINGS arrive: a request burst on it then stays
+    /// within a limit below [`INITIAL_MAX_STREAMS`] instead of being refused (`REFUSED_STREAM`)
+    /// past it.
+    fn builder_for_next(&self) -> std::borrow::Cow<'_, h2::client::Builder> {
+        let learned = {
+            let current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+            current
+                .iter()
+                .map(|open| open.sender.current_max_send_streams())
+                .min()
+        };
+        match learned {
+            None => std::borrow::Cow::Borrowed(&self.builder),
+            Some(streams) => {
+                let mut builder = self.builder.clone();
+                builder.initial_max_send_streams(streams);
+                std::borrow::Cow::Owned(builder)
+            }
+        }
     }
 
     /// The error of an attempt that finished after `seen` attempts had, if it failed.

@@ -195,6 +195,26 @@ async fn next_seen(seen: &mut mpsc::UnboundedReceiver<(usize, String)>) -> (usiz
         .unwrap()
 }
 
+/// A shared connection pool as the tests use it: idle for a minute, no pings.
+fn pool() -> Arc<SharedH2> {
+    Arc::new(SharedH2::new(
+        Duration::from_secs(60),
+        None,
+        Duration::from_secs(1),
+    ))
+}
+
+/// Sends `path` on `shared` (dialing `addr`) in a task of its own; the task gets the status.
+fn spawn_send(
+    shared: &Arc<SharedH2>,
+    addr: std::net::SocketAddr,
+    path: String,
+) -> tokio::task::JoinHandle<http::StatusCode> {
+    let dial = move || async move { TcpStream::connect(addr).await.map_err(|e| e.to_string()) };
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move { shared.send(get(&path), dial).await.unwrap().status() })
+}
+
 /// Sends `path` in a task of its own; returns once the server has seen it, with the
 /// connection it came on and the task that gets its answer.
 async fn send_held(
@@ -203,10 +223,7 @@ async fn send_held(
     seen: &mut mpsc::UnboundedReceiver<(usize, String)>,
     path: String,
 ) -> (usize, tokio::task::JoinHandle<http::StatusCode>) {
-    let dial = move || async move { TcpStream::connect(addr).await.map_err(|e| e.to_string()) };
-    let shared = Arc::clone(shared);
-    let sent = path.clone();
-    let answer = tokio::spawn(async move { shared.send(get(&sent), dial).await.unwrap().status() });
+    let answer = spawn_send(shared, addr, path.clone());
     let (conn, got) = next_seen(seen).await;
     assert_eq!(got, path);
     (conn, answer)
@@ -238,11 +255,7 @@ async fn settled(shared: &SharedH2, limit: usize) {
 #[tokio::test]
 async fn a_connection_at_its_peers_stream_limit_gets_a_second_one_beside_it() {
     let (addr, mut seen, release) = limited_server(2).await;
-    let shared = Arc::new(SharedH2::new(
-        Duration::from_secs(60),
-        None,
-        Duration::from_secs(1),
-    ));
+    let shared = pool();
     let mut conns = Vec::new();
     let mut answers = Vec::new();
     for n in 0..5 {
@@ -268,11 +281,7 @@ async fn a_connection_at_its_peers_stream_limit_gets_a_second_one_beside_it() {
 #[tokio::test]
 async fn past_the_most_connections_a_request_waits_for_a_stream() {
     let (addr, mut seen, release) = limited_server(1).await;
-    let shared = Arc::new(SharedH2::new(
-        Duration::from_secs(60),
-        None,
-        Duration::from_secs(1),
-    ));
+    let shared = pool();
     let mut answers = Vec::new();
     for n in 0..MAX_CONNECTIONS {
         let (conn, answer) = send_held(&shared, addr, &mut seen, format!("/held/{n}")).await;
@@ -280,16 +289,8 @@ async fn past_the_most_connections_a_request_waits_for_a_stream() {
         answers.push(answer);
         settled(&shared, 1).await;
     }
-    let dial = move || async move { TcpStream::connect(addr).await.map_err(|e| e.to_string()) };
     for n in 0..2 {
-        let shared = Arc::clone(&shared);
-        answers.push(tokio::spawn(async move {
-            shared
-                .send(get(&format!("/waits/{n}")), dial)
-                .await
-                .unwrap()
-                .status()
-        }));
+        answers.push(spawn_send(&shared, addr, format!("/waits/{n}")));
     }
     // The two past the limit wait: the server sees nothing more until a stream ends.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -313,11 +314,7 @@ async fn past_the_most_connections_a_request_waits_for_a_stream() {
 #[tokio::test]
 async fn a_failed_extra_connection_leaves_the_request_waiting_on_an_open_one() {
     let (addr, mut seen, control) = limited_server(1).await;
-    let shared = Arc::new(SharedH2::new(
-        Duration::from_secs(60),
-        None,
-        Duration::from_secs(1),
-    ));
+    let shared = pool();
     let (_, first) = send_held(&shared, addr, &mut seen, "/held".to_owned()).await;
     settled(&shared, 1).await;
     // Every dial after the first fails.
@@ -352,11 +349,7 @@ async fn a_failed_extra_connection_leaves_the_request_waiting_on_an_open_one() {
 #[tokio::test]
 async fn connections_that_were_told_to_go_away_are_skipped_not_retried_into_an_error() {
     let (addr, mut seen, control) = limited_server(2).await;
-    let shared = Arc::new(SharedH2::new(
-        Duration::from_secs(60),
-        None,
-        Duration::from_secs(1),
-    ));
+    let shared = pool();
     let mut answers = Vec::new();
     for path in ["/a0", "/a1", "/b0", "/b1", "/c0", "/c1"] {
         answers.push(send_held(&shared, addr, &mut seen, path.to_owned()).await);
@@ -418,4 +411,36 @@ async fn a_full_connection_with_long_streams_stays_in_the_pool() {
     control.answer_all();
     assert_eq!(first.await.unwrap(), http::StatusCode::OK);
     assert_eq!(second.await.unwrap(), http::StatusCode::OK);
+}
+
+/// A further connection to the same peer takes no more streams than the open ones learned the
+/// peer allows, even before its own SETTINGS arrive: a burst on it spreads over more
+/// connections instead of being refused past the limit.
+#[tokio::test]
+async fn a_burst_on_a_new_connection_keeps_to_the_limit_the_open_ones_learned() {
+    let (addr, mut seen, control) = limited_server(2).await;
+    let shared = pool();
+    let mut answers = Vec::new();
+    for n in 0..2 {
+        answers.push(
+            send_held(&shared, addr, &mut seen, format!("/held/{n}"))
+                .await
+                .1,
+        );
+    }
+    settled(&shared, 2).await;
+    // Three at once: the first opens a connection, the other two wait for it, then go.
+    for n in 2..5 {
+        answers.push(spawn_send(&shared, addr, format!("/held/{n}")));
+    }
+    let mut per_connection = [0; 3];
+    for _ in 2..5 {
+        per_connection[next_seen(&mut seen).await.0] += 1;
+    }
+    // Two on the new connection (the limit the first one learned), one on a third.
+    assert_eq!(per_connection, [0, 2, 1]);
+    control.answer_all();
+    for answer in answers {
+        assert_eq!(answer.await.unwrap(), http::StatusCode::OK);
+    }
 }

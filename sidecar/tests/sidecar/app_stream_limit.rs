@@ -89,29 +89,31 @@ async fn callers_past_the_apps_stream_limit_get_more_app_connections_not_a_queue
         ..Options::default()
     })
     .await;
-    // One at a time, each once the one before has reached the app: a new app connection
-    // learns the app's limit from its SETTINGS (sent before the app reads a request), and
-    // until then takes up to 100 streams, as hyper's client does.
+    // The first alone: the first app connection learns the app's limit from its SETTINGS
+    // (sent before the app reads a request; until then it takes up to 100 streams, as hyper's
+    // client does). Further connections start from the limit it learned.
     let config = f.client(WEB_ID).config;
-    let mut answers = Vec::new();
-    for n in 0..REQUESTS {
+    let send = |n: usize| {
         let (config, inbound) = (Arc::clone(&config), f.inbound);
-        answers.push(tokio::spawn(async move {
+        tokio::spawn(async move {
             Client { config }
                 .request(inbound, get_h2(&format!("/held/{n}")))
                 .await
-        }));
-        let arrived = async {
-            while app.most_at_once.load(Ordering::SeqCst) < (n + 1).min(REQUESTS - 1) {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        };
-        tokio::time::timeout(WAIT, arrived)
-            .await
-            .unwrap_or_else(|_| panic!("request {n} did not reach the app"));
-        // Time for the inbound to read a new app connection's SETTINGS (already on the wire).
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        })
+    };
+    let mut answers = vec![send(0)];
+    let arrived = async {
+        while app.most_at_once.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::time::timeout(WAIT, arrived)
+        .await
+        .expect("the first request reaches the app");
+    // Time for the inbound to read the app's SETTINGS (already on the wire).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The rest at once.
+    answers.extend((1..REQUESTS).map(send));
     for answer in answers {
         let (status, _, body) = tokio::time::timeout(WAIT, answer)
             .await
