@@ -187,11 +187,7 @@ async fn pair_carries_http1_over_h2_and_the_app_gets_http1_from_the_inbound() {
         assert_eq!(status, StatusCode::OK, "{body}");
         assert!(body.starts_with("HTTP/1.1 "), "{body}");
     }
-    let metrics = f.metrics().await;
-    let full = metrics
-        .lines()
-        .find(|l| l.starts_with("warden_sidecar_tls_handshakes_total{") && l.contains("full"))
-        .unwrap_or_else(|| panic!("no handshake count in {metrics}"));
+    let full = full_handshakes(&f).await;
     assert!(full.ends_with(" 1"), "{full}");
     // The app saw the caller's `Host` and no mark.
     assert_eq!(*f.app.last_uri.lock().unwrap(), "/slow");
@@ -217,6 +213,43 @@ async fn pair_carries_http1_over_h2_and_the_app_gets_http1_from_the_inbound() {
     let (status, _) = other.call(false, request("GET", "/hello")).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(f.app.seen(), 7);
+}
+
+/// The inbound's full TLS handshakes so far (its metrics).
+async fn full_handshakes(f: &Fixture) -> String {
+    let metrics = f.metrics().await;
+    metrics
+        .lines()
+        .find(|l| l.starts_with("warden_sidecar_tls_handshakes_total{") && l.contains("full"))
+        .unwrap_or_else(|| panic!("no handshake count in {metrics}"))
+        .to_owned()
+}
+
+/// More exchanges at once than the inbound lets one connection carry (256 streams): the
+/// outbound opens a second connection beside the first instead of queueing the rest.
+#[tokio::test]
+async fn pair_past_the_inbounds_stream_limit_opens_a_second_connection_between_the_sidecars() {
+    const AT_ONCE: usize = 260;
+    let f = Fixture::start(Options::default()).await;
+    let web = Pair::h1_over_h2(&f, WEB_ID).await;
+    // The first connection, and the inbound's SETTINGS on it.
+    let (status, body) = web.call(false, request("GET", "/hello")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(full_handshakes(&f).await.ends_with(" 1"));
+    // Each held at the app until all are there at once.
+    let path = format!("/barrier/{AT_ONCE}");
+    let held = (0..AT_ONCE).map(|_| web.call(false, request("GET", &path)));
+    for (status, body) in futures::future::join_all(held).await {
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    assert_eq!(
+        f.app.barrier_most(),
+        AT_ONCE,
+        "some waited behind the others"
+    );
+    let full = full_handshakes(&f).await;
+    assert!(full.ends_with(" 2"), "{full}");
+    assert_eq!(f.app.seen(), AT_ONCE + 1);
 }
 
 #[tokio::test]

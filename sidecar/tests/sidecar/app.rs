@@ -17,8 +17,10 @@ use tokio::net::TcpListener;
 /// `x-seen-uri`; a path under `/close` is answered with `connection: close` (HTTP/1.1), or
 /// followed by a graceful shutdown of the connection (HTTP/2: GOAWAY), so the app closes that
 /// connection after the response; a path under `/slow` is answered after [`SLOW`], and counted
-/// in `cancelled` if the request is dropped before that. A request with `upgrade: echo` switches
-/// to the echo protocol ([`upgrade_to_echo`]).
+/// in `cancelled` if the request is dropped before that; a path `/barrier/<n>` is answered once
+/// `n` such requests are at the app at once (or after [`BARRIER_WAIT`]), the most at once kept
+/// in `barrier_most`. A request with `upgrade: echo` switches to the echo protocol
+/// ([`upgrade_to_echo`]).
 pub(crate) struct App {
     pub(crate) addr: SocketAddr,
     pub(crate) count: Arc<AtomicUsize>,
@@ -26,6 +28,39 @@ pub(crate) struct App {
     pub(crate) cancelled: Arc<AtomicUsize>,
     /// The URI of the last request the app got (as it got it: with the authority over h2c).
     pub(crate) last_uri: Arc<std::sync::Mutex<String>>,
+    #[allow(
+        dead_code,
+        reason = "read by the outbound_pair test binary, not by this one"
+    )]
+    barrier: Arc<Barrier>,
+}
+
+/// The `/barrier/<n>` requests at the app now, and the most there were at once.
+#[derive(Default)]
+struct Barrier {
+    now: AtomicUsize,
+    most: AtomicUsize,
+    reached: tokio::sync::Notify,
+}
+
+/// The longest a `/barrier/<n>` request waits for the others.
+pub(crate) const BARRIER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Barrier {
+    /// Waits until `n` are here at once (or [`BARRIER_WAIT`]).
+    async fn wait_for(&self, n: usize) {
+        let reached = self.reached.notified();
+        tokio::pin!(reached);
+        reached.as_mut().enable();
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(now, Ordering::SeqCst);
+        if now >= n {
+            self.reached.notify_waiters();
+        } else {
+            let _ = tokio::time::timeout(BARRIER_WAIT, reached).await;
+        }
+        self.now.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// How long `/slow` takes.
@@ -84,6 +119,8 @@ impl App {
         let connections = Arc::new(AtomicUsize::new(0));
         let cancelled = Arc::new(AtomicUsize::new(0));
         let last_uri = Arc::new(std::sync::Mutex::new(String::new()));
+        let barrier = Arc::new(Barrier::default());
+        let barriers = Arc::clone(&barrier);
         let (c, conns, cancels, last) = (
             Arc::clone(&count),
             Arc::clone(&connections),
@@ -99,6 +136,7 @@ impl App {
                 let c = Arc::clone(&c);
                 let cancels = Arc::clone(&cancels);
                 let last = Arc::clone(&last);
+                let barriers = Arc::clone(&barriers);
                 let close_h2 = Arc::new(tokio::sync::Notify::new());
                 let closing = Arc::clone(&close_h2);
                 tokio::spawn(async move {
@@ -111,7 +149,11 @@ impl App {
                             closing.notify_one();
                         }
                         let cancels = Arc::clone(&cancels);
+                        let barriers = Arc::clone(&barriers);
                         async move {
+                            if let Some(n) = req.uri().path().strip_prefix("/barrier/") {
+                                barriers.wait_for(n.parse().unwrap_or(1)).await;
+                            }
                             if req.headers().get("upgrade").is_some_and(|v| v == "echo") {
                                 return Ok(upgrade_to_echo(req));
                             }
@@ -175,6 +217,7 @@ impl App {
             connections,
             cancelled,
             last_uri,
+            barrier,
         }
     }
 
@@ -190,6 +233,15 @@ impl App {
     /// The URI of the last request the app got.
     pub(crate) fn last_uri(&self) -> String {
         self.last_uri.lock().unwrap().clone()
+    }
+
+    /// The most `/barrier/<n>` requests that were at the app at once.
+    #[allow(
+        dead_code,
+        reason = "used by the outbound_pair test binary, not by this one"
+    )]
+    pub(crate) fn barrier_most(&self) -> usize {
+        self.barrier.most.load(Ordering::SeqCst)
     }
 
     /// Connections the app has accepted.
