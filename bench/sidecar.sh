@@ -157,13 +157,17 @@ cp "$BACKEND_BIN" "$W/peers/backend/target/release/backend"
 ENVOY_RUN=$ENVOY
 if [ "$OWN_SESSION" = 1 ]; then
   ENVOY_RUN=$W/envoy-own-session
-  printf '#!/bin/sh\nexec setsid "%s" "$@"\n' "$ENVOY" > "$ENVOY_RUN"
+  printf '#!/usr/bin/env bash\nexec setsid %q "$@"\n' "$ENVOY" > "$ENVOY_RUN"
   chmod +x "$ENVOY_RUN"
 fi
 (cd "$W/peers" && ENVOY=$ENVOY_RUN ./up.sh) > "$W/peers-up.log" 2>&1 || { cat "$W/peers-up.log" >&2; die "the peers' up.sh failed"; }
 cat "$W/peers-up.log" >&2
 [ "$(grep -c ' 200' "$W/peers-up.log")" -ge 7 ] || die "a peer path does not answer 200 (see above)"
-echo "(cd PEERS_COPY && ENVOY=$ENVOY_RUN ./up.sh)  # ENVOY_RUN: $(cat "$ENVOY_RUN" 2>/dev/null | tail -1)" >> "$RESULTS/commands.txt"
+if [ "$OWN_SESSION" = 1 ]; then
+  echo "(cd PEERS_COPY && ENVOY=$ENVOY_RUN ./up.sh)  # ENVOY_RUN: $(tail -1 "$ENVOY_RUN")" >> "$RESULTS/commands.txt"
+else
+  echo "(cd PEERS_COPY && ENVOY=$ENVOY ./up.sh)" >> "$RESULTS/commands.txt"
+fi
 
 # ---- the Warden mesh: CA, agent, entries, policies, two sidecars ---------------------------------
 read -r P_CA P_CAHTTP P_AGENT P_IN P_OUT1 P_OUT2 P_ADM_IN P_ADM_OUT P_RELAY1 P_RELAY2 < <(free_ports 10)

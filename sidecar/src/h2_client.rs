@@ -236,20 +236,20 @@ impl SharedH2 {
         B: Body<Data = Bytes> + Unpin + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let Some((mut sender, state)) = self.open() else {
+        let Some((mut sender, slot)) = self.open() else {
             return Started::NoConnection(Box::new(req));
         };
         // A fresh clone of the handle has no stream of its own pending, so readiness is decided
         // at once: the connection has not failed, gone away or run out of stream ids.
         let mut cx = Context::from_waker(Waker::noop());
         match sender.poll_ready(&mut cx) {
-            Poll::Ready(Ok(())) => match start(&mut sender, req, state) {
+            Poll::Ready(Ok(())) => match start(&mut sender, req, slot) {
                 Ok(exchange) => Started::Sent(exchange),
                 Err(e) => Started::Failed(e),
             },
             Poll::Ready(Err(e)) => {
                 // Closed or told to go away: `open` no longer offers it.
-                state.closed.store(true, Ordering::Relaxed);
+                slot.0.closed.store(true, Ordering::Relaxed);
                 tracing::debug!(error = %e, "h2 connection closed before the request was sent; reconnecting");
                 Started::NoConnection(Box::new(req))
             }
@@ -274,36 +274,48 @@ impl SharedH2 {
         E: Clone + Send + 'static,
     {
         let mut retried = false;
-        let (mut sender, state) = loop {
-            let (sender, state, dialed) = match self.open() {
-                Some((sender, state)) => (sender, state, false),
-                None => match self.connect(dial).await {
-                    Ok((sender, state)) => (sender, state, true),
-                    // Opening one more beside full ones failed (or the attempt this request
-                    // waited for did): wait for a stream on the least busy open one instead.
-                    Err(e) => match self.least_busy() {
-                        Some((sender, state)) => (sender, state, false),
-                        None => return Err(e),
-                    },
-                },
+        // One attempt to open a connection per request: once it failed (its error kept here),
+        // only what is open is tried, so a peer that is down costs one connect timeout.
+        let mut dial_error = None;
+        let (mut sender, slot) = loop {
+            let (sender, slot, dialed) = match self.open() {
+                Some((sender, slot)) => (sender, slot, false),
+                None => {
+                    let dialed = match dial_error.take() {
+                        Some(e) => Err(e),
+                        None => self.connect(dial).await,
+                    };
+                    match dialed {
+                        Ok((sender, slot)) => (sender, slot, true),
+                        // Opening one more beside full ones failed (or the attempt this request
+                        // waited for did): wait for a stream on the least busy open one.
+                        Err(e) => match self.least_busy() {
+                            Some((sender, slot)) => {
+                                dial_error = Some(e);
+                                (sender, slot, false)
+                            }
+                            None => return Err(e),
+                        },
+                    }
+                }
             };
             match sender.ready().await {
-                Ok(sender) => break (sender, state),
+                Ok(sender) => break (sender, slot),
                 // A pooled connection that closed or was told to go away meanwhile: the next
                 // pass leaves it out (so this ends), and the one retry is kept for a new one.
                 Err(e) if !dialed => {
-                    state.closed.store(true, Ordering::Relaxed);
+                    slot.0.closed.store(true, Ordering::Relaxed);
                     tracing::debug!(error = %e, "pooled h2 connection closed before the request was sent");
                 }
                 Err(e) if !retried => {
-                    state.closed.store(true, Ordering::Relaxed);
+                    slot.0.closed.store(true, Ordering::Relaxed);
                     tracing::debug!(error = %e, "h2 connection closed before the request was sent; reconnecting");
                     retried = true;
                 }
                 Err(e) => return Err(H2Error::Http(e)),
             }
         };
-        start(&mut sender, req, state).map_err(H2Error::Http)
+        start(&mut sender, req, slot).map_err(H2Error::Http)
     }
 
     /// Opens a new connection, unless another request opened one (or one got room) while this
@@ -311,7 +323,7 @@ impl SharedH2 {
     async fn connect<D, F, I, E>(
         &self,
         dial: &D,
-    ) -> Result<(SendRequest<Bytes>, Arc<ConnState>), H2Error<E>>
+    ) -> Result<(SendRequest<Bytes>, InFlight), H2Error<E>>
     where
         D: Fn() -> F,
         F: Future<Output = Result<I, E>>,
@@ -353,22 +365,24 @@ impl SharedH2 {
             self.lapse_grace,
             move || closing.closed.store(true, Ordering::Relaxed),
         );
+        // This request's stream is counted before others can see the connection.
+        let slot = InFlight::new(Arc::clone(&state));
         self.current
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(Open {
                 sender: sender.clone(),
-                state: Arc::clone(&state),
+                state,
                 last_used: Instant::now(),
                 validity,
             });
-        Ok((sender, state))
+        Ok((sender, slot))
     }
 
     /// The builder for a new connection. Beside open ones (the same peer), the new one takes as
-    /// many streams as theirs until its own SETTINGS arrive: a request burst on it then stays
-    /// within a limit below [`INITIAL_MAX_STREAMS`] instead of being refused (`REFUSED_STREAM`)
-    /// past it.
+    /// many streams as the fewest they learned the peer allows, until its own SETTINGS arrive
+    /// (instead of [`INITIAL_MAX_STREAMS`]): a request burst on it then keeps to a lower limit
+    /// instead of being refused (`REFUSED_STREAM`) past it.
     fn builder_for_next(&self) -> std::borrow::Cow<'_, h2::client::Builder> {
         let learned = {
             let current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
@@ -397,21 +411,22 @@ impl SharedH2 {
     /// The handle of the first connection that has room for one more stream; when none has
     /// and [`MAX_CONNECTIONS`] are open, of the one with the fewest streams in flight (the
     /// request waits there for a stream to end); `None` when a new connection is to be opened.
-    /// Marks the one returned used. Only connections that are open, were used within
-    /// `max_idle`, and whose upstream's credentials still hold (see [`Validity`]) are kept; any
-    /// other is dropped (it closes once its streams are done).
-    fn open(&self) -> Option<(SendRequest<Bytes>, Arc<ConnState>)> {
+    /// The request's stream is counted on the one returned (the [`InFlight`], taken under the
+    /// pool's lock), which is marked used. Only connections that are open, carry streams or
+    /// were used within `max_idle`, and whose upstream's credentials still hold (see
+    /// [`Validity`]) are kept; any other is dropped (it closes once its streams are done).
+    fn open(&self) -> Option<(SendRequest<Bytes>, InFlight)> {
         self.checkout(false)
     }
 
     /// The first connection with room, else the one with the fewest streams in flight, however
     /// many are open (`None`: none is).
-    fn least_busy(&self) -> Option<(SendRequest<Bytes>, Arc<ConnState>)> {
+    fn least_busy(&self) -> Option<(SendRequest<Bytes>, InFlight)> {
         self.checkout(true)
     }
 
     /// [`Self::open`], or with `any` [`Self::least_busy`].
-    fn checkout(&self, any: bool) -> Option<(SendRequest<Bytes>, Arc<ConnState>)> {
+    fn checkout(&self, any: bool) -> Option<(SendRequest<Bytes>, InFlight)> {
         let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
         current.retain(|open| open.usable(now, self.max_idle));
@@ -421,7 +436,8 @@ impl SharedH2 {
             None => current.iter_mut().min_by_key(|open| open.state.streams())?,
         };
         open.last_used = now;
-        Some((open.sender.clone(), Arc::clone(&open.state)))
+        // The stream is counted under the lock, so that two requests never take one free slot.
+        Some((open.sender.clone(), InFlight::new(Arc::clone(&open.state))))
     }
 }
 
@@ -429,7 +445,8 @@ impl SharedH2 {
 
 impl Open {
     /// Open, carrying streams or used within `max_idle`, its upstream still verified. (A full
-    /// connection is not picked, so its `last_used` ages while its streams run.)
+    /// connection is not picked, so its `last_used` ages while its streams run; one carrying
+    /// streams is not idle to its peer either.)
     fn usable(&self, now: Instant, max_idle: Duration) -> bool {
         !self.state.closed.load(Ordering::Relaxed)
             && (self.state.streams() > 0 || now.duration_since(self.last_used) <= max_idle)
@@ -456,7 +473,7 @@ impl ConnState {
 fn start<B>(
     sender: &mut SendRequest<Bytes>,
     req: Request<B>,
-    state: Arc<ConnState>,
+    in_flight: InFlight,
 ) -> Result<Exchange, h2::Error>
 where
     B: Body<Data = Bytes> + Unpin + Send + 'static,
@@ -469,7 +486,6 @@ where
     if !end_of_stream {
         tokio::spawn(h2_body::pipe(body, tx).holding_resets_until(sent + linger::YOUNG));
     }
-    let in_flight = InFlight::new(state);
     let awaiting = linger::Awaiting::new(response, sent, Arc::clone(&in_flight.0));
     Ok(Exchange {
         awaiting,

@@ -225,22 +225,41 @@ async fn full_handshakes(f: &Fixture) -> String {
         .to_owned()
 }
 
-/// More exchanges at once than the inbound lets one connection carry (256 streams): the
-/// outbound opens a second connection beside the first instead of queueing the rest.
+/// More exchanges at once than the inbound lets one connection carry (256 streams) and than the
+/// app's HTTP/2 server takes on one (hyper's 200): the outbound opens a second connection to the
+/// inbound, and the inbound a second h2c connection to the app, instead of queueing the rest.
 #[tokio::test]
-async fn pair_past_the_inbounds_stream_limit_opens_a_second_connection_between_the_sidecars() {
-    const AT_ONCE: usize = 260;
+async fn pair_past_the_peers_stream_limits_opens_second_connections_on_both_hops() {
+    /// Two local h2c connections carry this many streams each.
+    const PER_CONNECTION: usize = 130;
+    const AT_ONCE: usize = 2 * PER_CONNECTION;
     let f = Fixture::start(Options::default()).await;
-    let web = Pair::h1_over_h2(&f, WEB_ID).await;
-    // The first connection, and the inbound's SETTINGS on it.
-    let (status, body) = web.call(false, request("GET", "/hello")).await;
+    let web = Pair::http(&f, WEB_ID).await;
+    // The first connection on each hop, and the peers' SETTINGS on them.
+    let (status, body) = web.call(true, request("GET", "/hello")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(full_handshakes(&f).await.ends_with(" 1"));
+    assert_eq!(f.app.connections(), 1);
     // Each held at the app until all are there at once.
-    let path = format!("/barrier/{AT_ONCE}");
-    let held = (0..AT_ONCE).map(|_| web.call(false, request("GET", &path)));
-    for (status, body) in futures::future::join_all(held).await {
-        assert_eq!(status, StatusCode::OK, "{body}");
+    let uri = format!("http://{}/barrier/{AT_ONCE}", web.addr);
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let io = TokioIo::new(TcpStream::connect(web.addr).await.unwrap());
+        let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        for _ in 0..PER_CONNECTION {
+            let (mut send, uri) = (send.clone(), uri.clone());
+            held.push(tokio::spawn(async move {
+                let req = Request::get(uri).body(Full::new(Bytes::new())).unwrap();
+                send.send_request(req).await.map(|r| r.status())
+            }));
+        }
+    }
+    for answer in held {
+        let status = tokio::time::timeout(WAIT, answer).await.unwrap().unwrap();
+        assert_eq!(status.unwrap(), StatusCode::OK);
     }
     assert_eq!(
         f.app.barrier_most(),
@@ -249,6 +268,7 @@ async fn pair_past_the_inbounds_stream_limit_opens_a_second_connection_between_t
     );
     let full = full_handshakes(&f).await;
     assert!(full.ends_with(" 2"), "{full}");
+    assert_eq!(f.app.connections(), 2);
     assert_eq!(f.app.seen(), AT_ONCE + 1);
 }
 

@@ -66,7 +66,7 @@ async fn young_requests_given_up_on_linger_up_to_the_cap_and_for_at_most_a_secon
         // The HEADERS are queued by `send` itself; the future is dropped unpolled.
         drop(shared.send(get(&format!("/held/{n}")), dial));
     }
-    assert_eq!(state.lingering.load(Ordering::Relaxed), MAX_LINGERING);
+    assert_eq!(state.0.lingering.load(Ordering::Relaxed), MAX_LINGERING);
 
     let mut after = Vec::new();
     while after.len() < ABANDONED {
@@ -87,24 +87,27 @@ async fn young_requests_given_up_on_linger_up_to_the_cap_and_for_at_most_a_secon
         .filter(|d| **d < LINGER - Duration::from_millis(50))
         .count();
     assert!(early <= 2, "{early} reset early: {after:?}");
-    assert_eq!(state.lingering.load(Ordering::Relaxed), 0);
+    assert_eq!(state.0.lingering.load(Ordering::Relaxed), 0);
 }
 
 /// What the test tells [`limited_server`]: which held requests to answer, and when to send
 /// every connection a GOAWAY.
-#[derive(Default)]
 struct Control {
     /// Paths to answer; `None` once every request is to be answered.
     answer: std::sync::Mutex<Option<std::collections::HashSet<String>>>,
     changed: tokio::sync::Notify,
     goaway: tokio::sync::Notify,
+    /// While true, a new connection's HTTP/2 handshake (the server's SETTINGS) waits.
+    hold_settings: tokio::sync::watch::Sender<bool>,
 }
 
 impl Control {
     fn new() -> Arc<Self> {
         Arc::new(Self {
             answer: std::sync::Mutex::new(Some(Default::default())),
-            ..Self::default()
+            changed: tokio::sync::Notify::new(),
+            goaway: tokio::sync::Notify::new(),
+            hold_settings: tokio::sync::watch::Sender::new(false),
         })
     }
 
@@ -157,6 +160,12 @@ async fn limited_server(
             };
             let (seen_tx, ctl) = (seen_tx.clone(), Arc::clone(&ctl));
             tokio::spawn(async move {
+                let mut held = ctl.hold_settings.subscribe();
+                while *held.borrow_and_update() {
+                    if held.changed().await.is_err() {
+                        return;
+                    }
+                }
                 let mut conn = h2::server::Builder::new()
                     .max_concurrent_streams(max_streams)
                     .handshake::<_, Bytes>(io)
@@ -429,10 +438,14 @@ async fn a_burst_on_a_new_connection_keeps_to_the_limit_the_open_ones_learned() 
         );
     }
     settled(&shared, 2).await;
-    // Three at once: the first opens a connection, the other two wait for it, then go.
+    // Three at once: the first opens a connection, the other two wait for it, then go, all
+    // before the new connection's SETTINGS (held back until they are sent).
+    control.hold_settings.send_replace(true);
     for n in 2..5 {
         answers.push(spawn_send(&shared, addr, format!("/held/{n}")));
     }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    control.hold_settings.send_replace(false);
     let mut per_connection = [0; 3];
     for _ in 2..5 {
         per_connection[next_seen(&mut seen).await.0] += 1;
@@ -442,5 +455,43 @@ async fn a_burst_on_a_new_connection_keeps_to_the_limit_the_open_ones_learned() 
     control.answer_all();
     for answer in answers {
         assert_eq!(answer.await.unwrap(), http::StatusCode::OK);
+    }
+}
+
+/// On a runtime with several workers, requests racing for the pool never take the same free
+/// stream slot: each counts its stream under the pool's lock. With a limit of one stream per
+/// connection, as many requests at once as `MAX_CONNECTIONS` each get a connection of their
+/// own, and none waits behind another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_requests_on_several_workers_never_share_a_free_slot() {
+    // The race is a matter of timing: twenty rounds give it the chance to show.
+    for _ in 0..20 {
+        let (addr, mut seen, control) = limited_server(1).await;
+        let shared = pool();
+        let (_, first) = send_held(&shared, addr, &mut seen, "/first".to_owned()).await;
+        settled(&shared, 1).await;
+        control.answer("/first");
+        assert_eq!(first.await.unwrap(), http::StatusCode::OK);
+        let barrier = Arc::new(tokio::sync::Barrier::new(MAX_CONNECTIONS));
+        let racing: Vec<_> = (0..MAX_CONNECTIONS)
+            .map(|n| {
+                let (shared, barrier) = (Arc::clone(&shared), Arc::clone(&barrier));
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    spawn_send(&shared, addr, format!("/race/{n}"))
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        let mut connections = std::collections::BTreeSet::new();
+        for _ in 0..MAX_CONNECTIONS {
+            connections.insert(next_seen(&mut seen).await.0);
+        }
+        assert_eq!(connections.len(), MAX_CONNECTIONS, "{connections:?}");
+        control.answer_all();
+        for answer in racing {
+            assert_eq!(answer.await.unwrap(), http::StatusCode::OK);
+        }
     }
 }
