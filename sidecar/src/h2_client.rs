@@ -29,18 +29,19 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use h2::client::{Connection, SendRequest};
+use h2::client::SendRequest;
 use http::{Request, Response};
 use hyper::body::Body;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::MissedTickBehavior;
 
+mod drive;
 mod linger;
 #[cfg(test)]
 mod tests;
 
 use crate::h2_body::{self, H2Body};
 use crate::lapse::{Validity, Verified};
+use drive::drive;
 
 /// Stream flow-control window offered to the peer (hyper's default).
 const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
@@ -519,67 +520,5 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Runs the connection until it ends (the peer closed it, it failed, or every handle and stream
-/// is gone), pinging per `keep_alive`; then marks it closed. (A connection whose upstream
-/// lapsed is ended from outside: [`crate::lapse::end_when_lapsed`].)
-async fn drive<I>(
-    connection: Connection<I, Bytes>,
-    state: Arc<ConnState>,
-    keep_alive: Option<KeepAlive>,
-) where
-    I: AsyncRead + AsyncWrite + Unpin,
-{
-    let result = match keep_alive {
-        Some(keep_alive) => drive_with_pings(connection, &state, keep_alive).await,
-        None => connection.await,
-    };
-    state.closed.store(true, Ordering::Relaxed);
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "h2 client connection ended with an error");
-    }
-}
-
-async fn drive_with_pings<I>(
-    mut connection: Connection<I, Bytes>,
-    state: &ConnState,
-    keep_alive: KeepAlive,
-) -> Result<(), h2::Error>
-where
-    I: AsyncRead + AsyncWrite + Unpin,
-{
-    let Some(mut pings) = connection.ping_pong() else {
-        return connection.await;
-    };
-    let start = tokio::time::Instant::now() + keep_alive.interval;
-    let mut ticks = tokio::time::interval_at(start, keep_alive.interval);
-    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            result = &mut connection => return result,
-            _ = ticks.tick() => {}
-        }
-        // No pings on an idle connection: they would keep it (and the peer's side) open.
-        if state.in_flight.load(Ordering::Relaxed) == 0 {
-            continue;
-        }
-        let pong = tokio::time::timeout(keep_alive.timeout, pings.ping(h2::Ping::opaque()));
-        tokio::pin!(pong);
-        tokio::select! {
-            result = &mut connection => return result,
-            answered = &mut pong => match answered {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(e),
-                Err(_) => {
-                    tracing::warn!(
-                        timeout = ?keep_alive.timeout,
-                        "h2 peer did not answer a keep-alive ping in time; closing the connection"
-                    );
-                    return Ok(());
-                }
-            }
-        }
     }
 }
