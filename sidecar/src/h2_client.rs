@@ -13,8 +13,9 @@
 //! has closed, or has been idle for longer than `max_idle` (so that a peer with the same idle
 //! timeout does not close it just as a request is written), the next request opens a new one. A
 //! request the old connection could not take (it closed or was told to go away meanwhile) is
-//! sent once more on a new connection. When every open connection has as many streams in flight
-//! as its peer allows (`SETTINGS_MAX_CONCURRENT_STREAMS`), the next request opens one more, up to
+//! sent once more on a new connection; so is a bodiless one the peer refused (`REFUSED_STREAM`)
+//! or left unprocessed behind its GOAWAY (`resend.rs`). When every open connection has as many
+//! streams in flight as its peer allows (`SETTINGS_MAX_CONCURRENT_STREAMS`), the next request opens one more, up to
 //! [`MAX_CONNECTIONS`], as Envoy's HTTP/2 pool does, instead of queueing behind the others'
 //! exchanges; requests go to the first connection with room, so the later ones fall idle and
 //! close once the load drops. Past that many, a request waits on the least busy connection for
@@ -31,17 +32,22 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use h2::client::SendRequest;
 use http::{Request, Response};
+use http_body_util::Empty;
 use hyper::body::Body;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 mod drive;
 mod linger;
+mod resend;
+#[cfg(test)]
+mod resend_tests;
 #[cfg(test)]
 mod tests;
 
 use crate::h2_body::{self, H2Body};
 use crate::lapse::{Validity, Verified};
 use drive::drive;
+use resend::{Unanswered, replay_of, unprocessed};
 
 /// Stream flow-control window offered to the peer (hyper's default).
 const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
@@ -137,6 +143,9 @@ struct Exchange {
     /// connection ends in the read that brought the request), the stream lingers.
     awaiting: linger::Awaiting,
     in_flight: InFlight,
+    /// The request's head again, for a bodiless request that may be sent once more (see
+    /// [`unprocessed`]); boxed, as the exchange is held in every request's future.
+    replay: Option<Box<Request<Empty<Bytes>>>>,
 }
 
 /// Why a request got no response.
@@ -207,6 +216,11 @@ impl SharedH2 {
     /// future only awaits the response: it carries the stream's handle, not the request (every
     /// request's future is moved and allocated by the server that polls it, so its size is
     /// paid per request). Connecting is a boxed future of its own, taken only when needed.
+    ///
+    /// A bodiless request that the peer refused (`REFUSED_STREAM`) or left unprocessed behind
+    /// a GOAWAY is sent once more, on whichever connection then takes it: RFC 9113 (sections
+    /// 8.7 and 6.8) says such a request was not processed, whatever its method (`resend.rs`).
+    /// One with a body is not: its body has been streamed away.
     pub(crate) fn send<'a, B, D, F, I, E>(
         &'a self,
         req: Request<B>,
@@ -220,19 +234,36 @@ impl SharedH2 {
         I: AsyncRead + AsyncWrite + Verified + Unpin + Send + 'static,
         E: Clone + Send + 'static,
     {
-        let started = self.send_on_open(req);
+        let started = self.send_on_open(req, true);
         async move {
             let exchange = match started {
                 Started::Sent(exchange) => exchange,
                 Started::Failed(e) => return Err(H2Error::Http(e)),
-                Started::NoConnection(req) => Box::pin(self.send_connecting(*req, &dial)).await?,
+                Started::NoConnection(req) => {
+                    Box::pin(self.send_connecting(*req, &dial, true)).await?
+                }
             };
-            exchange.response().await.map_err(H2Error::Http)
+            let resend = match exchange.response().await {
+                Ok(response) => return Ok(response),
+                Err(Unanswered {
+                    error,
+                    resend: None,
+                }) => return Err(H2Error::Http(error)),
+                Err(Unanswered {
+                    error,
+                    resend: Some(req),
+                }) => {
+                    tracing::debug!(%error, "upstream did not process the request; sending it once more");
+                    req
+                }
+            };
+            Box::pin(self.resend(*resend, &dial)).await
         }
     }
 
-    /// Sends `req` on the open connection, if there is one that can take it.
-    fn send_on_open<B>(&self, req: Request<B>) -> Started<B>
+    /// Sends `req` on the open connection, if there is one that can take it; with `replayable`,
+    /// keeping a bodiless request's head to send it once more.
+    fn send_on_open<B>(&self, req: Request<B>, replayable: bool) -> Started<B>
     where
         B: Body<Data = Bytes> + Unpin + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -244,7 +275,7 @@ impl SharedH2 {
         // at once: the connection has not failed, gone away or run out of stream ids.
         let mut cx = Context::from_waker(Waker::noop());
         match sender.poll_ready(&mut cx) {
-            Poll::Ready(Ok(())) => match start(&mut sender, req, slot) {
+            Poll::Ready(Ok(())) => match start(&mut sender, req, slot, replayable) {
                 Ok(exchange) => Started::Sent(exchange),
                 Err(e) => Started::Failed(e),
             },
@@ -265,6 +296,7 @@ impl SharedH2 {
         &self,
         req: Request<B>,
         dial: &D,
+        replayable: bool,
     ) -> Result<Exchange, H2Error<E>>
     where
         B: Body<Data = Bytes> + Unpin + Send + 'static,
@@ -316,7 +348,7 @@ impl SharedH2 {
                 Err(e) => return Err(H2Error::Http(e)),
             }
         };
-        start(&mut sender, req, slot).map_err(H2Error::Http)
+        start(&mut sender, req, slot, replayable).map_err(H2Error::Http)
     }
 
     /// Opens a new connection, unless another request opened one (or one got room) while this
@@ -470,11 +502,13 @@ impl ConnState {
 }
 
 /// Queues `req`'s HEADERS on `sender` (whose connection is ready) and, when it has a body, a
-/// task streaming it.
+/// task streaming it; with `replayable`, a bodiless request's head is kept to send it once
+/// more.
 fn start<B>(
     sender: &mut SendRequest<Bytes>,
     req: Request<B>,
     in_flight: InFlight,
+    replayable: bool,
 ) -> Result<Exchange, h2::Error>
 where
     B: Body<Data = Bytes> + Unpin + Send + 'static,
@@ -482,6 +516,7 @@ where
 {
     let (head, body) = req.into_parts();
     let end_of_stream = body.is_end_stream();
+    let replay = (replayable && end_of_stream).then(|| Box::new(replay_of(&head)));
     let (response, tx) = sender.send_request(Request::from_parts(head, ()), end_of_stream)?;
     let sent = Instant::now();
     if !end_of_stream {
@@ -491,18 +526,26 @@ where
     Ok(Exchange {
         awaiting,
         in_flight,
+        replay,
     })
 }
 
 // === impl Exchange ===
 
 impl Exchange {
-    async fn response(self) -> Result<Response<H2Body>, h2::Error> {
+    async fn response(self) -> Result<Response<H2Body>, Unanswered> {
         let Self {
             awaiting,
             in_flight,
+            replay,
         } = self;
-        let (head, recv) = awaiting.await?.into_parts();
+        let (head, recv) = match awaiting.await {
+            Ok(response) => response.into_parts(),
+            Err(error) => {
+                let resend = replay.filter(|_| unprocessed(&error));
+                return Err(Unanswered { error, resend });
+            }
+        };
         let body = H2Body::new(recv, &head.headers, Some(in_flight));
         Ok(Response::from_parts(head, body))
     }

@@ -12,6 +12,7 @@
 mod support;
 
 mod app_protocol;
+mod app_refusals;
 mod app_resets;
 mod app_stream_limit;
 mod flow_control;
