@@ -216,3 +216,28 @@ async fn requests_above_the_goaway_are_sent_on_a_new_connection_those_below_are_
 fn a_refusal_not_from_the_peer_does_not_mark_a_stream_unprocessed() {
     assert!(!unprocessed(&h2::Error::from(h2::Reason::REFUSED_STREAM)));
 }
+
+/// The request sent once more has the first one's method, URI, version and every header field,
+/// repeated ones in their order.
+#[test]
+fn a_replay_is_the_request_head_again() {
+    let req = Request::delete("http://api.local:8080/items/7?force=1")
+        .version(http::Version::HTTP_2)
+        .header("x-trace", "a")
+        .header("accept", "text/plain")
+        .header("x-trace", "b")
+        .header(
+            "x-forwarded-client-cert",
+            "By=spiffe://example.org/api;URI=spiffe://example.org/web",
+        )
+        .body(())
+        .unwrap();
+    let (head, ()) = req.into_parts();
+    let again = replay_of(&head);
+    assert_eq!(again.method(), head.method);
+    assert_eq!(again.uri(), &head.uri);
+    assert_eq!(again.version(), head.version);
+    assert_eq!(again.headers(), &head.headers);
+    let traces: Vec<_> = again.headers().get_all("x-trace").iter().collect();
+    assert_eq!(traces, ["a", "b"]);
+}
