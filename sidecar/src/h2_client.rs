@@ -32,11 +32,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use h2::client::SendRequest;
 use http::{Request, Response};
-use http_body_util::Empty;
 use hyper::body::Body;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 mod drive;
+mod exchange;
 mod linger;
 mod resend;
 #[cfg(test)]
@@ -44,10 +44,11 @@ mod resend_tests;
 #[cfg(test)]
 mod tests;
 
-use crate::h2_body::{self, H2Body};
+use crate::h2_body::H2Body;
 use crate::lapse::{Validity, Verified};
 use drive::drive;
-use resend::{Unanswered, replay_of, unprocessed};
+use exchange::{Exchange, start};
+use resend::{OnResend, Unanswered, Unsent};
 
 /// Stream flow-control window offered to the peer (hyper's default).
 const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
@@ -94,6 +95,8 @@ pub(crate) struct SharedH2 {
     /// How long a connection whose upstream no longer holds (see [`Validity`]) keeps what is
     /// in flight before it is dropped.
     lapse_grace: Duration,
+    /// Called for each request sent once more (`resend.rs`), to count it.
+    on_resend: Option<OnResend>,
 }
 
 /// Pings while exchanges are in flight: every `interval`, each to be answered within `timeout`.
@@ -135,17 +138,6 @@ enum Started<B> {
     /// No open connection could take it (boxed: this is the rare case, and the common one
     /// should not carry a request's size).
     NoConnection(Box<Request<B>>),
-}
-
-/// A request whose HEADERS are queued: its response to come.
-struct Exchange {
-    /// The answer; dropped before it comes (even before first polled, as when the caller's
-    /// connection ends in the read that brought the request), the stream lingers.
-    awaiting: linger::Awaiting,
-    in_flight: InFlight,
-    /// The request's head again, for a bodiless request that may be sent once more (see
-    /// [`unprocessed`]); boxed, as the exchange is held in every request's future.
-    replay: Option<Box<Request<Empty<Bytes>>>>,
 }
 
 /// Why a request got no response.
@@ -198,7 +190,14 @@ impl SharedH2 {
             keep_alive,
             max_idle,
             lapse_grace,
+            on_resend: None,
         }
+    }
+
+    /// Calls `on_resend` for each request sent once more because the peer did not process it.
+    pub(crate) fn counting_resends(mut self, on_resend: impl Fn() + Send + Sync + 'static) -> Self {
+        self.on_resend = Some(OnResend(Box::new(on_resend)));
+        self
     }
 
     /// Offers each stream a window of `bytes` (instead of [`STREAM_WINDOW`]): the most of a
@@ -254,6 +253,9 @@ impl SharedH2 {
                     resend: Some(req),
                 }) => {
                     tracing::debug!(%error, "upstream did not process the request; sending it once more");
+                    if let Some(on_resend) = &self.on_resend {
+                        (on_resend.0)();
+                    }
                     req
                 }
             };
@@ -277,7 +279,16 @@ impl SharedH2 {
         match sender.poll_ready(&mut cx) {
             Poll::Ready(Ok(())) => match start(&mut sender, req, slot, replayable) {
                 Ok(exchange) => Started::Sent(exchange),
-                Err(e) => Started::Failed(e),
+                // It ended or went away since (its driver runs on another thread): `start`
+                // marked it closed.
+                Err(Unsent {
+                    error,
+                    again: Some(req),
+                }) => {
+                    tracing::debug!(%error, "h2 connection went away as the request was sent; reconnecting");
+                    Started::NoConnection(req)
+                }
+                Err(Unsent { error, again: None }) => Started::Failed(error),
             },
             Poll::Ready(Err(e)) => {
                 // Closed or told to go away: `open` no longer offers it.
@@ -310,7 +321,8 @@ impl SharedH2 {
         // One attempt to open a connection per request: once it failed (its error kept here),
         // only what is open is tried, so a peer that is down costs one connect timeout.
         let mut dial_error = None;
-        let (mut sender, slot) = loop {
+        let mut req = req;
+        loop {
             let (sender, slot, dialed) = match self.open() {
                 Some((sender, slot)) => (sender, slot, false),
                 None => {
@@ -332,23 +344,37 @@ impl SharedH2 {
                     }
                 }
             };
-            match sender.ready().await {
-                Ok(sender) => break (sender, slot),
-                // A pooled connection that closed or was told to go away meanwhile: the next
-                // pass leaves it out (so this ends), and the one retry is kept for a new one.
-                Err(e) if !dialed => {
+            // The connection closed or was told to go away before the request was sent: as it
+            // turned ready, or (its driver running on another thread) after, when `start` has
+            // the request back only if it kept its head.
+            let e = match sender.ready().await {
+                Ok(mut sender) => match start(&mut sender, req, slot, replayable) {
+                    Ok(exchange) => return Ok(exchange),
+                    Err(Unsent {
+                        error,
+                        again: Some(again),
+                    }) => {
+                        req = *again;
+                        error
+                    }
+                    Err(Unsent { error, again: None }) => return Err(H2Error::Http(error)),
+                },
+                Err(e) => {
                     slot.0.closed.store(true, Ordering::Relaxed);
-                    tracing::debug!(error = %e, "pooled h2 connection closed before the request was sent");
+                    e
                 }
-                Err(e) if !retried => {
-                    slot.0.closed.store(true, Ordering::Relaxed);
-                    tracing::debug!(error = %e, "h2 connection closed before the request was sent; reconnecting");
-                    retried = true;
-                }
-                Err(e) => return Err(H2Error::Http(e)),
+            };
+            // A pooled connection: the next pass leaves it out (so this ends), and the one
+            // retry is kept for a new one.
+            if !dialed {
+                tracing::debug!(error = %e, "pooled h2 connection closed before the request was sent");
+            } else if !retried {
+                tracing::debug!(error = %e, "h2 connection closed before the request was sent; reconnecting");
+                retried = true;
+            } else {
+                return Err(H2Error::Http(e));
             }
-        };
-        start(&mut sender, req, slot, replayable).map_err(H2Error::Http)
+        }
     }
 
     /// Opens a new connection, unless another request opened one (or one got room) while this
@@ -498,56 +524,6 @@ impl ConnState {
     /// Streams this side holds open: exchanges in flight and streams lingering.
     fn streams(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed) + self.lingering.load(Ordering::Relaxed)
-    }
-}
-
-/// Queues `req`'s HEADERS on `sender` (whose connection is ready) and, when it has a body, a
-/// task streaming it; with `replayable`, a bodiless request's head is kept to send it once
-/// more.
-fn start<B>(
-    sender: &mut SendRequest<Bytes>,
-    req: Request<B>,
-    in_flight: InFlight,
-    replayable: bool,
-) -> Result<Exchange, h2::Error>
-where
-    B: Body<Data = Bytes> + Unpin + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let (head, body) = req.into_parts();
-    let end_of_stream = body.is_end_stream();
-    let replay = (replayable && end_of_stream).then(|| Box::new(replay_of(&head)));
-    let (response, tx) = sender.send_request(Request::from_parts(head, ()), end_of_stream)?;
-    let sent = Instant::now();
-    if !end_of_stream {
-        tokio::spawn(h2_body::pipe(body, tx).holding_resets_until(sent + linger::YOUNG));
-    }
-    let awaiting = linger::Awaiting::new(response, sent, Arc::clone(&in_flight.0));
-    Ok(Exchange {
-        awaiting,
-        in_flight,
-        replay,
-    })
-}
-
-// === impl Exchange ===
-
-impl Exchange {
-    async fn response(self) -> Result<Response<H2Body>, Unanswered> {
-        let Self {
-            awaiting,
-            in_flight,
-            replay,
-        } = self;
-        let (head, recv) = match awaiting.await {
-            Ok(response) => response.into_parts(),
-            Err(error) => {
-                let resend = replay.filter(|_| unprocessed(&error));
-                return Err(Unanswered { error, resend });
-            }
-        };
-        let body = H2Body::new(recv, &head.headers, Some(in_flight));
-        Ok(Response::from_parts(head, body))
     }
 }
 

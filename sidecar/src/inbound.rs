@@ -171,6 +171,7 @@ impl Inbound {
             inputs.config.app,
             inputs.config.app_protocol,
             inputs.limits.idle_timeout,
+            Arc::clone(&inputs.metrics),
         );
         let http = http::Server::new(&inputs.limits);
         // No keep-alive pings: they would count as traffic and defeat the idle timeout. A

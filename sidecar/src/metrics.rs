@@ -88,6 +88,8 @@ pub(crate) struct Metrics {
     handshakes_resumed: Counter,
     policy_reloads: Family<Labels1, Counter>,
     refused: Counter,
+    /// Requests sent once more because the upstream did not process them, by direction.
+    resent: [Counter; 2],
     log_dropped: Counter,
     svid_expiry: Gauge<f64, AtomicU64>,
     svid_not_after: RwLock<Option<SystemTime>>,
@@ -200,6 +202,15 @@ impl Metrics {
             "Inbound connections closed because max_connections were open",
             refused.clone(),
         );
+        let resent_family = Family::<Labels1, Counter>::default();
+        let resent = DIRECTIONS.map(|d| resent_family.get_or_create_owned(&[("direction", d)]));
+        registry.register(
+            "requests_resent",
+            "Bodiless requests sent once more because their HTTP/2 upstream (the app inbound, \
+             the upstream outbound) did not process them: it refused the stream or went away \
+             below it",
+            resent_family,
+        );
         let log_dropped = Counter::default();
         registry.register(
             "decision_log_dropped",
@@ -222,6 +233,7 @@ impl Metrics {
             handshakes_resumed,
             policy_reloads,
             refused,
+            resent,
             log_dropped,
             svid_expiry,
             svid_not_after: RwLock::new(None),
@@ -275,6 +287,13 @@ impl Metrics {
 
     pub(crate) fn connection_refused(&self) {
         self.refused.inc();
+    }
+
+    /// Counts a request sent once more to the upstream of `direction`.
+    pub(crate) fn request_resent(&self, direction: Direction) {
+        if let Some(c) = self.resent.get(direction as usize) {
+            c.inc();
+        }
     }
 
     pub(crate) fn decision_log_dropped(&self) {
@@ -350,6 +369,10 @@ impl OutboundHooks for OutboundMetrics {
         self.0.handshake_failed(Direction::Outbound, reason);
     }
 
+    fn request_resent(&self) {
+        self.0.request_resent(Direction::Outbound);
+    }
+
     /// An outbound TCP connection is counted once it ends (its lifetime is no request latency).
     fn tcp_connection_done(&self, _sent: u64, _received: u64, _duration: Duration) {
         self.0.count(Direction::Outbound, DecisionLabel::None, None);
@@ -359,6 +382,22 @@ impl OutboundHooks for OutboundMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resent_requests_are_counted_by_direction() {
+        let m = Arc::new(Metrics::new());
+        let hooks = OutboundMetrics(Arc::clone(&m));
+        hooks.request_resent();
+        hooks.request_resent();
+        m.request_resent(Direction::Inbound);
+        let text = m.encode();
+        for line in [
+            r#"warden_sidecar_requests_resent_total{direction="outbound"} 2"#,
+            r#"warden_sidecar_requests_resent_total{direction="inbound"} 1"#,
+        ] {
+            assert!(text.contains(line), "no {line} in {text}");
+        }
+    }
 
     #[test]
     fn outbound_tcp_connections_are_counted_without_a_latency() {

@@ -132,6 +132,10 @@ pub trait OutboundHooks: Send + Sync + fmt::Debug {
         let _ = reason;
     }
 
+    /// A bodiless request was sent to the upstream once more: it refused the first attempt's
+    /// stream or went away below it, so it never processed it.
+    fn request_resent(&self) {}
+
     /// A proxied TCP connection ended after carrying `sent` bytes upstream and `received`
     /// bytes back (zero and zero when the upstream could not be reached).
     fn tcp_connection_done(&self, sent: u64, received: u64, duration: Duration) {

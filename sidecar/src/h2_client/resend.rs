@@ -6,13 +6,14 @@
 //! Keeping a bodiless request's head for that costs a copy of its headers per request.
 
 use std::future::Future;
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Empty;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{H2Error, SharedH2, Started};
+use super::{H2Error, InFlight, SharedH2, Started};
 use crate::h2_body::H2Body;
 use crate::lapse::Verified;
 
@@ -21,6 +22,51 @@ use crate::lapse::Verified;
 pub(super) struct Unanswered {
     pub(super) error: h2::Error,
     pub(super) resend: Option<Box<Request<Empty<Bytes>>>>,
+}
+
+/// A request [`super::start`] could not send: why, and the request again when the connection
+/// could no longer take a stream (it ended or went away after it was found ready, as when its
+/// driver, on another thread, reads a GOAWAY in between) and its head was kept. Nothing of it
+/// reached the peer, so it goes to another connection, whatever its method or body.
+pub(super) struct Unsent<B> {
+    pub(super) error: h2::Error,
+    pub(super) again: Option<Box<Request<B>>>,
+}
+
+/// Counts the requests sent once more ([`SharedH2::counting_resends`]).
+pub(super) struct OnResend(pub(super) Box<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for OnResend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnResend")
+    }
+}
+
+// === impl Unsent ===
+
+impl<B> Unsent<B> {
+    /// `error` from opening the stream of a request whose head is `replay` (if kept) and whose
+    /// body is `body`. A connection that can take no stream is marked closed, so that the pool
+    /// no longer offers it.
+    pub(super) fn of(
+        error: h2::Error,
+        replay: Option<Box<Request<Empty<Bytes>>>>,
+        body: B,
+        in_flight: &InFlight,
+    ) -> Self {
+        // A connection-level error (h2 fails every new stream with it once the peer's GOAWAY
+        // is read or the connection has ended); not one of the request's own (a malformed
+        // head is a user error).
+        let gone = error.is_go_away() || error.is_io();
+        if gone {
+            in_flight.0.closed.store(true, Ordering::Relaxed);
+        }
+        let again = replay.filter(|_| gone).map(|head| {
+            let (head, _) = head.into_parts();
+            Box::new(Request::from_parts(head, body))
+        });
+        Self { error, again }
+    }
 }
 
 // === impl SharedH2 ===

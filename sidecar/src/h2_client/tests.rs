@@ -42,7 +42,7 @@ async fn holding_server() -> (std::net::SocketAddr, mpsc::UnboundedReceiver<Inst
     (addr, resets)
 }
 
-fn get(path: &str) -> Request<Empty<Bytes>> {
+pub(super) fn get(path: &str) -> Request<Empty<Bytes>> {
     Request::get(format!("http://127.0.0.1{path}"))
         .body(Empty::new())
         .unwrap()

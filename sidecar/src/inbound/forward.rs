@@ -27,6 +27,7 @@ use crate::config::AppProtocol;
 use crate::h1_client::{self, H1Conn, H1Error, H1Idle, Upstream};
 use crate::h2_body::H2Body;
 use crate::h2_client::{H2Error, SharedH2};
+use crate::metrics::{Direction, Metrics};
 use crate::{hop_by_hop, upgrade};
 
 /// How long connecting to the app may take (HTTP and TCP).
@@ -76,10 +77,16 @@ pub(crate) struct App {
 // === impl App ===
 
 impl App {
-    pub(crate) fn new(addr: SocketAddr, protocol: AppProtocol, idle_timeout: Duration) -> Self {
+    pub(crate) fn new(
+        addr: SocketAddr,
+        protocol: AppProtocol,
+        idle_timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         // Loopback: no keep-alive pings; plaintext, so nothing verified can lapse.
-        let h2 =
-            SharedH2::new(idle_timeout, None, Duration::ZERO).with_stream_window(APP_STREAM_WINDOW);
+        let h2 = SharedH2::new(idle_timeout, None, Duration::ZERO)
+            .with_stream_window(APP_STREAM_WINDOW)
+            .counting_resends(move || metrics.request_resent(Direction::Inbound));
         let authority = Authority::try_from(addr.to_string())
             .unwrap_or_else(|_| Authority::from_static("127.0.0.1"));
         Self {

@@ -100,11 +100,15 @@ impl HttpProxy {
         Self {
             http1,
             http1_idle,
-            h2: SharedH2::new(
-                limits.idle_timeout / 2,
-                Some(keep_alive),
-                limits.idle_timeout,
-            ),
+            h2: {
+                let hooks = Arc::clone(&hooks);
+                SharedH2::new(
+                    limits.idle_timeout / 2,
+                    Some(keep_alive),
+                    limits.idle_timeout,
+                )
+                .counting_resends(move || hooks.request_resent())
+            },
             h2_connector: h2,
             upstream_authority: upstream.parse().ok(),
             max_headers: limits.max_headers,

@@ -1,4 +1,6 @@
-//! HTTP/2 flow control on a route's one shared upstream connection.
+//! HTTP/2 flow control and stream refusals on a route's shared upstream connection.
+
+use std::sync::atomic::Ordering;
 
 use http::{Request, StatusCode};
 
@@ -45,5 +47,28 @@ async fn a_local_client_that_stops_reading_does_not_stall_the_shared_upstream_co
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(upstream.connections(), 1);
     drop(held);
+    proxy.stop().await;
+}
+
+/// A bodiless request the upstream refused (`REFUSED_STREAM`: it did not process it) is sent
+/// to it once more and answered, and counted as resent; RFC 9113 section 8.7.
+#[tokio::test]
+async fn a_bodiless_request_the_upstream_refused_is_sent_once_more() {
+    let pki = Pki::new();
+    let upstream = Upstream::start(
+        pki.resolver(SERVER_ID),
+        pki.bundles(),
+        &[b"h2"],
+        App::RefusesFirst,
+    )
+    .await;
+    let proxy = Proxy::http(&pki, &upstream).await;
+    let mut client = LocalClient::h2(proxy.addr).await;
+    let reply = client.get(proxy.addr, "/refused-once").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body, "ok");
+    assert_eq!(upstream.requests(), 2);
+    assert_eq!(proxy.hooks.resent.load(Ordering::SeqCst), 1);
+    assert_eq!(proxy.hooks.statuses(), [Some(200)]);
     proxy.stop().await;
 }

@@ -86,6 +86,9 @@ pub(crate) enum App {
     Silent,
     /// Completes the TLS handshake, then reads everything and never answers (a hung upstream).
     Mute,
+    /// HTTP/2 only: refuses the first request it gets (`REFUSED_STREAM`), on any connection,
+    /// and answers every later one with 200 `ok`.
+    RefusesFirst,
 }
 
 /// Counters the upstream keeps.
@@ -215,6 +218,19 @@ async fn accept_loop(listener: TcpListener, acceptor: TlsAcceptor, app: App, sta
                         .await;
                     stats.closed.fetch_add(1, Ordering::SeqCst);
                 }
+                App::RefusesFirst => {
+                    let Ok(mut conn) = h2::server::handshake(tls).await else {
+                        return;
+                    };
+                    while let Some(Ok((_, mut respond))) = conn.accept().await {
+                        if stats.requests.fetch_add(1, Ordering::SeqCst) == 0 {
+                            respond.send_reset(h2::Reason::REFUSED_STREAM);
+                        } else if let Ok(mut body) = respond.send_response(Response::new(()), false)
+                        {
+                            let _ = body.send_data(Bytes::from_static(b"ok"), true);
+                        }
+                    }
+                }
                 App::Mute => {
                     let mut sink = tokio::io::sink();
                     let _ = tokio::io::copy(&mut tls, &mut sink).await;
@@ -317,6 +333,7 @@ pub(crate) struct Recorder {
     pub(crate) statuses: Mutex<Vec<Option<u16>>>,
     pub(crate) handshake_failures: Mutex<Vec<String>>,
     pub(crate) tcp: Mutex<Vec<(u64, u64)>>,
+    pub(crate) resent: AtomicUsize,
 }
 
 impl OutboundHooks for Recorder {
@@ -333,6 +350,10 @@ impl OutboundHooks for Recorder {
 
     fn tcp_connection_done(&self, sent: u64, received: u64, _duration: Duration) {
         self.tcp.lock().unwrap().push((sent, received));
+    }
+
+    fn request_resent(&self) {
+        self.resent.fetch_add(1, Ordering::SeqCst);
     }
 }
 

@@ -75,6 +75,11 @@ async fn a_bodiless_request_the_app_refused_is_sent_once_more_and_answered() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body, "ok");
     assert_eq!(app.seen("/refused-once"), 2);
+    let metrics = f.metrics().await;
+    assert!(
+        metrics.contains(r#"warden_sidecar_requests_resent_total{direction="inbound"} 1"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -93,4 +98,9 @@ async fn a_request_with_a_body_the_app_refused_is_not_sent_again() {
     let (status, _, body) = f.client(WEB_ID).request(f.inbound, req).await.unwrap();
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(app.seen("/upload"), 1);
+    let metrics = f.metrics().await;
+    assert!(
+        metrics.contains(r#"warden_sidecar_requests_resent_total{direction="inbound"} 0"#),
+        "{metrics}"
+    );
 }
