@@ -4,8 +4,9 @@
 //! systemd starts services with a soft limit of 1024 and a far higher hard one, expecting a
 //! program that needs many descriptors to raise its own soft limit; containerd 2 gives
 //! containers the same. A sidecar holds up to two descriptors per proxied connection (the
-//! caller's and the app's or upstream's), so 1024 would cap it near 500 connections whatever
-//! `limits.max_connections` says, with accepts failing past that.
+//! caller's and the app's or upstream's), and the inbound one more per HTTP/2 stream it hands
+//! to an HTTP/1.1 app (at most `limits.max_connections` of those), so 1024 would cap it near
+//! 500 connections whatever `limits.max_connections` says, with accepts failing past that.
 
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 

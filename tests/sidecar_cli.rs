@@ -313,9 +313,9 @@ fn run_warns_when_the_hard_open_files_limit_is_below_what_max_connections_needs(
     assert_eq!(seen, Some(("300".to_owned(), "300".to_owned())), "{log}");
     assert!(
         log.contains(
-            "the open-files limit (RLIMIT_NOFILE) is 300, below the 20256 that \
-             limits.max_connections = 10000 on 1 listener(s), two descriptors per connection, \
-             may need"
+            "the open-files limit (RLIMIT_NOFILE) is 300, below the 30256 that \
+             limits.max_connections = 10000 on 1 listener(s), two descriptors per connection \
+             and one per HTTP/2 stream to an HTTP/1.1 app, may need"
         ) && log.contains("LimitNOFILE="),
         "{log}"
     );

@@ -171,6 +171,7 @@ impl Inbound {
             inputs.config.app,
             inputs.config.app_protocol,
             inputs.limits.idle_timeout,
+            inputs.limits.max_connections,
             Arc::clone(&inputs.metrics),
         );
         let http = http::Server::new(&inputs.limits);

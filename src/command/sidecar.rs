@@ -178,18 +178,20 @@ fn run_sidecar(args: RunArgs) -> anyhow::Result<Exit> {
         tracing::warn!("{warning}");
     }
     // Each inbound connection may hold an app connection beside it, and each outbound route's
-    // local connections an upstream one (HTTP/2 streams carried as HTTP/1.1 to the app take
-    // more); 256 more for the admin listener, the decision log and the Workload API.
+    // local connections an upstream one; HTTP/2 streams carried as HTTP/1.1 to the app hold up
+    // to `max_connections` app connections more; 256 more for the idle app connections, the
+    // admin listener, the decision log and the Workload API.
     let max_connections = config.max_connections() as u64;
     let listeners = 1 + config.outbound_routes() as u64;
     crate::fd_limit::raise_for(
         max_connections
             .saturating_mul(2)
             .saturating_mul(listeners)
+            .saturating_add(max_connections)
             .saturating_add(256),
         &format!(
             "limits.max_connections = {max_connections} on {listeners} listener(s), two \
-             descriptors per connection,"
+             descriptors per connection and one per HTTP/2 stream to an HTTP/1.1 app,"
         ),
     );
     // One worker: a current-thread runtime (no work-stealing, no cross-thread wake-ups).

@@ -22,6 +22,7 @@ use http_body_util::Either;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::upgrade::OnUpgrade;
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::AppProtocol;
 use crate::h1_client::{self, H1Conn, H1Error, H1Idle, Upstream};
@@ -50,6 +51,8 @@ pin_project_lite::pin_project! {
         #[pin]
         body: Incoming,
         conn: H1Conn<H2Body>,
+        // Dropped after `conn`: a stream waiting for a slot then finds the connection idle.
+        _slot: OwnedSemaphorePermit,
     }
 }
 
@@ -69,18 +72,25 @@ pub(crate) struct App {
     authority: Authority,
     protocol: AppProtocol,
     idle: Arc<H1Idle>,
-    /// HTTP/1.1 app connections for HTTP/2 callers' streams (`app_protocol = "http1"`).
+    /// HTTP/1.1 app connections for HTTP/2 callers' streams (`app_protocol = "http1"`, and
+    /// HTTP/1.x an outbound sidecar carried over HTTP/2).
     idle_for_h2: Arc<H1Idle<H2Body>>,
+    /// One per such stream's exchange, for as long as it holds its app connection: the most
+    /// that are open at once besides the idle ones (each HTTP/2 caller connection may carry
+    /// hundreds of streams, and each HTTP/1.1 exchange needs a connection of its own).
+    h2_as_h1_slots: Arc<Semaphore>,
     h2: SharedH2,
 }
 
 // === impl App ===
 
 impl App {
+    /// At most `max_h2_as_h1` HTTP/2 callers' streams hold an HTTP/1.1 app connection at once.
     pub(crate) fn new(
         addr: SocketAddr,
         protocol: AppProtocol,
         idle_timeout: Duration,
+        max_h2_as_h1: usize,
         metrics: Arc<Metrics>,
     ) -> Self {
         // Loopback: no keep-alive pings; plaintext, so nothing verified can lapse.
@@ -95,6 +105,7 @@ impl App {
             protocol,
             idle: H1Idle::new(idle_timeout, MAX_IDLE_APP_CONNS),
             idle_for_h2: H1Idle::new(idle_timeout, MAX_IDLE_APP_CONNS),
+            h2_as_h1_slots: Arc::new(Semaphore::new(max_h2_as_h1)),
             h2,
         }
     }
@@ -182,11 +193,28 @@ impl App {
     }
 
     /// Sends an HTTP/2 caller's request to the app over HTTP/1.1 (`app_protocol = "http1"`), on
-    /// an app connection held for this exchange until the response body is done with.
+    /// an app connection held for this exchange until the response body is done with. Past the
+    /// most such exchanges at once, it waits for one to end, for at most [`CONNECT_TIMEOUT`]
+    /// (then 503).
     pub(crate) async fn send_h2_as_h1(
         &self,
         mut req: Request<H2Body>,
     ) -> Result<Response<AppBody>, AppError> {
+        let slot = Arc::clone(&self.h2_as_h1_slots);
+        let slot = match slot.try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                let slot = Arc::clone(&self.h2_as_h1_slots).acquire_owned();
+                match tokio::time::timeout(CONNECT_TIMEOUT, slot).await {
+                    Ok(Ok(slot)) => slot,
+                    // The semaphore is never closed.
+                    Ok(Err(_)) | Err(_) => {
+                        tracing::debug!(app = %self.addr, "every HTTP/1.1 app connection for HTTP/2 streams stayed busy; answering 503");
+                        return Err(AppError::Unavailable);
+                    }
+                }
+            }
+        };
         host_from_authority(&mut req);
         *req.uri_mut() = Uri::from(path_of(&req));
         *req.version_mut() = Version::HTTP_11;
@@ -197,7 +225,13 @@ impl App {
             Err(H1Error::Http(e)) => return Err(self.failed(&e)),
         };
         hop_by_hop::strip(resp.headers_mut(), false);
-        Ok(resp.map(|body| Either::Right(Either::Right(HeldBody { body, conn }))))
+        Ok(resp.map(|body| {
+            Either::Right(Either::Right(HeldBody {
+                body,
+                conn,
+                _slot: slot,
+            }))
+        }))
     }
 
     /// Sends an upgrade request (see [`crate::upgrade`]) to the app on a connection of its own;

@@ -16,10 +16,12 @@ use tokio::net::TcpListener;
 use crate::support::*;
 
 /// An HTTP/1.1-only app (hyper's HTTP/1 server, no h2c): answers "<version> host=<host>
-/// xfcc=<set?> body=<bytes>" and counts the connections it accepted and the requests it served.
+/// xfcc=<set?> body=<bytes>" (`/hold…` never) and counts the connections it accepted, the most open at once and
+/// the requests it served.
 struct H1OnlyApp {
     addr: SocketAddr,
     connections: Arc<AtomicUsize>,
+    peak: Arc<AtomicUsize>,
     requests: Arc<AtomicUsize>,
 }
 
@@ -29,10 +31,17 @@ impl H1OnlyApp {
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(AtomicUsize::new(0));
-        let (c, r) = (Arc::clone(&connections), Arc::clone(&requests));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
+        let (c, p, r) = (
+            Arc::clone(&connections),
+            Arc::clone(&peak),
+            Arc::clone(&requests),
+        );
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 c.fetch_add(1, Ordering::SeqCst);
+                p.fetch_max(open.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
                 let r = Arc::clone(&r);
                 let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                     r.fetch_add(1, Ordering::SeqCst);
@@ -44,6 +53,9 @@ impl H1OnlyApp {
                             .map(|h| h.to_str().unwrap_or("?").to_owned())
                             .unwrap_or_default();
                         let xfcc = req.headers().contains_key("x-forwarded-client-cert");
+                        if req.uri().path().starts_with("/hold") {
+                            std::future::pending::<()>().await;
+                        }
                         let slow = req.uri().path().starts_with("/slow-body");
                         let body = req.into_body().collect().await?.to_bytes();
                         let text = format!("{version} host={host} xfcc={xfcc} body={}", body.len());
@@ -59,15 +71,19 @@ impl H1OnlyApp {
                         Ok::<_, hyper::Error>(Response::new(body))
                     }
                 });
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc),
-                );
+                let open = Arc::clone(&open);
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                    open.fetch_sub(1, Ordering::SeqCst);
+                });
             }
         });
         Self {
             addr,
             connections,
+            peak,
             requests,
         }
     }
@@ -81,16 +97,43 @@ fn get_h2_with_body(path: &str, body: &'static [u8]) -> Request<Full<Bytes>> {
         .unwrap()
 }
 
-#[tokio::test]
-async fn http1_app_protocol_carries_http2_callers_to_an_http1_only_app_and_reuses_its_connections()
-{
+/// An [`H1OnlyApp`] behind an inbound with `app_protocol = "http1"` and these `[limits]`.
+async fn h1_app_behind_an_http1_inbound(limits: &'static str) -> (H1OnlyApp, Fixture) {
     let app = H1OnlyApp::start().await;
     let f = Fixture::start(Options {
         inbound_extra: r#"app_protocol = "http1""#,
+        limits,
         app_addr: Some(app.addr),
         ..Options::default()
     })
     .await;
+    (app, f)
+}
+
+/// Sends `requests` at once as streams of one HTTP/2 connection to the inbound (as `web`):
+/// each one's status and body.
+async fn at_once(
+    f: &Fixture,
+    requests: impl Iterator<Item = Request<Full<Bytes>>>,
+) -> Vec<(StatusCode, String)> {
+    let tls = f.client(WEB_ID).connect(f.inbound).await.unwrap();
+    let sender = crate::raw_http::h2_sender(tls).await;
+    let calls = requests.map(|req| {
+        let mut sender = sender.clone();
+        async move {
+            let resp = sender.send_request(req).await.unwrap();
+            let status = resp.status();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
+    });
+    futures::future::join_all(calls).await
+}
+
+#[tokio::test]
+async fn http1_app_protocol_carries_http2_callers_to_an_http1_only_app_and_reuses_its_connections()
+{
+    let (app, f) = h1_app_behind_an_http1_inbound("").await;
     let web = f.client(WEB_ID);
     // One at a time: each exchange hands its app connection back for the next, once the
     // response body (which comes after the head) has been passed on.
@@ -109,21 +152,8 @@ async fn http1_app_protocol_carries_http2_callers_to_an_http1_only_app_and_reuse
         "10 sequential HTTP/2 requests took {sequential} HTTP/1.1 app connections"
     );
     // Many streams at once on one HTTP/2 connection: each gets an app connection of its own.
-    let tls = f.client(WEB_ID).connect(f.inbound).await.unwrap();
-    let sender = crate::raw_http::h2_sender(tls).await;
-    let calls = (0..20).map(|_| {
-        let mut sender = sender.clone();
-        async move {
-            let resp = sender
-                .send_request(get_h2_with_body("/orders", b"twelve bytes"))
-                .await
-                .unwrap();
-            let status = resp.status();
-            let body = resp.into_body().collect().await.unwrap().to_bytes();
-            (status, String::from_utf8_lossy(&body).into_owned())
-        }
-    });
-    for (status, body) in futures::future::join_all(calls).await {
+    let calls = (0..20).map(|_| get_h2_with_body("/orders", b"twelve bytes"));
+    for (status, body) in at_once(&f, calls).await {
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(body, "HTTP/1.1 host=api.local xfcc=true body=12");
     }
@@ -149,6 +179,53 @@ async fn http1_app_protocol_carries_http2_callers_to_an_http1_only_app_and_reuse
         records.iter().all(|r| r.upstream_status == Some(200)),
         "{records:?}"
     );
+}
+
+/// HTTP/2 streams each need an HTTP/1.1 app connection of their own: at most
+/// `limits.max_connections` are busy at once, and the streams past that wait for one to be
+/// free instead of opening more (an HTTP/2 caller may have hundreds of streams open).
+#[tokio::test]
+async fn http2_streams_to_an_http1_app_hold_at_most_max_connections_app_connections() {
+    let (app, f) = h1_app_behind_an_http1_inbound("max_connections = 2").await;
+    let calls = (0..16).map(|i| get_h2(&format!("/slow-body/{i}")));
+    for (status, body) in at_once(&f, calls).await {
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body, "HTTP/1.1 host=api.local xfcc=true body=0");
+    }
+    assert_eq!(app.requests.load(Ordering::SeqCst), 16);
+    let peak = app.peak.load(Ordering::SeqCst);
+    assert!(peak <= 2, "{peak} app connections open at once");
+}
+
+/// A stream that finds every such app connection busy for as long as connecting may take gets
+/// 503, and nothing of it reaches the app.
+#[tokio::test]
+async fn a_stream_that_waits_too_long_for_an_http1_app_connection_gets_503() {
+    let (app, f) = h1_app_behind_an_http1_inbound("max_connections = 1").await;
+    let tls = f.client(WEB_ID).connect(f.inbound).await.unwrap();
+    let sender = crate::raw_http::h2_sender(tls).await;
+    let mut held = sender.clone();
+    let _held = tokio::spawn(async move { held.send_request(get_h2("/hold")).await });
+    let requests = || app.requests.load(Ordering::SeqCst);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while requests() < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/hold never reached the app"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let mut waiting = sender.clone();
+    let resp = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        waiting.send_request(get_h2("/orders")),
+    )
+    .await
+    .expect("an answer within 20 s")
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(requests(), 1);
+    assert_eq!(app.connections.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]
