@@ -13,7 +13,9 @@
 //! has closed, or has been idle for longer than `max_idle` (so that a peer with the same idle
 //! timeout does not close it just as a request is written), the next request opens a new one. A
 //! request the old connection could not take (it closed or was told to go away meanwhile) is
-//! sent once more on a new connection; so is a bodiless one the peer refused (`REFUSED_STREAM`)
+//! sent once more on a new connection (a request with a body only when that was seen before its
+//! stream was opened; after, in the moment a driver on another thread reads a GOAWAY, only a
+//! bodiless one, whose head was kept); so is a bodiless one the peer refused (`REFUSED_STREAM`)
 //! or left unprocessed behind its GOAWAY (`resend.rs`). When every open connection has as many
 //! streams in flight as its peer allows (`SETTINGS_MAX_CONCURRENT_STREAMS`), the next request opens one more, up to
 //! [`MAX_CONNECTIONS`], as Envoy's HTTP/2 pool does, instead of queueing behind the others'
@@ -133,7 +135,8 @@ pub(crate) struct InFlight(Arc<ConnState>);
 /// How [`SharedH2::send_on_open`] went.
 enum Started<B> {
     Sent(Exchange),
-    /// The connection refused the request itself (it is malformed for HTTP/2).
+    /// The connection refused the request itself (it is malformed for HTTP/2), or went away
+    /// after it was found ready and the request's head was not kept ([`Unsent`]).
     Failed(h2::Error),
     /// No open connection could take it (boxed: this is the rare case, and the common one
     /// should not carry a request's size).

@@ -26,8 +26,9 @@ pub(super) struct Unanswered {
 
 /// A request [`super::start`] could not send: why, and the request again when the connection
 /// could no longer take a stream (it ended or went away after it was found ready, as when its
-/// driver, on another thread, reads a GOAWAY in between) and its head was kept. Nothing of it
-/// reached the peer, so it goes to another connection, whatever its method or body.
+/// driver, on another thread, reads a GOAWAY in between) and its head was kept (a bodiless
+/// request's, see [`replay_of`]). Nothing of it reached the peer, so it goes to another
+/// connection, whatever its method; one with a body fails, as its head was not kept.
 pub(super) struct Unsent<B> {
     pub(super) error: h2::Error,
     pub(super) again: Option<Box<Request<B>>>,
