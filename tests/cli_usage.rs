@@ -151,3 +151,100 @@ fn unreachable_agent_endpoints_are_named_with_the_reason() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("health listener"), "{err}");
 }
+
+/// `bundle fetch`'s profiles take the flags that fit them: `https_spiffe` (the default) needs
+/// the endpoint's SPIFFE ID, `https_web` takes neither it nor a trust bundle, and no other
+/// profile exists. Each is refused before anything is fetched or connected to, naming why.
+#[test]
+fn bundle_fetch_flags_must_fit_the_profile() {
+    let fetch = |extra: &[&str]| {
+        let out = warden()
+            .args([
+                "bundle",
+                "fetch",
+                "--trust-domain",
+                "partner.org",
+                "--url",
+                "https://localhost:1/",
+                "--admin-socket",
+                "/nonexistent/admin.sock",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for (extra, says) in [
+        (&[][..], "--endpoint-spiffe-id is missing"),
+        (
+            &[
+                "--profile",
+                "https_web",
+                "--endpoint-spiffe-id",
+                "spiffe://partner.org/ca",
+            ][..],
+            "--endpoint-spiffe-id is for --profile https_spiffe",
+        ),
+        (
+            &["--profile", "https_web", "--trust-bundle", "/tmp/x.pem"][..],
+            "--trust-bundle is for --profile https_spiffe",
+        ),
+    ] {
+        let (code, err) = fetch(extra);
+        assert_eq!(code, Some(1), "{extra:?}: {err}");
+        assert!(err.contains(says), "{extra:?}: {err}");
+        assert!(!err.contains("admin.sock"), "connected first: {err}");
+    }
+    let (code, err) = fetch(&["--profile", "https"]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("https_web"), "{err}");
+}
+
+/// An `https_web` federation needs root certificates: the system's, or those `SSL_CERT_FILE`
+/// names (as OpenSSL and Go read it); a file with none stops the CA before it starts.
+#[test]
+fn an_https_web_federation_needs_root_certificates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("ca");
+    let init = warden()
+        .args(["ca", "init", "--trust-domain", "example.org", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let empty = tmp.path().join("no-roots.pem");
+    std::fs::write(&empty, "").unwrap();
+    let check = |roots: &std::path::Path| {
+        let mut cmd = warden();
+        cmd.args(["ca", "serve", "--check-config", "--data-dir"])
+            .arg(&dir)
+            .args([
+                "--federation",
+                r#"{ trust_domain = "partner.org", url = "https://spiffe.partner.org/", profile = "https_web" }"#,
+            ])
+            .env_remove("SSL_CERT_DIR")
+            .env("SSL_CERT_FILE", roots);
+        cmd.output().unwrap()
+    };
+    let out = check(&empty);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no root certificates") && err.contains("SSL_CERT_FILE"),
+        "{err}"
+    );
+    // A file with a certificate in it (any root will do for the check).
+    let out = check(&dir.join("root.crt.pem"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

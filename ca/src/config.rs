@@ -17,7 +17,12 @@
 //! [[federation]]                     # keep a federated trust domain's bundle fresh
 //! trust_domain = "partner.org"
 //! url = "https://ca.partner.org:8443/"
-//! endpoint_spiffe_id = "spiffe://partner.org/warden/ca"
+//! endpoint_spiffe_id = "spiffe://partner.org/warden/ca"   # profile https_spiffe (default)
+//!
+//! [[federation]]                     # an endpoint with a webpki certificate (SPIRE's https_web)
+//! trust_domain = "other.example"
+//! url = "https://spiffe.other.example/bundle"
+//! profile = "https_web"              # verified against the system's roots (or SSL_CERT_FILE)
 //! ```
 
 use std::net::SocketAddr;
@@ -27,6 +32,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::authority::Ttls;
+#[cfg(test)]
+use crate::federation::Endpoint;
 use crate::federation::{RawRelationship, Relationship};
 
 /// The configuration as written (file or flags): everything optional.
@@ -389,8 +396,8 @@ mod tests {
         assert_eq!(c.federation.len(), 1);
         assert_eq!(c.federation[0].trust_domain.name(), "partner.org");
         assert_eq!(
-            c.federation[0].endpoint_id.to_string(),
-            "spiffe://partner.org/warden/ca"
+            c.federation[0].endpoint,
+            Endpoint::Spiffe("spiffe://partner.org/warden/ca".parse().unwrap())
         );
         let good = file.federation.clone().unwrap().remove(0);
         for (change, says) in [
@@ -403,17 +410,38 @@ mod tests {
             ),
             (
                 RawRelationship {
-                    endpoint_spiffe_id: "partner.org".into(),
+                    endpoint_spiffe_id: Some("partner.org".into()),
                     ..good.clone()
                 },
                 "endpoint_spiffe_id",
             ),
             (
                 RawRelationship {
-                    endpoint_spiffe_id: "spiffe://partner.org".into(),
+                    endpoint_spiffe_id: Some("spiffe://partner.org".into()),
                     ..good.clone()
                 },
                 "no path",
+            ),
+            (
+                RawRelationship {
+                    endpoint_spiffe_id: None,
+                    ..good.clone()
+                },
+                "endpoint_spiffe_id is missing",
+            ),
+            (
+                RawRelationship {
+                    profile: Some("https_web".into()),
+                    ..good.clone()
+                },
+                "endpoint_spiffe_id is for the https_spiffe profile",
+            ),
+            (
+                RawRelationship {
+                    profile: Some("https".into()),
+                    ..good.clone()
+                },
+                "profile `https` is not `https_spiffe` or `https_web`",
             ),
             (
                 RawRelationship {
@@ -435,6 +463,18 @@ mod tests {
             let err = raw.resolve().unwrap_err().to_string();
             assert!(err.contains("`federation`") && err.contains(says), "{err}");
         }
+        // https_web: no endpoint SPIFFE ID; an explicit https_spiffe is the default's meaning.
+        let web = RawRelationship {
+            profile: Some("https_web".into()),
+            endpoint_spiffe_id: None,
+            ..good.clone()
+        };
+        assert_eq!(web.resolve().unwrap().endpoint, Endpoint::Web);
+        let explicit = RawRelationship {
+            profile: Some("https_spiffe".into()),
+            ..good.clone()
+        };
+        assert_eq!(explicit.resolve(), good.resolve());
         let mut raw = flags_with_dir();
         raw.federation = Some(vec![good.clone(), good]);
         let err = raw.resolve().unwrap_err().to_string();

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use warden_identity::{Bundle, SpiffeId, TrustDomain};
 
 use crate::authority::Authority;
-use crate::bundle_endpoint;
+use crate::bundle_endpoint::{self, WebRoots};
 use crate::datastore::Datastore;
 use crate::http::Metrics;
 
@@ -45,8 +45,23 @@ pub struct RawRelationship {
     pub trust_domain: String,
     /// Its bundle endpoint, `https://host[:port][/path]`.
     pub url: String,
-    /// The SPIFFE ID the endpoint's server certificate carries.
-    pub endpoint_spiffe_id: String,
+    /// How the endpoint authenticates itself: `https_spiffe` (the default) or `https_web`.
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// The SPIFFE ID the endpoint's server certificate carries (`https_spiffe` only).
+    #[serde(default)]
+    pub endpoint_spiffe_id: Option<String>,
+}
+
+/// How a bundle endpoint authenticates itself (SPIFFE Federation §5.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `https_spiffe`: an X.509-SVID for this SPIFFE ID, verified against the bundle held for
+    /// its trust domain.
+    Spiffe(SpiffeId),
+    /// `https_web`: a WebPKI certificate for the URL's host, verified against the system's
+    /// root certificates.
+    Web,
 }
 
 /// A checked federation relationship.
@@ -56,8 +71,8 @@ pub struct Relationship {
     pub trust_domain: TrustDomain,
     /// Its bundle endpoint.
     pub url: String,
-    /// The SPIFFE ID the endpoint's server certificate must carry.
-    pub endpoint_id: SpiffeId,
+    /// How the endpoint authenticates itself.
+    pub endpoint: Endpoint,
 }
 
 impl RawRelationship {
@@ -66,15 +81,39 @@ impl RawRelationship {
         let trust_domain = TrustDomain::new(&self.trust_domain)
             .map_err(|e| format!("trust_domain `{}`: {e}", self.trust_domain))?;
         bundle_endpoint::check_url(&self.url).map_err(|e| e.to_string())?;
-        let endpoint_id: SpiffeId = self
-            .endpoint_spiffe_id
-            .parse()
-            .map_err(|e| format!("endpoint_spiffe_id `{}`: {e}", self.endpoint_spiffe_id))?;
-        bundle_endpoint::check_endpoint_id(&endpoint_id).map_err(|e| e.to_string())?;
+        let endpoint = match (self.profile.as_deref(), &self.endpoint_spiffe_id) {
+            (None | Some("https_spiffe"), Some(id)) => {
+                let id: SpiffeId = id
+                    .parse()
+                    .map_err(|e| format!("endpoint_spiffe_id `{id}`: {e}"))?;
+                bundle_endpoint::check_endpoint_id(&id).map_err(|e| e.to_string())?;
+                Endpoint::Spiffe(id)
+            }
+            (None | Some("https_spiffe"), None) => {
+                return Err(
+                    "endpoint_spiffe_id is missing: the https_spiffe profile needs the \
+                            spiffe id the endpoint presents (or set profile = \"https_web\")"
+                        .to_owned(),
+                );
+            }
+            (Some("https_web"), None) => Endpoint::Web,
+            (Some("https_web"), Some(_)) => {
+                return Err(
+                    "endpoint_spiffe_id is for the https_spiffe profile: an https_web \
+                            endpoint presents a webpki certificate for the url's host"
+                        .to_owned(),
+                );
+            }
+            (Some(other), _) => {
+                return Err(format!(
+                    "profile `{other}` is not `https_spiffe` or `https_web`"
+                ));
+            }
+        };
         Ok(Relationship {
             trust_domain,
             url: self.url.clone(),
-            endpoint_id,
+            endpoint,
         })
     }
 }
@@ -89,31 +128,41 @@ pub enum Refreshed {
 }
 
 /// Fetches `rel`'s bundle once and stores it if it changed; `own` is this CA's bundle (for an
-/// endpoint of its own trust domain). Returns what it did and when the next fetch is due.
+/// `https_spiffe` endpoint of its own trust domain), `web_roots` what authenticates an
+/// `https_web` one. Returns what it did and when the next fetch is due.
 pub async fn refresh(
     rel: &Relationship,
     datastore: &Datastore,
     own: &Bundle,
+    web_roots: Option<&WebRoots>,
 ) -> Result<(Refreshed, Duration), String> {
-    let endpoint_td = rel.endpoint_id.trust_domain();
-    let trust = if endpoint_td == *own.trust_domain() {
-        own.clone()
-    } else {
-        datastore
-            .get_bundle(&endpoint_td)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| {
-                format!(
-                    "no bundle of `{endpoint_td}` is held to authenticate the endpoint with: set \
-                     one (`warden bundle set`, or `warden bundle fetch --trust-bundle`)"
-                )
-            })?
+    let fetched = match &rel.endpoint {
+        Endpoint::Spiffe(endpoint_id) => {
+            let endpoint_td = endpoint_id.trust_domain();
+            let trust = if endpoint_td == *own.trust_domain() {
+                own.clone()
+            } else {
+                datastore
+                    .get_bundle(&endpoint_td)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| {
+                        format!(
+                            "no bundle of `{endpoint_td}` is held to authenticate the endpoint \
+                             with: set one (`warden bundle set`, or `warden bundle fetch \
+                             --trust-bundle`)"
+                        )
+                    })?
+            };
+            bundle_endpoint::fetch(&rel.url, endpoint_id, trust, &rel.trust_domain).await
+        }
+        Endpoint::Web => {
+            let roots = web_roots
+                .ok_or("no root certificates to authenticate an https_web endpoint with")?;
+            bundle_endpoint::fetch_web(&rel.url, roots, &rel.trust_domain).await
+        }
     };
-    let (mut fetched, _) =
-        bundle_endpoint::fetch(&rel.url, &rel.endpoint_id, trust, &rel.trust_domain)
-            .await
-            .map_err(|e| e.to_string())?;
+    let (mut fetched, _) = fetched.map_err(|e| e.to_string())?;
     if fetched.is_empty() {
         return Err(format!(
             "the bundle served for `{}` has no usable authorities",
@@ -162,6 +211,7 @@ pub fn next_sequence(served: u64, held: Option<u64>) -> u64 {
 /// Refreshes `rel` until `stop` turns true.
 pub(crate) async fn keep_fresh(
     rel: Relationship,
+    web_roots: Option<WebRoots>,
     authority: Arc<Authority>,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
@@ -177,7 +227,7 @@ pub(crate) async fn keep_fresh(
         // A stop does not wait for a slow peer (a fetch may take up to 30 s).
         let refreshed = tokio::select! {
             () = &mut stopped => return Ok(()),
-            refreshed = refresh(&rel, authority.datastore(), &own) => refreshed,
+            refreshed = refresh(&rel, authority.datastore(), &own, web_roots.as_ref()) => refreshed,
         };
         let wait = match refreshed {
             Ok((what, next)) => {

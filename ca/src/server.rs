@@ -23,8 +23,10 @@ use warden_identity::{BundleSet, SharedBundles, SvidCertResolver};
 
 use crate::agent_api::AgentService;
 use crate::authority::{Authority, AuthorityError, Clock, SystemClock, read_trust_domain};
+use crate::bundle_endpoint::WebRoots;
 use crate::config::Config;
 use crate::datastore::{Datastore, DatastoreError};
+use crate::federation::Endpoint;
 use crate::http::Metrics;
 
 /// Why the server could not start or stopped with an error.
@@ -65,6 +67,10 @@ pub enum ServerError {
     /// A federation relationship cannot be kept.
     #[error("invalid federation with `{0}`: it is this ca's own trust domain")]
     FederationWithSelf(String),
+    /// An `https_web` federation relationship, and no root certificates to authenticate its
+    /// endpoint with.
+    #[error("{0}")]
+    WebRoots(String),
     /// A listener failed while serving.
     #[error("{what} server failed: {reason}")]
     Serve {
@@ -100,7 +106,20 @@ type TaskResult = Result<Result<(), String>, tokio::task::JoinError>;
 pub fn check(config: &Config) -> Result<(), ServerError> {
     let td = read_trust_domain(&config.data_dir)?;
     read_node_cas(&config.node_cas)?;
-    check_federation(config, &td)
+    check_federation(config, &td)?;
+    web_roots(config).map(drop)
+}
+
+/// The system's root certificates, when an `https_web` relationship needs them.
+fn web_roots(config: &Config) -> Result<Option<WebRoots>, ServerError> {
+    let needed = config
+        .federation
+        .iter()
+        .any(|rel| rel.endpoint == Endpoint::Web);
+    match needed {
+        true => WebRoots::system().map(Some).map_err(ServerError::WebRoots),
+        false => Ok(None),
+    }
 }
 
 /// Refuses a federation relationship with the CA's own trust domain.
@@ -126,6 +145,7 @@ pub async fn start_with_clock(
     let td = read_trust_domain(&config.data_dir)?;
     let node_cas = read_node_cas(&config.node_cas)?;
     check_federation(config, &td)?;
+    let web_roots = web_roots(config)?;
     // First: a second CA on this data directory stops here, before it touches the datastore.
     let admin_listener = crate::admin::bind(&config.admin_socket).await?;
     let ds = Datastore::open(&config.datastore).await?;
@@ -219,6 +239,7 @@ pub async fn start_with_clock(
             "federation",
             tokio::spawn(crate::federation::keep_fresh(
                 rel.clone(),
+                web_roots.clone(),
                 Arc::clone(&authority),
                 Arc::clone(&metrics),
                 stop_rx.clone(),

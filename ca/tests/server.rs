@@ -14,6 +14,8 @@ mod audit;
 mod bundle_endpoint;
 #[path = "server/federation.rs"]
 mod federation;
+#[path = "server/federation_web.rs"]
+mod federation_web;
 #[path = "server/refusals.rs"]
 mod refusals;
 #[path = "server/rotation.rs"]

@@ -217,11 +217,13 @@ pub(crate) enum BundleCommand {
         #[command(flatten)]
         conn: Conn,
     },
-    /// Fetch a federated trust domain's bundle from its SPIFFE bundle endpoint (`https_spiffe`
-    /// profile) and set it. The endpoint must present an X.509-SVID for exactly
+    /// Fetch a federated trust domain's bundle from its SPIFFE bundle endpoint and set it. An
+    /// `https_spiffe` endpoint (the default) must present an X.509-SVID for exactly
     /// `--endpoint-spiffe-id` that verifies against the bundle the CA holds for that ID's trust
-    /// domain (set the first with `bundle set`, or give `--trust-bundle`); the bundle it serves
-    /// must be a valid SPIFFE bundle. Run it again (by a timer) to follow the peer's rotations.
+    /// domain (set the first with `bundle set`, or give `--trust-bundle`); an `https_web` one
+    /// (`--profile https_web`) a WebPKI certificate for the URL's host that chains to the
+    /// system's root certificates. The bundle it serves must be a valid SPIFFE bundle. Run it
+    /// again (by a timer) to follow the peer's rotations.
     Fetch(bundle_fetch::FetchArgs),
     /// Delete a federated trust domain's bundle.
     Delete {

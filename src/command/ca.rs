@@ -100,12 +100,14 @@ pub(crate) struct ServeArgs {
     /// PEM file of x509pop node CA certificates (repeatable).
     #[arg(long)]
     node_ca: Vec<PathBuf>,
-    /// A federated trust domain whose bundle the CA keeps fresh from its SPIFFE bundle endpoint
-    /// (`https_spiffe`), as a TOML inline table, repeatable: `{ trust_domain = "partner.org",
-    /// url = "https://ca.partner.org:8443/", endpoint_spiffe_id =
-    /// "spiffe://partner.org/warden/ca" }`. The first bundle of the endpoint's trust domain is
-    /// set out of band (`warden bundle set`); then every fetch is checked against the last,
-    /// after its refresh hint (30 s to 1 h; 5 m without one).
+    /// A federated trust domain whose bundle the CA keeps fresh from its SPIFFE bundle endpoint,
+    /// as a TOML inline table, repeatable: `{ trust_domain = "partner.org", url =
+    /// "https://ca.partner.org:8443/", endpoint_spiffe_id = "spiffe://partner.org/warden/ca" }`
+    /// (profile `https_spiffe`: the first bundle of the endpoint's trust domain is set out of
+    /// band, `warden bundle set`, then every fetch is checked against the last), or `{
+    /// trust_domain = "other.example", url = "https://spiffe.other.example/", profile =
+    /// "https_web" }` (a WebPKI certificate, checked against the system's root certificates or
+    /// SSL_CERT_FILE). Fetched again after the bundle's refresh hint (30 s to 1 h; 5 m without).
     #[arg(long, value_name = "TABLE")]
     federation: Vec<String>,
 }

@@ -6,18 +6,18 @@
 use std::time::Duration;
 
 use warden_ca::datastore::ca_spiffe_id;
-use warden_ca::federation::{Refreshed, Relationship, refresh};
+use warden_ca::federation::{Endpoint, Refreshed, Relationship, refresh};
 use warden_ca::server::ServerError;
 use warden_identity::{Bundle, TrustDomain};
 
 use crate::support::*;
 
-fn partner_td() -> TrustDomain {
+pub(crate) fn partner_td() -> TrustDomain {
     "partner.org".parse().unwrap()
 }
 
 /// partner.org's CA, serving its bundle endpoint.
-async fn partner() -> (TestCa, Relationship) {
+pub(crate) async fn partner() -> (TestCa, Relationship) {
     let ca = start_ca_for(partner_td(), |c| {
         c.bundle_endpoint_listen = Some("127.0.0.1:0".parse().unwrap());
     })
@@ -25,7 +25,7 @@ async fn partner() -> (TestCa, Relationship) {
     let rel = Relationship {
         trust_domain: partner_td(),
         url: format!("https://{}/", ca.running.bundle_endpoint_addr.unwrap()),
-        endpoint_id: ca_spiffe_id(&partner_td()),
+        endpoint: Endpoint::Spiffe(ca_spiffe_id(&partner_td())),
     };
     (ca, rel)
 }
@@ -40,7 +40,7 @@ fn roots_of(ca: &TestCa) -> Bundle {
 }
 
 /// The JWT keys of `b` (a bundle document carries no expiry for them).
-fn jwt_keys(b: &Bundle) -> Vec<(String, Vec<u8>)> {
+pub(crate) fn jwt_keys(b: &Bundle) -> Vec<(String, Vec<u8>)> {
     b.jwt_authorities()
         .iter()
         .map(|k| (k.kid().to_owned(), k.public_key().to_vec()))
@@ -52,14 +52,14 @@ async fn a_federated_bundle_is_fetched_with_the_one_held_and_stored_when_it_chan
     let (partner, rel) = partner().await;
     let ours = start_ca().await;
     let own = (*ours.running.authority.bundle()).clone();
-    let err = refresh(&rel, &ours.ds(), &own).await.unwrap_err();
+    let err = refresh(&rel, &ours.ds(), &own, None).await.unwrap_err();
     assert!(err.contains("warden bundle set"), "{err}");
 
     ours.ds()
         .set_bundle(&roots_of(&partner), "test")
         .await
         .unwrap();
-    let (what, next) = refresh(&rel, &ours.ds(), &own).await.unwrap();
+    let (what, next) = refresh(&rel, &ours.ds(), &own, None).await.unwrap();
     assert_eq!(what, Refreshed::Stored);
     // The next fetch is due after the served bundle's refresh hint (within 30 s to 1 h).
     let hint = partner.running.authority.bundle().refresh_hint().unwrap();
@@ -73,7 +73,7 @@ async fn a_federated_bundle_is_fetched_with_the_one_held_and_stored_when_it_chan
     assert_eq!(jwt_keys(&held), jwt_keys(&served));
     assert!(!held.jwt_authorities().is_empty());
 
-    let (what, _) = refresh(&rel, &ours.ds(), &own).await.unwrap();
+    let (what, _) = refresh(&rel, &ours.ds(), &own, None).await.unwrap();
     assert_eq!(what, Refreshed::Unchanged);
 
     // The sequence only grows (B-2): with a held one above what the peer serves, a change is
@@ -81,7 +81,7 @@ async fn a_federated_bundle_is_fetched_with_the_one_held_and_stored_when_it_chan
     let mut ahead = roots_of(&partner);
     ahead.set_sequence(99);
     ours.ds().set_bundle(&ahead, "test").await.unwrap();
-    let (what, _) = refresh(&rel, &ours.ds(), &own).await.unwrap();
+    let (what, _) = refresh(&rel, &ours.ds(), &own, None).await.unwrap();
     assert_eq!(what, Refreshed::Stored);
     let held = ours.ds().get_bundle(&partner_td()).await.unwrap().unwrap();
     assert_eq!(held.sequence(), 100);
@@ -89,17 +89,17 @@ async fn a_federated_bundle_is_fetched_with_the_one_held_and_stored_when_it_chan
 
     // An endpoint that is not the one named, and one no bundle held authenticates.
     let wrong = Relationship {
-        endpoint_id: "spiffe://partner.org/someone-else".parse().unwrap(),
+        endpoint: Endpoint::Spiffe("spiffe://partner.org/someone-else".parse().unwrap()),
         ..rel.clone()
     };
-    let err = refresh(&wrong, &ours.ds(), &own).await.unwrap_err();
+    let err = refresh(&wrong, &ours.ds(), &own, None).await.unwrap_err();
     assert!(err.contains("tls handshake failed"), "{err}");
     let stranger = start_ca_for(partner_td(), |_| {}).await;
     ours.ds()
         .set_bundle(&roots_of(&stranger), "test")
         .await
         .unwrap();
-    let err = refresh(&rel, &ours.ds(), &own).await.unwrap_err();
+    let err = refresh(&rel, &ours.ds(), &own, None).await.unwrap_err();
     assert!(err.contains("tls handshake failed"), "{err}");
     // The bundle held is left as it was.
     let held = ours.ds().get_bundle(&partner_td()).await.unwrap().unwrap();
@@ -154,7 +154,7 @@ async fn a_federation_with_the_cas_own_trust_domain_is_refused_at_start() {
     cfg.federation = vec![Relationship {
         trust_domain: td(),
         url: "https://127.0.0.1:1/".into(),
-        endpoint_id: ca_spiffe_id(&td()),
+        endpoint: Endpoint::Spiffe(ca_spiffe_id(&td())),
     }];
     let err = warden_ca::server::start(&cfg).await.unwrap_err();
     assert!(matches!(err, ServerError::FederationWithSelf(_)), "{err}");

@@ -1,12 +1,15 @@
 //! `warden bundle fetch`: a federated trust domain's bundle read from its SPIFFE bundle
-//! endpoint (`https_spiffe` profile) and set in the CA, as `bundle set` would set it from a
-//! file. The endpoint is authenticated with the bundle already held for its SPIFFE ID's trust
-//! domain (SPIRE's model: set the first one out of band), or with `--trust-bundle`.
+//! endpoint and set in the CA, as `bundle set` would set it from a file. An `https_spiffe`
+//! endpoint is authenticated with the bundle already held for its SPIFFE ID's trust domain
+//! (SPIRE's model: set the first one out of band), or with `--trust-bundle`; an `https_web`
+//! one by its WebPKI certificate, against the system's root certificates.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use tonic::transport::Channel;
 use warden_api::v1;
+use warden_api::v1::admin_api_client::AdminApiClient;
 use warden_identity::{Bundle, SpiffeId, TrustDomain};
 
 use super::client::{Conn, connect, rpc};
@@ -21,12 +24,20 @@ pub(crate) struct FetchArgs {
     /// The endpoint, `https://host[:port][/path]`.
     #[arg(long)]
     url: String,
-    /// The SPIFFE ID the endpoint's server certificate must carry: `spiffe://<td>/warden/ca`
-    /// for a Warden CA's `--bundle-endpoint-listen`, `spiffe://<td>/spire/server` for SPIRE's.
+    /// How the endpoint authenticates itself: `https_spiffe`, an X.509-SVID for
+    /// `--endpoint-spiffe-id`; or `https_web`, a WebPKI certificate for the URL's host,
+    /// verified against the system's root certificates (`SSL_CERT_FILE` or `SSL_CERT_DIR` when
+    /// set, as OpenSSL and Go read them).
+    #[arg(long, default_value = "https_spiffe", value_parser = ["https_spiffe", "https_web"])]
+    profile: String,
+    /// The SPIFFE ID the endpoint's server certificate must carry (`https_spiffe`):
+    /// `spiffe://<td>/warden/ca` for a Warden CA's `--bundle-endpoint-listen`,
+    /// `spiffe://<td>/spire/server` for SPIRE's.
     #[arg(long)]
-    endpoint_spiffe_id: String,
+    endpoint_spiffe_id: Option<String>,
     /// A PEM or SPIFFE bundle (JWKS) file of the endpoint SPIFFE ID's trust domain, to
-    /// authenticate the endpoint the first time [default: the bundle the CA holds for it].
+    /// authenticate an `https_spiffe` endpoint the first time [default: the bundle the CA
+    /// holds for it].
     #[arg(long)]
     trust_bundle: Option<PathBuf>,
     #[command(flatten)]
@@ -36,33 +47,42 @@ pub(crate) struct FetchArgs {
 pub(crate) async fn run(args: FetchArgs) -> anyhow::Result<()> {
     let trust_domain = TrustDomain::new(&args.trust_domain)
         .with_context(|| format!("invalid --trust-domain `{}`", args.trust_domain))?;
-    let endpoint_id: SpiffeId = args
-        .endpoint_spiffe_id
-        .parse()
-        .with_context(|| format!("invalid --endpoint-spiffe-id `{}`", args.endpoint_spiffe_id))?;
-    warden_ca::bundle_endpoint::check_endpoint_id(&endpoint_id)?;
     warden_ca::bundle_endpoint::check_url(&args.url)?;
-    let endpoint_td = endpoint_id.trust_domain();
+    let web = args.profile == "https_web";
+    let endpoint_id = match (web, &args.endpoint_spiffe_id) {
+        (false, Some(id)) => {
+            let id: SpiffeId = id
+                .parse()
+                .with_context(|| format!("invalid --endpoint-spiffe-id `{id}`"))?;
+            warden_ca::bundle_endpoint::check_endpoint_id(&id)?;
+            Some(id)
+        }
+        (false, None) => anyhow::bail!(
+            "--endpoint-spiffe-id is missing: the https_spiffe profile needs the spiffe id the \
+             endpoint presents (or give --profile https_web)"
+        ),
+        (true, Some(_)) => anyhow::bail!(
+            "--endpoint-spiffe-id is for --profile https_spiffe: an https_web endpoint presents a \
+             webpki certificate for the url's host"
+        ),
+        (true, None) if args.trust_bundle.is_some() => anyhow::bail!(
+            "--trust-bundle is for --profile https_spiffe: an https_web endpoint is verified \
+             against the system's root certificates (set SSL_CERT_FILE for others)"
+        ),
+        (true, None) => None,
+    };
     let mut client = connect(&args.conn).await?;
-    let trust = match &args.trust_bundle {
-        Some(file) => read_bundle(file, &endpoint_td)?,
+    let (fetched, document) = match endpoint_id {
+        Some(endpoint_id) => {
+            let trust = trust_for(&mut client, &endpoint_id, args.trust_bundle.as_deref()).await?;
+            warden_ca::bundle_endpoint::fetch(&args.url, &endpoint_id, trust, &trust_domain).await?
+        }
         None => {
-            let held = rpc(client
-                .get_bundle(v1::TrustDomainName {
-                    trust_domain: endpoint_td.name().to_owned(),
-                })
-                .await)
-            .with_context(|| {
-                format!(
-                    "no bundle of `{endpoint_td}` to authenticate the endpoint with: set one \
-                     (`warden bundle set`) or give --trust-bundle"
-                )
-            })?;
-            bundle_from_proto(&held)?
+            let roots =
+                warden_ca::bundle_endpoint::WebRoots::system().map_err(anyhow::Error::msg)?;
+            warden_ca::bundle_endpoint::fetch_web(&args.url, &roots, &trust_domain).await?
         }
     };
-    let (fetched, document) =
-        warden_ca::bundle_endpoint::fetch(&args.url, &endpoint_id, trust, &trust_domain).await?;
     // Run from a timer, most fetches find the bundle held: it is not set (and audited) again.
     let held = match client
         .get_bundle(v1::TrustDomainName {
@@ -89,6 +109,31 @@ pub(crate) async fn run(args: FetchArgs) -> anyhow::Result<()> {
         .await)?;
     print_bundles(args.conn.output, std::slice::from_ref(&set));
     Ok(())
+}
+
+/// The bundle that authenticates an `https_spiffe` endpoint: `file`'s, else the one the CA
+/// holds for `endpoint_id`'s trust domain.
+async fn trust_for(
+    client: &mut AdminApiClient<Channel>,
+    endpoint_id: &SpiffeId,
+    file: Option<&Path>,
+) -> anyhow::Result<Bundle> {
+    let endpoint_td = endpoint_id.trust_domain();
+    if let Some(file) = file {
+        return read_bundle(file, &endpoint_td);
+    }
+    let held = rpc(client
+        .get_bundle(v1::TrustDomainName {
+            trust_domain: endpoint_td.name().to_owned(),
+        })
+        .await)
+    .with_context(|| {
+        format!(
+            "no bundle of `{endpoint_td}` to authenticate the endpoint with: set one \
+             (`warden bundle set`) or give --trust-bundle"
+        )
+    })?;
+    bundle_from_proto(&held)
 }
 
 /// Whether two bundles hold the same authorities (JWT keys by id and key: one read back from the
