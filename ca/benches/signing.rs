@@ -101,6 +101,7 @@ fn rpc_batch(c: &mut Criterion) {
             listen: "127.0.0.1:0".parse().unwrap(),
             http_listen: "127.0.0.1:0".parse().unwrap(),
             bundle_endpoint_listen: None,
+            bundle_endpoint_web: None,
             admin_socket: dir.path().join("admin.sock"),
             datastore: dir.path().join("datastore.sqlite3").display().to_string(),
             ttls: ttls(),

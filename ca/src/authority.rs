@@ -10,7 +10,7 @@
 
 mod audit_key;
 mod clock;
-mod files;
+pub(crate) mod files;
 mod init;
 mod keys;
 mod rotation;

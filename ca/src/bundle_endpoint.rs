@@ -22,13 +22,15 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use warden_api::transport::PerSource;
-use warden_identity::{SvidCertResolver, crypto_provider};
+use warden_identity::crypto_provider;
 
 use crate::authority::Authority;
 
 mod fetch;
+mod web_cert;
 
 pub use fetch::{FetchError, WebRoots, check_endpoint_id, check_url, fetch, fetch_web};
+pub(crate) use web_cert::FileCert;
 
 /// Most connections served at once; more are closed at accept.
 pub const MAX_CONNECTIONS: usize = 256;
@@ -43,9 +45,10 @@ pub const MAX_BUNDLE_BYTES: usize = 1024 * 1024;
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The endpoint's TLS: TLS 1.2 or 1.3 (federating peers are other SPIFFE implementations), the
-/// CA's own SVID from `resolver` (rotated by the server loop), no client certificate asked for.
+/// certificate from `resolver` (the CA's own SVID, rotated by the server loop, for
+/// `https_spiffe`; a [`FileCert`] for `https_web`), no client certificate asked for.
 pub(crate) fn server_config(
-    resolver: Arc<SvidCertResolver>,
+    resolver: Arc<dyn rustls::server::ResolvesServerCert>,
 ) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
     let mut config = rustls::ServerConfig::builder_with_provider(crypto_provider())
         .with_safe_default_protocol_versions()?

@@ -6,6 +6,8 @@
 //! listen = "127.0.0.1:8081"          # agent API (gRPC over TLS 1.3)
 //! http_listen = "127.0.0.1:8082"     # /healthz /readyz /metrics /bundle
 //! bundle_endpoint_listen = "0.0.0.0:8443"   # SPIFFE bundle endpoint (https_spiffe); default off
+//! bundle_endpoint_cert_file = "/etc/warden/endpoint.crt"   # serve it https_web with these
+//! bundle_endpoint_key_file = "/etc/warden/endpoint.key"    # (re-read every minute; 0600)
 //! admin_socket = "/var/lib/warden/ca/admin.sock"
 //! datastore = "postgres://warden@db/warden"   # default: DATA_DIR/datastore.sqlite3
 //! ca_ttl = "24h"                     # intermediate CA and JWT key lifetime
@@ -48,6 +50,11 @@ pub struct RawConfig {
     pub http_listen: Option<String>,
     /// SPIFFE bundle endpoint address (`https_spiffe`).
     pub bundle_endpoint_listen: Option<String>,
+    /// PEM certificate chain the bundle endpoint presents instead of the CA's SVID
+    /// (`https_web`); with `bundle_endpoint_key_file`.
+    pub bundle_endpoint_cert_file: Option<PathBuf>,
+    /// PEM private key of `bundle_endpoint_cert_file` (0600).
+    pub bundle_endpoint_key_file: Option<PathBuf>,
     /// Admin API Unix socket.
     pub admin_socket: Option<PathBuf>,
     /// Datastore URL or SQLite path.
@@ -75,8 +82,11 @@ pub struct Config {
     pub listen: SocketAddr,
     /// HTTP address (port 0: any free port).
     pub http_listen: SocketAddr,
-    /// SPIFFE bundle endpoint address (`https_spiffe` profile), if it is served.
+    /// SPIFFE bundle endpoint address, if it is served.
     pub bundle_endpoint_listen: Option<SocketAddr>,
+    /// The certificate files the bundle endpoint presents (`https_web` profile); `None`: the
+    /// CA's own SVID (`https_spiffe`).
+    pub bundle_endpoint_web: Option<WebCertFiles>,
     /// Admin API Unix socket.
     pub admin_socket: PathBuf,
     /// Datastore URL or SQLite path.
@@ -89,6 +99,23 @@ pub struct Config {
     pub node_cas: Vec<PathBuf>,
     /// Federated trust domains whose bundles the CA keeps fresh from their endpoints.
     pub federation: Vec<Relationship>,
+}
+
+/// The certificate and key files of an `https_web` bundle endpoint (a WebPKI certificate, as
+/// an ACME client renews it), read again every `sync_interval` when they changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebCertFiles {
+    /// PEM certificate chain, the endpoint's certificate first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, SEC1 or PKCS#1), 0600.
+    pub key_file: PathBuf,
+    /// How often the files are checked for a change.
+    pub sync_interval: Duration,
+}
+
+impl WebCertFiles {
+    /// How often the files are checked for a change (SPIRE's `file_sync_interval` default).
+    pub const SYNC_INTERVAL: Duration = Duration::from_secs(60);
 }
 
 /// A configuration problem, naming the setting and the bad value.
@@ -154,6 +181,12 @@ impl RawConfig {
             listen: over.listen.or(self.listen),
             http_listen: over.http_listen.or(self.http_listen),
             bundle_endpoint_listen: over.bundle_endpoint_listen.or(self.bundle_endpoint_listen),
+            bundle_endpoint_cert_file: over
+                .bundle_endpoint_cert_file
+                .or(self.bundle_endpoint_cert_file),
+            bundle_endpoint_key_file: over
+                .bundle_endpoint_key_file
+                .or(self.bundle_endpoint_key_file),
             admin_socket: over.admin_socket.or(self.admin_socket),
             datastore: over.datastore.or(self.datastore),
             ca_ttl: over.ca_ttl.or(self.ca_ttl),
@@ -178,6 +211,40 @@ impl RawConfig {
             .as_deref()
             .map(|a| addr("bundle_endpoint_listen", a))
             .transpose()?;
+        let bundle_endpoint_web = match (
+            self.bundle_endpoint_cert_file,
+            self.bundle_endpoint_key_file,
+        ) {
+            (None, None) => None,
+            (Some(cert_file), Some(key_file)) if bundle_endpoint_listen.is_some() => {
+                Some(WebCertFiles {
+                    cert_file,
+                    key_file,
+                    sync_interval: WebCertFiles::SYNC_INTERVAL,
+                })
+            }
+            (Some(file), Some(_)) => {
+                return Err(ConfigError::Value {
+                    key: "bundle_endpoint_cert_file",
+                    value: file.display().to_string(),
+                    reason: "the bundle endpoint is not served: set bundle_endpoint_listen".into(),
+                });
+            }
+            (Some(file), None) => {
+                return Err(ConfigError::Value {
+                    key: "bundle_endpoint_cert_file",
+                    value: file.display().to_string(),
+                    reason: "bundle_endpoint_key_file, its private key, is missing".into(),
+                });
+            }
+            (None, Some(file)) => {
+                return Err(ConfigError::Value {
+                    key: "bundle_endpoint_key_file",
+                    value: file.display().to_string(),
+                    reason: "bundle_endpoint_cert_file, its certificate, is missing".into(),
+                });
+            }
+        };
         let ca = ttl(
             "ca_ttl",
             self.ca_ttl.as_deref(),
@@ -237,6 +304,7 @@ impl RawConfig {
             listen,
             http_listen,
             bundle_endpoint_listen,
+            bundle_endpoint_web,
             admin_socket,
             datastore,
             ttls: Ttls {
@@ -294,197 +362,4 @@ fn ttl(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn flags_with_dir() -> RawConfig {
-        RawConfig {
-            data_dir: Some("/tmp/ca".into()),
-            ..RawConfig::default()
-        }
-    }
-
-    #[test]
-    fn defaults_apply() {
-        let c = flags_with_dir().resolve().unwrap();
-        assert_eq!(c.listen, "127.0.0.1:8081".parse().unwrap());
-        assert_eq!(c.http_listen, "127.0.0.1:8082".parse().unwrap());
-        assert_eq!(c.ttls.ca, Duration::from_secs(86_400));
-        assert_eq!(c.ttls.x509_svid, Duration::from_secs(3600));
-        assert_eq!(c.ttls.jwt_svid, Duration::from_secs(300));
-        assert_eq!(c.admin_socket, PathBuf::from("/tmp/ca/admin.sock"));
-        assert_eq!(c.datastore, "/tmp/ca/datastore.sqlite3");
-    }
-
-    #[test]
-    fn flags_override_file() {
-        let file = RawConfig::from_toml(
-            "data_dir = \"/a\"\nca_ttl = \"2h\"\nlisten = \"127.0.0.1:1\"",
-            Path::new("ca.toml"),
-        )
-        .unwrap();
-        let flags = RawConfig {
-            ca_ttl: Some("3h".into()),
-            ..RawConfig::default()
-        };
-        let c = file.overlay(flags).resolve().unwrap();
-        assert_eq!(c.ttls.ca, Duration::from_secs(3 * 3600));
-        assert_eq!(c.listen, "127.0.0.1:1".parse().unwrap());
-        assert_eq!(c.data_dir, PathBuf::from("/a"));
-    }
-
-    #[test]
-    fn unknown_key_is_rejected_naming_it() {
-        let err = RawConfig::from_toml("data_dir = \"/a\"\nca_tll = \"1h\"", Path::new("ca.toml"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("ca_tll"), "{err}");
-        assert!(err.contains("ca.toml"), "{err}");
-    }
-
-    #[test]
-    fn bad_duration_names_key_and_value() {
-        let mut raw = flags_with_dir();
-        raw.svid_ttl = Some("soon".into());
-        let err = raw.resolve().unwrap_err().to_string();
-        assert!(
-            err.contains("`svid_ttl`") && err.contains("`soon`"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn too_short_ca_ttl_is_rejected() {
-        let mut raw = flags_with_dir();
-        raw.ca_ttl = Some("2s".into());
-        let err = raw.resolve().unwrap_err().to_string();
-        assert!(err.contains("`ca_ttl`"), "{err}");
-    }
-
-    #[test]
-    fn bad_listen_address_is_rejected() {
-        let mut raw = flags_with_dir();
-        raw.listen = Some("localhost".into());
-        let err = raw.resolve().unwrap_err().to_string();
-        assert!(
-            err.contains("`listen`") && err.contains("`localhost`"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn missing_data_dir_is_an_error() {
-        let err = RawConfig::default().resolve().unwrap_err().to_string();
-        assert!(err.contains("data_dir"), "{err}");
-    }
-
-    #[test]
-    fn federation_relationships_are_read_and_checked_naming_the_problem() {
-        let file = RawConfig::from_toml(
-            "data_dir = \"/a\"\nbundle_endpoint_listen = \"0.0.0.0:8443\"\n\
-             [[federation]]\ntrust_domain = \"partner.org\"\n\
-             url = \"https://ca.partner.org:8443/\"\n\
-             endpoint_spiffe_id = \"spiffe://partner.org/warden/ca\"\n",
-            Path::new("ca.toml"),
-        )
-        .unwrap();
-        let c = file.clone().resolve().unwrap();
-        assert_eq!(
-            c.bundle_endpoint_listen,
-            Some("0.0.0.0:8443".parse().unwrap())
-        );
-        assert_eq!(c.federation.len(), 1);
-        assert_eq!(c.federation[0].trust_domain.name(), "partner.org");
-        assert_eq!(
-            c.federation[0].endpoint,
-            Endpoint::Spiffe("spiffe://partner.org/warden/ca".parse().unwrap())
-        );
-        let good = file.federation.clone().unwrap().remove(0);
-        for (change, says) in [
-            (
-                RawRelationship {
-                    url: "http://ca.partner.org/".into(),
-                    ..good.clone()
-                },
-                "https://",
-            ),
-            (
-                RawRelationship {
-                    endpoint_spiffe_id: Some("partner.org".into()),
-                    ..good.clone()
-                },
-                "endpoint_spiffe_id",
-            ),
-            (
-                RawRelationship {
-                    endpoint_spiffe_id: Some("spiffe://partner.org".into()),
-                    ..good.clone()
-                },
-                "no path",
-            ),
-            (
-                RawRelationship {
-                    endpoint_spiffe_id: None,
-                    ..good.clone()
-                },
-                "endpoint_spiffe_id is missing",
-            ),
-            (
-                RawRelationship {
-                    profile: Some("https_web".into()),
-                    ..good.clone()
-                },
-                "endpoint_spiffe_id is for the https_spiffe profile",
-            ),
-            (
-                RawRelationship {
-                    profile: Some("https".into()),
-                    ..good.clone()
-                },
-                "profile `https` is not `https_spiffe` or `https_web`",
-            ),
-            (
-                RawRelationship {
-                    url: "https://ca.partner.org:84430/".into(),
-                    ..good.clone()
-                },
-                "port",
-            ),
-            (
-                RawRelationship {
-                    trust_domain: "partner org".into(),
-                    ..good.clone()
-                },
-                "trust_domain",
-            ),
-        ] {
-            let mut raw = flags_with_dir();
-            raw.federation = Some(vec![change]);
-            let err = raw.resolve().unwrap_err().to_string();
-            assert!(err.contains("`federation`") && err.contains(says), "{err}");
-        }
-        // https_web: no endpoint SPIFFE ID; an explicit https_spiffe is the default's meaning.
-        let web = RawRelationship {
-            profile: Some("https_web".into()),
-            endpoint_spiffe_id: None,
-            ..good.clone()
-        };
-        assert_eq!(web.resolve().unwrap().endpoint, Endpoint::Web);
-        let explicit = RawRelationship {
-            profile: Some("https_spiffe".into()),
-            ..good.clone()
-        };
-        assert_eq!(explicit.resolve(), good.resolve());
-        let mut raw = flags_with_dir();
-        raw.federation = Some(vec![good.clone(), good]);
-        let err = raw.resolve().unwrap_err().to_string();
-        assert!(err.contains("listed twice"), "{err}");
-        let err = RawConfig::from_toml(
-            "[[federation]]\ntrust_domain = \"p.org\"\nurl = \"https://p\"\nendpoint_id = \"x\"\n",
-            Path::new("ca.toml"),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("endpoint_id"), "{err}");
-    }
-}
+mod tests;

@@ -23,7 +23,7 @@ use warden_identity::{BundleSet, SharedBundles, SvidCertResolver};
 
 use crate::agent_api::AgentService;
 use crate::authority::{Authority, AuthorityError, Clock, SystemClock, read_trust_domain};
-use crate::bundle_endpoint::WebRoots;
+use crate::bundle_endpoint::{FileCert, WebRoots};
 use crate::config::Config;
 use crate::datastore::{Datastore, DatastoreError};
 use crate::federation::Endpoint;
@@ -71,6 +71,9 @@ pub enum ServerError {
     /// endpoint with.
     #[error("{0}")]
     WebRoots(String),
+    /// The bundle endpoint's certificate files (`https_web`) do not load.
+    #[error("{0}")]
+    BundleEndpointCert(String),
     /// A listener failed while serving.
     #[error("{what} server failed: {reason}")]
     Serve {
@@ -107,7 +110,17 @@ pub fn check(config: &Config) -> Result<(), ServerError> {
     let td = read_trust_domain(&config.data_dir)?;
     read_node_cas(&config.node_cas)?;
     check_federation(config, &td)?;
-    web_roots(config).map(drop)
+    web_roots(config)?;
+    bundle_endpoint_cert(config).map(drop)
+}
+
+/// The bundle endpoint's own certificate, when it is served `https_web`.
+fn bundle_endpoint_cert(config: &Config) -> Result<Option<Arc<FileCert>>, ServerError> {
+    let Some(files) = &config.bundle_endpoint_web else {
+        return Ok(None);
+    };
+    let cert = FileCert::load(files).map_err(ServerError::BundleEndpointCert)?;
+    Ok(Some(Arc::new(cert)))
 }
 
 /// The system's root certificates, when an `https_web` relationship needs them.
@@ -146,6 +159,7 @@ pub async fn start_with_clock(
     let node_cas = read_node_cas(&config.node_cas)?;
     check_federation(config, &td)?;
     let web_roots = web_roots(config)?;
+    let endpoint_cert = bundle_endpoint_cert(config)?;
     // First: a second CA on this data directory stops here, before it touches the datastore.
     let admin_listener = crate::admin::bind(&config.admin_socket).await?;
     let ds = Datastore::open(&config.datastore).await?;
@@ -220,8 +234,19 @@ pub async fn start_with_clock(
 
     let bundle_endpoint_addr = bundle_endpoint_listener.as_ref().map(|(_, addr)| *addr);
     if let Some((listener, _)) = bundle_endpoint_listener {
-        // The CA's own SVID, as on the agent API (the rotation loop reissues it).
-        let tls = crate::bundle_endpoint::server_config(Arc::clone(&resolver))
+        // `https_web`: the configured certificate, read again when its files change; else
+        // `https_spiffe`: the CA's own SVID, as on the agent API (the rotation loop reissues it).
+        let cert: Arc<dyn rustls::server::ResolvesServerCert> = match endpoint_cert {
+            Some(cert) => {
+                tasks.push((
+                    "bundle endpoint certificate",
+                    tokio::spawn(Arc::clone(&cert).keep_loaded(stop_rx.clone())),
+                ));
+                cert
+            }
+            None => Arc::clone(&resolver) as Arc<dyn rustls::server::ResolvesServerCert>,
+        };
+        let tls = crate::bundle_endpoint::server_config(cert)
             .map_err(|e| ServerError::Tls(e.to_string()))?;
         tasks.push((
             "bundle endpoint",
@@ -295,12 +320,18 @@ pub async fn run(config: &Config, shutdown: impl Future<Output = ()>) -> Result<
         "agent api listening (grpc, tls 1.3)"
     );
     tracing::info!(addr = %running.http_addr, "http listening (/healthz /readyz /metrics /bundle)");
-    if let Some(addr) = running.bundle_endpoint_addr {
-        tracing::info!(
+    match (running.bundle_endpoint_addr, &config.bundle_endpoint_web) {
+        (Some(addr), None) => tracing::info!(
             addr = %addr,
             endpoint_spiffe_id = %crate::datastore::ca_spiffe_id(running.authority.trust_domain()),
             "spiffe bundle endpoint listening (https_spiffe, GET /)"
-        );
+        ),
+        (Some(addr), Some(files)) => tracing::info!(
+            addr = %addr,
+            cert = %files.cert_file.display(),
+            "spiffe bundle endpoint listening (https_web, GET /)"
+        ),
+        (None, _) => {}
     }
     tracing::info!(socket = %config.admin_socket.display(), "admin api listening (unix socket)");
     tracing::info!(
@@ -495,6 +526,7 @@ mod tests {
             listen: "127.0.0.1:0".parse().unwrap(),
             http_listen: "127.0.0.1:0".parse().unwrap(),
             bundle_endpoint_listen: None,
+            bundle_endpoint_web: None,
             admin_socket: dir.path().join("admin.sock"),
             datastore: crate::authority::default_datastore(dir.path()),
             ttls: Ttls {

@@ -21,9 +21,10 @@ pub(crate) enum CaCommand {
     /// rotation of intermediates and JWT keys. Runs in the foreground until SIGINT/SIGTERM.
     ///
     /// Every flag may also be set in the TOML `--config` file under the same name in
-    /// snake_case (`data_dir`, `listen`, `http_listen`, `bundle_endpoint_listen`, `admin_socket`,
-    /// `datastore`, `ca_ttl`, `svid_ttl`, `jwt_ttl`, `agent_ttl`, `node_ca` as a list,
-    /// `[[federation]]` tables); flags override the file.
+    /// snake_case (`data_dir`, `listen`, `http_listen`, `bundle_endpoint_listen`,
+    /// `bundle_endpoint_cert_file`, `bundle_endpoint_key_file`, `admin_socket`, `datastore`,
+    /// `ca_ttl`, `svid_ttl`, `jwt_ttl`, `agent_ttl`, `node_ca` as a list, `[[federation]]`
+    /// tables); flags override the file.
     Serve(ServeArgs),
 }
 
@@ -79,6 +80,16 @@ pub(crate) struct ServeArgs {
     /// this address, for federating trust domains [default: not served].
     #[arg(long)]
     bundle_endpoint_listen: Option<String>,
+    /// Serve the bundle endpoint with this PEM certificate chain instead of the CA's SVID
+    /// (`https_web` profile: a WebPKI certificate for the endpoint's host name, as an ACME client
+    /// renews it; peers then need no SPIFFE ID or first bundle); re-read every minute when it
+    /// changed. With --bundle-endpoint-key-file.
+    #[arg(long)]
+    bundle_endpoint_cert_file: Option<PathBuf>,
+    /// The PEM private key of --bundle-endpoint-cert-file; it must be readable by its owner only
+    /// (0600), and owned by the CA's user or root.
+    #[arg(long)]
+    bundle_endpoint_key_file: Option<PathBuf>,
     /// Admin API socket [default: DATA_DIR/admin.sock].
     #[arg(long)]
     admin_socket: Option<PathBuf>,
@@ -170,6 +181,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<Exit> {
         listen: args.listen,
         http_listen: args.http_listen,
         bundle_endpoint_listen: args.bundle_endpoint_listen,
+        bundle_endpoint_cert_file: args.bundle_endpoint_cert_file,
+        bundle_endpoint_key_file: args.bundle_endpoint_key_file,
         admin_socket: args.admin_socket,
         datastore: args.datastore,
         ca_ttl: args.ca_ttl,

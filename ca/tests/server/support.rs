@@ -57,6 +57,7 @@ pub(crate) fn config(
         listen: "127.0.0.1:0".parse().unwrap(),
         http_listen: "127.0.0.1:0".parse().unwrap(),
         bundle_endpoint_listen: None,
+        bundle_endpoint_web: None,
         admin_socket: dir.join("admin.sock"),
         datastore: dir.join("datastore.sqlite3").display().to_string(),
         ttls,
