@@ -11,9 +11,10 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -37,6 +38,8 @@ pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// holds for a caller that does not read it (beside what the caller's own stream buffers). The
 /// app is on loopback, where a quarter MiB in flight keeps a stream at full speed.
 const APP_STREAM_WINDOW: u32 = 256 * 1024;
+/// Least time between two warnings that streams found every HTTP/1.1 app connection busy.
+const BUSY_LOG_INTERVAL: Duration = Duration::from_secs(60);
 /// Most idle HTTP/1.1 app connections kept for the next inbound connections.
 const MAX_IDLE_APP_CONNS: usize = 64;
 
@@ -79,6 +82,10 @@ pub(crate) struct App {
     /// that are open at once besides the idle ones (each HTTP/2 caller connection may carry
     /// hundreds of streams, and each HTTP/1.1 exchange needs a connection of its own).
     h2_as_h1_slots: Arc<Semaphore>,
+    /// Streams answered 503 because every slot stayed busy, and when that was last logged (a
+    /// warning at most once a minute, naming the count, so a flood of them floods no log).
+    h2_as_h1_busy: AtomicU64,
+    h2_as_h1_busy_logged: Mutex<Option<Instant>>,
     h2: SharedH2,
 }
 
@@ -106,6 +113,8 @@ impl App {
             idle: H1Idle::new(idle_timeout, MAX_IDLE_APP_CONNS),
             idle_for_h2: H1Idle::new(idle_timeout, MAX_IDLE_APP_CONNS),
             h2_as_h1_slots: Arc::new(Semaphore::new(max_h2_as_h1)),
+            h2_as_h1_busy: AtomicU64::new(0),
+            h2_as_h1_busy_logged: Mutex::new(None),
             h2,
         }
     }
@@ -209,7 +218,7 @@ impl App {
                     Ok(Ok(slot)) => slot,
                     // The semaphore is never closed.
                     Ok(Err(_)) | Err(_) => {
-                        tracing::debug!(app = %self.addr, "every HTTP/1.1 app connection for HTTP/2 streams stayed busy; answering 503");
+                        self.all_busy();
                         return Err(AppError::Unavailable);
                     }
                 }
@@ -260,6 +269,27 @@ impl App {
             }
         };
         Ok((resp.map(Either::Left), upgraded))
+    }
+
+    /// Counts a stream answered 503 for want of an HTTP/1.1 app connection, and logs the count
+    /// at most once a minute.
+    fn all_busy(&self) {
+        let busy = self.h2_as_h1_busy.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = Instant::now();
+        let mut logged = self
+            .h2_as_h1_busy_logged
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if logged.is_some_and(|at| now.duration_since(at) < BUSY_LOG_INTERVAL) {
+            return;
+        }
+        *logged = Some(now);
+        tracing::warn!(
+            app = %self.addr,
+            answered_503 = busy,
+            "HTTP/2 streams to the HTTP/1.1 app found every app connection busy for 5 s \
+             (at most limits.max_connections at once; count since start)"
+        );
     }
 
     /// HTTP/1.1 on the inbound connection's own app connection `conn`.
