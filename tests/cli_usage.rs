@@ -198,6 +198,33 @@ fn bundle_fetch_flags_must_fit_the_profile() {
         assert!(err.contains(says), "{extra:?}: {err}");
         assert!(!err.contains("admin.sock"), "connected first: {err}");
     }
+    // No roots to verify an https_web endpoint with: named, before connecting to the CA.
+    let empty = tempfile::NamedTempFile::new().unwrap();
+    let out = warden()
+        .args([
+            "bundle",
+            "fetch",
+            "--profile",
+            "https_web",
+            "--trust-domain",
+            "partner.org",
+        ])
+        .args([
+            "--url",
+            "https://localhost:1/",
+            "--admin-socket",
+            "/nonexistent/admin.sock",
+        ])
+        .env("SSL_CERT_FILE", empty.path())
+        .env_remove("SSL_CERT_DIR")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("no root certificates") && !err.contains("admin.sock"),
+        "{err}"
+    );
     let (code, err) = fetch(&["--profile", "https"]);
     assert_eq!(code, Some(64), "{err}");
     assert!(err.contains("https_web"), "{err}");

@@ -151,77 +151,26 @@ fn a_federated_bundle_is_fetched_from_the_peers_bundle_endpoint() {
     assert!(err.contains("https://"), "{err}");
 }
 
-/// A web PKI made with `openssl`: a root (`root.pem`) and a certificate for `localhost` from it
-/// (`endpoint.crt`, key `endpoint.key`, 0600), as a public CA or an ACME client would provide.
+/// A web PKI: a root (`root.pem`) and a certificate for `localhost` from it (`endpoint.crt`,
+/// key `endpoint.key`, 0600), as a public CA or an ACME client would provide.
 fn web_pki(dir: &Path) {
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-    ];
-    openssl(
-        &[
-            &["req", "-x509"][..],
-            &ec,
-            &["-keyout", "root.key", "-out", "root.pem", "-days", "2"],
-            &["-subj", "/CN=federation e2e web root"],
-            &["-addext", "basicConstraints=critical,CA:TRUE"],
-            &["-addext", "keyUsage=critical,keyCertSign"],
-        ]
-        .concat(),
-    );
-    openssl(
-        &[
-            &["req", "-new"][..],
-            &ec,
-            &[
-                "-keyout",
-                "endpoint.key",
-                "-out",
-                "endpoint.csr",
-                "-subj",
-                "/CN=localhost",
-            ],
-        ]
-        .concat(),
-    );
-    std::fs::write(
-        dir.join("endpoint.ext"),
-        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n\
-         keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "endpoint.csr",
-        "-CA",
-        "root.pem",
-        "-CAkey",
-        "root.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-out",
-        "endpoint.crt",
-        "-extfile",
-        "endpoint.ext",
-    ]);
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let root_key = KeyPair::generate().unwrap();
+    let mut root_params = CertificateParams::new(Vec::new()).unwrap();
+    root_params
+        .distinguished_name
+        .push(DnType::CommonName, "federation e2e web root");
+    root_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let root = root_params.self_signed(&root_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let issuer = rcgen::Issuer::new(root_params, root_key);
+    let endpoint = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    std::fs::write(dir.join("root.pem"), root.pem()).unwrap();
+    std::fs::write(dir.join("endpoint.crt"), endpoint.pem()).unwrap();
+    std::fs::write(dir.join("endpoint.key"), key.serialize_pem()).unwrap();
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(
         dir.join("endpoint.key"),

@@ -24,7 +24,7 @@
 //! [[federation]]                     # an endpoint with a webpki certificate (SPIRE's https_web)
 //! trust_domain = "other.example"
 //! url = "https://spiffe.other.example/bundle"
-//! profile = "https_web"              # verified against the system's roots (or SSL_CERT_FILE)
+//! profile = "https_web"              # checked against the system's roots
 //! ```
 
 use std::net::SocketAddr;
@@ -102,7 +102,7 @@ pub struct Config {
 }
 
 /// The certificate and key files of an `https_web` bundle endpoint (a WebPKI certificate, as
-/// an ACME client renews it), read again every `sync_interval` when they changed.
+/// an ACME client renews it), checked every `sync_interval` and read again when they changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebCertFiles {
     /// PEM certificate chain, the endpoint's certificate first.
@@ -114,7 +114,7 @@ pub struct WebCertFiles {
 }
 
 impl WebCertFiles {
-    /// How often the files are checked for a change (SPIRE's `file_sync_interval` default).
+    /// How often the files are checked for a change.
     pub const SYNC_INTERVAL: Duration = Duration::from_secs(60);
 }
 

@@ -117,8 +117,8 @@ pub(crate) struct ServeArgs {
     /// (profile `https_spiffe`: the first bundle of the endpoint's trust domain is set out of
     /// band, `warden bundle set`, then every fetch is checked against the last), or `{
     /// trust_domain = "other.example", url = "https://spiffe.other.example/", profile =
-    /// "https_web" }` (a WebPKI certificate, checked against the system's root certificates or
-    /// SSL_CERT_FILE). Fetched again after the bundle's refresh hint (30 s to 1 h; 5 m without).
+    /// "https_web" }` (a WebPKI certificate, checked against the system's root certificates, or
+    /// only those SSL_CERT_FILE names when set). Fetched again after the bundle's refresh hint (30 s to 1 h; 5 m without).
     #[arg(long, value_name = "TABLE")]
     federation: Vec<String>,
 }

@@ -140,10 +140,10 @@ pub async fn fetch_web(
 pub struct WebRoots(Arc<rustls::RootCertStore>);
 
 impl WebRoots {
-    /// The system's root certificates, as OpenSSL and Go find them (`SSL_CERT_FILE` and
-    /// `SSL_CERT_DIR` when set, else the distribution's bundle, such as Debian's
-    /// `/etc/ssl/certs/ca-certificates.crt`). Certificates that do not parse are skipped; none
-    /// at all is an error.
+    /// The system's root certificates: the distribution's bundle (such as Debian's
+    /// `/etc/ssl/certs/ca-certificates.crt`), or only those `SSL_CERT_FILE` and `SSL_CERT_DIR`
+    /// name when either is set (rustls-native-certs). Certificates that do not parse are
+    /// skipped; none at all is an error.
     pub fn system() -> Result<Self, String> {
         let found = rustls_native_certs::load_native_certs();
         let mut store = rustls::RootCertStore::empty();

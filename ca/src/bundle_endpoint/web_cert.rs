@@ -1,9 +1,11 @@
 //! The certificate an `https_web` bundle endpoint presents: a WebPKI certificate chain and its
-//! key, read from PEM files (as an ACME client such as certbot, or cert-manager, writes them)
-//! and read again when they change, as SPIRE's `serving_cert_file` is. A pair that does not
-//! load (unreadable, not PEM, a key that is not the certificate's, a key file others may read)
-//! is refused at start; later, the pair in use stays and the problem is logged.
+//! key, read from PEM files (as an ACME client writes them) and read again when they change
+//! (checked every minute; SPIRE's `serving_cert_file` does the same, its interval
+//! configurable). A pair that does not load (unreadable, not PEM, a key that is not the
+//! certificate's, a key file others may read) is refused at start; later, the pair in use stays
+//! and the problem is logged.
 
+use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::SystemTime;
@@ -25,8 +27,19 @@ pub(crate) struct FileCert {
     current: RwLock<(Stamp, Arc<CertifiedKey>)>,
 }
 
-/// A file pair's modification times and sizes: a change of either means read them again.
-type Stamp = [(Option<SystemTime>, u64); 2];
+/// What a file pair looked like: a change of either file means read them again. The status
+/// change time is in it, so a `chmod` that fixes a refused key file counts, and so does a copy
+/// that keeps the old modification time and size (`cp -p` of a renewed key of the same size).
+type Stamp = [Option<FileStamp>; 2];
+
+/// One file's modification and status change times, size, device and inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    modified: Option<SystemTime>,
+    changed: (i64, i64),
+    len: u64,
+    inode: (u64, u64),
+}
 
 impl FileCert {
     /// Reads the pair; the error names the file and what is wrong with it.
@@ -99,9 +112,12 @@ impl ResolvesServerCert for FileCert {
 
 fn stamp(files: &WebCertFiles) -> Stamp {
     let of = |path: &Path| {
-        std::fs::metadata(path)
-            .map(|m| (m.modified().ok(), m.len()))
-            .unwrap_or((None, 0))
+        std::fs::metadata(path).ok().map(|m| FileStamp {
+            modified: m.modified().ok(),
+            changed: (m.ctime(), m.ctime_nsec()),
+            len: m.len(),
+            inode: (m.dev(), m.ino()),
+        })
     };
     [of(&files.cert_file), of(&files.key_file)]
 }

@@ -251,10 +251,18 @@ async fn the_bundle_endpoint_serves_https_web_with_certificate_files_read_again_
         .to_string();
     assert!(err.contains("tls handshake failed"), "{err}");
 
-    // A pair that does not go together is not taken: the one in use stays.
+    // A pair that does not go together is not taken: the one in use stays…
     std::fs::write(&cert, &first.leaf_pem).unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     until_served(&url, &renewed.roots()).await;
+    // …and so it does while the matching key, once written, is open to others…
+    std::fs::write(&key, first.key.serialize_pem()).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    until_served(&url, &renewed.roots()).await;
+    // …until a chmod (nothing else changes) makes it private: then the new pair is served.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    until_served(&url, &first.roots()).await;
 }
 
 #[tokio::test]

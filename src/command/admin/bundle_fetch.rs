@@ -26,8 +26,8 @@ pub(crate) struct FetchArgs {
     url: String,
     /// How the endpoint authenticates itself: `https_spiffe`, an X.509-SVID for
     /// `--endpoint-spiffe-id`; or `https_web`, a WebPKI certificate for the URL's host,
-    /// verified against the system's root certificates (`SSL_CERT_FILE` or `SSL_CERT_DIR` when
-    /// set, as OpenSSL and Go read them).
+    /// verified against the system's root certificates (only those `SSL_CERT_FILE` or
+    /// `SSL_CERT_DIR` name, when set).
     #[arg(long, default_value = "https_spiffe", value_parser = ["https_spiffe", "https_web"])]
     profile: String,
     /// The SPIFFE ID the endpoint's server certificate must carry (`https_spiffe`):
@@ -67,21 +67,25 @@ pub(crate) async fn run(args: FetchArgs) -> anyhow::Result<()> {
         ),
         (true, None) if args.trust_bundle.is_some() => anyhow::bail!(
             "--trust-bundle is for --profile https_spiffe: an https_web endpoint is verified \
-             against the system's root certificates (set SSL_CERT_FILE for others)"
+             against the system's root certificates (SSL_CERT_FILE names others)"
         ),
         (true, None) => None,
     };
+    // Before connecting to the CA: a machine with no roots fails naming that.
+    let web_roots = match endpoint_id {
+        None => Some(warden_ca::bundle_endpoint::WebRoots::system().map_err(anyhow::Error::msg)?),
+        Some(_) => None,
+    };
     let mut client = connect(&args.conn).await?;
-    let (fetched, document) = match endpoint_id {
-        Some(endpoint_id) => {
+    let (fetched, document) = match (endpoint_id, web_roots) {
+        (Some(endpoint_id), _) => {
             let trust = trust_for(&mut client, &endpoint_id, args.trust_bundle.as_deref()).await?;
             warden_ca::bundle_endpoint::fetch(&args.url, &endpoint_id, trust, &trust_domain).await?
         }
-        None => {
-            let roots =
-                warden_ca::bundle_endpoint::WebRoots::system().map_err(anyhow::Error::msg)?;
+        (None, Some(roots)) => {
             warden_ca::bundle_endpoint::fetch_web(&args.url, &roots, &trust_domain).await?
         }
+        (None, None) => anyhow::bail!("no root certificates to authenticate the endpoint with"),
     };
     // Run from a timer, most fetches find the bundle held: it is not set (and audited) again.
     let held = match client
