@@ -166,7 +166,7 @@ async fn obtain_agent_svid(
                 info!(spiffe_id = %svid.spiffe_id(), "node attested");
                 return Ok((svid, Some(bundles)));
             }
-            Err(CaError::Refused(why) | CaError::NotAssigned(why)) => {
+            Err(CaError::Refused(why) | CaError::NotAssigned(why) | CaError::Invalid(why)) => {
                 return Err(AgentError::AttestationRefused(why));
             }
             Err(CaError::BundleMismatch(addr)) => {

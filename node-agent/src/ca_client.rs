@@ -51,6 +51,10 @@ pub enum CaError {
     /// agent listed it (NotFound).
     #[error("the ca refused: {0}")]
     NotAssigned(String),
+    /// The CA found the request invalid (InvalidArgument): when signing, an entry it cannot
+    /// sign (a DNS name or ID its signer refuses), not a refusal of the agent.
+    #[error("the ca refused: {0}")]
+    Invalid(String),
     /// The CA's answer was unusable.
     #[error("the ca sent an invalid answer: {0}")]
     BadAnswer(String),
@@ -140,6 +144,7 @@ fn status_error(addr: &str, s: tonic::Status) -> CaError {
             }
         }
         tonic::Code::NotFound => CaError::NotAssigned(s.message().to_owned()),
+        tonic::Code::InvalidArgument => CaError::Invalid(s.message().to_owned()),
         _ => CaError::Refused(s.message().to_owned()),
     }
 }
@@ -316,9 +321,11 @@ impl CaClient {
 
     /// Signs X.509-SVIDs for `entries` in batches of [`SIGN_BATCH`]; returns `(entry id, svid)`.
     /// The CA refuses a whole batch for one entry that is no longer the agent's (deleted or
-    /// reassigned since the entries were listed, [`CaError::NotAssigned`]): that batch is then
-    /// signed entry by entry, and those entries are left out (logged), so that one of them costs
-    /// the others nothing. Any other refusal (of the agent itself, say) is an error.
+    /// reassigned since the entries were listed, [`CaError::NotAssigned`]) or that it cannot
+    /// sign ([`CaError::Invalid`]): that batch is then signed entry by entry, and those entries
+    /// are left out (logged), so that one of them costs the others nothing, and the sync goes on
+    /// (an entry deleted meanwhile is still withdrawn). Any other refusal (of the agent itself,
+    /// say) is an error.
     pub async fn sign_x509_svids(
         &self,
         entries: &[Arc<Entry>],
@@ -327,12 +334,12 @@ impl CaClient {
         for batch in entries.chunks(SIGN_BATCH) {
             match self.sign_batch(batch).await {
                 Ok(signed) => out.extend(signed),
-                Err(CaError::NotAssigned(_)) if batch.len() > 1 => {
+                Err(CaError::NotAssigned(_) | CaError::Invalid(_)) if batch.len() > 1 => {
                     for entry in batch {
                         out.extend(self.sign_or_skip(entry).await?);
                     }
                 }
-                Err(CaError::NotAssigned(why)) => {
+                Err(CaError::NotAssigned(why) | CaError::Invalid(why)) => {
                     warn!(entry = %batch.first().map_or("", |e| e.id.as_str()), reason = %why, "the ca refused to sign this entry; it is left without an svid");
                 }
                 Err(e) => return Err(e),
@@ -345,7 +352,7 @@ impl CaClient {
     async fn sign_or_skip(&self, entry: &Arc<Entry>) -> Result<Option<(String, Svid)>, CaError> {
         match self.sign_batch(std::slice::from_ref(entry)).await {
             Ok(mut signed) => Ok(signed.pop()),
-            Err(CaError::NotAssigned(why)) => {
+            Err(CaError::NotAssigned(why) | CaError::Invalid(why)) => {
                 warn!(entry = %entry.id, spiffe_id = %entry.spiffe_id, reason = %why, "the ca refused to sign this entry; it is left without an svid");
                 Ok(None)
             }

@@ -85,7 +85,9 @@ impl JwtMinter for CaMinter {
                     .sign_jwt_svid(&entry.id, audience)
                     .await
                     .map_err(|e| match e {
-                        CaError::Refused(m) | CaError::NotAssigned(m) => MintError::Refused(m),
+                        CaError::Refused(m) | CaError::NotAssigned(m) | CaError::Invalid(m) => {
+                            MintError::Refused(m)
+                        }
                         other => MintError::Unavailable(other.to_string()),
                     })?;
             let expires_at = UNIX_EPOCH + Duration::from_secs(u64::try_from(exp).unwrap_or(0));

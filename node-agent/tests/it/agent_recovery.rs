@@ -117,6 +117,60 @@ async fn an_entry_the_ca_refuses_to_sign_costs_the_others_nothing() {
     server.stop().await;
 }
 
+/// The CA cannot sign one entry (InvalidArgument, as for a DNS name its signer refuses): the
+/// sync goes on, the other entries get their SVIDs, and an entry deleted meanwhile is still
+/// withdrawn from the workload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_the_ca_cannot_sign_does_not_stop_the_sync() {
+    let (ca, server) = ca_with(
+        3,
+        Duration::from_secs(3600),
+        Duration::from_secs(3600),
+        &["tok"],
+    )
+    .await;
+    server.state.lock().unwrap().invalid.insert("e1".into());
+    let dir = tempfile::tempdir().unwrap();
+    let agent = RunningAgent::joined(&server, dir.path(), &ca);
+    let client = agent.client().await;
+    agent.serves(&client, "w2").await;
+    let ids = || async {
+        client
+            .fetch_all_x509_svids()
+            .await
+            .unwrap()
+            .iter()
+            .map(|s| s.spiffe_id().to_string())
+            .collect::<Vec<String>>()
+    };
+    let td = crate::support::TD;
+    let got = ids().await;
+    assert!(got.contains(&format!("spiffe://{td}/w0")), "{got:?}");
+    assert!(!got.contains(&format!("spiffe://{td}/w1")), "{got:?}");
+    // w2 deleted at the CA: withdrawn at a later sync, though e1 is still refused at each.
+    server
+        .state
+        .lock()
+        .unwrap()
+        .entries
+        .retain(|e| e.id != "e2");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = ids().await;
+        if !got.contains(&format!("spiffe://{td}/w2")) {
+            assert!(got.contains(&format!("spiffe://{td}/w0")), "{got:?}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "w2 still served: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    agent.stop().await;
+    server.stop().await;
+}
+
 /// A refusal of the agent itself (not of one entry) is not taken for entries gone one by one:
 /// the sync fails, and a fresh agent does not claim to be ready with nothing to serve.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

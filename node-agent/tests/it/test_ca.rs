@@ -42,6 +42,9 @@ pub(crate) struct CaState {
     pub(crate) renewals: usize,
     /// Entries listed but refused at signing (as if deleted in between).
     pub(crate) unsignable: HashSet<String>,
+    /// Entries listed but that the CA cannot sign (InvalidArgument, as for a DNS name its
+    /// signer refuses).
+    pub(crate) invalid: HashSet<String>,
     /// Every signing refused as for the agent itself (PermissionDenied).
     pub(crate) refuse_signing: bool,
     /// The leaf certificate of the agent SVID last presented, and how many calls presented one.
@@ -395,9 +398,9 @@ impl AgentApi for Service {
             (st.entries.clone(), st.svid_ttl)
         };
         let mut out = Vec::new();
-        let (unsignable, refuse) = {
+        let (unsignable, invalid, refuse) = {
             let st = self.state.lock().unwrap();
-            (st.unsignable.clone(), st.refuse_signing)
+            (st.unsignable.clone(), st.invalid.clone(), st.refuse_signing)
         };
         if refuse {
             return Err(Status::permission_denied("this agent may sign nothing"));
@@ -409,6 +412,12 @@ impl AgentApi for Service {
                 .ok_or_else(|| {
                     Status::not_found(format!("entry `{}` is not yours", csr.entry_id))
                 })?;
+            if invalid.contains(&e.id) {
+                return Err(Status::invalid_argument(format!(
+                    "entry `{}`: invalid dns name `-bad-`",
+                    e.id
+                )));
+            }
             let der = self
                 .ca
                 .sign_csr(&csr.csr, &e.spiffe_id, ttl)
