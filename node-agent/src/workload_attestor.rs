@@ -35,6 +35,10 @@ pub struct PeerCredentials {
     pub gid: u32,
     /// The process start time (ticks since boot) read right after `accept()`, if it could be.
     pub start_time: Option<u64>,
+    /// The device and inode of the program the process ran right after `accept()`, if they
+    /// could be read: a process that `exec`s another program afterwards (or a child it left the
+    /// connection to, after the parent's `exec`) is not the one that connected.
+    pub exe: Option<(u64, u64)>,
     /// What pins the process that connected.
     pub pin: ProcessPin,
 }
@@ -61,6 +65,9 @@ pub enum AttestError {
     /// The PID now belongs to another process.
     #[error("process {0} was replaced during attestation (pid reuse)")]
     PidReused(i32),
+    /// The process runs another program than when it connected (it called `exec`).
+    #[error("process {0} runs another program than when it connected (exec since)")]
+    ExecChanged(i32),
     /// `/proc` reports another owner than the socket credentials.
     #[error("process {pid} is owned by uid {proc_uid}, but connected as uid {peer_uid}")]
     OwnerMismatch {
@@ -113,6 +120,12 @@ impl WorkloadAttestor {
         }
     }
 
+    /// The device and inode of the program `pid` runs, read as soon as a connection is
+    /// accepted.
+    pub fn exe_id(&self, pid: i32) -> Option<(u64, u64)> {
+        self.proc.exe_id(pid)
+    }
+
     /// The start time of `pid`, read as soon as a connection is accepted.
     pub fn start_time(&self, pid: i32) -> Option<u64> {
         self.proc.start_time(pid).ok()
@@ -158,11 +171,23 @@ impl WorkloadAttestor {
         if let Ok(Some(group)) = Group::from_gid(Gid::from_raw(peer.gid)) {
             push("unix", "group", &group.name);
         }
-        if let Some(path) = self.proc.exe_path(pid) {
-            push("unix", "path", &path.to_string_lossy());
-        }
-        if let Some(digest) = self.proc.exe_sha256(pid) {
-            push("unix", "sha256", &digest);
+        // The program's path and digest describe the process that connected only if it runs
+        // the program it ran then: checked before and after they are read. Without that
+        // reading at accept they are left out (the process may have `exec`d since).
+        if let Some(at_accept) = peer.exe {
+            let same_program = || match self.proc.exe_id(pid) {
+                Some(now) if now == at_accept => Ok(()),
+                Some(_) => Err(AttestError::ExecChanged(pid)),
+                None => Err(AttestError::ProcessGone(pid)),
+            };
+            same_program()?;
+            if let Some(path) = self.proc.exe_path(pid) {
+                push("unix", "path", &path.to_string_lossy());
+            }
+            if let Some(digest) = self.proc.exe_sha256(pid) {
+                push("unix", "sha256", &digest);
+            }
+            same_program()?;
         }
         let container = cgroup::parse_cgroup_file(&self.proc.cgroup(pid)?);
         if let Some(id) = &container.container_id {
@@ -221,6 +246,7 @@ mod tests {
             uid: nix::unistd::getuid().as_raw(),
             gid: nix::unistd::getgid().as_raw(),
             start_time: WorkloadAttestor::new().start_time(pid),
+            exe: WorkloadAttestor::new().exe_id(pid),
             pin,
         }
     }
@@ -257,6 +283,57 @@ mod tests {
             attestor.attest(&peer),
             Err(AttestError::PidReused(peer.pid))
         );
+    }
+
+    /// A process that runs another program than when it connected (`exec`, or a child left
+    /// with the connection after its parent's `exec`) is not attested: the program's path and
+    /// digest would describe a process that never connected.
+    #[test]
+    fn refuses_a_process_that_ran_another_program_since_it_connected() {
+        use std::io::Write as _;
+        let attestor = WorkloadAttestor::new();
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "read _; exec sleep 30"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        // As it connected: the shell.
+        let peer = PeerCredentials {
+            pid,
+            start_time: attestor.start_time(pid),
+            exe: attestor.exe_id(pid),
+            pin: ProcessPin::Unsupported,
+            ..me()
+        };
+        let selectors = attestor.attest(&peer).unwrap();
+        assert!(selectors.iter().any(|s| s.key() == "path"), "{selectors:?}");
+        // Then it runs `sleep`.
+        child.stdin.take().unwrap().write_all(b"\n").unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while attestor.exe_id(pid) == peer.exe {
+            assert!(std::time::Instant::now() < deadline, "no exec");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let refused = attestor.attest(&peer);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(refused, Err(AttestError::ExecChanged(pid)));
+    }
+
+    /// Without the program read at accept, nothing vouches that the process still runs it:
+    /// no path or digest selector.
+    #[test]
+    fn leaves_out_the_program_when_it_was_not_read_at_accept() {
+        let peer = PeerCredentials { exe: None, ..me() };
+        let selectors = WorkloadAttestor::new().attest(&peer).unwrap();
+        assert!(
+            !selectors
+                .iter()
+                .any(|s| s.key() == "path" || s.key() == "sha256"),
+            "{selectors:?}"
+        );
+        assert!(selectors.iter().any(|s| s.key() == "uid"), "{selectors:?}");
     }
 
     #[test]
@@ -337,6 +414,7 @@ mod tests {
             uid: 1234,
             gid: 99,
             start_time: Some(5555),
+            exe: None,
             pin: ProcessPin::Unsupported,
         };
         let selectors = WorkloadAttestor::with_proc_root(dir.path())

@@ -83,6 +83,7 @@ fn peer_credentials(stream: &UnixStream, attestor: &WorkloadAttestor) -> Option<
         uid: creds.uid(),
         gid: creds.gid(),
         start_time: attestor.start_time(pid),
+        exe: attestor.exe_id(pid),
         pin,
     })
 }

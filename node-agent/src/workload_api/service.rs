@@ -406,6 +406,7 @@ mod tests {
                 uid,
                 gid: 0,
                 start_time: Some(1),
+                exe: None,
                 pin: ProcessPin::Unsupported,
             })));
             req

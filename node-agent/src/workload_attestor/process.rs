@@ -95,6 +95,13 @@ impl ProcReader {
 
     /// The executable's path, or `None` when it cannot be read (a kernel thread, or a process
     /// of another user without the agent having the rights).
+    /// The device and inode of the program `pid` runs (`stat` through `/proc/PID/exe`).
+    pub(crate) fn exe_id(&self, pid: i32) -> Option<(u64, u64)> {
+        std::fs::metadata(self.pid_dir(pid).join("exe"))
+            .ok()
+            .map(|m| (m.dev(), m.ino()))
+    }
+
     pub(crate) fn exe_path(&self, pid: i32) -> Option<PathBuf> {
         std::fs::read_link(self.pid_dir(pid).join("exe")).ok()
     }
