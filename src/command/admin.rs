@@ -161,14 +161,17 @@ pub(crate) enum NodeCommand {
         #[command(flatten)]
         conn: Conn,
     },
-    /// Forget an agent: it can renew nothing and must attest again.
+    /// Forget an agent: it can renew nothing and must attest again. Evicting a banned agent
+    /// lifts its ban (as SPIRE's `agent evict` does): an x509pop node then attests again by
+    /// itself, with its certificate.
     Evict {
         /// The agent's SPIFFE ID.
         id: String,
         #[command(flatten)]
         conn: Conn,
     },
-    /// Ban an agent forever (kept in the list as banned).
+    /// Ban an agent: it is refused (renewals, signing, a new attestation for the same ID) until
+    /// it is evicted, and kept in the list as banned.
     Ban {
         /// The agent's SPIFFE ID.
         id: String,

@@ -186,29 +186,33 @@ impl Datastore {
         rows.into_iter().map(from_row).collect()
     }
 
-    /// Deletes the agent's record (auditing `agent.evicted`): its SVID is no longer renewed and it
-    /// may mint nothing until it attests again.
+    /// Deletes the agent's record (auditing `agent.evicted`, with whether it was banned): its SVID
+    /// is no longer renewed and it may mint nothing until it attests again. A ban goes with the
+    /// record.
     pub async fn evict_agent(&self, id: &SpiffeId, actor: &str) -> Result<(), DatastoreError> {
         let id = id.to_string();
-        in_tx!(self, |tx, audit| {
-            let done = sqlx::query("DELETE FROM agents WHERE spiffe_id = $1")
-                .bind(id.clone())
-                .execute(&mut *tx)
-                .await?;
-            if done.rows_affected() != 1 {
+        let was_banned = in_tx!(self, |tx, audit| {
+            let banned: Option<bool> =
+                sqlx::query_scalar("DELETE FROM agents WHERE spiffe_id = $1 RETURNING banned")
+                    .bind(id.clone())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let Some(banned) = banned else {
                 return Err(DatastoreError::NotFound {
                     what: "agent",
                     id: id.clone(),
                 });
-            }
-            audit.record("agent.evicted", actor, &id, json!({}))?;
+            };
+            audit.record("agent.evicted", actor, &id, json!({ "was_banned": banned }))?;
+            banned
         });
-        tracing::info!(spiffe_id = %id, "agent evicted");
+        tracing::info!(spiffe_id = %id, was_banned, "agent evicted");
         Ok(())
     }
 
-    /// Marks the agent banned (auditing `agent.banned`): it is refused forever, even with a valid
-    /// SVID or a new attestation for the same ID.
+    /// Marks the agent banned (auditing `agent.banned`): it is refused, even with a valid SVID or
+    /// a new attestation for the same ID, until it is evicted ([`Self::evict_agent`] deletes the
+    /// record with its ban, as SPIRE's eviction lifts a ban).
     pub async fn ban_agent(&self, id: &SpiffeId, actor: &str) -> Result<(), DatastoreError> {
         let id = id.to_string();
         in_tx!(self, |tx, audit| {

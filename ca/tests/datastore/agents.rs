@@ -121,7 +121,7 @@ async fn renewal_after_eviction_ban_or_another_renewal_fails_and_writes_nothing(
 }
 
 #[tokio::test]
-async fn banned_agent_is_kept_and_refused_forever_and_evicted_agent_is_gone() {
+async fn banned_agent_is_kept_and_refused_until_evicted_and_evicted_agent_is_gone() {
     for b in backends().await {
         let ds = &b.ds;
         let id = AGENT.parse().unwrap();
@@ -152,6 +152,25 @@ async fn banned_agent_is_kept_and_refused_forever_and_evicted_agent_is_gone() {
         // An evicted agent may attest again.
         ds.attest_agent(&rec).await.unwrap();
 
+        // Evicting the banned one lifts its ban (as SPIRE's eviction does), which the audit
+        // record says.
+        ds.evict_agent(&id, ADMIN).await.unwrap();
+        ds.attest_agent(&agent("03")).await.unwrap();
+        let evictions: Vec<String> = ds
+            .list_audit(0, 0)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.kind == "agent.evicted")
+            .map(|r| r.detail)
+            .collect();
+        assert_eq!(
+            evictions,
+            [r#"{"was_banned":false}"#, r#"{"was_banned":true}"#],
+            "{}",
+            b.name
+        );
+
         let unknown = "spiffe://example.org/agent/x509pop/none".parse().unwrap();
         let err = ds.evict_agent(&unknown, ADMIN).await.unwrap_err();
         assert_eq!(
@@ -168,6 +187,8 @@ async fn banned_agent_is_kept_and_refused_forever_and_evicted_agent_is_gone() {
             [
                 "agent.attested",
                 "agent.banned",
+                "agent.attested",
+                "agent.evicted",
                 "agent.attested",
                 "agent.evicted",
                 "agent.attested"
