@@ -276,12 +276,30 @@ impl Datastore {
         let mut prev = [0u8; 32];
         let mut expected_seq: u64 = 1;
         let mut checked: u64 = 0;
-        loop {
+        // Records are appended while this runs (each with the head, in one transaction): the
+        // records up to the head read first are checked, then up to the head read again, until
+        // it no longer moves. A record past a head that stays put was added without it.
+        let mut head = self.audit_head().await?;
+        'chain: loop {
             let page = self.list_audit(expected_seq - 1, VERIFY_PAGE).await?;
-            if page.is_empty() {
-                break;
-            }
+            let page_len = page.len();
             for r in page {
+                if r.seq > head.0 {
+                    let again = self.audit_head().await?;
+                    if again.0 == head.0 {
+                        return Ok(bad(
+                            checked,
+                            r.seq,
+                            format!(
+                                "record {} is past the chain head (record {}): it was added \
+                                 without it",
+                                r.seq, head.0
+                            ),
+                        ));
+                    }
+                    head = again;
+                    continue 'chain;
+                }
                 if r.seq != expected_seq {
                     return Ok(bad(
                         checked,
@@ -308,11 +326,22 @@ impl Datastore {
                 checked += 1;
                 expected_seq += 1;
             }
+            if checked >= head.0 {
+                // Up to the head: done once nothing is past it and it has not moved (a record
+                // past it comes in the next page, and is judged above).
+                if self.list_audit(head.0, 1).await?.is_empty() {
+                    let again = self.audit_head().await?;
+                    if again.0 == head.0 {
+                        break;
+                    }
+                    head = again;
+                }
+            } else if page_len == 0 {
+                // Short of the head, and nothing more: the newest records were deleted.
+                break;
+            }
         }
-        let head: (i64, String) = on_pool!(self, pool => {
-            sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1").fetch_one(pool).await?
-        });
-        let head_seq = u64::try_from(head.0).unwrap_or(0);
+        let head_seq = head.0;
         if head_seq > checked {
             return Ok(bad(
                 checked,
@@ -324,6 +353,7 @@ impl Datastore {
             ));
         }
         if head_seq != checked || !decode_hash(&head.1).is_some_and(|h| same_hash(&h, &prev)) {
+            // (`checked` never passes the head: a record past it ends the check above.)
             return Ok(bad(
                 checked,
                 checked,
@@ -336,6 +366,16 @@ impl Datastore {
             records: checked,
             first_bad: None,
         })
+    }
+}
+
+impl Datastore {
+    /// The chain head: the last record's sequence number and hash.
+    async fn audit_head(&self) -> Result<(u64, String), DatastoreError> {
+        let head: (i64, String) = on_pool!(self, pool => {
+            sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1").fetch_one(pool).await?
+        });
+        Ok((u64::try_from(head.0).unwrap_or(0), head.1))
     }
 }
 

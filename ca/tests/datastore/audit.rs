@@ -129,6 +129,48 @@ async fn audit_chain_survives_reopening_and_concurrent_appends() {
     }
 }
 
+/// A busy CA appends while its log is verified: records appended meanwhile are no tampering.
+#[tokio::test]
+async fn audit_verify_while_records_are_appended_finds_nothing_wrong() {
+    for b in backends().await {
+        five_records(&b).await;
+        let ds = b.ds.clone();
+        let appending = tokio::spawn(async move {
+            for n in 0..400 {
+                ds.append_audit(&event(n)).await.unwrap();
+            }
+        });
+        let mut verified = 0;
+        while !appending.is_finished() {
+            let v = b.ds.verify_audit().await.unwrap();
+            assert!(v.is_ok(), "{}: {v:?}", b.name);
+            verified += 1;
+        }
+        appending.await.unwrap();
+        let v = b.ds.verify_audit().await.unwrap();
+        assert!(v.is_ok(), "{}: {v:?}", b.name);
+        assert_eq!(v.records, 405);
+        assert!(verified > 0);
+    }
+}
+
+/// A record written into the log without the chain head (by whoever can write the database):
+/// named, though its hash links to the record before it.
+#[tokio::test]
+async fn audit_verify_names_a_record_past_the_chain_head() {
+    for b in backends().await {
+        five_records(&b).await;
+        b.raw_exec(
+            "INSERT INTO audit_log (seq, at, kind, actor, subject, detail, hash) \
+             SELECT 6, at, kind, actor, subject, detail, hash FROM audit_log WHERE seq = 5",
+        )
+        .await;
+        let bad = b.ds.verify_audit().await.unwrap().first_bad.unwrap();
+        assert_eq!(bad.seq, 6, "{}: {}", b.name, bad.problem);
+        assert!(bad.problem.contains("past the chain head"), "{}", bad.problem);
+    }
+}
+
 /// `b`'s store keyed from record `from` with a fixed test key, and the keying recorded.
 async fn keyed(b: &Backend, from: u64) -> warden_ca::datastore::Datastore {
     let key = warden_ca::datastore::AuditKey::new(&[0x5a; 32], from);
