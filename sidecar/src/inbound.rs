@@ -262,7 +262,15 @@ impl Inbound {
     }
 }
 
+/// The caller's address as policies and logs see it: an IPv4 caller of a dual-stack (`[::]`)
+/// listener arrives as an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`), which Cedar's `ip()`
+/// refuses (every request would be denied); it is its IPv4 address.
+pub(crate) fn caller_address(source: SocketAddr) -> SocketAddr {
+    SocketAddr::new(source.ip().to_canonical(), source.port())
+}
+
 async fn serve_connection(shared: Arc<Shared>, stream: TcpStream, source: SocketAddr) {
+    let source = caller_address(source);
     let own_id = shared
         .identity
         .borrow()

@@ -167,7 +167,11 @@ async fn audit_verify_names_a_record_past_the_chain_head() {
         .await;
         let bad = b.ds.verify_audit().await.unwrap().first_bad.unwrap();
         assert_eq!(bad.seq, 6, "{}: {}", b.name, bad.problem);
-        assert!(bad.problem.contains("past the chain head"), "{}", bad.problem);
+        assert!(
+            bad.problem.contains("past the chain head"),
+            "{}",
+            bad.problem
+        );
     }
 }
 

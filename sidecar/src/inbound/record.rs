@@ -295,6 +295,30 @@ mod tests {
         assert_eq!(r.resource, "api");
     }
 
+    /// An IPv4 caller of a dual-stack listener is its IPv4 address to the policy (Cedar's
+    /// `ip()` refuses the IPv4-mapped IPv6 form).
+    #[test]
+    fn an_ipv4_caller_of_a_dual_stack_listener_is_its_ipv4_address() {
+        let mapped: SocketAddr = "[::ffff:10.0.0.7]:4000".parse().unwrap();
+        let source = super::super::caller_address(mapped);
+        assert_eq!(source.to_string(), "10.0.0.7:4000");
+        let v6: SocketAddr = "[2001:db8::7]:4000".parse().unwrap();
+        assert_eq!(super::super::caller_address(v6), v6);
+        let c = ConnInfo { source, ..conn() };
+        let parts = RequestParts {
+            operation: Operation::Http("GET"),
+            method: "GET",
+            path: "/x",
+            query: "",
+            headers: &[],
+            time: SystemTime::now(),
+        };
+        assert_eq!(
+            policy_request(&c, "api", &parts).source.to_string(),
+            "10.0.0.7"
+        );
+    }
+
     #[test]
     fn hex_matches_the_formatter() {
         for n in [0, 1, 0xf, 0x10, 0xabc, u64::from(u32::MAX), u64::MAX] {

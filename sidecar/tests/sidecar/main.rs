@@ -28,5 +28,6 @@ mod rapid_reset;
 mod raw_http;
 mod resumption;
 mod smuggling;
+mod source;
 mod tls;
 mod upgrade;

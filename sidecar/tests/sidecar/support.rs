@@ -266,6 +266,8 @@ pub(crate) struct Options {
     pub(crate) limits: &'static str,
     pub(crate) federated: Vec<TestCa>,
     pub(crate) app_addr: Option<SocketAddr>,
+    /// The inbound's `listen` [default: `127.0.0.1:0`].
+    pub(crate) listen: Option<&'static str>,
 }
 
 impl Fixture {
@@ -284,7 +286,7 @@ impl Fixture {
 workload_api_socket = "unix://{socket}"
 {top}
 [inbound]
-listen = "127.0.0.1:0"
+listen = "{listen}"
 app = "{app}"
 service = "api"
 {inbound_extra}
@@ -309,6 +311,7 @@ path = "{log}"
             policies = policies.display(),
             policy_extra = options.policy_extra,
             limits = options.limits,
+            listen = options.listen.unwrap_or("127.0.0.1:0"),
             log = log.display(),
         );
         let config = Config::from_toml(
