@@ -14,7 +14,8 @@
 //!
 //! Escaped slashes and backslashes (`%2F`, `%5C`) stay escaped: they may be data (an object key,
 //! a repository `group%2Fname`), as Envoy keeps them by default. A malformed escape (`%`
-//! not followed by two hex digits), and `%00`, are refused (400). Paths that are not absolute (`*` of
+//! not followed by two hex digits), `%00`, and a `.` or `..` segment with `;` parameters
+//! (`..;x`, which servers that drop parameters resolve as a dot segment) are refused (400). Paths that are not absolute (`*` of
 //! `OPTIONS *`, the authority form of `CONNECT`) are left as they are.
 
 use std::borrow::Cow;
@@ -27,6 +28,10 @@ pub(crate) enum BadPath {
     Malformed,
     /// `%00`: a NUL byte, which ends the path early for some servers.
     Nul,
+    /// A `.` or `..` segment with parameters (`/v1/..;x/admin`): servers that drop a segment's
+    /// `;` parameters (Tomcat, Spring, Jetty) resolve it as a dot segment, which the policy
+    /// would not have seen.
+    DotParameters,
 }
 
 impl fmt::Display for BadPath {
@@ -34,6 +39,9 @@ impl fmt::Display for BadPath {
         f.write_str(match self {
             Self::Malformed => "malformed percent-encoding in the request path",
             Self::Nul => "an encoded NUL (%00) in the request path",
+            Self::DotParameters => {
+                "a `.` or `..` segment with `;` parameters in the request path"
+            }
         })
     }
 }
@@ -52,6 +60,9 @@ pub(crate) fn normalize(path: &str) -> Result<Cow<'_, str>, BadPath> {
         path
     };
     let decoded = decode_unreserved(path)?;
+    if decoded.split('/').any(dot_with_parameters) {
+        return Err(BadPath::DotParameters);
+    }
     Ok(Cow::Owned(remove_dot_segments(&decoded)))
 }
 
@@ -63,11 +74,22 @@ fn is_normal(path: &str) -> bool {
     let mut segments = path.split('/').skip(1).peekable();
     while let Some(segment) = segments.next() {
         let last = segments.peek().is_none();
-        if (segment.is_empty() && !last) || segment == "." || segment == ".." {
+        if (segment.is_empty() && !last)
+            || segment == "."
+            || segment == ".."
+            || dot_with_parameters(segment)
+        {
             return false;
         }
     }
     true
+}
+
+/// `.;…` or `..;…`: a dot segment to a server that drops a segment's parameters.
+fn dot_with_parameters(segment: &str) -> bool {
+    segment
+        .split_once(';')
+        .is_some_and(|(name, _)| name == "." || name == "..")
 }
 
 /// Decodes the escapes of unreserved characters, upper-cases the others' hex digits.
@@ -214,6 +236,24 @@ mod tests {
         }
         for path in ["/a%00", "/%00/b"] {
             assert_eq!(normalize(path), Err(BadPath::Nul), "{path}");
+        }
+    }
+
+    #[test]
+    fn dot_segments_with_parameters_are_refused() {
+        for path in [
+            "/v1/..;/internal/x",
+            "/v1/..;jsessionid=1/internal",
+            "/v1/.;x/a",
+            "/v1/%2E%2E;/internal",
+            "/v1/.%2e;x/internal",
+            "/..;",
+        ] {
+            assert_eq!(normalize(path), Err(BadPath::DotParameters), "{path}");
+        }
+        // Parameters on other segments, and dots that are part of a name, are data.
+        for path in ["/v1/a;b/c", "/v1/...;x", "/v1/..a;x", "/v1/a..;x"] {
+            assert_eq!(normalize(path).as_deref(), Ok(path), "{path}");
         }
     }
 

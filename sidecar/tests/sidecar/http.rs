@@ -479,6 +479,10 @@ async fn paths_are_normalized_before_the_decision_and_the_app_gets_the_normal_fo
     let (status, _, body) = plaintext_get(&f, "/public/a%00.txt").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(body.contains("NUL"), "{body}");
+    // A dot segment with parameters is /private to servers that drop them (Tomcat, Spring).
+    let (status, _, body) = plaintext_get(&f, "/public/..;x/private").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("`;` parameters"), "{body}");
     assert_eq!(f.app.seen(), 5);
     // The log shows each path as decided.
     let records = f.decisions_exactly(11).await;
