@@ -325,8 +325,8 @@ fn prepare<B>(shared: &Shared, req: &mut Request<B>) -> Result<bool, Box<Respons
     } else {
         hop_by_hop::strip(req.headers_mut(), true);
     }
-    if let Some(name) = record::non_text_header(req) {
-        let bad = format!("header `{name}` has a value that is not UTF-8 text");
+    if let Some((name, how)) = record::unreadable_header(req) {
+        let bad = format!("header `{name}` has a value that {how}");
         return Err(Box::new(bad_request(&bad)));
     }
     Ok(grpc)

@@ -110,16 +110,28 @@ pub(crate) fn policy_request<'a>(
     }
 }
 
-/// The first header whose value is not UTF-8 text (bytes 0x80–0xFF that do not decode): such a
-/// request gets 400, so that the policy sees every header the app gets.
-pub(crate) fn non_text_header<B>(req: &http::Request<B>) -> Option<&http::HeaderName> {
-    req.headers()
-        .iter()
-        .find(|(_, v)| std::str::from_utf8(v.as_bytes()).is_err())
-        .map(|(name, _)| name)
+/// The first header whose value the app could read otherwise than the policy does, and how:
+/// not UTF-8 text (bytes 0x80–0xFF that do not decode), or starting or ending with a space or
+/// tab. HTTP/2 carries such a value though RFC 9113 §8.2.1 forbids it, and an HTTP/1.1 app's
+/// parser trims it (` 1` is `1` to the app, ` 1` to a policy that looks for `1`). Such a
+/// request gets 400, so that the policy sees every header as the app gets it.
+pub(crate) fn unreadable_header<B>(
+    req: &http::Request<B>,
+) -> Option<(&http::HeaderName, &'static str)> {
+    let blank = |b: &u8| matches!(b, b' ' | b'\t');
+    req.headers().iter().find_map(|(name, value)| {
+        let bytes = value.as_bytes();
+        if std::str::from_utf8(bytes).is_err() {
+            Some((name, "is not UTF-8 text"))
+        } else if bytes.first().is_some_and(blank) || bytes.last().is_some_and(blank) {
+            Some((name, "starts or ends with a space or tab"))
+        } else {
+            None
+        }
+    })
 }
 
-/// The headers a policy sees: every header (values UTF-8 text, which [`non_text_header`] has
+/// The headers a policy sees: every header (values UTF-8 text, which [`unreadable_header`] has
 /// checked), and for HTTP/2 the `:authority` as `host` (as over HTTP/1.1) when there is no
 /// `host` header.
 pub(crate) fn header_pairs<B>(req: &http::Request<B>) -> Vec<(&str, &str)> {

@@ -298,6 +298,33 @@ async fn a_header_value_the_policy_cannot_read_as_text_gets_400() {
     );
 }
 
+/// HTTP/2 carries a header value with leading or trailing whitespace (RFC 9113 §8.2.1 forbids
+/// it, h2 lets it through), which an HTTP/1.1 app's parser trims: such a request gets 400, so a
+/// rule on the value cannot be stepped around with a space.
+#[tokio::test]
+async fn an_http2_header_value_with_surrounding_whitespace_gets_400() {
+    let f = Fixture::start(Options::default()).await;
+    let web = f.client(WEB_ID);
+    for value in [" 1", "1 ", "\t1"] {
+        let mut req = get_h2("/x");
+        req.headers_mut()
+            .insert("x-debug", http::HeaderValue::from_str(value).unwrap());
+        let (status, _, body) = web.request(f.inbound, req).await.unwrap();
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{value:?}: {body}");
+        assert_eq!(
+            body,
+            "header `x-debug` has a value that starts or ends with a space or tab\n"
+        );
+    }
+    // Inside the value, spaces are data.
+    let mut req = get_h2("/x");
+    req.headers_mut()
+        .insert("x-debug", http::HeaderValue::from_static("1 2"));
+    let (status, _, body) = web.request(f.inbound, req).await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(f.app.seen(), 1);
+}
+
 /// An HTTP/2 request with `host` and no `:authority` (RFC 9113 §8.3.1 allows it; hyper's and
 /// h2's clients always send `:authority`, so the frames are written by hand).
 #[tokio::test]
