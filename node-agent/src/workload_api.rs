@@ -15,6 +15,7 @@ mod service;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::UnixListener;
 use tokio::sync::watch;
@@ -31,6 +32,8 @@ use crate::workload_attestor::WorkloadAttestor;
 /// Streams one connection may have open at once (HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`):
 /// a workload needs a few (SVIDs, bundles, JWT bundles); each open stream holds a task.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
+/// How long a stopping agent waits for its Workload API clients to let their connections end.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Why the Workload API could not be served.
 #[derive(Debug, thiserror::Error)]
@@ -107,10 +110,12 @@ impl WorkloadApi {
     ) -> Result<(), WorkloadApiError> {
         let attestor = self.attestor;
         let closing = self.closing;
+        let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
         let shutdown = async move {
             shutdown.await;
             // End open streams so the graceful shutdown does not wait for clients.
             closing.send_replace(true);
+            let _ = stopping_tx.send(());
         };
         let incoming = UnixListenerStream::new(self.listener)
             .map(move |conn| conn.map(|s| listener::PeerStream::new(s, &attestor)));
@@ -120,12 +125,28 @@ impl WorkloadApi {
             .register_encoded_file_descriptor_set(warden_api::WORKLOAD_FILE_DESCRIPTOR_SET)
             .build_v1()
             .map_err(|e| WorkloadApiError::Reflection(e.to_string()))?;
-        let result = tonic::transport::Server::builder()
+        let serve = tonic::transport::Server::builder()
             .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
             .add_service(SpiffeWorkloadApiServer::new(self.service))
             .add_service(reflection)
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await;
+            .serve_with_incoming_shutdown(incoming, shutdown);
+        // The graceful shutdown waits for every connection to end; a client that stops reading
+        // (its flow-control window at 0) would keep its stream's last message, and the agent,
+        // forever. Past the grace period the connections are dropped.
+        let grace = async move {
+            if stopping.await.is_ok() {
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        let result = tokio::select! {
+            result = serve => result,
+            () = grace => {
+                tracing::warn!(grace = ?SHUTDOWN_GRACE, "workload api clients still connected after the grace period; closing them");
+                Ok(())
+            }
+        };
         let _ = std::fs::remove_file(&self.path);
         Ok(result?)
     }

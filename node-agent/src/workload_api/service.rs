@@ -130,23 +130,28 @@ impl Service {
     {
         let (tx, rx) = mpsc::channel(4);
         let mut state_rx = self.inner.state.clone();
-        state_rx.borrow_and_update();
         let mut closing = self.inner.closing.clone();
         tokio::spawn(async move {
             if tx.send(Ok(first.clone())).await.is_err() {
                 return;
             }
             let mut last = first;
+            // `first` was built from the state as it was; a change published since (before this
+            // receiver was cloned, or after) is looked at now rather than at the next one.
+            let mut look_now = true;
             loop {
-                tokio::select! {
-                    changed = state_rx.changed() => if changed.is_err() {
-                        let _ = tx.send(Err(Status::unavailable("agent is shutting down"))).await;
-                        return;
-                    },
-                    () = tx.closed() => return,
-                    _ = closing.changed() => {
-                        let _ = tx.send(Err(Status::unavailable("agent is shutting down"))).await;
-                        return;
+                // The first time, the state as it is now, without waiting.
+                if !std::mem::take(&mut look_now) {
+                    tokio::select! {
+                        changed = state_rx.changed() => if changed.is_err() {
+                            let _ = tx.send(Err(Status::unavailable("agent is shutting down"))).await;
+                            return;
+                        },
+                        () = tx.closed() => return,
+                        _ = closing.changed() => {
+                            let _ = tx.send(Err(Status::unavailable("agent is shutting down"))).await;
+                            return;
+                        }
                     }
                 }
                 let state = Arc::clone(&state_rx.borrow_and_update());

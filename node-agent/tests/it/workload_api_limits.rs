@@ -74,3 +74,28 @@ async fn jwt_svid_audiences_are_bounded_w9() {
     }
     agent.stop().await;
 }
+
+/// A client that opens a stream and never reads it (its HTTP/2 window is 0) does not hold the
+/// agent up when it stops: after a grace period the open connections are closed.
+#[tokio::test]
+async fn a_client_that_never_reads_does_not_hold_up_the_shutdown() {
+    let ca = TestCa::new(TD);
+    let agent = serving_one_entry(&ca).await;
+    let channel = tonic::transport::Endpoint::from_shared(agent.endpoint())
+        .unwrap()
+        .initial_stream_window_size(0)
+        .connect()
+        .await
+        .unwrap();
+    let mut raw = SpiffeWorkloadApiClient::new(channel);
+    let mut req = tonic::Request::new(warden_api::workload::X509svidRequest {});
+    req.metadata_mut()
+        .insert(WORKLOAD_API_HEADER, "true".parse().unwrap());
+    // The response head arrives (HEADERS are not flow-controlled); its message cannot.
+    let _unread = tokio::time::timeout(WAIT, raw.fetch_x509svid(req))
+        .await
+        .unwrap()
+        .unwrap();
+    // `stop` fails if the agent has not stopped within 10 s.
+    agent.stop().await;
+}

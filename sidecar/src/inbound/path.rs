@@ -39,9 +39,7 @@ impl fmt::Display for BadPath {
         f.write_str(match self {
             Self::Malformed => "malformed percent-encoding in the request path",
             Self::Nul => "an encoded NUL (%00) in the request path",
-            Self::DotParameters => {
-                "a `.` or `..` segment with `;` parameters in the request path"
-            }
+            Self::DotParameters => "a `.` or `..` segment with `;` parameters in the request path",
         })
     }
 }
