@@ -87,7 +87,7 @@ impl AgentService {
     fn sign_agent(
         &self,
         id: &SpiffeId,
-        csr: &rcgen::CertificateSigningRequestParams,
+        csr: &crate::authority::ParsedCsr,
     ) -> Result<SignedSvid, Status> {
         self.inner
             .authority
@@ -101,7 +101,7 @@ impl AgentService {
         id: SpiffeId,
         attestor: &str,
         selectors: Vec<Selector>,
-        csr: &rcgen::CertificateSigningRequestParams,
+        csr: &crate::authority::ParsedCsr,
     ) -> Result<pb::AttestResponse, Status> {
         let signed = self.sign_agent(&id, csr)?;
         let bundles = self.bundles().await?;
@@ -163,7 +163,7 @@ fn agent_svid_response(signed: &SignedSvid, bundles: pb::Bundles) -> pb::AttestR
     }
 }
 
-fn parse_csr(der: &[u8]) -> Result<rcgen::CertificateSigningRequestParams, Status> {
+fn parse_csr(der: &[u8]) -> Result<crate::authority::ParsedCsr, Status> {
     crate::authority::parse_csr(der).map_err(convert::sign_status)
 }
 

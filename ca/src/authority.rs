@@ -33,6 +33,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use files::read_trust_domain;
 pub use init::default_datastore;
 pub use init::{InitOptions, InitReport, KeyType, init_ca};
+pub use svid::ParsedCsr;
 pub(crate) use svid::parse_csr;
 pub use svid::{MAX_CSR_LEN, SignError, SignedJwtSvid, SignedSvid};
 

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use rcgen::{
     CertificateParams, CertificateSigningRequestParams, DistinguishedName, ExtendedKeyUsagePurpose,
-    IsCa, KeyUsagePurpose, SanType,
+    IsCa, KeyUsagePurpose, PublicKeyData, SanType, SignatureAlgorithm,
 };
 use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer};
 use warden_identity::SpiffeId;
@@ -102,8 +102,35 @@ pub struct SignedJwtSvid {
     pub expires_at: SystemTime,
 }
 
-/// Checks the size, structure, signature and key type of a CSR, returning rcgen's view of it.
-pub(crate) fn parse_csr(der: &[u8]) -> Result<CertificateSigningRequestParams, SignError> {
+/// A checked CSR: rcgen's view of what it requests, and its key as the certificate carries it.
+#[derive(Debug)]
+pub struct ParsedCsr {
+    request: CertificateSigningRequestParams,
+    key: CsrKey,
+}
+
+/// A CSR's public key, named by its own algorithm. rcgen names a CSR's key by the CSR's
+/// signature algorithm, so a P-384 key in a CSR signed with ecdsa-with-SHA256 (what `openssl
+/// req` makes by default) would be written into the certificate as a P-256 key, and the SVID
+/// would be unusable.
+#[derive(Debug)]
+struct CsrKey {
+    bits: Vec<u8>,
+    alg: &'static SignatureAlgorithm,
+}
+
+impl PublicKeyData for CsrKey {
+    fn der_bytes(&self) -> &[u8] {
+        &self.bits
+    }
+
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        self.alg
+    }
+}
+
+/// Checks the size, structure, signature and key type of a CSR.
+pub(crate) fn parse_csr(der: &[u8]) -> Result<ParsedCsr, SignError> {
     if der.len() > MAX_CSR_LEN {
         return Err(SignError::CsrTooLarge(der.len()));
     }
@@ -119,19 +146,34 @@ pub(crate) fn parse_csr(der: &[u8]) -> Result<CertificateSigningRequestParams, S
             rest.len()
         )));
     }
-    check_key_type(&csr.certification_request_info.subject_pki)?;
-    CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(der)).map_err(
-        |e| match e {
-            rcgen::Error::InvalidCertificationRequestSignature => SignError::BadCsrSignature,
-            other => SignError::MalformedCsr(other.to_string()),
-        },
-    )
+    let spki = &csr.certification_request_info.subject_pki;
+    let key = CsrKey {
+        alg: check_key_type(spki)?,
+        bits: spki.subject_public_key.data.to_vec(),
+    };
+    // The certificate's key is written as the CSR holds it: checked before it is signed for.
+    if key.subject_public_key_info() != spki.raw {
+        return Err(SignError::UnsupportedKey(
+            "the csr's key cannot be written back as it was sent".into(),
+        ));
+    }
+    let request =
+        CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(der))
+            .map_err(|e| match e {
+                rcgen::Error::InvalidCertificationRequestSignature => SignError::BadCsrSignature,
+                other => SignError::MalformedCsr(other.to_string()),
+            })?;
+    Ok(ParsedCsr { request, key })
 }
 
-fn check_key_type(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<(), SignError> {
+/// The key's algorithm, if it is one an SVID may have (as rcgen names it when it writes the
+/// certificate's key: the hash of the name does not matter there).
+fn check_key_type(
+    spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>,
+) -> Result<&'static SignatureAlgorithm, SignError> {
     let alg = &spki.algorithm.algorithm;
     if *alg == x509_parser::oid_registry::OID_SIG_ED25519 {
-        return Ok(());
+        return Ok(&rcgen::PKCS_ED25519);
     }
     match spki.parsed() {
         Ok(PublicKey::EC(point)) => {
@@ -143,7 +185,8 @@ fn check_key_type(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<
             let p256 = x509_parser::oid_registry::OID_EC_P256;
             let p384 = x509_parser::oid_registry::OID_NIST_EC_P384;
             match curve {
-                Some(c) if c == p256 || c == p384 => Ok(()),
+                Some(c) if c == p256 => Ok(&rcgen::PKCS_ECDSA_P256_SHA256),
+                Some(c) if c == p384 => Ok(&rcgen::PKCS_ECDSA_P384_SHA384),
                 Some(c) => Err(SignError::UnsupportedKey(format!("ec curve {c}"))),
                 None => Err(SignError::UnsupportedKey(format!(
                     "ec key of {} bits without a named curve",
@@ -151,7 +194,7 @@ fn check_key_type(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<
                 ))),
             }
         }
-        Ok(PublicKey::RSA(rsa)) if rsa.key_size() >= 2048 => Ok(()),
+        Ok(PublicKey::RSA(rsa)) if rsa.key_size() >= 2048 => Ok(&rcgen::PKCS_RSA_SHA256),
         Ok(PublicKey::RSA(rsa)) => Err(SignError::UnsupportedKey(format!(
             "rsa {} bits",
             rsa.key_size()
@@ -164,8 +207,9 @@ fn check_key_type(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<
 }
 
 /// The SPIFFE ID check: at most one URI SAN, equal to `id`.
-fn check_csr_id(csr: &CertificateSigningRequestParams, id: &SpiffeId) -> Result<(), SignError> {
+fn check_csr_id(csr: &ParsedCsr, id: &SpiffeId) -> Result<(), SignError> {
     let uris: Vec<&str> = csr
+        .request
         .params
         .subject_alt_names
         .iter()
@@ -204,7 +248,7 @@ impl Authority {
     /// Like [`sign_x509_svid`](Self::sign_x509_svid) for an already parsed CSR.
     pub(crate) fn sign_parsed(
         &self,
-        csr: &CertificateSigningRequestParams,
+        csr: &ParsedCsr,
         id: &SpiffeId,
         dns_names: &[String],
         ttl: Duration,
@@ -267,7 +311,7 @@ impl Authority {
         params.not_before = keys::to_offset(now - keys::BACKDATE);
         params.not_after = keys::to_offset(not_after);
         let cert = params
-            .signed_by(&csr.public_key, issuer)
+            .signed_by(&csr.key, issuer)
             .map_err(|e| SignError::Signing(e.to_string()))?;
         Ok(SignedSvid {
             spiffe_id: id.clone(),

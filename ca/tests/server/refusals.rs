@@ -8,6 +8,7 @@ use warden_api::v1::{
     SignX509SvidsRequest, SvidCsr,
 };
 use warden_ca::datastore::{join_token_agent_id, join_token_hash};
+use x509_parser::prelude::FromDer as _;
 
 use super::support::*;
 
@@ -381,7 +382,7 @@ async fn id_from_another_trust_domain_is_refused() {
     assert!(err.contains("another trust domain"), "{err}");
 }
 
-/// CSRs made with `openssl req -new -newkey <type> -outform DER` (fixtures/).
+/// CSRs made with `openssl req -new -newkey <type> [-sha256|-sha384] -outform DER` (fixtures/).
 #[tokio::test]
 async fn csr_key_types_are_checked_ec_p256_p384_ed25519_rsa2048_only() {
     let ca = start_ca().await;
@@ -398,9 +399,32 @@ async fn csr_key_types_are_checked_ec_p256_p384_ed25519_rsa2048_only() {
             .sign_x509_svid(&der, &id, &[], Duration::ZERO)
     };
     let root = ca.running.authority.root_cert().clone();
-    for ok in ["rsa2048.csr.der", "ed25519.csr.der"] {
+    // A CSR's signature hash need not be its curve's (`openssl req` signs P-384 requests with
+    // SHA-256): the certificate carries the key as the CSR does.
+    for ok in [
+        "rsa2048.csr.der",
+        "ed25519.csr.der",
+        "p384-sha256.csr.der",
+        "p384-sha384.csr.der",
+        "p256-sha384.csr.der",
+    ] {
         let s = sign(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
         verify_both(&s.cert_chain, &ca.bundles(), &root);
+        let csr = std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/server/fixtures")
+                .join(ok),
+        )
+        .unwrap();
+        let (_, csr) =
+            x509_parser::certification_request::X509CertificationRequest::from_der(&csr).unwrap();
+        let (_, cert) =
+            x509_parser::certificate::X509Certificate::from_der(&s.cert_chain[0]).unwrap();
+        assert_eq!(
+            cert.public_key().raw,
+            csr.certification_request_info.subject_pki.raw,
+            "{ok}: the certificate's key is not the csr's"
+        );
     }
     let err = sign("rsa1024.csr.der").unwrap_err().to_string();
     assert!(
