@@ -10,6 +10,29 @@ use super::audit::INSERT_CHUNK;
 use super::error::DatastoreError;
 use super::model::{IssuedJwtSvid, IssuedSvid};
 
+/// Fails the transaction `tx` unless the agent `id` is still known and not banned: one evicted
+/// or banned while its request was signed gets nothing (an eviction or a ban commits either
+/// before this check, which then sees it, or after the SVIDs are logged).
+macro_rules! still_admitted {
+    ($tx:ident, $id:expr) => {
+        let banned: Option<bool> =
+            sqlx::query_scalar("SELECT banned FROM agents WHERE spiffe_id = $1")
+                .bind($id.clone())
+                .fetch_optional(&mut *$tx)
+                .await?;
+        match banned {
+            None => {
+                return Err(DatastoreError::NotFound {
+                    what: "agent",
+                    id: $id.clone(),
+                });
+            }
+            Some(true) => return Err(DatastoreError::AgentBanned($id.clone())),
+            Some(false) => {}
+        }
+    };
+}
+
 // === impl Datastore ===
 
 impl Datastore {
@@ -26,6 +49,7 @@ impl Datastore {
         }
         let agent_id = agent.to_string();
         in_tx!(self, |tx, audit| {
+            still_admitted!(tx, agent_id);
             for chunk in svids.chunks(INSERT_CHUNK) {
                 let mut qb = sqlx::QueryBuilder::new(
                     "INSERT INTO issued_svids (serial, spiffe_id, entry_id, agent_id, issued_at, expires_at) ",
@@ -75,7 +99,9 @@ impl Datastore {
         jwt: &IssuedJwtSvid,
         agent: &SpiffeId,
     ) -> Result<(), DatastoreError> {
+        let agent_id = agent.to_string();
         in_tx!(self, |tx, audit| {
+            still_admitted!(tx, agent_id);
             audit.record(
                 "jwt_svid.issued",
                 agent.as_str(),

@@ -4,7 +4,7 @@ use warden_ca::datastore::{
     CaRecord, CaRecordKind, CaRecordState, DatastoreError, IssuedJwtSvid, IssuedSvid,
 };
 
-use super::harness::{AGENT, audit_kinds, backends};
+use super::harness::{AGENT, Backend, audit_kinds, backends};
 
 fn record(id: &str, kind: CaRecordKind, state: CaRecordState, not_before: i64) -> CaRecord {
     CaRecord {
@@ -96,6 +96,16 @@ async fn ca_records_move_through_states_and_activation_is_audited_as_rotation() 
     }
 }
 
+/// [`AGENT`] as attested, written without an audit record (the counts below are the SVIDs').
+async fn admitted(b: &Backend) {
+    b.raw_exec(&format!(
+        "INSERT INTO agents (spiffe_id, attestor, selectors, serial, previous_serial, \
+         expires_at, banned, attested_at, renewed_at) \
+         VALUES ('{AGENT}', 'join_token', '[]', '01', NULL, 2000, false, 1000, 1000)"
+    ))
+    .await;
+}
+
 fn svid(n: usize) -> IssuedSvid {
     IssuedSvid {
         serial: format!("{n:032x}"),
@@ -110,6 +120,7 @@ fn svid(n: usize) -> IssuedSvid {
 async fn issued_svids_are_logged_in_one_batch_with_one_audit_record_each() {
     for b in backends().await {
         let agent = AGENT.parse().unwrap();
+        admitted(&b).await;
         let batch: Vec<IssuedSvid> = (0..1200).map(svid).collect();
         b.ds.record_issued_svids(&batch, &agent).await.unwrap();
         assert_eq!(b.count("issued_svids").await, 1200, "{}", b.name);
@@ -138,6 +149,7 @@ async fn issued_svids_are_logged_in_one_batch_with_one_audit_record_each() {
 async fn issued_jwt_svids_are_audited_with_audience_key_and_expiry() {
     for b in backends().await {
         let agent = AGENT.parse().unwrap();
+        admitted(&b).await;
         let jwt = IssuedJwtSvid {
             spiffe_id: "spiffe://example.org/web".parse().unwrap(),
             entry_id: "entry1".into(),
@@ -165,5 +177,45 @@ async fn issued_jwt_svids_are_audited_with_audience_key_and_expiry() {
         );
         assert_eq!(b.count("issued_svids").await, 0, "jwt-svids have no serial");
         assert!(b.ds.verify_audit().await.unwrap().is_ok());
+    }
+}
+
+/// An agent evicted or banned while its request was signed gets nothing: the SVIDs are not
+/// logged (nor, then, handed out), and the error names why.
+#[tokio::test]
+async fn svids_signed_for_an_agent_banned_or_evicted_meanwhile_are_not_logged() {
+    for b in backends().await {
+        let agent = AGENT.parse().unwrap();
+        let jwt = IssuedJwtSvid {
+            spiffe_id: "spiffe://example.org/web".parse().unwrap(),
+            entry_id: "entry1".into(),
+            audience: vec!["billing".into()],
+            kid: "jwt-key-1".into(),
+            expires_at: 1_300,
+        };
+        // Evicted (or never attested).
+        let err =
+            b.ds.record_issued_svids(&[svid(1)], &agent)
+                .await
+                .unwrap_err();
+        assert!(
+            matches!(err, DatastoreError::NotFound { .. }),
+            "{}: {err}",
+            b.name
+        );
+        let err = b.ds.record_jwt_svid_issued(&jwt, &agent).await.unwrap_err();
+        assert!(matches!(err, DatastoreError::NotFound { .. }), "{err}");
+        // Banned.
+        admitted(&b).await;
+        b.ds.ban_agent(&agent, "admin").await.unwrap();
+        let err =
+            b.ds.record_issued_svids(&[svid(1)], &agent)
+                .await
+                .unwrap_err();
+        assert!(matches!(err, DatastoreError::AgentBanned(_)), "{err}");
+        let err = b.ds.record_jwt_svid_issued(&jwt, &agent).await.unwrap_err();
+        assert!(matches!(err, DatastoreError::AgentBanned(_)), "{err}");
+        assert_eq!(b.count("issued_svids").await, 0, "{}", b.name);
+        assert_eq!(b.count("audit_log").await, 1, "only the ban: {}", b.name);
     }
 }
