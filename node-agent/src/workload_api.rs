@@ -88,6 +88,7 @@ impl WorkloadApi {
             jwt: jwt::JwtCache::new(minter),
             metrics,
             closing: closing_rx,
+            failures: service::FailureLog::default(),
         });
         Ok(Self {
             listener,

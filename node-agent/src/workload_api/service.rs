@@ -44,6 +44,37 @@ pub(crate) struct Inner {
     pub(crate) metrics: Arc<Metrics>,
     /// Becomes `true` when the server shuts down; open streams then end.
     pub(crate) closing: watch::Receiver<bool>,
+    /// When failed attestations were last logged, and how many failed since.
+    pub(crate) failures: FailureLog,
+}
+
+/// Warnings about failed attestations: the first, then at most one per [`WARN_INTERVAL`],
+/// with how many failed since. A local process can make thousands fail a second (connect and
+/// exit); the metric counts each.
+#[derive(Debug, Default)]
+pub(crate) struct FailureLog(std::sync::Mutex<(Option<std::time::Instant>, u64)>);
+
+/// Least time between two warnings about failed attestations.
+const WARN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl FailureLog {
+    /// Counts a failure at `now`; `Some(count)` when it is to be logged (with the failures
+    /// since the last warning, this one included).
+    fn note(&self, now: std::time::Instant) -> Option<u64> {
+        let mut log = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        log.1 += 1;
+        if log
+            .0
+            .is_some_and(|at| now.duration_since(at) < WARN_INTERVAL)
+        {
+            return None;
+        }
+        log.0 = Some(now);
+        Some(std::mem::take(&mut log.1))
+    }
 }
 
 /// The Workload API service.
@@ -88,7 +119,12 @@ impl Service {
             }
             Err(err) => {
                 self.inner.metrics.attestation(AttestationResult::Error);
-                warn!(pid = peer.pid, error = %err, "workload attestation failed");
+                match self.inner.failures.note(std::time::Instant::now()) {
+                    Some(failed) => {
+                        warn!(pid = peer.pid, error = %err, failed, "workload attestation failed");
+                    }
+                    None => debug!(pid = peer.pid, error = %err, "workload attestation failed"),
+                }
                 Err(Status::permission_denied(format!(
                     "caller could not be attested: {err}"
                 )))
@@ -398,6 +434,7 @@ mod tests {
                 jwt: JwtCache::new(Arc::new(NoMinter)),
                 metrics: Arc::new(Metrics::new()),
                 closing,
+                failures: FailureLog::default(),
             })
         }
 
@@ -498,5 +535,21 @@ mod tests {
             "{}",
             err.message()
         );
+    }
+
+    #[test]
+    fn failed_attestations_are_warned_about_at_most_once_per_interval_with_a_count() {
+        let log = FailureLog::default();
+        let t0 = std::time::Instant::now();
+        assert_eq!(log.note(t0), Some(1), "the first");
+        for n in 1..=5 {
+            assert_eq!(log.note(t0 + std::time::Duration::from_secs(n)), None);
+        }
+        assert_eq!(
+            log.note(t0 + WARN_INTERVAL),
+            Some(6),
+            "five held back, and this one"
+        );
+        assert_eq!(log.note(t0 + WARN_INTERVAL), None);
     }
 }
