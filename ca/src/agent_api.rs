@@ -54,6 +54,7 @@ struct Inner {
     agent_ttl: Duration,
     pop: x509pop::X509Pop,
     metrics: Arc<Metrics>,
+    failure_audits: failures::FailureAudits,
 }
 
 // === impl AgentService ===
@@ -75,6 +76,7 @@ impl AgentService {
                 agent_ttl,
                 pop: x509pop::X509Pop::new(node_cas),
                 metrics,
+                failure_audits: failures::FailureAudits::default(),
             }),
         }
     }

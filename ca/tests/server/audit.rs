@@ -68,6 +68,13 @@ async fn a_refused_known_join_token_is_audited_and_an_unknown_one_is_not() {
         .unwrap_err();
     assert!(err.message().contains("unknown"), "{}", err.message());
 
+    // Replayed again: not audited again within the minute.
+    for _ in 0..3 {
+        let (key, csr) = key_and_csr(None);
+        let err = ca.attest_csr("tok-replayed", &key, csr).await.unwrap_err();
+        assert!(err.message().contains("already used"), "{}", err.message());
+    }
+
     let records = audit_of_kind(&ca, "agent.attestation_failed").await;
     assert_eq!(records.len(), 1, "{records:?}");
     let r = &records[0];
@@ -78,6 +85,7 @@ async fn a_refused_known_join_token_is_audited_and_an_unknown_one_is_not() {
     );
     let detail: serde_json::Value = serde_json::from_str(&r.detail).unwrap();
     assert_eq!(detail["attestor"], "join_token");
+    assert_eq!(detail["refused_since_last_record"], 0);
     assert!(
         detail["reason"].as_str().unwrap().contains("already used"),
         "{detail}"
