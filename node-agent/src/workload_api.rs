@@ -11,6 +11,9 @@ mod jwt;
 mod listener;
 mod responses;
 mod service;
+mod streams;
+
+pub use streams::{MAX_STREAMS, MAX_STREAMS_PER_UID};
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -89,6 +92,7 @@ impl WorkloadApi {
             metrics,
             closing: closing_rx,
             failures: service::FailureLog::default(),
+            streams: streams::StreamSlots::new(MAX_STREAMS, MAX_STREAMS_PER_UID),
         });
         Ok(Self {
             listener,
@@ -102,6 +106,14 @@ impl WorkloadApi {
     /// The socket path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Bounds the open streams to `max` in all and `max_per_uid` per caller uid (instead of
+    /// [`MAX_STREAMS`] and [`MAX_STREAMS_PER_UID`]).
+    #[must_use]
+    pub fn with_stream_limits(mut self, max: usize, max_per_uid: usize) -> Self {
+        self.service.limit_streams(max, max_per_uid);
+        self
     }
 
     /// Serves until `shutdown` completes, then removes the socket.

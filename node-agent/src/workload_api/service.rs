@@ -24,6 +24,7 @@ use super::attesting::Attesting;
 use super::jwt::JwtCache;
 use super::listener::PeerInfo;
 use super::responses;
+use super::streams::{StreamSlot, StreamSlots};
 use crate::cache::CacheState;
 use crate::metrics::{AttestationResult, Metrics};
 use crate::workload_attestor::WorkloadAttestor;
@@ -46,6 +47,8 @@ pub(crate) struct Inner {
     pub(crate) closing: watch::Receiver<bool>,
     /// When failed attestations were last logged, and how many failed since.
     pub(crate) failures: FailureLog,
+    /// The open streams, bounded in all and per uid.
+    pub(crate) streams: Arc<StreamSlots>,
 }
 
 /// Warnings about failed attestations: the first, then at most one per [`WARN_INTERVAL`],
@@ -92,6 +95,13 @@ impl Service {
         }
     }
 
+    /// Bounds the open streams to `max` in all and `max_per_uid` per uid; before serving.
+    pub(crate) fn limit_streams(&mut self, max: usize, max_per_uid: usize) {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.streams = StreamSlots::new(max, max_per_uid);
+        }
+    }
+
     /// Checks the security header (W-2), attests the caller and returns its selectors.
     async fn attest<T>(&self, req: &Request<T>) -> Result<BTreeSet<Selector>, Status> {
         check_header(req)?;
@@ -132,6 +142,17 @@ impl Service {
         }
     }
 
+    /// A place for one more stream of the caller's uid (ResourceExhausted past the bounds).
+    fn stream_slot<T>(&self, req: &Request<T>) -> Result<StreamSlot, Status> {
+        let uid = req
+            .extensions()
+            .get::<PeerInfo>()
+            .and_then(|p| p.0.as_ref())
+            .map(|peer| peer.uid)
+            .ok_or_else(|| Status::permission_denied("no peer credentials"))?;
+        self.inner.streams.enter(uid)
+    }
+
     /// The current state, or Unavailable while the agent is initializing (W-5).
     fn ready_state(&self) -> Result<Arc<CacheState>, Status> {
         let state = Arc::clone(&self.inner.state.borrow());
@@ -159,7 +180,13 @@ impl Service {
 
     /// Streams `first` now, then a new message after every cache change that changes it;
     /// ends with PermissionDenied when the caller no longer has any identity (W-6).
-    fn stream<T, F>(&self, selectors: BTreeSet<Selector>, first: T, build: F) -> BoxStream<T>
+    fn stream<T, F>(
+        &self,
+        slot: StreamSlot,
+        selectors: BTreeSet<Selector>,
+        first: T,
+        build: F,
+    ) -> BoxStream<T>
     where
         T: PartialEq + Clone + Send + Sync + 'static,
         F: Fn(&CacheState, &BTreeSet<Selector>) -> Option<T> + Send + 'static,
@@ -168,6 +195,8 @@ impl Service {
         let mut state_rx = self.inner.state.clone();
         let mut closing = self.inner.closing.clone();
         tokio::spawn(async move {
+            // Held for as long as the stream is open.
+            let _slot = slot;
             if tx.send(Ok(first.clone())).await.is_err() {
                 return;
             }
@@ -230,11 +259,13 @@ impl SpiffeWorkloadApi for Service {
         req: Request<X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
         let selectors = self.attest(&req).await?;
+        let slot = self.stream_slot(&req)?;
         let state = self.ready_state()?;
         self.require_identity(&state, &selectors)?;
         let first = responses::x509_svids(&state, &selectors)
             .ok_or_else(|| Status::permission_denied(NO_IDENTITY))?;
         Ok(Response::new(self.stream(
+            slot,
             selectors,
             first,
             responses::x509_svids,
@@ -246,11 +277,13 @@ impl SpiffeWorkloadApi for Service {
         req: Request<X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
         let selectors = self.attest(&req).await?;
+        let slot = self.stream_slot(&req)?;
         let state = self.ready_state()?;
         self.require_identity(&state, &selectors)?;
         let first = responses::x509_bundles(&state, &selectors)
             .ok_or_else(|| Status::permission_denied(NO_IDENTITY))?;
         Ok(Response::new(self.stream(
+            slot,
             selectors,
             first,
             responses::x509_bundles,
@@ -262,11 +295,13 @@ impl SpiffeWorkloadApi for Service {
         req: Request<JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
         let selectors = self.attest(&req).await?;
+        let slot = self.stream_slot(&req)?;
         let state = self.ready_state()?;
         self.require_identity(&state, &selectors)?;
         let first = responses::jwt_bundles(&state, &selectors)
             .ok_or_else(|| Status::permission_denied(NO_IDENTITY))?;
         Ok(Response::new(self.stream(
+            slot,
             selectors,
             first,
             responses::jwt_bundles,
@@ -435,6 +470,7 @@ mod tests {
                 metrics: Arc::new(Metrics::new()),
                 closing,
                 failures: FailureLog::default(),
+                streams: StreamSlots::new(8, 8),
             })
         }
 

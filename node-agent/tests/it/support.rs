@@ -242,6 +242,10 @@ pub(crate) fn uid_selector() -> String {
 }
 
 /// A Workload API served from a cache the test controls.
+/// The agents' stream bounds in these tests: in all, and per uid (every test's streams are of
+/// this process's uid, so the second is the one met).
+pub(crate) const STREAM_LIMITS: (usize, usize) = (512, 6);
+
 pub(crate) struct TestAgent {
     _dir: tempfile::TempDir,
     pub(crate) socket: PathBuf,
@@ -292,7 +296,9 @@ impl TestAgent {
         }
         cache.publish();
         let metrics = Arc::new(Metrics::new());
-        let api = WorkloadApi::new(&socket, state.clone(), minter, Arc::clone(&metrics)).unwrap();
+        let api = WorkloadApi::new(&socket, state.clone(), minter, Arc::clone(&metrics))
+            .unwrap()
+            .with_stream_limits(STREAM_LIMITS.0, STREAM_LIMITS.1);
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(async move {
             api.run(async {

@@ -99,3 +99,48 @@ async fn a_client_that_never_reads_does_not_hold_up_the_shutdown() {
     // `stop` fails if the agent has not stopped within 10 s.
     agent.stop().await;
 }
+
+/// Open streams are bounded per caller uid (and in all): one more is ResourceExhausted, and a
+/// stream the caller drops gives its place back. The test agents allow six per uid.
+#[tokio::test]
+async fn open_streams_are_bounded_per_uid() {
+    let ca = TestCa::new(TD);
+    let agent = serving_one_entry(&ca).await;
+    let per_uid = crate::support::STREAM_LIMITS.1;
+    let open = || async {
+        // A connection of its own each time: the bound is the uid's, not a connection's.
+        let mut raw = SpiffeWorkloadApiClient::new(agent.raw_channel().await);
+        let mut req = tonic::Request::new(warden_api::workload::X509BundlesRequest {});
+        req.metadata_mut()
+            .insert(WORKLOAD_API_HEADER, "true".parse().unwrap());
+        raw.fetch_x509_bundles(req)
+            .await
+            .map(tonic::Response::into_inner)
+    };
+    let mut streams = Vec::new();
+    for _ in 0..per_uid {
+        let mut stream = open().await.unwrap();
+        stream.message().await.unwrap().unwrap();
+        streams.push(stream);
+    }
+    let err = open().await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{}", err.message());
+    assert!(err.message().contains("uid"), "{}", err.message());
+    // A dropped stream's place comes back once its task sees it gone.
+    drop(streams.pop());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match open().await {
+            Ok(mut stream) => {
+                stream.message().await.unwrap().unwrap();
+                break;
+            }
+            Err(e) => {
+                assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
+                assert!(tokio::time::Instant::now() < deadline, "no place came back");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    agent.stop().await;
+}
