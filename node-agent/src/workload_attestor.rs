@@ -133,6 +133,17 @@ impl WorkloadAttestor {
 
     /// The selectors of the peer, or an error if the peer cannot be attested safely.
     pub fn attest(&self, peer: &PeerCredentials) -> Result<Vec<Selector>, AttestError> {
+        self.attest_with(peer, true)
+    }
+
+    /// [`Self::attest`], with the program's digest (`unix:sha256`) only when `digest`: no entry
+    /// needs it otherwise, and hashing a large program, or one on a filesystem that does not
+    /// answer, holds one of the few places for attestation.
+    pub fn attest_with(
+        &self,
+        peer: &PeerCredentials,
+        digest: bool,
+    ) -> Result<Vec<Selector>, AttestError> {
         let pid = peer.pid;
         if pid <= 0 {
             return Err(AttestError::NoCredentials);
@@ -184,7 +195,7 @@ impl WorkloadAttestor {
             if let Some(path) = self.proc.exe_path(pid) {
                 push("unix", "path", &path.to_string_lossy());
             }
-            if let Some(digest) = self.proc.exe_sha256(pid) {
+            if let Some(digest) = digest.then(|| self.proc.exe_sha256(pid)).flatten() {
                 push("unix", "sha256", &digest);
             }
             same_program()?;
@@ -319,6 +330,17 @@ mod tests {
         let _ = child.kill();
         let _ = child.wait();
         assert_eq!(refused, Err(AttestError::ExecChanged(pid)));
+    }
+
+    /// No entry uses the digest: it is not computed (hashing may be slow), the path still is.
+    #[test]
+    fn leaves_out_the_digest_when_no_entry_needs_it() {
+        let selectors = WorkloadAttestor::new().attest_with(&me(), false).unwrap();
+        assert!(selectors.iter().any(|s| s.key() == "path"), "{selectors:?}");
+        assert!(
+            !selectors.iter().any(|s| s.key() == "sha256"),
+            "{selectors:?}"
+        );
     }
 
     /// Without the program read at accept, nothing vouches that the process still runs it:

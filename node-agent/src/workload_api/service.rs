@@ -115,9 +115,17 @@ impl Service {
             })?;
         let place = self.inner.attesting.enter(peer.uid).await?;
         let attestor = Arc::clone(&self.inner.attestor);
+        // The program's digest only when some entry asks for one.
+        let digest = self.inner.state.borrow().identities.iter().any(|identity| {
+            identity
+                .entry
+                .selectors
+                .iter()
+                .any(|s| s.kind() == "unix" && s.key() == "sha256")
+        });
         let (peer, attested) = tokio::task::spawn_blocking(move || {
             let _place = place;
-            let attested = attestor.attest(&peer);
+            let attested = attestor.attest_with(&peer, digest);
             (peer, attested)
         })
         .await

@@ -241,11 +241,11 @@ pub(crate) fn uid_selector() -> String {
     format!("unix:uid:{}", my_uid())
 }
 
-/// A Workload API served from a cache the test controls.
 /// The agents' stream bounds in these tests: in all, and per uid (every test's streams are of
 /// this process's uid, so the second is the one met).
 pub(crate) const STREAM_LIMITS: (usize, usize) = (512, 6);
 
+/// A Workload API served from a cache the test controls.
 pub(crate) struct TestAgent {
     _dir: tempfile::TempDir,
     pub(crate) socket: PathBuf,

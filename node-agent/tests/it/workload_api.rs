@@ -166,6 +166,22 @@ async fn calls_without_security_header_are_invalid_argument_w2() {
     agent.stop().await;
 }
 
+/// An entry that names the workload's program by its digest (`unix:sha256`) is served to it:
+/// the digest, which the agent computes only when an entry asks for one, is computed then.
+#[tokio::test]
+async fn an_entry_naming_the_programs_digest_is_served_to_it() {
+    use sha2::Digest as _;
+    let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+    let digest = hex::encode(sha2::Sha256::digest(&exe));
+    let ca = TestCa::new(TD);
+    let id = format!("spiffe://{TD}/by-digest");
+    let entries = vec![entry("d", &id, &format!("unix:sha256:{digest}"), 1, "")];
+    let agent = TestAgent::start(&ca, entries, HOUR, vec![]).await;
+    let svid = agent.client().await.fetch_x509_svid().await.unwrap();
+    assert_eq!(svid.spiffe_id().to_string(), id);
+    agent.stop().await;
+}
+
 #[tokio::test]
 async fn workload_without_matching_entry_gets_no_identity_issued_w5_w7() {
     let ca = TestCa::new(TD);
