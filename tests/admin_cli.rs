@@ -476,7 +476,20 @@ fn audit_list_prints_jwt_svid_issuance_and_failed_attestations() {
         subject: agent.into(),
         detail: serde_json::json!({ "attestor": "join_token", "reason": "join token expired" }),
     };
+    // JWT-SVIDs are issued (and audited) only to an attested agent.
+    let rec = AgentRecord {
+        spiffe_id: agent.parse().unwrap(),
+        attestor: "join_token".into(),
+        selectors: vec![],
+        serial: "01".into(),
+        previous_serial: None,
+        expires_at: 2_000_000_000,
+        banned: false,
+        attested_at: 1,
+        renewed_at: 1,
+    };
     ca.rt.block_on(async {
+        ca.ds.attest_agent(&rec).await.unwrap();
         ca.ds
             .record_jwt_svid_issued(&jwt, &agent.parse().unwrap())
             .await
@@ -485,8 +498,9 @@ fn audit_list_prints_jwt_svid_issuance_and_failed_attestations() {
     });
     let out = ca.text(&["audit", "list"]);
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines.len(), 3, "{out}");
-    for (line, words) in lines[1..].iter().zip([
+    assert_eq!(lines.len(), 4, "{out}");
+    assert!(lines[1].contains("agent.attested"), "{out}");
+    for (line, words) in lines[2..].iter().zip([
         ["jwt_svid.issued", agent, "spiffe://example.org/web"],
         ["agent.attestation_failed", "anonymous", agent],
     ]) {
@@ -494,11 +508,11 @@ fn audit_list_prints_jwt_svid_issuance_and_failed_attestations() {
     }
     let list = ca.json(&["audit", "list"]);
     assert_eq!(
-        list[0]["detail"]["audience"],
+        list[1]["detail"]["audience"],
         serde_json::json!(["billing"])
     );
-    assert_eq!(list[0]["detail"]["kid"], "k1");
-    assert_eq!(list[1]["detail"]["reason"], "join token expired");
+    assert_eq!(list[1]["detail"]["kid"], "k1");
+    assert_eq!(list[2]["detail"]["reason"], "join token expired");
 }
 
 /// As root, runs the client as `nobody` (with the socket opened up to it) and expects the peer
