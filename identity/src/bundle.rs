@@ -61,8 +61,9 @@ pub enum BundleError {
         /// Position in `keys`.
         index: usize,
     },
-    /// Two JWT authorities share a `kid`.
-    #[error("bundle has two jwt authorities with `kid` `{0}`")]
+    /// Two JWT authorities share a `kid` (kept to 64 characters, shown quoted and escaped: a
+    /// federated bundle is another party's document).
+    #[error("bundle has two jwt authorities with `kid` {0:?}")]
     DuplicateKid(String),
     /// A JWT authority's key parameters are malformed.
     #[error("bundle key {index}: {reason}")]

@@ -43,7 +43,9 @@ pub fn check_audience(audience: &[String]) -> Result<(), JwtError> {
     Ok(())
 }
 
-/// Why a JWT-SVID could not be signed or was rejected.
+/// Why a JWT-SVID could not be signed or was rejected. Strings taken from a token (`alg`, a
+/// header name, `kid`) are anyone's: they are kept to [`MAX_SHOWN`] characters and shown
+/// quoted and escaped, so a log line gets neither a forged line nor a megabyte from them.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum JwtError {
@@ -80,13 +82,13 @@ pub enum JwtError {
     #[error("token header has no `alg`")]
     MissingAlg,
     /// `alg` is not one the JWT-SVID spec allows (rule J-2).
-    #[error("token algorithm `{0}` is not allowed")]
+    #[error("token algorithm {0:?} is not allowed")]
     DisallowedAlg(String),
     /// `alg` is allowed by the spec but not supported here (ES512).
-    #[error("token algorithm `{0}` is not supported")]
+    #[error("token algorithm {0:?} is not supported")]
     UnsupportedAlg(String),
     /// A header other than `alg`, `kid`, `typ` (rule J-3).
-    #[error("token header `{0}` is not allowed")]
+    #[error("token header {0:?} is not allowed")]
     UnexpectedHeader(String),
     /// `typ` is not `JWT` or `JOSE` (rule J-4).
     #[error("token `typ` must be `JWT` or `JOSE`")]
@@ -131,7 +133,7 @@ pub enum JwtError {
     #[error("no jwt bundle for trust domain `{0}`")]
     NoBundle(String),
     /// The bundle has no key with the token's `kid` (rule J-8).
-    #[error("no jwt authority with `kid` `{0}` in the subject's trust domain")]
+    #[error("no jwt authority with `kid` {0:?} in the subject's trust domain")]
     UnknownKid(String),
     /// The authority's key cannot verify this `alg`.
     #[error("token algorithm `{0}` does not match the authority's key")]
@@ -139,6 +141,17 @@ pub enum JwtError {
     /// The signature does not verify.
     #[error("token signature does not verify")]
     BadSignature,
+}
+
+/// Most characters of a token's own string an error keeps.
+pub(crate) const MAX_SHOWN: usize = 64;
+
+/// At most [`MAX_SHOWN`] characters of `s`, with `…` when cut.
+pub(crate) fn excerpt(s: &str) -> String {
+    match s.char_indices().nth(MAX_SHOWN) {
+        Some((cut, _)) => format!("{}…", &s[..cut]),
+        None => s.to_owned(),
+    }
 }
 
 /// Signs JWT-SVIDs with ES256. `Debug` never shows the key.

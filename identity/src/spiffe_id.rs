@@ -56,6 +56,9 @@ pub enum SpiffeIdError {
     /// A trust domain was given as a SPIFFE ID with a path.
     #[error("trust domain {0:?} must not have a path")]
     TrustDomainHasPath(String),
+    /// A path joined to a trust domain does not start with `/` (it would extend the name).
+    #[error("path must be empty or start with `/`")]
+    PathWithoutLeadingSlash,
 }
 
 /// A SPIFFE trust domain name such as `example.org`.
@@ -99,8 +102,12 @@ impl TrustDomain {
         format!("{SCHEME_PREFIX}{}", self.0)
     }
 
-    /// The SPIFFE ID with the given path (which must start with `/`) in this trust domain.
+    /// The SPIFFE ID with the given path in this trust domain. The path is empty or starts
+    /// with `/`: `td.id("evil.com/x")` would otherwise name another trust domain.
     pub fn id(&self, path: &str) -> Result<SpiffeId, SpiffeIdError> {
+        if !path.is_empty() && !path.starts_with('/') {
+            return Err(SpiffeIdError::PathWithoutLeadingSlash);
+        }
         SpiffeId::from_str(&format!("{SCHEME_PREFIX}{}{path}", self.0))
     }
 }
@@ -320,6 +327,20 @@ mod tests {
 
     fn err(s: &str) -> SpiffeIdError {
         s.parse::<SpiffeId>().unwrap_err()
+    }
+
+    #[test]
+    fn a_path_joined_to_a_trust_domain_cannot_extend_its_name() {
+        let td = TrustDomain::new("example.org").unwrap();
+        for path in ["evil.com/x", ".attacker.net/x", "x"] {
+            assert_eq!(
+                td.id(path),
+                Err(SpiffeIdError::PathWithoutLeadingSlash),
+                "{path}"
+            );
+        }
+        assert_eq!(td.id("/w").unwrap().as_str(), "spiffe://example.org/w");
+        assert_eq!(td.id("").unwrap().as_str(), "spiffe://example.org");
     }
 
     #[test]

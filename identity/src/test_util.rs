@@ -88,6 +88,10 @@ pub struct TestCa {
     /// its parents' intermediates. Empty for a root.
     chain: Vec<CertificateDer<'static>>,
     root: CertificateDer<'static>,
+    /// Its certificate's parameters (unknown for a root read from PEM) and its key again, to
+    /// certify the same name and key anew.
+    params: Option<CertificateParams>,
+    key_der: Vec<u8>,
 }
 
 // === impl TestCa ===
@@ -114,11 +118,49 @@ impl TestCa {
             .clone();
         Self {
             trust_domain,
-            issuer: Issuer::new(params, key),
+            key_der: key.serialize_der(),
+            issuer: Issuer::new(params.clone(), key),
+            params: Some(params),
             root: cert.clone(),
             cert,
             chain: Vec::new(),
         }
+    }
+
+    /// This root certified again: the same name and key, valid from `not_before` until
+    /// `not_after` (a renewed root, or an expired copy of it). Panics for an intermediate or a
+    /// root read from PEM.
+    pub fn root_valid(
+        &self,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> CertificateDer<'static> {
+        assert!(self.chain.is_empty(), "root_valid is for roots");
+        let mut params = self
+            .params
+            .clone()
+            .expect("root_valid needs a root made by TestCa");
+        params.not_before = not_before.into();
+        params.not_after = not_after.into();
+        params
+            .self_signed(&self.key())
+            .expect("self-sign test root")
+            .der()
+            .clone()
+    }
+
+    /// A bundle for the trust domain holding `roots` instead of this CA's root.
+    pub fn bundle_of(&self, roots: &[CertificateDer<'static>]) -> Bundle {
+        let mut bundle = Bundle::new(self.trust_domain.clone());
+        for root in roots {
+            bundle.add_x509_authority(root.clone());
+        }
+        bundle
+    }
+
+    fn key(&self) -> KeyPair {
+        let der = PrivatePkcs8KeyDer::from(self.key_der.clone());
+        KeyPair::try_from(&der).expect("test ca key")
     }
 
     /// An existing root from its PEM certificate and PKCS#8 key (a real CA's `root.crt.pem` and
@@ -126,6 +168,7 @@ impl TestCa {
     pub fn from_root_pem(trust_domain: &str, cert_pem: &str, key_pem: &str) -> Self {
         let trust_domain = TrustDomain::new(trust_domain).expect("valid test trust domain");
         let key = KeyPair::from_pem(key_pem).expect("root key PEM");
+        let key_der = key.serialize_der();
         let issuer = Issuer::from_ca_cert_pem(cert_pem, key).expect("root certificate PEM");
         let cert = CertificateDer::from(
             pem::parse(cert_pem)
@@ -135,6 +178,8 @@ impl TestCa {
         Self {
             trust_domain,
             issuer,
+            params: None,
+            key_der,
             root: cert.clone(),
             cert,
             chain: Vec::new(),
@@ -182,15 +227,53 @@ impl TestCa {
             .expect("sign intermediate")
             .der()
             .clone();
+        self.child(params, key, cert)
+    }
+
+    /// A CA under this one from its parameters, key and certificate.
+    fn child(
+        &self,
+        params: CertificateParams,
+        key: KeyPair,
+        cert: CertificateDer<'static>,
+    ) -> Self {
         let mut chain = vec![cert.clone()];
         chain.extend(self.chain.iter().cloned());
         Self {
             trust_domain: self.trust_domain.clone(),
-            issuer: Issuer::new(params, key),
+            key_der: key.serialize_der(),
+            issuer: Issuer::new(params.clone(), key),
+            params: Some(params),
             cert,
             chain,
             root: self.root.clone(),
         }
+    }
+
+    /// Two intermediates signed by this CA with the same name and key: a good one, and the
+    /// certificate of one that breaks the profile in the way `bad` says. A leaf the good one
+    /// signs chains through either, so a path builder may find the bad one first.
+    pub fn intermediate_twins(&self, bad: BadCa) -> (Self, CertificateDer<'static>) {
+        let key = KeyPair::generate().expect("generate p-256 key");
+        let params = ca_params(
+            &self.trust_domain,
+            "intermediate",
+            IsCa::Ca(BasicConstraints::Unconstrained),
+            None,
+        );
+        let mut bad_params = params.clone();
+        break_ca(&mut bad_params, &self.trust_domain, bad);
+        let bad_cert = bad_params
+            .signed_by(&key, &self.issuer)
+            .expect("sign intermediate")
+            .der()
+            .clone();
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("sign intermediate")
+            .der()
+            .clone();
+        (self.child(params, key, cert), bad_cert)
     }
 
     /// The trust domain.
@@ -374,15 +457,22 @@ fn ca_params(td: &TrustDomain, role: &str, is_ca: IsCa, bad: Option<BadCa>) -> C
     params.use_authority_key_identifier_extension = true;
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     params.subject_alt_names = vec![uri_san(&td.id_string())];
-    match bad {
-        Some(BadCa::IdWithPath) => {
-            params.subject_alt_names = vec![uri_san(&format!("{}/ca", td.id_string()))];
-        }
-        Some(BadCa::NoKeyCertSign) => params.key_usages = vec![KeyUsagePurpose::CrlSign],
-        Some(BadCa::MissingKeyUsage) => params.key_usages = Vec::new(),
-        Some(BadCa::NotCa) | None => {}
+    if let Some(bad) = bad {
+        break_ca(&mut params, td, bad);
     }
     params
+}
+
+/// Makes `params` break the profile in the way `bad` says.
+fn break_ca(params: &mut CertificateParams, td: &TrustDomain, bad: BadCa) {
+    match bad {
+        BadCa::IdWithPath => {
+            params.subject_alt_names = vec![uri_san(&format!("{}/ca", td.id_string()))];
+        }
+        BadCa::NoKeyCertSign => params.key_usages = vec![KeyUsagePurpose::CrlSign],
+        BadCa::MissingKeyUsage => params.key_usages = Vec::new(),
+        BadCa::NotCa => params.is_ca = IsCa::ExplicitNoCa,
+    }
 }
 
 /// Distinguishes CAs made in the same test, so path building never confuses two of them.

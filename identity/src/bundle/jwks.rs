@@ -121,7 +121,9 @@ pub(super) fn decode(trust_domain: TrustDomain, json: &[u8]) -> Result<Bundle, B
             Some(USE_JWT) => {
                 if let Some(authority) = decode_jwt_authority(index, jwk)? {
                     if !kids.insert(authority.kid.clone()) {
-                        return Err(BundleError::DuplicateKid(authority.kid));
+                        return Err(BundleError::DuplicateKid(crate::jwt::excerpt(
+                            &authority.kid,
+                        )));
                     }
                     bundle.jwt_authorities.push(authority);
                 }

@@ -74,7 +74,7 @@ pub fn validate_jwt_svid(
         .keys()
         .find(|k| !ALLOWED_HEADERS.contains(&k.as_str()))
     {
-        return Err(JwtError::UnexpectedHeader(name.clone()));
+        return Err(JwtError::UnexpectedHeader(super::excerpt(name)));
     }
     let alg = match header.get("alg") {
         Some(Value::String(alg)) => Alg::parse(alg)?,
@@ -111,7 +111,7 @@ pub fn validate_jwt_svid(
     let candidates: Vec<&JwtAuthority> = match kid {
         Some(kid) => {
             let found = authorities.iter().find(|a| a.kid() == kid);
-            vec![found.ok_or_else(|| JwtError::UnknownKid(kid.to_owned()))?]
+            vec![found.ok_or_else(|| JwtError::UnknownKid(super::excerpt(kid)))?]
         }
         None => authorities.iter().collect(),
     };
@@ -222,7 +222,7 @@ impl Alg {
             "PS384" => Self::Ps384,
             "PS512" => Self::Ps512,
             "ES512" => return Err(JwtError::UnsupportedAlg(name.to_owned())),
-            _ => return Err(JwtError::DisallowedAlg(name.to_owned())),
+            _ => return Err(JwtError::DisallowedAlg(super::excerpt(name))),
         })
     }
 

@@ -9,7 +9,8 @@
 //!   reused by a later set);
 //! - the current time inside every chain certificate's validity period;
 //! - an entry younger than [`MAX_AGE`], which bounds how long anything the key does not capture
-//!   (a trust anchor's own expiry) could go unnoticed.
+//!   (the anchoring bundle authority's own expiry, checked when the chain is verified) could go
+//!   unnoticed.
 //!
 //! Only accepted chains are cached; a refused chain is verified again at every attempt. The
 //! handshake signature (CertificateVerify) and the authorization of the SPIFFE ID are checked

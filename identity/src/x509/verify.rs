@@ -1,15 +1,16 @@
 //! X.509-SVID chain verification: the SPIFFE profile checks plus RFC 5280 path validation by
 //! rustls-webpki against the bundle of the leaf's trust domain.
 
+use std::cell::RefCell;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
-use webpki::{EndEntityCert, ExtendedKeyUsageValidator, KeyPurposeIdIter};
+use webpki::{EndEntityCert, ExtendedKeyUsageValidator, KeyPurposeIdIter, VerifiedPath};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer as _;
 
 use super::{SvidError, checks};
-use crate::{BundleSet, SpiffeId};
+use crate::{BundleSet, SpiffeId, TrustDomain};
 
 /// Extended key usage policy handed to webpki. The leaf's EKU is checked by
 /// `checks::check_leaf` (rule X-8: both serverAuth and clientAuth when present); a CA's EKU is
@@ -30,7 +31,11 @@ struct SpiffeEku;
 ///   the **leaf's** trust domain only; no bundle means untrusted;
 /// - every intermediate on the validated path is a CA with a critical key usage that has
 ///   `keyCertSign`, and its SPIFFE ID, if any, has no path;
-/// - the path length constraint of the bundle authority that anchors the path;
+/// - the bundle authority that anchors the path is valid at `now` and its path length
+///   constraint holds;
+/// - these profile checks run on every candidate path webpki builds: a path that fails them
+///   makes it try the next (a twin intermediate, a renewed root), as RFC 4158 path building
+///   would;
 /// - only the bundle's CA certificates (cA true, `keyCertSign` when a key usage is present)
 ///   anchor a path: webpki anchors any certificate (B-5).
 ///
@@ -82,9 +87,29 @@ pub fn verify_x509_svid(
     let algs = crate::tls::crypto_provider()
         .signature_verification_algorithms
         .all;
-    let path = end_entity
-        .verify_for_usage(algs, &anchors, intermediates, time, SpiffeEku, None, None)
-        .map_err(|err| match err {
+    // The SPIFFE checks webpki does not make run on every candidate path it builds, so that a
+    // path failing them makes webpki try the next one (another intermediate or anchor with the
+    // same name) instead of refusing the chain. The latest refusal is kept to report it.
+    let refused: RefCell<Option<SvidError>> = RefCell::new(None);
+    let check_path = |path: &VerifiedPath<'_>| -> Result<(), webpki::Error> {
+        check_path(path, chain, &anchors, &anchor_certs, &trust_domain, now).map_err(|err| {
+            *refused.borrow_mut() = Some(err);
+            // Non-fatal to webpki: it goes on to other candidate paths.
+            webpki::Error::UnknownIssuer
+        })
+    };
+    let verified = end_entity.verify_for_usage(
+        algs,
+        &anchors,
+        intermediates,
+        time,
+        SpiffeEku,
+        None,
+        Some(&check_path),
+    );
+    match verified {
+        Ok(_) => Ok(id),
+        Err(err) => Err(refused.into_inner().unwrap_or_else(|| match err {
             webpki::Error::CertExpired { .. } => SvidError::Expired,
             webpki::Error::CertNotValidYet { .. } => SvidError::NotYetValid,
             webpki::Error::CaUsedAsEndEntity => SvidError::LeafIsCa,
@@ -92,34 +117,57 @@ pub fn verify_x509_svid(
                 trust_domain: trust_domain.clone(),
                 reason: webpki_reason(&other),
             },
-        })?;
-
-    // webpki keeps only the name and key of a trust anchor, so the bundle authority's own
-    // path length constraint (rule X-10) is enforced here.
-    let used_anchor = anchors.iter().position(|a| std::ptr::eq(a, path.anchor()));
-    if let Some(anchor_cert) = used_anchor.and_then(|i| anchor_certs.get(i)) {
-        let intermediates_on_path = path.intermediate_certificates().count();
-        let path_len = match X509Certificate::from_der(anchor_cert.as_ref()) {
-            Ok((_, anchor)) => anchor
-                .basic_constraints()
-                .ok()
-                .flatten()
-                .and_then(|bc| bc.value.path_len_constraint),
-            Err(_) => {
-                return Err(SvidError::Untrusted {
-                    trust_domain,
-                    reason: "bundle authority is not a valid certificate".to_owned(),
-                });
-            }
-        };
-        if path_len.is_some_and(|max| intermediates_on_path > max as usize) {
-            return Err(SvidError::Untrusted {
-                trust_domain,
-                reason: "path length constraint of the bundle authority violated".to_owned(),
-            });
-        }
+        })),
     }
+}
 
+/// The checks on a path webpki validated that it does not make itself: the anchoring bundle
+/// authority is valid at `now` (webpki keeps only a trust anchor's name and key, and would
+/// let an expired root anchor new SVIDs) and its path length constraint holds (rule X-10);
+/// every intermediate is a SPIFFE signing certificate.
+fn check_path(
+    path: &VerifiedPath<'_>,
+    chain: &[CertificateDer<'_>],
+    anchors: &[TrustAnchor<'_>],
+    anchor_certs: &[&CertificateDer<'_>],
+    trust_domain: &TrustDomain,
+    now: SystemTime,
+) -> Result<(), SvidError> {
+    let untrusted = |reason: &str| SvidError::Untrusted {
+        trust_domain: trust_domain.clone(),
+        reason: reason.to_owned(),
+    };
+    let used_anchor = anchors.iter().position(|a| std::ptr::eq(a, path.anchor()));
+    let anchor_cert = used_anchor
+        .and_then(|i| anchor_certs.get(i))
+        .ok_or_else(|| untrusted("path anchored outside the bundle"))?;
+    let anchor = match X509Certificate::from_der(anchor_cert.as_ref()) {
+        Ok((_, anchor)) => anchor,
+        Err(_) => return Err(untrusted("bundle authority is not a valid certificate")),
+    };
+    let now_secs = now
+        .duration_since(UNIX_EPOCH)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_secs()).ok())
+        .unwrap_or(i64::MAX);
+    let validity = anchor.validity();
+    if now_secs < validity.not_before.timestamp() {
+        return Err(SvidError::NotYetValid);
+    }
+    if now_secs > validity.not_after.timestamp() {
+        return Err(SvidError::Expired);
+    }
+    let path_len = anchor
+        .basic_constraints()
+        .ok()
+        .flatten()
+        .and_then(|bc| bc.value.path_len_constraint);
+    let intermediates_on_path = path.intermediate_certificates().count();
+    if path_len.is_some_and(|max| intermediates_on_path > max as usize) {
+        return Err(untrusted(
+            "path length constraint of the bundle authority violated",
+        ));
+    }
     for cert in path.intermediate_certificates() {
         let der = cert.der();
         let index = chain
@@ -129,7 +177,7 @@ pub fn verify_x509_svid(
         let parsed = parse(&der, index)?;
         checks::check_signing_cert(&parsed, index)?;
     }
-    Ok(id)
+    Ok(())
 }
 
 fn parse<'a>(der: &'a CertificateDer<'_>, index: usize) -> Result<X509Certificate<'a>, SvidError> {

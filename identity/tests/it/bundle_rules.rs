@@ -228,6 +228,20 @@ fn jwt_authorities_with_the_same_kid_are_rejected() {
 }
 
 #[test]
+fn a_duplicate_kid_is_shown_escaped_and_short() {
+    let (bundle, _, _) = full_bundle();
+    let mut key = keys_of(&bundle.jwt_jwks())[0].clone();
+    let forged = format!("k\n{{\"level\":\"INFO\"}}{}", "x".repeat(5000));
+    key["kid"] = Value::String(forged);
+    let message = parse(json!({"keys": [key.clone(), key]}))
+        .unwrap_err()
+        .to_string();
+    assert!(!message.contains('\n'), "{message}");
+    assert!(message.contains("k\\n{"), "escaped: {message}");
+    assert!(message.len() < 200, "{} bytes", message.len());
+}
+
+#[test]
 fn jwt_authority_with_malformed_coordinates_is_rejected() {
     let doc = json!({"keys": [{"kty": "EC", "use": "jwt-svid", "kid": "k", "crv": "P-256", "x": "AAAA", "y": "AAAA"}]});
     let err = parse(doc).unwrap_err();

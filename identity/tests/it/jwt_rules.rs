@@ -543,10 +543,28 @@ fn malformed_header_and_claims_are_rejected_with_named_errors() {
 fn jwt_error_messages_name_the_problem_without_secrets() {
     assert_eq!(
         JwtError::DisallowedAlg("none".to_owned()).to_string(),
-        "token algorithm `none` is not allowed"
+        "token algorithm \"none\" is not allowed"
     );
     assert_eq!(
         JwtError::UnknownKid("k9".to_owned()).to_string(),
-        "no jwt authority with `kid` `k9` in the subject's trust domain"
+        "no jwt authority with `kid` \"k9\" in the subject's trust domain"
     );
+}
+
+#[test]
+fn token_strings_in_errors_are_escaped_and_kept_short() {
+    let signer = JwtSigner::generate("k1").unwrap();
+    let bundles = bundles_for(&signer, TD);
+    let forged = format!("k\n{{\"level\":\"INFO\"}}{}", "x".repeat(5000));
+    for (header, what) in [
+        (json!({"alg": "ES256", "kid": forged}), "kid"),
+        (json!({"alg": forged}), "alg"),
+        (json!({"alg": "ES256", forged.clone(): 1}), "header"),
+    ] {
+        let token = sign_raw(&signer, header, good_claims());
+        let message = validate(&token, &bundles).unwrap_err().to_string();
+        assert!(!message.contains('\n'), "{what}: {message}");
+        assert!(message.contains("k\\n{"), "{what}: escaped: {message}");
+        assert!(message.len() < 200, "{what}: {} bytes", message.len());
+    }
 }

@@ -315,6 +315,60 @@ fn svid_is_rejected_after_its_not_after() {
 }
 
 #[test]
+fn an_expired_bundle_authority_anchors_nothing_x10() {
+    let ca = TestCa::new(TD);
+    let svid = ca.issue_svid(&id(WORKLOAD), HOUR);
+    let now = SystemTime::now();
+    let expired = ca.root_valid(now - 2 * HOUR, now - HOUR);
+    let not_yet = ca.root_valid(now + HOUR, now + 2 * HOUR);
+    // The same name and key as the root that signed the SVID, but not valid now: webpki keeps
+    // only an anchor's name and key and would accept the chain.
+    let only = |root: &warden_identity::CertificateDer<'static>| -> BundleSet {
+        [ca.bundle_of(std::slice::from_ref(root))]
+            .into_iter()
+            .collect()
+    };
+    assert_eq!(
+        verify_x509_svid(svid.cert_chain(), &only(&expired), now),
+        Err(SvidError::Expired)
+    );
+    assert_eq!(
+        verify_x509_svid(svid.cert_chain(), &only(&not_yet), now),
+        Err(SvidError::NotYetValid)
+    );
+    // Beside a copy that is valid now (a renewed root), the chain is anchored by that one.
+    let renewed = ca.root_valid(now - HOUR, now + HOUR);
+    let both: BundleSet = [ca.bundle_of(&[expired, renewed])].into_iter().collect();
+    assert_eq!(
+        verify_x509_svid(svid.cert_chain(), &both, now),
+        Ok(id(WORKLOAD))
+    );
+}
+
+#[test]
+fn a_path_failing_the_profile_gives_way_to_another_path_x9() {
+    let root = TestCa::new(TD);
+    let bundles = TestCa::bundle_set(&[&root]);
+    let (good, bad_twin) = root.intermediate_twins(BadCa::IdWithPath);
+    let svid = good.issue_svid(&id(WORKLOAD), HOUR);
+    let leaf = svid.cert_chain()[0].clone();
+    // The profile-breaking twin comes first, so it is the first path webpki finds.
+    let chain = [leaf.clone(), bad_twin.clone(), good.cert().clone()];
+    assert_eq!(
+        verify_x509_svid(&chain, &bundles, SystemTime::now()),
+        Ok(id(WORKLOAD))
+    );
+    // With the bad twin alone, the chain is refused for what the twin breaks.
+    assert_eq!(
+        verify_err(&[leaf, bad_twin], &bundles),
+        SvidError::SigningCertIdWithPath {
+            index: 1,
+            id: "spiffe://example.org/ca".to_owned()
+        }
+    );
+}
+
+#[test]
 fn empty_chain_and_garbage_certificates_are_rejected() {
     let bundles = BundleSet::new();
     assert_eq!(verify_err(&[], &bundles), SvidError::EmptyChain);
