@@ -377,22 +377,28 @@ const LOG: &str = r#"{"time":"2026-01-05T14:00:00.000Z","decision_id":"1","peer_
 {"time":"2026-01-05T14:00:01.000Z","decision_id":"2","peer_spiffe_id":"spiffe://example.org/ns/prod/sa/legacy-batch","source_addr":"10.0.0.8:5000","resource":"api","method":"POST","path":"/grpc.health.v1.Health/Check","action":"grpc","tls_version":"TLSv1.3","decision":"deny","policy_ids":["quarantine-legacy-batch"],"policy_version":"sha256:x","eval_time_us":3,"latency_us":20}
 "#;
 
-#[test]
-fn diff_lists_requests_whose_decision_changes_with_the_policies_responsible() {
+/// `warden policy diff` of the shipped set against a copy without the legacy batch job's
+/// quarantine, over the decision log `log`.
+fn diff_without_quarantine(log: &str) -> (i32, String, String) {
     let new = copy_of_shipped();
     let ops = std::fs::read_to_string(new.path().join("operations.cedar")).unwrap();
     let cut = ops.find("// The legacy batch job").unwrap();
     std::fs::write(new.path().join("operations.cedar"), &ops[..cut]).unwrap();
-    let log = new.path().join("decisions.jsonl");
-    std::fs::write(&log, LOG).unwrap();
-    let (code, out, err) = run(&[
+    let path = new.path().join("decisions.jsonl");
+    std::fs::write(&path, log).unwrap();
+    run(&[
         "policy",
         "diff",
         s(&shipped()),
         s(new.path()),
         "--requests",
-        s(&log),
-    ]);
+        s(&path),
+    ])
+}
+
+#[test]
+fn diff_lists_requests_whose_decision_changes_with_the_policies_responsible() {
+    let (code, out, err) = diff_without_quarantine(LOG);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         out.contains("decisions.jsonl:2: spiffe://example.org/ns/prod/sa/legacy-batch grpc api"),
@@ -406,6 +412,23 @@ fn diff_lists_requests_whose_decision_changes_with_the_policies_responsible() {
     );
     assert!(
         out.contains("2 requests replayed, 1 decisions change"),
+        "{out}"
+    );
+}
+
+#[test]
+fn diff_marks_changes_replayed_with_redacted_values() {
+    let redacted = LOG.replace(
+        r#""path":"/grpc.health.v1.Health/Check","#,
+        r#""path":"/grpc.health.v1.Health/Check","headers":[["authorization","<redacted>"]],"#,
+    );
+    assert_ne!(redacted, LOG);
+    let (code, out, err) = diff_without_quarantine(&redacted);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("deny -> allow"), "{out}");
+    assert!(out.contains("note: replayed with <redacted>"), "{out}");
+    assert!(
+        out.contains("1 replayed requests had header or query values logged as <redacted>"),
         "{out}"
     );
 }

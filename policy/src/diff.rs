@@ -38,6 +38,7 @@ pub struct Change {
 #[derive(Debug, Clone, Default)]
 pub struct DiffReport {
     replayed: usize,
+    replayed_redacted: usize,
     changes: Vec<Change>,
 }
 
@@ -71,6 +72,12 @@ impl DiffReport {
     /// How many requests were replayed.
     pub fn replayed(&self) -> usize {
         self.replayed
+    }
+
+    /// How many of the replayed requests had a header or query value logged as `<redacted>`
+    /// (see [`DecisionRecord::has_redacted_values`]): their replay is not the request itself.
+    pub fn replayed_redacted(&self) -> usize {
+        self.replayed_redacted
     }
 
     /// Every request whose outcome changed, in file order.
@@ -164,6 +171,9 @@ fn diff_capped(
         let request = spec.request(&headers, time);
         let (before, after) = (old.decide(&request), new.decide(&request));
         report.replayed += 1;
+        if record.has_redacted_values() {
+            report.replayed_redacted += 1;
+        }
         if before.outcome() != after.outcome() {
             report.changes.push(Change {
                 line: n,
@@ -355,6 +365,49 @@ mod tests {
             .map(|c| (c.line(), c.record().decision_id.as_str()))
             .collect();
         assert_eq!(changed, [(4, "2")]);
+    }
+
+    #[test]
+    fn a_method_that_does_not_go_with_the_action_is_a_bad_line() {
+        let (_dir, new) = allow_all();
+        let wrong = [
+            ALLOWED.replace(r#""method":"GET""#, r#""method":"DELETE""#),
+            QUARANTINED.replace(r#""method":"POST""#, r#""method":"GET""#),
+            ALLOWED.replace(r#""method":"GET","#, ""),
+        ];
+        let (_log, path) = log(&format!("{ALLOWED}\n{}", wrong.join("\n")));
+        let err = diff(&shipped(), &new, &path).unwrap_err();
+        let lines: Vec<usize> = err
+            .problems()
+            .iter()
+            .filter_map(|p| p.location().map(|l| l.line()))
+            .collect();
+        assert_eq!(lines, [2, 3, 4], "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains(r#"method "DELETE" does not go with action "GET""#),
+            "{text}"
+        );
+        assert!(text.contains(r#"action "grpc""#), "{text}");
+    }
+
+    #[test]
+    fn records_with_redacted_values_are_counted() {
+        let (_dir, new) = allow_all();
+        let header = ALLOWED.replace(
+            r#""headers":[]"#,
+            r#""headers":[["authorization","<redacted>"]]"#,
+        );
+        let query = ALLOWED.replace(
+            r#""path":"/v1/orders","#,
+            r#""path":"/v1/orders","query":"page=2&access_token=<redacted>","#,
+        );
+        let plain = ALLOWED.replace(r#""headers":[]"#, r#""headers":[["x-a","redacted"]]"#);
+        let (_log, path) = log(&[header, query.clone(), plain, QUARANTINED.to_owned()].join("\n"));
+        let report = diff(&shipped(), &new, &path).unwrap();
+        assert_eq!((report.replayed(), report.replayed_redacted()), (4, 2));
+        let record: DecisionRecord = serde_json::from_str(&query).unwrap();
+        assert!(record.has_redacted_values());
     }
 
     #[test]

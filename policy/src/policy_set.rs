@@ -213,7 +213,7 @@ impl PolicySet {
                 context,
                 schema,
             )
-            .map_err(|e| e.to_string())
+            .map_err(|e| schema_rejection(&e))
         };
         let checked = action
             .shapes
@@ -432,7 +432,13 @@ fn outcome(evaluated: Evaluated) -> (Outcome, Vec<String>, Vec<String>) {
     }
     errors.sort();
     if !forbid_failed.is_empty() {
+        // The forbids that errored deny, beside any that held (the reason of a deny is only
+        // ever satisfied forbids; satisfied permits lose to the errored forbid and are not).
+        if !evaluated.allowed {
+            forbid_failed.extend(evaluated.reason);
+        }
         forbid_failed.sort();
+        forbid_failed.dedup();
         return (Outcome::Deny, forbid_failed, errors);
     }
     let mut ids = evaluated.reason;
@@ -442,4 +448,21 @@ fn outcome(evaluated: Evaluated) -> (Outcome, Vec<String>, Vec<String>) {
         false => Outcome::Deny,
     };
     (outcome, ids, errors)
+}
+
+/// Why the schema rejected a request, without the request's values. Cedar's own message for a
+/// context that does not fit prints the whole context (header values, the query string), and
+/// this text is cached for every later request of the same shape and written to the decision
+/// log: neither may carry one caller's secrets.
+fn schema_rejection(err: &cedar::RequestValidationError) -> String {
+    match err {
+        cedar::RequestValidationError::InvalidContext(e) => format!(
+            "the context of `{}` does not have the type the schema declares for it",
+            e.action()
+        ),
+        cedar::RequestValidationError::TypeOfContext(_) => {
+            "the type of the context could not be computed".to_owned()
+        }
+        other => other.to_string(),
+    }
 }

@@ -46,7 +46,8 @@ pub struct RequestSpec {
 ///
 /// The values of headers and query parameters named like credentials (`authorization`,
 /// `cookie`, `access_token`, …; see [`is_secret_name`](crate::is_secret_name)) are logged as
-/// [`REDACTED`], so a replayed request sees that value.
+/// [`REDACTED`], so a replayed request sees that value ([`DecisionRecord::has_redacted_values`]
+/// says when; `warden policy diff` counts such records and marks their changes).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DecisionRecord {
     /// When the request arrived, `YYYY-MM-DDThh:mm:ss.sssZ` (UTC).
@@ -282,6 +283,18 @@ impl RequestSpec {
         }
     }
 
+    /// Writes the principal as the sidecar sees it: a SPIFFE ID with its scheme and trust
+    /// domain in lowercase (`spiffe://Example.ORG/x` is `spiffe://example.org/x`), so that the
+    /// TLS facts' peer trust domain is the one the sidecar would give policies. A principal
+    /// that is not a SPIFFE ID is left as written, to be denied as a request error.
+    pub fn canonicalize(&mut self) {
+        if self.principal != UNAUTHENTICATED_ID
+            && let Ok(id) = self.principal.parse::<warden_identity::SpiffeId>()
+        {
+            self.principal = id.as_str().to_owned();
+        }
+    }
+
     /// The headers as borrowed pairs.
     pub fn header_refs(&self) -> Vec<(&str, &str)> {
         self.headers
@@ -291,7 +304,8 @@ impl RequestSpec {
     }
 }
 
-/// The trust domain part of a `spiffe://` string (empty if it has none).
+/// The trust domain part of a `spiffe://` string (empty if it has none), as written: see
+/// [`RequestSpec::canonicalize`].
 fn trust_domain_of(id: &str) -> &str {
     let rest = id.strip_prefix("spiffe://").unwrap_or_default();
     rest.split('/').next().unwrap_or_default()
@@ -300,15 +314,39 @@ fn trust_domain_of(id: &str) -> &str {
 // === impl DecisionRecord ===
 
 impl DecisionRecord {
-    /// The request this record describes, for replay.
+    /// Whether a header or query value of this record was logged as [`REDACTED`]: the replay
+    /// then sees `<redacted>` where the caller sent a credential, and a policy that reads it
+    /// may decide otherwise than it did.
+    pub fn has_redacted_values(&self) -> bool {
+        self.headers.iter().any(|(_, value)| value == REDACTED)
+            || self
+                .query
+                .split(['&', ';'])
+                .any(|pair| pair.split_once('=').is_some_and(|(_, v)| v == REDACTED))
+    }
+
+    /// The request this record describes, for replay. The method must be the one the action
+    /// implies (the action itself for HTTP, `POST` for `grpc`, none for `connect`), as the
+    /// sidecar writes it: a record where they disagree describes no request it decided.
     pub fn to_spec(&self) -> Result<RequestSpec, String> {
+        let implied = match Operation::from_name(&self.action) {
+            Operation::Http(method) => method,
+            Operation::Grpc => "POST",
+            Operation::Connect => "",
+        };
+        if self.method != implied {
+            return Err(format!(
+                "method {:?} does not go with action {:?} (the sidecar logs {:?} with it)",
+                self.method, self.action, implied
+            ));
+        }
         let source = self
             .source_addr
             .parse::<SocketAddr>()
             .map(|s| s.ip())
             .or_else(|_| self.source_addr.parse::<IpAddr>())
             .map_err(|_| format!("source_addr `{}` is not an address", self.source_addr))?;
-        Ok(RequestSpec {
+        let mut spec = RequestSpec {
             principal: self
                 .peer_spiffe_id
                 .clone()
@@ -321,7 +359,9 @@ impl DecisionRecord {
             source,
             tls_version: self.tls_version.clone(),
             time: Some(self.time.clone()),
-        })
+        };
+        spec.canonicalize();
+        Ok(spec)
     }
 }
 

@@ -102,14 +102,18 @@ impl CaseResult {
         &self.decision
     }
 
-    /// Whether the decision matches the expectation. A request that could not be built (see
-    /// [`Decision::request_error`]) fails the case unless the case expects that error; a case
-    /// that expects one fails when the request was decided by the policies.
+    /// Whether the decision matches the expectation. An error fails the case unless the case
+    /// expects it (`expect_error`, a part of its text): a request that could not be built (see
+    /// [`Decision::request_error`]), and a policy whose condition errored, which denies when it
+    /// is a `forbid` but shows the policy is broken: a deny that comes only from an erroring
+    /// `forbid` must not pass for the `forbid` working. A case that expects an error fails
+    /// when there was none.
     pub fn passed(&self) -> bool {
+        let errors = self.decision.errors();
         let error_as_expected = match (&self.expected_error, self.decision.request_error()) {
-            (None, None) => true,
+            (None, _) => errors.is_empty(),
             (Some(want), Some(got)) => got.contains(want.as_str()),
-            (None, Some(_)) | (Some(_), None) => false,
+            (Some(want), None) => errors.iter().any(|e| e.contains(want.as_str())),
         };
         error_as_expected
             && self.decision.outcome() == self.expected
@@ -243,7 +247,7 @@ pub fn run_tests(set: &PolicySet, dir: &Path) -> Result<TestReport, LoadError> {
 
 impl TestCase {
     fn spec(&self) -> RequestSpec {
-        RequestSpec {
+        let mut spec = RequestSpec {
             principal: self.principal.clone(),
             action: self.action.clone(),
             resource: self.resource.clone(),
@@ -257,7 +261,9 @@ impl TestCase {
             source: self.source.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
             tls_version: self.tls_version.clone(),
             time: self.time.as_ref().map(|t| t.get_ref().clone()),
-        }
+        };
+        spec.canonicalize();
+        spec
     }
 }
 
@@ -265,7 +271,8 @@ impl TestCase {
 mod tests {
     use super::*;
 
-    const POLICIES: &str = "@id(\"reads\")\npermit(principal, action in Mesh::Action::\"read\", resource);\n\
+    const POLICIES: &str = "@id(\"home-domain\")\npermit(principal, action == Mesh::Action::\"PATCH\", resource) when { context has tls && context.tls.peer_trust_domain == \"example.org\" };\n\
+        @id(\"reads\")\npermit(principal, action in Mesh::Action::\"read\", resource);\n\
         @id(\"no-delete\")\nforbid(principal, action == Mesh::Action::\"DELETE\", resource) when { 9223372036854775807 + 1 > 0 };\n";
 
     /// Runs one test file against [`POLICIES`] and returns each case's name and whether it passed.
@@ -328,6 +335,28 @@ mod tests {
         );
     }
 
+    /// The sidecar gives policies the trust domain of the caller's parsed (lowercase) ID.
+    #[test]
+    fn the_peer_trust_domain_is_the_canonical_one() {
+        let cases = [
+            case(
+                "as written by the sidecar",
+                WORKLOAD,
+                "PATCH",
+                "expect = \"allow\"\npolicies = [\"home-domain\"]",
+            ),
+            case(
+                "with capitals",
+                "SPIFFE://Example.ORG/ns/prod/sa/web",
+                "PATCH",
+                "expect = \"allow\"\npolicies = [\"home-domain\"]",
+            ),
+        ]
+        .concat();
+        let passed: Vec<bool> = run(&cases).iter().map(|r| r.1).collect();
+        assert_eq!(passed, [true, true]);
+    }
+
     #[test]
     fn expect_error_passes_only_on_that_request_error() {
         let cases = [
@@ -362,15 +391,32 @@ mod tests {
         assert_eq!(passed, [true, true, false, false], "{results:?}");
     }
 
-    /// A policy that errors is the policies deciding (fail closed), not a broken request.
+    /// A `forbid` that errors denies (fail closed), but a case does not pass for it unless it
+    /// says it expects that error: the deny came from a broken policy, not from its condition.
     #[test]
-    fn an_evaluation_error_is_not_a_request_error() {
-        let cases = case(
-            "delete",
-            WORKLOAD,
-            "DELETE",
-            "expect = \"deny\"\npolicies = [\"no-delete\"]",
-        );
-        assert_eq!(run(&cases), [("delete".to_owned(), true)]);
+    fn a_deny_from_an_erroring_forbid_passes_only_when_the_error_is_expected() {
+        let cases = [
+            case(
+                "delete",
+                WORKLOAD,
+                "DELETE",
+                "expect = \"deny\"\npolicies = [\"no-delete\"]",
+            ),
+            case(
+                "delete, error expected",
+                WORKLOAD,
+                "DELETE",
+                "expect = \"deny\"\npolicies = [\"no-delete\"]\nexpect_error = \"policy `no-delete`\"",
+            ),
+            case(
+                "delete, another error expected",
+                WORKLOAD,
+                "DELETE",
+                "expect = \"deny\"\nexpect_error = \"policy `reads`\"",
+            ),
+        ]
+        .concat();
+        let passed: Vec<bool> = run(&cases).iter().map(|r| r.1).collect();
+        assert_eq!(passed, [false, true, false]);
     }
 }

@@ -99,7 +99,7 @@ pub(crate) fn run(cmd: PolicyCommand) -> anyhow::Result<Exit> {
             tls_version,
             time,
         } => {
-            let spec = RequestSpec {
+            let mut spec = RequestSpec {
                 principal,
                 action,
                 resource,
@@ -110,6 +110,7 @@ pub(crate) fn run(cmd: PolicyCommand) -> anyhow::Result<Exit> {
                 tls_version,
                 time,
             };
+            spec.canonicalize();
             eval(&dir, &spec)
         }
         PolicyCommand::Diff {
@@ -211,12 +212,13 @@ fn test(dir: &Path) -> anyhow::Result<Exit> {
             .unwrap_or_default();
         let expected_error = r
             .expected_error()
-            .map(|e| format!(", request error containing `{e}`"))
+            .map(|e| format!(", an error containing `{e}`"))
             .unwrap_or_default();
         outln!("  expected: {}{expected_ids}{expected_error}", r.expected());
-        let malformed = match r.decision().request_error() {
-            Some(_) => ", request error (the request itself is malformed)",
-            None => "",
+        let malformed = match (r.decision().request_error(), r.decision().errors()) {
+            (Some(_), _) => ", request error (the request itself is malformed)",
+            (None, []) => "",
+            (None, _) => ", a policy errored",
         };
         outln!(
             "  got:      {} by [{}]{malformed}",
@@ -297,11 +299,22 @@ fn diff(old_dir: &Path, new_dir: &Path, requests: &Path) -> anyhow::Result<Exit>
         for e in c.new_decision().errors() {
             outln!("  error: {e}");
         }
+        if r.has_redacted_values() {
+            outln!(
+                "  note: replayed with <redacted> in place of a logged credential; the real value may decide otherwise"
+            );
+        }
     }
     outln!(
         "{} requests replayed, {} decisions change",
         report_.replayed(),
         report_.changes().len()
     );
+    if report_.replayed_redacted() > 0 {
+        outln!(
+            "{} replayed requests had header or query values logged as <redacted>; policies reading them saw that text",
+            report_.replayed_redacted()
+        );
+    }
     Ok(Exit::Ok)
 }

@@ -81,6 +81,26 @@ fn error_in_a_forbid_denies_and_is_reported() {
 }
 
 #[test]
+fn a_forbid_that_holds_stays_a_reason_beside_one_that_errors() {
+    let dir = dir_with(&[(
+        "a.cedar",
+        "@id(\"p\")\npermit(principal, action, resource);\n\
+         @id(\"f-errors\")\nforbid(principal, action, resource) when { 9223372036854775807 + 1 > 0 };\n\
+         @id(\"f-holds\")\nforbid(principal, action == Mesh::Action::\"DELETE\", resource);",
+    )]);
+    let set = PolicySet::load(dir.path()).unwrap();
+    let d = set.decide(&http("spiffe://example.org/a", "DELETE", "api", "/"));
+    assert_eq!(d.outcome(), Outcome::Deny);
+    assert_eq!(d.policy_ids(), ["f-errors", "f-holds"]);
+    // A permit that held is no reason for a deny.
+    let d = set.decide(&http("spiffe://example.org/a", "GET", "api", "/"));
+    assert_eq!(
+        (d.outcome(), d.policy_ids()),
+        (Outcome::Deny, &["f-errors".to_owned()][..])
+    );
+}
+
+#[test]
 fn error_in_a_permit_skips_it_and_is_reported() {
     let dir = dir_with(&[(
         "a.cedar",
@@ -260,14 +280,7 @@ fn request_the_schema_rejects_is_denied_every_time() {
         "principal: [Workload],",
         1,
     );
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("mesh.cedarschema"), schema).unwrap();
-    std::fs::write(
-        dir.path().join("a.cedar"),
-        "@id(\"p\")\npermit(principal, action, resource);",
-    )
-    .unwrap();
-    let set = PolicySet::load(dir.path()).unwrap();
+    let (_dir, set) = permit_all_under(&schema);
     for _ in 0..2 {
         let d = set.decide(&http("anonymous", "GET", "api", "/"));
         assert_eq!(d.outcome(), Outcome::Deny);
@@ -284,6 +297,35 @@ fn request_the_schema_rejects_is_denied_every_time() {
             set.decide(&http("anonymous", "POST", "api", "/"))
                 .is_allowed()
         );
+    }
+}
+
+#[test]
+fn a_context_the_schema_rejects_is_reported_without_the_request_values() {
+    // A schema whose HTTP context needs an attribute Warden never sends.
+    let schema = crate::support::schema().replacen(
+        "  type HttpContext = {\n",
+        "  type HttpContext = {\n    tenant: String,\n",
+        1,
+    );
+    assert!(schema.contains("tenant: String"));
+    let (_dir, set) = permit_all_under(&schema);
+    let headers = [("authorization", "Bearer s3cr3t-first")];
+    let mut first = http("spiffe://example.org/a", "GET", "api", "/p1");
+    first.headers = &headers;
+    first.query = "token=q-first";
+    let headers = [("authorization", "Bearer s3cr3t-second")];
+    let mut second = http("spiffe://example.org/a", "GET", "api", "/p2");
+    second.headers = &headers;
+    second.query = "token=q-second";
+    for request in [&first, &second] {
+        let d = set.decide(request);
+        assert_eq!(d.outcome(), Outcome::Deny);
+        let error = d.request_error().expect("a request error");
+        assert!(error.contains("schema"), "{error}");
+        for value in ["s3cr3t", "q-first", "q-second", "/p1", "/p2"] {
+            assert!(!error.contains(value), "{value} in {error}");
+        }
     }
 }
 
@@ -370,4 +412,17 @@ fn a_method_named_as_an_action_group_is_denied() {
             .outcome(),
         Outcome::Allow
     );
+}
+
+/// A set with one policy that permits everything, under `schema`.
+fn permit_all_under(schema: &str) -> (tempfile::TempDir, PolicySet) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mesh.cedarschema"), schema).unwrap();
+    std::fs::write(
+        dir.path().join("a.cedar"),
+        "@id(\"p\")\npermit(principal, action, resource);",
+    )
+    .unwrap();
+    let set = PolicySet::load(dir.path()).unwrap();
+    (dir, set)
 }
