@@ -88,6 +88,35 @@ fn validate_reports_a_type_error_with_file_line_and_column_and_exits_1() {
     );
 }
 
+/// 200 nested parentheses overflowed the stack and aborted `warden` (and would have aborted
+/// a sidecar reloading the file); they are a located error now, as are deep chains.
+#[test]
+fn validate_and_fmt_report_policies_nested_too_deep() {
+    let dir = copy_of_shipped();
+    let parens = format!("{}true{}", "(".repeat(200), ")".repeat(200));
+    std::fs::write(
+        dir.path().join("deep.cedar"),
+        format!("@id(\"deep\")\npermit(principal, action, resource) when {{ {parens} }};\n"),
+    )
+    .unwrap();
+    for args in [&["validate"][..], &["fmt", "--check"][..]] {
+        let dir_arg = s(dir.path());
+        let (code, _out, err) = run(&[&["policy"][..], args, &[dir_arg]].concat());
+        assert!(code == 1 || code == 3, "{args:?}: {code} {err}");
+        assert!(err.contains("deep.cedar:2:"), "{args:?}: {err}");
+        assert!(err.contains("nest more than 64 deep"), "{args:?}: {err}");
+    }
+    let chain = vec!["context has path"; 400].join(" || ");
+    std::fs::write(
+        dir.path().join("deep.cedar"),
+        format!("@id(\"deep\")\npermit(principal, action, resource) when {{ {chain} }};\n"),
+    )
+    .unwrap();
+    let (code, _out, err) = run(&["policy", "validate", s(dir.path())]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("levels deep; the limit is 256"), "{err}");
+}
+
 #[test]
 fn validate_rejects_an_empty_directory() {
     let dir = tempfile::tempdir().unwrap();

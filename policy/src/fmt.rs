@@ -7,6 +7,7 @@ use std::str::FromStr;
 use cedar_policy as cedar;
 
 use crate::error::{LoadError, Problem, from_diagnostic};
+use crate::loader::depth;
 use crate::source::SourceFile;
 
 /// One `.cedar` file and its canonical form.
@@ -39,6 +40,11 @@ impl FormattedFile {
 /// Formats every `.cedar` file of `dir` (without writing). A file that does not parse is a
 /// located error.
 pub fn format_dir(dir: &Path) -> Result<Vec<FormattedFile>, LoadError> {
+    // Cedar's parser and formatter recurse per nesting level: see `loader::depth`.
+    depth::on_load_stack(|| format_files(dir))
+}
+
+fn format_files(dir: &Path) -> Result<Vec<FormattedFile>, LoadError> {
     let entries = std::fs::read_dir(dir).map_err(|e| {
         LoadError::new(vec![Problem::in_file(
             dir,
@@ -68,6 +74,10 @@ pub fn format_dir(dir: &Path) -> Result<Vec<FormattedFile>, LoadError> {
             }
         };
         let file = SourceFile::new(path.clone(), text);
+        if let Err(too_deep) = depth::scan(file.text()) {
+            problems.push(Problem::at(&file, too_deep.offset, too_deep.message, None));
+            continue;
+        }
         if let Err(errors) = cedar::PolicySet::from_str(file.text()) {
             problems.extend(errors.iter().map(|e| from_diagnostic(e, &file, 0, "")));
             continue;

@@ -8,17 +8,22 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use cedar_policy as cedar;
+use cedar_policy_core::ast;
 use sha2::{Digest, Sha256};
 
 use crate::error::{LoadError, Problem, from_diagnostic};
 use crate::model::{Types, WORKLOAD_TYPE};
 use crate::source::{Location, SourceFile, statement_starts};
 
+pub(crate) mod depth;
 mod entities;
+mod files;
 mod links;
 mod workload_ids;
 
 use entities::{parse_entities, unauthenticated, with_actions};
+pub(crate) use files::is_set_file;
+use files::{Files, read_files};
 use links::link;
 
 /// Name of the optional entities file.
@@ -59,14 +64,6 @@ pub(crate) struct Loaded {
     pub(crate) info: HashMap<cedar::PolicyId, PolicyInfo>,
     pub(crate) entities: cedar::Entities,
     pub(crate) types: Types,
-}
-
-#[derive(Debug)]
-struct Files {
-    schema: Option<SourceFile>,
-    policies: Vec<SourceFile>,
-    entities: Option<SourceFile>,
-    links: Option<SourceFile>,
 }
 
 // === impl PolicyInfo ===
@@ -156,103 +153,6 @@ pub(crate) fn load(dir: &Path) -> Result<Loaded, LoadError> {
     }
 }
 
-fn read_files(dir: &Path, problems: &mut Vec<Problem>) -> Result<Files, LoadError> {
-    let entries = std::fs::read_dir(dir).map_err(|e| {
-        LoadError::new(vec![Problem::in_file(
-            dir,
-            format!("cannot read policy directory: {e}"),
-        )])
-    })?;
-    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    paths.sort();
-    let mut files = Files {
-        schema: None,
-        policies: Vec::new(),
-        entities: None,
-        links: None,
-    };
-    let mut schemas = Vec::new();
-    for path in paths {
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default()
-            .to_owned();
-        let ext = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .unwrap_or_default()
-            .to_owned();
-        if !is_set_file(&path) {
-            continue;
-        }
-        let text = match std::fs::read(&path).map(String::from_utf8) {
-            Ok(Ok(text)) => text,
-            Ok(Err(_)) => {
-                problems.push(Problem::in_file(
-                    &path,
-                    "file is not valid utf-8".to_owned(),
-                ));
-                continue;
-            }
-            Err(e) => {
-                problems.push(Problem::in_file(&path, format!("cannot read file: {e}")));
-                continue;
-            }
-        };
-        let file = SourceFile::new(path, text);
-        match ext.as_str() {
-            "cedar" => files.policies.push(file),
-            "cedarschema" => schemas.push(file),
-            _ if name == ENTITIES_FILE => files.entities = Some(file),
-            _ => files.links = Some(file),
-        }
-    }
-    if files.policies.is_empty() && problems.is_empty() {
-        problems.push(Problem::in_file(
-            dir,
-            "directory has no `.cedar` policy files".to_owned(),
-        ));
-    }
-    match schemas.len() {
-        0 => problems.push(Problem::in_file(
-            dir,
-            "directory has no `.cedarschema` schema file".to_owned(),
-        )),
-        1 => files.schema = schemas.pop(),
-        _ => {
-            let names: Vec<String> = schemas
-                .iter()
-                .map(|f| format!("`{}`", f.path().display()))
-                .collect();
-            problems.push(Problem::in_file(
-                dir,
-                format!(
-                    "directory has more than one schema file: {}",
-                    names.join(", ")
-                ),
-            ));
-        }
-    }
-    Ok(files)
-}
-
-/// Whether `path` is a file a load reads: a `.cedar` or `.cedarschema` file, `entities.json` or
-/// `links.json` (following symlinks). Other files of the directory are ignored.
-pub(crate) fn is_set_file(path: &Path) -> bool {
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or_default();
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or_default();
-    let wanted =
-        matches!(ext, "cedar" | "cedarschema") || name == ENTITIES_FILE || name == LINKS_FILE;
-    wanted && path.is_file()
-}
-
 /// The set's version: SHA-256 over every file's name and content, in name order.
 fn digest(files: &Files) -> String {
     let all = files
@@ -339,6 +239,42 @@ fn parse_policy_file(
             .and_then(|n| starts.get(n).copied())
             .unwrap_or(0)
     };
+    // Nothing recursive may read a policy before its depth is known (see `depth`).
+    let bodies = parsed
+        .policies()
+        .map(|p| {
+            (
+                p.id(),
+                AsRef::<ast::Policy>::as_ref(p)
+                    .template()
+                    .non_scope_constraints(),
+            )
+        })
+        .chain(parsed.templates().map(|t| {
+            (
+                t.id(),
+                AsRef::<ast::Template>::as_ref(t).non_scope_constraints(),
+            )
+        }));
+    let mut too_deep = false;
+    for (id, body) in bodies {
+        let levels = body.map_or(0, depth::expr_depth);
+        if levels > depth::MAX_EXPR_DEPTH {
+            too_deep = true;
+            problems.push(Problem::at(
+                file,
+                statement_start(id),
+                format!(
+                    "the condition of this policy is {levels} levels deep; the limit is {}",
+                    depth::MAX_EXPR_DEPTH
+                ),
+                Some("split a long chain of `&&` or `||` into several policies, or test a set with `.contains(…)`".to_owned()),
+            ));
+        }
+    }
+    if too_deep {
+        return;
+    }
     let mut claim = |annotation: Option<&str>,
                      offset: usize,
                      problems: &mut Vec<Problem>|

@@ -85,7 +85,8 @@ struct PeerEntry {
 impl PolicySet {
     /// Loads, validates and indexes a policy directory.
     pub fn load(dir: &Path) -> Result<Self, LoadError> {
-        Ok(Self::from_loaded(load(dir)?))
+        // On a thread with a known, large stack: see `loader::depth`.
+        crate::loader::depth::on_load_stack(|| Ok(Self::from_loaded(load(dir)?)))
     }
 
     fn from_loaded(loaded: Loaded) -> Self {

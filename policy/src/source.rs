@@ -121,9 +121,7 @@ pub(crate) fn statement_starts(text: &str) -> Vec<usize> {
     while let Some(&b) = bytes.get(i) {
         match b {
             b'/' if bytes.get(i + 1) == Some(&b'/') => {
-                while bytes.get(i).is_some_and(|&c| c != b'\n') {
-                    i += 1;
-                }
+                i = past_comment(bytes, i);
                 continue;
             }
             b'"' => {
@@ -131,15 +129,7 @@ pub(crate) fn statement_starts(text: &str) -> Vec<usize> {
                     starts.push(i);
                     in_statement = true;
                 }
-                i += 1;
-                while let Some(&c) = bytes.get(i) {
-                    i += 1;
-                    match c {
-                        b'\\' => i += 1,
-                        b'"' => break,
-                        _ => {}
-                    }
-                }
+                i = past_string(bytes, i);
                 continue;
             }
             b';' => in_statement = false,
@@ -154,6 +144,29 @@ pub(crate) fn statement_starts(text: &str) -> Vec<usize> {
         i += 1;
     }
     starts
+}
+
+/// The offset just past the `//` comment that starts at `at` (its line's end).
+pub(crate) fn past_comment(bytes: &[u8], mut at: usize) -> usize {
+    while bytes.get(at).is_some_and(|&c| c != b'\n') {
+        at += 1;
+    }
+    at
+}
+
+/// The offset just past the string literal whose opening `"` is at `at` (escapes skipped; the
+/// end of the text if it is not closed).
+pub(crate) fn past_string(bytes: &[u8], mut at: usize) -> usize {
+    at += 1;
+    while let Some(&c) = bytes.get(at) {
+        at += 1;
+        match c {
+            b'\\' => at += 1,
+            b'"' => break,
+            _ => {}
+        }
+    }
+    at
 }
 
 #[cfg(test)]

@@ -48,6 +48,29 @@ pub(super) fn stamp(dir: &Path, now: SystemTime) -> Option<Stamp> {
     Some(Stamp(files))
 }
 
+/// When a set file of `dir` last changed (the latest inode change time; elsewhere the latest
+/// modification time), or `None` if no set file can be looked at.
+pub(super) fn last_change(dir: &Path) -> Option<SystemTime> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| is_set_file(path))
+        .filter_map(|path| std::fs::metadata(&path).ok())
+        .filter_map(|meta| changed_time(&meta))
+        .max()
+}
+
+#[cfg(unix)]
+fn changed_time(meta: &std::fs::Metadata) -> Option<SystemTime> {
+    use std::os::unix::fs::MetadataExt as _;
+    Some(changed_at((meta.ctime(), meta.ctime_nsec())))
+}
+
+#[cfg(not(unix))]
+fn changed_time(meta: &std::fs::Metadata) -> Option<SystemTime> {
+    meta.modified().ok()
+}
+
 #[cfg(unix)]
 fn file_stamp(path: &Path, meta: &std::fs::Metadata) -> Option<FileStamp> {
     use std::os::unix::fs::MetadataExt as _;

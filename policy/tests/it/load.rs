@@ -184,6 +184,63 @@ fn unreadable_file_is_an_error() {
     );
 }
 
+const PERMIT: &str = "@id(\"a\")\npermit(principal, action, resource);";
+
+#[cfg(unix)]
+#[test]
+fn a_set_file_that_is_a_symlink_to_nothing_is_an_error() {
+    let dir = dir_with(&[("a.cedar", PERMIT)]);
+    let path = dir.path().join("forbids.cedar");
+    std::os::unix::fs::symlink(dir.path().join("gone.txt"), &path).unwrap();
+    let err = PolicySet::load(dir.path()).unwrap_err();
+    assert_eq!(err.problems().len(), 1, "{err}");
+    let text = err.to_string();
+    assert!(text.contains("forbids.cedar"), "{text}");
+    assert!(
+        text.contains("symbolic link to") && text.contains("gone.txt"),
+        "{text}"
+    );
+    // A link to a file is read through.
+    std::fs::write(
+        dir.path().join("gone.txt"),
+        "@id(\"b\")\nforbid(principal, action, resource);",
+    )
+    .unwrap();
+    let set = PolicySet::load(dir.path()).unwrap();
+    assert!(set.policy("b").is_some());
+}
+
+#[test]
+fn a_directory_named_like_a_policy_file_is_an_error() {
+    let dir = dir_with(&[("a.cedar", PERMIT)]);
+    std::fs::create_dir(dir.path().join("more.cedar")).unwrap();
+    let err = PolicySet::load(dir.path()).unwrap_err();
+    assert!(err.to_string().contains("is a directory"), "{err}");
+}
+
+#[test]
+fn a_set_file_named_in_capitals_is_an_error_not_skipped() {
+    for (name, right) in [
+        ("Forbids.Cedar", "Forbids.cedar"),
+        ("b.CEDAR", "b.cedar"),
+        ("Entities.json", "entities.json"),
+        ("LINKS.JSON", "links.json"),
+        ("extra.CedarSchema", "extra.cedarschema"),
+    ] {
+        let dir = dir_with(&[("a.cedar", PERMIT)]);
+        std::fs::write(
+            dir.path().join(name),
+            "forbid(principal, action, resource);",
+        )
+        .unwrap();
+        let err = PolicySet::load(dir.path()).unwrap_err();
+        assert_eq!(err.problems().len(), 1, "{name}: {err}");
+        let text = err.to_string();
+        assert!(text.contains(name), "{text}");
+        assert!(text.contains(&format!("(`{right}`)")), "{name}: {text}");
+    }
+}
+
 #[test]
 fn non_utf8_file_is_an_error() {
     let dir = dir_with(&[]);

@@ -8,6 +8,7 @@
 )]
 
 mod decide;
+mod depth;
 mod differential;
 mod load;
 mod reload;

@@ -126,6 +126,27 @@ fn watcher_picks_up_a_change_on_disk() {
     );
 }
 
+#[test]
+fn watcher_notices_a_policy_file_named_in_capitals_and_refuses_the_set() {
+    let dir = dir_with(&[("set.cedar", PERMIT)]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let engine = Engine::watch_with(dir.path(), Duration::from_millis(20), move |r| {
+        let _ = tx.send(r.as_ref().map_err(|e| e.to_string()).map(|_| ()));
+    })
+    .unwrap();
+    let old = engine.current().version().to_owned();
+    std::fs::write(dir.path().join("Deny.CEDAR"), FORBID).unwrap();
+    let outcome = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the watcher tried a reload");
+    let err = outcome.unwrap_err();
+    assert!(
+        err.contains("Deny.CEDAR") && err.contains("`Deny.cedar`"),
+        "{err}"
+    );
+    assert_eq!(engine.current().version(), old);
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     WriteValid(u8),
